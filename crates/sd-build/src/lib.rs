@@ -1,0 +1,34 @@
+//! Build-script helper for every package that links libtorch.
+//!
+//! Call [`link_libtorch`] from `build.rs` of a package that depends on
+//! `torch-sys` directly (that is what makes cargo hand its build script the
+//! `DEP_TCH_LIBTORCH_LIB` variable). It does two things for the package's own
+//! binaries, tests, examples and benches:
+//!
+//! 1. an rpath to libtorch's `lib/` folder, so they run with no
+//!    `LD_LIBRARY_PATH` exported by hand;
+//! 2. `libtorch_cuda.so` linked past the linker's `--as-needed`. Nothing in
+//!    the Rust code references a symbol of it, so the linker would drop it and
+//!    CUDA would then be silently unavailable at run time.
+//!
+//! Cargo passes `rustc-link-arg` only to the package that prints it, never to
+//! its dependents; so each binary-producing package needs this call, and so
+//! does an application of yours that depends on `sd-pipeline`.
+
+use std::path::Path;
+
+/// Prints the cargo instructions described in the crate documentation.
+pub fn link_libtorch() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        // torch-sys did not report a folder (doc-only builds): nothing to link.
+        println!("cargo:warning=sd-build: DEP_TCH_LIBTORCH_LIB is unset; add torch-sys as a direct dependency");
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    if Path::new(&lib).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

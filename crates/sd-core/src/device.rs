@@ -1,0 +1,77 @@
+//! Devices and dtypes as users write them: `cpu`, `cuda`, `cuda:1`; `f32`, `f16`, `bf16`.
+
+use tch::{Device, Kind};
+
+use crate::error::{CoreError, Result};
+
+/// Parses `cpu`, `cuda` (device 0) or `cuda:N`, and checks that CUDA is there when asked for.
+pub fn parse_device(text: &str) -> Result<Device> {
+    let device = match text.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => Device::Cuda(index),
+            _ => return Err(CoreError::InvalidDevice(text.to_string())),
+        },
+    };
+    let Device::Cuda(index) = device else {
+        unreachable!("only CUDA devices reach this point")
+    };
+    if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+        return Err(CoreError::CudaUnavailable(text.to_string()));
+    }
+    Ok(device)
+}
+
+/// Parses the floating-point dtypes a model can run in.
+pub fn parse_kind(text: &str) -> Result<Kind> {
+    match text.trim() {
+        "f32" | "fp32" | "float32" => Ok(Kind::Float),
+        "f16" | "fp16" | "float16" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(CoreError::InvalidDType(text.to_string())),
+    }
+}
+
+/// The short name of a floating-point kind, the inverse of [`parse_kind`].
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::Half => "f16",
+        Kind::BFloat16 => "bf16",
+        Kind::Double => "f64",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_and_dtypes() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
+        assert_eq!(parse_kind("f16").unwrap(), Kind::Half);
+        assert_eq!(kind_name(parse_kind("float32").unwrap()), "f32");
+    }
+
+    #[test]
+    fn rejects_bad_text_with_the_value_named() {
+        let err = parse_device("gpu0").unwrap_err().to_string();
+        assert!(err.contains("'gpu0'"), "{err}");
+        let err = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("'cuda:x'"), "{err}");
+        let err = parse_kind("int8").unwrap_err().to_string();
+        assert!(err.contains("'int8'"), "{err}");
+    }
+
+    #[test]
+    fn cuda_request_fails_cleanly_without_cuda() {
+        if tch::Cuda::is_available() {
+            return;
+        }
+        let err = parse_device("cuda:0").unwrap_err();
+        assert!(matches!(err, CoreError::CudaUnavailable(_)), "{err}");
+    }
+}

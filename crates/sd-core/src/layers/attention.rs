@@ -1,0 +1,140 @@
+//! diffusers' `Attention` (models/attention_processor.py) with the
+//! scaled-dot-product processor: self- or cross-attention over tokens, or
+//! over the pixels of a feature map (the VAE's mid block).
+
+use tch::{nn, nn::Module, Tensor};
+
+use super::{group_norm, linear};
+use crate::error::{CoreError, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionConfig {
+    pub query_dim: i64,
+    /// Width of the context for cross-attention; `None` for self-attention.
+    pub cross_attention_dim: Option<i64>,
+    pub heads: i64,
+    pub dim_head: i64,
+    /// Bias on to_q/to_k/to_v (false in transformer blocks, true in the VAE).
+    pub bias: bool,
+    /// GroupNorm applied to the input first (the VAE's attention), as (groups, eps).
+    pub group_norm: Option<(i64, f64)>,
+    /// Add the input back at the end (the VAE's attention).
+    pub residual_connection: bool,
+    pub rescale_output_factor: f64,
+}
+
+impl AttentionConfig {
+    /// Transformer-block attention: no qkv bias, no norm, no residual.
+    pub fn transformer(
+        query_dim: i64,
+        cross_attention_dim: Option<i64>,
+        heads: i64,
+        dim_head: i64,
+    ) -> Self {
+        AttentionConfig {
+            query_dim,
+            cross_attention_dim,
+            heads,
+            dim_head,
+            bias: false,
+            group_norm: None,
+            residual_connection: false,
+            rescale_output_factor: 1.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Attention {
+    group_norm: Option<nn::GroupNorm>,
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+    residual_connection: bool,
+    rescale_output_factor: f64,
+}
+
+impl Attention {
+    pub fn new(vs: nn::Path<'_>, config: &AttentionConfig) -> Result<Self> {
+        if config.heads <= 0 || config.dim_head <= 0 {
+            return Err(CoreError::invalid(
+                format!("Attention at '{}'", super::path_name(&vs)),
+                format!(
+                    "{} heads of width {} is not an attention layout",
+                    config.heads, config.dim_head
+                ),
+            ));
+        }
+        let inner = config.heads * config.dim_head;
+        let context = config.cross_attention_dim.unwrap_or(config.query_dim);
+        Ok(Attention {
+            group_norm: config
+                .group_norm
+                .map(|(groups, eps)| group_norm(&vs / "group_norm", groups, config.query_dim, eps)),
+            to_q: linear(&vs / "to_q", config.query_dim, inner, config.bias),
+            to_k: linear(&vs / "to_k", context, inner, config.bias),
+            to_v: linear(&vs / "to_v", context, inner, config.bias),
+            to_out: linear(&vs / "to_out" / 0, inner, config.query_dim, true),
+            heads: config.heads,
+            residual_connection: config.residual_connection,
+            rescale_output_factor: config.rescale_output_factor,
+        })
+    }
+
+    /// `hidden` is (batch, tokens, query_dim) or a (batch, channels, h, w)
+    /// feature map; `context` is (batch, context_tokens, cross_attention_dim).
+    pub fn forward(&self, hidden: &Tensor, context: Option<&Tensor>) -> Tensor {
+        let residual = hidden;
+        let spatial = hidden.dim() == 4;
+        // 1. a feature map becomes a sequence of pixels
+        let mut x = if spatial {
+            let (b, c, h, w) = hidden.size4().expect("checked: four dims");
+            hidden.view([b, c, h * w]).transpose(1, 2)
+        } else {
+            hidden.shallow_clone()
+        };
+        if let Some(norm) = &self.group_norm {
+            x = norm.forward(&x.transpose(1, 2)).transpose(1, 2);
+        }
+        // 2. project and split heads: (batch, heads, tokens, dim_head)
+        let context = context.map_or_else(|| x.shallow_clone(), Tensor::shallow_clone);
+        let split = |t: Tensor| {
+            let (b, n, inner) = t.size3().expect("linear output has three dims");
+            t.view([b, n, self.heads, inner / self.heads])
+                .transpose(1, 2)
+        };
+        let q = split(self.to_q.forward(&x));
+        let k = split(self.to_k.forward(&context));
+        let v = split(self.to_v.forward(&context));
+        // 3. softmax(q k^T / sqrt(d)) v, by the fused kernel where the device has one
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let (b, _, n, _) = out.size4().expect("attention output has four dims");
+        let out = self
+            .to_out
+            .forward(&out.transpose(1, 2).reshape([b, n, -1]));
+        // 4. back to a feature map, residual, rescale
+        let mut out = if spatial {
+            out.transpose(1, 2).reshape(residual.size())
+        } else {
+            out
+        };
+        if self.residual_connection {
+            out += residual;
+        }
+        if self.rescale_output_factor != 1.0 {
+            out /= self.rescale_output_factor;
+        }
+        out
+    }
+}

@@ -1,0 +1,18 @@
+//! Shared foundation of the sd-rs crates.
+//!
+//! - [`error`]: the crate's error type, used by every other crate through `#[from]`.
+//! - [`device`]: parsing `cpu` / `cuda:N` and `f32` / `f16` / `bf16`.
+//! - [`weights`]: loading diffusers-layout safetensors into a `tch` `VarStore`,
+//!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
+//! - [`manifest`]: the weight names and shapes of a model, as committed manifests.
+//! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
+//! - [`parity`]: numeric comparison against reference outputs, for tests.
+
+pub mod device;
+pub mod error;
+pub mod layers;
+pub mod manifest;
+pub mod parity;
+pub mod weights;
+
+pub use error::{CoreError, Result};

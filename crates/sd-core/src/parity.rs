@@ -1,0 +1,224 @@
+//! Numeric parity with reference outputs.
+//!
+//! A comparison reports the largest absolute error, the largest error
+//! relative to the reference's own scale (`max|a - e| / max|e|`), and the
+//! worst element against an `allclose`-style bound `|a - e| <= atol + rtol * |e|`.
+//! Tests state their tolerance and fail with all of it printed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{CoreError, Result};
+
+/// Allowed error: an element passes when `|a - e| <= atol + rtol * |e|`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    /// Absolute error only.
+    pub const fn abs(atol: f64) -> Self {
+        Tolerance { atol, rtol: 0.0 }
+    }
+}
+
+/// The result of comparing an output with its reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub shape: Vec<i64>,
+    pub max_abs: f64,
+    /// `max_abs` over the reference's largest magnitude.
+    pub max_rel: f64,
+    /// Index (flattened) of the element with the largest absolute error.
+    pub worst_index: i64,
+    pub worst_actual: f64,
+    pub worst_expected: f64,
+    /// Elements outside the tolerance, when one was given.
+    pub failing: i64,
+    pub nonfinite: i64,
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shape {:?}: max abs error {:.3e}, relative {:.3e}, worst at flat index {} (actual {:.7}, expected {:.7}), {} elements beyond tolerance, {} non-finite",
+            self.shape,
+            self.max_abs,
+            self.max_rel,
+            self.worst_index,
+            self.worst_actual,
+            self.worst_expected,
+            self.failing,
+            self.nonfinite
+        )
+    }
+}
+
+/// Compares two tensors in f64 on the CPU. Shapes must be equal.
+pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Result<Comparison> {
+    if actual.size() != expected.size() {
+        return Err(CoreError::invalid(
+            "parity",
+            format!(
+                "shape {:?} differs from the reference's {:?}",
+                actual.size(),
+                expected.size()
+            ),
+        ));
+    }
+    let a = actual
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_flatten(0, -1)?;
+    let e = expected
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_flatten(0, -1)?;
+    let nonfinite = a.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    let diff = (&a - &e)
+        .abs()
+        .nan_to_num(f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    if a.numel() == 0 {
+        return Ok(Comparison {
+            shape: actual.size(),
+            max_abs: 0.0,
+            max_rel: 0.0,
+            worst_index: 0,
+            worst_actual: 0.0,
+            worst_expected: 0.0,
+            failing: 0,
+            nonfinite: 0,
+        });
+    }
+    let worst_index = diff.argmax(None, false).int64_value(&[]);
+    let max_abs = diff.double_value(&[worst_index]);
+    let scale = e.abs().max().double_value(&[]);
+    let bound = e.abs() * tolerance.rtol + tolerance.atol;
+    let failing = diff.gt_tensor(&bound).sum(Kind::Int64).int64_value(&[]);
+    Ok(Comparison {
+        shape: actual.size(),
+        max_abs,
+        max_rel: if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        },
+        worst_index,
+        worst_actual: a.double_value(&[worst_index]),
+        worst_expected: e.double_value(&[worst_index]),
+        failing,
+        nonfinite,
+    })
+}
+
+/// Compares and fails when any element is outside `tolerance` or not finite.
+/// The error message carries the whole [`Comparison`].
+pub fn check_close(
+    name: &str,
+    actual: &Tensor,
+    expected: &Tensor,
+    tolerance: Tolerance,
+) -> Result<Comparison> {
+    let comparison = compare(actual, expected, tolerance)
+        .map_err(|e| CoreError::invalid(name, e.to_string()))?;
+    if comparison.failing > 0 || comparison.nonfinite > 0 {
+        return Err(CoreError::invalid(
+            name,
+            format!(
+                "{comparison} (tolerance atol {:e}, rtol {:e})",
+                tolerance.atol, tolerance.rtol
+            ),
+        ));
+    }
+    Ok(comparison)
+}
+
+/// Test helper: [`check_close`] that panics with the report, and prints it
+/// on success too (visible with `--nocapture`).
+#[track_caller]
+pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: Tolerance) {
+    match check_close(name, actual, expected, tolerance) {
+        Ok(comparison) => println!("{name}: {comparison}"),
+        Err(error) => panic!("parity failure: {error}"),
+    }
+}
+
+/// The `reference/` folder of this repository (fixtures, outputs, manifests),
+/// for tests inside the workspace. Meaningless in a published crate.
+pub fn reference_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference")
+}
+
+/// Reads every tensor of a safetensors file (reference outputs) onto the CPU.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
+    let path = path.as_ref();
+    if !path.exists() {
+        return Err(CoreError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
+    }
+    Ok(Tensor::read_safetensors(path)?.into_iter().collect())
+}
+
+/// Takes one named tensor out of [`read_tensors`]' map, with a clear error.
+pub fn take(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    tensors
+        .get(name)
+        .map(Tensor::shallow_clone)
+        .ok_or_else(|| CoreError::invalid("reference tensors", format!("no tensor named '{name}'")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_max_abs_and_relative_error() {
+        let expected = Tensor::from_slice(&[1.0f32, -2.0, 4.0]);
+        let actual = Tensor::from_slice(&[1.0f32, -2.5, 4.0]);
+        let c = compare(&actual, &expected, Tolerance::abs(0.1)).unwrap();
+        assert_eq!(c.max_abs, 0.5);
+        assert_eq!(c.max_rel, 0.125);
+        assert_eq!(c.worst_index, 1);
+        assert_eq!(c.failing, 1);
+    }
+
+    #[test]
+    fn check_close_fails_beyond_tolerance_and_passes_within() {
+        let expected = Tensor::from_slice(&[1.0f32, 2.0]);
+        let near = Tensor::from_slice(&[1.00001f32, 2.0]);
+        assert!(check_close("near", &near, &expected, Tolerance::abs(1e-4)).is_ok());
+        let far = Tensor::from_slice(&[1.001f32, 2.0]);
+        let err = check_close("far", &far, &expected, Tolerance::abs(1e-4)).unwrap_err();
+        assert!(err.to_string().contains("far"), "{err}");
+        // rtol scales with the reference's magnitude.
+        let big = Tensor::from_slice(&[1000.0f32]);
+        let off = Tensor::from_slice(&[1000.05f32]);
+        assert!(check_close(
+            "rel",
+            &off,
+            &big,
+            Tolerance {
+                atol: 0.0,
+                rtol: 1e-4
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn nan_and_shape_mismatch_fail() {
+        let expected = Tensor::from_slice(&[1.0f32, 2.0]);
+        let nan = Tensor::from_slice(&[f32::NAN, 2.0]);
+        assert!(check_close("nan", &nan, &expected, Tolerance::abs(1.0)).is_err());
+        let short = Tensor::from_slice(&[1.0f32]);
+        assert!(check_close("shape", &short, &expected, Tolerance::abs(1.0)).is_err());
+    }
+}

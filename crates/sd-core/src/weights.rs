@@ -1,0 +1,255 @@
+//! Loading diffusers-layout safetensors into a `tch` `VarStore`.
+//!
+//! The model is built first (its `VarStore` then holds every variable under
+//! its diffusers key name, on the target device and dtype); the files are
+//! memory-mapped and each tensor is copied straight into its variable, which
+//! converts dtype and moves it to the device on the way. No second full copy
+//! of the weights is made in host memory.
+//!
+//! Every problem is collected before failing, so one error lists all the
+//! missing, unexpected and wrongly shaped tensors by name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use tch::{nn::VarStore, Kind, Tensor};
+
+use crate::error::{CoreError, Result};
+
+/// Maps a file key to the model's name for it; `None` drops the key.
+pub type Rename<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// How file keys relate to the model's variable names.
+#[derive(Default)]
+pub struct LoadOptions<'a> {
+    /// Maps a key found in a file to the model's name for it, or `None` to
+    /// drop it silently (for example a buffer the model recomputes). Keys
+    /// are kept as they are when this is unset.
+    pub rename: Option<Rename<'a>>,
+    /// Keys in the files that no model variable takes are an error unless
+    /// this is set.
+    pub allow_unexpected: bool,
+}
+
+/// What did not fit, by name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadReport {
+    /// Model variables no file provides.
+    pub missing: Vec<String>,
+    /// File tensors no model variable takes (after renaming).
+    pub unexpected: Vec<String>,
+    /// `(name, model shape, file shape)` where the two differ.
+    pub mismatched: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl LoadReport {
+    fn is_fatal(&self, allow_unexpected: bool) -> bool {
+        !self.missing.is_empty()
+            || !self.mismatched.is_empty()
+            || (!allow_unexpected && !self.unexpected.is_empty())
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 20;
+        let list = |f: &mut fmt::Formatter<'_>, what: &str, names: Vec<String>| {
+            if names.is_empty() {
+                return Ok(());
+            }
+            writeln!(f, "  {} {what}:", names.len())?;
+            for name in names.iter().take(SHOWN) {
+                writeln!(f, "    {name}")?;
+            }
+            if names.len() > SHOWN {
+                writeln!(f, "    ... and {} more", names.len() - SHOWN)?;
+            }
+            Ok(())
+        };
+        list(f, "missing from the files", self.missing.clone())?;
+        let shapes = self
+            .mismatched
+            .iter()
+            .map(|(name, model, file)| format!("{name}: model {model:?}, file {file:?}"))
+            .collect();
+        list(f, "with the wrong shape", shapes)?;
+        list(f, "not used by the model", self.unexpected.clone())
+    }
+}
+
+/// One memory-mapped safetensors file.
+pub struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+impl MappedFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| CoreError::io(&path, e))?;
+        // SAFETY: the map is read-only and lives as long as this value; a file
+        // changed underneath while loading is outside what any loader guards.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(&path, e))?;
+        let mapped = MappedFile { path, mmap };
+        mapped.tensors()?;
+        Ok(mapped)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed header: every tensor's name, dtype, shape and bytes.
+    pub fn tensors(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.mmap).map_err(|e| CoreError::SafeTensors {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Names and shapes of every tensor in the file.
+    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<i64>>> {
+        Ok(self
+            .tensors()?
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().iter().map(|&d| d as i64).collect()))
+            .collect())
+    }
+
+    /// Reads one tensor onto the CPU in its stored dtype (an owned copy).
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        let tensors = self.tensors()?;
+        let view = tensors.tensor(name).map_err(|e| CoreError::SafeTensors {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(view_to_tensor(&self.path, name, &view)?.f_detach_copy()?)
+    }
+}
+
+/// Copies the tensors of `files` into the variables of `vs`.
+///
+/// Fails, listing every offending name, when a variable has no tensor, a
+/// tensor has another shape, or (unless allowed) a tensor has no variable.
+/// Nothing is half-loaded silently: on error the store may hold some copied
+/// tensors, and the caller drops it.
+pub fn load_safetensors<P: AsRef<Path>>(
+    vs: &VarStore,
+    files: &[P],
+    options: &LoadOptions<'_>,
+) -> Result<LoadReport> {
+    let mapped = files
+        .iter()
+        .map(MappedFile::open)
+        .collect::<Result<Vec<_>>>()?;
+    let headers = mapped
+        .iter()
+        .map(MappedFile::tensors)
+        .collect::<Result<Vec<_>>>()?;
+
+    // Model name -> (file index, key in that file).
+    let mut available: HashMap<String, (usize, String)> = HashMap::new();
+    for (index, header) in headers.iter().enumerate() {
+        for key in header.names() {
+            let name = match options.rename {
+                Some(rename) => match rename(key) {
+                    Some(name) => name,
+                    None => continue,
+                },
+                None => key.to_string(),
+            };
+            available.insert(name, (index, key.to_string()));
+        }
+    }
+
+    let variables = vs.variables();
+    let mut report = LoadReport::default();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let _guard = tch::no_grad_guard();
+    for name in names {
+        let var = &variables[name];
+        let Some((index, key)) = available.remove(name) else {
+            report.missing.push(name.clone());
+            continue;
+        };
+        let view = headers[index]
+            .tensor(&key)
+            .map_err(|e| CoreError::SafeTensors {
+                path: mapped[index].path.clone(),
+                message: e.to_string(),
+            })?;
+        let file_shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if file_shape != var.size() {
+            report
+                .mismatched
+                .push((name.clone(), var.size(), file_shape));
+            continue;
+        }
+        let source = view_to_tensor(&mapped[index].path, &key, &view)?;
+        var.shallow_clone().f_copy_(&source)?;
+    }
+    report.unexpected = available.into_keys().collect();
+    report.unexpected.sort();
+
+    if report.is_fatal(options.allow_unexpected) {
+        let files = files
+            .iter()
+            .map(|p| p.as_ref().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(CoreError::Weights { files, report });
+    }
+    Ok(report)
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F64 => Kind::Double,
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// A CPU tensor over the file's bytes. Aligned data is borrowed from the
+/// map without a copy; the caller copies it into its variable at once.
+fn view_to_tensor(
+    path: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<Tensor> {
+    let kind = kind_of(view.dtype()).ok_or_else(|| CoreError::UnsupportedDType {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    let data = view.data();
+    let element = kind.elt_size_in_bytes();
+    if data.as_ptr() as usize % element == 0 {
+        let mut strides = vec![1i64; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        // SAFETY: `data` holds exactly numel * element bytes (checked by the
+        // safetensors parser), is aligned for `kind`, and outlives the
+        // returned tensor's use: callers copy from it before the map drops.
+        // libtorch only reads it.
+        Ok(unsafe { Tensor::from_blob(data.as_ptr(), &shape, &strides, kind, tch::Device::Cpu) })
+    } else {
+        Ok(Tensor::f_from_data_size(data, &shape, kind)?)
+    }
+}

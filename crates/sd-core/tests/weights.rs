@@ -1,0 +1,159 @@
+//! Weight loading: every kind of mismatch is reported by name, dtypes convert,
+//! bad files fail with their path.
+
+use std::path::PathBuf;
+
+use sd_core::weights::{load_safetensors, LoadOptions, MappedFile};
+use sd_core::CoreError;
+use tch::{nn, nn::VarStore, Device, Kind, Tensor};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-core-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn model() -> VarStore {
+    let vs = VarStore::new(Device::Cpu);
+    let root = vs.root();
+    nn::linear(&root / "proj", 3, 2, Default::default());
+    vs
+}
+
+fn write(name: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
+    let path = temp(name);
+    Tensor::write_safetensors(tensors, &path).unwrap();
+    path
+}
+
+fn weight() -> Tensor {
+    Tensor::from_slice(&[1.0f32, 2., 3., 4., 5., 6.]).view([2, 3])
+}
+
+#[test]
+fn loads_and_converts_dtype() {
+    let vs = model();
+    let file = write(
+        "ok.safetensors",
+        &[
+            ("proj.weight", weight().to_kind(Kind::Half)),
+            ("proj.bias", Tensor::from_slice(&[0.5f32, -0.5])),
+        ],
+    );
+    let report = load_safetensors(&vs, &[file], &LoadOptions::default()).unwrap();
+    assert!(report.missing.is_empty() && report.unexpected.is_empty());
+    let loaded = vs.variables()["proj.weight"].shallow_clone();
+    assert_eq!(loaded.kind(), Kind::Float);
+    assert_eq!(loaded, weight());
+}
+
+#[test]
+fn reports_missing_unexpected_and_misshapen_by_name() {
+    let vs = model();
+    let file = write(
+        "bad.safetensors",
+        &[
+            (
+                "proj.weight",
+                Tensor::zeros([3, 2], (Kind::Float, Device::Cpu)),
+            ),
+            ("proj.extra", Tensor::zeros([1], (Kind::Float, Device::Cpu))),
+        ],
+    );
+    let err = load_safetensors(&vs, &[file], &LoadOptions::default()).unwrap_err();
+    let CoreError::Weights { report, files } = &err else {
+        panic!("{err}")
+    };
+    assert!(files.contains("bad.safetensors"));
+    assert_eq!(report.missing, vec!["proj.bias".to_string()]);
+    assert_eq!(report.unexpected, vec!["proj.extra".to_string()]);
+    assert_eq!(
+        report.mismatched,
+        vec![("proj.weight".to_string(), vec![2, 3], vec![3, 2])]
+    );
+    let text = err.to_string();
+    for needle in [
+        "proj.bias",
+        "proj.extra",
+        "proj.weight: model [2, 3], file [3, 2]",
+    ] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
+}
+
+#[test]
+fn unexpected_can_be_allowed_and_keys_renamed() {
+    let vs = model();
+    let file = write(
+        "legacy.safetensors",
+        &[
+            ("old.proj.weight", weight()),
+            ("old.proj.bias", Tensor::from_slice(&[0.0f32, 0.0])),
+            (
+                "old.position_ids",
+                Tensor::zeros([1, 77], (Kind::Int64, Device::Cpu)),
+            ),
+            ("stray", Tensor::zeros([1], (Kind::Float, Device::Cpu))),
+        ],
+    );
+    let rename = |key: &str| -> Option<String> {
+        if key.ends_with("position_ids") {
+            return None;
+        }
+        Some(key.strip_prefix("old.").unwrap_or(key).to_string())
+    };
+    let options = LoadOptions {
+        rename: Some(&rename),
+        allow_unexpected: true,
+    };
+    let report = load_safetensors(&vs, &[&file], &options).unwrap();
+    assert_eq!(report.unexpected, vec!["stray".to_string()]);
+    assert_eq!(vs.variables()["proj.weight"], weight());
+
+    let strict = LoadOptions {
+        rename: Some(&rename),
+        allow_unexpected: false,
+    };
+    assert!(load_safetensors(&vs, &[file], &strict).is_err());
+}
+
+#[test]
+fn weights_may_span_several_files() {
+    let vs = model();
+    let a = write("shard-1.safetensors", &[("proj.weight", weight())]);
+    let b = write(
+        "shard-2.safetensors",
+        &[("proj.bias", Tensor::from_slice(&[1.0f32, 2.0]))],
+    );
+    load_safetensors(&vs, &[a, b], &LoadOptions::default()).unwrap();
+    assert_eq!(
+        vs.variables()["proj.bias"],
+        Tensor::from_slice(&[1.0f32, 2.0])
+    );
+}
+
+#[test]
+fn bad_files_name_their_path() {
+    let garbage = temp("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not safetensors").unwrap();
+    let err = MappedFile::open(&garbage)
+        .err()
+        .expect("garbage is rejected");
+    assert!(matches!(err, CoreError::SafeTensors { .. }), "{err}");
+    assert!(err.to_string().contains("garbage.safetensors"), "{err}");
+
+    let missing = temp("nowhere.safetensors");
+    let err = load_safetensors(&model(), &[missing], &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, CoreError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("nowhere.safetensors"), "{err}");
+}
+
+#[test]
+fn mapped_file_lists_shapes_and_reads_owned_tensors() {
+    let file = write("read.safetensors", &[("w", weight())]);
+    let mapped = MappedFile::open(&file).unwrap();
+    assert_eq!(mapped.shapes().unwrap()["w"], vec![2, 3]);
+    let tensor = mapped.read("w").unwrap();
+    drop(mapped);
+    assert_eq!(tensor, weight());
+}

@@ -1,0 +1,134 @@
+"""Reference harness: diffusers/transformers outputs the Rust crates must match.
+
+Run from the repository root (after `bash scripts/setup.sh --reference`):
+
+    .venv/bin/python reference/generate.py
+
+It writes, under reference/:
+  fixtures/tokenizer/             vocab.json + merges.txt derived from open_clip's
+                                  bpe_simple_vocab_16e6.txt.gz (the real CLIP BPE, 49408 tokens)
+  fixtures/tiny-sd1/ ...          tiny random-weight models in the diffusers folder layout
+                                  (tiny-sd1, tiny-sd2, tiny-sdxl, tiny-sd1-inpaint). Random
+                                  weights: whatever they generate is noise.
+  fixtures/outputs/*.safetensors  reference outputs: tokenizer ids, text-encoder hidden states,
+                                  UNet outputs, VAE encode/decode, scheduler traces, txt2img
+                                  latents, shared layers; with a .json beside some for metadata
+  manifests/{sd15,sd21,sdxl}/*.json
+                                  weight names and shapes of the full-size models, built from
+                                  their configs on the meta device (no weights needed)
+
+Everything is seeded and single-threaded, so a rerun reproduces the files byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import harness_models  # noqa: E402
+import harness_outputs  # noqa: E402
+import harness_schedulers  # noqa: E402
+
+FIXTURES = HERE / "fixtures"
+OPEN_CLIP = "open-clip-torch==3.3.0"
+BPE_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable unicode map (the byte-level BPE alphabet)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def fetch_bpe(cache: Path) -> bytes:
+    """The gzipped BPE merges list from the open_clip_torch wheel (downloaded once, no deps)."""
+    wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+    if not wheels:
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", OPEN_CLIP, "-d", str(cache)],
+            check=True,
+        )
+        wheels = sorted(cache.glob("open_clip_torch-*.whl"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        return wheel.read(BPE_IN_WHEEL)
+
+
+def derive_tokenizer_files(out: Path, cache: Path) -> None:
+    """vocab.json and merges.txt exactly as in the official CLIP tokenizer folders."""
+    lines = gzip.open(io.BytesIO(fetch_bpe(cache))).read().decode("utf-8").split("\n")
+    # Line 0 is a version header; CLIP uses the next 49152 - 256 - 2 merges.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    alphabet = list(bytes_to_unicode().values())
+    vocab = alphabet + [c + "</w>" for c in alphabet]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 49408, len(vocab)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8"
+    )
+    (out / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["tokenizer", "models", "outputs", "schedulers", "manifests"], action="append")
+    args = parser.parse_args()
+    only = set(args.only or ["tokenizer", "models", "outputs", "schedulers", "manifests"])
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    outputs = FIXTURES / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path.home() / ".cache" / "sd-rs" / "wheels"
+        if "tokenizer" in only:
+            derive_tokenizer_files(FIXTURES / "tokenizer", cache)
+        if "models" in only:
+            for path in FIXTURES.glob("tiny-*"):
+                shutil.rmtree(path)
+            harness_models.write_tiny_models(FIXTURES, FIXTURES / "tokenizer")
+        if "outputs" in only:
+            harness_outputs.write_outputs(FIXTURES, outputs, Path(tmp))
+        if "schedulers" in only:
+            harness_schedulers.write_traces(outputs)
+        if "manifests" in only:
+            harness_models.write_manifests(HERE / "manifests")
+    print("reference fixtures written under", FIXTURES.relative_to(HERE.parent))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Reference outputs of the tiny models: tokenizer, text encoders, UNet, VAE, txt2img, layers."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+HAND_WRITTEN = [
+    "", " ", "a photo of a cat", "A Photo Of A CAT", "a  photo   of\ta\ncat",
+    "a red circle on a white background", "a large blue triangle on a white background",
+    "portrait of an astronaut, highly detailed, 8k, trending on artstation",
+    "(masterpiece:1.2), best quality, [blurry], ((sharp focus))",
+    "a \\(literal\\) parenthesis and a \\[bracket\\]", "don't stop believin'", "it's, they're, we've, I'll, you'd",
+    "3.14159 2,718 1e-9 #42 $100 50% 1/2", "12345678901234567890", "Zoë café naïve résumé façade",
+    "Ærøskøbing straße groß", "東京の夜景、ネオン", "一只可爱的猫", "고양이 사진", "кот на крыше",
+    "القط الجميل", "🐱 cat emoji 🎨🖌️", "👩‍🚀 astronaut with family 👨‍👩‍👧", "fire 🔥🔥🔥",
+    "email me at someone@example.com or visit https://example.com/path?q=1",
+    "snake_case and CamelCase and kebab-case", "<|startoftext|> inside text <|endoftext|>",
+    "tabs\tand\nnewlines\r\nmixed", "...!!!???", "—em dash– en dash “quotes” ‘single’",
+    "ﬁ ligature and full-width ＡＢＣ１２３", "a" * 100, "word " * 80,
+    "a very long prompt " + ", ".join(f"detail number {i}" for i in range(40)),
+    "x-ray, x ray, xray", "C++ and C# and F#", "100°C, 5km/h, ½ cup", "♥♠♦♣ ★☆",
+]
+
+WORDS = (
+    "a the of and cat dog castle forest neon city night portrait landscape painting oil watercolor "
+    "detailed intricate 4k 8k hdr cinematic lighting volumetric fog sunset sunrise golden hour blue red "
+    "green yellow purple orange circle square triangle large small white black gray background "
+    "photorealistic unreal engine octane render by greg rutkowski studio ghibli anime manga sketch"
+).split()
+DECORATIONS = ["", ",", ".", "!", "?", ";", ":", " -", "'s", "(", ")", "[", "]", ":1.3)", "  ", "\t", "..."]
+EXOTIC = ["é", "ü", "ñ", "ø", "日本", "猫", "한글", "ж", "🙂", "🚀", "™", "©", "½", "ß", "İ", "ﬂ"]
+
+
+def prompts() -> list[str]:
+    rng = random.Random(1234)
+    out = list(HAND_WRITTEN)
+    while len(out) < 320:
+        n = rng.choice([1, 3, 6, 12, 25, 60, 90])
+        parts = []
+        for _ in range(n):
+            word = rng.choice(WORDS)
+            roll = rng.random()
+            if roll < 0.15:
+                word = word.upper() if rng.random() < 0.5 else word.capitalize()
+            elif roll < 0.25:
+                word += rng.choice(EXOTIC)
+            elif roll < 0.32:
+                word = str(rng.randint(0, 100000))
+            parts.append(word + rng.choice(DECORATIONS))
+        out.append(" ".join(parts))
+    return out
+
+
+def tensor_dict(prefix: str, values: dict) -> dict:
+    return {f"{prefix}.{k}": v.detach().contiguous().clone() for k, v in values.items()}
+
+
+def write_tokenizer_ids(fixtures: Path, outputs: Path) -> None:
+    texts = prompts()
+    (outputs / "tokenizer_prompts.json").write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n")
+    tensors = {}
+    for name, folder in [("sd1", "tiny-sd1/tokenizer"), ("sd2", "tiny-sd2/tokenizer")]:
+        tok = CLIPTokenizer.from_pretrained(fixtures / folder)
+        ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        full = tok(texts, truncation=False).input_ids
+        tensors[f"{name}.input_ids"] = ids
+        tensors[f"{name}.untruncated_length"] = torch.tensor([len(x) for x in full])
+    save_file(tensors, outputs / "tokenizer.safetensors")
+
+
+TEXT_PROMPTS = ["a photo of a cat", "", "a large blue triangle on a white background, (detailed:1.2)"]
+
+
+def encode(tokenizer: CLIPTokenizer, model, prefix: str) -> dict:
+    ids = tokenizer(TEXT_PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    values = {
+        "input_ids": ids,
+        "last_hidden_state": out.last_hidden_state,
+        "hidden_states": torch.stack(out.hidden_states),
+    }
+    if hasattr(out, "text_embeds"):
+        values["text_embeds"] = out.text_embeds
+    else:
+        values["pooler_output"] = out.pooler_output
+    return tensor_dict(prefix, values)
+
+
+def write_text_encoders(fixtures: Path, outputs: Path) -> None:
+    tensors = {}
+    for prefix, folder, sub, cls in [
+        ("sd1", "tiny-sd1", "", CLIPTextModel),
+        ("sd2", "tiny-sd2", "", CLIPTextModel),
+        ("sdxl_1", "tiny-sdxl", "", CLIPTextModel),
+        ("sdxl_2", "tiny-sdxl", "_2", CLIPTextModelWithProjection),
+    ]:
+        tok = CLIPTokenizer.from_pretrained(fixtures / folder / f"tokenizer{sub}")
+        model = cls.from_pretrained(fixtures / folder / f"text_encoder{sub}").eval()
+        tensors.update(encode(tok, model, prefix))
+    save_file(tensors, outputs / "text_encoders.safetensors")
+
+
+def write_unets(fixtures: Path, outputs: Path) -> None:
+    tensors = {}
+    for prefix, folder in [("sd1", "tiny-sd1"), ("sd2", "tiny-sd2"), ("sdxl", "tiny-sdxl"),
+                           ("inpaint", "tiny-sd1-inpaint")]:
+        model = UNet2DConditionModel.from_pretrained(fixtures / folder / "unet").eval()
+        c = model.config
+        gen = torch.Generator().manual_seed(10)
+        sample = torch.randn(2, c.in_channels, 16, 16, generator=gen)
+        context = torch.randn(2, 77, c.cross_attention_dim, generator=gen)
+        timestep = torch.tensor([999, 37])
+        inputs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": context}
+        kwargs = {}
+        if c.addition_embed_type == "text_time":
+            inputs["text_embeds"] = torch.randn(2, 8, generator=gen)
+            inputs["time_ids"] = torch.tensor([[64.0, 64, 0, 0, 64, 64], [128, 96, 8, 16, 64, 64]])
+            kwargs["added_cond_kwargs"] = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
+        with torch.no_grad():
+            out = model(sample, timestep, context, **kwargs).sample
+            scalar_t = model(sample, 500, context, **kwargs).sample  # one timestep for the batch
+        tensors.update(tensor_dict(prefix, dict(inputs, out=out, out_t500=scalar_t)))
+    save_file(tensors, outputs / "unet.safetensors")
+
+
+def write_vaes(fixtures: Path, outputs: Path) -> None:
+    tensors = {}
+    for prefix, folder in [("sd1", "tiny-sd1"), ("sdxl", "tiny-sdxl")]:
+        model = AutoencoderKL.from_pretrained(fixtures / folder / "vae").eval()
+        gen = torch.Generator().manual_seed(20)
+        image = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+        latents = torch.randn(2, 4, 16, 16, generator=gen)
+        with torch.no_grad():
+            dist = model.encode(image).latent_dist
+            sample = dist.sample(generator=torch.Generator().manual_seed(21))
+            decoded = model.decode(latents).sample
+        tensors.update(tensor_dict(prefix, {
+            "image": image, "mean": dist.mean, "std": dist.std, "sample": sample,
+            "latents": latents, "decoded": decoded,
+        }))
+    save_file(tensors, outputs / "vae.safetensors")
+
+
+def write_txt2img(fixtures: Path, outputs: Path) -> None:
+    """Whole-pipeline final latents (before VAE decode) for fixed seeds, CPU generator."""
+    pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe.scheduler.config
+    samplers = {
+        "ddim": DDIMScheduler.from_config(base),
+        "euler": EulerDiscreteScheduler.from_config(base),
+        "euler-a": EulerAncestralDiscreteScheduler.from_config(base),
+        "dpm++2m": DPMSolverMultistepScheduler.from_config(base),
+        "pndm": pipe.scheduler,
+    }
+    runs = []
+    tensors = {}
+    for name, scheduler in samplers.items():
+        pipe.scheduler = scheduler
+        for seed, steps, guidance, negative in [(0, 4, 7.5, ""), (42, 6, 1.0, "blurry")]:
+            prompt = "a red circle on a white background"
+            latents = pipe(
+                prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                height=64, width=64, generator=torch.Generator("cpu").manual_seed(seed),
+                output_type="latent",
+            ).images
+            key = f"{name}.seed{seed}"
+            tensors[key] = latents.contiguous()
+            runs.append(dict(key=key, scheduler=name, seed=seed, steps=steps, guidance_scale=guidance,
+                             prompt=prompt, negative_prompt=negative, height=64, width=64))
+    save_file(tensors, outputs / "txt2img.safetensors")
+    (outputs / "txt2img.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def write_layers(outputs: Path) -> None:
+    """Single shared blocks: their weights (diffusers key names) and input/output pairs."""
+    torch.manual_seed(30)
+    resnet = ResnetBlock2D(in_channels=16, out_channels=32, temb_channels=24, groups=8, eps=1e-6).eval()
+    vae_attn = Attention(32, heads=1, dim_head=32, rescale_output_factor=1.0, eps=1e-6, norm_num_groups=8,
+                         residual_connection=True, bias=True, upcast_softmax=True, _from_deprecated_attn_block=True).eval()
+    cross_attn = Attention(32, cross_attention_dim=8, heads=4, dim_head=8, bias=False).eval()
+    self_attn = Attention(32, heads=2, dim_head=16, bias=False).eval()
+    for module in (resnet, vae_attn):
+        for norm in module.modules():
+            if isinstance(norm, torch.nn.GroupNorm):
+                with torch.no_grad():
+                    norm.weight.normal_(1, 0.1)
+                    norm.bias.normal_(0, 0.1)
+    weights = {}
+    for prefix, module in [("resnet", resnet), ("vae_attn", vae_attn), ("cross_attn", cross_attn),
+                           ("self_attn", self_attn)]:
+        weights.update({f"{prefix}.{k}": v.contiguous() for k, v in module.state_dict().items()})
+    save_file(weights, outputs / "layers_weights.safetensors")
+
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(2, 16, 8, 8, generator=gen)
+    temb = torch.randn(2, 24, generator=gen)
+    fmap = torch.randn(2, 32, 8, 8, generator=gen)
+    tokens = torch.randn(2, 10, 32, generator=gen)
+    context = torch.randn(2, 7, 8, generator=gen)
+    with torch.no_grad():
+        io = {
+            "resnet.input": x, "resnet.temb": temb, "resnet.output": resnet(x, temb),
+            "vae_attn.input": fmap, "vae_attn.output": vae_attn(fmap),
+            "cross_attn.input": tokens, "cross_attn.context": context,
+            "cross_attn.output": cross_attn(tokens, encoder_hidden_states=context),
+            "self_attn.output": self_attn(tokens),
+        }
+    save_file({k: v.contiguous() for k, v in io.items()}, outputs / "layers_io.safetensors")
+
+
+def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
+    write_tokenizer_ids(fixtures, outputs)
+    write_text_encoders(fixtures, outputs)
+    write_unets(fixtures, outputs)
+    write_vaes(fixtures, outputs)
+    write_txt2img(fixtures, outputs)
+    write_layers(outputs)
