@@ -6,7 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh --reference
 .venv/bin/python reference/generate.py
-changed="$(git status --porcelain --untracked-files=all -- reference/)"
+# Against the index: what is committed (or staged) must be what the script writes.
+changed="$(git diff --name-only -- reference/; git ls-files --others --exclude-standard -- reference/)"
 if [[ -n "$changed" ]]; then
   echo "check-fixtures: reference/ differs from what reference/generate.py writes:" >&2
   echo "$changed" >&2
