@@ -227,7 +227,19 @@ def write_layers(outputs: Path) -> None:
     save_file({k: v.contiguous() for k, v in io.items()}, outputs / "layers_io.safetensors")
 
 
+def write_rng(outputs: Path) -> None:
+    """Sequential draws from one seeded CPU generator, as a pipeline makes them
+    (small shapes take torch's scalar path, 16 and more its vectorised one)."""
+    gen = torch.Generator("cpu").manual_seed(1234)
+    shapes = [(1, 4, 8, 8), (3,), (5,), (2, 17), (1, 4, 64, 64)]
+    draws = {f"randn.{i}": torch.randn(shape, generator=gen) for i, shape in enumerate(shapes)}
+    draws["rand.5"] = torch.rand((2, 9), generator=gen)
+    draws["randn.6"] = torch.randn((4,), generator=gen)
+    save_file(draws, outputs / "rng.safetensors")
+
+
 def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
+    write_rng(outputs)
     write_tokenizer_ids(fixtures, outputs)
     write_text_encoders(fixtures, outputs)
     write_unets(fixtures, outputs)

@@ -6,6 +6,7 @@
 //!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
 //! - [`manifest`]: the weight names and shapes of a model, as committed manifests.
 //! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
+//! - [`rng`]: per-run seeded CPU generators that match `torch.Generator("cpu")`.
 //! - [`parity`]: numeric comparison against reference outputs, for tests.
 
 pub mod device;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod layers;
 pub mod manifest;
 pub mod parity;
+pub mod rng;
 pub mod weights;
 
 pub use error::{CoreError, Result};

@@ -1,0 +1,155 @@
+//! Seeded noise that matches diffusers' `torch.Generator("cpu").manual_seed(seed)`.
+//!
+//! Each [`CpuGenerator`] is libtorch's own CPU generator object (Mersenne
+//! Twister, and torch's exact normal transform), not the process-wide one:
+//! every run owns its stream, two runs in two threads never interleave, and a
+//! run draws the same numbers as diffusers does with a CPU generator of that
+//! seed: initial latents first, then each stochastic step's noise, in order.
+
+use std::ffi::{c_char, CStr};
+
+use tch::Tensor;
+
+use crate::error::{CoreError, Result};
+
+extern "C" {
+    fn sd_cpu_generator_new(seed: u64, error: *mut *mut c_char) -> *mut std::ffi::c_void;
+    fn sd_cpu_generator_free(generator: *mut std::ffi::c_void);
+    fn sd_cpu_generator_randn(
+        generator: *mut std::ffi::c_void,
+        dims: *const i64,
+        ndims: usize,
+        error: *mut *mut c_char,
+    ) -> *mut torch_sys::C_tensor;
+    fn sd_cpu_generator_rand(
+        generator: *mut std::ffi::c_void,
+        dims: *const i64,
+        ndims: usize,
+        error: *mut *mut c_char,
+    ) -> *mut torch_sys::C_tensor;
+    fn sd_free_message(message: *mut c_char);
+}
+
+/// A seeded CPU generator; see the module documentation.
+pub struct CpuGenerator {
+    raw: *mut std::ffi::c_void,
+    seed: u64,
+}
+
+// SAFETY: at::Generator guards its state with its own mutex; the handle is
+// only freed in Drop, which needs exclusive ownership.
+unsafe impl Send for CpuGenerator {}
+
+type Draw = unsafe extern "C" fn(
+    *mut std::ffi::c_void,
+    *const i64,
+    usize,
+    *mut *mut c_char,
+) -> *mut torch_sys::C_tensor;
+
+impl CpuGenerator {
+    pub fn new(seed: u64) -> Result<Self> {
+        let mut error = std::ptr::null_mut();
+        // SAFETY: the shim returns a new generator or null with a message.
+        let raw = unsafe { sd_cpu_generator_new(seed, &mut error) };
+        if raw.is_null() {
+            return Err(take_error(error, "creating a CPU generator"));
+        }
+        Ok(CpuGenerator { raw, seed })
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Standard normal noise, f32 on the CPU: `torch.randn(shape, generator=g)`.
+    pub fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+        self.draw(sd_cpu_generator_randn, shape, "randn")
+    }
+
+    /// Uniform noise in [0, 1), f32 on the CPU: `torch.rand(shape, generator=g)`.
+    pub fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
+        self.draw(sd_cpu_generator_rand, shape, "rand")
+    }
+
+    fn draw(&mut self, draw: Draw, shape: &[i64], what: &str) -> Result<Tensor> {
+        if let Some(bad) = shape.iter().find(|&&d| d < 0) {
+            return Err(CoreError::invalid(
+                what,
+                format!("negative dimension {bad} in shape {shape:?}"),
+            ));
+        }
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `raw` is a live generator; `shape` outlives the call; the
+        // shim returns an owned at::Tensor* that tch takes over, or null.
+        let tensor = unsafe { draw(self.raw, shape.as_ptr(), shape.len(), &mut error) };
+        if tensor.is_null() {
+            return Err(take_error(error, what));
+        }
+        // SAFETY: a freshly allocated tensor handle, owned by no one else.
+        Ok(unsafe { Tensor::from_ptr(tensor) })
+    }
+}
+
+impl Drop for CpuGenerator {
+    fn drop(&mut self) {
+        // SAFETY: created by sd_cpu_generator_new and freed only here.
+        unsafe { sd_cpu_generator_free(self.raw) }
+    }
+}
+
+impl std::fmt::Debug for CpuGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuGenerator")
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+fn take_error(error: *mut c_char, context: &str) -> CoreError {
+    let message = if error.is_null() {
+        "unknown libtorch error".to_string()
+    } else {
+        // SAFETY: a NUL-terminated copy made by strdup in the shim.
+        let text = unsafe { CStr::from_ptr(error) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { sd_free_message(error) };
+        text
+    };
+    CoreError::invalid(context, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream_and_streams_are_independent() {
+        let mut a = CpuGenerator::new(5).unwrap();
+        let mut b = CpuGenerator::new(5).unwrap();
+        let a1 = a.randn(&[2, 8]).unwrap();
+        // Drawing from another generator in between does not disturb `a`.
+        let _ = CpuGenerator::new(6).unwrap().randn(&[100]).unwrap();
+        tch::manual_seed(123);
+        let _ = Tensor::randn([64], (tch::Kind::Float, tch::Device::Cpu));
+        let a2 = a.randn(&[3]).unwrap();
+        assert_eq!(a1, b.randn(&[2, 8]).unwrap());
+        assert_eq!(a2, b.randn(&[3]).unwrap());
+        assert_ne!(a1, CpuGenerator::new(6).unwrap().randn(&[2, 8]).unwrap());
+    }
+
+    #[test]
+    fn matches_the_global_generator_with_the_same_seed() {
+        // tch::manual_seed + randn is torch.manual_seed + torch.randn.
+        tch::manual_seed(42);
+        let global = Tensor::randn([1, 4, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let mine = CpuGenerator::new(42).unwrap().randn(&[1, 4, 8, 8]).unwrap();
+        assert_eq!(global, mine);
+    }
+
+    #[test]
+    fn bad_shape_is_an_error() {
+        assert!(CpuGenerator::new(0).unwrap().randn(&[2, -1]).is_err());
+    }
+}
