@@ -80,10 +80,21 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Resu
         .f_to_kind(Kind::Double)?
         .f_to_device(tch::Device::Cpu)?
         .f_flatten(0, -1)?;
-    let nonfinite = a.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    // Identical non-finite values (both +inf, both NaN) agree: the reference
+    // itself overflows there. Any other non-finite value is a failure.
+    let same = a
+        .eq_tensor(&e)
+        .logical_or(&a.isnan().logical_and(&e.isnan()));
+    let nonfinite = a
+        .isfinite()
+        .logical_not()
+        .logical_and(&same.logical_not())
+        .sum(Kind::Int64)
+        .int64_value(&[]);
     let diff = (&a - &e)
         .abs()
-        .nan_to_num(f64::INFINITY, f64::INFINITY, f64::INFINITY);
+        .nan_to_num(f64::INFINITY, f64::INFINITY, f64::INFINITY)
+        .masked_fill(&same, 0.0);
     if a.numel() == 0 {
         return Ok(Comparison {
             shape: actual.size(),
@@ -98,7 +109,7 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Resu
     }
     let worst_index = diff.argmax(None, false).int64_value(&[]);
     let max_abs = diff.double_value(&[worst_index]);
-    let scale = e.abs().max().double_value(&[]);
+    let scale = e.abs().nan_to_num(0.0, 0.0, 0.0).max().double_value(&[]);
     let bound = e.abs() * tolerance.rtol + tolerance.atol;
     let failing = diff.gt_tensor(&bound).sum(Kind::Int64).int64_value(&[]);
     Ok(Comparison {
@@ -211,6 +222,14 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn identical_infinities_agree_but_new_ones_fail() {
+        let expected = Tensor::from_slice(&[f32::NEG_INFINITY, f32::NAN, 1.0]);
+        assert!(check_close("same", &expected.copy(), &expected, Tolerance::abs(0.0)).is_ok());
+        let flipped = Tensor::from_slice(&[f32::INFINITY, f32::NAN, 1.0]);
+        assert!(check_close("flipped", &flipped, &expected, Tolerance::abs(1.0)).is_err());
     }
 
     #[test]

@@ -30,6 +30,19 @@ extern "C" {
     fn sd_free_message(message: *mut c_char);
 }
 
+/// Where stochastic samplers get their noise. [`CpuGenerator`] is the one
+/// that matches diffusers; tests may supply fixed noise instead.
+pub trait NoiseSource {
+    /// Standard normal noise of `shape` (f32, any device; the caller moves it).
+    fn randn(&mut self, shape: &[i64]) -> Result<Tensor>;
+}
+
+impl NoiseSource for CpuGenerator {
+    fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+        CpuGenerator::randn(self, shape)
+    }
+}
+
 /// A seeded CPU generator; see the module documentation.
 pub struct CpuGenerator {
     raw: *mut std::ffi::c_void,

@@ -1,6 +1,322 @@
-//! sd-scheduler: see the crate description. Work in progress: this crate holds its
-//! error type so far; the components arrive with their issues.
+//! Diffusion samplers that match diffusers step for step, behind one public
+//! [`Scheduler`] trait that your own samplers can implement too.
+//!
+//! A run owns its scheduler value: [`Scheduler::set_timesteps`] prepares it
+//! and resets all per-run state, then the loop goes over the timesteps by
+//! index (never by float equality):
+//!
+//! ```no_run
+//! # use sd_scheduler::{build, SamplerKind, SchedulerConfig, Scheduler};
+//! # use sd_core::rng::CpuGenerator;
+//! # fn unet(x: &tch::Tensor, t: f64) -> tch::Tensor { x.shallow_clone() }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut scheduler = build(SamplerKind::Euler, &SchedulerConfig::stable_diffusion())?;
+//! scheduler.set_timesteps(30)?;
+//! let mut noise = CpuGenerator::new(0)?;
+//! let mut latents = noise.randn(&[1, 4, 64, 64])? * scheduler.init_noise_sigma();
+//! for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
+//!     let input = scheduler.scale_model_input(&latents, i)?;
+//!     let eps = unet(&input, t);
+//!     latents = scheduler.step(&eps, i, &latents, &mut noise)?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Multi-stage samplers (Heun, KDPM2) list each model evaluation as its own
+//! timestep, so the same loop drives them. The schedule math has one home,
+//! [`schedule`]; each sampler is one file.
 
+pub mod config;
 pub mod error;
+mod prediction;
+pub mod schedule;
+mod sigmas;
 
-pub use error::SchedulerError;
+mod ddim;
+mod ddpm;
+mod dpm_solver;
+mod euler;
+mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod lcm;
+mod lms;
+mod pndm;
+mod unipc;
+
+pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use dpm_solver::DpmSolverMultistep;
+pub use error::{Result, SchedulerError};
+pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use heun::Heun;
+pub use kdpm2::{Kdpm2, Kdpm2Ancestral};
+pub use lcm::Lcm;
+pub use lms::Lms;
+pub use pndm::Pndm;
+pub use sd_core::rng::NoiseSource;
+pub use unipc::UniPc;
+
+use tch::Tensor;
+
+/// A sampler: turns model outputs into the next, less noisy sample.
+///
+/// Implement it to plug your own sampler into the pipeline. Indices address
+/// [`Scheduler::timesteps`]; a run calls `scale_model_input(i)` and `step(i)`
+/// for each `i` in order, starting at 0 (or at an img2img start index).
+pub trait Scheduler: Send {
+    /// A short name for messages ("euler", "dpm++2m", ...).
+    fn name(&self) -> &'static str;
+
+    /// Prepares `num_inference_steps` steps and resets all per-run state.
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
+
+    /// Prepares a custom, strictly descending list of training timesteps,
+    /// for samplers that support one.
+    fn set_custom_timesteps(&mut self, timesteps: &[f64]) -> Result<()> {
+        let _ = timesteps;
+        Err(SchedulerError::request(
+            self.name(),
+            "custom timesteps are not supported",
+        ))
+    }
+
+    /// The model's timestep at each step index (fractional where the
+    /// sampler interpolates). Heun and KDPM2 list each model evaluation.
+    fn timesteps(&self) -> &[f64];
+
+    /// The sigma at each step index plus the final one, for samplers that
+    /// work in sigmas (diffusers' `scheduler.sigmas`).
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
+
+    /// Model evaluations per sampler step: 2 for Heun and KDPM2, else 1.
+    fn order(&self) -> usize {
+        1
+    }
+
+    /// Scale of the initial noise (1 for DDIM-like samplers, the largest
+    /// sigma or more for sigma-based ones).
+    fn init_noise_sigma(&self) -> f64;
+
+    /// The model's input at step `step_index` (identity for most samplers).
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor>;
+
+    /// One step: the model's output at `step_index` and the current sample
+    /// give the next sample. Stochastic samplers draw noise from `noise`.
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor>;
+
+    /// The forward process: `original` noised to the level of `step_index`
+    /// (img2img and inpainting start here).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
+}
+
+/// Every built-in sampler, by its CLI name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplerKind {
+    Ddim,
+    Ddpm,
+    Pndm,
+    Lms,
+    Euler,
+    EulerAncestral,
+    Heun,
+    Dpm2,
+    Dpm2Ancestral,
+    DpmPlusPlus2M,
+    DpmPlusPlus2MKarras,
+    DpmPlusPlus2MSde,
+    UniPc,
+    Lcm,
+}
+
+impl SamplerKind {
+    pub const ALL: [SamplerKind; 14] = [
+        SamplerKind::Ddim,
+        SamplerKind::Ddpm,
+        SamplerKind::Pndm,
+        SamplerKind::Lms,
+        SamplerKind::Euler,
+        SamplerKind::EulerAncestral,
+        SamplerKind::Heun,
+        SamplerKind::Dpm2,
+        SamplerKind::Dpm2Ancestral,
+        SamplerKind::DpmPlusPlus2M,
+        SamplerKind::DpmPlusPlus2MKarras,
+        SamplerKind::DpmPlusPlus2MSde,
+        SamplerKind::UniPc,
+        SamplerKind::Lcm,
+    ];
+
+    pub const NAMES: [&'static str; 14] = [
+        "ddim",
+        "ddpm",
+        "pndm",
+        "lms",
+        "euler",
+        "euler-a",
+        "heun",
+        "dpm2",
+        "dpm2-a",
+        "dpm++2m",
+        "dpm++2m-karras",
+        "dpm++2m-sde",
+        "unipc",
+        "lcm",
+    ];
+
+    pub fn name(self) -> &'static str {
+        let index = Self::ALL
+            .iter()
+            .position(|&k| k == self)
+            .expect("every kind is listed");
+        Self::NAMES[index]
+    }
+
+    /// The sampler of a diffusers class name (`_class_name` of a config).
+    pub fn from_class_name(class: &str) -> Option<Self> {
+        Some(match class {
+            "DDIMScheduler" => SamplerKind::Ddim,
+            "DDPMScheduler" => SamplerKind::Ddpm,
+            "PNDMScheduler" => SamplerKind::Pndm,
+            "LMSDiscreteScheduler" => SamplerKind::Lms,
+            "EulerDiscreteScheduler" => SamplerKind::Euler,
+            "EulerAncestralDiscreteScheduler" => SamplerKind::EulerAncestral,
+            "HeunDiscreteScheduler" => SamplerKind::Heun,
+            "KDPM2DiscreteScheduler" => SamplerKind::Dpm2,
+            "KDPM2AncestralDiscreteScheduler" => SamplerKind::Dpm2Ancestral,
+            "DPMSolverMultistepScheduler" => SamplerKind::DpmPlusPlus2M,
+            "UniPCMultistepScheduler" => SamplerKind::UniPc,
+            "LCMScheduler" => SamplerKind::Lcm,
+            _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = SchedulerError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Self::NAMES
+            .iter()
+            .position(|&n| n == name)
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| SchedulerError::UnknownSampler(name.to_string()))
+    }
+}
+
+impl std::fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Builds a sampler from a config, as diffusers' `Class.from_config(config)`:
+/// keys the config has override the sampler's defaults; the DPM-Solver++
+/// names also set their defining options (Karras sigmas, SDE variant).
+pub fn build(kind: SamplerKind, config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    Ok(match kind {
+        SamplerKind::Ddim => Box::new(Ddim::new(config)?),
+        SamplerKind::Ddpm => Box::new(Ddpm::new(config)?),
+        SamplerKind::Pndm => Box::new(Pndm::new(config)?),
+        SamplerKind::Lms => Box::new(Lms::new(config)?),
+        SamplerKind::Euler => Box::new(Euler::new(config)?),
+        SamplerKind::EulerAncestral => Box::new(EulerAncestral::new(config)?),
+        SamplerKind::Heun => Box::new(Heun::new(config)?),
+        SamplerKind::Dpm2 => Box::new(Kdpm2::new(config)?),
+        SamplerKind::Dpm2Ancestral => Box::new(Kdpm2Ancestral::new(config)?),
+        SamplerKind::DpmPlusPlus2M => Box::new(DpmSolverMultistep::new(config, "dpm++2m")?),
+        SamplerKind::DpmPlusPlus2MKarras => {
+            let config = SchedulerConfig {
+                use_karras_sigmas: Some(true),
+                ..config.clone()
+            };
+            Box::new(DpmSolverMultistep::new(&config, "dpm++2m-karras")?)
+        }
+        SamplerKind::DpmPlusPlus2MSde => {
+            let config = SchedulerConfig {
+                algorithm_type: Some(config::AlgorithmType::SdeDpmSolverPlusPlus),
+                ..config.clone()
+            };
+            Box::new(DpmSolverMultistep::new(&config, "dpm++2m-sde")?)
+        }
+        SamplerKind::UniPc => Box::new(UniPc::new(config)?),
+        SamplerKind::Lcm => Box::new(Lcm::new(config)?),
+    })
+}
+
+/// Where img2img starts: diffusers' `get_timesteps`. With `strength` in
+/// (0, 1], the run skips the first `steps - floor(steps * strength)` steps;
+/// the returned index is into [`Scheduler::timesteps`] (times the order).
+pub fn img2img_start_index(
+    scheduler: &dyn Scheduler,
+    num_inference_steps: usize,
+    strength: f64,
+) -> Result<usize> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(SchedulerError::request(
+            scheduler.name(),
+            format!("strength {strength} is outside (0, 1]"),
+        ));
+    }
+    let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
+    let start = (num_inference_steps - init) * scheduler.order();
+    if start >= scheduler.timesteps().len() {
+        return Err(SchedulerError::request(
+            scheduler.name(),
+            format!("strength {strength} with {num_inference_steps} steps leaves no step to run"),
+        ));
+    }
+    Ok(start)
+}
+
+/// Checks a step count against the training timesteps.
+pub(crate) fn check_steps(sampler: &'static str, steps: usize, num_train: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(SchedulerError::request(
+            sampler,
+            "0 inference steps: at least 1 is needed",
+        ));
+    }
+    if steps > num_train {
+        return Err(SchedulerError::request(
+            sampler,
+            format!("{steps} inference steps is more than the {num_train} training timesteps"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an index against the prepared timesteps.
+pub(crate) fn check_index(sampler: &'static str, index: usize, len: usize) -> Result<()> {
+    if index >= len {
+        return Err(SchedulerError::StepOutOfRange {
+            sampler,
+            index,
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Upcasts the model output like diffusers' `sample.to(float32)` steps do.
+pub(crate) fn f32_like(tensor: &Tensor) -> Tensor {
+    tensor.to_kind(tch::Kind::Float)
+}
+
+/// Noise from the run's source, moved to where the sample is.
+pub(crate) fn draw_noise(noise: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
+    Ok(noise
+        .randn(&like.size())?
+        .to_device(like.device())
+        .to_kind(like.kind()))
+}

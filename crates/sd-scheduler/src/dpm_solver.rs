@@ -1,0 +1,297 @@
+//! DPM-Solver++ (Lu et al. 2022), multistep, first and second order, ODE
+//! and SDE variants: diffusers' `DPMSolverMultistepScheduler`, which the
+//! CLI names dpm++2m, dpm++2m-karras and dpm++2m-sde.
+
+use tch::Tensor;
+
+use crate::config::{
+    AlgorithmType, BetaSchedule, FinalSigmasType, PredictionType, SchedulerConfig, SolverType,
+    TimestepSpacing,
+};
+use crate::error::{Result, SchedulerError};
+use crate::schedule::{self, exp32, ln32, NoiseSchedule};
+use crate::{check_index, check_steps, draw_noise, f32_like, sigmas, NoiseSource, Scheduler};
+
+#[derive(Debug)]
+pub struct DpmSolverMultistep {
+    name: &'static str,
+    schedule: NoiseSchedule,
+    prediction: PredictionType,
+    spacing: TimestepSpacing,
+    steps_offset: i64,
+    sde: bool,
+    heun: bool,
+    solver_order: usize,
+    lower_order_final: bool,
+    euler_at_final: bool,
+    final_sigma: FinalSigmasType,
+    karras: bool,
+    exponential: bool,
+    round_karras_timesteps: bool,
+    lambda_min_clipped: f64,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    /// Converted (x0) model outputs of the last `solver_order` steps, newest last.
+    outputs: Vec<Tensor>,
+    lower_order_nums: usize,
+}
+
+/// alpha_t and sigma_t of the VP form from a VE sigma.
+pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// The half-log-SNR lambda = log(alpha) - log(sigma).
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
+    ln32(alpha) - ln32(sigma)
+}
+
+impl DpmSolverMultistep {
+    pub fn new(config: &SchedulerConfig, name: &'static str) -> Result<Self> {
+        let sde = match config
+            .algorithm_type
+            .unwrap_or(AlgorithmType::DpmSolverPlusPlus)
+        {
+            AlgorithmType::DpmSolverPlusPlus | AlgorithmType::Deis => false,
+            AlgorithmType::SdeDpmSolverPlusPlus => true,
+            other => {
+                return Err(SchedulerError::config(
+                    "algorithm_type",
+                    format!("{other:?} is not implemented (dpmsolver++ and sde-dpmsolver++ are)"),
+                ))
+            }
+        };
+        let heun = config.solver_type == Some(SolverType::Heun);
+        let solver_order = config.solver_order.unwrap_or(2);
+        if !(1..=2).contains(&solver_order) {
+            return Err(SchedulerError::config(
+                "solver_order",
+                format!("{solver_order}: orders 1 and 2 are implemented"),
+            ));
+        }
+        let karras = config.use_karras_sigmas == Some(true);
+        let exponential = config.use_exponential_sigmas == Some(true);
+        if karras && exponential {
+            return Err(SchedulerError::config(
+                "use_karras_sigmas",
+                "only one of Karras and exponential sigmas",
+            ));
+        }
+        if config.use_lu_lambdas == Some(true) || config.use_beta_sigmas == Some(true) {
+            return Err(SchedulerError::config(
+                "use_lu_lambdas",
+                "Lu lambdas and beta sigmas are not implemented",
+            ));
+        }
+        let mut schedule = sigmas::noise_schedule(config, true)?;
+        sigmas::clamp_terminal_alpha(&mut schedule, config);
+        Ok(DpmSolverMultistep {
+            name,
+            prediction: config.prediction_type.unwrap_or(PredictionType::Epsilon),
+            spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+            steps_offset: config.steps_offset.unwrap_or(0),
+            sde,
+            heun,
+            solver_order,
+            lower_order_final: config.lower_order_final.unwrap_or(true),
+            euler_at_final: config.euler_at_final.unwrap_or(false),
+            final_sigma: config.final_sigmas_type.unwrap_or(FinalSigmasType::Zero),
+            karras,
+            exponential,
+            round_karras_timesteps: config.beta_schedule != Some(BetaSchedule::SquaredcosCapV2),
+            lambda_min_clipped: config.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY),
+            schedule,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            outputs: Vec::new(),
+            lower_order_nums: 0,
+        })
+    }
+
+    /// The last usable training timestep + 1, after `lambda_min_clipped`.
+    fn last_timestep(&self) -> usize {
+        let n = self.schedule.num_train_timesteps();
+        let clipped = self
+            .schedule
+            .alphas_cumprod
+            .iter()
+            .rev()
+            .filter(|&&a| (lambda(a.sqrt(), (1.0 - a).sqrt()) as f64) < self.lambda_min_clipped)
+            .count();
+        n - clipped
+    }
+
+    fn to_x0(&self, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
+        let (alpha_t, sigma_t) = alpha_sigma(sigma);
+        match self.prediction {
+            PredictionType::Epsilon => (sample - model_output * sigma_t as f64) / alpha_t as f64,
+            PredictionType::Sample => model_output.shallow_clone(),
+            PredictionType::VPrediction => sample * alpha_t as f64 - model_output * sigma_t as f64,
+        }
+    }
+}
+
+impl Scheduler for DpmSolverMultistep {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        let num_train = self.schedule.num_train_timesteps();
+        check_steps(self.name, steps, num_train)?;
+        let last = self.last_timestep() as f64;
+        // Spaced over steps + 1 points, dropping the one at 0.
+        let mut timesteps: Vec<f64> = match self.spacing {
+            TimestepSpacing::Linspace => {
+                let mut t: Vec<f64> = schedule::linspace(0.0, last - 1.0, steps + 1)
+                    .into_iter()
+                    .map(schedule::round)
+                    .collect();
+                t.reverse();
+                t.pop();
+                t
+            }
+            TimestepSpacing::Leading => {
+                let ratio = (last as usize / (steps + 1)) as f64;
+                (1..=steps)
+                    .rev()
+                    .map(|i| i as f64 * ratio + self.steps_offset as f64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                schedule::arange(last, 0.0, -(num_train as f64 / steps as f64))
+                    .into_iter()
+                    .map(|t| schedule::round(t) - 1.0)
+                    .collect()
+            }
+        };
+        let training = self.schedule.training_sigmas();
+        let log_sigmas: Vec<f32> = training.iter().map(|s| s.ln()).collect();
+        let mut sigmas: Vec<f64> = if self.karras || self.exponential {
+            let (min, max) = (training[0] as f64, training[num_train - 1] as f64);
+            let sigmas = if self.karras {
+                schedule::karras_sigmas(min, max, steps)
+            } else {
+                schedule::exponential_sigmas(min, max, steps)
+            };
+            timesteps = sigmas
+                .iter()
+                .map(|&s| schedule::sigma_to_t(s, &log_sigmas))
+                .collect();
+            if self.karras && self.round_karras_timesteps {
+                timesteps.iter_mut().for_each(|t| *t = schedule::round(*t));
+            }
+            sigmas
+        } else {
+            timesteps
+                .iter()
+                .map(|&t| schedule::interp(t, &training))
+                .collect()
+        };
+        sigmas.push(match self.final_sigma {
+            FinalSigmasType::Zero => 0.0,
+            FinalSigmasType::SigmaMin => training[0] as f64,
+        });
+        // diffusers stores the timesteps as int64.
+        self.timesteps = timesteps.into_iter().map(f64::trunc).collect();
+        self.sigmas = sigmas.into_iter().map(|s| s as f32).collect();
+        self.outputs.clear();
+        self.lower_order_nums = 0;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_index(self.name, step_index, self.timesteps.len())?;
+        Ok(sample.shallow_clone())
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let len = self.timesteps.len();
+        check_index(self.name, i, len)?;
+        // 1. which order this step may use (lower near the end of short runs)
+        let lower_final = i == len - 1
+            && (self.euler_at_final
+                || (self.lower_order_final && len < 15)
+                || self.final_sigma == FinalSigmasType::Zero);
+        // 2. remember the data prediction
+        let x0 = self.to_x0(model_output, sample, self.sigmas[i]);
+        self.outputs.push(x0);
+        if self.outputs.len() > self.solver_order {
+            drop(self.outputs.remove(0));
+        }
+        let sample = f32_like(sample);
+        let noise = if self.sde {
+            Some(draw_noise(noise, &sample)?)
+        } else {
+            None
+        };
+        // 3. the update, in alpha/sigma/lambda of this and the next sigma
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
+        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
+        let m0 = &self.outputs[self.outputs.len() - 1];
+        let first_order = self.solver_order == 1 || self.lower_order_nums < 1 || lower_final;
+        let d1 = if first_order {
+            None
+        } else {
+            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
+            let h0 = lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1);
+            let r0 = h0 / h;
+            Some((m0 - &self.outputs[self.outputs.len() - 2]) * (1.0 / r0) as f64)
+        };
+        let prev = if let Some(noise) = noise {
+            let decay = 1.0 - exp32(-2.0 * h);
+            let mut x =
+                &sample * (sigma_t / sigma_s0 * exp32(-h)) as f64 + m0 * (alpha_t * decay) as f64;
+            if let Some(d1) = d1 {
+                let c = if self.heun {
+                    alpha_t * (decay / (-2.0 * h) + 1.0)
+                } else {
+                    0.5 * (alpha_t * decay)
+                };
+                x += d1 * c as f64;
+            }
+            x + noise * (sigma_t * decay.sqrt()) as f64
+        } else {
+            let phi = alpha_t * (exp32(-h) - 1.0);
+            let mut x = &sample * (sigma_t / sigma_s0) as f64 - m0 * phi as f64;
+            if let Some(d1) = d1 {
+                x = if self.heun {
+                    x + d1 * (alpha_t * ((exp32(-h) - 1.0) / h + 1.0)) as f64
+                } else {
+                    x - d1 * (0.5 * phi) as f64
+                };
+            }
+            x
+        };
+        if self.lower_order_nums < self.solver_order {
+            self.lower_order_nums += 1;
+        }
+        Ok(prev.to_kind(model_output.kind()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_index(self.name, step_index, self.timesteps.len())?;
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step_index]);
+        Ok(original * alpha_t as f64 + noise * sigma_t as f64)
+    }
+}

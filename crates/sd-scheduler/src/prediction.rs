@@ -1,0 +1,59 @@
+//! The model's output turned into a prediction of the clean sample, for each
+//! prediction type, in the two parameterisations diffusers uses. One home
+//! for these formulas; scalars are f32 as in diffusers' 0-d tensors.
+
+use tch::Tensor;
+
+use crate::config::PredictionType;
+use crate::error::{Result, SchedulerError};
+
+/// `x0` from an alpha-parameterised step (DDIM, DDPM, LCM), where
+/// `alpha_prod` is `alphas_cumprod[t]`.
+pub fn x0_from_alpha(
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_prod: f32,
+) -> Tensor {
+    let beta_prod = 1.0 - alpha_prod;
+    let (sqrt_alpha, sqrt_beta) = (alpha_prod.sqrt() as f64, beta_prod.sqrt() as f64);
+    match prediction {
+        PredictionType::Epsilon => (sample - model_output * sqrt_beta) / sqrt_alpha,
+        PredictionType::Sample => model_output.shallow_clone(),
+        PredictionType::VPrediction => sample * sqrt_alpha - model_output * sqrt_beta,
+    }
+}
+
+/// `x0` from a sigma-parameterised step (Euler and the Karras family).
+pub fn x0_from_sigma(
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    sigma: f32,
+) -> Tensor {
+    match prediction {
+        PredictionType::Epsilon => sample - model_output * sigma as f64,
+        PredictionType::Sample => model_output.shallow_clone(),
+        PredictionType::VPrediction => {
+            let scale = -sigma / (sigma * sigma + 1.0).sqrt();
+            model_output * scale as f64 + sample / (sigma * sigma + 1.0) as f64
+        }
+    }
+}
+
+/// Rejects prediction types a sampler does not implement (as diffusers
+/// raises for them), at construction rather than mid-run.
+pub fn require(
+    sampler: &'static str,
+    prediction: PredictionType,
+    supported: &[PredictionType],
+) -> Result<PredictionType> {
+    if supported.contains(&prediction) {
+        Ok(prediction)
+    } else {
+        Err(SchedulerError::config(
+            "prediction_type",
+            format!("{sampler} does not support {prediction:?}"),
+        ))
+    }
+}

@@ -1,0 +1,331 @@
+//! The schedule math every sampler shares, in one place: betas and
+//! `alphas_cumprod`, timestep spacing, sigmas, Karras/exponential sigmas,
+//! and the numpy helpers (`linspace`, `arange`, `interp`) they are defined by.
+//!
+//! Numbers follow diffusers' own dtypes so results agree to the last digit:
+//! betas and `alphas_cumprod` are f32 tensors computed by libtorch exactly as
+//! torch computes them; the host-side numpy parts are f64, cast to f32 where
+//! diffusers casts.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{BetaSchedule, TimestepSpacing};
+use crate::error::{Result, SchedulerError};
+
+/// Betas and their cumulative alpha products over the training timesteps.
+#[derive(Debug, Clone)]
+pub struct NoiseSchedule {
+    pub betas: Vec<f32>,
+    pub alphas_cumprod: Vec<f32>,
+}
+
+/// What defines a [`NoiseSchedule`], resolved from a config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BetaConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl NoiseSchedule {
+    pub fn new(config: &BetaConfig) -> Result<Self> {
+        let n = config.num_train_timesteps;
+        if n < 2 {
+            return Err(SchedulerError::config(
+                "num_train_timesteps",
+                format!("{n} is fewer than 2"),
+            ));
+        }
+        let f32_cpu = (Kind::Float, Device::Cpu);
+        let mut betas = match (&config.trained_betas, config.beta_schedule) {
+            (Some(trained), _) => {
+                if trained.len() != n {
+                    return Err(SchedulerError::config(
+                        "trained_betas",
+                        format!("{} values for {n} training timesteps", trained.len()),
+                    ));
+                }
+                let values: Vec<f32> = trained.iter().map(|&b| b as f32).collect();
+                Tensor::from_slice(&values)
+            }
+            (None, BetaSchedule::Linear) => {
+                Tensor::linspace(config.beta_start, config.beta_end, n as i64, f32_cpu)
+            }
+            (None, BetaSchedule::ScaledLinear) => Tensor::linspace(
+                config.beta_start.sqrt(),
+                config.beta_end.sqrt(),
+                n as i64,
+                f32_cpu,
+            )
+            .pow_tensor_scalar(2),
+            (None, BetaSchedule::SquaredcosCapV2) => Tensor::from_slice(&cosine_betas(n)),
+        };
+        if config.rescale_betas_zero_snr {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let alphas_cumprod = (-&betas + 1.0).cumprod(0, Kind::Float);
+        Ok(NoiseSchedule {
+            betas: to_vec(&betas),
+            alphas_cumprod: to_vec(&alphas_cumprod),
+        })
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// `alphas_cumprod[t]`, or `final_alpha` past the start (t < 0).
+    pub fn alpha_prod(&self, t: i64, final_alpha: f32) -> f32 {
+        if t >= 0 {
+            self.alphas_cumprod[t as usize]
+        } else {
+            final_alpha
+        }
+    }
+
+    /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, f32 as torch computes it,
+    /// indexed by training timestep (ascending).
+    pub fn training_sigmas(&self) -> Vec<f32> {
+        self.alphas_cumprod
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect()
+    }
+}
+
+/// The `squaredcos_cap_v2` (cosine) schedule: betas from alpha-bar(t).
+fn cosine_betas(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
+    (0..n)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// Rescales betas so the last timestep has zero SNR (Lin et al. 2023), the
+/// `rescale_betas_zero_snr` option, with torch's f32 ops in diffusers' order.
+fn rescale_zero_terminal_snr(betas: &Tensor) -> Tensor {
+    let alphas_cumprod = (-betas + 1.0).cumprod(0, Kind::Float);
+    let sqrt = alphas_cumprod.sqrt();
+    let first = sqrt.get(0);
+    let last = sqrt.get(-1);
+    let shifted = &sqrt - &last;
+    let scaled = shifted * (&first / (&first - &last));
+    let alphas_bar = scaled.pow_tensor_scalar(2);
+    let n = alphas_bar.size()[0];
+    let alphas = alphas_bar.narrow(0, 1, n - 1) / alphas_bar.narrow(0, 0, n - 1);
+    let alphas = Tensor::cat(&[alphas_bar.narrow(0, 0, 1), alphas], 0);
+    -alphas + 1.0
+}
+
+fn to_vec(tensor: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(tensor.contiguous()).expect("a 1-d f32 CPU tensor")
+}
+
+// --- numpy, as diffusers uses it -----------------------------------------
+
+/// `np.linspace(start, stop, num)` (endpoint included), numpy's arithmetic.
+pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    let div = (num - 1) as f64;
+    let delta = stop - start;
+    let mut out: Vec<f64> = (0..num)
+        .map(|i| {
+            let i = i as f64;
+            if num > 1 {
+                let step = delta / div;
+                if step != 0.0 {
+                    i * step + start
+                } else {
+                    i / div * delta + start
+                }
+            } else {
+                i * delta + start
+            }
+        })
+        .collect();
+    if num > 1 {
+        out[num - 1] = stop;
+    }
+    out
+}
+
+/// `np.arange(start, stop, step)` for a float step.
+pub fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil().max(0.0) as usize;
+    (0..len).map(|i| start + i as f64 * step).collect()
+}
+
+/// `np.round`: halves go to the even neighbour.
+pub fn round(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// `np.interp(x, arange(len(fp)), fp)`: linear interpolation on integer knots.
+pub fn interp(x: f64, fp: &[f32]) -> f64 {
+    let last = fp.len() - 1;
+    if x <= 0.0 {
+        return fp[0] as f64;
+    }
+    if x >= last as f64 {
+        return fp[last] as f64;
+    }
+    let j = x.floor() as usize;
+    let slope = (fp[j + 1] as f64 - fp[j] as f64) / 1.0;
+    slope * (x - j as f64) + fp[j] as f64
+}
+
+/// Which way a sampler spaces its timesteps, and how it rounds them.
+pub fn spaced_timesteps(
+    spacing: TimestepSpacing,
+    num_train: usize,
+    num_steps: usize,
+    steps_offset: i64,
+    round_linspace: bool,
+) -> Vec<f64> {
+    let n_train = num_train as f64;
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut t = linspace(0.0, n_train - 1.0, num_steps);
+            if round_linspace {
+                t.iter_mut().for_each(|x| *x = round(*x));
+            }
+            t.reverse();
+            t
+        }
+        TimestepSpacing::Leading => {
+            let ratio = num_train / num_steps;
+            (0..num_steps)
+                .rev()
+                .map(|i| (i * ratio) as f64 + steps_offset as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = n_train / num_steps as f64;
+            arange(n_train, 0.0, -ratio)
+                .into_iter()
+                .map(|x| round(x) - 1.0)
+                .collect()
+        }
+    }
+}
+
+/// Karras et al. (2022) sigmas: rho = 7 between `sigma_max` and `sigma_min`.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, num_steps: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+    linspace(0.0, 1.0, num_steps)
+        .into_iter()
+        .map(|ramp| (max_inv + ramp * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// Sigmas evenly spaced in log space from `sigma_max` down to `sigma_min`.
+pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, num_steps: usize) -> Vec<f64> {
+    linspace(sigma_max.ln(), sigma_min.ln(), num_steps)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// The fractional training timestep whose sigma is `sigma`, by linear
+/// interpolation in log-sigma (diffusers' `_sigma_to_t`). `log_sigmas` are
+/// the f32 logs of [`NoiseSchedule::training_sigmas`].
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let below = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l as f64 >= 0.0)
+        .unwrap_or(0);
+    let low_idx = below.min(log_sigmas.len() - 2);
+    let (low, high) = (log_sigmas[low_idx] as f64, log_sigmas[low_idx + 1] as f64);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
+/// f32 `ln`, `exp` and `expm1` through libtorch's kernels, so scalar
+/// coefficients equal those diffusers computes on 0-d f32 tensors.
+pub fn ln32(x: f32) -> f32 {
+    Tensor::from(x).log().double_value(&[]) as f32
+}
+
+pub fn exp32(x: f32) -> f32 {
+    Tensor::from(x).exp().double_value(&[]) as f32
+}
+
+pub fn expm1_32(x: f32) -> f32 {
+    Tensor::from(x).expm1().double_value(&[]) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_helpers() {
+        assert_eq!(linspace(0.0, 1.0, 1), vec![0.0]);
+        assert_eq!(linspace(0.0, 999.0, 4), vec![0.0, 333.0, 666.0, 999.0]);
+        assert_eq!(
+            arange(1000.0, 0.0, -250.0),
+            vec![1000.0, 750.0, 500.0, 250.0]
+        );
+        assert_eq!(round(0.5), 0.0);
+        assert_eq!(round(1.5), 2.0);
+        assert_eq!(round(498.5), 498.0);
+        assert_eq!(interp(1.5, &[0.0, 1.0, 3.0]), 2.0);
+        assert_eq!(interp(7.0, &[0.0, 1.0, 3.0]), 3.0);
+    }
+
+    #[test]
+    fn spacings_match_diffusers_formulas() {
+        use TimestepSpacing::*;
+        assert_eq!(
+            spaced_timesteps(Leading, 1000, 4, 1, true),
+            vec![751.0, 501.0, 251.0, 1.0]
+        );
+        assert_eq!(
+            spaced_timesteps(Trailing, 1000, 4, 1, true),
+            vec![999.0, 749.0, 499.0, 249.0]
+        );
+        assert_eq!(
+            spaced_timesteps(Linspace, 1000, 3, 1, true),
+            vec![999.0, 500.0, 0.0]
+        );
+        assert_eq!(
+            spaced_timesteps(Linspace, 1000, 3, 1, false),
+            vec![999.0, 499.5, 0.0]
+        );
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_training_sigmas() {
+        let schedule = NoiseSchedule::new(&BetaConfig {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            trained_betas: None,
+            rescale_betas_zero_snr: false,
+        })
+        .unwrap();
+        let sigmas = schedule.training_sigmas();
+        let logs: Vec<f32> = sigmas.iter().map(|s| s.ln()).collect();
+        for t in [0usize, 1, 500, 998, 999] {
+            assert!(
+                (sigma_to_t(sigmas[t] as f64, &logs) - t as f64).abs() < 1e-3,
+                "t={t}"
+            );
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! What the sigma-parameterised samplers share (Euler, Euler ancestral,
+//! LMS, Heun, KDPM2): resolving the common config keys, the inference
+//! sigmas and timesteps, input scaling and the forward process.
+
+use tch::Tensor;
+
+use crate::config::{
+    BetaSchedule, FinalSigmasType, InterpolationType, SchedulerConfig, TimestepSpacing,
+};
+use crate::error::{Result, SchedulerError};
+use crate::schedule::{self, BetaConfig, NoiseSchedule};
+
+/// The training schedule from the keys every sampler reads, with diffusers'
+/// class defaults (linear 0.0001..0.02) where a key is absent.
+pub fn noise_schedule(config: &SchedulerConfig, zero_snr_supported: bool) -> Result<NoiseSchedule> {
+    noise_schedule_with(
+        config,
+        zero_snr_supported,
+        (0.0001, 0.02, BetaSchedule::Linear),
+    )
+}
+
+/// [`noise_schedule`] with other defaults for beta_start, beta_end and the schedule.
+pub fn noise_schedule_with(
+    config: &SchedulerConfig,
+    zero_snr_supported: bool,
+    (start, end, kind): (f64, f64, BetaSchedule),
+) -> Result<NoiseSchedule> {
+    if config.thresholding == Some(true) {
+        return Err(SchedulerError::config(
+            "thresholding",
+            "dynamic thresholding is not implemented",
+        ));
+    }
+    NoiseSchedule::new(&BetaConfig {
+        num_train_timesteps: config.num_train_timesteps.unwrap_or(1000),
+        beta_start: config.beta_start.unwrap_or(start),
+        beta_end: config.beta_end.unwrap_or(end),
+        beta_schedule: config.beta_schedule.unwrap_or(kind),
+        trained_betas: config.trained_betas.clone(),
+        rescale_betas_zero_snr: zero_snr_supported && config.rescale_betas_zero_snr == Some(true),
+    })
+}
+
+/// Zero-SNR schedules end at alpha-bar 0, an infinite sigma; these samplers
+/// clamp it to 2^-24 as diffusers does.
+pub fn clamp_terminal_alpha(schedule: &mut NoiseSchedule, config: &SchedulerConfig) {
+    if config.rescale_betas_zero_snr == Some(true) {
+        if let Some(last) = schedule.alphas_cumprod.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+}
+
+/// How a sigma sampler derives its inference sigmas.
+#[derive(Debug, Clone)]
+pub struct SigmaRecipe {
+    pub spacing: TimestepSpacing,
+    pub steps_offset: i64,
+    pub interpolation: InterpolationType,
+    pub karras: bool,
+    pub exponential: bool,
+    /// KDPM2 rounds the timesteps it derives from Karras sigmas.
+    pub round_karras_timesteps: bool,
+    pub final_sigma: FinalSigmasType,
+    /// Config overrides of the Karras/exponential range (Euler only).
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+}
+
+impl SigmaRecipe {
+    /// The keys the sigma samplers read, with their defaults (linspace spacing).
+    pub fn from_config(config: &SchedulerConfig, karras_supported: bool) -> Result<Self> {
+        let karras = karras_supported && config.use_karras_sigmas == Some(true);
+        let exponential = karras_supported && config.use_exponential_sigmas == Some(true);
+        if karras && exponential {
+            return Err(SchedulerError::config(
+                "use_karras_sigmas",
+                "only one of use_karras_sigmas and use_exponential_sigmas can be set",
+            ));
+        }
+        if karras_supported && config.use_beta_sigmas == Some(true) {
+            return Err(SchedulerError::config(
+                "use_beta_sigmas",
+                "beta sigmas are not implemented",
+            ));
+        }
+        Ok(SigmaRecipe {
+            spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+            steps_offset: config.steps_offset.unwrap_or(0),
+            interpolation: InterpolationType::Linear,
+            karras,
+            exponential,
+            round_karras_timesteps: false,
+            final_sigma: FinalSigmasType::Zero,
+            sigma_min: None,
+            sigma_max: None,
+        })
+    }
+}
+
+/// Inference timesteps (one per step) and sigmas (one more, the final one).
+#[derive(Debug, Clone, Default)]
+pub struct SigmaSteps {
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f32>,
+}
+
+pub fn sigma_steps(schedule: &NoiseSchedule, num_steps: usize, recipe: &SigmaRecipe) -> SigmaSteps {
+    let num_train = schedule.num_train_timesteps();
+    let mut timesteps: Vec<f64> = schedule::spaced_timesteps(
+        recipe.spacing,
+        num_train,
+        num_steps,
+        recipe.steps_offset,
+        false,
+    )
+    .into_iter()
+    .map(|t| t as f32 as f64)
+    .collect();
+    let training = schedule.training_sigmas();
+    let log_sigmas: Vec<f32> = training.iter().map(|&s| s.ln()).collect();
+    let mut sigmas: Vec<f64> = match recipe.interpolation {
+        InterpolationType::Linear => timesteps
+            .iter()
+            .map(|&t| schedule::interp(t, &training))
+            .collect(),
+        InterpolationType::LogLinear => {
+            let (lo, hi) = (training[num_train - 1].ln() as f64, training[0].ln() as f64);
+            let line = Tensor::linspace(
+                lo,
+                hi,
+                num_steps as i64 + 1,
+                (tch::Kind::Float, tch::Device::Cpu),
+            )
+            .exp();
+            Vec::<f32>::try_from(line)
+                .expect("1-d f32")
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        }
+    };
+    if recipe.karras || recipe.exponential {
+        let sigma_min = recipe.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
+        let sigma_max = recipe.sigma_max.unwrap_or(sigmas[0]);
+        sigmas = if recipe.karras {
+            schedule::karras_sigmas(sigma_min, sigma_max, num_steps)
+        } else {
+            schedule::exponential_sigmas(sigma_min, sigma_max, num_steps)
+        };
+        timesteps = sigmas
+            .iter()
+            .map(|&s| schedule::sigma_to_t(s, &log_sigmas))
+            .collect();
+        if recipe.karras && recipe.round_karras_timesteps {
+            timesteps.iter_mut().for_each(|t| *t = schedule::round(*t));
+        }
+    }
+    let last = match recipe.final_sigma {
+        FinalSigmasType::Zero => 0.0,
+        FinalSigmasType::SigmaMin => training[0] as f64,
+    };
+    sigmas.push(last);
+    SigmaSteps {
+        timesteps,
+        sigmas: sigmas.into_iter().map(|s| s as f32).collect(),
+    }
+}
+
+/// The initial noise scale: the largest sigma, or sqrt(max^2 + 1) with
+/// leading spacing (diffusers' `init_noise_sigma`).
+pub fn init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
+    let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
+    }
+}
+
+/// `sample / sqrt(sigma^2 + 1)`: the model sees unit-variance input.
+pub fn scale_input(sample: &Tensor, sigma: f32) -> Tensor {
+    sample / (sigma * sigma + 1.0).sqrt() as f64
+}
+
+/// `original + noise * sigma`: the forward process in sigma form.
+pub fn add_noise(original: &Tensor, noise: &Tensor, sigma: f32) -> Tensor {
+    original + noise * sigma as f64
+}
