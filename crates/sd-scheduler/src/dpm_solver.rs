@@ -112,6 +112,9 @@ impl DpmSolverMultistep {
     /// The last usable training timestep + 1, after `lambda_min_clipped`.
     fn last_timestep(&self) -> usize {
         let n = self.schedule.num_train_timesteps();
+        if self.lambda_min_clipped == f64::NEG_INFINITY {
+            return n;
+        }
         let clipped = self
             .schedule
             .alphas_cumprod
