@@ -15,6 +15,7 @@ fn layers(c: &mut Criterion) {
     attention.group_norm = Some((32, 1e-6));
     attention.residual_connection = true;
     let attention = Attention::new(vs.root() / "attention", &attention).expect("valid config");
+    sd_core::nn::init_for_training(&vs);
     let x = Tensor::randn([1, 64, 32, 32], (Kind::Float, Device::Cpu));
     let temb = Tensor::randn([1, 256], (Kind::Float, Device::Cpu));
     let h = Tensor::randn([1, 128, 32, 32], (Kind::Float, Device::Cpu));

@@ -243,6 +243,8 @@ def write_manifests(out: Path) -> None:
         """The config.json the real folder carries for this model."""
         text = model.to_json_string() if hasattr(model, "to_json_string") else model.config.to_json_string()
         config = json.loads(text)
+        if not hasattr(model, "to_json_string"):  # transformers writes this on save
+            config["architectures"] = [type(model).__name__]
         for volatile in ("_diffusers_version", "transformers_version", "_name_or_path"):
             config.pop(volatile, None)
         return config

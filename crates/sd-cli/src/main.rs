@@ -13,6 +13,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a prompt's token ids as a JSON array (BOS, tokens, EOS, padding to 77).
+    Tokenize {
+        /// A diffusers model folder (its tokenizer/ is used).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Use tokenizer_2/ (SDXL's OpenCLIP tokenizer).
+        #[arg(long)]
+        tokenizer_2: bool,
+        /// Print only BOS, the tokens and EOS (no padding, no truncation).
+        #[arg(long)]
+        no_padding: bool,
+        prompt: String,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -21,10 +34,47 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Doctor { device } => doctor(device.as_deref()),
+/// Errors print as one line (the library errors already carry their cause).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Doctor { device } => doctor(device.as_deref()),
+        Command::Tokenize {
+            model,
+            tokenizer_2,
+            no_padding,
+            prompt,
+        } => tokenize(&model, tokenizer_2, no_padding, &prompt),
+    }
+}
+
+fn tokenize(model: &std::path::Path, second: bool, no_padding: bool, prompt: &str) -> Result<()> {
+    let folder = model.join(if second { "tokenizer_2" } else { "tokenizer" });
+    let tokenizer = sd_clip::ClipTokenizer::from_folder(&folder)?;
+    let ids = if no_padding {
+        tokenizer.encode_full(prompt)?
+    } else {
+        let encoded = tokenizer.encode(prompt)?;
+        if encoded.dropped > 0 {
+            eprintln!(
+                "warning: {} tokens beyond the {}-token context were dropped",
+                encoded.dropped,
+                tokenizer.max_length()
+            );
+        }
+        encoded.ids
+    };
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
 }
 
 fn doctor(device: Option<&str>) -> Result<()> {

@@ -1,6 +1,18 @@
-//! sd-clip: see the crate description. Work in progress: this crate holds its
-//! error type so far; the components arrive with their issues.
+//! CLIP for Stable Diffusion: the tokenizer and the text encoders of SD1.x
+//! (CLIP ViT-L/14), SD2.x (OpenCLIP ViT-H/14) and SDXL (both CLIP-L and
+//! OpenCLIP bigG), matching transformers' `CLIPTokenizer`, `CLIPTextModel`
+//! and `CLIPTextModelWithProjection`.
 
+pub mod conditioning;
+pub mod config;
+pub mod encoder;
 pub mod error;
+mod layer;
+pub mod tokenizer;
+pub mod weighting;
 
-pub use error::ClipError;
+pub use conditioning::{encode, EmbeddingLayer, PromptEmbedding, PromptOptions};
+pub use config::{ClipTextConfig, HiddenAct};
+pub use encoder::{ClipOutput, ClipTextModel};
+pub use error::{ClipError, Result};
+pub use tokenizer::{ClipTokenizer, TokenIds};

@@ -5,6 +5,7 @@
 //! - [`weights`]: loading diffusers-layout safetensors into a `tch` `VarStore`,
 //!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
 //! - [`manifest`]: the weight names and shapes of a model, as committed manifests.
+//! - [`nn`]: the basic layers (Linear, Conv2d, norms, Embedding), created uninitialised.
 //! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
 //! - [`rng`]: per-run seeded CPU generators that match `torch.Generator("cpu")`.
 //! - [`parity`]: numeric comparison against reference outputs, for tests.
@@ -13,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod layers;
 pub mod manifest;
+pub mod nn;
 pub mod parity;
 pub mod rng;
 pub mod weights;

@@ -253,3 +253,47 @@ fn view_to_tensor(
         Ok(Tensor::f_from_data_size(data, &shape, kind)?)
     }
 }
+
+/// The safetensors files of a component folder, as diffusers names them:
+/// `{stem}.safetensors`, its `{stem}.{variant}.safetensors` form (variant
+/// "fp16" and the like), or the shards listed by `{stem}.safetensors.index.json`.
+pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+    let base = match variant {
+        Some(v) => format!("{stem}.{v}"),
+        None => stem.to_string(),
+    };
+    let single = dir.join(format!("{base}.safetensors"));
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(format!("{base}.safetensors.index.json"));
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| CoreError::Json {
+                path: index.clone(),
+                source,
+            })?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                CoreError::invalid(index.display().to_string(), "no \"weight_map\" object")
+            })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    Err(CoreError::io(
+        &single,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no weights: expected {base}.safetensors or {base}.safetensors.index.json"),
+        ),
+    ))
+}

@@ -98,6 +98,7 @@ fn wrong_weights_are_caught_by_the_comparison() {
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
     let blocks = build(&vs);
+    sd_core::nn::init_for_training(&vs);
     let io = read_tensors(reference_dir().join("fixtures/outputs/layers_io.safetensors")).unwrap();
     let t = |name: &str| take(&io, name).unwrap();
     let out = blocks

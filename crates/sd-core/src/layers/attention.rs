@@ -2,9 +2,9 @@
 //! scaled-dot-product processor: self- or cross-attention over tokens, or
 //! over the pixels of a feature map (the VAE's mid block).
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
-use super::{group_norm, linear};
+use super::{group_norm, linear, GroupNorm, Linear};
 use crate::error::{CoreError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,11 +46,11 @@ impl AttentionConfig {
 
 #[derive(Debug)]
 pub struct Attention {
-    group_norm: Option<nn::GroupNorm>,
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    group_norm: Option<GroupNorm>,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: i64,
     residual_connection: bool,
     rescale_output_factor: f64,

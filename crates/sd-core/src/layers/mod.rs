@@ -9,36 +9,21 @@ pub use resnet::{ResnetBlock2D, ResnetConfig};
 
 use tch::nn;
 
-/// A `kernel`×`kernel` convolution that keeps the spatial size (stride 1).
-pub fn conv2d_same(
-    vs: nn::Path<'_>,
-    in_channels: i64,
-    out_channels: i64,
-    kernel: i64,
-) -> nn::Conv2D {
-    let config = nn::ConvConfig {
-        padding: kernel / 2,
-        ..Default::default()
-    };
-    nn::conv2d(vs, in_channels, out_channels, kernel, config)
+pub use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+
+/// A `kernel`x`kernel` convolution that keeps the spatial size (stride 1).
+pub fn conv2d_same(vs: nn::Path<'_>, in_channels: i64, out_channels: i64, kernel: i64) -> Conv2d {
+    Conv2d::new(&vs, in_channels, out_channels, kernel, 1, kernel / 2)
 }
 
 /// GroupNorm with diffusers' defaults (affine).
-pub fn group_norm(vs: nn::Path<'_>, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
-    let config = nn::GroupNormConfig {
-        eps,
-        ..Default::default()
-    };
-    nn::group_norm(vs, groups, channels, config)
+pub fn group_norm(vs: nn::Path<'_>, groups: i64, channels: i64, eps: f64) -> GroupNorm {
+    GroupNorm::new(&vs, groups, channels, eps)
 }
 
 /// A linear layer, with or without bias.
-pub fn linear(vs: nn::Path<'_>, input: i64, output: i64, bias: bool) -> nn::Linear {
-    let config = nn::LinearConfig {
-        bias,
-        ..Default::default()
-    };
-    nn::linear(vs, input, output, config)
+pub fn linear(vs: nn::Path<'_>, input: i64, output: i64, bias: bool) -> Linear {
+    Linear::new(&vs, input, output, bias)
 }
 
 /// The dotted key prefix of a `VarStore` path, for error messages.

@@ -1,8 +1,8 @@
 //! diffusers' `ResnetBlock2D` (models/resnet.py), default time-embedding norm.
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
-use super::{conv2d_same, group_norm, linear};
+use super::{conv2d_same, group_norm, linear, Conv2d, GroupNorm, Linear};
 use crate::error::{CoreError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,12 +34,12 @@ impl ResnetConfig {
 
 #[derive(Debug)]
 pub struct ResnetBlock2D {
-    norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    time_emb_proj: Option<nn::Linear>,
-    norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    conv_shortcut: Option<nn::Conv2D>,
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
     output_scale_factor: f64,
 }
 

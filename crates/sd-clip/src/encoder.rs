@@ -1,0 +1,184 @@
+//! The CLIP text transformer (transformers' `CLIPTextModel` and
+//! `CLIPTextModelWithProjection`), with transformers' weight names.
+//!
+//! Variables are named as in the real SD repos (`text_model.encoder.layers.0...`,
+//! saved by transformers 4). Files saved by transformers 5 drop the
+//! `text_model.` prefix of `CLIPTextModel`; both load.
+
+use std::path::Path;
+
+use sd_core::nn::{Embedding, LayerNorm, Linear};
+use sd_core::weights::{component_files, load_safetensors, LoadOptions};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::config::ClipTextConfig;
+use crate::error::{ClipError, Result};
+use crate::layer::EncoderLayer;
+
+/// Everything a forward pass gives.
+#[derive(Debug)]
+pub struct ClipOutput {
+    /// Embeddings output, then each layer's output: `num_hidden_layers + 1`
+    /// entries of (batch, 77, hidden). `hidden_states[n - 2]` is the
+    /// penultimate layer SD2/SDXL condition on.
+    pub hidden_states: Vec<Tensor>,
+    /// The last layer after the final layer norm (SD1.x's conditioning).
+    pub last_hidden_state: Tensor,
+    /// The final-normed state at each prompt's EOS token.
+    pub pooled: Tensor,
+    /// `pooled` through `text_projection` (with-projection models only).
+    pub text_embeds: Option<Tensor>,
+}
+
+pub struct ClipTextModel {
+    config: ClipTextConfig,
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
+    vs: VarStore,
+}
+
+impl std::fmt::Debug for ClipTextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTextModel")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ClipTextModel {
+    /// The architecture of `config` with uninitialised weights on `device`.
+    pub fn new(config: &ClipTextConfig, device: Device) -> Self {
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let text = &root / "text_model";
+        let emb = &text / "embeddings";
+        let h = config.hidden_size;
+        let encoder = &text / "encoder" / "layers";
+        ClipTextModel {
+            token_embedding: Embedding::new(&(&emb / "token_embedding"), config.vocab_size, h),
+            position_embedding: Embedding::new(
+                &(&emb / "position_embedding"),
+                config.max_position_embeddings,
+                h,
+            ),
+            layers: (0..config.num_hidden_layers)
+                .map(|i| EncoderLayer::new(&(&encoder / i), config))
+                .collect(),
+            final_layer_norm: LayerNorm::new(
+                &(&text / "final_layer_norm"),
+                h,
+                config.layer_norm_eps,
+            ),
+            text_projection: config.with_projection().then(|| {
+                Linear::new(
+                    &(&root / "text_projection"),
+                    h,
+                    config.projection_dim.unwrap_or(h),
+                    false,
+                )
+            }),
+            config: config.clone(),
+            vs,
+        }
+    }
+
+    /// Loads `text_encoder/` (config.json + model[.variant].safetensors)
+    /// onto `device` in `kind`.
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+        variant: Option<&str>,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ClipTextConfig::from_file(dir.join("config.json"))?;
+        let mut model = Self::new(&config, device);
+        model.vs.set_kind(kind);
+        let files = component_files(dir, "model", variant)?;
+        load_safetensors(
+            &model.vs,
+            &files,
+            &LoadOptions {
+                rename: Some(&canonical_key),
+                allow_unexpected: false,
+            },
+        )?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Encodes (batch, 77) token ids.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<ClipOutput> {
+        let (_, n) = input_ids.size2().map_err(|_| {
+            ClipError::InvalidInput(format!(
+                "token ids must be (batch, tokens), got {:?}",
+                input_ids.size()
+            ))
+        })?;
+        if n > self.config.max_position_embeddings {
+            return Err(ClipError::InvalidInput(format!(
+                "{n} tokens is more than the {} positions of this encoder",
+                self.config.max_position_embeddings
+            )));
+        }
+        let ids = input_ids.to_device(self.device());
+        // 1. token + position embeddings
+        let positions = Tensor::arange(n, (Kind::Int64, self.device())).unsqueeze(0);
+        let mut x =
+            self.token_embedding.forward(&ids) + self.position_embedding.forward(&positions);
+        let mut hidden_states = vec![x.shallow_clone()];
+        // 2. the causal transformer layers
+        for layer in &self.layers {
+            x = layer.forward(&x);
+            hidden_states.push(x.shallow_clone());
+        }
+        // 3. final norm; the pooled vector sits at each prompt's EOS token
+        let last_hidden_state = self.final_layer_norm.forward(&x);
+        let eos_positions = match self.config.eos_token_id {
+            Some(2) | None => ids.argmax(-1, false),
+            Some(eos) => ids.eq(eos).to_kind(Kind::Int).argmax(-1, false),
+        };
+        let batch = Tensor::arange(ids.size()[0], (Kind::Int64, self.device()));
+        let pooled = last_hidden_state.index(&[Some(batch), Some(eos_positions)]);
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(&pooled));
+        Ok(ClipOutput {
+            hidden_states,
+            last_hidden_state,
+            pooled,
+            text_embeds,
+        })
+    }
+
+    /// The final layer norm alone, for `clip_skip` (diffusers applies it to
+    /// an earlier layer's hidden state for SD1.x/SD2.x).
+    pub fn final_layer_norm(&self, hidden: &Tensor) -> Tensor {
+        self.final_layer_norm.forward(hidden)
+    }
+}
+
+/// A file key as this model names it: `text_model.` added where transformers 5
+/// left it out; `position_ids` (a buffer older files carry) dropped.
+pub fn canonical_key(key: &str) -> Option<String> {
+    if key.ends_with("embeddings.position_ids") {
+        return None;
+    }
+    if key.starts_with("text_model.") || key.starts_with("text_projection.") {
+        Some(key.to_string())
+    } else {
+        Some(format!("text_model.{key}"))
+    }
+}

@@ -1,0 +1,331 @@
+//! The CLIP tokenizer of a model folder's `tokenizer/`, built on the
+//! `tokenizers` crate exactly as transformers' `CLIPTokenizer` builds it:
+//! NFC, runs of whitespace to one space, lowercase; CLIP's split pattern;
+//! byte-level BPE with `</w>` word ends; BOS ... EOS; padded to 77 with the
+//! model's pad token (SD1.x pads with EOS, SD2.x with "!", id 0).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, Replace, Sequence as Normalizers, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::{ClipError, Result};
+
+/// CLIP's pre-tokenization pattern (specials, contractions, letters, single digits, other runs).
+const SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+pub const BOS: &str = "<|startoftext|>";
+pub const EOS: &str = "<|endoftext|>";
+
+/// The ids of one prompt, padded or truncated to the context length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIds {
+    /// BOS, tokens, EOS, padding: exactly `max_length` ids.
+    pub ids: Vec<i64>,
+    /// Prompt tokens cut off to fit (0 when it fit).
+    pub dropped: usize,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct TokenizerConfig {
+    pad_token: Option<SpecialToken>,
+    model_max_length: Option<f64>,
+}
+
+/// tokenizer_config.json writes special tokens as strings or as objects.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SpecialToken {
+    Text(String),
+    Object { content: String },
+}
+
+impl SpecialToken {
+    fn content(&self) -> &str {
+        match self {
+            SpecialToken::Text(text) => text,
+            SpecialToken::Object { content } => content,
+        }
+    }
+}
+
+pub struct ClipTokenizer {
+    tokenizer: Tokenizer,
+    bos_id: i64,
+    eos_id: i64,
+    pad_id: i64,
+    max_length: usize,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer")
+            .field("pad_id", &self.pad_id)
+            .field("max_length", &self.max_length)
+            .finish()
+    }
+}
+
+impl ClipTokenizer {
+    /// Reads `vocab.json`, `merges.txt` and (when present)
+    /// `tokenizer_config.json` / `special_tokens_map.json` from `dir`.
+    pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let vocab = read_vocab(&dir.join("vocab.json"))?;
+        let merges = read_merges(&dir.join("merges.txt"), &vocab)?;
+        let mut config = read_config(&dir.join("special_tokens_map.json"))?;
+        let main = read_config(&dir.join("tokenizer_config.json"))?;
+        if main.pad_token.is_some() {
+            config.pad_token = main.pad_token;
+        }
+        config.model_max_length = main.model_max_length.or(config.model_max_length);
+        let pad = config
+            .pad_token
+            .as_ref()
+            .map_or(EOS, SpecialToken::content)
+            .to_string();
+        let max_length = match config.model_max_length {
+            Some(n) if (3.0..=1e6).contains(&n) => n as usize,
+            _ => 77,
+        };
+        Self::new(vocab, merges, &pad, max_length, dir)
+    }
+
+    fn new(
+        vocab: HashMap<String, u32>,
+        merges: Vec<(String, String)>,
+        pad: &str,
+        max_length: usize,
+        dir: &Path,
+    ) -> Result<Self> {
+        let id = |token: &str, file: &str| {
+            vocab
+                .get(token)
+                .map(|&i| i as i64)
+                .ok_or_else(|| ClipError::Tokenizer {
+                    path: dir.join(file),
+                    message: format!("token '{token}' is not in vocab.json"),
+                })
+        };
+        let (bos_id, eos_id) = (id(BOS, "vocab.json")?, id(EOS, "vocab.json")?);
+        let pad_id = id(pad, "tokenizer_config.json")?;
+        let build_error = |e: tokenizers::Error| ClipError::Tokenizer {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+            .continuing_subword_prefix(String::new())
+            .end_of_word_suffix("</w>".to_string())
+            .unk_token(EOS.to_string())
+            .fuse_unk(false)
+            .build()
+            .map_err(build_error)?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        let whitespace =
+            Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(build_error)?;
+        tokenizer.with_normalizer(Some(Normalizers::new(vec![
+            NFC.into(),
+            whitespace.into(),
+            Lowercase.into(),
+        ])));
+        let split = Split::new(
+            SplitPattern::Regex(SPLIT_PATTERN.into()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(build_error)?;
+        tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, true).into(),
+        ])));
+        let post = RobertaProcessing::new(
+            (EOS.to_string(), eos_id as u32),
+            (BOS.to_string(), bos_id as u32),
+        )
+        .trim_offsets(false)
+        .add_prefix_space(false);
+        tokenizer.with_post_processor(Some(post));
+        // transformers registers these as special added tokens, matched
+        // before normalization wherever they occur in a prompt.
+        let specials: Vec<AddedToken> = [BOS, EOS, pad]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        tokenizer.add_special_tokens(&specials);
+        Ok(ClipTokenizer {
+            tokenizer,
+            bos_id,
+            eos_id,
+            pad_id,
+            max_length,
+        })
+    }
+
+    pub fn bos_id(&self) -> i64 {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> i64 {
+        self.eos_id
+    }
+
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// The context length (77 for every SD text encoder).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// BOS, the prompt's tokens, EOS, without padding or truncation.
+    pub fn encode_full(&self, prompt: &str) -> Result<Vec<i64>> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| ClipError::Encode {
+                prompt: prompt.chars().take(60).collect(),
+                message: e.to_string(),
+            })?;
+        Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// The pipeline's encoding: truncated to keep BOS and EOS, then padded.
+    /// An empty prompt is BOS, EOS, padding.
+    pub fn encode(&self, prompt: &str) -> Result<TokenIds> {
+        let full = self.encode_full(prompt)?;
+        let content = &full[1..full.len() - 1];
+        let room = self.max_length - 2;
+        let kept = content.len().min(room);
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos_id);
+        ids.extend_from_slice(&content[..kept]);
+        ids.push(self.eos_id);
+        ids.resize(self.max_length, self.pad_id);
+        Ok(TokenIds {
+            ids,
+            dropped: content.len() - kept,
+        })
+    }
+
+    /// Prompt weighting: ids as [`ClipTokenizer::encode`] plus one weight per
+    /// id (1 for BOS, EOS and padding); see [`crate::weighting`].
+    pub fn encode_weighted(&self, prompt: &str) -> Result<(TokenIds, Vec<f64>)> {
+        let (tokens, weights) = self.weighted_tokens(prompt)?;
+        let room = self.max_length - 2;
+        let kept = tokens.len().min(room);
+        let mut ids = vec![self.bos_id];
+        ids.extend_from_slice(&tokens[..kept]);
+        ids.push(self.eos_id);
+        ids.resize(self.max_length, self.pad_id);
+        let mut w = vec![1.0];
+        w.extend_from_slice(&weights[..kept]);
+        w.resize(self.max_length, 1.0);
+        Ok((
+            TokenIds {
+                ids,
+                dropped: tokens.len() - kept,
+            },
+            w,
+        ))
+    }
+
+    /// The prompt's tokens (no BOS/EOS) and their weights.
+    pub fn weighted_tokens(&self, prompt: &str) -> Result<(Vec<i64>, Vec<f64>)> {
+        let (mut tokens, mut weights) = (Vec::new(), Vec::new());
+        for run in crate::weighting::parse(prompt)? {
+            let full = self.encode_full(&run.text)?;
+            let content = &full[1..full.len() - 1];
+            tokens.extend_from_slice(content);
+            weights.extend(std::iter::repeat_n(run.weight, content.len()));
+        }
+        Ok((tokens, weights))
+    }
+
+    /// Long-prompt mode: the prompt's tokens in windows of `max_length - 2`,
+    /// each wrapped in BOS/EOS and padded, at least `min_windows` of them
+    /// (pad the negative prompt to the positive prompt's count).
+    pub fn encode_windows(&self, prompt: &str, min_windows: usize) -> Result<Vec<TokenIds>> {
+        let full = self.encode_full(prompt)?;
+        let content = &full[1..full.len() - 1];
+        let room = self.max_length - 2;
+        let count = content.len().div_ceil(room).max(min_windows).max(1);
+        Ok((0..count)
+            .map(|w| {
+                let chunk = content
+                    .get(w * room..((w + 1) * room).min(content.len()))
+                    .unwrap_or(&[]);
+                let mut ids = vec![self.bos_id];
+                ids.extend_from_slice(chunk);
+                ids.push(self.eos_id);
+                ids.resize(self.max_length, self.pad_id);
+                TokenIds { ids, dropped: 0 }
+            })
+            .collect())
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| ClipError::Core(sd_core::CoreError::io(path, e)))
+}
+
+fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
+    serde_json::from_str(&read_text(path)?).map_err(|e| ClipError::Tokenizer {
+        path: path.to_path_buf(),
+        message: format!("not a JSON object of token -> id: {e}"),
+    })
+}
+
+/// merges.txt: a `#version` header, then one "left right" pair per line,
+/// both in the vocabulary. Errors name the line.
+fn read_merges(path: &Path, vocab: &HashMap<String, u32>) -> Result<Vec<(String, String)>> {
+    let text = read_text(path)?;
+    let mut merges = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if (index == 0 && line.starts_with("#version")) || line.is_empty() {
+            continue;
+        }
+        let bad = |message: String| ClipError::Tokenizer {
+            path: PathBuf::from(format!("{}:{}", path.display(), index + 1)),
+            message,
+        };
+        let mut parts = line.split(' ');
+        let (Some(left), Some(right), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad(format!(
+                "expected two tokens separated by one space, found '{line}'"
+            )));
+        };
+        for part in [left, right] {
+            if !vocab.contains_key(part) {
+                return Err(bad(format!("'{part}' is not in vocab.json")));
+            }
+        }
+        merges.push((left.to_string(), right.to_string()));
+    }
+    if merges.is_empty() {
+        return Err(ClipError::Tokenizer {
+            path: path.to_path_buf(),
+            message: "no merges".to_string(),
+        });
+    }
+    Ok(merges)
+}
+
+fn read_config(path: &Path) -> Result<TokenizerConfig> {
+    if !path.exists() {
+        return Ok(TokenizerConfig::default());
+    }
+    serde_json::from_str(&read_text(path)?).map_err(|e| ClipError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,175 @@
+//! The basic layers, with diffusers/transformers parameter names.
+//!
+//! Parameters are created *uninitialised* (`Tensor::empty`): every model
+//! here is filled from a weight file right after it is built, so there is
+//! nothing to gain from a random init, and a full-size model can be built
+//! (for example to check its weight names) without touching its memory.
+//! Call [`init_for_training`] to give fresh parameters PyTorch-style values.
+
+use tch::{nn::Path, Kind, Tensor};
+
+/// A new parameter `name` of `shape` under `vs`, on its device and dtype.
+pub fn param(vs: &Path<'_>, name: &str, shape: &[i64]) -> Tensor {
+    vs.add(name, Tensor::empty(shape, (vs.kind(), vs.device())), true)
+}
+
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(vs: &Path<'_>, input: i64, output: i64, bias: bool) -> Self {
+        Linear {
+            weight: param(vs, "weight", &[output, input]),
+            bias: bias.then(|| param(vs, "bias", &[output])),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Debug)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    stride: i64,
+    padding: i64,
+}
+
+impl Conv2d {
+    /// A square `kernel` convolution with bias.
+    pub fn new(
+        vs: &Path<'_>,
+        input: i64,
+        output: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Self {
+        Conv2d {
+            weight: param(vs, "weight", &[output, input, kernel, kernel]),
+            bias: Some(param(vs, "bias", &[output])),
+            stride,
+            padding,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [self.stride; 2],
+            [self.padding; 2],
+            [1, 1],
+            1,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct GroupNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    groups: i64,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(vs: &Path<'_>, groups: i64, channels: i64, eps: f64) -> Self {
+        GroupNorm {
+            weight: param(vs, "weight", &[channels]),
+            bias: param(vs, "bias", &[channels]),
+            groups,
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.group_norm(
+            self.groups,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vs: &Path<'_>, dim: i64, eps: f64) -> Self {
+        LayerNorm {
+            weight: param(vs, "weight", &[dim]),
+            bias: param(vs, "bias", &[dim]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = self.weight.size();
+        x.layer_norm(&dim, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+#[derive(Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(vs: &Path<'_>, count: i64, dim: i64) -> Self {
+        Embedding {
+            weight: param(vs, "weight", &[count, dim]),
+        }
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, ids, -1, false, false)
+    }
+}
+
+/// Fills every parameter of `vs` as PyTorch's default initialisers would
+/// (uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases of
+/// linear and conv layers, ones and zeros for norms, normal(0, 0.02) for
+/// embeddings), seeded by the global generator. For training from scratch.
+pub fn init_for_training(vs: &tch::nn::VarStore) {
+    let _guard = tch::no_grad_guard();
+    let variables = vs.variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    // Fan-in of each weight, to size its bias too.
+    let fan_in = |name: &str| -> Option<i64> {
+        let weight = variables.get(&format!("{}.weight", name.rsplit_once('.')?.0))?;
+        let size = weight.size();
+        (size.len() >= 2).then(|| size[1..].iter().product())
+    };
+    for name in names {
+        let mut tensor = variables[name].shallow_clone();
+        let is_norm = name.contains("norm") && tensor.dim() == 1;
+        if is_norm {
+            let _ = if name.ends_with("weight") {
+                tensor.fill_(1.0)
+            } else {
+                tensor.fill_(0.0)
+            };
+        } else if name.contains("embedding") && tensor.dim() == 2 {
+            let _ = tensor.normal_(0.0, 0.02);
+        } else if let Some(fan) = fan_in(name) {
+            let bound = 1.0 / (fan as f64).sqrt();
+            let _ = tensor.uniform_(-bound, bound);
+        } else {
+            let _ = tensor.fill_(0.0);
+        }
+        debug_assert!(tensor.kind() != Kind::Int64);
+    }
+}
