@@ -1,6 +1,17 @@
-//! sd-unet: see the crate description. Work in progress: this crate holds its
-//! error type so far; the components arrive with their issues.
+//! The Stable Diffusion UNet (diffusers' `UNet2DConditionModel`) for
+//! SD1.x, SD2.x, SDXL and inpainting checkpoints, built from
+//! `unet/config.json` with diffusers' weight names, so official safetensors
+//! load without conversion.
 
+pub mod config;
+mod down;
+pub mod embeddings;
 pub mod error;
+mod mid;
+mod transformer;
+mod unet;
+mod up;
 
-pub use error::UnetError;
+pub use config::UNetConfig;
+pub use error::{Result, UnetError};
+pub use unet::{AddedConditions, UNet2DConditionModel};

@@ -3,9 +3,11 @@
 
 mod attention;
 mod resnet;
+mod sampling;
 
 pub use attention::{Attention, AttentionConfig};
 pub use resnet::{ResnetBlock2D, ResnetConfig};
+pub use sampling::{Downsample2D, Upsample2D};
 
 use tch::nn;
 

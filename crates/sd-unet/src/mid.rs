@@ -1,0 +1,34 @@
+//! `UNetMidBlock2DCrossAttn`: resnet, transformer, resnet at the lowest resolution.
+
+use sd_core::layers::{ResnetBlock2D, ResnetConfig};
+use tch::{nn::Path, Tensor};
+
+use crate::error::Result;
+use crate::transformer::{Transformer2D, TransformerSettings};
+
+#[derive(Debug)]
+pub struct MidBlock {
+    first: ResnetBlock2D,
+    attention: Transformer2D,
+    second: ResnetBlock2D,
+}
+
+impl MidBlock {
+    pub fn new(
+        vs: &Path<'_>,
+        resnet: &ResnetConfig,
+        transformer: &TransformerSettings,
+    ) -> Result<Self> {
+        Ok(MidBlock {
+            first: ResnetBlock2D::new(vs / "resnets" / 0, resnet)?,
+            attention: Transformer2D::new(&(vs / "attentions" / 0), transformer)?,
+            second: ResnetBlock2D::new(vs / "resnets" / 1, resnet)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Tensor {
+        let x = self.first.forward(x, Some(temb));
+        let x = self.attention.forward(&x, context);
+        self.second.forward(&x, Some(temb))
+    }
+}
