@@ -252,7 +252,7 @@ impl UNet2DConditionModel {
                 )
                 .reshape([batch, -1]);
                 let text = added.text_embeds.to_device(device).to_kind(Kind::Float);
-                emb = emb + embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
+                emb += embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
             }
             (Some(_), None) => {
                 return Err(UnetError::Input(
