@@ -156,6 +156,18 @@ def write_vaes(fixtures: Path, outputs: Path) -> None:
             "image": image, "mean": dist.mean, "std": dist.std, "sample": sample,
             "latents": latents, "decoded": decoded,
         }))
+        # Tiled: tiles of the config's sample_size (32 px, 16 latents), 25% overlap.
+        model.enable_tiling()
+        big_latents = torch.randn(1, 4, 24, 24, generator=gen)
+        big_image = torch.rand(1, 3, 48, 48, generator=gen) * 2 - 1
+        with torch.no_grad():
+            tiled_decoded = model.decode(big_latents).sample
+            tiled_mean = model.encode(big_image).latent_dist.mean
+        model.disable_tiling()
+        tensors.update(tensor_dict(prefix, {
+            "tiled_latents": big_latents, "tiled_decoded": tiled_decoded,
+            "tiled_image": big_image, "tiled_mean": tiled_mean,
+        }))
     save_file(tensors, outputs / "vae.safetensors")
 
 

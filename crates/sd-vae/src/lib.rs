@@ -1,6 +1,19 @@
-//! sd-vae: see the crate description. Work in progress: this crate holds its
-//! error type so far; the components arrive with their issues.
+//! The Stable Diffusion autoencoder (diffusers' `AutoencoderKL`): encode
+//! images to latent distributions (img2img, inpainting) and decode latents
+//! to pixels, built from `vae/config.json` with diffusers' weight names.
+//! `scaling_factor` and `shift_factor` come from the config.
 
+pub mod autoencoder;
+pub mod config;
+mod decoder;
+pub mod distribution;
+mod encoder;
 pub mod error;
+mod mid;
+pub mod tiling;
 
-pub use error::VaeError;
+pub use autoencoder::AutoencoderKL;
+pub use config::VaeConfig;
+pub use distribution::LatentDistribution;
+pub use error::{Result, VaeError};
+pub use tiling::TileOptions;

@@ -1,0 +1,292 @@
+//! diffusers' `AutoencoderKL`: encode images to latent distributions and
+//! decode latents to images, with tiling for large images, slicing over a
+//! batch, and an f32 retry when a half-precision decode overflows.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use sd_core::nn::Conv2d;
+use sd_core::weights::{component_files, load_safetensors, LoadOptions, Rename};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::config::VaeConfig;
+use crate::decoder::Decoder;
+use crate::distribution::LatentDistribution;
+use crate::encoder::Encoder;
+use crate::error::{Result, VaeError};
+use crate::tiling::{tiled, TileOptions};
+
+pub struct AutoencoderKL {
+    config: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    vs: VarStore,
+    tiling: Option<TileOptions>,
+    slicing: bool,
+    /// An f32 copy, made on first need, for half-precision overflow.
+    f32_twin: OnceLock<Box<AutoencoderKL>>,
+}
+
+impl std::fmt::Debug for AutoencoderKL {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoencoderKL")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Legacy diffusers names of the mid-block attention, as older VAE files use.
+pub fn canonical_key(key: &str) -> Option<String> {
+    for (old, new) in [
+        (".query.", ".to_q."),
+        (".key.", ".to_k."),
+        (".value.", ".to_v."),
+        (".proj_attn.", ".to_out.0."),
+    ] {
+        if key.contains(old) {
+            return Some(key.replace(old, new));
+        }
+    }
+    Some(key.to_string())
+}
+
+impl AutoencoderKL {
+    /// The architecture of `config`, uninitialised, on `device` (f32).
+    pub fn new(config: &VaeConfig, device: Device) -> Result<Self> {
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let moments = 2 * config.latent_channels;
+        let latent = config.latent_channels;
+        Ok(AutoencoderKL {
+            encoder: Encoder::new(&(&root / "encoder"), config)?,
+            decoder: Decoder::new(&(&root / "decoder"), config)?,
+            quant_conv: config
+                .use_quant_conv
+                .then(|| Conv2d::new(&(&root / "quant_conv"), moments, moments, 1, 1, 0)),
+            post_quant_conv: config
+                .use_post_quant_conv
+                .then(|| Conv2d::new(&(&root / "post_quant_conv"), latent, latent, 1, 1, 0)),
+            config: config.clone(),
+            vs,
+            tiling: None,
+            slicing: false,
+            f32_twin: OnceLock::new(),
+        })
+    }
+
+    /// Loads `vae/` onto `device`. With `force_upcast` in the config, an f16
+    /// request loads f32 weights (diffusers upcasts such VAEs to decode).
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+        variant: Option<&str>,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = VaeConfig::from_file(dir.join("config.json"))?;
+        let files = component_files(dir, "diffusion_pytorch_model", variant)?;
+        Self::from_files(&config, &files, device, kind, Some(&canonical_key))
+    }
+
+    /// Builds `config` and fills it from `files` (keys renamed by `rename`).
+    pub fn from_files(
+        config: &VaeConfig,
+        files: &[std::path::PathBuf],
+        device: Device,
+        kind: Kind,
+        rename: Option<Rename<'_>>,
+    ) -> Result<Self> {
+        let mut model = Self::new(config, device)?;
+        let kind = if config.force_upcast && kind == Kind::Half {
+            Kind::Float
+        } else {
+            kind
+        };
+        model.vs.set_kind(kind);
+        load_safetensors(
+            &model.vs,
+            files,
+            &LoadOptions {
+                rename,
+                allow_unexpected: false,
+            },
+        )?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// The dtype the VAE computes in.
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
+    /// Tiled encode/decode for inputs larger than one tile.
+    pub fn set_tiling(&mut self, tiling: Option<TileOptions>) {
+        self.tiling = tiling;
+    }
+
+    /// The default tiling: tiles of the config's `sample_size`, 25% overlap.
+    pub fn default_tiling(&self) -> TileOptions {
+        TileOptions {
+            sample_size: self.config.tile_sample_size(),
+            overlap: 0.25,
+        }
+    }
+
+    /// Encode and decode a batch one image at a time (bounded memory).
+    pub fn set_slicing(&mut self, slicing: bool) {
+        self.slicing = slicing;
+    }
+
+    /// Images (batch, 3, H, W) in [-1, 1] to their latent distribution.
+    pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution> {
+        let (_, c, h, w) = image.size4().map_err(|_| {
+            VaeError::Input(format!(
+                "images must be (batch, 3, h, w), got {:?}",
+                image.size()
+            ))
+        })?;
+        let factor = self.config.downscale();
+        if c != self.config.in_channels || h % factor != 0 || w % factor != 0 {
+            return Err(VaeError::Input(format!(
+                "image of {c} channels and {h}x{w}: expected {} channels and sides that are multiples of {factor}",
+                self.config.in_channels
+            )));
+        }
+        let image = image.to_device(self.vs.device()).to_kind(self.kind());
+        let moments = self.per_slice(&image, |x| self.encode_one(x));
+        Ok(LatentDistribution::from_moments(&moments))
+    }
+
+    /// Latents (batch, latent_channels, h, w), unscaled (see
+    /// [`AutoencoderKL::unscale_latents`]), to images in about [-1, 1].
+    /// A half-precision decode that overflows is redone in f32.
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, c, _, _) = z.size4().map_err(|_| {
+            VaeError::Input(format!(
+                "latents must be (batch, channels, h, w), got {:?}",
+                z.size()
+            ))
+        })?;
+        if c != self.config.latent_channels {
+            return Err(VaeError::Input(format!(
+                "latents have {c} channels, the VAE takes {}",
+                self.config.latent_channels
+            )));
+        }
+        let z = z.to_device(self.vs.device());
+        let image = self.per_slice(&z.to_kind(self.kind()), |x| self.decode_one(x));
+        if self.kind() != Kind::Float && !bool::try_from(image.isfinite().all())? {
+            // The latents as given (not rounded to half), through f32 weights.
+            let twin = self.f32_twin()?;
+            return Ok(twin.per_slice(&z.to_kind(Kind::Float), |x| twin.decode_one(x)));
+        }
+        Ok(image)
+    }
+
+    /// Model latents -> what the decoder takes: `z / scaling + shift`, or
+    /// with per-channel statistics `z * std / scaling + mean` (SDXL-style configs).
+    pub fn unscale_latents(&self, latents: &Tensor) -> Tensor {
+        let c = &self.config;
+        match (&c.latents_mean, &c.latents_std) {
+            (Some(mean), Some(std)) => {
+                let (mean, std) = (
+                    self.channel_tensor(mean, latents),
+                    self.channel_tensor(std, latents),
+                );
+                latents * std / c.scaling_factor + mean
+            }
+            _ => latents / c.scaling_factor + c.shift_factor.unwrap_or(0.0),
+        }
+    }
+
+    /// Encoder samples -> model latents: the inverse of [`AutoencoderKL::unscale_latents`].
+    pub fn scale_latents(&self, z: &Tensor) -> Tensor {
+        let c = &self.config;
+        match (&c.latents_mean, &c.latents_std) {
+            (Some(mean), Some(std)) => {
+                let (mean, std) = (self.channel_tensor(mean, z), self.channel_tensor(std, z));
+                (z - mean) * c.scaling_factor / std
+            }
+            _ => (z - c.shift_factor.unwrap_or(0.0)) * c.scaling_factor,
+        }
+    }
+
+    fn channel_tensor(&self, values: &[f64], like: &Tensor) -> Tensor {
+        let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        Tensor::from_slice(&v)
+            .view([1, -1, 1, 1])
+            .to_device(like.device())
+            .to_kind(like.kind())
+    }
+
+    fn per_slice(&self, x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+        if self.slicing && x.size()[0] > 1 {
+            let parts: Vec<Tensor> = x.split(1, 0).iter().map(&f).collect();
+            Tensor::cat(&parts, 0)
+        } else {
+            f(x)
+        }
+    }
+
+    fn encode_one(&self, image: &Tensor) -> Tensor {
+        let encode = |x: &Tensor| {
+            let moments = self.encoder.forward(x);
+            match &self.quant_conv {
+                Some(conv) => conv.forward(&moments),
+                None => moments,
+            }
+        };
+        match self.tiling {
+            Some(t) if image.size()[2] > t.sample_size || image.size()[3] > t.sample_size => {
+                let latent_tile = t.sample_size / self.config.downscale();
+                tiled(image, t.sample_size, latent_tile, t.overlap, encode)
+            }
+            _ => encode(image),
+        }
+    }
+
+    fn decode_one(&self, z: &Tensor) -> Tensor {
+        let decode = |x: &Tensor| match &self.post_quant_conv {
+            Some(conv) => self.decoder.forward(&conv.forward(x)),
+            None => self.decoder.forward(x),
+        };
+        match self.tiling {
+            Some(t) => {
+                let latent_tile = t.sample_size / self.config.downscale();
+                if z.size()[2] > latent_tile || z.size()[3] > latent_tile {
+                    tiled(z, latent_tile, t.sample_size, t.overlap, decode)
+                } else {
+                    decode(z)
+                }
+            }
+            None => decode(z),
+        }
+    }
+
+    fn f32_twin(&self) -> Result<&AutoencoderKL> {
+        if let Some(twin) = self.f32_twin.get() {
+            return Ok(twin);
+        }
+        let mut twin = AutoencoderKL::new(&self.config, self.vs.device())?;
+        twin.tiling = self.tiling;
+        twin.slicing = self.slicing;
+        {
+            let _guard = tch::no_grad_guard();
+            let source = self.vs.variables();
+            for (name, mut var) in twin.vs.variables() {
+                var.f_copy_(&source[&name])?;
+            }
+        }
+        Ok(self.f32_twin.get_or_init(|| Box::new(twin)))
+    }
+}

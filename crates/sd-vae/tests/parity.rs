@@ -1,0 +1,127 @@
+//! The VAE against diffusers on tiny random configs (reference/harness_outputs.py,
+//! write_vaes): encode mean/std, a seeded sample, decode, and tiled encode and
+//! decode. f32 CPU, max-abs error <= 1e-4.
+
+use sd_core::parity::{assert_close, read_tensors, reference_dir, take, Tolerance};
+use sd_core::rng::CpuGenerator;
+use sd_vae::AutoencoderKL;
+use tch::{Device, Kind};
+
+const TOL: Tolerance = Tolerance::abs(1e-4);
+
+#[test]
+fn vaes_match_diffusers() {
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/vae.safetensors")).unwrap();
+    let _guard = tch::no_grad_guard();
+    for (name, folder) in [("sd1", "tiny-sd1"), ("sdxl", "tiny-sdxl")] {
+        let t = |key: &str| take(&reference, &format!("{name}.{key}")).unwrap();
+        let mut vae = AutoencoderKL::from_folder(
+            fixtures.join(folder).join("vae"),
+            Device::Cpu,
+            Kind::Float,
+            None,
+        )
+        .unwrap();
+        let dist = vae.encode(&t("image")).unwrap();
+        assert_close(&format!("{name} mean"), &dist.mean, &t("mean"), TOL);
+        assert_close(&format!("{name} std"), &dist.std, &t("std"), TOL);
+        let sample = dist.sample(&mut CpuGenerator::new(21).unwrap()).unwrap();
+        assert_close(&format!("{name} sample"), &sample, &t("sample"), TOL);
+        assert_close(
+            &format!("{name} decode"),
+            &vae.decode(&t("latents")).unwrap(),
+            &t("decoded"),
+            TOL,
+        );
+
+        vae.set_tiling(Some(vae.default_tiling()));
+        let decoded = vae.decode(&t("tiled_latents")).unwrap();
+        assert_close(
+            &format!("{name} tiled decode"),
+            &decoded,
+            &t("tiled_decoded"),
+            TOL,
+        );
+        let mean = vae.encode(&t("tiled_image")).unwrap().mean;
+        assert_close(
+            &format!("{name} tiled encode"),
+            &mean,
+            &t("tiled_mean"),
+            TOL,
+        );
+
+        // Slicing a batch gives the same numbers as one batched call.
+        vae.set_tiling(None);
+        vae.set_slicing(true);
+        assert_close(
+            &format!("{name} sliced decode"),
+            &vae.decode(&t("latents")).unwrap(),
+            &t("decoded"),
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn scaling_comes_from_the_config() {
+    let fixtures = reference_dir().join("fixtures");
+    let sd1 = AutoencoderKL::from_folder(
+        fixtures.join("tiny-sd1/vae"),
+        Device::Cpu,
+        Kind::Float,
+        None,
+    )
+    .unwrap();
+    let sdxl = AutoencoderKL::from_folder(
+        fixtures.join("tiny-sdxl/vae"),
+        Device::Cpu,
+        Kind::Float,
+        None,
+    )
+    .unwrap();
+    let ones = tch::Tensor::ones([1, 4, 2, 2], (Kind::Float, Device::Cpu));
+    assert!((sd1.scale_latents(&ones).double_value(&[0, 0, 0, 0]) - 0.18215).abs() < 1e-7);
+    assert!((sdxl.scale_latents(&ones).double_value(&[0, 0, 0, 0]) - 0.13025).abs() < 1e-7);
+    let back = sd1.unscale_latents(&sd1.scale_latents(&ones));
+    assert!((back - ones).abs().max().double_value(&[]) < 1e-6);
+    // force_upcast: an f16 request keeps the SDXL VAE in f32.
+    let half = AutoencoderKL::from_folder(
+        fixtures.join("tiny-sdxl/vae"),
+        Device::Cpu,
+        Kind::Half,
+        None,
+    )
+    .unwrap();
+    assert_eq!(half.kind(), Kind::Float);
+}
+
+#[test]
+fn half_precision_overflow_is_redone_in_f32() {
+    // A bf16 VAE fed latents so large that the decode overflows to inf/NaN
+    // must not return them: the f32 retry gives finite pixels.
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference_dir().join("fixtures/tiny-sd1/vae/config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    config["force_upcast"] = serde_json::json!(false);
+    let dir = std::env::temp_dir().join(format!("sd-vae-overflow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        reference_dir().join("fixtures/tiny-sd1/vae/diffusion_pytorch_model.safetensors"),
+        dir.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let vae = AutoencoderKL::from_folder(&dir, Device::Cpu, Kind::Half, None).unwrap();
+    assert_eq!(vae.kind(), Kind::Half);
+    let _guard = tch::no_grad_guard();
+    let z = tch::Tensor::full([1, 4, 8, 8], 1e6, (Kind::Float, Device::Cpu));
+    let image = vae.decode(&z).unwrap();
+    assert!(
+        bool::try_from(image.isfinite().all()).unwrap(),
+        "the retry must give finite pixels"
+    );
+    assert_eq!(image.kind(), Kind::Float);
+}
