@@ -13,9 +13,13 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from PIL import Image
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from safetensors.torch import save_file
@@ -239,6 +243,66 @@ def write_layers(outputs: Path) -> None:
     save_file({k: v.contiguous() for k, v in io.items()}, outputs / "layers_io.safetensors")
 
 
+def write_images(fixtures: Path) -> tuple[Image.Image, Image.Image]:
+    """A 64x64 init image (gradient with a disc) and a mask (white square = repaint)."""
+    y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = ((x - 40) ** 2 + (y - 24) ** 2 < 14**2).to(torch.uint8)
+    rgb = torch.stack([x * 4, y * 4, 255 - disc * 200 - x], dim=-1).clamp(0, 255).to(torch.uint8)
+    init = Image.fromarray(rgb.numpy(), "RGB")
+    mask_values = torch.zeros(64, 64, dtype=torch.uint8)
+    mask_values[16:48, 8:40] = 255
+    mask = Image.fromarray(mask_values.numpy(), "L")
+    folder = fixtures / "images"
+    folder.mkdir(exist_ok=True)
+    init.save(folder / "init.png")
+    mask.save(folder / "mask.png")
+    return init, mask
+
+
+def write_img2img_inpaint(fixtures: Path, outputs: Path) -> None:
+    """Final latents of diffusers' img2img and inpaint pipelines, CPU generator."""
+    init, mask = write_images(fixtures)
+    runs, tensors = [], {}
+    prompt, steps, guidance = "a red circle on a white background", 4, 7.5
+
+    def run(pipe, key, **kwargs):
+        pipe.set_progress_bar_config(disable=True)
+        latents = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                       generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **kwargs).images
+        tensors[key] = latents.contiguous()
+        meta = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))}
+        runs.append(dict(key=key, seed=0, steps=steps, guidance_scale=guidance, prompt=prompt, **meta))
+
+    for name, cls in [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        run(pipe, f"img2img.{name}", image=init, strength=0.75, scheduler=name)
+        for folder, unet in [("tiny-sd1-inpaint", "9ch"), ("tiny-sd1", "4ch")]:
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(fixtures / folder, safety_checker=None)
+            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+            for strength in (1.0, 0.75):
+                run(pipe, f"inpaint.{unet}.{name}.s{int(strength * 100)}", image=init, mask_image=mask,
+                    strength=strength, height=64, width=64, scheduler=name, model=folder)
+    save_file(tensors, outputs / "img2img_inpaint.safetensors")
+    (outputs / "img2img_inpaint.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def write_sdxl(fixtures: Path, outputs: Path) -> None:
+    """SDXL txt2img final latents (Euler, leading spacing), with and without a negative prompt."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    tensors, runs = {}, []
+    for key, negative, seed in [("sdxl.zero_negative", None, 0), ("sdxl.negative", "blurry", 3)]:
+        latents = pipe("a red circle on a white background", negative_prompt=negative, num_inference_steps=4,
+                       guidance_scale=5.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(seed),
+                       output_type="latent").images
+        tensors[key] = latents.contiguous()
+        runs.append(dict(key=key, negative_prompt=negative, seed=seed, steps=4, guidance_scale=5.0,
+                         height=64, width=64))
+    save_file(tensors, outputs / "sdxl.safetensors")
+    (outputs / "sdxl.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
 def write_rng(outputs: Path) -> None:
     """Sequential draws from one seeded CPU generator, as a pipeline makes them
     (small shapes take torch's scalar path, 16 and more its vectorised one)."""
@@ -257,4 +321,6 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_unets(fixtures, outputs)
     write_vaes(fixtures, outputs)
     write_txt2img(fixtures, outputs)
+    write_img2img_inpaint(fixtures, outputs)
+    write_sdxl(fixtures, outputs)
     write_layers(outputs)
