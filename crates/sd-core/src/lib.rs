@@ -20,3 +20,4 @@ pub mod rng;
 pub mod weights;
 
 pub use error::{CoreError, Result};
+pub mod shared;

@@ -1,6 +1,28 @@
-//! sd-pipeline: see the crate description. Work in progress: this crate holds its
-//! error type so far; the components arrive with their issues.
+//! Stable Diffusion pipelines: txt2img, img2img and inpainting for SD1.x,
+//! SD2.x and SDXL diffusers folders, with seeds that match diffusers.
+//!
+//! ```no_run
+//! use sd_pipeline::{Request, StableDiffusion};
+//! # fn main() -> sd_pipeline::Result<()> {
+//! let pipeline = StableDiffusion::builder().model_dir("stable-diffusion-v1-5").build()?;
+//! let mut request = Request::new("a red circle on a white background");
+//! request.steps = 30;
+//! request.seed = 42;
+//! let generation = pipeline.generate(&request)?;
+//! generation.images[0].save("out.png").ok();
+//! # Ok(()) }
+//! ```
 
 pub mod error;
+mod generate;
+pub mod images;
+pub mod model;
+mod noise;
+mod pipeline;
 
-pub use error::PipelineError;
+pub use error::{PipelineError, Result};
+pub use generate::{guide, Conditioning, Generation, PromptEmbeddings, Request, StepInfo};
+pub use model::{ModelFamily, ModelIndex};
+pub use pipeline::{Devices, StableDiffusion, StableDiffusionBuilder};
+pub use sd_clip::PromptOptions;
+pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};

@@ -12,6 +12,7 @@ const TOL: Tolerance = Tolerance::abs(1e-4);
 #[test]
 fn vaes_match_diffusers() {
     let fixtures = reference_dir().join("fixtures");
+    tch::set_num_threads(1);
     let reference = read_tensors(fixtures.join("outputs/vae.safetensors")).unwrap();
     let _guard = tch::no_grad_guard();
     for (name, folder) in [("sd1", "tiny-sd1"), ("sdxl", "tiny-sdxl")] {

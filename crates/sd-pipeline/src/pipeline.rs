@@ -1,0 +1,277 @@
+//! The loaded pipeline and its builder.
+
+use std::path::{Path, PathBuf};
+
+use sd_clip::{ClipTextModel, ClipTokenizer};
+use sd_core::shared::Frozen;
+use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
+use sd_unet::UNet2DConditionModel;
+use sd_vae::AutoencoderKL;
+use tch::{Device, Kind};
+
+use crate::error::{PipelineError, Result};
+use crate::model::{ModelFamily, ModelIndex};
+
+/// Where each component runs. Text encoders may stay on the CPU while the
+/// UNet and VAE use a GPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Devices {
+    pub text_encoder: Device,
+    pub unet: Device,
+    pub vae: Device,
+}
+
+impl Devices {
+    pub fn all(device: Device) -> Self {
+        Devices {
+            text_encoder: device,
+            unet: device,
+            vae: device,
+        }
+    }
+}
+
+/// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
+#[derive(Debug, Clone)]
+pub struct StableDiffusionBuilder {
+    model_dir: Option<PathBuf>,
+    devices: Devices,
+    kind: Kind,
+    variant: Option<String>,
+    sampler: Option<SamplerKind>,
+    scheduler_config: Option<SchedulerConfig>,
+    vae_tiling: bool,
+    vae_slicing: bool,
+}
+
+impl Default for StableDiffusionBuilder {
+    fn default() -> Self {
+        StableDiffusionBuilder {
+            model_dir: None,
+            devices: Devices::all(Device::Cpu),
+            kind: Kind::Float,
+            variant: None,
+            sampler: None,
+            scheduler_config: None,
+            vae_tiling: false,
+            vae_slicing: false,
+        }
+    }
+}
+
+impl StableDiffusionBuilder {
+    /// A diffusers model folder (model_index.json, tokenizer/, text_encoder/,
+    /// unet/, vae/, scheduler/ and for SDXL tokenizer_2/, text_encoder_2/).
+    pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = Some(dir.into());
+        self
+    }
+
+    /// Every component on `device`.
+    pub fn device(mut self, device: Device) -> Self {
+        self.devices = Devices::all(device);
+        self
+    }
+
+    /// A device per component.
+    pub fn devices(mut self, devices: Devices) -> Self {
+        self.devices = devices;
+        self
+    }
+
+    /// Weights and compute dtype: f32, f16 or bf16.
+    pub fn dtype(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Load `*.{variant}.safetensors` files (for example "fp16").
+    pub fn variant(mut self, variant: impl Into<String>) -> Self {
+        self.variant = Some(variant.into());
+        self
+    }
+
+    /// The sampler, configured from the folder's scheduler config (as
+    /// diffusers' `Class.from_config`); by default the folder's own class.
+    pub fn scheduler(mut self, sampler: SamplerKind) -> Self {
+        self.sampler = Some(sampler);
+        self
+    }
+
+    /// Replaces the folder's scheduler config.
+    pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler_config = Some(config);
+        self
+    }
+
+    /// Tiled VAE encode/decode for large images in bounded memory.
+    pub fn vae_tiling(mut self, on: bool) -> Self {
+        self.vae_tiling = on;
+        self
+    }
+
+    /// Decode a batch one image at a time.
+    pub fn vae_slicing(mut self, on: bool) -> Self {
+        self.vae_slicing = on;
+        self
+    }
+
+    /// Loads and checks everything; errors name what is missing or wrong.
+    pub fn build(self) -> Result<StableDiffusion> {
+        let dir = self
+            .model_dir
+            .clone()
+            .ok_or_else(|| PipelineError::request("model_dir", "no model folder given"))?;
+        let index = ModelIndex::read(&dir)?;
+        if !matches!(self.kind, Kind::Float | Kind::Half | Kind::BFloat16) {
+            return Err(PipelineError::request(
+                "dtype",
+                format!("{:?} is not f32, f16 or bf16", self.kind),
+            ));
+        }
+        let variant = self.variant.as_deref();
+        let encoder = |sub: &str| -> Result<(ClipTokenizer, Frozen<ClipTextModel>)> {
+            let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
+            let model = ClipTextModel::from_folder(
+                dir.join(format!("text_encoder{sub}")),
+                self.devices.text_encoder,
+                self.kind,
+                variant,
+            )?;
+            Ok((tokenizer, Frozen::new(model)))
+        };
+        let (tokenizer, text_encoder) = encoder("")?;
+        let second = match index.family {
+            ModelFamily::StableDiffusionXl => Some(encoder("_2")?),
+            ModelFamily::StableDiffusion => None,
+        };
+        let unet = UNet2DConditionModel::from_folder(
+            dir.join("unet"),
+            self.devices.unet,
+            self.kind,
+            variant,
+        )?;
+        let mut vae =
+            AutoencoderKL::from_folder(dir.join("vae"), self.devices.vae, self.kind, variant)?;
+        if self.vae_tiling {
+            vae.set_tiling(Some(vae.default_tiling()));
+        }
+        vae.set_slicing(self.vae_slicing);
+        let scheduler_config = match self.scheduler_config {
+            Some(config) => config,
+            None => SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+        };
+        let sampler = match self.sampler {
+            Some(kind) => kind,
+            None => scheduler_config
+                .class_name
+                .as_deref()
+                .and_then(SamplerKind::from_class_name)
+                .ok_or_else(|| {
+                    PipelineError::model(
+                        dir.join("scheduler/scheduler_config.json"),
+                        format!(
+                            "unsupported scheduler class {:?}; choose a sampler explicitly",
+                            scheduler_config.class_name
+                        ),
+                    )
+                })?,
+        };
+        // Fail now, not at the first generation, on a config the sampler rejects.
+        sd_scheduler::build(sampler, &scheduler_config)?;
+        Ok(StableDiffusion {
+            dir,
+            index,
+            tokenizer,
+            text_encoder,
+            second,
+            unet: Frozen::new(unet),
+            vae: Frozen::new(vae),
+            scheduler_config,
+            sampler,
+            devices: self.devices,
+        })
+    }
+}
+
+/// A loaded Stable Diffusion 1.x / 2.x / XL pipeline. It is `Send + Sync`:
+/// the weights are shared read-only, and every generation owns its
+/// scheduler and noise, so several threads may generate at once.
+pub struct StableDiffusion {
+    pub(crate) dir: PathBuf,
+    pub(crate) index: ModelIndex,
+    pub(crate) tokenizer: ClipTokenizer,
+    pub(crate) text_encoder: Frozen<ClipTextModel>,
+    pub(crate) second: Option<(ClipTokenizer, Frozen<ClipTextModel>)>,
+    pub(crate) unet: Frozen<UNet2DConditionModel>,
+    pub(crate) vae: Frozen<AutoencoderKL>,
+    pub(crate) scheduler_config: SchedulerConfig,
+    pub(crate) sampler: SamplerKind,
+    pub(crate) devices: Devices,
+}
+
+impl std::fmt::Debug for StableDiffusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableDiffusion")
+            .field("dir", &self.dir)
+            .field("class", &self.index.class_name)
+            .field("sampler", &self.sampler)
+            .finish()
+    }
+}
+
+impl StableDiffusion {
+    pub fn builder() -> StableDiffusionBuilder {
+        StableDiffusionBuilder::default()
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn family(&self) -> ModelFamily {
+        self.index.family
+    }
+
+    pub fn sampler(&self) -> SamplerKind {
+        self.sampler
+    }
+
+    /// Pixels per latent (8 for SD).
+    pub fn vae_scale_factor(&self) -> i64 {
+        self.vae.config().downscale()
+    }
+
+    /// The model's native image size: the UNet's sample_size x the VAE factor.
+    pub fn default_size(&self) -> (u32, u32) {
+        let side = self.unet.config().sample_size.unwrap_or(64) * self.vae_scale_factor();
+        (side as u32, side as u32)
+    }
+
+    /// Whether the UNet takes 9 channels (latents, mask, masked image).
+    pub fn is_inpainting_unet(&self) -> bool {
+        self.unet.config().in_channels == 9
+    }
+
+    /// A fresh scheduler of the configured sampler (each run owns one).
+    pub fn new_scheduler(&self) -> Result<Box<dyn Scheduler>> {
+        Ok(sd_scheduler::build(self.sampler, &self.scheduler_config)?)
+    }
+
+    /// A fresh scheduler of another sampler on the folder's config.
+    pub fn new_scheduler_of(&self, sampler: SamplerKind) -> Result<Box<dyn Scheduler>> {
+        Ok(sd_scheduler::build(sampler, &self.scheduler_config)?)
+    }
+
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
+    }
+
+    pub fn devices(&self) -> Devices {
+        self.devices
+    }
+}

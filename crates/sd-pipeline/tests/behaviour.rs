@@ -1,0 +1,194 @@
+//! Pipeline behaviour beyond parity: threads, cancellation, seeds, bad input.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sd_core::parity::{assert_close, reference_dir, Tolerance};
+use sd_pipeline::{PipelineError, Request, StableDiffusion};
+
+fn tiny(folder: &str) -> StableDiffusion {
+    StableDiffusion::builder()
+        .model_dir(reference_dir().join("fixtures").join(folder))
+        .build()
+        .unwrap()
+}
+
+fn quick(prompt: &str, seed: u64) -> Request {
+    let mut r = Request::new(prompt);
+    r.steps = 3;
+    r.seed = seed;
+    r
+}
+
+#[test]
+fn pipeline_is_send_and_sync_and_threads_do_not_interfere() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<StableDiffusion>();
+    let pipeline = Arc::new(tiny("tiny-sd1"));
+    let alone: Vec<_> = [1u64, 2]
+        .iter()
+        .map(|&s| pipeline.generate(&quick("a cat", s)).unwrap().latents)
+        .collect();
+    let handles: Vec<_> = [1u64, 2]
+        .iter()
+        .map(|&seed| {
+            let p = Arc::clone(&pipeline);
+            std::thread::spawn(move || p.generate(&quick("a cat", seed)).unwrap().latents)
+        })
+        .collect();
+    for (handle, expected) in handles.into_iter().zip(alone) {
+        assert_close(
+            "threaded run",
+            &handle.join().unwrap(),
+            &expected,
+            Tolerance::abs(1e-5),
+        );
+    }
+}
+
+#[test]
+fn callback_sees_every_step_and_can_cancel() {
+    let pipeline = tiny("tiny-sd1");
+    let mut seen = Vec::new();
+    let scheduler = pipeline.new_scheduler().unwrap();
+    pipeline
+        .generate_with(&quick("a dog", 0), scheduler, &mut |info| {
+            seen.push((info.step, info.total, info.timestep));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 4, "PNDM makes steps + 1 evaluations: {seen:?}");
+    assert_eq!(seen[0].1, 4);
+    let scheduler = pipeline.new_scheduler().unwrap();
+    let err = pipeline
+        .generate_with(&quick("a dog", 0), scheduler, &mut |info| {
+            if info.step == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::Cancelled { step: 1 }), "{err}");
+}
+
+#[test]
+fn per_image_seeds_match_single_runs_and_guidance_one_skips_cfg() {
+    let pipeline = tiny("tiny-sd1");
+    let mut batch = quick("a red square", 0);
+    batch.num_images = 2;
+    batch.seeds = Some(vec![5, 9]);
+    let both = pipeline.generate(&batch).unwrap();
+    assert_eq!(both.images.len(), 2);
+    for (i, seed) in [5u64, 9].iter().enumerate() {
+        let single = pipeline
+            .generate(&quick("a red square", *seed))
+            .unwrap()
+            .latents;
+        assert_close(
+            "per-image seed",
+            &both.latents.get(i as i64).unsqueeze(0),
+            &single,
+            Tolerance::abs(1e-4),
+        );
+    }
+    // guidance 1: no unconditional pass, so the negative prompt has no effect.
+    let mut a = quick("a red square", 3);
+    a.guidance_scale = 1.0;
+    let mut b = a.clone();
+    b.negative_prompt = Some("something else entirely".into());
+    assert_eq!(
+        pipeline.generate(&a).unwrap().latents,
+        pipeline.generate(&b).unwrap().latents
+    );
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let pipeline = tiny("tiny-sd1");
+    let mut r = quick("x", 0);
+    r.width = Some(60);
+    assert!(pipeline
+        .generate(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("width: 60"));
+    let mut r = quick("x", 0);
+    r.steps = 0;
+    assert!(pipeline
+        .generate(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("steps"));
+    let mut r = quick("x", 0);
+    r.init_image = Some(image::RgbImage::new(64, 64));
+    r.mask = Some(image::GrayImage::new(32, 64));
+    assert!(pipeline
+        .generate(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("mask is 32x64"));
+    let mut r = quick("x", 0);
+    r.init_image = Some(image::RgbImage::new(64, 64));
+    r.strength = 1.5;
+    assert!(pipeline
+        .generate(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("strength"));
+    let mut r = quick("x", 0);
+    r.num_images = 2;
+    r.seeds = Some(vec![1]);
+    assert!(pipeline
+        .generate(&r)
+        .unwrap_err()
+        .to_string()
+        .contains("seeds"));
+    let inpaint = tiny("tiny-sd1-inpaint");
+    assert!(inpaint
+        .generate(&quick("x", 0))
+        .unwrap_err()
+        .to_string()
+        .contains("inpainting model"));
+}
+
+#[test]
+fn a_folder_missing_a_component_is_named() {
+    let dir = std::env::temp_dir().join(format!("sd-pipeline-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        reference_dir().join("fixtures/tiny-sd1/model_index.json"),
+        dir.join("model_index.json"),
+    )
+    .unwrap();
+    for c in ["tokenizer", "text_encoder", "unet", "scheduler"] {
+        std::fs::create_dir_all(dir.join(c)).unwrap();
+    }
+    let err = StableDiffusion::builder()
+        .model_dir(&dir)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vae") && err.contains("missing component"),
+        "{err}"
+    );
+    let err = StableDiffusion::builder()
+        .model_dir(dir.join("nowhere"))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model_index.json"), "{err}");
+}
+
+#[test]
+fn images_are_rgb_at_the_requested_size() {
+    let pipeline = tiny("tiny-sd1");
+    let mut r = quick("a blue circle", 1);
+    r.width = Some(48);
+    r.height = Some(32);
+    let out = pipeline.generate(&r).unwrap();
+    assert_eq!(out.images[0].dimensions(), (48, 32));
+    assert_eq!(out.latents.size(), vec![1, 4, 16, 24]);
+    assert_eq!(pipeline.default_size(), (32, 32));
+}
