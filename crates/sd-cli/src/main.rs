@@ -1,8 +1,11 @@
-//! `sd`: the command line tool. Image generation arrives with the pipeline
-//! issue; `sd doctor` already tells what this build of libtorch can use.
+//! `sd`: the command line tool: txt2img, img2img, inpaint, tokenize, doctor.
+
+mod generate;
+mod output;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use generate::{Common, ImageInput, Mode};
 
 #[derive(Parser)]
 #[command(name = "sd", version, about = "Stable Diffusion in Rust")]
@@ -13,6 +16,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from a prompt.
+    Txt2img {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Generate from a prompt and a starting image.
+    Img2img {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        input: ImageInput,
+        /// How much of the schedule to run, in (0, 1].
+        #[arg(long, default_value_t = 0.8)]
+        strength: f64,
+    },
+    /// Repaint the white part of a mask.
+    Inpaint {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        input: ImageInput,
+        /// Mask image of the same size: white is repainted.
+        #[arg(long)]
+        mask: std::path::PathBuf,
+        #[arg(long, default_value_t = 1.0)]
+        strength: f64,
+    },
     /// Print a prompt's token ids as a JSON array (BOS, tokens, EOS, padding to 77).
     Tokenize {
         /// A diffusers model folder (its tokenizer/ is used).
@@ -39,7 +69,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -48,6 +78,31 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device } => doctor(device.as_deref()),
+        Command::Txt2img { common } => generate::run(&common, Mode::Txt2Img),
+        Command::Img2img {
+            common,
+            input,
+            strength,
+        } => generate::run(
+            &common,
+            Mode::Img2Img {
+                image: input.init_image,
+                strength,
+            },
+        ),
+        Command::Inpaint {
+            common,
+            input,
+            mask,
+            strength,
+        } => generate::run(
+            &common,
+            Mode::Inpaint {
+                image: input.init_image,
+                mask,
+                strength,
+            },
+        ),
         Command::Tokenize {
             model,
             tokenizer_2,

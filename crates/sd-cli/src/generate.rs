@@ -1,0 +1,242 @@
+//! `sd txt2img`, `sd img2img`, `sd inpaint`.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sd_pipeline::{PromptOptions, Request, SamplerKind, StableDiffusion};
+
+use crate::output::{output_paths, write_outputs, Metadata};
+
+/// The project's tiny random-weight demo model, used when no --model is given.
+const DEMO_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../reference/fixtures/tiny-sd1"
+);
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// A diffusers model folder (SD1.x, SD2.x or SDXL). Without it, the
+    /// project's tiny random-weight demo model is used: it draws noise.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// diffusers' guidance_rescale (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
+    /// Without it a random seed is chosen and printed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Default: the model's native size. Multiples of 8.
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m,
+    /// dpm++2m-karras, dpm++2m-sde, unipc, lcm. Default: the model's own.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Skip the last N text-encoder layers.
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// Encode prompts longer than 75 tokens in windows instead of truncating.
+    #[arg(long)]
+    pub long_prompts: bool,
+    /// Parse "(word:1.3)" prompt weighting.
+    #[arg(long)]
+    pub prompt_weighting: bool,
+    /// Tiled VAE decode (large images in bounded memory).
+    #[arg(long)]
+    pub vae_tiling: bool,
+    #[arg(long, default_value = "out.png")]
+    pub out: PathBuf,
+    /// Also write the final latents (before VAE decode) as tensor "latents", f32.
+    #[arg(long)]
+    pub save_latents: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageInput {
+    /// The image to start from; its size is the output size.
+    #[arg(long)]
+    pub init_image: PathBuf,
+}
+
+pub enum Mode {
+    Txt2Img,
+    Img2Img {
+        image: PathBuf,
+        strength: f64,
+    },
+    Inpaint {
+        image: PathBuf,
+        mask: PathBuf,
+        strength: f64,
+    },
+}
+
+pub fn run(common: &Common, mode: Mode) -> Result<()> {
+    // 1. everything that can fail on bad input, before any work
+    let sampler = common
+        .scheduler
+        .as_deref()
+        .map(str::parse::<SamplerKind>)
+        .transpose()?;
+    for (field, value) in [("--width", common.width), ("--height", common.height)] {
+        if let Some(v) = value.filter(|v| v % 8 != 0 || *v == 0) {
+            bail!("{field} {v} is not a positive multiple of 8");
+        }
+    }
+    let device = sd_core::device::parse_device(&common.device)?;
+    let kind = sd_core::device::parse_kind(&common.dtype)?;
+    let model = model_dir(common.model.as_deref())?;
+    let mut request = Request::new(&common.prompt);
+    request.negative_prompt = common.negative_prompt.clone();
+    request.steps = common.steps;
+    request.guidance_scale = common.guidance;
+    request.guidance_rescale = common.guidance_rescale;
+    request.width = common.width;
+    request.height = common.height;
+    request.num_images = common.num_images.max(1);
+    request.prompt_options = PromptOptions {
+        clip_skip: common.clip_skip,
+        long_prompts: common.long_prompts,
+        weighting: common.prompt_weighting,
+    };
+    request.seed = match common.seed {
+        Some(seed) => seed,
+        None => {
+            let seed = random_seed();
+            eprintln!("seed: {seed}");
+            seed
+        }
+    };
+    match &mode {
+        Mode::Txt2Img => {}
+        Mode::Img2Img { image, strength } => {
+            request.init_image = Some(read_rgb(image)?);
+            request.strength = *strength;
+        }
+        Mode::Inpaint {
+            image,
+            mask,
+            strength,
+        } => {
+            request.init_image = Some(read_rgb(image)?);
+            request.mask = Some(
+                image::open(mask)
+                    .with_context(|| format!("cannot read mask {}", mask.display()))?
+                    .to_luma8(),
+            );
+            request.strength = *strength;
+        }
+    }
+
+    // 2. load the model
+    let mut builder = StableDiffusion::builder()
+        .model_dir(&model)
+        .device(device)
+        .dtype(kind)
+        .vae_tiling(common.vae_tiling);
+    if let Some(kind) = sampler {
+        builder = builder.scheduler(kind);
+    }
+    let pipeline = builder.build()?;
+
+    // 3. generate, with a progress bar on a terminal
+    let bar = ProgressBar::new(common.steps as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let scheduler = pipeline.new_scheduler()?;
+    let generation = pipeline.generate_with(&request, scheduler, &mut |info| {
+        bar.set_length(info.total as u64);
+        bar.set_position(info.step as u64 + 1);
+        ControlFlow::Continue(())
+    })?;
+    bar.finish_and_clear();
+
+    // 4. write every file or none
+    let (width, height) = generation.images[0].dimensions();
+    let metadata = Metadata {
+        prompt: common.prompt.clone(),
+        negative_prompt: common.negative_prompt.clone().unwrap_or_default(),
+        steps: common.steps,
+        sampler: pipeline.sampler().name().to_string(),
+        guidance: common.guidance,
+        seed: request.seed,
+        width,
+        height,
+        model: model.display().to_string(),
+    };
+    let paths = output_paths(&common.out, generation.images.len());
+    write_outputs(
+        &paths,
+        &generation.images,
+        &metadata,
+        common.save_latents.as_deref(),
+        &generation.latents,
+    )?;
+    for path in &paths {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = model {
+        return Ok(dir.to_path_buf());
+    }
+    let demo = PathBuf::from(DEMO_MODEL);
+    if !demo.join("model_index.json").is_file() {
+        bail!(
+            "no --model given, and the demo model is not at {}; pass --model DIR",
+            demo.display()
+        );
+    }
+    eprintln!(
+        "note: no --model given: using the project's tiny demo model with random weights; it draws noise, not pictures. \
+         Pass --model with an SD1.5, SD2.1 or SDXL diffusers folder for real images."
+    );
+    Ok(demo)
+}
+
+fn read_rgb(path: &Path) -> Result<image::RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .to_rgb8())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() >> 11
+}

@@ -1,0 +1,124 @@
+//! Writing results: PNGs with the generation parameters in text chunks,
+//! optional latents; all files or none (temporary names, renamed at the end).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use tch::Tensor;
+
+pub struct Metadata {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub sampler: String,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub model: String,
+}
+
+impl Metadata {
+    fn chunks(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("prompt", self.prompt.clone()),
+            ("negative_prompt", self.negative_prompt.clone()),
+            ("steps", self.steps.to_string()),
+            ("sampler", self.sampler.clone()),
+            ("guidance", self.guidance.to_string()),
+            ("seed", self.seed.to_string()),
+            ("size", format!("{}x{}", self.width, self.height)),
+            ("model", self.model.clone()),
+            (
+                "parameters",
+                format!(
+                    "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+                    self.prompt, self.negative_prompt, self.steps, self.sampler, self.guidance, self.seed, self.width, self.height, self.model
+                ),
+            ),
+        ]
+    }
+}
+
+/// `out.png` for one image; `out-0.png`, `out-1.png`, ... for several.
+pub fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out
+        .file_stem()
+        .map_or("out".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out
+        .extension()
+        .map_or("png".into(), |e| e.to_string_lossy().into_owned());
+    (0..count)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
+
+pub fn write_outputs(
+    paths: &[PathBuf],
+    images: &[RgbImage],
+    metadata: &Metadata,
+    latents_path: Option<&Path>,
+    latents: &Tensor,
+) -> Result<()> {
+    let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| -> Result<()> {
+        for (path, image) in paths.iter().zip(images) {
+            let temp = partial(path);
+            write_png(&temp, image, metadata)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push((temp, path.clone()));
+        }
+        if let Some(path) = latents_path {
+            let temp = partial(path);
+            Tensor::write_safetensors(
+                &[(
+                    "latents",
+                    latents
+                        .to_kind(tch::Kind::Float)
+                        .to_device(tch::Device::Cpu),
+                )],
+                &temp,
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push((temp, path.to_path_buf()));
+        }
+        for (temp, path) in &written {
+            std::fs::rename(temp, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (temp, _) in &written {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+    result
+}
+
+fn partial(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+fn write_png(path: &Path, image: &RgbImage, metadata: &Metadata) -> Result<()> {
+    let file = File::create(path)?;
+    let mut encoder = png::Encoder::new(BufWriter::new(file), image.width(), image.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    for (key, text) in metadata.chunks() {
+        encoder.add_itxt_chunk(key.to_string(), text)?;
+    }
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(image.as_raw())?;
+    writer.finish()?;
+    Ok(())
+}

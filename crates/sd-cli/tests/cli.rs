@@ -1,0 +1,267 @@
+//! The `sd` binary end to end on the tiny demo model: files, metadata,
+//! latents equal to the library's, and one clear line (no file) on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(args)
+        .output()
+        .expect("sd runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fixtures() -> PathBuf {
+    sd_core::parity::reference_dir().join("fixtures")
+}
+
+#[test]
+fn txt2img_writes_images_metadata_and_latents() {
+    let dir = scratch("txt2img");
+    let out = dir.join("cat.png");
+    let latents = dir.join("cat.safetensors");
+    let run = sd(&[
+        "txt2img",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--seed",
+        "7",
+        "--num-images",
+        "2",
+        "--scheduler",
+        "euler",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("random weights") && stderr.contains("noise"),
+        "{stderr}"
+    );
+    for i in 0..2 {
+        let path = dir.join(format!("cat-{i}.png"));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        assert_eq!((info.width, info.height), (32, 32));
+        let text: Vec<(String, String)> = info
+            .utf8_text
+            .iter()
+            .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+            .collect();
+        assert!(text.contains(&("seed".into(), "7".into())), "{text:?}");
+        assert!(
+            text.contains(&("sampler".into(), "euler".into())),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&("prompt".into(), "a cat".into())),
+            "{text:?}"
+        );
+    }
+    // The saved latents are what the library computes for the same request.
+    let saved = tch::Tensor::read_safetensors(&latents).unwrap();
+    let pipeline = sd_pipeline::StableDiffusion::builder()
+        .model_dir(fixtures().join("tiny-sd1"))
+        .scheduler(sd_pipeline::SamplerKind::Euler)
+        .build()
+        .unwrap();
+    let mut request = sd_pipeline::Request::new("a cat");
+    request.steps = 3;
+    request.seed = 7;
+    request.num_images = 2;
+    let expected = pipeline.generate(&request).unwrap().latents;
+    assert_eq!(saved[0].0, "latents");
+    sd_core::parity::assert_close(
+        "cli latents",
+        &saved[0].1,
+        &expected,
+        sd_core::parity::Tolerance::abs(1e-5),
+    );
+}
+
+#[test]
+fn img2img_and_inpaint_run_from_files() {
+    let dir = scratch("img");
+    let init = fixtures().join("images/init.png");
+    let mask = fixtures().join("images/mask.png");
+    let out = dir.join("i2i.png");
+    let run = sd(&[
+        "img2img",
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "--init-image",
+        init.to_str().unwrap(),
+        "--strength",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 64));
+    let out = dir.join("inpaint.png");
+    let model = fixtures().join("tiny-sd1-inpaint");
+    let run = sd(&[
+        "inpaint",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--init-image",
+        init.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.is_file());
+}
+
+fn fails_cleanly(args: &[&str], out: &Path, needle: &str) {
+    let run = sd(args);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(needle),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no output may be left behind");
+    let dir = out.parent().unwrap();
+    assert!(std::fs::read_dir(dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
+}
+
+#[test]
+fn bad_input_is_one_line_and_no_file() {
+    let dir = scratch("bad");
+    let out = dir.join("x.png");
+    let o = out.to_str().unwrap();
+    let init = fixtures().join("images/init.png");
+    let init = init.to_str().unwrap();
+    fails_cleanly(
+        &["txt2img", "--prompt", "x", "--width", "60", "--out", o],
+        &out,
+        "--width 60",
+    );
+    fails_cleanly(
+        &[
+            "txt2img",
+            "--prompt",
+            "x",
+            "--scheduler",
+            "dpm3",
+            "--out",
+            o,
+        ],
+        &out,
+        "unknown scheduler 'dpm3'",
+    );
+    fails_cleanly(
+        &[
+            "img2img",
+            "--prompt",
+            "x",
+            "--init-image",
+            "/nonexistent.png",
+            "--out",
+            o,
+        ],
+        &out,
+        "/nonexistent.png",
+    );
+    fails_cleanly(
+        &[
+            "inpaint",
+            "--prompt",
+            "x",
+            "--init-image",
+            init,
+            "--mask",
+            init,
+            "--width",
+            "32",
+            "--out",
+            o,
+        ],
+        &out,
+        "",
+    );
+    let half = dir.join("half.png");
+    image::GrayImage::new(32, 64).save(&half).unwrap();
+    fails_cleanly(
+        &[
+            "inpaint",
+            "--prompt",
+            "x",
+            "--init-image",
+            init,
+            "--mask",
+            half.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        &out,
+        "mask is 32x64",
+    );
+    let empty = scratch("empty-model");
+    std::fs::copy(
+        fixtures().join("tiny-sd1/model_index.json"),
+        empty.join("model_index.json"),
+    )
+    .unwrap();
+    fails_cleanly(
+        &[
+            "txt2img",
+            "--model",
+            empty.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            o,
+        ],
+        &out,
+        "missing component",
+    );
+    fails_cleanly(
+        &["txt2img", "--prompt", "x", "--device", "gpu", "--out", o],
+        &out,
+        "'gpu'",
+    );
+}
