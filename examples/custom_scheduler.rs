@@ -1,8 +1,8 @@
-//! A sampler of your own, outside the crate: implement `sd_scheduler::Scheduler`
-//! and drive it with the same loop the pipeline runs. This one is a plain
-//! Euler sampler on a uniform grid of sigmas, built from the crate's schedule
-//! helpers; the "model" is a stand-in that knows the clean image, so the run
-//! must land on it.
+//! A sampler of your own, outside the crate: implement `sd_scheduler::Scheduler`,
+//! check it with a stand-in model that knows the clean sample (the run must
+//! land on it), then plug it into the pipeline with `generate_with`. This one
+//! is a plain Euler sampler on a uniform grid of sigmas, built from the
+//! crate's schedule helpers.
 //!
 //! cargo run -p sd-examples --example custom_scheduler
 
@@ -121,5 +121,32 @@ fn main() -> Result<()> {
     }
     let error = (&x - &clean).abs().max().double_value(&[]);
     println!("uniform-euler: 25 steps, max distance to the clean sample {error:.2e}");
+
+    // The same sampler in the pipeline (the tiny random-weight demo model:
+    // its images are noise, but the run goes through every component).
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../reference/fixtures/tiny-sd1"
+    );
+    let pipeline = sd_pipeline::StableDiffusion::builder()
+        .model_dir(model)
+        .build()?;
+    let mut request = sd_pipeline::Request::new("a large blue triangle on a white background");
+    request.steps = 10;
+    let generation =
+        pipeline.generate_with(&request, Box::new(UniformEuler::new()?), &mut |info| {
+            println!(
+                "step {}/{} at t = {:.1}",
+                info.step + 1,
+                info.total,
+                info.timestep
+            );
+            std::ops::ControlFlow::Continue(())
+        })?;
+    println!(
+        "pipeline with uniform-euler: {} image(s) of {:?}",
+        generation.images.len(),
+        generation.images[0].dimensions()
+    );
     Ok(())
 }
