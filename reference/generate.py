@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
+import harness_single_file  # noqa: E402
 
 FIXTURES = HERE / "fixtures"
 OPEN_CLIP = "open-clip-torch==3.3.0"
@@ -105,9 +106,10 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["tokenizer", "models", "outputs", "schedulers", "manifests"], action="append")
+    parts = ["tokenizer", "models", "single-file", "outputs", "schedulers", "manifests"]
+    parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
-    only = set(args.only or ["tokenizer", "models", "outputs", "schedulers", "manifests"])
+    only = set(args.only or parts)
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -121,12 +123,15 @@ def main() -> None:
             for path in FIXTURES.glob("tiny-*"):
                 shutil.rmtree(path)
             harness_models.write_tiny_models(FIXTURES, FIXTURES / "tokenizer")
+        if "single-file" in only:
+            harness_single_file.write_single_files(FIXTURES)
         if "outputs" in only:
             harness_outputs.write_outputs(FIXTURES, outputs, Path(tmp))
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
         if "manifests" in only:
             harness_models.write_manifests(HERE / "manifests")
+            harness_single_file.write_single_file_manifests(HERE / "manifests")
     print("reference fixtures written under", FIXTURES.relative_to(HERE.parent))
 
 

@@ -19,10 +19,15 @@ const DEMO_MODEL: &str = concat!(
 
 #[derive(Args, Debug)]
 pub struct Common {
-    /// A diffusers model folder (SD1.x, SD2.x or SDXL). Without it, the
-    /// project's tiny random-weight demo model is used: it draws noise.
+    /// A diffusers model folder (SD1.x, SD2.x or SDXL), or a single-file
+    /// checkpoint (.safetensors, CompVis layout). Without it, the project's
+    /// tiny random-weight demo model is used: it draws noise.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// For a single-file --model: a diffusers folder to take configs and
+    /// tokenizers from instead of the built-in SD1.5/SD2.1/SDXL presets.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     #[arg(long)]
@@ -152,10 +157,17 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
 
     // 2. load the model
     let mut builder = StableDiffusion::builder()
-        .model_dir(&model)
         .device(device)
         .dtype(kind)
         .vae_tiling(common.vae_tiling);
+    builder = if model.is_file() {
+        builder.single_file(&model)
+    } else {
+        builder.model_dir(&model)
+    };
+    if let Some(dir) = &common.config_dir {
+        builder = builder.config_dir(dir);
+    }
     if let Some(kind) = sampler {
         builder = builder.scheduler(kind);
     }

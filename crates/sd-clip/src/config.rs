@@ -45,7 +45,16 @@ impl ClipTextConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
-        let deserializer = &mut serde_json::Deserializer::from_str(&text);
+        Self::parse(&text, path)
+    }
+
+    /// A config given as JSON text (built-in presets).
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        Self::parse(text, Path::new("(config text)"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
         let config: Self =
             serde_path_to_error::deserialize(deserializer).map_err(|e| ClipError::Config {
                 path: path.to_path_buf(),

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use sd_core::nn::{Embedding, LayerNorm, Linear};
-use sd_core::weights::{component_files, load_safetensors, LoadOptions};
+use sd_core::weights::{component_files, load_mapped, KeyMap};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::ClipTextConfig;
@@ -95,17 +95,24 @@ impl ClipTextModel {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = ClipTextConfig::from_file(dir.join("config.json"))?;
-        let mut model = Self::new(&config, device);
-        model.vs.set_kind(kind);
         let files = component_files(dir, "model", variant)?;
-        load_safetensors(
-            &model.vs,
-            &files,
-            &LoadOptions {
-                rename: Some(&canonical_key),
-                allow_unexpected: false,
-            },
-        )?;
+        Self::from_files(&config, &files, device, kind, &|key| {
+            canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
+        })
+    }
+
+    /// Builds `config` and fills it from `files`, each key mapped by `map`
+    /// (single-file checkpoints: [`crate::ldm`]).
+    pub fn from_files(
+        config: &ClipTextConfig,
+        files: &[std::path::PathBuf],
+        device: Device,
+        kind: Kind,
+        map: &dyn Fn(&str) -> KeyMap,
+    ) -> Result<Self> {
+        let mut model = Self::new(config, device);
+        model.vs.set_kind(kind);
+        load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod encoder;
 pub mod error;
 mod layer;
+pub mod ldm;
 pub mod tokenizer;
 pub mod weighting;
 

@@ -79,8 +79,15 @@ impl ClipTokenizer {
     /// `tokenizer_config.json` / `special_tokens_map.json` from `dir`.
     pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let vocab = read_vocab(&dir.join("vocab.json"))?;
-        let merges = read_merges(&dir.join("merges.txt"), &vocab)?;
+        let vocab = read_vocab(
+            &read_text(&dir.join("vocab.json"))?,
+            &dir.join("vocab.json"),
+        )?;
+        let merges = read_merges(
+            &read_text(&dir.join("merges.txt"))?,
+            &dir.join("merges.txt"),
+            &vocab,
+        )?;
         let mut config = read_config(&dir.join("special_tokens_map.json"))?;
         let main = read_config(&dir.join("tokenizer_config.json"))?;
         if main.pad_token.is_some() {
@@ -97,6 +104,16 @@ impl ClipTokenizer {
             _ => 77,
         };
         Self::new(vocab, merges, &pad, max_length, dir)
+    }
+
+    /// The real CLIP BPE vocabulary, built into the crate (for single-file
+    /// checkpoints, which carry no tokenizer), with `pad` as the pad token
+    /// ("<|endoftext|>" for SD1.x and SDXL's first encoder, "!" for OpenCLIP).
+    pub fn builtin(pad: &str) -> Result<Self> {
+        let origin = Path::new("(built-in CLIP tokenizer)");
+        let vocab = read_vocab(BUILTIN_VOCAB, &origin.join("vocab.json"))?;
+        let merges = read_merges(BUILTIN_MERGES, &origin.join("merges.txt"), &vocab)?;
+        Self::new(vocab, merges, pad, 77, origin)
     }
 
     fn new(
@@ -278,8 +295,11 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| ClipError::Core(sd_core::CoreError::io(path, e)))
 }
 
-fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| ClipError::Tokenizer {
+const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
+const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
+
+fn read_vocab(text: &str, path: &Path) -> Result<HashMap<String, u32>> {
+    serde_json::from_str(text).map_err(|e| ClipError::Tokenizer {
         path: path.to_path_buf(),
         message: format!("not a JSON object of token -> id: {e}"),
     })
@@ -287,8 +307,11 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
 
 /// merges.txt: a `#version` header, then one "left right" pair per line,
 /// both in the vocabulary. Errors name the line.
-fn read_merges(path: &Path, vocab: &HashMap<String, u32>) -> Result<Vec<(String, String)>> {
-    let text = read_text(path)?;
+fn read_merges(
+    text: &str,
+    path: &Path,
+    vocab: &HashMap<String, u32>,
+) -> Result<Vec<(String, String)>> {
     let mut merges = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if (index == 0 && line.starts_with("#version")) || line.is_empty() {

@@ -117,3 +117,17 @@ fn wrongly_shaped_weights_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn builtin_tokenizer_equals_the_reference_folder() {
+    let folder =
+        ClipTokenizer::from_folder(reference_dir().join("fixtures/tiny-sd2/tokenizer")).unwrap();
+    let builtin = ClipTokenizer::builtin("!").unwrap();
+    for prompt in ["a photo of a cat!", "", "Zoë café 東京 🐱"] {
+        assert_eq!(
+            builtin.encode(prompt).unwrap(),
+            folder.encode(prompt).unwrap(),
+            "{prompt}"
+        );
+    }
+}

@@ -132,6 +132,22 @@ impl MappedFile {
     }
 }
 
+/// How one file key becomes model variables (single-file checkpoints need
+/// more than a rename).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyMap {
+    /// Not part of this model: ignored, not reported.
+    Skip,
+    /// The same tensor under the model's name.
+    To(String),
+    /// A 1x1 convolution weight (out, in, 1, 1) for a linear layer (out, in).
+    Squeeze(String),
+    /// A (in, out) matrix stored for `x @ W`, for a linear layer's (out, in).
+    Transpose(String),
+    /// Rows split into equal parts (a fused q/k/v projection), one per name.
+    SplitRows(Vec<String>),
+}
+
 /// Copies the tensors of `files` into the variables of `vs`.
 ///
 /// Fails, listing every offending name, when a variable has no tensor, a
@@ -143,6 +159,21 @@ pub fn load_safetensors<P: AsRef<Path>>(
     files: &[P],
     options: &LoadOptions<'_>,
 ) -> Result<LoadReport> {
+    let map = |key: &str| match options.rename {
+        Some(rename) => rename(key).map_or(KeyMap::Skip, KeyMap::To),
+        None => KeyMap::To(key.to_string()),
+    };
+    load_mapped(vs, files, &map, options.allow_unexpected)
+}
+
+/// [`load_safetensors`] with a [`KeyMap`] per file key. Each tensor is read
+/// from the memory map, transformed as a view, and copied into its variable.
+pub fn load_mapped<P: AsRef<Path>>(
+    vs: &VarStore,
+    files: &[P],
+    map: &dyn Fn(&str) -> KeyMap,
+    allow_unexpected: bool,
+) -> Result<LoadReport> {
     let mapped = files
         .iter()
         .map(MappedFile::open)
@@ -152,18 +183,19 @@ pub fn load_safetensors<P: AsRef<Path>>(
         .map(MappedFile::tensors)
         .collect::<Result<Vec<_>>>()?;
 
-    // Model name -> (file index, key in that file).
-    let mut available: HashMap<String, (usize, String)> = HashMap::new();
+    // Model name -> (file index, key in that file, transform, part).
+    let mut available: HashMap<String, (usize, String, KeyMap, usize)> = HashMap::new();
     for (index, header) in headers.iter().enumerate() {
         for key in header.names() {
-            let name = match options.rename {
-                Some(rename) => match rename(key) {
-                    Some(name) => name,
-                    None => continue,
-                },
-                None => key.to_string(),
+            let mapping = map(key);
+            let targets: Vec<String> = match &mapping {
+                KeyMap::Skip => continue,
+                KeyMap::To(n) | KeyMap::Squeeze(n) | KeyMap::Transpose(n) => vec![n.clone()],
+                KeyMap::SplitRows(names) => names.clone(),
             };
-            available.insert(name, (index, key.to_string()));
+            for (part, name) in targets.into_iter().enumerate() {
+                available.insert(name, (index, key.to_string(), mapping.clone(), part));
+            }
         }
     }
 
@@ -174,7 +206,7 @@ pub fn load_safetensors<P: AsRef<Path>>(
     let _guard = tch::no_grad_guard();
     for name in names {
         let var = &variables[name];
-        let Some((index, key)) = available.remove(name) else {
+        let Some((index, key, mapping, part)) = available.remove(name) else {
             report.missing.push(name.clone());
             continue;
         };
@@ -184,20 +216,20 @@ pub fn load_safetensors<P: AsRef<Path>>(
                 path: mapped[index].path.clone(),
                 message: e.to_string(),
             })?;
-        let file_shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if file_shape != var.size() {
+        let raw = view_to_tensor(&mapped[index].path, &key, &view)?;
+        let source = transform(&raw, &mapping, part);
+        if source.size() != var.size() {
             report
                 .mismatched
-                .push((name.clone(), var.size(), file_shape));
+                .push((name.clone(), var.size(), source.size()));
             continue;
         }
-        let source = view_to_tensor(&mapped[index].path, &key, &view)?;
         var.shallow_clone().f_copy_(&source)?;
     }
     report.unexpected = available.into_keys().collect();
     report.unexpected.sort();
 
-    if report.is_fatal(options.allow_unexpected) {
+    if report.is_fatal(allow_unexpected) {
         let files = files
             .iter()
             .map(|p| p.as_ref().display().to_string())
@@ -206,6 +238,24 @@ pub fn load_safetensors<P: AsRef<Path>>(
         return Err(CoreError::Weights { files, report });
     }
     Ok(report)
+}
+
+/// The file tensor as the variable wants it (views only, no copy).
+fn transform(raw: &Tensor, mapping: &KeyMap, part: usize) -> Tensor {
+    match mapping {
+        KeyMap::Squeeze(_) if raw.dim() == 4 && raw.size()[2..] == [1, 1] => raw.flatten(1, -1),
+        KeyMap::Transpose(_) if raw.dim() == 2 => raw.tr(),
+        KeyMap::SplitRows(names) => {
+            let rows = raw.size()[0];
+            let n = names.len() as i64;
+            if rows % n == 0 {
+                raw.narrow(0, part as i64 * rows / n, rows / n)
+            } else {
+                raw.shallow_clone()
+            }
+        }
+        _ => raw.shallow_clone(),
+    }
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {

@@ -19,6 +19,7 @@ pub mod images;
 pub mod model;
 mod noise;
 mod pipeline;
+pub mod single_file;
 
 pub use error::{PipelineError, Result};
 pub use generate::{guide, Conditioning, Generation, PromptEmbeddings, Request, StepInfo};

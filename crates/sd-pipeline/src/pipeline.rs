@@ -35,6 +35,8 @@ impl Devices {
 #[derive(Debug, Clone)]
 pub struct StableDiffusionBuilder {
     model_dir: Option<PathBuf>,
+    single_file: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
     devices: Devices,
     kind: Kind,
     variant: Option<String>,
@@ -48,6 +50,8 @@ impl Default for StableDiffusionBuilder {
     fn default() -> Self {
         StableDiffusionBuilder {
             model_dir: None,
+            single_file: None,
+            config_dir: None,
             devices: Devices::all(Device::Cpu),
             kind: Kind::Float,
             variant: None,
@@ -64,6 +68,20 @@ impl StableDiffusionBuilder {
     /// unet/, vae/, scheduler/ and for SDXL tokenizer_2/, text_encoder_2/).
     pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model_dir = Some(dir.into());
+        self
+    }
+
+    /// A single-file checkpoint (CompVis/LDM layout .safetensors); SD1, SD2,
+    /// SDXL and inpainting are recognised from its keys and shapes.
+    pub fn single_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.single_file = Some(path.into());
+        self
+    }
+
+    /// For a single file: take configs and tokenizers from this diffusers
+    /// folder instead of the built-in SD1.5 / SD2.1 / SDXL presets.
+    pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config_dir = Some(dir.into());
         self
     }
 
@@ -118,17 +136,79 @@ impl StableDiffusionBuilder {
 
     /// Loads and checks everything; errors name what is missing or wrong.
     pub fn build(self) -> Result<StableDiffusion> {
-        let dir = self
-            .model_dir
-            .clone()
-            .ok_or_else(|| PipelineError::request("model_dir", "no model folder given"))?;
-        let index = ModelIndex::read(&dir)?;
         if !matches!(self.kind, Kind::Float | Kind::Half | Kind::BFloat16) {
             return Err(PipelineError::request(
                 "dtype",
                 format!("{:?} is not f32, f16 or bf16", self.kind),
             ));
         }
+        let parts = match (&self.single_file, &self.model_dir) {
+            (Some(file), _) => {
+                let l = crate::single_file::load(
+                    file,
+                    self.config_dir.as_deref(),
+                    self.devices,
+                    self.kind,
+                )?;
+                Parts {
+                    dir: file.clone(),
+                    index: l.index,
+                    tokenizer: l.tokenizer,
+                    text_encoder: l.text_encoder,
+                    second: l.second,
+                    unet: l.unet,
+                    vae: l.vae,
+                    scheduler: l.scheduler,
+                }
+            }
+            (None, Some(dir)) => self.load_folder(dir)?,
+            (None, None) => {
+                return Err(PipelineError::request(
+                    "model_dir",
+                    "no model folder or single file given",
+                ))
+            }
+        };
+        let mut vae = parts.vae;
+        if self.vae_tiling {
+            vae.set_tiling(Some(vae.default_tiling()));
+        }
+        vae.set_slicing(self.vae_slicing);
+        let scheduler_config = self.scheduler_config.clone().unwrap_or(parts.scheduler);
+        let sampler = match self.sampler {
+            Some(kind) => kind,
+            None => scheduler_config
+                .class_name
+                .as_deref()
+                .and_then(SamplerKind::from_class_name)
+                .ok_or_else(|| {
+                    PipelineError::model(
+                        parts.dir.join("scheduler/scheduler_config.json"),
+                        format!(
+                            "unsupported scheduler class {:?}; choose a sampler explicitly",
+                            scheduler_config.class_name
+                        ),
+                    )
+                })?,
+        };
+        // Fail now, not at the first generation, on a config the sampler rejects.
+        sd_scheduler::build(sampler, &scheduler_config)?;
+        Ok(StableDiffusion {
+            dir: parts.dir,
+            index: parts.index,
+            tokenizer: parts.tokenizer,
+            text_encoder: parts.text_encoder,
+            second: parts.second,
+            unet: Frozen::new(parts.unet),
+            vae: Frozen::new(vae),
+            scheduler_config,
+            sampler,
+            devices: self.devices,
+        })
+    }
+
+    fn load_folder(&self, dir: &Path) -> Result<Parts> {
+        let index = ModelIndex::read(dir)?;
         let variant = self.variant.as_deref();
         let encoder = |sub: &str| -> Result<(ClipTokenizer, Frozen<ClipTextModel>)> {
             let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
@@ -145,53 +225,34 @@ impl StableDiffusionBuilder {
             ModelFamily::StableDiffusionXl => Some(encoder("_2")?),
             ModelFamily::StableDiffusion => None,
         };
-        let unet = UNet2DConditionModel::from_folder(
-            dir.join("unet"),
-            self.devices.unet,
-            self.kind,
-            variant,
-        )?;
-        let mut vae =
-            AutoencoderKL::from_folder(dir.join("vae"), self.devices.vae, self.kind, variant)?;
-        if self.vae_tiling {
-            vae.set_tiling(Some(vae.default_tiling()));
-        }
-        vae.set_slicing(self.vae_slicing);
-        let scheduler_config = match self.scheduler_config {
-            Some(config) => config,
-            None => SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
-        };
-        let sampler = match self.sampler {
-            Some(kind) => kind,
-            None => scheduler_config
-                .class_name
-                .as_deref()
-                .and_then(SamplerKind::from_class_name)
-                .ok_or_else(|| {
-                    PipelineError::model(
-                        dir.join("scheduler/scheduler_config.json"),
-                        format!(
-                            "unsupported scheduler class {:?}; choose a sampler explicitly",
-                            scheduler_config.class_name
-                        ),
-                    )
-                })?,
-        };
-        // Fail now, not at the first generation, on a config the sampler rejects.
-        sd_scheduler::build(sampler, &scheduler_config)?;
-        Ok(StableDiffusion {
-            dir,
+        Ok(Parts {
+            dir: dir.to_path_buf(),
             index,
             tokenizer,
             text_encoder,
             second,
-            unet: Frozen::new(unet),
-            vae: Frozen::new(vae),
-            scheduler_config,
-            sampler,
-            devices: self.devices,
+            unet: UNet2DConditionModel::from_folder(
+                dir.join("unet"),
+                self.devices.unet,
+                self.kind,
+                variant,
+            )?,
+            vae: AutoencoderKL::from_folder(dir.join("vae"), self.devices.vae, self.kind, variant)?,
+            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         })
     }
+}
+
+/// The components, however they were found.
+struct Parts {
+    dir: PathBuf,
+    index: ModelIndex,
+    tokenizer: ClipTokenizer,
+    text_encoder: Frozen<ClipTextModel>,
+    second: Option<(ClipTokenizer, Frozen<ClipTextModel>)>,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler: SchedulerConfig,
 }
 
 /// A loaded Stable Diffusion 1.x / 2.x / XL pipeline. It is `Send + Sync`:

@@ -7,6 +7,7 @@ pub mod config;
 mod down;
 pub mod embeddings;
 pub mod error;
+pub mod ldm;
 mod mid;
 mod transformer;
 mod unet;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sd_core::layers::ResnetConfig;
 use sd_core::nn::{Conv2d, GroupNorm};
-use sd_core::weights::{component_files, load_safetensors, LoadOptions};
+use sd_core::weights::{component_files, load_mapped, KeyMap};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::{DownBlockType, UNetConfig, UpBlockType};
@@ -162,28 +162,23 @@ impl UNet2DConditionModel {
         let dir = dir.as_ref();
         let config = UNetConfig::from_file(dir.join("config.json"))?;
         let files = component_files(dir, "diffusion_pytorch_model", variant)?;
-        Self::from_files(&config, &files, device, kind, None)
+        Self::from_files(&config, &files, device, kind, &|key| {
+            KeyMap::To(key.to_string())
+        })
     }
 
-    /// Builds `config` and fills it from `files`, optionally renaming keys
-    /// (single-file checkpoints).
+    /// Builds `config` and fills it from `files`, each key mapped by `map`
+    /// (single-file checkpoints: [`crate::ldm::LdmUnetKeys`]).
     pub fn from_files(
         config: &UNetConfig,
         files: &[std::path::PathBuf],
         device: Device,
         kind: Kind,
-        rename: Option<sd_core::weights::Rename<'_>>,
+        map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
         let mut model = Self::new(config, device)?;
         model.vs.set_kind(kind);
-        load_safetensors(
-            &model.vs,
-            files,
-            &LoadOptions {
-                rename,
-                allow_unexpected: false,
-            },
-        )?;
+        load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use sd_core::nn::Conv2d;
-use sd_core::weights::{component_files, load_safetensors, LoadOptions, Rename};
+use sd_core::weights::{component_files, load_mapped, KeyMap};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::VaeConfig;
@@ -87,16 +87,19 @@ impl AutoencoderKL {
         let dir = dir.as_ref();
         let config = VaeConfig::from_file(dir.join("config.json"))?;
         let files = component_files(dir, "diffusion_pytorch_model", variant)?;
-        Self::from_files(&config, &files, device, kind, Some(&canonical_key))
+        Self::from_files(&config, &files, device, kind, &|key| {
+            canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
+        })
     }
 
-    /// Builds `config` and fills it from `files` (keys renamed by `rename`).
+    /// Builds `config` and fills it from `files`, each key mapped by `map`
+    /// (single-file checkpoints: [`crate::ldm::map`]).
     pub fn from_files(
         config: &VaeConfig,
         files: &[std::path::PathBuf],
         device: Device,
         kind: Kind,
-        rename: Option<Rename<'_>>,
+        map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
         let mut model = Self::new(config, device)?;
         let kind = if config.force_upcast && kind == Kind::Half {
@@ -105,14 +108,7 @@ impl AutoencoderKL {
             kind
         };
         model.vs.set_kind(kind);
-        load_safetensors(
-            &model.vs,
-            files,
-            &LoadOptions {
-                rename,
-                allow_unexpected: false,
-            },
-        )?;
+        load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }
 

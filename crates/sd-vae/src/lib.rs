@@ -9,6 +9,7 @@ mod decoder;
 pub mod distribution;
 mod encoder;
 pub mod error;
+pub mod ldm;
 mod mid;
 pub mod tiling;
 
