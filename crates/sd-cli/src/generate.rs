@@ -19,9 +19,10 @@ const DEMO_MODEL: &str = concat!(
 
 #[derive(Args, Debug)]
 pub struct Common {
-    /// A diffusers model folder (SD1.x, SD2.x or SDXL), or a single-file
-    /// checkpoint (.safetensors, CompVis layout). Without it, the project's
-    /// tiny random-weight demo model is used: it draws noise.
+    /// A diffusers model folder (SD1.x, SD2.x or SDXL), a single-file
+    /// checkpoint (.safetensors, CompVis layout), or a Hugging Face repo id
+    /// (org/name, from the local hub cache or downloaded into it). Without
+    /// it, the project's tiny random-weight demo model is used: it draws noise.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// For a single-file --model: a diffusers folder to take configs and
@@ -160,8 +161,13 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         .device(device)
         .dtype(kind)
         .vae_tiling(common.vae_tiling);
+    let text = model.to_string_lossy();
+    let repo_like =
+        !model.exists() && text.matches('/').count() == 1 && !text.starts_with(['/', '.']);
     builder = if model.is_file() {
         builder.single_file(&model)
+    } else if repo_like {
+        builder.hub_repo(text.as_ref())
     } else {
         builder.model_dir(&model)
     };

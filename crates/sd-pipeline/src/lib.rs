@@ -15,6 +15,7 @@
 
 pub mod error;
 mod generate;
+pub mod hub;
 pub mod images;
 pub mod model;
 mod noise;

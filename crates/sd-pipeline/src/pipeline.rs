@@ -37,6 +37,8 @@ pub struct StableDiffusionBuilder {
     model_dir: Option<PathBuf>,
     single_file: Option<PathBuf>,
     config_dir: Option<PathBuf>,
+    hub_repo: Option<String>,
+    hub: crate::hub::HubOptions,
     devices: Devices,
     kind: Kind,
     variant: Option<String>,
@@ -52,6 +54,8 @@ impl Default for StableDiffusionBuilder {
             model_dir: None,
             single_file: None,
             config_dir: None,
+            hub_repo: None,
+            hub: crate::hub::HubOptions::default(),
             devices: Devices::all(Device::Cpu),
             kind: Kind::Float,
             variant: None,
@@ -82,6 +86,25 @@ impl StableDiffusionBuilder {
     /// folder instead of the built-in SD1.5 / SD2.1 / SDXL presets.
     pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config_dir = Some(dir.into());
+        self
+    }
+
+    /// A Hugging Face repo id ("org/name") in the diffusers layout, resolved
+    /// through the local hub cache; works offline when cached.
+    pub fn hub_repo(mut self, repo_id: impl Into<String>) -> Self {
+        self.hub_repo = Some(repo_id.into());
+        self
+    }
+
+    /// Use this hub cache folder instead of `$HF_HOME/hub`.
+    pub fn hub_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.hub.cache = Some(dir.into());
+        self
+    }
+
+    /// Never contact the hub (also `HF_HUB_OFFLINE=1`).
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.hub.offline = offline;
         self
     }
 
@@ -142,7 +165,18 @@ impl StableDiffusionBuilder {
                 format!("{:?} is not f32, f16 or bf16", self.kind),
             ));
         }
-        let parts = match (&self.single_file, &self.model_dir) {
+        let hub_dir = match &self.hub_repo {
+            Some(repo) => Some(crate::hub::resolve(
+                repo,
+                self.variant.as_deref(),
+                &self.hub,
+            )?),
+            None => None,
+        };
+        let parts = match (
+            &self.single_file,
+            hub_dir.as_ref().or(self.model_dir.as_ref()),
+        ) {
             (Some(file), _) => {
                 let l = crate::single_file::load(
                     file,

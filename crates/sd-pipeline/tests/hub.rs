@@ -1,0 +1,62 @@
+//! Repo ids resolve through the Hugging Face cache layout, offline; a repo
+//! that is not cached fails with a clear error when the hub is off.
+
+use std::path::Path;
+
+use sd_core::parity::reference_dir;
+use sd_pipeline::{Request, StableDiffusion};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cached_repo_ids_load_offline_and_missing_ones_fail_clearly() {
+    let cache = std::env::temp_dir().join(format!("sd-hub-cache-{}", std::process::id()));
+    let repo = cache.join("models--test--tiny-sd1");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    copy_dir(
+        &reference_dir().join("fixtures/tiny-sd1"),
+        &repo.join("snapshots/0123abcd"),
+    );
+
+    let from_hub = StableDiffusion::builder()
+        .hub_repo("test/tiny-sd1")
+        .hub_cache(&cache)
+        .offline(true)
+        .build()
+        .unwrap();
+    let from_dir = StableDiffusion::builder()
+        .model_dir(reference_dir().join("fixtures/tiny-sd1"))
+        .build()
+        .unwrap();
+    let mut request = Request::new("a cat");
+    request.steps = 2;
+    assert_eq!(
+        from_hub.generate(&request).unwrap().latents,
+        from_dir.generate(&request).unwrap().latents
+    );
+
+    let err = StableDiffusion::builder()
+        .hub_repo("test/absent")
+        .hub_cache(&cache)
+        .offline(true)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("test/absent/model_index.json")
+            && err.contains("not in the local Hugging Face cache"),
+        "{err}"
+    );
+}
