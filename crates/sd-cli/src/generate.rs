@@ -60,6 +60,13 @@ pub struct Common {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// DDIM's eta (0 = deterministic); needs --scheduler ddim.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Keep weights in host memory; move the UNet and VAE to the device only
+    /// while they run (and decode in tiles).
+    #[arg(long)]
+    pub low_memory: bool,
     /// Skip the last N text-encoder layers.
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
@@ -119,6 +126,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     request.steps = common.steps;
     request.guidance_scale = common.guidance;
     request.guidance_rescale = common.guidance_rescale;
+    request.eta = common.eta;
     request.width = common.width;
     request.height = common.height;
     request.num_images = common.num_images.max(1);
@@ -160,7 +168,8 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let mut builder = StableDiffusion::builder()
         .device(device)
         .dtype(kind)
-        .vae_tiling(common.vae_tiling);
+        .vae_tiling(common.vae_tiling)
+        .low_memory(common.low_memory);
     let text = model.to_string_lossy();
     let repo_like =
         !model.exists() && text.matches('/').count() == 1 && !text.starts_with(['/', '.']);
@@ -189,7 +198,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let scheduler = pipeline.new_scheduler()?;
+    let scheduler = pipeline.scheduler_for(&request)?;
     let generation = pipeline.generate_with(&request, scheduler, &mut |info| {
         bar.set_length(info.total as u64);
         bar.set_position(info.step as u64 + 1);

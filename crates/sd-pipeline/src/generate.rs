@@ -34,6 +34,8 @@ pub struct Request {
     pub guidance_scale: f64,
     /// diffusers' `guidance_rescale` (0 = off).
     pub guidance_rescale: f64,
+    /// DDIM's eta (0 = deterministic); used when the pipeline's sampler is DDIM.
+    pub eta: f64,
     pub prompt_options: PromptOptions,
     pub num_images: usize,
     /// One generator for the whole batch, as diffusers with one CPU generator.
@@ -64,6 +66,7 @@ impl Request {
             steps: 50,
             guidance_scale: 7.5,
             guidance_rescale: 0.0,
+            eta: 0.0,
             prompt_options: PromptOptions::default(),
             num_images: 1,
             seed: 0,
@@ -122,9 +125,25 @@ pub struct Generation {
 impl StableDiffusion {
     /// Runs `request` with the pipeline's sampler.
     pub fn generate(&self, request: &Request) -> Result<Generation> {
-        self.generate_with(request, self.new_scheduler()?, &mut |_| {
+        self.generate_with(request, self.scheduler_for(request)?, &mut |_| {
             ControlFlow::Continue(())
         })
+    }
+
+    /// The pipeline's sampler, with the request's DDIM eta applied.
+    pub fn scheduler_for(&self, request: &Request) -> Result<Box<dyn Scheduler>> {
+        if request.eta != 0.0 {
+            if self.sampler != sd_scheduler::SamplerKind::Ddim {
+                return Err(PipelineError::request(
+                    "eta",
+                    format!("eta applies to DDIM, the sampler is {}", self.sampler),
+                ));
+            }
+            return Ok(Box::new(
+                sd_scheduler::Ddim::new(&self.scheduler_config)?.with_eta(request.eta)?,
+            ));
+        }
+        self.new_scheduler()
     }
 
     /// Runs `request` with your own scheduler and a per-step callback;
@@ -148,6 +167,9 @@ impl StableDiffusion {
             height as i64 / factor,
             width as i64 / factor,
         ];
+
+        let unet = self.unet_for_run()?;
+        let vae = self.vae_for_run()?;
 
         // 1. conditioning, [negative, positive] for one batched CFG pass
         let embeddings = match &request.embeddings {
@@ -192,6 +214,7 @@ impl StableDiffusion {
         };
         let prepared = self.prepare_latents(
             request,
+            &vae,
             scheduler.as_ref(),
             start,
             &latent_shape,
@@ -214,9 +237,7 @@ impl StableDiffusion {
             if let Some((mask, masked)) = &prepared.inpaint_channels {
                 input = Tensor::cat(&[&input, mask, masked], 1);
             }
-            let prediction =
-                self.unet
-                    .forward(&input, &Tensor::from(t), &context, added.as_ref())?;
+            let prediction = unet.forward(&input, &Tensor::from(t), &context, added.as_ref())?;
             let guided = if cfg {
                 guide(
                     &prediction,
@@ -248,12 +269,9 @@ impl StableDiffusion {
             }
         }
 
-        // 5. decode
-        let decoded = self.vae.decode(
-            &self
-                .vae
-                .unscale_latents(&latents.to_device(self.devices.vae)),
-        )?;
+        // 5. decode (in low-memory mode the UNet copy is gone by now)
+        drop(unet);
+        let decoded = vae.decode(&vae.unscale_latents(&latents.to_device(self.devices.vae)))?;
         Ok(Generation {
             images: tensor_to_images(&decoded)?,
             latents,
@@ -486,9 +504,11 @@ pub(crate) struct Blend {
 
 impl StableDiffusion {
     /// Initial latents in diffusers' order of generator draws.
+    #[allow(clippy::too_many_arguments)]
     fn prepare_latents(
         &self,
         request: &Request,
+        vae: &sd_vae::AutoencoderKL,
         scheduler: &dyn Scheduler,
         start: usize,
         shape: &[i64; 4],
@@ -507,10 +527,10 @@ impl StableDiffusion {
         };
         let image = image_to_tensor(init)
             .to_device(self.devices.vae)
-            .to_kind(self.vae.kind());
+            .to_kind(vae.kind());
         let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {
-            let sample = self.vae.encode(x)?.sample(noise.first())?;
-            Ok((sample * self.vae.config().scaling_factor)
+            let sample = vae.encode(x)?.sample(noise.first())?;
+            Ok((sample * vae.config().scaling_factor)
                 .to_kind(Kind::Float)
                 .to_device(tch::Device::Cpu)
                 .repeat([n, 1, 1, 1]))

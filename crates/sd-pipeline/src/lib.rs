@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cow;
 pub mod error;
 mod generate;
 pub mod hub;

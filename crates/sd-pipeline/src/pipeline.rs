@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cow::Cow;
+
 use sd_clip::{ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
@@ -46,6 +48,7 @@ pub struct StableDiffusionBuilder {
     scheduler_config: Option<SchedulerConfig>,
     vae_tiling: bool,
     vae_slicing: bool,
+    low_memory: bool,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -63,6 +66,7 @@ impl Default for StableDiffusionBuilder {
             scheduler_config: None,
             vae_tiling: false,
             vae_slicing: false,
+            low_memory: false,
         }
     }
 }
@@ -151,6 +155,14 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// Low-memory mode: weights stay in host memory; the UNet and the VAE
+    /// are copied to their device only while they run (text encoders run on
+    /// the CPU), and the VAE decodes in tiles, one image at a time.
+    pub fn low_memory(mut self, on: bool) -> Self {
+        self.low_memory = on;
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -173,6 +185,11 @@ impl StableDiffusionBuilder {
             )?),
             None => None,
         };
+        let load_devices = if self.low_memory {
+            Devices::all(Device::Cpu)
+        } else {
+            self.devices
+        };
         let parts = match (
             &self.single_file,
             hub_dir.as_ref().or(self.model_dir.as_ref()),
@@ -181,7 +198,7 @@ impl StableDiffusionBuilder {
                 let l = crate::single_file::load(
                     file,
                     self.config_dir.as_deref(),
-                    self.devices,
+                    load_devices,
                     self.kind,
                 )?;
                 Parts {
@@ -195,7 +212,7 @@ impl StableDiffusionBuilder {
                     scheduler: l.scheduler,
                 }
             }
-            (None, Some(dir)) => self.load_folder(dir)?,
+            (None, Some(dir)) => self.load_folder(dir, load_devices)?,
             (None, None) => {
                 return Err(PipelineError::request(
                     "model_dir",
@@ -204,10 +221,10 @@ impl StableDiffusionBuilder {
             }
         };
         let mut vae = parts.vae;
-        if self.vae_tiling {
+        if self.vae_tiling || self.low_memory {
             vae.set_tiling(Some(vae.default_tiling()));
         }
-        vae.set_slicing(self.vae_slicing);
+        vae.set_slicing(self.vae_slicing || self.low_memory);
         let scheduler_config = self.scheduler_config.clone().unwrap_or(parts.scheduler);
         let sampler = match self.sampler {
             Some(kind) => kind,
@@ -237,18 +254,26 @@ impl StableDiffusionBuilder {
             vae: Frozen::new(vae),
             scheduler_config,
             sampler,
-            devices: self.devices,
+            devices: if self.low_memory {
+                Devices {
+                    text_encoder: Device::Cpu,
+                    ..self.devices
+                }
+            } else {
+                self.devices
+            },
+            low_memory: self.low_memory,
         })
     }
 
-    fn load_folder(&self, dir: &Path) -> Result<Parts> {
+    fn load_folder(&self, dir: &Path, devices: Devices) -> Result<Parts> {
         let index = ModelIndex::read(dir)?;
         let variant = self.variant.as_deref();
         let encoder = |sub: &str| -> Result<(ClipTokenizer, Frozen<ClipTextModel>)> {
             let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
             let model = ClipTextModel::from_folder(
                 dir.join(format!("text_encoder{sub}")),
-                self.devices.text_encoder,
+                devices.text_encoder,
                 self.kind,
                 variant,
             )?;
@@ -267,11 +292,11 @@ impl StableDiffusionBuilder {
             second,
             unet: UNet2DConditionModel::from_folder(
                 dir.join("unet"),
-                self.devices.unet,
+                devices.unet,
                 self.kind,
                 variant,
             )?,
-            vae: AutoencoderKL::from_folder(dir.join("vae"), self.devices.vae, self.kind, variant)?,
+            vae: AutoencoderKL::from_folder(dir.join("vae"), devices.vae, self.kind, variant)?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         })
     }
@@ -303,6 +328,7 @@ pub struct StableDiffusion {
     pub(crate) scheduler_config: SchedulerConfig,
     pub(crate) sampler: SamplerKind,
     pub(crate) devices: Devices,
+    pub(crate) low_memory: bool,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -368,5 +394,23 @@ impl StableDiffusion {
 
     pub fn devices(&self) -> Devices {
         self.devices
+    }
+
+    /// The UNet on its compute device: a temporary copy in low-memory mode.
+    pub(crate) fn unet_for_run(&self) -> Result<Cow<'_, UNet2DConditionModel>> {
+        Ok(if self.low_memory {
+            Cow::Owned(self.unet.copy_to(self.devices.unet)?)
+        } else {
+            Cow::Borrowed(&self.unet)
+        })
+    }
+
+    /// The VAE on its compute device: a temporary copy in low-memory mode.
+    pub(crate) fn vae_for_run(&self) -> Result<Cow<'_, AutoencoderKL>> {
+        Ok(if self.low_memory {
+            Cow::Owned(self.vae.copy_to(self.devices.vae)?)
+        } else {
+            Cow::Borrowed(&self.vae)
+        })
     }
 }

@@ -192,3 +192,37 @@ fn images_are_rgb_at_the_requested_size() {
     assert_eq!(out.latents.size(), vec![1, 4, 16, 24]);
     assert_eq!(pipeline.default_size(), (32, 32));
 }
+
+#[test]
+fn low_memory_mode_gives_the_same_images() {
+    let dir = reference_dir().join("fixtures/tiny-sd1");
+    let normal = StableDiffusion::builder().model_dir(&dir).build().unwrap();
+    let low = StableDiffusion::builder()
+        .model_dir(&dir)
+        .low_memory(true)
+        .build()
+        .unwrap();
+    let r = quick("a green square", 4);
+    let (a, b) = (normal.generate(&r).unwrap(), low.generate(&r).unwrap());
+    assert_eq!(a.latents, b.latents);
+    // The decode is tiled in low-memory mode; at one tile it is the same image.
+    assert_eq!(a.images[0], b.images[0]);
+}
+
+#[test]
+fn ddim_eta_is_stochastic_and_seeded() {
+    let pipeline = StableDiffusion::builder()
+        .model_dir(reference_dir().join("fixtures/tiny-sd1"))
+        .scheduler(sd_pipeline::SamplerKind::Ddim)
+        .build()
+        .unwrap();
+    let mut r = quick("a cat", 2);
+    let deterministic = pipeline.generate(&r).unwrap().latents;
+    r.eta = 1.0;
+    let first = pipeline.generate(&r).unwrap().latents;
+    assert_ne!(first, deterministic);
+    assert_eq!(first, pipeline.generate(&r).unwrap().latents);
+    let euler = tiny("tiny-sd1");
+    let err = euler.generate(&r).unwrap_err().to_string();
+    assert!(err.contains("eta"), "{err}");
+}

@@ -182,6 +182,19 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
+    /// A copy of this model's weights on `device` (low-memory pipelines
+    /// bring the UNet to the GPU only for the denoising loop).
+    pub fn copy_to(&self, device: Device) -> Result<Self> {
+        let mut copy = Self::new(&self.config, device)?;
+        copy.vs.set_kind(self.vs.kind());
+        let _guard = tch::no_grad_guard();
+        let source = self.vs.variables();
+        for (name, mut var) in copy.vs.variables() {
+            var.f_copy_(&source[&name])?;
+        }
+        Ok(copy)
+    }
+
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }

@@ -273,16 +273,26 @@ impl AutoencoderKL {
         if let Some(twin) = self.f32_twin.get() {
             return Ok(twin);
         }
-        let mut twin = AutoencoderKL::new(&self.config, self.vs.device())?;
-        twin.tiling = self.tiling;
-        twin.slicing = self.slicing;
-        {
-            let _guard = tch::no_grad_guard();
-            let source = self.vs.variables();
-            for (name, mut var) in twin.vs.variables() {
-                var.f_copy_(&source[&name])?;
-            }
-        }
+        let twin = self.copy_as(self.vs.device(), Kind::Float)?;
         Ok(self.f32_twin.get_or_init(|| Box::new(twin)))
+    }
+
+    /// A copy of this VAE's weights on `device` (low-memory pipelines bring
+    /// it to the GPU only to encode or decode).
+    pub fn copy_to(&self, device: Device) -> Result<Self> {
+        self.copy_as(device, self.kind())
+    }
+
+    fn copy_as(&self, device: Device, kind: Kind) -> Result<Self> {
+        let mut copy = AutoencoderKL::new(&self.config, device)?;
+        copy.vs.set_kind(kind);
+        copy.tiling = self.tiling;
+        copy.slicing = self.slicing;
+        let _guard = tch::no_grad_guard();
+        let source = self.vs.variables();
+        for (name, mut var) in copy.vs.variables() {
+            var.f_copy_(&source[&name])?;
+        }
+        Ok(copy)
     }
 }
