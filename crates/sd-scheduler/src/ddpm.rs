@@ -78,15 +78,6 @@ impl Scheduler for Ddpm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.timesteps.len())?;
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,

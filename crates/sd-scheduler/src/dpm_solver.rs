@@ -212,15 +212,6 @@ impl Scheduler for DpmSolverMultistep {
         Some(&self.sigmas)
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(self.name, step_index, self.timesteps.len())?;
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,

@@ -7,9 +7,8 @@ use tch::Tensor;
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::error::Result;
 use crate::prediction::x0_from_sigma;
-use crate::schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaRecipe, SigmaSteps};
-use crate::{check_index, check_steps, NoiseSource, Scheduler};
+use crate::sigmas::{self, sigma_scheduler_methods, SigmaCore, SigmaRecipe, SigmaSteps};
+use crate::{check_steps, NoiseSource, Scheduler};
 
 const NAME: &str = "heun";
 
@@ -23,11 +22,9 @@ struct FirstOrder {
 
 #[derive(Debug)]
 pub struct Heun {
-    schedule: NoiseSchedule,
-    recipe: SigmaRecipe,
+    core: SigmaCore,
     prediction: PredictionType,
     clip_sample: Option<f64>,
-    steps: SigmaSteps,
     pending: Option<FirstOrder>,
 }
 
@@ -50,14 +47,15 @@ pub(crate) fn interleave<T: Copy>(values: &[T], keep_last: bool) -> Vec<T> {
 impl Heun {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         Ok(Heun {
-            schedule: sigmas::noise_schedule(config, false)?,
-            recipe: SigmaRecipe::from_config(config, true)?,
+            core: SigmaCore::new(
+                sigmas::noise_schedule(config, false)?,
+                SigmaRecipe::from_config(config, true)?,
+            ),
             prediction: config.prediction_type.unwrap_or(PredictionType::Epsilon),
             clip_sample: config
                 .clip_sample
                 .unwrap_or(false)
                 .then(|| config.clip_sample_range.unwrap_or(1.0)),
-            steps: SigmaSteps::default(),
             pending: None,
         })
     }
@@ -72,11 +70,11 @@ impl Scheduler for Heun {
         check_steps(
             NAME,
             num_inference_steps,
-            self.schedule.num_train_timesteps(),
+            self.core.schedule.num_train_timesteps(),
         )?;
-        let base = sigmas::sigma_steps(&self.schedule, num_inference_steps, &self.recipe);
+        let base = sigmas::sigma_steps(&self.core.schedule, num_inference_steps, &self.core.recipe);
         let timesteps: Vec<f64> = base.timesteps.iter().map(|&t| t as f32 as f64).collect();
-        self.steps = SigmaSteps {
+        self.core.steps = SigmaSteps {
             timesteps: interleave(&timesteps, false),
             sigmas: interleave(&base.sigmas, true),
         };
@@ -84,26 +82,11 @@ impl Scheduler for Heun {
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.steps.timesteps
-    }
-
     fn order(&self) -> usize {
         2
     }
 
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.steps.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigmas::init_noise_sigma(&self.steps.sigmas, self.recipe.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.steps.timesteps.len())?;
-        Ok(sigmas::scale_input(sample, self.steps.sigmas[step_index]))
-    }
+    sigma_scheduler_methods!();
 
     fn step(
         &mut self,
@@ -112,12 +95,12 @@ impl Scheduler for Heun {
         sample: &Tensor,
         _: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_index(NAME, i, self.steps.timesteps.len())?;
+        self.core.sigma(NAME, i)?;
         let first = self.pending.is_none();
         let (sigma, sigma_next) = if first {
-            (self.steps.sigmas[i], self.steps.sigmas[i + 1])
+            (self.core.steps.sigmas[i], self.core.steps.sigmas[i + 1])
         } else {
-            (self.steps.sigmas[i - 1], self.steps.sigmas[i])
+            (self.core.steps.sigmas[i - 1], self.core.steps.sigmas[i])
         };
         // 1. denoised estimate at the sigma this evaluation was made at
         let sigma_input = if first { sigma } else { sigma_next };
@@ -145,14 +128,5 @@ impl Scheduler for Heun {
                 Ok(state.sample + derivative * state.dt as f64)
             }
         }
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.steps.timesteps.len())?;
-        Ok(sigmas::add_noise(
-            original,
-            noise,
-            self.steps.sigmas[step_index],
-        ))
     }
 }

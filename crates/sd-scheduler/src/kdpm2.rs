@@ -118,6 +118,45 @@ impl Common {
     }
 }
 
+/// The `Scheduler` methods both KDPM2 variants share (fields `common`, `tables`).
+macro_rules! kdpm2_common_methods {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+
+        fn timesteps(&self) -> &[f64] {
+            &self.tables.timesteps
+        }
+
+        fn order(&self) -> usize {
+            2
+        }
+
+        fn sigmas(&self) -> Option<&[f32]> {
+            Some(&self.tables.sigmas)
+        }
+
+        fn init_noise_sigma(&self) -> f64 {
+            sigmas::init_noise_sigma(&self.tables.sigmas, self.common.recipe.spacing)
+        }
+
+        fn add_noise(
+            &self,
+            original: &Tensor,
+            noise: &Tensor,
+            step_index: usize,
+        ) -> Result<Tensor> {
+            check_index($name, step_index, self.tables.timesteps.len())?;
+            Ok(sigmas::add_noise(
+                original,
+                noise,
+                self.tables.sigmas[step_index],
+            ))
+        }
+    };
+}
+
 /// diffusers' `KDPM2DiscreteScheduler`.
 pub struct Kdpm2 {
     common: Common,
@@ -137,30 +176,12 @@ impl Kdpm2 {
 }
 
 impl Scheduler for Kdpm2 {
-    fn name(&self) -> &'static str {
-        "dpm2"
-    }
+    kdpm2_common_methods!("dpm2");
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
         self.tables = self.common.tables("dpm2", num_inference_steps, false)?;
         self.pending = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.tables.timesteps
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.tables.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigmas::init_noise_sigma(&self.tables.sigmas, self.common.recipe.spacing)
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
@@ -200,15 +221,6 @@ impl Scheduler for Kdpm2 {
             }
         }
     }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index("dpm2", step_index, self.tables.timesteps.len())?;
-        Ok(sigmas::add_noise(
-            original,
-            noise,
-            self.tables.sigmas[step_index],
-        ))
-    }
 }
 
 /// diffusers' `KDPM2AncestralDiscreteScheduler`.
@@ -229,30 +241,12 @@ impl Kdpm2Ancestral {
 }
 
 impl Scheduler for Kdpm2Ancestral {
-    fn name(&self) -> &'static str {
-        "dpm2-a"
-    }
+    kdpm2_common_methods!("dpm2-a");
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
         self.tables = self.common.tables("dpm2-a", num_inference_steps, true)?;
         self.pending = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.tables.timesteps
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.tables.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigmas::init_noise_sigma(&self.tables.sigmas, self.common.recipe.spacing)
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
@@ -294,14 +288,5 @@ impl Scheduler for Kdpm2Ancestral {
                 Ok(prev + draw_noise(noise, model_output)? * up as f64)
             }
         }
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index("dpm2-a", step_index, self.tables.timesteps.len())?;
-        Ok(sigmas::add_noise(
-            original,
-            noise,
-            self.tables.sigmas[step_index],
-        ))
     }
 }

@@ -101,15 +101,6 @@ impl Scheduler for Lcm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.timesteps.len())?;
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,

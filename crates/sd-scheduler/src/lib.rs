@@ -98,12 +98,17 @@ pub trait Scheduler: Send {
         1
     }
 
-    /// Scale of the initial noise (1 for DDIM-like samplers, the largest
-    /// sigma or more for sigma-based ones).
-    fn init_noise_sigma(&self) -> f64;
+    /// Scale of the initial noise: 1 (the default) for DDIM-like samplers,
+    /// the largest sigma or more for sigma-based ones.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The model's input at step `step_index` (identity for most samplers).
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor>;
+    /// The model's input at step `step_index`; by default the sample itself.
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_index(self.name(), step_index, self.timesteps().len())?;
+        Ok(sample.shallow_clone())
+    }
 
     /// One step: the model's output at `step_index` and the current sample
     /// give the next sample. Stochastic samplers draw noise from `noise`.

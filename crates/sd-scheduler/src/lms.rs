@@ -8,19 +8,16 @@ use tch::Tensor;
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::error::Result;
 use crate::prediction::x0_from_sigma;
-use crate::schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaRecipe, SigmaSteps};
-use crate::{check_index, check_steps, NoiseSource, Scheduler};
+use crate::sigmas::{self, sigma_scheduler_methods, SigmaCore, SigmaRecipe};
+use crate::{NoiseSource, Scheduler};
 
 const NAME: &str = "lms";
 const ORDER: usize = 4;
 
 #[derive(Debug)]
 pub struct Lms {
-    schedule: NoiseSchedule,
-    recipe: SigmaRecipe,
+    core: SigmaCore,
     prediction: PredictionType,
-    steps: SigmaSteps,
     /// Up to ORDER past derivatives, newest last.
     derivatives: Vec<Tensor>,
 }
@@ -28,10 +25,11 @@ pub struct Lms {
 impl Lms {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         Ok(Lms {
-            schedule: sigmas::noise_schedule(config, false)?,
-            recipe: SigmaRecipe::from_config(config, true)?,
+            core: SigmaCore::new(
+                sigmas::noise_schedule(config, false)?,
+                SigmaRecipe::from_config(config, true)?,
+            ),
             prediction: config.prediction_type.unwrap_or(PredictionType::Epsilon),
-            steps: SigmaSteps::default(),
             derivatives: Vec::new(),
         })
     }
@@ -39,15 +37,15 @@ impl Lms {
     /// Integral over [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial
     /// of `current` among the last `order` sigmas.
     fn coefficient(&self, order: usize, i: usize, current: usize) -> f64 {
-        let s = |k: usize| self.steps.sigmas[i - k] as f64;
+        let sigmas = &self.core.steps.sigmas;
+        let s = |k: usize| sigmas[i - k] as f64;
         let basis = |tau: f64| {
             (0..order)
                 .filter(|&k| k != current)
                 .map(|k| (tau - s(k)) / (s(current) - s(k)))
                 .product::<f64>()
         };
-        let (a, b) = (self.steps.sigmas[i] as f64, self.steps.sigmas[i + 1] as f64);
-        gauss_legendre_4(basis, a, b)
+        gauss_legendre_4(basis, sigmas[i] as f64, sigmas[i + 1] as f64)
     }
 }
 
@@ -68,32 +66,12 @@ impl Scheduler for Lms {
     }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        check_steps(
-            NAME,
-            num_inference_steps,
-            self.schedule.num_train_timesteps(),
-        )?;
-        self.steps = sigmas::sigma_steps(&self.schedule, num_inference_steps, &self.recipe);
+        self.core.prepare(NAME, num_inference_steps)?;
         self.derivatives.clear();
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.steps.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.steps.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigmas::init_noise_sigma(&self.steps.sigmas, self.recipe.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.steps.timesteps.len())?;
-        Ok(sigmas::scale_input(sample, self.steps.sigmas[step_index]))
-    }
+    sigma_scheduler_methods!();
 
     fn step(
         &mut self,
@@ -102,8 +80,7 @@ impl Scheduler for Lms {
         sample: &Tensor,
         _: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_index(NAME, i, self.steps.timesteps.len())?;
-        let sigma = self.steps.sigmas[i];
+        let sigma = self.core.sigma(NAME, i)?;
         // 1. derivative dx/dsigma from the denoised estimate
         let x0 = x0_from_sigma(self.prediction, model_output, sample, sigma);
         self.derivatives.push((sample - x0) / sigma as f64);
@@ -125,14 +102,5 @@ impl Scheduler for Lms {
             Some(total) => sample + total,
             None => sample.shallow_clone(),
         })
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        check_index(NAME, step_index, self.steps.timesteps.len())?;
-        Ok(sigmas::add_noise(
-            original,
-            noise,
-            self.steps.sigmas[step_index],
-        ))
     }
 }

@@ -187,3 +187,73 @@ pub fn scale_input(sample: &Tensor, sigma: f32) -> Tensor {
 pub fn add_noise(original: &Tensor, noise: &Tensor, sigma: f32) -> Tensor {
     original + noise * sigma as f64
 }
+
+/// The schedule, recipe and prepared steps of a sigma sampler.
+#[derive(Debug)]
+pub struct SigmaCore {
+    pub schedule: NoiseSchedule,
+    pub recipe: SigmaRecipe,
+    pub steps: SigmaSteps,
+}
+
+impl SigmaCore {
+    pub fn new(schedule: NoiseSchedule, recipe: SigmaRecipe) -> Self {
+        SigmaCore {
+            schedule,
+            recipe,
+            steps: SigmaSteps::default(),
+        }
+    }
+
+    /// Checks the step count and computes one sigma per step (plus the last).
+    pub fn prepare(&mut self, sampler: &'static str, num_steps: usize) -> Result<()> {
+        crate::check_steps(sampler, num_steps, self.schedule.num_train_timesteps())?;
+        self.steps = sigma_steps(&self.schedule, num_steps, &self.recipe);
+        Ok(())
+    }
+
+    /// The sigma at a checked step index.
+    pub fn sigma(&self, sampler: &'static str, index: usize) -> Result<f32> {
+        crate::check_index(sampler, index, self.steps.timesteps.len())?;
+        Ok(self.steps.sigmas[index])
+    }
+}
+
+/// The `Scheduler` methods every sigma sampler shares, delegated to its
+/// `core: SigmaCore` field.
+macro_rules! sigma_scheduler_methods {
+    () => {
+        fn timesteps(&self) -> &[f64] {
+            &self.core.steps.timesteps
+        }
+
+        fn sigmas(&self) -> Option<&[f32]> {
+            Some(&self.core.steps.sigmas)
+        }
+
+        fn init_noise_sigma(&self) -> f64 {
+            crate::sigmas::init_noise_sigma(&self.core.steps.sigmas, self.core.recipe.spacing)
+        }
+
+        fn scale_model_input(&self, sample: &tch::Tensor, i: usize) -> crate::Result<tch::Tensor> {
+            Ok(crate::sigmas::scale_input(
+                sample,
+                self.core.sigma(self.name(), i)?,
+            ))
+        }
+
+        fn add_noise(
+            &self,
+            original: &tch::Tensor,
+            noise: &tch::Tensor,
+            i: usize,
+        ) -> crate::Result<tch::Tensor> {
+            Ok(crate::sigmas::add_noise(
+                original,
+                noise,
+                self.core.sigma(self.name(), i)?,
+            ))
+        }
+    };
+}
+pub(crate) use sigma_scheduler_methods;
