@@ -303,6 +303,26 @@ def write_sdxl(fixtures: Path, outputs: Path) -> None:
     (outputs / "sdxl.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
+def write_shapes_model(repo: Path, outputs: Path) -> None:
+    """The project's trained shapes model (models/shapes) in diffusers: the
+    same seed and scheduler must give this pipeline's latents."""
+    model = repo / "models" / "shapes"
+    if not (model / "model_index.json").exists():
+        return
+    # Weights are stored in f16; both pipelines compute in f32.
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    tensors, runs = {}, []
+    for prompt, seed in [("a large blue triangle on a white background", 0), ("a small red circle on a black background", 1)]:
+        latents = pipe(prompt, num_inference_steps=20, guidance_scale=7.5, height=32, width=32,
+                       generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+        key = f"shapes.seed{seed}"
+        tensors[key] = latents.contiguous()
+        runs.append(dict(key=key, prompt=prompt, seed=seed, steps=20, guidance_scale=7.5))
+    save_file(tensors, outputs / "shapes_model.safetensors")
+    (outputs / "shapes_model.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
 def write_rng(outputs: Path) -> None:
     """Sequential draws from one seeded CPU generator, as a pipeline makes them
     (small shapes take torch's scalar path, 16 and more its vectorised one)."""
@@ -323,4 +343,5 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_txt2img(fixtures, outputs)
     write_img2img_inpaint(fixtures, outputs)
     write_sdxl(fixtures, outputs)
+    write_shapes_model(fixtures.parent.parent, outputs)
     write_layers(outputs)

@@ -11,18 +11,16 @@ use sd_pipeline::{PromptOptions, Request, SamplerKind, StableDiffusion};
 
 use crate::output::{output_paths, write_outputs, Metadata};
 
-/// The project's tiny random-weight demo model, used when no --model is given.
-const DEMO_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../reference/fixtures/tiny-sd1"
-);
+/// The project's own trained shapes model, used when no --model is given.
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shapes");
 
 #[derive(Args, Debug)]
 pub struct Common {
     /// A diffusers model folder (SD1.x, SD2.x or SDXL), a single-file
     /// checkpoint (.safetensors, CompVis layout), or a Hugging Face repo id
     /// (org/name, from the local hub cache or downloaded into it). Without
-    /// it, the project's tiny random-weight demo model is used: it draws noise.
+    /// it, the project's small shapes model is used (coloured circles,
+    /// squares and triangles on plain backgrounds, 32x32, nothing else).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// For a single-file --model: a diffusers folder to take configs and
@@ -237,18 +235,19 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = model {
         return Ok(dir.to_path_buf());
     }
-    let demo = PathBuf::from(DEMO_MODEL);
-    if !demo.join("model_index.json").is_file() {
+    let default = PathBuf::from(DEFAULT_MODEL);
+    if !default.join("model_index.json").is_file() {
         bail!(
-            "no --model given, and the demo model is not at {}; pass --model DIR",
-            demo.display()
+            "no --model given, and the default model is not at {}; pass --model DIR",
+            default.display()
         );
     }
     eprintln!(
-        "note: no --model given: using the project's tiny demo model with random weights; it draws noise, not pictures. \
-         Pass --model with an SD1.5, SD2.1 or SDXL diffusers folder for real images."
+        "note: no --model given: using the project's small shapes model (models/shapes, 32x32): it draws \
+         \"a {{small|large}} {{red|green|blue|yellow|purple|orange}} {{circle|square|triangle}} on a \
+         {{white|black|gray}} background\" and nothing else. Pass --model for SD1.5, SD2.1 or SDXL."
     );
-    Ok(demo)
+    Ok(default)
 }
 
 fn read_rgb(path: &Path) -> Result<image::RgbImage> {

@@ -2,6 +2,7 @@
 
 mod generate;
 mod output;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -56,6 +57,22 @@ enum Command {
         no_padding: bool,
         prompt: String,
     },
+    /// Train the shapes model from scratch, or fine-tune a model on your images.
+    Train {
+        #[command(flatten)]
+        args: train::TrainArgs,
+    },
+    /// Score a shapes model's prompt adherence (colour and shape accuracy).
+    EvalShapes {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 4)]
+        seeds: u64,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 7.5)]
+        guidance: f64,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -78,6 +95,20 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device } => doctor(device.as_deref()),
+        Command::Train { args } => train::run(&args),
+        Command::EvalShapes {
+            model,
+            seeds,
+            steps,
+            guidance,
+        } => {
+            let pipeline = sd_pipeline::StableDiffusion::builder()
+                .model_dir(&model)
+                .build()?;
+            let report = sd_train::eval::evaluate(&pipeline, seeds, steps, guidance)?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Txt2img { common } => generate::run(&common, Mode::Txt2Img),
         Command::Img2img {
             common,

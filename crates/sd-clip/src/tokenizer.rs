@@ -295,8 +295,8 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| ClipError::Core(sd_core::CoreError::io(path, e)))
 }
 
-const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
-const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
+pub const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
+pub const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
 
 fn read_vocab(text: &str, path: &Path) -> Result<HashMap<String, u32>> {
     serde_json::from_str(text).map_err(|e| ClipError::Tokenizer {

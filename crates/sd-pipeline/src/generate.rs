@@ -225,6 +225,8 @@ impl StableDiffusion {
 
         // 4. denoising loop
         let timesteps = scheduler.timesteps().to_vec();
+        // On the device once, so no step copies a timestep from the host.
+        let timesteps_on_device = Tensor::from_slice(&timesteps).to_device(device);
         let total = timesteps.len() - start;
         for (step, i) in (start..timesteps.len()).enumerate() {
             let t = timesteps[i];
@@ -237,7 +239,12 @@ impl StableDiffusion {
             if let Some((mask, masked)) = &prepared.inpaint_channels {
                 input = Tensor::cat(&[&input, mask, masked], 1);
             }
-            let prediction = unet.forward(&input, &Tensor::from(t), &context, added.as_ref())?;
+            let prediction = unet.forward(
+                &input,
+                &timesteps_on_device.get(i as i64),
+                &context,
+                added.as_ref(),
+            )?;
             let guided = if cfg {
                 guide(
                     &prediction,

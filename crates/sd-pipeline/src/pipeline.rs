@@ -242,6 +242,10 @@ impl StableDiffusionBuilder {
                     )
                 })?,
         };
+        if matches!(self.devices.unet, Device::Cuda(_)) {
+            // Fixed shapes in the loop: let cuDNN pick its fastest kernels once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         // Fail now, not at the first generation, on a config the sampler rejects.
         sd_scheduler::build(sampler, &scheduler_config)?;
         Ok(StableDiffusion {

@@ -1,0 +1,143 @@
+"""Side by side: the same SD1.5-architecture, random-weight workload through
+diffusers and through sd-rs, per component, in one run.
+
+    .venv/bin/python benches/side_by_side.py                       # CPU: 256x256, 4 steps, f32 and bf16
+    .venv/bin/python benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --batch 1 4
+
+Needs `bash scripts/setup.sh --reference` and a release build of
+`pipeline_timing` (`cargo build --release -p sd-benches --bin pipeline_timing`).
+The random model (SD1.5 configs from reference/manifests, seeded weights) is
+written once to ~/.cache/sd-rs/sd15-random (about 4 GB). Random weights draw
+noise: this times the work, not the pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = Path(os.environ.get("SD_RS_CACHE", Path.home() / ".cache" / "sd-rs")) / "sd15-random"
+
+
+def make_model() -> None:
+    if (MODEL / "model_index.json").exists():
+        return
+    sys.path.insert(0, str(ROOT / "reference"))
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import harness_models
+
+    manifests = ROOT / "reference" / "manifests" / "sd15"
+    config = lambda c: json.loads((manifests / f"{c}.json").read_text())["config"]  # noqa: E731
+    torch.manual_seed(0)
+    unet_config = {k: v for k, v in config("unet").items() if not k.startswith("_")}
+    vae_config = {k: v for k, v in config("vae").items() if not k.startswith("_")}
+    te_config = {k: v for k, v in config("text_encoder").items() if k != "architectures"}
+    UNet2DConditionModel(**unet_config).save_pretrained(MODEL / "unet")
+    AutoencoderKL(**vae_config).save_pretrained(MODEL / "vae")
+    CLIPTextModel(CLIPTextConfig(**te_config)).save_pretrained(MODEL / "text_encoder")
+    harness_models.tokenizer_folder(MODEL / "tokenizer", ROOT / "reference" / "fixtures" / "tokenizer", "<|endoftext|>")
+    (MODEL / "scheduler").mkdir(parents=True, exist_ok=True)
+    harness_models.write_json(MODEL / "scheduler" / "scheduler_config.json", harness_models.SCHEDULER_SD15)
+    harness_models.write_model_index(MODEL, "StableDiffusionPipeline", {
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, batch: int, runs: int) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    t0 = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=dtype, safety_checker=None).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    results = []
+    prompt = "a photo of an astronaut riding a horse on the moon"
+    for run in range(runs):
+        t0 = time.perf_counter()
+        embeds, negative = pipe.encode_prompt(prompt, device, batch, True, "")
+        sync(device)
+        text = time.perf_counter() - t0
+        marks = []
+
+        def on_step(p, i, t, kw):
+            sync(device)
+            marks.append(time.perf_counter())
+            return kw
+
+        t1 = time.perf_counter()
+        pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, height=size, width=size,
+             num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(run),
+             callback_on_step_end=on_step, output_type="pil")
+        sync(device)
+        total = time.perf_counter() - t1
+        denoise = marks[-1] - t1
+        results.append({"text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / steps,
+                        "vae_decode_s": total - denoise, "end_to_end_s": total + text})
+    out = {"library": "diffusers", "load_s": load, "runs": results}
+    if device.startswith("cuda"):
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int) -> dict:
+    binary = ROOT / "target" / "release" / "pipeline_timing"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
+    out = subprocess.run([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
+                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs)],
+                         check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best(result: dict, key: str) -> float:
+    return min(r[key] for r in result["runs"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--dtype", nargs="+", default=["f32", "bf16"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    make_model()
+    dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+    keys = ["text_encode_s", "unet_step_s", "vae_decode_s", "end_to_end_s"]
+    print(f"SD1.5 architecture, random weights, {args.size}x{args.size}, {args.steps} steps, CFG, device {args.device}")
+    for dtype in args.dtype:
+        for batch in args.batch:
+            ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs)
+            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs)
+            print(f"\n{dtype}, batch {batch} (best of {args.runs} runs, seconds)")
+            print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}")
+            for key in keys:
+                d, r = best(theirs, key), best(ours, key)
+                print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x")
+            if "peak_memory_gib" in theirs:
+                print(f"diffusers peak GPU memory {theirs['peak_memory_gib']:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
