@@ -286,7 +286,12 @@ pub fn train_unet(
             PredictionType::Sample => latents.shallow_clone(),
         };
         // 3. the loss, optionally min-SNR weighted per sample
-        let prediction = unet.forward(&noisy, &t.to_kind(Kind::Float), &context, None)?;
+        // bf16/f16 autocast where libtorch has it (CUDA); f32 elsewhere.
+        let autocast = matches!(device, Device::Cuda(_));
+        let prediction = tch::autocast(autocast, || {
+            unet.forward(&noisy, &t.to_kind(Kind::Float), &context, None)
+        })?
+        .to_kind(Kind::Float);
         let per_sample =
             (prediction - target)
                 .square()
