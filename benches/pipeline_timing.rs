@@ -24,6 +24,9 @@ fn sync(device: tch::Device) {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--default-allocator") {
+        sd_core::alloc::keep_freed_memory();
+    }
     let model = arg(&args, "--model", "");
     let device = sd_core::device::parse_device(&arg(&args, "--device", "cpu"))?;
     let kind = sd_core::device::parse_kind(&arg(&args, "--dtype", "f32"))?;

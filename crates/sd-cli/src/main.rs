@@ -83,6 +83,7 @@ enum Command {
 
 /// Errors print as one line (the library errors already carry their cause).
 fn main() -> std::process::ExitCode {
+    sd_core::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -10,6 +10,7 @@
 //! - [`rng`]: per-run seeded CPU generators that match `torch.Generator("cpu")`.
 //! - [`parity`]: numeric comparison against reference outputs, for tests.
 
+pub mod alloc;
 pub mod device;
 pub mod error;
 pub mod layers;

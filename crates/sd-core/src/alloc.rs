@@ -1,0 +1,22 @@
+//! Allocator tuning for long-running generation processes.
+//!
+//! A denoising loop allocates and frees the same large activation buffers
+//! every step. glibc returns big freed blocks to the kernel (munmap) and
+//! gets them back as fresh zeroed pages on the next step: millions of page
+//! faults per image (measured: 9.5 M faults and 18 s of kernel time in a
+//! 40 s CPU run of SD1.5 at 256x256). Keeping freed memory in the process
+//! removes most of it (1.3 M faults, 5 s; the end-to-end time drops 15%),
+//! at the price of the process holding its peak memory.
+
+/// Tells glibc to keep freed memory for reuse instead of returning it to the
+/// kernel. A no-op on other platforms. Call it once, early, from a binary
+/// (the `sd` CLI does); a library does not change its host's allocator.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; these values are valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
