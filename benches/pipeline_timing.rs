@@ -1,7 +1,7 @@
 //! Times one pipeline run per component, as JSON on stdout (used by
 //! benches/side_by_side.py, which runs diffusers on the same folder).
 //!
-//! pipeline_timing --model DIR [--device cpu] [--dtype f32] [--size 256] [--steps 4] [--batch 1] [--runs 2]
+//! pipeline_timing --model DIR [--device cpu] [--dtype f32] [--size 256] [--steps 4] [--batch 1] [--runs 2] [--cuda-graphs]
 
 use std::ops::ControlFlow;
 use std::time::Instant;

@@ -26,6 +26,11 @@ pub fn link_libtorch() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // The wheel's CUDA runtime, next to torch/ (the CUDA-graph shim links it).
+    let cudart = Path::new(&lib).join("../../nvidia/cu13/lib");
+    if let Ok(dir) = cudart.canonicalize() {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    }
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

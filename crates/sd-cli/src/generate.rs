@@ -65,6 +65,9 @@ pub struct Common {
     /// while they run (and decode in tiles).
     #[arg(long)]
     pub low_memory: bool,
+    /// Replay the UNet step as a CUDA graph (CUDA only; falls back when capture fails).
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// Skip the last N text-encoder layers.
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
@@ -167,7 +170,8 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         .device(device)
         .dtype(kind)
         .vae_tiling(common.vae_tiling)
-        .low_memory(common.low_memory);
+        .low_memory(common.low_memory)
+        .cuda_graphs(common.cuda_graphs);
     let text = model.to_string_lossy();
     let repo_like =
         !model.exists() && text.matches('/').count() == 1 && !text.starts_with(['/', '.']);

@@ -11,6 +11,7 @@
 //! - [`parity`]: numeric comparison against reference outputs, for tests.
 
 pub mod alloc;
+pub mod cuda_graph;
 pub mod device;
 pub mod error;
 pub mod layers;

@@ -13,6 +13,7 @@ use sd_unet::AddedConditions;
 use tch::{Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::graph::UnetRunner;
 use crate::images::{image_to_tensor, mask_to_tensor, tensor_to_images};
 use crate::model::ModelFamily;
 use crate::noise::BatchNoise;
@@ -227,6 +228,7 @@ impl StableDiffusion {
         let timesteps = scheduler.timesteps().to_vec();
         // On the device once, so no step copies a timestep from the host.
         let timesteps_on_device = Tensor::from_slice(&timesteps).to_device(device);
+        let mut runner: Option<UnetRunner> = None;
         let total = timesteps.len() - start;
         for (step, i) in (start..timesteps.len()).enumerate() {
             let t = timesteps[i];
@@ -239,12 +241,18 @@ impl StableDiffusion {
             if let Some((mask, masked)) = &prepared.inpaint_channels {
                 input = Tensor::cat(&[&input, mask, masked], 1);
             }
-            let prediction = unet.forward(
-                &input,
-                &timesteps_on_device.get(i as i64),
-                &context,
-                added.as_ref(),
-            )?;
+            let timestep = timesteps_on_device.get(i as i64);
+            let runner = runner.get_or_insert_with(|| {
+                UnetRunner::new(
+                    self.cuda_graphs,
+                    &unet,
+                    &input,
+                    &timestep,
+                    &context,
+                    added.as_ref(),
+                )
+            });
+            let prediction = runner.run(&unet, &input, &timestep, &context, added.as_ref())?;
             let guided = if cfg {
                 guide(
                     &prediction,

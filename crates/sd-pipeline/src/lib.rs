@@ -16,6 +16,7 @@
 mod cow;
 pub mod error;
 mod generate;
+mod graph;
 pub mod hub;
 pub mod images;
 pub mod model;

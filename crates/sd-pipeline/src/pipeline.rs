@@ -49,6 +49,7 @@ pub struct StableDiffusionBuilder {
     vae_tiling: bool,
     vae_slicing: bool,
     low_memory: bool,
+    cuda_graphs: bool,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -67,6 +68,7 @@ impl Default for StableDiffusionBuilder {
             vae_tiling: false,
             vae_slicing: false,
             low_memory: false,
+            cuda_graphs: false,
         }
     }
 }
@@ -160,6 +162,14 @@ impl StableDiffusionBuilder {
     /// the CPU), and the VAE decodes in tiles, one image at a time.
     pub fn low_memory(mut self, on: bool) -> Self {
         self.low_memory = on;
+        self
+    }
+
+    /// Capture the UNet step as a CUDA graph and replay it (CUDA devices
+    /// only; falls back to eager execution when capture fails). Opt-in until
+    /// checked on more GPUs.
+    pub fn cuda_graphs(mut self, on: bool) -> Self {
+        self.cuda_graphs = on;
         self
     }
 
@@ -267,6 +277,7 @@ impl StableDiffusionBuilder {
                 self.devices
             },
             low_memory: self.low_memory,
+            cuda_graphs: self.cuda_graphs,
         })
     }
 
@@ -333,6 +344,7 @@ pub struct StableDiffusion {
     pub(crate) sampler: SamplerKind,
     pub(crate) devices: Devices,
     pub(crate) low_memory: bool,
+    pub(crate) cuda_graphs: bool,
 }
 
 impl std::fmt::Debug for StableDiffusion {
