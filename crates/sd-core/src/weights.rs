@@ -347,3 +347,20 @@ pub fn component_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<
         ),
     ))
 }
+
+/// Copies every variable of `from` into the same-named variable of `to`
+/// (converting dtype and device). Both stores must hold the same names.
+pub fn copy_variables(from: &VarStore, to: &VarStore) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let source = from.variables();
+    for (name, mut var) in to.variables() {
+        let value = source.get(&name).ok_or_else(|| {
+            CoreError::invalid(
+                "copy_variables",
+                format!("no variable '{name}' to copy from"),
+            )
+        })?;
+        var.f_copy_(value)?;
+    }
+    Ok(())
+}

@@ -119,11 +119,7 @@ fn rescaled(vae: AutoencoderKL, config: &Value) -> Result<AutoencoderKL> {
         &VaeConfig::from_json_str(&config.to_string())?,
         vae.var_store().device(),
     )?;
-    let _guard = tch::no_grad_guard();
-    let source = vae.var_store().variables();
-    for (name, mut var) in new.var_store().variables() {
-        var.f_copy_(&source[&name])?;
-    }
+    sd_core::weights::copy_variables(vae.var_store(), new.var_store())?;
     Ok(new)
 }
 

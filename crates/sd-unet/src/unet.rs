@@ -187,11 +187,7 @@ impl UNet2DConditionModel {
     pub fn copy_to(&self, device: Device) -> Result<Self> {
         let mut copy = Self::new(&self.config, device)?;
         copy.vs.set_kind(self.vs.kind());
-        let _guard = tch::no_grad_guard();
-        let source = self.vs.variables();
-        for (name, mut var) in copy.vs.variables() {
-            var.f_copy_(&source[&name])?;
-        }
+        sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
         Ok(copy)
     }
 

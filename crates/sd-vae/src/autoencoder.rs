@@ -288,11 +288,7 @@ impl AutoencoderKL {
         copy.vs.set_kind(kind);
         copy.tiling = self.tiling;
         copy.slicing = self.slicing;
-        let _guard = tch::no_grad_guard();
-        let source = self.vs.variables();
-        for (name, mut var) in copy.vs.variables() {
-            var.f_copy_(&source[&name])?;
-        }
+        sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
         Ok(copy)
     }
 }
