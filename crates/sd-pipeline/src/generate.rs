@@ -547,12 +547,17 @@ impl StableDiffusion {
             let sample = vae.encode(x)?.sample(noise.first())?;
             Ok((sample * vae.config().scaling_factor)
                 .to_kind(Kind::Float)
-                .to_device(tch::Device::Cpu)
-                .repeat([n, 1, 1, 1]))
+                .to_device(tch::Device::Cpu))
         };
+        // Batch copies as diffusers makes them: img2img concatenates (keeping
+        // the encoder's channels-last layout), inpainting repeats (contiguous);
+        // the UNet's first convolution rounds differently on the two layouts.
+        let repeat = |t: Tensor| t.repeat([n, 1, 1, 1]);
         let Some(mask_image) = &request.mask else {
             // img2img: the image's latents noised to the start timestep
-            let image_latents = encode(&image, noise)?;
+            let one = encode(&image, noise)?;
+            let copies: Vec<Tensor> = (0..n).map(|_| one.shallow_clone()).collect();
+            let image_latents = Tensor::cat(&copies, 0);
             let fresh = noise.randn(shape)?;
             let latents = scheduler.add_noise(&image_latents, &fresh, start)?;
             return Ok(Prepared {
@@ -565,7 +570,7 @@ impl StableDiffusion {
         let full_strength = request.strength >= 1.0;
         let plain_unet = !self.is_inpainting_unet();
         let image_latents = if plain_unet || !full_strength {
-            Some(encode(&image, noise)?)
+            Some(repeat(encode(&image, noise)?))
         } else {
             None
         };
@@ -576,7 +581,7 @@ impl StableDiffusion {
         };
         let mask = mask_to_tensor(mask_image);
         let masked_image = &image * mask.lt(0.5).to_kind(image.kind()).to_device(image.device());
-        let masked_latents = encode(&masked_image, noise)?;
+        let masked_latents = repeat(encode(&masked_image, noise)?);
         let small_mask = mask
             .upsample_nearest2d([shape[2], shape[3]], None, None)
             .repeat([n, 1, 1, 1]);

@@ -129,12 +129,12 @@ impl Attention {
         } else {
             out
         };
+        // Out of place, as diffusers: the new tensor takes a dense layout from
+        // both operands (an in-place add keeps the view's odd batch stride,
+        // and later convolutions then round differently).
         if self.residual_connection {
-            out += residual;
+            out = out + residual;
         }
-        if self.rescale_output_factor != 1.0 {
-            out /= self.rescale_output_factor;
-        }
-        out
+        out / self.rescale_output_factor
     }
 }
