@@ -124,7 +124,7 @@ impl Attention {
             .to_out
             .forward(&out.transpose(1, 2).reshape([b, n, -1]));
         // 4. back to a feature map, residual, rescale
-        let mut out = if spatial {
+        let out = if spatial {
             out.transpose(1, 2).reshape(residual.size())
         } else {
             out
@@ -132,9 +132,11 @@ impl Attention {
         // Out of place, as diffusers: the new tensor takes a dense layout from
         // both operands (an in-place add keeps the view's odd batch stride,
         // and later convolutions then round differently).
-        if self.residual_connection {
-            out = out + residual;
-        }
+        let out = if self.residual_connection {
+            out + residual
+        } else {
+            out
+        };
         out / self.rescale_output_factor
     }
 }
