@@ -13,10 +13,6 @@ use sd_pipeline::{Request, SamplerKind, StableDiffusion};
 use serde_json::Value;
 
 const TOL: Tolerance = Tolerance::abs(1e-4);
-const TOL: Tolerance = Tolerance {
-    atol: 1e-4,
-    rtol: 1e-5,
-};
 
 fn fixtures() -> PathBuf {
     reference_dir().join("fixtures")
