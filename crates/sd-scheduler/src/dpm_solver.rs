@@ -144,53 +144,26 @@ impl Scheduler for DpmSolverMultistep {
         let num_train = self.schedule.num_train_timesteps();
         check_steps(self.name, steps, num_train)?;
         let last = self.last_timestep() as f64;
-        // Spaced over steps + 1 points, dropping the one at 0.
-        let mut timesteps: Vec<f64> = match self.spacing {
-            TimestepSpacing::Linspace => {
-                let mut t: Vec<f64> = schedule::linspace(0.0, last - 1.0, steps + 1)
-                    .into_iter()
-                    .map(schedule::round)
-                    .collect();
-                t.reverse();
-                t.pop();
-                t
-            }
-            TimestepSpacing::Leading => {
-                let ratio = (last as usize / (steps + 1)) as f64;
-                (1..=steps)
-                    .rev()
-                    .map(|i| i as f64 * ratio + self.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                schedule::arange(last, 0.0, -(num_train as f64 / steps as f64))
-                    .into_iter()
-                    .map(|t| schedule::round(t) - 1.0)
-                    .collect()
-            }
-        };
+        let timesteps =
+            schedule::multistep_timesteps(self.spacing, last, num_train, steps, self.steps_offset);
         let training = self.schedule.training_sigmas();
         let log_sigmas: Vec<f32> = training.iter().map(|s| s.ln()).collect();
-        let mut sigmas: Vec<f64> = if self.karras || self.exponential {
+        let (mut sigmas, timesteps) = if self.karras || self.exponential {
             let (min, max) = (training[0] as f64, training[num_train - 1] as f64);
-            let sigmas = if self.karras {
-                schedule::karras_sigmas(min, max, steps)
-            } else {
-                schedule::exponential_sigmas(min, max, steps)
-            };
-            timesteps = sigmas
-                .iter()
-                .map(|&s| schedule::sigma_to_t(s, &log_sigmas))
-                .collect();
-            if self.karras && self.round_karras_timesteps {
-                timesteps.iter_mut().for_each(|t| *t = schedule::round(*t));
-            }
-            sigmas
+            schedule::resampled_sigmas(
+                self.karras,
+                min,
+                max,
+                steps,
+                &log_sigmas,
+                self.round_karras_timesteps,
+            )
         } else {
-            timesteps
+            let sigmas = timesteps
                 .iter()
                 .map(|&t| schedule::interp(t, &training))
-                .collect()
+                .collect();
+            (sigmas, timesteps)
         };
         sigmas.push(match self.final_sigma {
             FinalSigmasType::Zero => 0.0,

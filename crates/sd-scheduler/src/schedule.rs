@@ -221,6 +221,63 @@ pub fn spaced_timesteps(
     }
 }
 
+/// The multistep solvers' spacing (DPM-Solver++, UniPC): `num_steps + 1`
+/// points below `last` (the training length, or less when the tail is
+/// clipped), dropping the one at 0.
+pub fn multistep_timesteps(
+    spacing: TimestepSpacing,
+    last: f64,
+    num_train: usize,
+    num_steps: usize,
+    steps_offset: i64,
+) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut t: Vec<f64> = linspace(0.0, last - 1.0, num_steps + 1)
+                .into_iter()
+                .map(round)
+                .collect();
+            t.reverse();
+            t.pop();
+            t
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (last as usize / (num_steps + 1)) as f64;
+            (1..=num_steps)
+                .rev()
+                .map(|i| i as f64 * ratio + steps_offset as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => arange(last, 0.0, -(num_train as f64 / num_steps as f64))
+            .into_iter()
+            .map(|t| round(t) - 1.0)
+            .collect(),
+    }
+}
+
+/// Karras (or else exponential) sigmas between `sigma_min` and `sigma_max`,
+/// with the fractional training timesteps they fall on; Karras timesteps are
+/// rounded when `round_karras_timesteps`. Returns `(sigmas, timesteps)`.
+pub fn resampled_sigmas(
+    karras: bool,
+    sigma_min: f64,
+    sigma_max: f64,
+    num_steps: usize,
+    log_sigmas: &[f32],
+    round_karras_timesteps: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let sigmas = if karras {
+        karras_sigmas(sigma_min, sigma_max, num_steps)
+    } else {
+        exponential_sigmas(sigma_min, sigma_max, num_steps)
+    };
+    let mut timesteps: Vec<f64> = sigmas.iter().map(|&s| sigma_to_t(s, log_sigmas)).collect();
+    if karras && round_karras_timesteps {
+        timesteps.iter_mut().for_each(|t| *t = round(*t));
+    }
+    (sigmas, timesteps)
+}
+
 /// Karras et al. (2022) sigmas: rho = 7 between `sigma_max` and `sigma_min`.
 pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, num_steps: usize) -> Vec<f64> {
     let rho = 7.0;

@@ -144,18 +144,14 @@ pub fn sigma_steps(schedule: &NoiseSchedule, num_steps: usize, recipe: &SigmaRec
     if recipe.karras || recipe.exponential {
         let sigma_min = recipe.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
         let sigma_max = recipe.sigma_max.unwrap_or(sigmas[0]);
-        sigmas = if recipe.karras {
-            schedule::karras_sigmas(sigma_min, sigma_max, num_steps)
-        } else {
-            schedule::exponential_sigmas(sigma_min, sigma_max, num_steps)
-        };
-        timesteps = sigmas
-            .iter()
-            .map(|&s| schedule::sigma_to_t(s, &log_sigmas))
-            .collect();
-        if recipe.karras && recipe.round_karras_timesteps {
-            timesteps.iter_mut().for_each(|t| *t = schedule::round(*t));
-        }
+        (sigmas, timesteps) = schedule::resampled_sigmas(
+            recipe.karras,
+            sigma_min,
+            sigma_max,
+            num_steps,
+            &log_sigmas,
+            recipe.round_karras_timesteps,
+        );
     }
     let last = match recipe.final_sigma {
         FinalSigmasType::Zero => 0.0,

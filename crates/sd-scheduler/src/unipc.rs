@@ -173,52 +173,26 @@ impl Scheduler for UniPc {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let num_train = self.schedule.num_train_timesteps();
         check_steps(NAME, steps, num_train)?;
-        let n_train = num_train as f64;
-        let mut timesteps: Vec<f64> = match self.spacing {
-            TimestepSpacing::Linspace => {
-                let mut t: Vec<f64> = schedule::linspace(0.0, n_train - 1.0, steps + 1)
-                    .into_iter()
-                    .map(schedule::round)
-                    .collect();
-                t.reverse();
-                t.pop();
-                t
-            }
-            TimestepSpacing::Leading => {
-                let ratio = (num_train / (steps + 1)) as f64;
-                (1..=steps)
-                    .rev()
-                    .map(|i| i as f64 * ratio + self.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => schedule::arange(n_train, 0.0, -(n_train / steps as f64))
-                .into_iter()
-                .map(|t| schedule::round(t) - 1.0)
-                .collect(),
-        };
+        let timesteps = schedule::multistep_timesteps(
+            self.spacing,
+            num_train as f64,
+            num_train,
+            steps,
+            self.steps_offset,
+        );
         let training = self.schedule.training_sigmas();
         let log_sigmas: Vec<f32> = training.iter().map(|s| s.ln()).collect();
-        let mut sigmas: Vec<f64> = if self.karras || self.exponential {
+        let (mut sigmas, timesteps) = if self.karras || self.exponential {
             let min = self.sigma_min.unwrap_or(training[0] as f64);
             let max = self.sigma_max.unwrap_or(training[num_train - 1] as f64);
-            let sigmas = if self.karras {
-                schedule::karras_sigmas(min, max, steps)
-            } else {
-                schedule::exponential_sigmas(min, max, steps)
-            };
-            timesteps = sigmas
-                .iter()
-                .map(|&s| schedule::sigma_to_t(s, &log_sigmas))
-                .collect();
-            if self.karras {
-                timesteps.iter_mut().for_each(|t| *t = schedule::round(*t));
-            }
-            sigmas
+            // UniPC always rounds its Karras timesteps.
+            schedule::resampled_sigmas(self.karras, min, max, steps, &log_sigmas, true)
         } else {
-            timesteps
+            let sigmas = timesteps
                 .iter()
                 .map(|&t| schedule::interp(t, &training))
-                .collect()
+                .collect();
+            (sigmas, timesteps)
         };
         let last = match (self.final_sigma, self.karras || self.exponential) {
             (FinalSigmasType::Zero, _) => 0.0,
