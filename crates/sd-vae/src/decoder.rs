@@ -1,11 +1,12 @@
 //! The VAE decoder: latents (batch, latent_channels, h, w) to an image
 //! (batch, 3, 8h, 8w) in [-1, 1] (before clamping).
 
-use sd_core::layers::{ResnetBlock2D, ResnetConfig, Upsample2D};
+use sd_core::layers::{ResnetBlock2D, Upsample2D};
 use sd_core::nn::{Conv2d, GroupNorm};
 use tch::{nn::Path, Tensor};
 
 use crate::config::VaeConfig;
+use crate::encoder::resnet_stack;
 use crate::error::Result;
 use crate::mid::MidBlock;
 
@@ -34,15 +35,13 @@ impl Decoder {
             let input = output;
             output = width;
             let block = vs / "up_blocks" / i;
-            let resnets = (0..c.layers_per_block + 1)
-                .map(|j| {
-                    let config = ResnetConfig {
-                        groups: c.norm_num_groups,
-                        ..ResnetConfig::new(if j == 0 { input } else { output }, output, None)
-                    };
-                    ResnetBlock2D::new(&block / "resnets" / j, &config)
-                })
-                .collect::<sd_core::Result<_>>()?;
+            let resnets = resnet_stack(
+                &block,
+                c.layers_per_block + 1,
+                input,
+                output,
+                c.norm_num_groups,
+            )?;
             let upsampler =
                 (i + 1 < n).then(|| Upsample2D::new(&block / "upsamplers" / 0, output, output));
             up_blocks.push(UpDecoderBlock { resnets, upsampler });

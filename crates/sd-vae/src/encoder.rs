@@ -9,6 +9,28 @@ use crate::config::VaeConfig;
 use crate::error::Result;
 use crate::mid::MidBlock;
 
+/// The `resnets` of an encoder down block or a decoder up block: `count`
+/// blocks without a time embedding, the first taking `input` channels to
+/// `output`.
+pub(crate) fn resnet_stack(
+    block: &Path<'_>,
+    count: i64,
+    input: i64,
+    output: i64,
+    groups: i64,
+) -> Result<Vec<ResnetBlock2D>> {
+    let resnets = (0..count)
+        .map(|j| {
+            let config = ResnetConfig {
+                groups,
+                ..ResnetConfig::new(if j == 0 { input } else { output }, output, None)
+            };
+            ResnetBlock2D::new(block / "resnets" / j, &config)
+        })
+        .collect::<sd_core::Result<_>>()?;
+    Ok(resnets)
+}
+
 #[derive(Debug)]
 struct DownEncoderBlock {
     resnets: Vec<ResnetBlock2D>,
@@ -34,15 +56,8 @@ impl Encoder {
             let input = output;
             output = width;
             let block = vs / "down_blocks" / i;
-            let resnets = (0..c.layers_per_block)
-                .map(|j| {
-                    let config = ResnetConfig {
-                        groups: c.norm_num_groups,
-                        ..ResnetConfig::new(if j == 0 { input } else { output }, output, None)
-                    };
-                    ResnetBlock2D::new(&block / "resnets" / j, &config)
-                })
-                .collect::<sd_core::Result<_>>()?;
+            let resnets =
+                resnet_stack(&block, c.layers_per_block, input, output, c.norm_num_groups)?;
             let downsampler = (i + 1 < n)
                 .then(|| Downsample2D::new(&block / "downsamplers" / 0, output, output, 0));
             down_blocks.push(DownEncoderBlock {
