@@ -1,7 +1,16 @@
 //! Times one pipeline run per component, as JSON on stdout (used by
 //! benches/side_by_side.py, which runs diffusers on the same folder).
 //!
-//! pipeline_timing --model DIR [--device cpu] [--dtype f32] [--size 256] [--steps 4] [--batch 1] [--runs 2] [--cuda-graphs]
+//! pipeline_timing (--model DIR | --random-sd15 DIR) [--device cpu] [--dtype f32] [--size 256]
+//!     [--steps 4] [--batch 1] [--runs 2] [--sampler NAME] [--cuda-graphs] [--low-memory]
+//!     [--vae-tiling] [--channels-last]
+//!
+//! `unet_step_s` is the loop time over the number of loop iterations (UNet
+//! calls: PNDM makes steps + 1), as side_by_side.py counts for diffusers.
+//!
+//! `--random-sd15 DIR` first writes a seeded random-weight SD1.5 folder to DIR
+//! (f16, about 2 GB) unless one is there: no Python or real weights needed.
+//! On CUDA the output also has the allocator's peak memory since loading.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -27,7 +36,17 @@ fn main() -> Result<()> {
     if !args.iter().any(|a| a == "--default-allocator") {
         sd_core::alloc::keep_freed_memory();
     }
-    let model = arg(&args, "--model", "");
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let mut model = arg(&args, "--model", "");
+    let random = arg(&args, "--random-sd15", "");
+    if !random.is_empty() {
+        let dir = std::path::Path::new(&random);
+        if !dir.join("model_index.json").exists() {
+            eprintln!("writing a random-weight SD1.5 folder to {random} (it draws noise)");
+            sd_train::model::write_random_sd15(dir, 0, tch::Kind::Half)?;
+        }
+        model = random;
+    }
     let device = sd_core::device::parse_device(&arg(&args, "--device", "cpu"))?;
     let kind = sd_core::device::parse_kind(&arg(&args, "--dtype", "f32"))?;
     let size: u32 = arg(&args, "--size", "256").parse().context("--size")?;
@@ -40,12 +59,28 @@ fn main() -> Result<()> {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let started = Instant::now();
-    let pipeline = StableDiffusion::builder()
+    let mut builder = StableDiffusion::builder();
+    let sampler = arg(&args, "--sampler", "");
+    if !sampler.is_empty() {
+        builder = builder.scheduler(sampler.parse().map_err(anyhow::Error::msg)?);
+    }
+    let pipeline = builder
         .model_dir(&model)
         .device(device)
         .dtype(kind)
+        .cuda_graphs(flag("--cuda-graphs"))
+        .low_memory(flag("--low-memory"))
+        .vae_tiling(flag("--vae-tiling"))
+        .channels_last(flag("--channels-last"))
         .build()?;
     let load = started.elapsed().as_secs_f64();
+    let cuda = match device {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
+    };
+    if let Some(i) = cuda {
+        sd_core::cuda_memory::reset_peak(i)?;
+    }
     let _guard = tch::no_grad_guard();
     let mut results = Vec::new();
     for run in 0..runs {
@@ -63,24 +98,37 @@ fn main() -> Result<()> {
         request.embeddings = Some(embeddings);
         // 2. the loop (UNet + scheduler), then decode and RGB conversion
         let mut last = Instant::now();
+        let mut calls = 0usize;
         let t1 = Instant::now();
         let scheduler = pipeline.scheduler_for(&request)?;
         pipeline.generate_with(&request, scheduler, &mut |_| {
             sync(device);
             last = Instant::now();
+            calls += 1;
             ControlFlow::Continue(())
         })?;
         sync(device);
         let total = t1.elapsed().as_secs_f64();
         let denoise = (last - t1).as_secs_f64();
         results.push(serde_json::json!({
-            "text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / steps as f64,
+            "text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / calls.max(1) as f64, "unet_calls": calls,
             "vae_decode_s": total - denoise, "end_to_end_s": total + text,
         }));
     }
-    println!(
-        "{}",
-        serde_json::json!({"library": "sd-rs", "load_s": load, "runs": results})
-    );
+    let best_step = results
+        .iter()
+        .filter_map(|r| r["unet_step_s"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let mut out = serde_json::json!({
+        "library": "sd-rs", "load_s": load, "runs": results,
+        "steps_per_s": 1.0 / best_step,
+        "settings": args[1..].join(" "),
+    });
+    if let Some(i) = cuda {
+        let peak = sd_core::cuda_memory::peak(i)?;
+        out["peak_memory_gib"] = (peak.allocated as f64 / (1u64 << 30) as f64).into();
+        out["peak_reserved_gib"] = (peak.reserved as f64 / (1u64 << 30) as f64).into();
+    }
+    println!("{out}");
     Ok(())
 }

@@ -60,11 +60,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, batch: int, runs: int) -> dict:
+SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+              "dpm++2m": "DPMSolverMultistepScheduler"}
+
+
+def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, batch: int, runs: int,
+                     sampler: str) -> dict:
+    import diffusers
     from diffusers import StableDiffusionPipeline
 
     t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=dtype, safety_checker=None).to(device)
+    scheduler_class = getattr(diffusers, SCHEDULERS[sampler])
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - t0
     if device.startswith("cuda"):
@@ -90,7 +98,7 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
         sync(device)
         total = time.perf_counter() - t1
         denoise = marks[-1] - t1
-        results.append({"text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / steps,
+        results.append({"text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / len(marks),
                         "vae_decode_s": total - denoise, "end_to_end_s": total + text})
     out = {"library": "diffusers", "load_s": load, "runs": results}
     if device.startswith("cuda"):
@@ -98,12 +106,12 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
     return out
 
 
-def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int) -> dict:
+def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str) -> dict:
     binary = ROOT / "target" / "release" / "pipeline_timing"
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
     out = subprocess.run([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
-                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs)],
+                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler],
                          check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,23 +128,26 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["f32", "bf16"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--sampler", default="pndm", choices=sorted(SCHEDULERS))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     make_model()
     dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
     keys = ["text_encode_s", "unet_step_s", "vae_decode_s", "end_to_end_s"]
-    print(f"SD1.5 architecture, random weights, {args.size}x{args.size}, {args.steps} steps, CFG, device {args.device}")
+    print(f"SD1.5 architecture, random weights, {args.size}x{args.size}, {args.steps} {args.sampler} steps, CFG, "
+          f"device {args.device}; unet_step = loop time / UNet calls")
     for dtype in args.dtype:
         for batch in args.batch:
-            ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs)
-            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs)
+            ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler)
+            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs, args.sampler)
             print(f"\n{dtype}, batch {batch} (best of {args.runs} runs, seconds)")
             print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}")
             for key in keys:
                 d, r = best(theirs, key), best(ours, key)
                 print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x")
             if "peak_memory_gib" in theirs:
-                print(f"diffusers peak GPU memory {theirs['peak_memory_gib']:.2f} GiB")
+                print(f"peak GPU memory: diffusers {theirs['peak_memory_gib']:.2f} GiB, "
+                      f"sd-rs {ours.get('peak_memory_gib', float('nan')):.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ fn main() {
     cuda_graphs(&include);
 }
 
-/// The CUDA-graph shim, when this libtorch has CUDA and its wheel the CUDA
-/// headers (torch, nvidia/cu13, triton's crt/host_config.h).
+/// The CUDA shims (graphs, allocator statistics), when this libtorch has CUDA
+/// and its wheel the CUDA headers (torch, nvidia/cu13, triton's
+/// crt/host_config.h). Both sit behind the `sd_cuda_graphs` cfg.
 fn cuda_graphs(include: &std::path::Path) {
     println!("cargo:rustc-check-cfg=cfg(sd_cuda_graphs)");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
     let Ok(include) = include.canonicalize() else {
         return;
     };
@@ -56,6 +58,7 @@ fn cuda_graphs(include: &std::path::Path) {
         .include(&triton_include)
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .file("csrc/cuda_graph.cpp")
+        .file("csrc/cuda_memory.cpp")
         .try_compile("sd_core_cuda_graph");
     match built {
         Ok(()) => {

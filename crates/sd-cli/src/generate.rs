@@ -68,6 +68,9 @@ pub struct Common {
     /// Replay the UNet step as a CUDA graph (CUDA only; falls back when capture fails).
     #[arg(long)]
     pub cuda_graphs: bool,
+    /// Convolutions in channels-last (NHWC) layout (faster fp16 on many GPUs).
+    #[arg(long)]
+    pub channels_last: bool,
     /// Skip the last N text-encoder layers.
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
@@ -171,7 +174,8 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         .dtype(kind)
         .vae_tiling(common.vae_tiling)
         .low_memory(common.low_memory)
-        .cuda_graphs(common.cuda_graphs);
+        .cuda_graphs(common.cuda_graphs)
+        .channels_last(common.channels_last);
     let text = model.to_string_lossy();
     let repo_like =
         !model.exists() && text.matches('/').count() == 1 && !text.starts_with(['/', '.']);

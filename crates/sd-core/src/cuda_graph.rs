@@ -17,7 +17,7 @@ pub fn available() -> bool {
 }
 
 #[cfg(sd_cuda_graphs)]
-mod shim {
+pub(crate) mod shim {
     use std::ffi::{c_char, c_int, c_void, CStr};
 
     extern "C" {
@@ -28,6 +28,7 @@ mod shim {
         pub fn sd_cuda_graph_replay(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
     }
 
+    /// Takes ownership of a shim's error message.
     pub fn message(error: *mut c_char) -> String {
         if error.is_null() {
             return "unknown CUDA graph error".into();

@@ -9,9 +9,12 @@
 //! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
 //! - [`rng`]: per-run seeded CPU generators that match `torch.Generator("cpu")`.
 //! - [`parity`]: numeric comparison against reference outputs, for tests.
+//! - [`cuda_graph`], [`cuda_memory`]: CUDA graph capture/replay and peak GPU memory,
+//!   through a small C++ shim over libtorch (built when the wheel has the CUDA headers).
 
 pub mod alloc;
 pub mod cuda_graph;
+pub mod cuda_memory;
 pub mod device;
 pub mod error;
 pub mod layers;

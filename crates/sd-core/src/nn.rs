@@ -173,3 +173,58 @@ pub fn init_for_training(vs: &tch::nn::VarStore) {
         debug_assert!(tensor.kind() != Kind::Int64);
     }
 }
+
+/// `t` (4-d) with channels-last strides: NHWC in memory, NCHW in shape, the
+/// same values. cuDNN's tensor-core convolutions work in this layout; a
+/// convolution whose weight or input is channels-last returns channels-last.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    if t.dim() != 4 {
+        return t.shallow_clone();
+    }
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Whether `t` is a 4-d tensor laid out channels-last.
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let (size, stride) = (t.size(), t.stride());
+    size.len() == 4 && stride[1] == 1 && stride[3] == size[1] && stride[2] == size[1] * size[3]
+}
+
+/// Re-lays every 4-d variable of `vs` (the convolution weights)
+/// channels-last, in place: the layers keep their handles and from then on
+/// convolve in that layout. Numbers may differ from the default layout in
+/// the last bits (another summation order), as in PyTorch.
+pub fn convs_to_channels_last(vs: &tch::nn::VarStore) {
+    let _guard = tch::no_grad_guard();
+    for (_, mut var) in vs.variables() {
+        if var.dim() == 4 && !is_channels_last(&var) {
+            var.set_data(&channels_last(&var));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn::VarStore, Device};
+
+    #[test]
+    fn channels_last_weights_keep_the_convolution_and_switch_its_layout() {
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let conv = Conv2d::new(&vs.root(), 8, 16, 3, 1, 1);
+        init_for_training(&vs);
+        let x = Tensor::randn([2, 8, 12, 10], (Kind::Float, Device::Cpu));
+        let before = conv.forward(&x);
+        assert!(!is_channels_last(&conv.weight));
+        convs_to_channels_last(&vs);
+        // The layer's own handle sees the new layout (set_data is in place).
+        assert!(is_channels_last(&conv.weight));
+        let after = conv.forward(&x);
+        assert!(is_channels_last(&after), "strides {:?}", after.stride());
+        let diff = (&after - &before).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max-abs {diff}");
+        assert!(is_channels_last(&channels_last(&x)));
+        assert_eq!(channels_last(&x), x);
+    }
+}

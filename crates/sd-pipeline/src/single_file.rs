@@ -125,7 +125,9 @@ impl Plan {
     }
 }
 
-fn preset(kind: CheckpointKind) -> Value {
+/// The built-in diffusers configs of a family's full-size model, keyed by
+/// component (`unet`, `vae`, `text_encoder`[, `text_encoder_2`], `scheduler`).
+pub fn preset(kind: CheckpointKind) -> Value {
     let text = match kind {
         CheckpointKind::Sd1 => include_str!("presets/sd15.json"),
         CheckpointKind::Sd2 => include_str!("presets/sd21.json"),

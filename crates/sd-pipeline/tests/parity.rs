@@ -103,3 +103,37 @@ fn sdxl_matches_diffusers() {
         assert_close(key, &out.latents, &take(&reference, key).unwrap(), TOL);
     }
 }
+
+#[test]
+fn channels_last_stays_within_rounding_of_diffusers() {
+    // Another memory layout sums in another order: not bit-exact, but every
+    // txt2img case must stay within float rounding of diffusers (latents
+    // reach |20|, so the bound is relative too), in the normal and in the
+    // low-memory placement (whose device copies are re-laid out).
+    const ROUNDING: Tolerance = Tolerance {
+        atol: 5e-4,
+        rtol: 1e-4,
+    };
+    let reference = read_tensors(fixtures().join("outputs/txt2img.safetensors")).unwrap();
+    tch::set_num_threads(1);
+    for low_memory in [false, true] {
+        let pipeline = StableDiffusion::builder()
+            .model_dir(fixtures().join("tiny-sd1"))
+            .channels_last(true)
+            .low_memory(low_memory)
+            .build()
+            .unwrap();
+        let conv = &pipeline.unet().var_store().variables()["conv_in.weight"];
+        assert!(sd_core::nn::is_channels_last(conv));
+        for run in runs("txt2img.json") {
+            let key = run["key"].as_str().unwrap();
+            let scheduler = pipeline.new_scheduler_of(sampler(&run)).unwrap();
+            let out = pipeline
+                .generate_with(&request(&run), scheduler, &mut |_| {
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+            assert_close(key, &out.latents, &take(&reference, key).unwrap(), ROUNDING);
+        }
+    }
+}

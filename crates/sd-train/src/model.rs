@@ -163,3 +163,42 @@ pub fn save(dir: &Path, c: &Checkpoint<'_>) -> Result<()> {
         c.kind,
     )
 }
+
+/// A full-size SD1.5-architecture folder with seeded random weights, from
+/// the built-in SD1.5 configs: for benchmarks where no real weights exist
+/// (and where Python's diffusers is absent, e.g. a bare GPU machine).
+/// Random weights draw noise; this only times the work.
+pub fn write_random_sd15(dir: &Path, seed: u64, kind: tch::Kind) -> Result<()> {
+    use sd_clip::{ClipTextConfig, ClipTextModel};
+    use sd_unet::{UNet2DConditionModel, UNetConfig};
+    use sd_vae::{AutoencoderKL, VaeConfig};
+
+    let preset = sd_pipeline::single_file::preset(sd_pipeline::single_file::CheckpointKind::Sd1);
+    let device = tch::Device::Cpu;
+    tch::manual_seed(seed as i64);
+    let text_encoder = ClipTextModel::new(
+        &ClipTextConfig::from_json_str(&preset["text_encoder"].to_string())?,
+        device,
+    );
+    let unet = UNet2DConditionModel::new(
+        &UNetConfig::from_json_str(&preset["unet"].to_string())?,
+        device,
+    )?;
+    let vae = AutoencoderKL::new(
+        &VaeConfig::from_json_str(&preset["vae"].to_string())?,
+        device,
+    )?;
+    for vs in [text_encoder.var_store(), unet.var_store(), vae.var_store()] {
+        sd_core::nn::init_for_training(vs);
+    }
+    save(
+        dir,
+        &Checkpoint {
+            text_encoder: (&preset["text_encoder"], text_encoder.var_store()),
+            unet: (&preset["unet"], unet.var_store(), None),
+            vae: (&preset["vae"], vae.var_store()),
+            scheduler: &preset["scheduler"],
+            kind,
+        },
+    )
+}

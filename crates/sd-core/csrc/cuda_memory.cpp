@@ -1,0 +1,39 @@
+// Peak GPU memory of libtorch's caching allocator (what
+// torch.cuda.max_memory_allocated / max_memory_reserved report), for the
+// benchmarks' memory columns.
+#include <c10/cuda/CUDACachingAllocator.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+
+namespace {
+constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+}
+
+extern "C" {
+
+// Writes peak allocated and peak reserved bytes since the last reset.
+int sd_cuda_memory_peak(int device, int64_t* allocated, int64_t* reserved, char** error) {
+  try {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    *allocated = stats.allocated_bytes[kAggregate].peak;
+    *reserved = stats.reserved_bytes[kAggregate].peak;
+    return 0;
+  } catch (const std::exception& e) {
+    *error = strdup(e.what());
+    return 1;
+  }
+}
+
+int sd_cuda_memory_reset_peak(int device, char** error) {
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    *error = strdup(e.what());
+    return 1;
+  }
+}
+
+}  // extern "C"
