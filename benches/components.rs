@@ -1,15 +1,16 @@
 //! Text encoder, UNet step and VAE decode. On the CPU: the tiny reference
 //! models (reference/fixtures/tiny-sd1). With CUDA: also the full SD1.5
-//! UNet (CFG batch 2, 64x64 latents) and VAE (64x64 -> 512x512) in f16,
-//! built from the real configs with random weights.
+//! text encoder, UNet (CFG batch 2, 64x64 latents) and VAE (64x64 ->
+//! 512x512) in f16, from the real configs with seeded random weights
+//! (written once to $SD_RS_RANDOM_SD15, default <tmp>/sd15-random-rs).
 //! `cargo bench -p sd-benches --bench components`
 
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sd_clip::ClipTextModel;
-use sd_unet::{UNet2DConditionModel, UNetConfig};
-use sd_vae::{AutoencoderKL, VaeConfig};
+use sd_unet::UNet2DConditionModel;
+use sd_vae::AutoencoderKL;
 use tch::{Device, Kind, Tensor};
 
 fn reference() -> PathBuf {
@@ -45,44 +46,37 @@ fn full_size_gpu(c: &mut Criterion) {
         eprintln!("no CUDA device: skipping the full-size SD1.5 benches");
         return;
     }
+    // The real SD1.5 configs with seeded random weights, written once (f16).
+    let dir = std::env::var_os("SD_RS_RANDOM_SD15")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("sd15-random-rs"));
+    if !dir.join("model_index.json").exists() {
+        sd_train::model::write_random_sd15(&dir, 0, Kind::Half).expect("random SD1.5 folder");
+    }
     let gpu = Device::Cuda(0);
+    let half = Kind::Half;
+    tch::Cuda::cudnn_set_benchmark(true);
     let _guard = tch::no_grad_guard();
-    let config = |component: &str| -> String {
-        let text =
-            std::fs::read_to_string(reference().join(format!("manifests/sd15/{component}.json")))
-                .expect("manifest");
-        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
-        value["config"].to_string()
+    let te = ClipTextModel::from_folder(dir.join("text_encoder"), gpu, half, None).expect("te");
+    let unet = UNet2DConditionModel::from_folder(dir.join("unet"), gpu, half, None).expect("unet");
+    let vae = AutoencoderKL::from_folder(dir.join("vae"), gpu, half, None).expect("vae");
+    let ids = Tensor::full([2, 77], 320, (Kind::Int64, gpu));
+    let latents = Tensor::randn([2, 4, 64, 64], (half, gpu));
+    let context = Tensor::randn([2, 77, 768], (half, gpu));
+    let t = Tensor::from(500.0).to_device(gpu);
+    let timed = |f: &dyn Fn() -> Tensor| {
+        let out = f();
+        tch::Cuda::synchronize(0);
+        out
     };
-    tch::manual_seed(0);
-    let unet = UNet2DConditionModel::new(
-        &UNetConfig::from_json_str(&config("unet")).expect("config"),
-        gpu,
-    )
-    .expect("unet");
-    sd_core::nn::init_for_training(unet.var_store());
-    let vae = AutoencoderKL::new(
-        &VaeConfig::from_json_str(&config("vae")).expect("config"),
-        gpu,
-    )
-    .expect("vae");
-    sd_core::nn::init_for_training(vae.var_store());
-    let latents = Tensor::randn([2, 4, 64, 64], (Kind::Float, gpu));
-    let context = Tensor::randn([2, 77, 768], (Kind::Float, gpu));
-    let t = Tensor::from(500.0);
-    c.bench_function("sd15_unet_step_cfg_64x64_f32_cuda", |b| {
-        b.iter(|| {
-            let out = unet.forward(&latents, &t, &context, None).expect("forward");
-            tch::Cuda::synchronize(0);
-            out
-        })
+    c.bench_function("sd15_text_encode_batch2_f16_cuda", |b| {
+        b.iter(|| timed(&|| te.forward(&ids).expect("forward").last_hidden_state))
     });
-    c.bench_function("sd15_vae_decode_512_f32_cuda", |b| {
-        b.iter(|| {
-            let out = vae.decode(&latents.narrow(0, 0, 1)).expect("decode");
-            tch::Cuda::synchronize(0);
-            out
-        })
+    c.bench_function("sd15_unet_step_cfg_64x64_f16_cuda", |b| {
+        b.iter(|| timed(&|| unet.forward(&latents, &t, &context, None).expect("forward")))
+    });
+    c.bench_function("sd15_vae_decode_512_f16_cuda", |b| {
+        b.iter(|| timed(&|| vae.decode(&latents.narrow(0, 0, 1)).expect("decode")))
     });
 }
 

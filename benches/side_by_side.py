@@ -2,6 +2,7 @@
 diffusers and through sd-rs, per component, in one run.
 
     .venv/bin/python benches/side_by_side.py                       # CPU: 256x256, 4 steps, f32 and bf16
+    .venv/bin/python benches/side_by_side.py --channels-last       # the same, both libraries channels-last
     .venv/bin/python benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --batch 1 4
 
 Needs `bash scripts/setup.sh --reference` and a release build of
@@ -65,7 +66,7 @@ SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerD
 
 
 def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, batch: int, runs: int,
-                     sampler: str) -> dict:
+                     sampler: str, channels_last: bool) -> dict:
     import diffusers
     from diffusers import StableDiffusionPipeline
 
@@ -73,6 +74,9 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=dtype, safety_checker=None).to(device)
     scheduler_class = getattr(diffusers, SCHEDULERS[sampler])
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    if channels_last:  # diffusers' documented memory-format optimisation
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - t0
     if device.startswith("cuda"):
@@ -106,12 +110,14 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
     return out
 
 
-def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str) -> dict:
+def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
+                channels_last: bool) -> dict:
     binary = ROOT / "target" / "release" / "pipeline_timing"
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
     out = subprocess.run([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
-                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler],
+                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
+                         + (["--channels-last"] if channels_last else []),
                          check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -129,17 +135,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--sampler", default="pndm", choices=sorted(SCHEDULERS))
+    parser.add_argument("--channels-last", action="store_true", help="both libraries: UNet and VAE channels-last")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     make_model()
     dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
     keys = ["text_encode_s", "unet_step_s", "vae_decode_s", "end_to_end_s"]
     print(f"SD1.5 architecture, random weights, {args.size}x{args.size}, {args.steps} {args.sampler} steps, CFG, "
-          f"device {args.device}; unet_step = loop time / UNet calls")
+          f"device {args.device}{', channels-last' if args.channels_last else ''}; unet_step = loop time / UNet calls")
     for dtype in args.dtype:
         for batch in args.batch:
-            ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler)
-            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs, args.sampler)
+            ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
+                               args.channels_last)
+            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs, args.sampler,
+                                      args.channels_last)
             print(f"\n{dtype}, batch {batch} (best of {args.runs} runs, seconds)")
             print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}")
             for key in keys:

@@ -64,6 +64,8 @@ def variants(name: str):
         yield schedule, {"beta_schedule": schedule}, 10, {}
     if name in KARRAS and "karras" not in name:
         yield "karras", {"use_karras_sigmas": True}, 10, {}
+    if name in KARRAS:
+        yield "exponential", {"use_exponential_sigmas": True}, 10, {}
     if name in ZERO_SNR:
         yield "zero_snr", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, 10, {}
         yield "zero_snr_v", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",

@@ -1,16 +1,51 @@
 #!/usr/bin/env bash
-# What to run on a GPU machine (the device tool), from a tree built here with
-#   cargo build --release -p sd-cli -p sd-benches --bin pipeline_timing && cargo test -p sd-core --no-run
-# It needs only Python's torch on the machine, for its libraries.
+# The GPU checks of issue 7, in one call on a lent machine (it has Python's
+# torch for the libraries, no Rust, no diffusers). Build first, here:
+#   bash scripts/gpu-build.sh
+# then run `bash scripts/gpu-check.sh` there, carrying target/gpu. Writes
+# images and timings.jsonl under $OUT. About 4-6 minutes on an H100.
 set -u
+cd "$(dirname "$0")/.."
 TORCH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 export LD_LIBRARY_PATH="$TORCH/lib:$TORCH/../nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
-echo "== doctor"; ./target/release/sd doctor --device cuda
-echo "== CUDA graph capture/replay unit test"
-for t in target/debug/deps/sd_core-*; do [ -x "$t" ] && "$t" cuda_graph; done
-echo "== shapes model on the GPU (eager, then CUDA graphs)"
-./target/release/sd txt2img --prompt "a large blue triangle on a white background" --steps 20 --seed 0 --device cuda --out "${OUT:-.}/gpu.png"
-./target/release/sd txt2img --prompt "a large blue triangle on a white background" --steps 20 --seed 0 --device cuda --cuda-graphs --out "${OUT:-.}/gpu-graphs.png"
-echo "== timing (tiny shapes model; full size needs a random SD1.5 folder)"
-./target/release/pipeline_timing --model models/shapes --device cuda --size 32 --steps 20 --runs 3
-./target/release/pipeline_timing --model models/shapes --device cuda --size 32 --steps 20 --runs 3 --cuda-graphs
+OUT="${OUT:-/tmp/gpu-check}"
+mkdir -p "$OUT"
+B=target/gpu
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+date -u
+
+echo "== sd doctor"
+$B/sd doctor --device cuda
+echo "== sd-core CUDA unit tests (graph capture/replay, peak-memory counters)"
+$B/sd_core_tests cuda --test-threads 1
+
+echo "== shapes model: eager and CUDA-graph runs must give the same image"
+P="a large blue triangle on a white background"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --out "$OUT/eager.png"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --cuda-graphs --out "$OUT/graphs.png"
+cmp "$OUT/eager.png" "$OUT/graphs.png" && echo "identical PNGs"
+
+echo "== SD1.5 architecture, random weights, 512x512, 50 Euler steps, CFG, f16"
+M=/tmp/sd15-random-rs
+time_it() {
+  $B/pipeline_timing --random-sd15 "$M" --device cuda --dtype f16 --size 512 --steps 50 \
+    --sampler euler "$@" >>"$OUT/timings.jsonl" || echo "FAILED: $*"
+}
+time_it --runs 3
+time_it --runs 3 --cuda-graphs
+time_it --runs 3 --channels-last
+time_it --runs 3 --cuda-graphs --channels-last
+time_it --runs 2 --batch 4
+time_it --runs 2 --batch 4 --cuda-graphs
+time_it --runs 1 --low-memory
+time_it --runs 1 --low-memory --cuda-graphs
+python3 - "$OUT/timings.jsonl" <<'PY'
+import json, sys
+print(f"{'settings':<52}{'steps/s':>8}{'step ms':>9}{'image s':>9}{'vae s':>7}{'peak GiB':>9}")
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    best = min(d["runs"], key=lambda r: r["end_to_end_s"])
+    settings = d["settings"].split("--sampler euler")[-1].strip() or "eager"
+    print(f"{settings:<52}{d['steps_per_s']:>8.1f}{1000 / d['steps_per_s']:>9.2f}"
+          f"{best['end_to_end_s']:>9.3f}{best['vae_decode_s']:>7.3f}{d.get('peak_memory_gib', float('nan')):>9.2f}")
+PY

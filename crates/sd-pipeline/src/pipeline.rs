@@ -242,6 +242,12 @@ impl StableDiffusionBuilder {
             }
         };
         let mut vae = parts.vae;
+        if parts.index.family == ModelFamily::StableDiffusion && vae.kind() != self.kind {
+            // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
+            // only SDXL's honour force_upcast. (A half-precision decode that
+            // overflows is redone in f32 here either way.)
+            vae.set_kind(self.kind);
+        }
         if self.channels_last {
             sd_core::nn::convs_to_channels_last(parts.unet.var_store());
             sd_core::nn::convs_to_channels_last(vae.var_store());

@@ -226,3 +226,18 @@ fn ddim_eta_is_stochastic_and_seeded() {
     let err = euler.generate(&r).unwrap_err().to_string();
     assert!(err.contains("eta"), "{err}");
 }
+
+#[test]
+fn sd1_decodes_in_the_pipeline_dtype_and_sdxl_honours_force_upcast() {
+    // Both tiny VAEs say force_upcast; diffusers upcasts only in SDXL pipelines.
+    let fixtures = reference_dir().join("fixtures");
+    let build = |folder: &str| {
+        StableDiffusion::builder()
+            .model_dir(fixtures.join(folder))
+            .dtype(tch::Kind::Half)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(build("tiny-sd1").vae().kind(), tch::Kind::Half);
+    assert_eq!(build("tiny-sdxl").vae().kind(), tch::Kind::Float);
+}

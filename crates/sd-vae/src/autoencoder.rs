@@ -125,6 +125,13 @@ impl AutoencoderKL {
         self.vs.kind()
     }
 
+    /// Converts the weights to `kind` in place (e.g. back to f16 where a
+    /// pipeline, like diffusers' SD1/SD2 ones, ignores `force_upcast`).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+        self.f32_twin = OnceLock::new();
+    }
+
     /// Tiled encode/decode for inputs larger than one tile.
     pub fn set_tiling(&mut self, tiling: Option<TileOptions>) {
         self.tiling = tiling;
