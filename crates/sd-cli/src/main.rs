@@ -169,6 +169,16 @@ fn doctor(device: Option<&str>) -> Result<()> {
     println!("cuda available: {}", tch::Cuda::is_available());
     println!("cuda devices: {}", tch::Cuda::device_count());
     println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+    println!(
+        "cuda graphs (--cuda-graphs) and peak-memory counters: {}",
+        if sd_core::cuda_graph::available() {
+            "available"
+        } else if tch::Cuda::is_available() {
+            "not built (the libtorch wheel lacked the CUDA headers)"
+        } else {
+            "no CUDA device"
+        }
+    );
     if let Some(text) = device {
         let device = sd_core::device::parse_device(text)?;
         let x = tch::Tensor::randn([1, 4, 64, 64], (tch::Kind::Float, device));
