@@ -1,11 +1,13 @@
 //! Links libtorch for this package's tests, and compiles csrc/generator.cpp
-//! (a per-run CPU generator object, which tch does not expose) against it.
+//! (a per-run CPU generator object, which tch does not expose) and
+//! csrc/transfer.cpp (host-to-GPU copies without a host wait) against it.
 
 use std::path::PathBuf;
 
 fn main() {
     sd_build::link_libtorch();
     println!("cargo:rerun-if-changed=csrc/generator.cpp");
+    println!("cargo:rerun-if-changed=csrc/transfer.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -18,6 +20,7 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .file("csrc/generator.cpp")
+        .file("csrc/transfer.cpp")
         .compile("sd_core_generator");
     cuda_graphs(&include);
 }

@@ -1,6 +1,6 @@
 //! Devices and dtypes as users write them: `cpu`, `cuda`, `cuda:1`; `f32`, `f16`, `bf16`.
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{CoreError, Result};
 
@@ -21,6 +21,46 @@ pub fn parse_device(text: &str) -> Result<Device> {
         return Err(CoreError::CudaUnavailable(text.to_string()));
     }
     Ok(device)
+}
+
+extern "C" {
+    fn sd_upload_async(
+        tensor: *mut torch_sys::C_tensor,
+        device: i32,
+        error: *mut *mut std::ffi::c_char,
+    ) -> *mut torch_sys::C_tensor;
+}
+
+/// `tensor` on `device`. A CPU tensor bound for a GPU goes through pinned
+/// memory and a queued copy, so the host does not wait for the GPU's work
+/// (a plain `to_device` from pageable memory does): a denoising loop that
+/// draws its noise on the CPU keeps running ahead of the GPU.
+pub fn upload(tensor: &Tensor, device: Device) -> Result<Tensor> {
+    match (tensor.device(), device) {
+        (Device::Cpu, Device::Cuda(index)) => {
+            let mut error = std::ptr::null_mut();
+            // SAFETY: a live tensor handle in; an owned new handle or null
+            // with a strdup'd message out.
+            let out =
+                unsafe { sd_upload_async(tensor.as_ptr() as *mut _, index as i32, &mut error) };
+            if out.is_null() {
+                let text = if error.is_null() {
+                    "unknown libtorch error".to_string()
+                } else {
+                    // SAFETY: a NUL-terminated copy made by strdup in the shim.
+                    let text = unsafe { std::ffi::CStr::from_ptr(error) }
+                        .to_string_lossy()
+                        .into_owned();
+                    unsafe { libc::free(error.cast()) };
+                    text
+                };
+                return Err(CoreError::invalid("upload", text));
+            }
+            // SAFETY: a freshly allocated tensor handle, owned by no one else.
+            Ok(unsafe { Tensor::from_ptr(out) })
+        }
+        _ => Ok(tensor.to_device(device)),
+    }
 }
 
 /// Parses the floating-point dtypes a model can run in.
@@ -47,6 +87,17 @@ pub fn kind_name(kind: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_to_cuda_equals_to_device_and_is_plain_elsewhere() {
+        let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+        assert_eq!(upload(&x, Device::Cpu).unwrap(), x);
+        if tch::Cuda::is_available() {
+            let y = upload(&x, Device::Cuda(0)).unwrap();
+            assert_eq!(y.device(), Device::Cuda(0));
+            assert_eq!(y.to_device(Device::Cpu), x);
+        }
+    }
 
     #[test]
     fn parses_cpu_and_dtypes() {

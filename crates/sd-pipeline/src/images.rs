@@ -29,15 +29,17 @@ pub fn mask_to_tensor(mask: &GrayImage) -> Tensor {
     unit.ge(0.5).to_kind(Kind::Float)
 }
 
-/// Decoded images (batch, 3, h, w) in about [-1, 1] to 8-bit RGB.
+/// Decoded images (batch, 3, h, w) in about [-1, 1] to 8-bit RGB. The
+/// arithmetic runs where the images are (f32 elementwise ops round the same
+/// on every device); only the bytes cross to the host.
 pub fn tensor_to_images(images: &Tensor) -> Result<Vec<RgbImage>> {
     let (batch, _, h, w) = images.size4()?;
-    let pixels = ((images.to_kind(Kind::Float).to_device(Device::Cpu) / 2.0 + 0.5).clamp(0.0, 1.0)
-        * 255.0)
+    let pixels = ((images.to_kind(Kind::Float) / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0)
         .round()
         .to_kind(Kind::Uint8)
         .permute([0, 2, 3, 1])
-        .contiguous();
+        .contiguous()
+        .to_device(Device::Cpu);
     (0..batch)
         .map(|i| {
             let bytes = Vec::<u8>::try_from(pixels.get(i).flatten(0, -1))?;

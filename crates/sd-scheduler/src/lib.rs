@@ -318,10 +318,9 @@ pub(crate) fn f32_like(tensor: &Tensor) -> Tensor {
     tensor.to_kind(tch::Kind::Float)
 }
 
-/// Noise from the run's source, moved to where the sample is.
+/// Noise from the run's source, moved to where the sample is (queued, so a
+/// GPU loop does not wait at each stochastic step).
 pub(crate) fn draw_noise(noise: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
-    Ok(noise
-        .randn(&like.size())?
-        .to_device(like.device())
-        .to_kind(like.kind()))
+    let drawn = noise.randn(&like.size())?;
+    Ok(sd_core::device::upload(&drawn, like.device())?.to_kind(like.kind()))
 }
