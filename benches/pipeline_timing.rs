@@ -101,7 +101,7 @@ fn main() -> Result<()> {
         let mut calls = 0usize;
         let t1 = Instant::now();
         let scheduler = pipeline.scheduler_for(&request)?;
-        pipeline.generate_with(&request, scheduler, &mut |info| {
+        let generation = pipeline.generate_with(&request, scheduler, &mut |info| {
             // Only the last step waits for the device, so the loop keeps
             // queueing work ahead as it would without timing.
             if info.step + 1 == info.total {
@@ -116,6 +116,7 @@ fn main() -> Result<()> {
         let denoise = (last - t1).as_secs_f64();
         results.push(serde_json::json!({
             "text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / calls.max(1) as f64, "unet_calls": calls,
+            "unet_execution": format!("{:?}", generation.unet_execution),
             "vae_decode_s": total - denoise, "end_to_end_s": total + text,
         }));
     }

@@ -52,5 +52,6 @@ for line in open(sys.argv[1]):
     best = min(d["runs"], key=lambda r: r["end_to_end_s"])
     settings = d["settings"].split("--steps 50")[-1].replace("--sampler euler ", "").strip() or "eager"
     print(f"{settings:<52}{d['steps_per_s']:>8.1f}{1000 / d['steps_per_s']:>9.2f}"
-          f"{best['end_to_end_s']:>9.3f}{best['vae_decode_s']:>7.3f}{d.get('peak_memory_gib', float('nan')):>9.2f}")
+          f"{best['end_to_end_s']:>9.3f}{best['vae_decode_s']:>7.3f}{d.get('peak_memory_gib', float('nan')):>9.2f}"
+          f"  {best['unet_execution']}")
 PY

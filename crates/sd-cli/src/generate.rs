@@ -211,6 +211,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
+    if let sd_pipeline::UnetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
+        eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");
+    }
 
     // 4. write every file or none
     let (width, height) = generation.images[0].dimensions();

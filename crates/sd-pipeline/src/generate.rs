@@ -13,7 +13,7 @@ use sd_unet::AddedConditions;
 use tch::{Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
-use crate::graph::UnetRunner;
+use crate::graph::{UnetExecution, UnetRunner};
 use crate::images::{image_to_tensor, mask_to_tensor, tensor_to_images};
 use crate::model::ModelFamily;
 use crate::noise::BatchNoise;
@@ -121,6 +121,9 @@ pub struct StepInfo<'a> {
 pub struct Generation {
     pub images: Vec<RgbImage>,
     pub latents: Tensor,
+    /// Whether the UNet steps ran eagerly or as a replayed CUDA graph (and,
+    /// if a capture was asked for but failed, why).
+    pub unet_execution: UnetExecution,
 }
 
 impl StableDiffusion {
@@ -284,12 +287,18 @@ impl StableDiffusion {
             }
         }
 
-        // 5. decode (in low-memory mode the UNet copy is gone by now)
+        // 5. decode (the graph's buffers and, in low-memory mode, the UNet
+        //    copy are freed first)
+        let unet_execution = runner
+            .as_ref()
+            .map_or(UnetExecution::Eager, UnetRunner::execution);
+        drop(runner);
         drop(unet);
         let decoded = vae.decode(&vae.unscale_latents(&latents.to_device(self.devices.vae)))?;
         Ok(Generation {
             images: tensor_to_images(&decoded)?,
             latents,
+            unet_execution,
         })
     }
 

@@ -1,6 +1,6 @@
 //! The UNet step as a CUDA graph (opt-in: `StableDiffusionBuilder::cuda_graphs`):
 //! captured once per run on fixed input buffers, then replayed each step.
-//! Any failure to capture falls back to eager execution.
+//! Any failure to capture falls back to eager execution, and says why.
 
 use sd_core::cuda_graph::{self, CudaGraph};
 use sd_unet::{AddedConditions, UNet2DConditionModel};
@@ -8,9 +8,20 @@ use tch::{Device, Tensor};
 
 use crate::error::Result;
 
+/// How a generation's UNet steps ran (see [`crate::Generation::unet_execution`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnetExecution {
+    /// Op by op (CUDA graphs not asked for, or not a CUDA device).
+    Eager,
+    /// Captured once, replayed each step.
+    CudaGraph,
+    /// CUDA graphs were asked for, but capture failed for this reason.
+    EagerAfterFailedCapture(String),
+}
+
 /// Either a captured UNet call or plain eager calls.
 pub(crate) enum UnetRunner {
-    Eager,
+    Eager(UnetExecution),
     Graph {
         graph: CudaGraph,
         input: Tensor,
@@ -30,19 +41,20 @@ impl UnetRunner {
         added: Option<&AddedConditions>,
     ) -> Self {
         let Device::Cuda(index) = input.device() else {
-            return UnetRunner::Eager;
+            return UnetRunner::Eager(UnetExecution::Eager);
         };
-        if !enabled || !cuda_graph::available() {
-            return UnetRunner::Eager;
+        if !enabled {
+            return UnetRunner::Eager(UnetExecution::Eager);
+        }
+        let failed = |why: String| UnetRunner::Eager(UnetExecution::EagerAfterFailedCapture(why));
+        if !cuda_graph::available() {
+            return failed("this build has no CUDA graph shim".into());
         }
         let static_input = input.copy();
         let static_t = timestep.copy();
         // One eager call first: libtorch allocates and picks kernels lazily.
-        if unet
-            .forward(&static_input, &static_t, context, added)
-            .is_err()
-        {
-            return UnetRunner::Eager;
+        if let Err(e) = unet.forward(&static_input, &static_t, context, added) {
+            return failed(format!("warm-up call: {e}"));
         }
         tch::Cuda::synchronize(index as i64);
         let captured = CudaGraph::capture(index, || {
@@ -56,7 +68,14 @@ impl UnetRunner {
                 timestep: static_t,
                 output,
             },
-            Err(_) => UnetRunner::Eager,
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    pub fn execution(&self) -> UnetExecution {
+        match self {
+            UnetRunner::Eager(how) => how.clone(),
+            UnetRunner::Graph { .. } => UnetExecution::CudaGraph,
         }
     }
 
@@ -69,7 +88,7 @@ impl UnetRunner {
         added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
         match self {
-            UnetRunner::Eager => Ok(unet.forward(input, timestep, context, added)?),
+            UnetRunner::Eager(_) => Ok(unet.forward(input, timestep, context, added)?),
             UnetRunner::Graph {
                 graph,
                 input: fixed,

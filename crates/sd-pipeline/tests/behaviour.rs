@@ -241,3 +241,19 @@ fn sd1_decodes_in_the_pipeline_dtype_and_sdxl_honours_force_upcast() {
     assert_eq!(build("tiny-sd1").vae().kind(), tch::Kind::Half);
     assert_eq!(build("tiny-sdxl").vae().kind(), tch::Kind::Float);
 }
+
+#[test]
+fn cuda_graphs_on_the_cpu_run_eagerly_with_the_same_numbers() {
+    let dir = reference_dir().join("fixtures/tiny-sd1");
+    let plain = StableDiffusion::builder().model_dir(&dir).build().unwrap();
+    let asked = StableDiffusion::builder()
+        .model_dir(&dir)
+        .cuda_graphs(true)
+        .build()
+        .unwrap();
+    let r = quick("a red circle", 5);
+    let (a, b) = (plain.generate(&r).unwrap(), asked.generate(&r).unwrap());
+    assert_eq!(a.latents, b.latents);
+    // Graphs are for CUDA devices only; on the CPU that is not a failure.
+    assert_eq!(b.unet_execution, sd_pipeline::UnetExecution::Eager);
+}
