@@ -49,9 +49,15 @@ impl std::fmt::Debug for ClipTextModel {
 }
 
 impl ClipTextModel {
-    /// The architecture of `config` with uninitialised weights on `device`.
+    /// The architecture of `config` with uninitialised weights on `device` (f32).
     pub fn new(config: &ClipTextConfig, device: Device) -> Self {
-        let vs = VarStore::new(device);
+        Self::new_in(config, device, Kind::Float)
+    }
+
+    /// The same with parameters created in `kind` (not converted after).
+    pub fn new_in(config: &ClipTextConfig, device: Device, kind: Kind) -> Self {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
         let root = vs.root();
         let text = &root / "text_model";
         let emb = &text / "embeddings";
@@ -110,8 +116,7 @@ impl ClipTextModel {
         kind: Kind,
         map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
-        let mut model = Self::new(config, device);
-        model.vs.set_kind(kind);
+        let model = Self::new_in(config, device, kind);
         load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }

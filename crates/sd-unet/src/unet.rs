@@ -49,7 +49,14 @@ impl std::fmt::Debug for UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// The architecture of `config`, uninitialised, on `device` (f32).
     pub fn new(config: &UNetConfig, device: Device) -> Result<Self> {
-        let vs = VarStore::new(device);
+        Self::new_in(config, device, Kind::Float)
+    }
+
+    /// The same in `kind`: the parameters are created in that dtype (an f32
+    /// build converted afterwards would first claim twice the GPU memory).
+    pub fn new_in(config: &UNetConfig, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
         let root = vs.root();
         let blocks = config.blocks()?;
         let boc = &config.block_out_channels;
@@ -176,8 +183,7 @@ impl UNet2DConditionModel {
         kind: Kind,
         map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
-        let mut model = Self::new(config, device)?;
-        model.vs.set_kind(kind);
+        let model = Self::new_in(config, device, kind)?;
         load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }
@@ -185,8 +191,7 @@ impl UNet2DConditionModel {
     /// A copy of this model's weights on `device` (low-memory pipelines
     /// bring the UNet to the GPU only for the denoising loop).
     pub fn copy_to(&self, device: Device) -> Result<Self> {
-        let mut copy = Self::new(&self.config, device)?;
-        copy.vs.set_kind(self.vs.kind());
+        let copy = Self::new_in(&self.config, device, self.vs.kind())?;
         sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
         Ok(copy)
     }

@@ -5,7 +5,7 @@
 use sd_core::manifest::Manifest;
 use sd_core::parity::reference_dir;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
-use tch::Device;
+use tch::{Device, Kind};
 
 #[test]
 fn full_size_unets_have_the_real_weight_names() {
@@ -18,5 +18,12 @@ fn full_size_unets_have_the_real_weight_names() {
         let unet = UNet2DConditionModel::new(&config, Device::Cpu).unwrap();
         let diff = expected.diff(&Manifest::of_var_store(unet.var_store()));
         assert!(diff.is_empty(), "{model}: {diff:?}");
+        // Built straight in f16, as loading now does: the same names, and
+        // every parameter created f16.
+        let half = UNet2DConditionModel::new_in(&config, Device::Cpu, Kind::Half).unwrap();
+        let diff = expected.diff(&Manifest::of_var_store(half.var_store()));
+        assert!(diff.is_empty(), "{model} f16: {diff:?}");
+        let vars = half.var_store().variables();
+        assert!(vars.values().all(|t| t.kind() == Kind::Half), "{model}");
     }
 }

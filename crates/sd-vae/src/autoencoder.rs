@@ -55,7 +55,13 @@ pub fn canonical_key(key: &str) -> Option<String> {
 impl AutoencoderKL {
     /// The architecture of `config`, uninitialised, on `device` (f32).
     pub fn new(config: &VaeConfig, device: Device) -> Result<Self> {
-        let vs = VarStore::new(device);
+        Self::new_in(config, device, Kind::Float)
+    }
+
+    /// The same with parameters created in `kind` (not converted after).
+    pub fn new_in(config: &VaeConfig, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
         let root = vs.root();
         let moments = 2 * config.latent_channels;
         let latent = config.latent_channels;
@@ -101,13 +107,12 @@ impl AutoencoderKL {
         kind: Kind,
         map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
-        let mut model = Self::new(config, device)?;
         let kind = if config.force_upcast && kind == Kind::Half {
             Kind::Float
         } else {
             kind
         };
-        model.vs.set_kind(kind);
+        let model = Self::new_in(config, device, kind)?;
         load_mapped(&model.vs, files, map, false)?;
         Ok(model)
     }
@@ -291,8 +296,7 @@ impl AutoencoderKL {
     }
 
     fn copy_as(&self, device: Device, kind: Kind) -> Result<Self> {
-        let mut copy = AutoencoderKL::new(&self.config, device)?;
-        copy.vs.set_kind(kind);
+        let mut copy = AutoencoderKL::new_in(&self.config, device, kind)?;
         copy.tiling = self.tiling;
         copy.slicing = self.slicing;
         sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
