@@ -206,6 +206,36 @@ def write_txt2img(fixtures: Path, outputs: Path) -> None:
     (outputs / "txt2img.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
+def write_txt2img_half(fixtures: Path, outputs: Path) -> None:
+    """txt2img in f16 and bf16 on the CPU: diffusers draws the noise in the
+    pipeline's dtype (other numbers than an f32 draw) and computes in it."""
+    tensors, runs = {}, []
+    for dtype_name, dtype in [("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None, torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        base = pipe.scheduler.config
+        samplers = {
+            "ddim": DDIMScheduler.from_config(base),
+            "euler": EulerDiscreteScheduler.from_config(base),
+            "euler-a": EulerAncestralDiscreteScheduler.from_config(base),
+            "dpm++2m": DPMSolverMultistepScheduler.from_config(base),
+            "pndm": pipe.scheduler,
+        }
+        for name, scheduler in samplers.items():
+            pipe.scheduler = scheduler
+            prompt = "a red circle on a white background"
+            latents = pipe(
+                prompt, negative_prompt="", num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
+                generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
+            ).images
+            key = f"{dtype_name}.{name}"
+            tensors[key] = latents.contiguous()
+            runs.append(dict(key=key, dtype=dtype_name, scheduler=name, seed=0, steps=4, guidance_scale=7.5,
+                             prompt=prompt, negative_prompt="", height=64, width=64))
+    save_file(tensors, outputs / "txt2img_half.safetensors")
+    (outputs / "txt2img_half.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
 def write_layers(outputs: Path) -> None:
     """Single shared blocks: their weights (diffusers key names) and input/output pairs."""
     torch.manual_seed(30)
@@ -331,6 +361,12 @@ def write_rng(outputs: Path) -> None:
     draws = {f"randn.{i}": torch.randn(shape, generator=gen) for i, shape in enumerate(shapes)}
     draws["rand.5"] = torch.rand((2, 9), generator=gen)
     draws["randn.6"] = torch.randn((4,), generator=gen)
+    # Half-precision draws (what diffusers makes in f16/bf16 pipelines): other
+    # numbers than an f32 draw, not a rounding of it.
+    draws["randn_f16.7"] = torch.randn((1, 4, 8, 8), generator=gen, dtype=torch.float16)
+    draws["randn_bf16.8"] = torch.randn((2, 17), generator=gen, dtype=torch.bfloat16)
+    draws["randn_f16.9"] = torch.randn((3,), generator=gen, dtype=torch.float16)
+    draws["randn.10"] = torch.randn((5,), generator=gen)
     save_file(draws, outputs / "rng.safetensors")
 
 
@@ -341,6 +377,7 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_unets(fixtures, outputs)
     write_vaes(fixtures, outputs)
     write_txt2img(fixtures, outputs)
+    write_txt2img_half(fixtures, outputs)
     write_img2img_inpaint(fixtures, outputs)
     write_sdxl(fixtures, outputs)
     write_shapes_model(fixtures.parent.parent, outputs)

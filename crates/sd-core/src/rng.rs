@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{CoreError, Result};
 
@@ -19,6 +19,7 @@ extern "C" {
         generator: *mut std::ffi::c_void,
         dims: *const i64,
         ndims: usize,
+        dtype: i32,
         error: *mut *mut c_char,
     ) -> *mut torch_sys::C_tensor;
     fn sd_cpu_generator_rand(
@@ -35,11 +36,23 @@ extern "C" {
 pub trait NoiseSource {
     /// Standard normal noise of `shape` (f32, any device; the caller moves it).
     fn randn(&mut self, shape: &[i64]) -> Result<Tensor>;
+
+    /// The same, drawn as `kind`. diffusers draws in the model's dtype, and
+    /// torch draws f16/bf16 through another transform than f32 (other
+    /// numbers, not a rounding of them): a half-precision run matches
+    /// diffusers' seeds only when drawn this way. The default casts an f32 draw.
+    fn randn_as(&mut self, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        Ok(self.randn(shape)?.to_kind(kind))
+    }
 }
 
 impl NoiseSource for CpuGenerator {
     fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
         CpuGenerator::randn(self, shape)
+    }
+
+    fn randn_as(&mut self, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        CpuGenerator::randn_as(self, shape, kind)
     }
 }
 
@@ -52,13 +65,6 @@ pub struct CpuGenerator {
 // SAFETY: at::Generator guards its state with its own mutex; the handle is
 // only freed in Drop, which needs exclusive ownership.
 unsafe impl Send for CpuGenerator {}
-
-type Draw = unsafe extern "C" fn(
-    *mut std::ffi::c_void,
-    *const i64,
-    usize,
-    *mut *mut c_char,
-) -> *mut torch_sys::C_tensor;
 
 impl CpuGenerator {
     pub fn new(seed: u64) -> Result<Self> {
@@ -77,15 +83,38 @@ impl CpuGenerator {
 
     /// Standard normal noise, f32 on the CPU: `torch.randn(shape, generator=g)`.
     pub fn randn(&mut self, shape: &[i64]) -> Result<Tensor> {
-        self.draw(sd_cpu_generator_randn, shape, "randn")
+        self.randn_as(shape, Kind::Float)
+    }
+
+    /// Standard normal noise drawn as `kind` (f32, f64, f16 or bf16) on the
+    /// CPU: `torch.randn(shape, generator=g, dtype=kind)`.
+    pub fn randn_as(&mut self, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let dtype = scalar_type(kind)?;
+        // SAFETY: as in `draw`; the shim takes the dtype code as is.
+        self.draw(shape, "randn", |raw, dims, n, error| unsafe {
+            sd_cpu_generator_randn(raw, dims, n, dtype, error)
+        })
     }
 
     /// Uniform noise in [0, 1), f32 on the CPU: `torch.rand(shape, generator=g)`.
     pub fn rand(&mut self, shape: &[i64]) -> Result<Tensor> {
-        self.draw(sd_cpu_generator_rand, shape, "rand")
+        // SAFETY: as in `draw`.
+        self.draw(shape, "rand", |raw, dims, n, error| unsafe {
+            sd_cpu_generator_rand(raw, dims, n, error)
+        })
     }
 
-    fn draw(&mut self, draw: Draw, shape: &[i64], what: &str) -> Result<Tensor> {
+    fn draw(
+        &mut self,
+        shape: &[i64],
+        what: &str,
+        draw: impl FnOnce(
+            *mut std::ffi::c_void,
+            *const i64,
+            usize,
+            *mut *mut c_char,
+        ) -> *mut torch_sys::C_tensor,
+    ) -> Result<Tensor> {
         if let Some(bad) = shape.iter().find(|&&d| d < 0) {
             return Err(CoreError::invalid(
                 what,
@@ -93,9 +122,9 @@ impl CpuGenerator {
             ));
         }
         let mut error = std::ptr::null_mut();
-        // SAFETY: `raw` is a live generator; `shape` outlives the call; the
-        // shim returns an owned at::Tensor* that tch takes over, or null.
-        let tensor = unsafe { draw(self.raw, shape.as_ptr(), shape.len(), &mut error) };
+        // `raw` is a live generator; `shape` outlives the call; the shim
+        // returns an owned at::Tensor* that tch takes over, or null.
+        let tensor = draw(self.raw, shape.as_ptr(), shape.len(), &mut error);
         if tensor.is_null() {
             return Err(take_error(error, what));
         }
@@ -116,6 +145,20 @@ impl std::fmt::Debug for CpuGenerator {
         f.debug_struct("CpuGenerator")
             .field("seed", &self.seed)
             .finish()
+    }
+}
+
+/// libtorch's `at::ScalarType` code of a floating-point kind.
+fn scalar_type(kind: Kind) -> Result<i32> {
+    match kind {
+        Kind::Half => Ok(5),
+        Kind::Float => Ok(6),
+        Kind::Double => Ok(7),
+        Kind::BFloat16 => Ok(15),
+        other => Err(CoreError::invalid(
+            "randn",
+            format!("{other:?} is not a floating-point kind to draw noise in"),
+        )),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use sd_core::parity::{read_tensors, reference_dir, take};
 use sd_core::rng::CpuGenerator;
+use tch::Kind;
 
 #[test]
 fn sequential_draws_match_torch_bit_for_bit() {
@@ -25,4 +26,30 @@ fn sequential_draws_match_torch_bit_for_bit() {
         generator.randn(&[4]).unwrap(),
         take(&reference, "randn.6").unwrap()
     );
+    // Half-precision draws: torch's own f16/bf16 transform, same stream.
+    let halves: [(&str, &[i64], Kind); 3] = [
+        ("randn_f16.7", &[1, 4, 8, 8], Kind::Half),
+        ("randn_bf16.8", &[2, 17], Kind::BFloat16),
+        ("randn_f16.9", &[3], Kind::Half),
+    ];
+    for (key, shape, kind) in halves {
+        let drawn = generator.randn_as(shape, kind).unwrap();
+        assert_eq!(drawn.kind(), kind, "{key}");
+        assert_eq!(drawn, take(&reference, key).unwrap(), "{key}");
+    }
+    assert_eq!(
+        generator.randn(&[5]).unwrap(),
+        take(&reference, "randn.10").unwrap()
+    );
+    // Not a cast of the f32 draw.
+    let f32_cast = CpuGenerator::new(7).unwrap().randn(&[64]).unwrap();
+    let f16 = CpuGenerator::new(7)
+        .unwrap()
+        .randn_as(&[64], Kind::Half)
+        .unwrap();
+    assert_ne!(f32_cast.to_kind(Kind::Half), f16);
+    assert!(CpuGenerator::new(7)
+        .unwrap()
+        .randn_as(&[2], Kind::Int64)
+        .is_err());
 }

@@ -540,9 +540,12 @@ impl StableDiffusion {
         cfg: bool,
     ) -> Result<Prepared> {
         let n = shape[0];
+        // Drawn in the pipeline's dtype, as diffusers does: torch's f16/bf16
+        // draws are other numbers than f32 ones, not their rounding.
+        let kind = self.unet.var_store().kind();
         let Some(init) = &request.init_image else {
             // txt2img: pure noise at the first sigma
-            let latents = noise.randn(shape)? * scheduler.init_noise_sigma();
+            let latents = noise.randn_as(shape, kind)? * scheduler.init_noise_sigma();
             return Ok(Prepared {
                 latents,
                 inpaint_channels: None,
@@ -567,7 +570,7 @@ impl StableDiffusion {
             let one = encode(&image, noise)?;
             let copies: Vec<Tensor> = (0..n).map(|_| one.shallow_clone()).collect();
             let image_latents = Tensor::cat(&copies, 0);
-            let fresh = noise.randn(shape)?;
+            let fresh = noise.randn_as(shape, kind)?;
             let latents = scheduler.add_noise(&image_latents, &fresh, start)?;
             return Ok(Prepared {
                 latents,
@@ -583,7 +586,7 @@ impl StableDiffusion {
         } else {
             None
         };
-        let fresh = noise.randn(shape)?;
+        let fresh = noise.randn_as(shape, kind)?;
         let latents = match (&image_latents, full_strength) {
             (Some(image_latents), false) => scheduler.add_noise(image_latents, &fresh, start)?,
             _ => &fresh * scheduler.init_noise_sigma(),
@@ -595,7 +598,6 @@ impl StableDiffusion {
             .upsample_nearest2d([shape[2], shape[3]], None, None)
             .repeat([n, 1, 1, 1]);
         let device = self.devices.unet;
-        let kind = self.unet.var_store().kind();
         let double = |t: &Tensor| {
             if cfg {
                 Tensor::cat(&[t, t], 0)

@@ -2,7 +2,7 @@
 //! one CPU generator), or one per image (diffusers with a list of them).
 
 use sd_core::rng::{CpuGenerator, NoiseSource};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::Result;
 
@@ -36,18 +36,22 @@ impl BatchNoise {
 
 impl NoiseSource for BatchNoise {
     fn randn(&mut self, shape: &[i64]) -> sd_core::Result<Tensor> {
+        self.randn_as(shape, Kind::Float)
+    }
+
+    fn randn_as(&mut self, shape: &[i64], kind: Kind) -> sd_core::Result<Tensor> {
         match self {
-            BatchNoise::Single(g) => g.randn(shape),
+            BatchNoise::Single(g) => g.randn_as(shape, kind),
             BatchNoise::PerImage(gs) if shape.first() == Some(&(gs.len() as i64)) => {
                 let mut one = shape.to_vec();
                 one[0] = 1;
                 let parts = gs
                     .iter_mut()
-                    .map(|g| g.randn(&one))
+                    .map(|g| g.randn_as(&one, kind))
                     .collect::<sd_core::Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&parts, 0))
             }
-            BatchNoise::PerImage(gs) => gs[0].randn(shape),
+            BatchNoise::PerImage(gs) => gs[0].randn_as(shape, kind),
         }
     }
 }

@@ -136,3 +136,59 @@ fn channels_last_stays_within_rounding_of_diffusers() {
         check_txt2img(&pipeline, ROUNDING);
     }
 }
+
+#[test]
+fn half_precision_txt2img_draws_diffusers_noise() {
+    // diffusers draws f16/bf16 noise with torch's half-precision transform
+    // (other numbers than an f32 draw) and computes the loop in that dtype.
+    // The UNet and text encoder agree bit for bit in f16; the samplers'
+    // arithmetic may round scalars differently, so the bound is a few ulps
+    // of each format at the latents' magnitude (|x| up to ~70). Drawing f32
+    // noise instead misses by ~26.
+    let reference = read_tensors(fixtures().join("outputs/txt2img_half.safetensors")).unwrap();
+    tch::set_num_threads(1);
+    for (dtype, kind, tolerance) in [
+        (
+            "f16",
+            tch::Kind::Half,
+            Tolerance {
+                atol: 0.05,
+                rtol: 4e-3,
+            },
+        ),
+        (
+            "bf16",
+            tch::Kind::BFloat16,
+            Tolerance {
+                atol: 0.4,
+                rtol: 3e-2,
+            },
+        ),
+    ] {
+        let pipeline = StableDiffusion::builder()
+            .model_dir(fixtures().join("tiny-sd1"))
+            .dtype(kind)
+            .build()
+            .unwrap();
+        for run in runs("txt2img_half.json")
+            .into_iter()
+            .filter(|r| r["dtype"] == dtype)
+        {
+            let key = run["key"].as_str().unwrap();
+            let scheduler = pipeline.new_scheduler_of(sampler(&run)).unwrap();
+            let out = pipeline
+                .generate_with(&request(&run), scheduler, &mut |_| {
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+            assert_eq!(out.latents.kind(), kind, "{key}");
+            let expected = take(&reference, key).unwrap().to_kind(tch::Kind::Float);
+            assert_close(
+                key,
+                &out.latents.to_kind(tch::Kind::Float),
+                &expected,
+                tolerance,
+            );
+        }
+    }
+}

@@ -318,9 +318,10 @@ pub(crate) fn f32_like(tensor: &Tensor) -> Tensor {
     tensor.to_kind(tch::Kind::Float)
 }
 
-/// Noise from the run's source, moved to where the sample is (queued, so a
-/// GPU loop does not wait at each stochastic step).
+/// Noise shaped like `like`, drawn in its dtype as diffusers does (the
+/// samplers pass the tensor diffusers takes the dtype from), then moved to
+/// its device (queued, so a GPU loop does not wait at each stochastic step).
 pub(crate) fn draw_noise(noise: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
-    let drawn = noise.randn(&like.size())?;
-    Ok(sd_core::device::upload(&drawn, like.device())?.to_kind(like.kind()))
+    let drawn = noise.randn_as(&like.size(), like.kind())?;
+    Ok(sd_core::device::upload(&drawn, like.device())?)
 }

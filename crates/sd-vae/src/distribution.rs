@@ -27,13 +27,13 @@ impl LatentDistribution {
         }
     }
 
-    /// A sample `mean + std * eps`, with eps drawn from `noise` (on the
-    /// CPU for seed parity, then moved to the mean's device).
+    /// A sample `mean + std * eps`, with eps drawn from `noise` in the
+    /// VAE's dtype (on the CPU for seed parity, as diffusers), then moved
+    /// to the mean's device.
     pub fn sample(&self, noise: &mut dyn NoiseSource) -> Result<Tensor> {
         let eps = noise
-            .randn(&self.mean.size())?
-            .to_device(self.mean.device())
-            .to_kind(self.mean.kind());
+            .randn_as(&self.mean.size(), self.mean.kind())?
+            .to_device(self.mean.device());
         Ok(&self.mean + &self.std * eps)
     }
 
