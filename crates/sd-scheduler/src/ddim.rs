@@ -5,7 +5,7 @@ use tch::Tensor;
 use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::prediction::x0_from_alpha;
-use crate::schedule::{self, NoiseSchedule};
+use crate::schedule::{self, leading, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "ddim";
@@ -102,13 +102,15 @@ impl Scheduler for Ddim {
         let beta_prod = 1.0 - alpha_prod;
         // 2. predicted x0 and the noise it implies
         let mut x0 = x0_from_alpha(self.prediction, model_output, sample, alpha_prod);
+        // (coefficients first where diffusers writes them first: see `leading`)
         let eps = match self.prediction {
             PredictionType::Epsilon => model_output.shallow_clone(),
             PredictionType::Sample => {
-                (sample - &x0 * alpha_prod.sqrt() as f64) / beta_prod.sqrt() as f64
+                (sample - &x0 * leading(alpha_prod.sqrt(), &x0)) / beta_prod.sqrt() as f64
             }
             PredictionType::VPrediction => {
-                model_output * alpha_prod.sqrt() as f64 + sample * beta_prod.sqrt() as f64
+                model_output * leading(alpha_prod.sqrt(), model_output)
+                    + sample * leading(beta_prod.sqrt(), sample)
             }
         };
         if let Some(range) = self.clip_sample {
@@ -118,10 +120,11 @@ impl Scheduler for Ddim {
         let variance = ((1.0 - alpha_prev) / beta_prod) * (1.0 - alpha_prod / alpha_prev);
         let std_dev = (self.eta as f32) * variance.sqrt();
         // 4. x_{t-1} = sqrt(alpha_prev) x0 + direction pointing to x_t (+ noise)
-        let direction = eps * (1.0 - alpha_prev - std_dev * std_dev).sqrt() as f64;
-        let prev = x0 * alpha_prev.sqrt() as f64 + direction;
+        let direction = &eps * leading((1.0 - alpha_prev - std_dev * std_dev).sqrt(), &eps);
+        let prev = &x0 * leading(alpha_prev.sqrt(), &x0) + direction;
         if self.eta > 0.0 {
-            return Ok(prev + draw_noise(noise, model_output)? * std_dev as f64);
+            let fresh = draw_noise(noise, model_output)?;
+            return Ok(prev + &fresh * leading(std_dev, &fresh));
         }
         Ok(prev)
     }

@@ -6,6 +6,7 @@ use tch::Tensor;
 
 use crate::config::PredictionType;
 use crate::error::{Result, SchedulerError};
+use crate::schedule::leading;
 
 /// `x0` from an alpha-parameterised step (DDIM, DDPM, LCM), where
 /// `alpha_prod` is `alphas_cumprod[t]`.
@@ -16,11 +17,17 @@ pub fn x0_from_alpha(
     alpha_prod: f32,
 ) -> Tensor {
     let beta_prod = 1.0 - alpha_prod;
-    let (sqrt_alpha, sqrt_beta) = (alpha_prod.sqrt() as f64, beta_prod.sqrt() as f64);
+    let (sqrt_alpha, sqrt_beta) = (alpha_prod.sqrt(), beta_prod.sqrt());
+    // diffusers: (sample - beta ** 0.5 * eps) / alpha ** 0.5, and
+    // alpha ** 0.5 * sample - beta ** 0.5 * v (leading coefficients).
     match prediction {
-        PredictionType::Epsilon => (sample - model_output * sqrt_beta) / sqrt_alpha,
+        PredictionType::Epsilon => {
+            (sample - model_output * leading(sqrt_beta, model_output)) / sqrt_alpha as f64
+        }
         PredictionType::Sample => model_output.shallow_clone(),
-        PredictionType::VPrediction => sample * sqrt_alpha - model_output * sqrt_beta,
+        PredictionType::VPrediction => {
+            sample * leading(sqrt_alpha, sample) - model_output * leading(sqrt_beta, model_output)
+        }
     }
 }
 

@@ -311,6 +311,21 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
 }
 
+/// A coefficient as PyTorch applies it in diffusers' `coef * tensor` with
+/// `coef` a 0-d f32 tensor (an `alphas_cumprod[t] ** 0.5`, a sigma): the
+/// leading 0-d tensor is first cast to the tensor's dtype, so in f16/bf16
+/// runs the coefficient is rounded to that format, while `tensor * coef` and
+/// `tensor / coef` keep it in f32. Multiply as `tensor * leading(coef, &tensor)`
+/// where diffusers puts the coefficient first. In f32 runs it is `coef`.
+pub fn leading(coef: f32, tensor: &Tensor) -> f64 {
+    match tensor.kind() {
+        kind @ (Kind::Half | Kind::BFloat16) => {
+            Tensor::from(coef).to_kind(kind).double_value(&[])
+        }
+        _ => coef as f64,
+    }
+}
+
 /// f32 `ln`, `exp` and `expm1` through libtorch's kernels, so scalar
 /// coefficients equal those diffusers computes on 0-d f32 tensors.
 pub fn ln32(x: f32) -> f32 {
