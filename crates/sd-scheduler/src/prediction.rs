@@ -39,7 +39,8 @@ pub fn x0_from_sigma(
     sigma: f32,
 ) -> Tensor {
     match prediction {
-        PredictionType::Epsilon => sample - model_output * sigma as f64,
+        // diffusers: sample - sigma * eps (a leading coefficient)
+        PredictionType::Epsilon => sample - model_output * leading(sigma, model_output),
         PredictionType::Sample => model_output.shallow_clone(),
         PredictionType::VPrediction => {
             let scale = -sigma / (sigma * sigma + 1.0).sqrt();
