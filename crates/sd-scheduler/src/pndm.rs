@@ -8,7 +8,7 @@ use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::ddim::alpha_add_noise;
 use crate::error::{Result, SchedulerError};
 use crate::prediction::require;
-use crate::schedule::{self, NoiseSchedule};
+use crate::schedule::{self, leading, NoiseSchedule};
 use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "pndm";
@@ -67,15 +67,18 @@ impl Pndm {
         let alpha_prod = self.schedule.alpha_prod(t, self.final_alpha);
         let alpha_prev = self.schedule.alpha_prod(prev_t, self.final_alpha);
         let (beta_prod, beta_prev) = (1.0 - alpha_prod, 1.0 - alpha_prev);
+        // Coefficients lead where diffusers writes them first (see `leading`).
         let eps = match self.prediction {
             PredictionType::VPrediction => {
-                model_output * alpha_prod.sqrt() as f64 + sample * beta_prod.sqrt() as f64
+                model_output * leading(alpha_prod.sqrt(), model_output)
+                    + sample * leading(beta_prod.sqrt(), sample)
             }
             _ => model_output.shallow_clone(),
         };
         let sample_coeff = (alpha_prev / alpha_prod).sqrt();
         let denom = alpha_prod * beta_prev.sqrt() + (alpha_prod * beta_prod * alpha_prev).sqrt();
-        sample * sample_coeff as f64 - eps * (alpha_prev - alpha_prod) as f64 / denom as f64
+        sample * leading(sample_coeff, sample)
+            - &eps * leading(alpha_prev - alpha_prod, &eps) / denom as f64
     }
 }
 
