@@ -138,13 +138,13 @@ fn channels_last_stays_within_rounding_of_diffusers() {
 }
 
 #[test]
-fn half_precision_txt2img_draws_diffusers_noise() {
+fn half_precision_txt2img_matches_diffusers() {
     // diffusers draws f16/bf16 noise with torch's half-precision transform
-    // (other numbers than an f32 draw) and computes the loop in that dtype.
-    // The UNet and text encoder agree bit for bit in f16; the samplers'
-    // arithmetic may round scalars differently, so the bound is a few ulps
-    // of each format at the latents' magnitude (|x| up to ~70). Drawing f32
-    // noise instead misses by ~26.
+    // (other numbers than an f32 draw: drawing f32 instead misses by ~26)
+    // and computes the loop in that dtype, rounding each coefficient it
+    // writes first to the tensor's format (`sd_scheduler::schedule::leading`).
+    // Mirrored, every case agrees bit for bit; the bounds are below one ulp
+    // of each format at the latents' largest magnitudes (|x| up to ~70).
     let reference = read_tensors(fixtures().join("outputs/txt2img_half.safetensors")).unwrap();
     tch::set_num_threads(1);
     for (dtype, kind, tolerance) in [

@@ -9,7 +9,7 @@ use crate::config::{
     TimestepSpacing,
 };
 use crate::error::{Result, SchedulerError};
-use crate::schedule::{self, exp32, ln32, NoiseSchedule};
+use crate::schedule::{self, exp32, leading, ln32, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, f32_like, sigmas, NoiseSource, Scheduler};
 
 #[derive(Debug)]
@@ -128,9 +128,13 @@ impl DpmSolverMultistep {
     fn to_x0(&self, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
         let (alpha_t, sigma_t) = alpha_sigma(sigma);
         match self.prediction {
-            PredictionType::Epsilon => (sample - model_output * sigma_t as f64) / alpha_t as f64,
+            PredictionType::Epsilon => {
+                (sample - model_output * leading(sigma_t, model_output)) / alpha_t as f64
+            }
             PredictionType::Sample => model_output.shallow_clone(),
-            PredictionType::VPrediction => sample * alpha_t as f64 - model_output * sigma_t as f64,
+            PredictionType::VPrediction => {
+                sample * leading(alpha_t, sample) - model_output * leading(sigma_t, model_output)
+            }
         }
     }
 }
@@ -223,29 +227,32 @@ impl Scheduler for DpmSolverMultistep {
             let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
             let h0 = lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1);
             let r0 = h0 / h;
-            Some((m0 - &self.outputs[self.outputs.len() - 2]) * (1.0 / r0) as f64)
+            let difference = m0 - &self.outputs[self.outputs.len() - 2];
+            Some(&difference * leading(1.0 / r0, &difference))
         };
+        // Every coefficient leads its product in diffusers (see `leading`):
+        // in half precision it is rounded before multiplying the stored x0s.
         let prev = if let Some(noise) = noise {
             let decay = 1.0 - exp32(-2.0 * h);
-            let mut x =
-                &sample * (sigma_t / sigma_s0 * exp32(-h)) as f64 + m0 * (alpha_t * decay) as f64;
+            let mut x = &sample * leading(sigma_t / sigma_s0 * exp32(-h), &sample)
+                + m0 * leading(alpha_t * decay, m0);
             if let Some(d1) = d1 {
                 let c = if self.heun {
                     alpha_t * (decay / (-2.0 * h) + 1.0)
                 } else {
                     0.5 * (alpha_t * decay)
                 };
-                x += d1 * c as f64;
+                x += &d1 * leading(c, &d1);
             }
-            x + noise * (sigma_t * decay.sqrt()) as f64
+            x + &noise * leading(sigma_t * decay.sqrt(), &noise)
         } else {
             let phi = alpha_t * (exp32(-h) - 1.0);
-            let mut x = &sample * (sigma_t / sigma_s0) as f64 - m0 * phi as f64;
+            let mut x = &sample * leading(sigma_t / sigma_s0, &sample) - m0 * leading(phi, m0);
             if let Some(d1) = d1 {
                 x = if self.heun {
-                    x + d1 * (alpha_t * ((exp32(-h) - 1.0) / h + 1.0)) as f64
+                    x + &d1 * leading(alpha_t * ((exp32(-h) - 1.0) / h + 1.0), &d1)
                 } else {
-                    x - d1 * (0.5 * phi) as f64
+                    x - &d1 * leading(0.5 * phi, &d1)
                 };
             }
             x

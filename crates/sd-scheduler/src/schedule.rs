@@ -319,9 +319,7 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
 /// where diffusers puts the coefficient first. In f32 runs it is `coef`.
 pub fn leading(coef: f32, tensor: &Tensor) -> f64 {
     match tensor.kind() {
-        kind @ (Kind::Half | Kind::BFloat16) => {
-            Tensor::from(coef).to_kind(kind).double_value(&[])
-        }
+        kind @ (Kind::Half | Kind::BFloat16) => Tensor::from(coef).to_kind(kind).double_value(&[]),
         _ => coef as f64,
     }
 }
