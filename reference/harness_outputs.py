@@ -25,6 +25,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from harness_schedulers import SAMPLERS
+
 HAND_WRITTEN = [
     "", " ", "a photo of a cat", "A Photo Of A CAT", "a  photo   of\ta\ncat",
     "a red circle on a white background", "a large blue triangle on a white background",
@@ -214,13 +216,9 @@ def write_txt2img_half(fixtures: Path, outputs: Path) -> None:
         pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None, torch_dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         base = pipe.scheduler.config
-        samplers = {
-            "ddim": DDIMScheduler.from_config(base),
-            "euler": EulerDiscreteScheduler.from_config(base),
-            "euler-a": EulerAncestralDiscreteScheduler.from_config(base),
-            "dpm++2m": DPMSolverMultistepScheduler.from_config(base),
-            "pndm": pipe.scheduler,
-        }
+        # Every sampler of the project (harness_schedulers.SAMPLERS), PNDM as the folder has it.
+        samplers = {name: cls.from_config(base, **overrides) for name, (cls, overrides) in SAMPLERS.items()}
+        samplers["pndm"] = pipe.scheduler
         for name, scheduler in samplers.items():
             pipe.scheduler = scheduler
             prompt = "a red circle on a white background"

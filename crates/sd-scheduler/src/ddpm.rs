@@ -7,7 +7,7 @@ use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing, VarianceTy
 use crate::ddim::alpha_add_noise;
 use crate::error::{Result, SchedulerError};
 use crate::prediction::x0_from_alpha;
-use crate::schedule::{self, NoiseSchedule};
+use crate::schedule::{self, leading, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "ddpm";
@@ -102,7 +102,8 @@ impl Scheduler for Ddpm {
         // 3. mean of q(x_{t-1} | x_t, x0) (formula 7 of the paper)
         let x0_coeff = (alpha_prev.sqrt() * current_beta) / beta_prod;
         let sample_coeff = current_alpha.sqrt() * beta_prev / beta_prod;
-        let mean = x0 * x0_coeff as f64 + sample * sample_coeff as f64;
+        // (coefficients lead, as diffusers writes them: see `leading`)
+        let mean = &x0 * leading(x0_coeff, &x0) + sample * leading(sample_coeff, sample);
         if t <= 0 {
             return Ok(mean);
         }
@@ -114,7 +115,8 @@ impl Scheduler for Ddpm {
             VarianceType::FixedLarge => current_beta.sqrt(),
             _ => unreachable!("rejected in Ddpm::new"),
         };
-        Ok(mean + draw_noise(noise, model_output)? * scale as f64)
+        let fresh = draw_noise(noise, model_output)?;
+        Ok(mean + &fresh * leading(scale, &fresh))
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {

@@ -8,7 +8,7 @@ use crate::config::{BetaSchedule, PredictionType, SchedulerConfig};
 use crate::ddim::alpha_add_noise;
 use crate::error::{Result, SchedulerError};
 use crate::prediction::x0_from_alpha;
-use crate::schedule::NoiseSchedule;
+use crate::schedule::{leading, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "lcm";
@@ -120,13 +120,15 @@ impl Scheduler for Lcm {
         if let Some(range) = self.clip_sample {
             x0 = x0.clamp(-range, range);
         }
-        let denoised = x0 * c_out as f64 + sample * c_skip as f64;
+        // (coefficients lead, as diffusers writes them: see `leading`)
+        let denoised = &x0 * leading(c_out, &x0) + sample * leading(c_skip, sample);
         // 3. re-noise to the next timestep, except after the last step
         if i + 1 == self.timesteps.len() {
             return Ok(denoised);
         }
         let fresh = draw_noise(noise, &denoised)?;
-        Ok(denoised * alpha_prev.sqrt() as f64 + fresh * (1.0 - alpha_prev).sqrt() as f64)
+        Ok(&denoised * leading(alpha_prev.sqrt(), &denoised)
+            + &fresh * leading((1.0 - alpha_prev).sqrt(), &fresh))
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {

@@ -9,8 +9,8 @@ use crate::config::{
 };
 use crate::dpm_solver::{alpha_sigma, lambda};
 use crate::error::{Result, SchedulerError};
-use crate::schedule::{self, NoiseSchedule};
-use crate::{check_index, check_steps, f32_like, sigmas, NoiseSource, Scheduler};
+use crate::schedule::{self, leading, NoiseSchedule};
+use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "unipc";
 
@@ -82,9 +82,13 @@ impl UniPc {
     fn to_x0(&self, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
         let (alpha_t, sigma_t) = alpha_sigma(sigma);
         match self.prediction {
-            PredictionType::Epsilon => (sample - model_output * sigma_t as f64) / alpha_t as f64,
+            PredictionType::Epsilon => {
+                (sample - model_output * leading(sigma_t, model_output)) / alpha_t as f64
+            }
             PredictionType::Sample => model_output.shallow_clone(),
-            PredictionType::VPrediction => sample * alpha_t as f64 - model_output * sigma_t as f64,
+            PredictionType::VPrediction => {
+                sample * leading(alpha_t, sample) - model_output * leading(sigma_t, model_output)
+            }
         }
     }
 
@@ -137,13 +141,15 @@ impl UniPc {
         }
         let value = |t: &Tensor| t.double_value(&[]);
         let (h_phi_1, b_h) = (value(&h_phi_1) as f32, value(&b_h) as f32);
-        // 3. x_t = sigma_t/sigma_s0 x - alpha_t h_phi_1 m0 - alpha_t B(h) (sum of rho-weighted differences)
-        let base = x * (sigma_t / sigma_s0) as f64 - m0 * (alpha_t * h_phi_1) as f64;
-        let weight = (alpha_t * b_h) as f64;
-        match corrector {
+        // 3. x_t = sigma_t/sigma_s0 x - alpha_t h_phi_1 m0 - alpha_t B(h) (sum of
+        //    rho-weighted differences), in the sample's dtype as diffusers: its
+        //    coefficients lead (see `leading`) and its rhos are cast to that dtype.
+        let base = x * leading(sigma_t / sigma_s0, x) - m0 * leading(alpha_t * h_phi_1, m0);
+        let weight = alpha_t * b_h;
+        let correction = match corrector {
             None => match d1 {
-                Some(d1) => base - d1 * 0.5 * weight,
-                None => base,
+                Some(d1) => d1 * 0.5,
+                None => return base,
             },
             Some(model_t) => {
                 let rhos: Vec<f32> = if order == 1 {
@@ -154,14 +160,14 @@ impl UniPc {
                     Vec::try_from(Tensor::linalg_solve(&r, &b, true)).expect("1-d f32")
                 };
                 let d1_t = model_t - m0;
-                let last = rhos[rhos.len() - 1] as f64;
-                let correction = match d1 {
-                    Some(d1) => d1 * rhos[0] as f64 + d1_t * last,
+                let last = leading(rhos[rhos.len() - 1], &d1_t);
+                match d1 {
+                    Some(d1) => &d1 * leading(rhos[0], &d1) + d1_t * last,
                     None => d1_t * last,
-                };
-                base - correction * weight
+                }
             }
-        }
+        };
+        base - &correction * leading(weight, &correction)
     }
 }
 
@@ -256,7 +262,7 @@ impl Scheduler for UniPc {
             self.solver_order
         };
         self.this_order = order.min(self.lower_order_nums + 1);
-        let sample = f32_like(&sample);
+        // (diffusers' UniPC keeps the sample in the model's dtype: no upcast)
         self.last_sample = Some(sample.shallow_clone());
         let n = self.outputs.len();
         let earlier = (n >= 2 && i >= 1).then(|| (i - 1, &self.outputs[n - 2]));
