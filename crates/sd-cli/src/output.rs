@@ -79,9 +79,12 @@ pub fn write_outputs(
             Tensor::write_safetensors(
                 &[(
                     "latents",
+                    // (contiguous: img2img latents keep the encoder's
+                    // channels-last layout, and safetensors needs dense rows)
                     latents
                         .to_kind(tch::Kind::Float)
-                        .to_device(tch::Device::Cpu),
+                        .to_device(tch::Device::Cpu)
+                        .contiguous(),
                 )],
                 &temp,
             )

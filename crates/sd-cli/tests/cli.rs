@@ -118,6 +118,8 @@ fn img2img_and_inpaint_run_from_files() {
         "0.5",
         "--out",
         out.to_str().unwrap(),
+        "--save-latents",
+        dir.join("i2i.safetensors").to_str().unwrap(),
     ]);
     assert!(
         run.status.success(),
@@ -125,6 +127,9 @@ fn img2img_and_inpaint_run_from_files() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 64));
+    // img2img latents keep a channels-last layout; they must still save.
+    let saved = tch::Tensor::read_safetensors(dir.join("i2i.safetensors")).unwrap();
+    assert_eq!(saved[0].1.size(), vec![1, 4, 32, 32]);
     let out = dir.join("inpaint.png");
     let model = fixtures().join("tiny-sd1-inpaint");
     let run = sd(&[
