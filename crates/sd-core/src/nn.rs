@@ -184,10 +184,10 @@ pub fn channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// Whether `t` is a 4-d tensor laid out channels-last.
+/// Whether `t` is a 4-d tensor laid out channels-last (as PyTorch judges
+/// it: dimensions of size 1 do not count, so a 1x1 kernel is both layouts).
 pub fn is_channels_last(t: &Tensor) -> bool {
-    let (size, stride) = (t.size(), t.stride());
-    size.len() == 4 && stride[1] == 1 && stride[3] == size[1] && stride[2] == size[1] * size[3]
+    t.dim() == 4 && t.permute([0, 2, 3, 1]).is_contiguous()
 }
 
 /// Re-lays every 4-d variable of `vs` (the convolution weights)

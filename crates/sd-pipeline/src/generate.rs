@@ -10,7 +10,7 @@ use sd_clip::{encode, EmbeddingLayer, PromptOptions};
 use sd_core::rng::{CpuGenerator, NoiseSource};
 use sd_scheduler::{img2img_start_index, Scheduler};
 use sd_unet::AddedConditions;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{PipelineError, Result};
 use crate::graph::{UnetExecution, UnetRunner};
@@ -555,11 +555,11 @@ impl StableDiffusion {
         let image = image_to_tensor(init)
             .to_device(self.devices.vae)
             .to_kind(vae.kind());
+        // In the pipeline's dtype, cast before scaling (as diffusers: its SD
+        // VAE already computes in that dtype, its upcast SDXL VAE is cast back).
         let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {
             let sample = vae.encode(x)?.sample(noise.first())?;
-            Ok((sample * vae.config().scaling_factor)
-                .to_kind(Kind::Float)
-                .to_device(tch::Device::Cpu))
+            Ok(sample.to_kind(kind) * vae.config().scaling_factor)
         };
         // Batch copies as diffusers makes them: img2img concatenates (keeping
         // the encoder's channels-last layout), inpainting repeats (contiguous);

@@ -148,6 +148,10 @@ pub(crate) fn alpha_add_noise(
     noise: &Tensor,
     t: f64,
 ) -> Tensor {
-    let alpha = schedule.alphas_cumprod[t as usize];
-    original * alpha.sqrt() as f64 + noise * (1.0 - alpha).sqrt() as f64
+    // In the samples' dtype, as diffusers: alphas_cumprod cast first, then
+    // alpha ** 0.5 and (1 - alpha) ** 0.5 computed in that precision.
+    let alpha = schedule::scalar_like(schedule.alphas_cumprod[t as usize], original);
+    let sqrt_alpha = alpha.sqrt().double_value(&[]);
+    let sqrt_one_minus = (1f64 - &alpha).sqrt().double_value(&[]);
+    original * sqrt_alpha + noise * sqrt_one_minus
 }

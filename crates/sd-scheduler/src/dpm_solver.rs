@@ -42,6 +42,16 @@ pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
     (alpha, sigma * alpha)
 }
 
+/// `original` noised to `sigma` as diffusers' DPM-Solver and UniPC
+/// `add_noise` do: alpha_t and sigma_t computed in the samples' dtype (their
+/// sigmas are cast to it first).
+pub(crate) fn alpha_sigma_add_noise(original: &Tensor, noise: &Tensor, sigma: f32) -> Tensor {
+    let sigma = schedule::scalar_like(sigma, original);
+    let alpha_t = (&sigma * &sigma + 1.0).sqrt().reciprocal();
+    let sigma_t = &sigma * &alpha_t;
+    original * alpha_t.double_value(&[]) + noise * sigma_t.double_value(&[])
+}
+
 /// The half-log-SNR lambda = log(alpha) - log(sigma).
 pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
     ln32(alpha) - ln32(sigma)
@@ -265,7 +275,10 @@ impl Scheduler for DpmSolverMultistep {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
         check_index(self.name, step_index, self.timesteps.len())?;
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step_index]);
-        Ok(original * alpha_t as f64 + noise * sigma_t as f64)
+        Ok(alpha_sigma_add_noise(
+            original,
+            noise,
+            self.sigmas[step_index],
+        ))
     }
 }

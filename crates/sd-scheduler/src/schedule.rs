@@ -318,9 +318,17 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
 /// `tensor / coef` keep it in f32. Multiply as `tensor * leading(coef, &tensor)`
 /// where diffusers puts the coefficient first. In f32 runs it is `coef`.
 pub fn leading(coef: f32, tensor: &Tensor) -> f64 {
+    scalar_like(coef, tensor).double_value(&[])
+}
+
+/// `value` as a 0-d CPU tensor of `tensor`'s half-precision dtype (else
+/// f32): diffusers' `add_noise` first casts its schedule to the samples'
+/// dtype and computes the coefficients in it, which this lets code mirror.
+pub fn scalar_like(value: f32, tensor: &Tensor) -> Tensor {
+    let scalar = Tensor::from(value);
     match tensor.kind() {
-        kind @ (Kind::Half | Kind::BFloat16) => Tensor::from(coef).to_kind(kind).double_value(&[]),
-        _ => coef as f64,
+        kind @ (Kind::Half | Kind::BFloat16) => scalar.to_kind(kind),
+        _ => scalar,
     }
 }
 

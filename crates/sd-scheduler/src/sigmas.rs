@@ -181,7 +181,8 @@ pub fn scale_input(sample: &Tensor, sigma: f32) -> Tensor {
 
 /// `original + noise * sigma`: the forward process in sigma form.
 pub fn add_noise(original: &Tensor, noise: &Tensor, sigma: f32) -> Tensor {
-    original + noise * sigma as f64
+    // diffusers casts its sigmas to the samples' dtype first
+    original + noise * crate::schedule::leading(sigma, original)
 }
 
 /// The schedule, recipe and prepared steps of a sigma sampler.

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use crate::config::{
     FinalSigmasType, PredictionType, SchedulerConfig, SolverType, TimestepSpacing,
 };
-use crate::dpm_solver::{alpha_sigma, lambda};
+use crate::dpm_solver::{alpha_sigma, alpha_sigma_add_noise, lambda};
 use crate::error::{Result, SchedulerError};
 use crate::schedule::{self, leading, NoiseSchedule};
 use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
@@ -283,7 +283,10 @@ impl Scheduler for UniPc {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
         check_index(NAME, step_index, self.timesteps.len())?;
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step_index]);
-        Ok(original * alpha_t as f64 + noise * sigma_t as f64)
+        Ok(alpha_sigma_add_noise(
+            original,
+            noise,
+            self.sigmas[step_index],
+        ))
     }
 }

@@ -108,7 +108,6 @@ impl Transformer2D {
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("a feature map");
-        let channels_last = sd_core::nn::is_channels_last(x);
         let to_tokens = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
         let to_map = |t: Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
         // 1. norm, project in, flatten the pixels into tokens
@@ -121,19 +120,10 @@ impl Transformer2D {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context);
         }
-        // 3. back to a feature map, project out, residual. diffusers makes
-        //    the map contiguous (NCHW); a channels-last model keeps the
-        //    tokens' own NHWC layout instead of converting there and back.
-        let dense = |t: Tensor| {
-            if channels_last {
-                t
-            } else {
-                t.contiguous()
-            }
-        };
+        // 3. back to a feature map, project out, residual
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&dense(to_map(tokens))),
-            Projection::Linear(linear) => dense(to_map(linear.forward(&tokens))),
+            Projection::Conv(conv) => conv.forward(&to_map(tokens).contiguous()),
+            Projection::Linear(linear) => to_map(linear.forward(&tokens)).contiguous(),
         };
         out + x
     }
