@@ -287,32 +287,42 @@ def write_images(fixtures: Path) -> tuple[Image.Image, Image.Image]:
     return init, mask
 
 
-def write_img2img_inpaint(fixtures: Path, outputs: Path) -> None:
-    """Final latents of diffusers' img2img and inpaint pipelines, CPU generator."""
+def write_img2img_inpaint(fixtures: Path, outputs: Path, half: bool = False) -> None:
+    """Final latents of diffusers' img2img and inpaint pipelines, CPU generator; in
+    f32, or with `half` in f16 and bf16 (keys prefixed with the dtype)."""
     init, mask = write_images(fixtures)
     runs, tensors = [], {}
     prompt, steps, guidance = "a red circle on a white background", 4, 7.5
+    dtypes = [("f16", torch.float16), ("bf16", torch.bfloat16)] if half else [("", torch.float32)]
 
-    def run(pipe, key, **kwargs):
-        pipe.set_progress_bar_config(disable=True)
-        latents = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
-                       generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **kwargs).images
-        tensors[key] = latents.contiguous()
-        meta = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))}
-        runs.append(dict(key=key, seed=0, steps=steps, guidance_scale=guidance, prompt=prompt, **meta))
+    for dtype_name, dtype in dtypes:
+        prefix = f"{dtype_name}." if dtype_name else ""
 
-    for name, cls in [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
-        run(pipe, f"img2img.{name}", image=init, strength=0.75, scheduler=name)
-        for folder, unet in [("tiny-sd1-inpaint", "9ch"), ("tiny-sd1", "4ch")]:
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(fixtures / folder, safety_checker=None)
+        def run(pipe, key, **kwargs):
+            pipe.set_progress_bar_config(disable=True)
+            latents = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                           generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **kwargs).images
+            tensors[prefix + key] = latents.contiguous()
+            meta = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))}
+            extra = {"dtype": dtype_name} if dtype_name else {}
+            runs.append(dict(key=prefix + key, seed=0, steps=steps, guidance_scale=guidance, prompt=prompt,
+                             **extra, **meta))
+
+        for name, cls in [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]:
+            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None,
+                                                                  torch_dtype=dtype)
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
-            for strength in (1.0, 0.75):
-                run(pipe, f"inpaint.{unet}.{name}.s{int(strength * 100)}", image=init, mask_image=mask,
-                    strength=strength, height=64, width=64, scheduler=name, model=folder)
-    save_file(tensors, outputs / "img2img_inpaint.safetensors")
-    (outputs / "img2img_inpaint.json").write_text(json.dumps(runs, indent=1) + "\n")
+            run(pipe, f"img2img.{name}", image=init, strength=0.75, scheduler=name)
+            for folder, unet in [("tiny-sd1-inpaint", "9ch"), ("tiny-sd1", "4ch")]:
+                pipe = StableDiffusionInpaintPipeline.from_pretrained(fixtures / folder, safety_checker=None,
+                                                                      torch_dtype=dtype)
+                pipe.scheduler = cls.from_config(pipe.scheduler.config)
+                for strength in (1.0, 0.75):
+                    run(pipe, f"inpaint.{unet}.{name}.s{int(strength * 100)}", image=init, mask_image=mask,
+                        strength=strength, height=64, width=64, scheduler=name, model=folder)
+    name = "img2img_inpaint_half" if half else "img2img_inpaint"
+    save_file(tensors, outputs / f"{name}.safetensors")
+    (outputs / f"{name}.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
 def write_sdxl(fixtures: Path, outputs: Path) -> None:
@@ -377,6 +387,7 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_txt2img(fixtures, outputs)
     write_txt2img_half(fixtures, outputs)
     write_img2img_inpaint(fixtures, outputs)
+    write_img2img_inpaint(fixtures, outputs, half=True)
     write_sdxl(fixtures, outputs)
     write_shapes_model(fixtures.parent.parent, outputs)
     write_layers(outputs)

@@ -76,30 +76,55 @@ fn txt2img_matches_diffusers() {
     check_txt2img(&load("tiny-sd1"), TOL);
 }
 
-#[test]
-fn img2img_and_inpaint_match_diffusers() {
-    let reference = read_tensors(fixtures().join("outputs/img2img_inpaint.safetensors")).unwrap();
+/// Every img2img/inpaint case in `name` (.json + .safetensors), each run in
+/// its "dtype" (f32 when absent), within `tolerance`.
+fn check_img2img_inpaint(name: &str, tolerance: Tolerance) {
+    let reference = read_tensors(fixtures().join(format!("outputs/{name}.safetensors"))).unwrap();
     let init = image::open(fixtures().join("images/init.png"))
         .unwrap()
         .to_rgb8();
     let mask = image::open(fixtures().join("images/mask.png"))
         .unwrap()
         .to_luma8();
-    for run in runs("img2img_inpaint.json") {
+    tch::set_num_threads(1);
+    for run in runs(&format!("{name}.json")) {
         let key = run["key"].as_str().unwrap();
-        let pipeline = load(run["model"].as_str().unwrap_or("tiny-sd1"));
+        let kind = sd_core::device::parse_kind(run["dtype"].as_str().unwrap_or("f32")).unwrap();
+        let pipeline = StableDiffusion::builder()
+            .model_dir(fixtures().join(run["model"].as_str().unwrap_or("tiny-sd1")))
+            .dtype(kind)
+            .build()
+            .unwrap();
         let mut r = request(&run);
         r.init_image = Some(init.clone());
         r.strength = run["strength"].as_f64().unwrap();
-        if key.starts_with("inpaint") {
+        if key.contains("inpaint.") {
             r.mask = Some(mask.clone());
         }
         let scheduler = pipeline.new_scheduler_of(sampler(&run)).unwrap();
         let out = pipeline
             .generate_with(&r, scheduler, &mut |_| std::ops::ControlFlow::Continue(()))
             .unwrap();
-        assert_close(key, &out.latents, &take(&reference, key).unwrap(), TOL);
+        assert_eq!(out.latents.kind(), kind, "{key}");
+        let expected = take(&reference, key).unwrap().to_kind(tch::Kind::Float);
+        assert_close(
+            key,
+            &out.latents.to_kind(tch::Kind::Float),
+            &expected,
+            tolerance,
+        );
     }
+}
+
+#[test]
+fn img2img_and_inpaint_match_diffusers() {
+    check_img2img_inpaint("img2img_inpaint", TOL);
+}
+
+#[test]
+fn half_precision_img2img_and_inpaint_match_diffusers() {
+    // f16 and bf16 together; the bound is below one bf16 ulp at |x| >= 8.
+    check_img2img_inpaint("img2img_inpaint_half", Tolerance::abs(3e-2));
 }
 
 #[test]
