@@ -326,17 +326,21 @@ def write_img2img_inpaint(fixtures: Path, outputs: Path, half: bool = False) -> 
 
 
 def write_sdxl(fixtures: Path, outputs: Path) -> None:
-    """SDXL txt2img final latents (Euler, leading spacing), with and without a negative prompt."""
-    pipe = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl")
-    pipe.set_progress_bar_config(disable=True)
+    """SDXL txt2img final latents (Euler, leading spacing), with and without a negative
+    prompt, in f32, f16 and bf16 (half-precision keys prefixed with the dtype)."""
     tensors, runs = {}, []
-    for key, negative, seed in [("sdxl.zero_negative", None, 0), ("sdxl.negative", "blurry", 3)]:
-        latents = pipe("a red circle on a white background", negative_prompt=negative, num_inference_steps=4,
-                       guidance_scale=5.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(seed),
-                       output_type="latent").images
-        tensors[key] = latents.contiguous()
-        runs.append(dict(key=key, negative_prompt=negative, seed=seed, steps=4, guidance_scale=5.0,
-                         height=64, width=64))
+    for dtype_name, dtype in [("", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        pipe = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl", torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        prefix = f"{dtype_name}." if dtype_name else ""
+        for key, negative, seed in [("sdxl.zero_negative", None, 0), ("sdxl.negative", "blurry", 3)]:
+            latents = pipe("a red circle on a white background", negative_prompt=negative, num_inference_steps=4,
+                           guidance_scale=5.0, height=64, width=64,
+                           generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            tensors[prefix + key] = latents.contiguous()
+            extra = {"dtype": dtype_name} if dtype_name else {}
+            runs.append(dict(key=prefix + key, negative_prompt=negative, seed=seed, steps=4, guidance_scale=5.0,
+                             height=64, width=64, **extra))
     save_file(tensors, outputs / "sdxl.safetensors")
     (outputs / "sdxl.json").write_text(json.dumps(runs, indent=1) + "\n")
 
