@@ -234,6 +234,26 @@ def write_txt2img_half(fixtures: Path, outputs: Path) -> None:
     (outputs / "txt2img_half.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
+def write_sd2(fixtures: Path, outputs: Path) -> None:
+    """Tiny SD2 txt2img (v-prediction, upcast_attention, its own DDIM config, and
+    Euler) in f32, f16 and bf16."""
+    tensors, runs = {}, []
+    for dtype_name, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd2", safety_checker=None, torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        for name, scheduler in [("ddim", pipe.scheduler), ("euler", EulerDiscreteScheduler.from_config(pipe.scheduler.config))]:
+            pipe.scheduler = scheduler
+            prompt = "a red circle on a white background"
+            latents = pipe(prompt, negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5, height=64,
+                           width=64, generator=torch.Generator("cpu").manual_seed(5), output_type="latent").images
+            key = f"sd2.{dtype_name}.{name}"
+            tensors[key] = latents.contiguous()
+            runs.append(dict(key=key, dtype=dtype_name, scheduler=name, seed=5, steps=4, guidance_scale=7.5,
+                             prompt=prompt, negative_prompt="blurry", height=64, width=64))
+    save_file(tensors, outputs / "sd2.safetensors")
+    (outputs / "sd2.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
 def write_layers(outputs: Path) -> None:
     """Single shared blocks: their weights (diffusers key names) and input/output pairs."""
     torch.manual_seed(30)
@@ -393,5 +413,6 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_img2img_inpaint(fixtures, outputs)
     write_img2img_inpaint(fixtures, outputs, half=True)
     write_sdxl(fixtures, outputs)
+    write_sd2(fixtures, outputs)
     write_shapes_model(fixtures.parent.parent, outputs)
     write_layers(outputs)
