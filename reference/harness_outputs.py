@@ -208,50 +208,51 @@ def write_txt2img(fixtures: Path, outputs: Path) -> None:
     (outputs / "txt2img.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
-def write_txt2img_half(fixtures: Path, outputs: Path) -> None:
-    """txt2img in f16 and bf16 on the CPU: diffusers draws the noise in the
-    pipeline's dtype (other numbers than an f32 draw) and computes in it."""
+def write_txt2img_dtypes(fixtures: Path, outputs: Path, name: str, folder: str, dtypes: list, samplers,
+                         seed: int, negative: str, prefix: str = "") -> None:
+    """txt2img final latents of `folder` on the CPU, 64x64, 4 steps, for each
+    (dtype name, dtype) and each sampler `samplers(pipe)` returns, written to
+    outputs/<name>.{safetensors,json} under keys "<prefix><dtype>.<sampler>"."""
     tensors, runs = {}, []
-    for dtype_name, dtype in [("f16", torch.float16), ("bf16", torch.bfloat16)]:
-        pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None, torch_dtype=dtype)
+    prompt = "a red circle on a white background"
+    for dtype_name, dtype in dtypes:
+        pipe = StableDiffusionPipeline.from_pretrained(fixtures / folder, safety_checker=None, torch_dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
-        base = pipe.scheduler.config
-        # Every sampler of the project (harness_schedulers.SAMPLERS), PNDM as the folder has it.
-        samplers = {name: cls.from_config(base, **overrides) for name, (cls, overrides) in SAMPLERS.items()}
-        samplers["pndm"] = pipe.scheduler
-        for name, scheduler in samplers.items():
+        for sampler, scheduler in samplers(pipe).items():
             pipe.scheduler = scheduler
-            prompt = "a red circle on a white background"
-            latents = pipe(
-                prompt, negative_prompt="", num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
-                generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
-            ).images
-            key = f"{dtype_name}.{name}"
+            latents = pipe(prompt, negative_prompt=negative, num_inference_steps=4, guidance_scale=7.5, height=64,
+                           width=64, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            key = f"{prefix}{dtype_name}.{sampler}"
             tensors[key] = latents.contiguous()
-            runs.append(dict(key=key, dtype=dtype_name, scheduler=name, seed=0, steps=4, guidance_scale=7.5,
-                             prompt=prompt, negative_prompt="", height=64, width=64))
-    save_file(tensors, outputs / "txt2img_half.safetensors")
-    (outputs / "txt2img_half.json").write_text(json.dumps(runs, indent=1) + "\n")
+            runs.append(dict(key=key, dtype=dtype_name, scheduler=sampler, seed=seed, steps=4, guidance_scale=7.5,
+                             prompt=prompt, negative_prompt=negative, height=64, width=64))
+    save_file(tensors, outputs / f"{name}.safetensors")
+    (outputs / f"{name}.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def write_txt2img_half(fixtures: Path, outputs: Path) -> None:
+    """txt2img in f16 and bf16 with every sampler of the project: diffusers draws
+    the noise in the pipeline's dtype (other numbers than an f32 draw) and
+    computes in it."""
+    def samplers(pipe):
+        base = pipe.scheduler.config
+        found = {name: cls.from_config(base, **overrides) for name, (cls, overrides) in SAMPLERS.items()}
+        found["pndm"] = pipe.scheduler  # as the folder has it
+        return found
+
+    write_txt2img_dtypes(fixtures, outputs, "txt2img_half", "tiny-sd1",
+                         [("f16", torch.float16), ("bf16", torch.bfloat16)], samplers, seed=0, negative="")
 
 
 def write_sd2(fixtures: Path, outputs: Path) -> None:
     """Tiny SD2 txt2img (v-prediction, upcast_attention, its own DDIM config, and
     Euler) in f32, f16 and bf16."""
-    tensors, runs = {}, []
-    for dtype_name, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
-        pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd2", safety_checker=None, torch_dtype=dtype)
-        pipe.set_progress_bar_config(disable=True)
-        for name, scheduler in [("ddim", pipe.scheduler), ("euler", EulerDiscreteScheduler.from_config(pipe.scheduler.config))]:
-            pipe.scheduler = scheduler
-            prompt = "a red circle on a white background"
-            latents = pipe(prompt, negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5, height=64,
-                           width=64, generator=torch.Generator("cpu").manual_seed(5), output_type="latent").images
-            key = f"sd2.{dtype_name}.{name}"
-            tensors[key] = latents.contiguous()
-            runs.append(dict(key=key, dtype=dtype_name, scheduler=name, seed=5, steps=4, guidance_scale=7.5,
-                             prompt=prompt, negative_prompt="blurry", height=64, width=64))
-    save_file(tensors, outputs / "sd2.safetensors")
-    (outputs / "sd2.json").write_text(json.dumps(runs, indent=1) + "\n")
+    def samplers(pipe):
+        return {"ddim": pipe.scheduler, "euler": EulerDiscreteScheduler.from_config(pipe.scheduler.config)}
+
+    write_txt2img_dtypes(fixtures, outputs, "sd2", "tiny-sd2",
+                         [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)], samplers,
+                         seed=5, negative="blurry", prefix="sd2.")
 
 
 def write_layers(outputs: Path) -> None:
