@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -212,7 +213,8 @@ def write_txt2img_dtypes(fixtures: Path, outputs: Path, name: str, folder: str, 
                          seed: int, negative: str, prefix: str = "") -> None:
     """txt2img final latents of `folder` on the CPU, 64x64, 4 steps, for each
     (dtype name, dtype) and each sampler `samplers(pipe)` returns, written to
-    outputs/<name>.{safetensors,json} under keys "<prefix><dtype>.<sampler>"."""
+    outputs/<name>.{safetensors,json} under keys "<prefix><dtype>.<sampler>", with
+    the decoded 8-bit image (H, W, 3) under "<key>.image"."""
     tensors, runs = {}, []
     prompt = "a red circle on a white background"
     for dtype_name, dtype in dtypes:
@@ -220,10 +222,18 @@ def write_txt2img_dtypes(fixtures: Path, outputs: Path, name: str, folder: str, 
         pipe.set_progress_bar_config(disable=True)
         for sampler, scheduler in samplers(pipe).items():
             pipe.scheduler = scheduler
-            latents = pipe(prompt, negative_prompt=negative, num_inference_steps=4, guidance_scale=7.5, height=64,
-                           width=64, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            final = {}
+
+            def keep_latents(pipe, i, t, kwargs):
+                final["latents"] = kwargs["latents"]
+                return kwargs
+
+            image = pipe(prompt, negative_prompt=negative, num_inference_steps=4, guidance_scale=7.5, height=64,
+                         width=64, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil",
+                         callback_on_step_end=keep_latents).images[0]
             key = f"{prefix}{dtype_name}.{sampler}"
-            tensors[key] = latents.contiguous()
+            tensors[key] = final["latents"].contiguous()
+            tensors[f"{key}.image"] = torch.from_numpy(np.asarray(image).copy())
             runs.append(dict(key=key, dtype=dtype_name, scheduler=sampler, seed=seed, steps=4, guidance_scale=7.5,
                              prompt=prompt, negative_prompt=negative, height=64, width=64))
     save_file(tensors, outputs / f"{name}.safetensors")

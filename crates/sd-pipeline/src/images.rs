@@ -29,12 +29,16 @@ pub fn mask_to_tensor(mask: &GrayImage) -> Tensor {
     unit.ge(0.5).to_kind(Kind::Float)
 }
 
-/// Decoded images (batch, 3, h, w) in about [-1, 1] to 8-bit RGB. The
-/// arithmetic runs where the images are (f32 elementwise ops round the same
-/// on every device); only the bytes cross to the host.
+/// Decoded images (batch, 3, h, w) in about [-1, 1] to 8-bit RGB, as
+/// diffusers' `VaeImageProcessor.postprocess`: `x * 0.5 + 0.5` clamped to
+/// [0, 1] in the images' own dtype (f16 rounds there), then f32 (its numpy
+/// step) times 255, rounded half to even. The arithmetic runs where the
+/// images are (elementwise ops round the same on every device); only the
+/// bytes cross to the host.
 pub fn tensor_to_images(images: &Tensor) -> Result<Vec<RgbImage>> {
     let (batch, _, h, w) = images.size4()?;
-    let pixels = ((images.to_kind(Kind::Float) / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0)
+    let unit = (images * 0.5 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float);
+    let pixels = (unit * 255.0)
         .round()
         .to_kind(Kind::Uint8)
         .permute([0, 2, 3, 1])

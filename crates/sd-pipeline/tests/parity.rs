@@ -3,7 +3,8 @@
 //! and bf16), img2img and inpainting with 9- and 4-channel UNets, SD2
 //! (v-prediction) and SDXL, each in f32, f16 and bf16. Same seeds (CPU
 //! generators), on the CPU, single-threaded like the reference: every case
-//! agrees bit for bit; the bounds (max-abs 1e-4 in f32, 3e-2 in half
+//! agrees bit for bit (and where the harness kept diffusers' decoded 8-bit
+//! image, every pixel is equal); the bounds (max-abs 1e-4 in f32, 3e-2 in half
 //! precision, below one bf16 ulp from |x| = 8) leave room only for rounding.
 //! That needs diffusers' tensor layouts too (its image tensors are
 //! channels-last; convolutions round differently on the two layouts), and in
@@ -102,6 +103,16 @@ fn check_runs(
         let bound = if kind == Kind::Float { f32_bound } else { HALF };
         let expected = take(&reference, key).unwrap().to_kind(Kind::Float);
         assert_close(key, &out.latents.to_kind(Kind::Float), &expected, bound);
+        // Where diffusers' 8-bit image was kept, the decoded image must be it.
+        if let Ok(image) = take(&reference, &format!("{key}.image")) {
+            let pixels = Vec::<u8>::try_from(image.flatten(0, -1)).unwrap();
+            let differing = pixels
+                .iter()
+                .zip(out.images[0].as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differing, 0, "{key}: pixels differ from diffusers' image");
+        }
     }
 }
 
