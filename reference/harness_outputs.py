@@ -339,7 +339,10 @@ def write_img2img_inpaint(fixtures: Path, outputs: Path, half: bool = False) -> 
             runs.append(dict(key=prefix + key, seed=0, steps=steps, guidance_scale=guidance, prompt=prompt,
                              **extra, **meta))
 
-        for name, cls in [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]:
+        samplers = [("ddim", DDIMScheduler), ("euler", EulerDiscreteScheduler)]
+        if half:  # DPM-Solver's add_noise computes alpha_t and sigma_t in the samples' dtype
+            samplers.append(("dpm++2m", DPMSolverMultistepScheduler))
+        for name, cls in samplers:
             pipe = StableDiffusionImg2ImgPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None,
                                                                   torch_dtype=dtype)
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
