@@ -51,6 +51,4 @@ void* sd_cpu_generator_rand(void* generator, const int64_t* dims, size_t ndims, 
   }
 }
 
-void sd_free_message(char* message) { free(message); }
-
 }  // extern "C"

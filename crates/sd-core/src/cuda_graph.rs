@@ -17,8 +17,8 @@ pub fn available() -> bool {
 }
 
 #[cfg(sd_cuda_graphs)]
-pub(crate) mod shim {
-    use std::ffi::{c_char, c_int, c_void, CStr};
+mod shim {
+    use std::ffi::{c_char, c_int, c_void};
 
     extern "C" {
         pub fn sd_cuda_graph_new(device: c_int, error: *mut *mut c_char) -> *mut c_void;
@@ -26,20 +26,6 @@ pub(crate) mod shim {
         pub fn sd_cuda_graph_begin(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
         pub fn sd_cuda_graph_end(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
         pub fn sd_cuda_graph_replay(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
-    }
-
-    /// Takes ownership of a shim's error message.
-    pub fn message(error: *mut c_char) -> String {
-        if error.is_null() {
-            return "unknown CUDA graph error".into();
-        }
-        // SAFETY: a strdup'd NUL-terminated string from the shim.
-        let text = unsafe { CStr::from_ptr(error) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: allocated with malloc by strdup.
-        unsafe { libc::free(error.cast()) };
-        text
     }
 }
 
@@ -63,24 +49,18 @@ impl CudaGraph {
             // SAFETY: the shim returns a new graph or null with a message.
             let raw = unsafe { shim::sd_cuda_graph_new(device as i32, &mut error) };
             if raw.is_null() {
-                return Err(CoreError::invalid("cuda graph", shim::message(error)));
+                return Err(CoreError::from_shim("cuda graph", error));
             }
             let graph = CudaGraph { raw };
             // SAFETY: raw is live; begin/end are paired below on every path.
             if unsafe { shim::sd_cuda_graph_begin(graph.raw, &mut error) } != 0 {
-                return Err(CoreError::invalid(
-                    "cuda graph capture",
-                    shim::message(error),
-                ));
+                return Err(CoreError::from_shim("cuda graph capture", error));
             }
             let result = body();
             let ended = unsafe { shim::sd_cuda_graph_end(graph.raw, &mut error) };
             let value = result?;
             if ended != 0 {
-                return Err(CoreError::invalid(
-                    "cuda graph capture",
-                    shim::message(error),
-                ));
+                return Err(CoreError::from_shim("cuda graph capture", error));
             }
             Ok((graph, value))
         }
@@ -101,10 +81,7 @@ impl CudaGraph {
             let mut error = std::ptr::null_mut();
             // SAFETY: raw is a live, captured graph.
             if unsafe { shim::sd_cuda_graph_replay(self.raw, &mut error) } != 0 {
-                return Err(CoreError::invalid(
-                    "cuda graph replay",
-                    shim::message(error),
-                ));
+                return Err(CoreError::from_shim("cuda graph replay", error));
             }
             Ok(())
         }

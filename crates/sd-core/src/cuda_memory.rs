@@ -46,8 +46,7 @@ pub fn peak(device: usize) -> Result<PeakMemory> {
             sd_cuda_memory_peak(device as i32, &mut allocated, &mut reserved, &mut error)
         };
         if status != 0 {
-            let text = crate::cuda_graph::shim::message(error);
-            return Err(CoreError::invalid("cuda memory", text));
+            return Err(CoreError::from_shim("cuda memory", error));
         }
         Ok(PeakMemory {
             allocated,
@@ -71,8 +70,7 @@ pub fn reset_peak(device: usize) -> Result<()> {
         let mut error = std::ptr::null_mut();
         // SAFETY: the shim writes an error message only on failure.
         if unsafe { sd_cuda_memory_reset_peak(device as i32, &mut error) } != 0 {
-            let text = crate::cuda_graph::shim::message(error);
-            return Err(CoreError::invalid("cuda memory", text));
+            return Err(CoreError::from_shim("cuda memory", error));
         }
         Ok(())
     }

@@ -44,17 +44,7 @@ pub fn upload(tensor: &Tensor, device: Device) -> Result<Tensor> {
             let out =
                 unsafe { sd_upload_async(tensor.as_ptr() as *mut _, index as i32, &mut error) };
             if out.is_null() {
-                let text = if error.is_null() {
-                    "unknown libtorch error".to_string()
-                } else {
-                    // SAFETY: a NUL-terminated copy made by strdup in the shim.
-                    let text = unsafe { std::ffi::CStr::from_ptr(error) }
-                        .to_string_lossy()
-                        .into_owned();
-                    unsafe { libc::free(error.cast()) };
-                    text
-                };
-                return Err(CoreError::invalid("upload", text));
+                return Err(CoreError::from_shim("upload", error));
             }
             // SAFETY: a freshly allocated tensor handle, owned by no one else.
             Ok(unsafe { Tensor::from_ptr(out) })

@@ -6,7 +6,7 @@
 //! run draws the same numbers as diffusers does with a CPU generator of that
 //! seed: initial latents first, then each stochastic step's noise, in order.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 use tch::{Kind, Tensor};
 
@@ -28,7 +28,6 @@ extern "C" {
         ndims: usize,
         error: *mut *mut c_char,
     ) -> *mut torch_sys::C_tensor;
-    fn sd_free_message(message: *mut c_char);
 }
 
 /// Where stochastic samplers get their noise. [`CpuGenerator`] is the one
@@ -72,7 +71,7 @@ impl CpuGenerator {
         // SAFETY: the shim returns a new generator or null with a message.
         let raw = unsafe { sd_cpu_generator_new(seed, &mut error) };
         if raw.is_null() {
-            return Err(take_error(error, "creating a CPU generator"));
+            return Err(CoreError::from_shim("creating a CPU generator", error));
         }
         Ok(CpuGenerator { raw, seed })
     }
@@ -126,7 +125,7 @@ impl CpuGenerator {
         // returns an owned at::Tensor* that tch takes over, or null.
         let tensor = draw(self.raw, shape.as_ptr(), shape.len(), &mut error);
         if tensor.is_null() {
-            return Err(take_error(error, what));
+            return Err(CoreError::from_shim(what, error));
         }
         // SAFETY: a freshly allocated tensor handle, owned by no one else.
         Ok(unsafe { Tensor::from_ptr(tensor) })
@@ -160,20 +159,6 @@ fn scalar_type(kind: Kind) -> Result<i32> {
             format!("{other:?} is not a floating-point kind to draw noise in"),
         )),
     }
-}
-
-fn take_error(error: *mut c_char, context: &str) -> CoreError {
-    let message = if error.is_null() {
-        "unknown libtorch error".to_string()
-    } else {
-        // SAFETY: a NUL-terminated copy made by strdup in the shim.
-        let text = unsafe { CStr::from_ptr(error) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { sd_free_message(error) };
-        text
-    };
-    CoreError::invalid(context, message)
 }
 
 #[cfg(test)]
