@@ -17,6 +17,7 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -209,6 +210,19 @@ def write_txt2img(fixtures: Path, outputs: Path) -> None:
     (outputs / "txt2img.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
+def run_keeping_latents(pipe, *args, **kwargs):
+    """A pipeline call with output_type="pil" that also returns the final
+    latents (from the last step's callback): (latents, first image as uint8 HxWx3)."""
+    final = {}
+
+    def keep(pipe, i, t, kw):
+        final["latents"] = kw["latents"]
+        return kw
+
+    image = pipe(*args, output_type="pil", callback_on_step_end=keep, **kwargs).images[0]
+    return final["latents"].contiguous(), torch.from_numpy(np.asarray(image).copy())
+
+
 def write_txt2img_dtypes(fixtures: Path, outputs: Path, name: str, folder: str, dtypes: list, samplers,
                          seed: int, negative: str, prefix: str = "") -> None:
     """txt2img final latents of `folder` on the CPU, 64x64, 4 steps, for each
@@ -222,18 +236,11 @@ def write_txt2img_dtypes(fixtures: Path, outputs: Path, name: str, folder: str, 
         pipe.set_progress_bar_config(disable=True)
         for sampler, scheduler in samplers(pipe).items():
             pipe.scheduler = scheduler
-            final = {}
-
-            def keep_latents(pipe, i, t, kwargs):
-                final["latents"] = kwargs["latents"]
-                return kwargs
-
-            image = pipe(prompt, negative_prompt=negative, num_inference_steps=4, guidance_scale=7.5, height=64,
-                         width=64, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil",
-                         callback_on_step_end=keep_latents).images[0]
+            latents, image = run_keeping_latents(pipe, prompt, negative_prompt=negative, num_inference_steps=4,
+                                                 guidance_scale=7.5, height=64, width=64,
+                                                 generator=torch.Generator("cpu").manual_seed(seed))
             key = f"{prefix}{dtype_name}.{sampler}"
-            tensors[key] = final["latents"].contiguous()
-            tensors[f"{key}.image"] = torch.from_numpy(np.asarray(image).copy())
+            tensors[key], tensors[f"{key}.image"] = latents, image
             runs.append(dict(key=key, dtype=dtype_name, scheduler=sampler, seed=seed, steps=4, guidance_scale=7.5,
                              prompt=prompt, negative_prompt=negative, height=64, width=64))
     save_file(tensors, outputs / f"{name}.safetensors")
@@ -360,21 +367,32 @@ def write_img2img_inpaint(fixtures: Path, outputs: Path, half: bool = False) -> 
 
 
 def write_sdxl(fixtures: Path, outputs: Path) -> None:
-    """SDXL txt2img final latents (Euler, leading spacing), with and without a negative
-    prompt, in f32, f16 and bf16 (half-precision keys prefixed with the dtype)."""
+    """SDXL txt2img final latents and images (Euler, leading spacing), with and without
+    a negative prompt, and img2img (strength 0.75), in f32, f16 and bf16 (half-precision
+    keys prefixed with the dtype). Under force_upcast diffusers' SDXL pipelines decode
+    with the f16 weights upcast, and encode in f32 after rounding the image to the dtype."""
     tensors, runs = {}, []
+    init = Image.open(fixtures / "images" / "init.png")
+    prompt = "a red circle on a white background"
     for dtype_name, dtype in [("", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        prefix = f"{dtype_name}." if dtype_name else ""
+        extra = {"dtype": dtype_name} if dtype_name else {}
         pipe = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl", torch_dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
-        prefix = f"{dtype_name}." if dtype_name else ""
         for key, negative, seed in [("sdxl.zero_negative", None, 0), ("sdxl.negative", "blurry", 3)]:
-            latents = pipe("a red circle on a white background", negative_prompt=negative, num_inference_steps=4,
-                           guidance_scale=5.0, height=64, width=64,
-                           generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
-            tensors[prefix + key] = latents.contiguous()
-            extra = {"dtype": dtype_name} if dtype_name else {}
+            latents, image = run_keeping_latents(pipe, prompt, negative_prompt=negative, num_inference_steps=4,
+                                                 guidance_scale=5.0, height=64, width=64,
+                                                 generator=torch.Generator("cpu").manual_seed(seed))
+            tensors[prefix + key], tensors[f"{prefix}{key}.image"] = latents, image
             runs.append(dict(key=prefix + key, negative_prompt=negative, seed=seed, steps=4, guidance_scale=5.0,
                              height=64, width=64, **extra))
+        pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(fixtures / "tiny-sdxl", torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        latents, image = run_keeping_latents(pipe, prompt, image=init, strength=0.75, num_inference_steps=4,
+                                             guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(0))
+        key = f"{prefix}sdxl.img2img"
+        tensors[key], tensors[f"{key}.image"] = latents, image
+        runs.append(dict(key=key, seed=0, steps=4, guidance_scale=5.0, strength=0.75, **extra))
     save_file(tensors, outputs / "sdxl.safetensors")
     (outputs / "sdxl.json").write_text(json.dumps(runs, indent=1) + "\n")
 

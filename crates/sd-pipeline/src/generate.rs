@@ -294,7 +294,10 @@ impl StableDiffusion {
             .map_or(UnetExecution::Eager, UnetRunner::execution);
         drop(runner);
         drop(unet);
-        let decoded = vae.decode(&vae.unscale_latents(&latents.to_device(self.devices.vae)))?;
+        // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
+        // VAE gets f32 latents to divide)
+        let z = latents.to_device(self.devices.vae).to_kind(vae.kind());
+        let decoded = vae.decode(&vae.unscale_latents(&z))?;
         Ok(Generation {
             images: tensor_to_images(&decoded)?,
             latents,
@@ -552,14 +555,20 @@ impl StableDiffusion {
                 blend: None,
             });
         };
+        // diffusers casts the image to the pipeline's dtype first; its SDXL
+        // pipelines then encode with an f32 VAE when the config says
+        // force_upcast (in bf16 too), its SD ones in the pipeline's dtype.
+        let xl_upcast =
+            self.index.family == ModelFamily::StableDiffusionXl && vae.config().force_upcast;
+        let encoder = if xl_upcast { vae.upcast()? } else { &*vae };
         let image = image_to_tensor(init)
             .to_device(self.devices.vae)
-            .to_kind(vae.kind());
-        // In the pipeline's dtype, cast before scaling (as diffusers: its SD
-        // VAE already computes in that dtype, its upcast SDXL VAE is cast back).
+            .to_kind(kind)
+            .to_kind(encoder.kind());
+        // Latents in the pipeline's dtype, cast before scaling as diffusers.
         let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {
-            let sample = vae.encode(x)?.sample(noise.first())?;
-            Ok(sample.to_kind(kind) * vae.config().scaling_factor)
+            let sample = encoder.encode(x)?.sample(noise.first())?;
+            Ok(sample.to_kind(kind) * encoder.config().scaling_factor)
         };
         // Batch copies as diffusers makes them: img2img concatenates (keeping
         // the encoder's channels-last layout), inpainting repeats (contiguous);

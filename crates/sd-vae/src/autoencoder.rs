@@ -83,7 +83,8 @@ impl AutoencoderKL {
     }
 
     /// Loads `vae/` onto `device`. With `force_upcast` in the config, an f16
-    /// request loads f32 weights (diffusers upcasts such VAEs to decode).
+    /// request ends in f32 (f16-rounded) weights: diffusers upcasts such VAEs
+    /// to decode.
     pub fn from_folder(
         dir: impl AsRef<Path>,
         device: Device,
@@ -107,13 +108,13 @@ impl AutoencoderKL {
         kind: Kind,
         map: &dyn Fn(&str) -> KeyMap,
     ) -> Result<Self> {
-        let kind = if config.force_upcast && kind == Kind::Half {
-            Kind::Float
-        } else {
-            kind
-        };
-        let model = Self::new_in(config, device, kind)?;
+        let mut model = Self::new_in(config, device, kind)?;
         load_mapped(&model.vs, files, map, false)?;
+        if config.force_upcast && kind == Kind::Half {
+            // As diffusers: loaded in f16, upcast to compute. (The f32 weights
+            // are the f16 ones, so results match its to(float32) VAE exactly.)
+            model.vs.set_kind(Kind::Float);
+        }
         Ok(model)
     }
 
@@ -279,6 +280,15 @@ impl AutoencoderKL {
             }
             None => decode(z),
         }
+    }
+
+    /// This VAE in f32: itself when it is, else an f32 copy made once and
+    /// kept (what diffusers' SDXL pipelines encode with under `force_upcast`).
+    pub fn upcast(&self) -> Result<&AutoencoderKL> {
+        if self.kind() == Kind::Float {
+            return Ok(self);
+        }
+        self.f32_twin()
     }
 
     fn f32_twin(&self) -> Result<&AutoencoderKL> {
