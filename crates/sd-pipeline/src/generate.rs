@@ -560,7 +560,7 @@ impl StableDiffusion {
         // force_upcast (in bf16 too), its SD ones in the pipeline's dtype.
         let xl_upcast =
             self.index.family == ModelFamily::StableDiffusionXl && vae.config().force_upcast;
-        let encoder = if xl_upcast { vae.upcast()? } else { &*vae };
+        let encoder = if xl_upcast { vae.upcast()? } else { vae };
         let image = image_to_tensor(init)
             .to_device(self.devices.vae)
             .to_kind(kind)
