@@ -77,12 +77,14 @@ def variants(name: str):
         yield "clip_sample", {"clip_sample": True, "clip_sample_range": 1.0}, 10, {}
 
 
-def run_case(cls, config: dict, steps: int, step_kwargs: dict) -> dict:
+def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtype = torch.float32) -> dict:
+    """A whole run with the stand-in model; in half precision the sample, the model
+    output and add_noise's inputs are drawn in that dtype, as a pipeline does."""
     scheduler = cls.from_config(config)
     scheduler.set_timesteps(steps)
     gen = torch.Generator().manual_seed(SAMPLE_SEED)
-    sample = torch.randn(SHAPE, generator=gen) * scheduler.init_noise_sigma
-    fixed = torch.randn(SHAPE, generator=gen)
+    sample = torch.randn(SHAPE, generator=gen, dtype=dtype) * scheduler.init_noise_sigma
+    fixed = torch.randn(SHAPE, generator=gen, dtype=dtype)
     step_gen = torch.Generator().manual_seed(STEP_SEED)
     timesteps = scheduler.timesteps.clone()
     if "generator" in inspect.signature(scheduler.step).parameters:
@@ -106,8 +108,8 @@ def run_case(cls, config: dict, steps: int, step_kwargs: dict) -> dict:
     fresh = cls.from_config(config)
     fresh.set_timesteps(steps)
     if len(fresh.timesteps) > 2:
-        original = torch.randn(SHAPE, generator=gen)
-        noise = torch.randn(SHAPE, generator=gen)
+        original = torch.randn(SHAPE, generator=gen, dtype=dtype)
+        noise = torch.randn(SHAPE, generator=gen, dtype=dtype)
         t = fresh.timesteps[2:3]
         if hasattr(fresh, "set_begin_index"):
             fresh.set_begin_index(2)
@@ -119,13 +121,22 @@ def run_case(cls, config: dict, steps: int, step_kwargs: dict) -> dict:
 
 def write_traces(outputs: Path) -> None:
     tensors, cases = {}, []
+    half = [("f16", torch.float16), ("bf16", torch.bfloat16)]
     for name, (cls, defining) in SAMPLERS.items():
-        for suffix, overrides, steps, step_kwargs in variants(name):
+        # every variant in f32; in f16 and bf16 the default and v-prediction, 10 steps
+        runs = [(suffix, overrides, steps, kwargs, "f32", torch.float32)
+                for suffix, overrides, steps, kwargs in variants(name)]
+        runs += [(f"{dtype_name}.{suffix}", overrides, 10, {}, dtype_name, dtype)
+                 for dtype_name, dtype in half
+                 for suffix, overrides in [("default", {}), ("v_prediction", {"prediction_type": "v_prediction"})]]
+        for suffix, overrides, steps, step_kwargs, dtype_name, dtype in runs:
             config = dict(BASE, **defining, **overrides)
             case = {"key": f"{name}.{suffix}", "sampler": name, "class": cls.__name__,
                     "config": config, "steps": steps, "step_kwargs": step_kwargs}
+            if dtype_name != "f32":
+                case["dtype"] = dtype_name
             try:
-                result = run_case(cls, config, steps, step_kwargs)
+                result = run_case(cls, config, steps, step_kwargs, dtype)
             except Exception as error:  # recorded: the Rust side must reject it too
                 case["error"] = f"{type(error).__name__}: {error}"
             else:
