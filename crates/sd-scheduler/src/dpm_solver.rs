@@ -9,6 +9,7 @@ use crate::config::{
     TimestepSpacing,
 };
 use crate::error::{Result, SchedulerError};
+use crate::prediction::x0_from_alpha_sigma;
 use crate::schedule::{self, exp32, leading, ln32, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, f32_like, sigmas, NoiseSource, Scheduler};
 
@@ -134,19 +135,6 @@ impl DpmSolverMultistep {
             .count();
         n - clipped
     }
-
-    fn to_x0(&self, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
-        let (alpha_t, sigma_t) = alpha_sigma(sigma);
-        match self.prediction {
-            PredictionType::Epsilon => {
-                (sample - model_output * leading(sigma_t, model_output)) / alpha_t as f64
-            }
-            PredictionType::Sample => model_output.shallow_clone(),
-            PredictionType::VPrediction => {
-                sample * leading(alpha_t, sample) - model_output * leading(sigma_t, model_output)
-            }
-        }
-    }
 }
 
 impl Scheduler for DpmSolverMultistep {
@@ -214,7 +202,8 @@ impl Scheduler for DpmSolverMultistep {
                 || (self.lower_order_final && len < 15)
                 || self.final_sigma == FinalSigmasType::Zero);
         // 2. remember the data prediction
-        let x0 = self.to_x0(model_output, sample, self.sigmas[i]);
+        let (alpha_i, sigma_i) = alpha_sigma(self.sigmas[i]);
+        let x0 = x0_from_alpha_sigma(self.prediction, model_output, sample, alpha_i, sigma_i);
         self.outputs.push(x0);
         if self.outputs.len() > self.solver_order {
             drop(self.outputs.remove(0));

@@ -1,5 +1,5 @@
 //! The model's output turned into a prediction of the clean sample, for each
-//! prediction type, in the two parameterisations diffusers uses. One home
+//! prediction type, in the parameterisations diffusers uses. One home
 //! for these formulas; scalars are f32 as in diffusers' 0-d tensors.
 
 use tch::Tensor;
@@ -27,6 +27,28 @@ pub fn x0_from_alpha(
         PredictionType::Sample => model_output.shallow_clone(),
         PredictionType::VPrediction => {
             sample * leading(sqrt_alpha, sample) - model_output * leading(sqrt_beta, model_output)
+        }
+    }
+}
+
+/// `x0` in the data-prediction form of the multistep solvers (DPM-Solver,
+/// UniPC: diffusers' `convert_model_output`), from the `alpha_t` and
+/// `sigma_t` of the current sigma.
+pub fn x0_from_alpha_sigma(
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_t: f32,
+    sigma_t: f32,
+) -> Tensor {
+    // diffusers: (sample - sigma_t * eps) / alpha_t, alpha_t * sample - sigma_t * v
+    match prediction {
+        PredictionType::Epsilon => {
+            (sample - model_output * leading(sigma_t, model_output)) / alpha_t as f64
+        }
+        PredictionType::Sample => model_output.shallow_clone(),
+        PredictionType::VPrediction => {
+            sample * leading(alpha_t, sample) - model_output * leading(sigma_t, model_output)
         }
     }
 }

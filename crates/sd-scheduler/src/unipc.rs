@@ -9,6 +9,7 @@ use crate::config::{
 };
 use crate::dpm_solver::{alpha_sigma, alpha_sigma_add_noise, lambda};
 use crate::error::{Result, SchedulerError};
+use crate::prediction::x0_from_alpha_sigma;
 use crate::schedule::{self, leading, NoiseSchedule};
 use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
@@ -77,19 +78,6 @@ impl UniPc {
             this_order: 1,
             lower_order_nums: 0,
         })
-    }
-
-    fn to_x0(&self, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
-        let (alpha_t, sigma_t) = alpha_sigma(sigma);
-        match self.prediction {
-            PredictionType::Epsilon => {
-                (sample - model_output * leading(sigma_t, model_output)) / alpha_t as f64
-            }
-            PredictionType::Sample => model_output.shallow_clone(),
-            PredictionType::VPrediction => {
-                sample * leading(alpha_t, sample) - model_output * leading(sigma_t, model_output)
-            }
-        }
     }
 
     /// The UniPC update from sigma index `from` to `to` with data predictions
@@ -232,7 +220,9 @@ impl Scheduler for UniPc {
     ) -> Result<Tensor> {
         let len = self.timesteps.len();
         check_index(NAME, i, len)?;
-        let converted = self.to_x0(model_output, sample, self.sigmas[i]);
+        let (alpha_i, sigma_i) = alpha_sigma(self.sigmas[i]);
+        let converted =
+            x0_from_alpha_sigma(self.prediction, model_output, sample, alpha_i, sigma_i);
         // 1. corrector: refine the sample the last predictor produced
         let mut sample = sample.shallow_clone();
         if i > 0 && !self.disable_corrector.contains(&(i - 1)) {
