@@ -28,6 +28,11 @@ cmp "$OUT/eager.png" "$OUT/graphs.png" && echo "identical PNGs"
 $B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --out "$OUT/eager-a.png"
 $B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --cuda-graphs --out "$OUT/graphs-a.png"
 cmp "$OUT/eager-a.png" "$OUT/graphs-a.png" && echo "identical PNGs (euler-a)"
+echo "== img2img and inpaint on the GPU (image latents and CPU-drawn noise meet on the device)"
+I=reference/fixtures/images
+$B/sd img2img --prompt "$P" --steps 8 --seed 0 --device cuda --dtype f16 --init-image $I/init.png --strength 0.6 --out "$OUT/img2img.png"
+$B/sd inpaint --model reference/fixtures/tiny-sd1-inpaint --prompt x --steps 4 --seed 0 --device cuda --dtype f16 \
+  --init-image $I/init.png --mask $I/mask.png --out "$OUT/inpaint.png"
 
 echo "== SD1.5 architecture, random weights, 512x512, 50 Euler steps, CFG, f16"
 M=/tmp/sd15-random-rs

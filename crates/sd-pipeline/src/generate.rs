@@ -565,7 +565,8 @@ impl StableDiffusion {
             .to_device(self.devices.vae)
             .to_kind(kind)
             .to_kind(encoder.kind());
-        // Latents in the pipeline's dtype, cast before scaling as diffusers.
+        // Latents in the pipeline's dtype, cast before scaling as diffusers;
+        // they stay on the VAE's device, so the noise joins them there.
         let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {
             let sample = encoder.encode(x)?.sample(noise.first())?;
             Ok(sample.to_kind(kind) * encoder.config().scaling_factor)
@@ -579,7 +580,7 @@ impl StableDiffusion {
             let one = encode(&image, noise)?;
             let copies: Vec<Tensor> = (0..n).map(|_| one.shallow_clone()).collect();
             let image_latents = Tensor::cat(&copies, 0);
-            let fresh = noise.randn_as(shape, kind)?;
+            let fresh = noise.randn_as(shape, kind)?.to_device(self.devices.vae);
             let latents = scheduler.add_noise(&image_latents, &fresh, start)?;
             return Ok(Prepared {
                 latents,
@@ -595,7 +596,7 @@ impl StableDiffusion {
         } else {
             None
         };
-        let fresh = noise.randn_as(shape, kind)?;
+        let fresh = noise.randn_as(shape, kind)?.to_device(self.devices.vae);
         let latents = match (&image_latents, full_strength) {
             (Some(image_latents), false) => scheduler.add_noise(image_latents, &fresh, start)?,
             _ => &fresh * scheduler.init_noise_sigma(),
