@@ -120,8 +120,8 @@ def main() -> None:
         if "tokenizer" in only:
             derive_tokenizer_files(FIXTURES / "tokenizer", cache)
         if "models" in only:
-            for path in FIXTURES.glob("tiny-*"):
-                shutil.rmtree(path)
+            for path in [*FIXTURES.glob("tiny-*"), FIXTURES / "tokenizer-added"]:
+                shutil.rmtree(path, ignore_errors=True)
             harness_models.write_tiny_models(FIXTURES, FIXTURES / "tokenizer")
         if "single-file" in only:
             harness_single_file.write_single_files(FIXTURES)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # ---------------------------------------------------------------------------
 # Tiny configs. The text encoders keep the real 49408-token vocabulary (the
@@ -78,9 +79,22 @@ SCHEDULER_SDXL = {
 }
 
 
-def tokenizer_folder(out: Path, bpe: Path, pad_token: str) -> None:
-    """The four files real SD repos ship in tokenizer/."""
-    out.mkdir(parents=True)
+def tokenizer_folder(out: Path, bpe: Path, pad_token: str, layout: str = "legacy") -> None:
+    """A tokenizer folder in one of the layouts real repos have:
+    "legacy": vocab.json, merges.txt and two JSON configs (the SD1.5/SD2.1/SDXL repos);
+    "json": tokenizer.json + tokenizer_config.json only, as transformers 5's
+        save_pretrained writes it (models saved by current tools);
+    "both": the legacy files plus tokenizer.json (transformers 4 saves)."""
+    if layout == "json":
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer_folder(Path(tmp) / "legacy", bpe, pad_token)
+            CLIPTokenizer.from_pretrained(Path(tmp) / "legacy").save_pretrained(out)
+        return
+    if layout == "both":
+        tokenizer_folder(out, bpe, pad_token, "json")
+        tokenizer_folder(out, bpe, pad_token, "legacy")
+        return
+    out.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(bpe / name, out / name)
     special = {
@@ -93,6 +107,19 @@ def tokenizer_folder(out: Path, bpe: Path, pad_token: str) -> None:
     )
     write_json(out / "special_tokens_map.json", special)
     write_json(out / "tokenizer_config.json", config)
+
+
+ADDED_TOKENS = ["<cat-toy>", "<Style Word>"]
+
+
+def added_tokens_folder(out: Path, bpe: Path) -> None:
+    """A tokenizer.json-only folder with added tokens, as textual inversion
+    (or `tokenizer.add_tokens`) leaves it: ids 49408 and up, matched whole."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_folder(Path(tmp) / "legacy", bpe, "<|endoftext|>")
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "legacy")
+        tokenizer.add_tokens(ADDED_TOKENS)
+        tokenizer.save_pretrained(out)
 
 
 def write_json(path: Path, value) -> None:
@@ -147,9 +174,10 @@ def write_model_index(folder: Path, pipeline: str, components: dict[str, list]) 
     write_json(folder / "model_index.json", index)
 
 
-def sd_folder(root: Path, bpe: Path, *, pipeline, te_config, unet_config, vae_config, scheduler, pad):
+def sd_folder(root: Path, bpe: Path, *, pipeline, te_config, unet_config, vae_config, scheduler, pad,
+              tokenizer_layout="legacy"):
     root.mkdir(parents=True)
-    tokenizer_folder(root / "tokenizer", bpe, pad)
+    tokenizer_folder(root / "tokenizer", bpe, pad, tokenizer_layout)
     save_component(text_encoder(te_config), root / "text_encoder")
     save_component(unet(unet_config), root / "unet")
     save_component(vae(vae_config), root / "vae")
@@ -165,18 +193,20 @@ def sd_folder(root: Path, bpe: Path, *, pipeline, te_config, unet_config, vae_co
 
 
 def write_tiny_models(fixtures: Path, bpe: Path) -> None:
+    added_tokens_folder(fixtures / "tokenizer-added", bpe)
     sd_folder(fixtures / "tiny-sd1", bpe, pipeline="StableDiffusionPipeline", te_config=TINY_CLIP_L,
               unet_config=TINY_UNET_SD1, vae_config=TINY_VAE, scheduler=SCHEDULER_SD15, pad="<|endoftext|>")
     sd_folder(fixtures / "tiny-sd2", bpe, pipeline="StableDiffusionPipeline", te_config=TINY_OPENCLIP_H,
-              unet_config=TINY_UNET_SD2, vae_config=TINY_VAE, scheduler=SCHEDULER_SD21, pad="!")
+              unet_config=TINY_UNET_SD2, vae_config=TINY_VAE, scheduler=SCHEDULER_SD21, pad="!",
+              tokenizer_layout="json")
     sd_folder(fixtures / "tiny-sd1-inpaint", bpe, pipeline="StableDiffusionInpaintPipeline",
               te_config=TINY_CLIP_L, unet_config=TINY_UNET_INPAINT, vae_config=TINY_VAE,
-              scheduler=SCHEDULER_SD15, pad="<|endoftext|>")
+              scheduler=SCHEDULER_SD15, pad="<|endoftext|>", tokenizer_layout="both")
 
     root = fixtures / "tiny-sdxl"
     root.mkdir(parents=True)
-    tokenizer_folder(root / "tokenizer", bpe, "<|endoftext|>")
-    tokenizer_folder(root / "tokenizer_2", bpe, "!")
+    tokenizer_folder(root / "tokenizer", bpe, "<|endoftext|>", "json")
+    tokenizer_folder(root / "tokenizer_2", bpe, "!", "json")
     save_component(text_encoder(TINY_CLIP_L), root / "text_encoder")
     save_component(text_encoder(TINY_OPENCLIP_BIGG, projection=True, seed=4), root / "text_encoder_2")
     save_component(unet(TINY_UNET_SDXL), root / "unet")

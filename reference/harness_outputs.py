@@ -84,13 +84,26 @@ def write_tokenizer_ids(fixtures: Path, outputs: Path) -> None:
     texts = prompts()
     (outputs / "tokenizer_prompts.json").write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n")
     tensors = {}
-    for name, folder in [("sd1", "tiny-sd1/tokenizer"), ("sd2", "tiny-sd2/tokenizer")]:
+    # One folder per layout: legacy files (sd1), tokenizer.json only (sd2, both SDXL
+    # tokenizers), both (inpaint), and tokenizer.json with added tokens (added).
+    folders = [("sd1", "tiny-sd1/tokenizer"), ("sd2", "tiny-sd2/tokenizer"),
+               ("sdxl_1", "tiny-sdxl/tokenizer"), ("sdxl_2", "tiny-sdxl/tokenizer_2"),
+               ("inpaint", "tiny-sd1-inpaint/tokenizer"), ("added", "tokenizer-added")]
+    for name, folder in folders:
         tok = CLIPTokenizer.from_pretrained(fixtures / folder)
-        ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        full = tok(texts, truncation=False).input_ids
+        batch = texts + ADDED_TOKEN_PROMPTS if name == "added" else texts
+        ids = tok(batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        full = tok(batch, truncation=False).input_ids
         tensors[f"{name}.input_ids"] = ids
         tensors[f"{name}.untruncated_length"] = torch.tensor([len(x) for x in full])
     save_file(tensors, outputs / "tokenizer.safetensors")
+
+
+# Prompts for the added-token tokenizer (after the shared ones): whole-token
+# matches, case (the added tokens are normalised), adjacency, near misses.
+ADDED_TOKEN_PROMPTS = [
+    "a <cat-toy> on a mat", "<cat-toy><cat-toy>", "A <CAT-TOY> in <Style Word>",
+    "<cat-toy>s and <cat-toys>", "in the style of <style word>", "<cat-toy"]
 
 
 TEXT_PROMPTS = ["a photo of a cat", "", "a large blue triangle on a white background, (detailed:1.2)"]

@@ -1,4 +1,5 @@
-//! The CLIP tokenizer of a model folder's `tokenizer/`, built on the
+//! The CLIP tokenizer of a model folder's `tokenizer/` (tokenizer.json, or
+//! vocab.json + merges.txt), built on the
 //! `tokenizers` crate exactly as transformers' `CLIPTokenizer` builds it:
 //! NFC, runs of whitespace to one space, lowercase; CLIP's split pattern;
 //! byte-level BPE with `</w>` word ends; BOS ... EOS; padded to 77 with the
@@ -75,19 +76,34 @@ impl std::fmt::Debug for ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Reads `vocab.json`, `merges.txt` and (when present)
-    /// `tokenizer_config.json` / `special_tokens_map.json` from `dir`.
+    /// Reads a tokenizer folder in any layout real repos use: `tokenizer.json`
+    /// (what transformers 5 writes, and transformers 4 writes beside the
+    /// others; it wins when both are there, as in transformers), or
+    /// `vocab.json` + `merges.txt`; plus `tokenizer_config.json` /
+    /// `special_tokens_map.json` when present. Added tokens listed in
+    /// tokenizer.json (textual-inversion words) are matched whole, with
+    /// their ids.
     pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let vocab = read_vocab(
-            &read_text(&dir.join("vocab.json"))?,
-            &dir.join("vocab.json"),
-        )?;
-        let merges = read_merges(
-            &read_text(&dir.join("merges.txt"))?,
-            &dir.join("merges.txt"),
-            &vocab,
-        )?;
+        let (json, vocab_json, merges_txt) = (
+            dir.join("tokenizer.json"),
+            dir.join("vocab.json"),
+            dir.join("merges.txt"),
+        );
+        let (vocab, merges, added) = if json.is_file() {
+            read_tokenizer_json(&read_text(&json)?, &json)?
+        } else if vocab_json.is_file() || merges_txt.is_file() {
+            let vocab = read_vocab(&read_text(&vocab_json)?, &vocab_json)?;
+            let merges = read_merges(&read_text(&merges_txt)?, &merges_txt, &vocab)?;
+            (vocab, merges, Vec::new())
+        } else {
+            return Err(ClipError::Tokenizer {
+                path: dir.to_path_buf(),
+                message: "no tokenizer files: looked for tokenizer.json, or vocab.json and \
+                          merges.txt"
+                    .to_string(),
+            });
+        };
         let mut config = read_config(&dir.join("special_tokens_map.json"))?;
         let main = read_config(&dir.join("tokenizer_config.json"))?;
         if main.pad_token.is_some() {
@@ -103,7 +119,9 @@ impl ClipTokenizer {
             Some(n) if (3.0..=1e6).contains(&n) => n as usize,
             _ => 77,
         };
-        Self::new(vocab, merges, &pad, max_length, dir)
+        let mut tokenizer = Self::new(vocab, merges, &pad, max_length, dir)?;
+        tokenizer.add_tokens(&added, &json)?;
+        Ok(tokenizer)
     }
 
     /// The real CLIP BPE vocabulary, built into the crate (for single-file
@@ -129,7 +147,7 @@ impl ClipTokenizer {
                 .map(|&i| i as i64)
                 .ok_or_else(|| ClipError::Tokenizer {
                     path: dir.join(file),
-                    message: format!("token '{token}' is not in vocab.json"),
+                    message: format!("token '{token}' is not in the vocabulary"),
                 })
         };
         let (bos_id, eos_id) = (id(BOS, "vocab.json")?, id(EOS, "vocab.json")?);
@@ -185,6 +203,40 @@ impl ClipTokenizer {
             pad_id,
             max_length,
         })
+    }
+
+    /// Registers tokenizer.json's added tokens (beyond BOS, EOS and the pad
+    /// token, already special) and checks each got the id the file gives it.
+    fn add_tokens(&mut self, added: &[AddedTokenEntry], file: &Path) -> Result<()> {
+        for entry in added {
+            if [BOS, EOS].contains(&entry.content.as_str()) || entry.id == self.pad_id as u32 {
+                continue;
+            }
+            let token = AddedToken::from(entry.content.clone(), entry.special)
+                .single_word(entry.single_word)
+                .lstrip(entry.lstrip)
+                .rstrip(entry.rstrip)
+                .normalized(entry.normalized);
+            if entry.special {
+                self.tokenizer.add_special_tokens(&[token]);
+            } else {
+                self.tokenizer.add_tokens(&[token]);
+            }
+            let got = self.tokenizer.token_to_id(&entry.content);
+            if got != Some(entry.id) {
+                return Err(ClipError::Tokenizer {
+                    path: file.to_path_buf(),
+                    message: format!(
+                        "added token '{}' has id {}, but ids after the vocabulary run on \
+                         from {} in order (got {got:?})",
+                        entry.content,
+                        entry.id,
+                        self.tokenizer.get_vocab_size(false)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn bos_id(&self) -> i64 {
@@ -297,6 +349,90 @@ fn read_text(path: &Path) -> Result<String> {
 
 pub const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
 pub const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
+
+/// One entry of tokenizer.json's `added_tokens`.
+#[derive(Debug, Deserialize)]
+struct AddedTokenEntry {
+    id: u32,
+    content: String,
+    #[serde(default)]
+    single_word: bool,
+    #[serde(default)]
+    lstrip: bool,
+    #[serde(default)]
+    rstrip: bool,
+    #[serde(default = "yes")]
+    normalized: bool,
+    #[serde(default)]
+    special: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The parts of tokenizer.json a CLIP tokenizer needs; the pipeline itself
+/// (normalizer, pre-tokenizer, post-processor) is CLIP's, built in `new`.
+#[derive(Debug, Deserialize)]
+struct TokenizerJson {
+    model: BpeJson,
+    #[serde(default)]
+    added_tokens: Vec<AddedTokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BpeJson {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    vocab: HashMap<String, u32>,
+    merges: Vec<MergeJson>,
+}
+
+/// tokenizers writes merges as "left right" strings (older files) or as
+/// `["left", "right"]` pairs (tokenizers 0.20 and later).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MergeJson {
+    Text(String),
+    Pair(String, String),
+}
+
+type Parsed = (HashMap<String, u32>, Vec<(String, String)>, Vec<AddedTokenEntry>);
+
+fn read_tokenizer_json(text: &str, path: &Path) -> Result<Parsed> {
+    let bad = |message: String| ClipError::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    let parsed: TokenizerJson = serde_json::from_str(text)
+        .map_err(|e| bad(format!("not a tokenizers JSON file with a BPE model: {e}")))?;
+    if let Some(kind) = parsed.model.kind.as_deref().filter(|k| *k != "BPE") {
+        return Err(bad(format!(
+            "model type '{kind}': a CLIP tokenizer is BPE"
+        )));
+    }
+    let vocab = parsed.model.vocab;
+    let mut merges = Vec::with_capacity(parsed.model.merges.len());
+    for (index, merge) in parsed.model.merges.into_iter().enumerate() {
+        let (left, right) = match merge {
+            MergeJson::Pair(left, right) => (left, right),
+            MergeJson::Text(line) => match line.split_once(' ') {
+                Some((l, r)) if !r.contains(' ') => (l.to_string(), r.to_string()),
+                _ => return Err(bad(format!("merge {index}: expected \"left right\", found '{line}'"))),
+            },
+        };
+        for part in [&left, &right] {
+            if !vocab.contains_key(part) {
+                return Err(bad(format!("merge {index}: '{part}' is not in model.vocab")));
+            }
+        }
+        merges.push((left, right));
+    }
+    if merges.is_empty() {
+        return Err(bad("no merges in model.merges".to_string()));
+    }
+    Ok((vocab, merges, parsed.added_tokens))
+}
 
 fn read_vocab(text: &str, path: &Path) -> Result<HashMap<String, u32>> {
     serde_json::from_str(text).map_err(|e| ClipError::Tokenizer {

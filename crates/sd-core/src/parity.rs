@@ -27,6 +27,88 @@ impl Tolerance {
     }
 }
 
+// --- the error model ------------------------------------------------------
+//
+// The reference outputs were written by diffusers on one machine; the tests
+// run on any other. libtorch, MKL, oneDNN and numpy pick their kernels by
+// CPU (vector width, FMA, transcendental implementations, GEMM and
+// convolution blocking), so one kernel's result may move by a few units in
+// the last place between machines, and the sampling chain carries every such
+// difference on to the end. The model (docs/reference.md):
+//
+//   |actual - expected| <= K(dtype) * eps(dtype) * S * N
+//
+// eps is the dtype's machine epsilon (one ulp at 1.0), S the scale of the values the chain
+// computes with (the reference's largest magnitude), N the number of model
+// evaluations in the chain (1 for one forward pass), and K the budget of
+// last-place differences one evaluation may add: 32 in f32 (a forward pass
+// is about thirty kernels deep, each may round differently by an ulp), 4 in
+// f16/bf16 (the kernels accumulate in f32, so the half-precision output
+// moves by at most one or two of its much larger ulps).
+//
+// With `SD_PARITY=exact` (scripts/parity.sh --same-machine, after
+// regenerating the references on this machine) every bound is 0: on one
+// machine the Rust crates call the same kernels in the same order as
+// diffusers, and must agree bit for bit.
+
+/// Machine epsilon of a dtype: the distance from 1 to the next number, one
+/// ulp at 1.0 (2^-23 in f32, 2^-10 in f16, 2^-7 in bf16).
+pub fn epsilon(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => 2f64.powi(-10),
+        Kind::BFloat16 => 2f64.powi(-7),
+        Kind::Double => 2f64.powi(-52),
+        _ => 2f64.powi(-23),
+    }
+}
+
+/// K of the error model: last-place differences one model evaluation may add.
+pub fn ulps_per_evaluation(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half | Kind::BFloat16 => 4.0,
+        _ => 32.0,
+    }
+}
+
+/// True when `SD_PARITY=exact`: references regenerated on this machine, so
+/// every comparison must be bit for bit.
+pub fn exact_mode() -> bool {
+    std::env::var("SD_PARITY").is_ok_and(|v| v == "exact")
+}
+
+/// The error model's bound for a chain of `evaluations` model evaluations in
+/// `kind` whose values reach magnitude `scale` (0 in exact mode).
+pub fn chain_tolerance(kind: Kind, evaluations: usize, scale: f64) -> Tolerance {
+    if exact_mode() {
+        return Tolerance::abs(0.0);
+    }
+    Tolerance::abs(ulps_per_evaluation(kind) * epsilon(kind) * scale * evaluations.max(1) as f64)
+}
+
+/// [`chain_tolerance`] with the scale taken from the reference itself.
+pub fn chain_tolerance_for(kind: Kind, evaluations: usize, expected: &Tensor) -> Tolerance {
+    chain_tolerance(kind, evaluations, max_abs(expected))
+}
+
+/// The largest finite magnitude of a tensor.
+pub fn max_abs(tensor: &Tensor) -> f64 {
+    tensor
+        .to_kind(Kind::Double)
+        .abs()
+        .nan_to_num(0.0, 0.0, 0.0)
+        .max()
+        .double_value(&[])
+}
+
+/// How many 8-bit levels a decoded image may move: the VAE is one evaluation
+/// on values of scale 1 mapped to 0..255, plus one level for a value that
+/// lands on the other side of a rounding boundary. (Not 0 in exact mode: a
+/// decode of latents in another memory layout than diffusers' rounds
+/// otherwise too.)
+pub fn pixel_tolerance(kind: Kind) -> u8 {
+    1 + (255.0 * ulps_per_evaluation(kind) * epsilon(kind)).floor() as u8
+}
+
 /// The result of comparing an output with its reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
@@ -151,19 +233,40 @@ pub fn check_close(
 }
 
 /// Test helper: [`check_close`] that panics with the report, and prints it
-/// on success too (visible with `--nocapture`).
+/// on success too (visible with `--nocapture`), with the bound it met.
 #[track_caller]
 pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: Tolerance) {
     match check_close(name, actual, expected, tolerance) {
-        Ok(comparison) => println!("{name}: {comparison}"),
+        Ok(comparison) => println!(
+            "{name}: {comparison} (bound atol {:.3e}, rtol {:.1e})",
+            tolerance.atol, tolerance.rtol
+        ),
         Err(error) => panic!("parity failure: {error}"),
     }
 }
 
+/// The largest per-pixel difference between two 8-bit images of the same
+/// size (`None` when the sizes differ).
+pub fn max_pixel_difference(actual: &[u8], expected: &[u8]) -> Option<u8> {
+    (actual.len() == expected.len()).then(|| {
+        actual
+            .iter()
+            .zip(expected)
+            .map(|(a, e)| a.abs_diff(*e))
+            .max()
+            .unwrap_or(0)
+    })
+}
+
 /// The `reference/` folder of this repository (fixtures, outputs, manifests),
-/// for tests inside the workspace. Meaningless in a published crate.
+/// for tests inside the workspace, or `SD_REFERENCE_DIR` when set (a copy
+/// regenerated on this machine by `scripts/parity.sh --same-machine`).
+/// Meaningless in a published crate.
 pub fn reference_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference")
+    match std::env::var_os("SD_REFERENCE_DIR") {
+        Some(dir) => dir.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reference"),
+    }
 }
 
 /// Reads every tensor of a safetensors file (reference outputs) onto the CPU.

@@ -10,6 +10,7 @@ use sd_clip::{encode, EmbeddingLayer, PromptOptions};
 use sd_core::rng::{CpuGenerator, NoiseSource};
 use sd_scheduler::{img2img_start_index, Scheduler};
 use sd_unet::AddedConditions;
+use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
 use crate::error::{PipelineError, Result};
@@ -294,15 +295,25 @@ impl StableDiffusion {
             .map_or(UnetExecution::Eager, UnetRunner::execution);
         drop(runner);
         drop(unet);
+        Ok(Generation {
+            images: self.decode_with(&vae, &latents)?,
+            latents,
+            unet_execution,
+        })
+    }
+
+    /// Decodes final latents (as in [`Generation::latents`]) to 8-bit images,
+    /// as the last step of a generation does.
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        self.decode_with(&*self.vae_for_run()?, latents)
+    }
+
+    fn decode_with(&self, vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
         // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
         // VAE gets f32 latents to divide)
         let z = latents.to_device(self.devices.vae).to_kind(vae.kind());
         let decoded = vae.decode(&vae.unscale_latents(&z))?;
-        Ok(Generation {
-            images: tensor_to_images(&decoded)?,
-            latents,
-            unet_execution,
-        })
+        tensor_to_images(&decoded)
     }
 
     fn output_size(&self, request: &Request) -> Result<(u32, u32)> {

@@ -5,7 +5,7 @@ use tch::Tensor;
 use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
 use crate::prediction::x0_from_alpha;
-use crate::schedule::{self, leading, NoiseSchedule};
+use crate::schedule::{self, leading, sqrt32, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "ddim";
@@ -106,11 +106,11 @@ impl Scheduler for Ddim {
         let eps = match self.prediction {
             PredictionType::Epsilon => model_output.shallow_clone(),
             PredictionType::Sample => {
-                (sample - &x0 * leading(alpha_prod.sqrt(), &x0)) / beta_prod.sqrt() as f64
+                (sample - &x0 * leading(sqrt32(alpha_prod), &x0)) / sqrt32(beta_prod) as f64
             }
             PredictionType::VPrediction => {
-                model_output * leading(alpha_prod.sqrt(), model_output)
-                    + sample * leading(beta_prod.sqrt(), sample)
+                model_output * leading(sqrt32(alpha_prod), model_output)
+                    + sample * leading(sqrt32(beta_prod), sample)
             }
         };
         if let Some(range) = self.clip_sample {
@@ -118,10 +118,10 @@ impl Scheduler for Ddim {
         }
         // 3. sigma_t = eta * sqrt(variance) (formula 16 of the paper)
         let variance = ((1.0 - alpha_prev) / beta_prod) * (1.0 - alpha_prod / alpha_prev);
-        let std_dev = (self.eta as f32) * variance.sqrt();
+        let std_dev = (self.eta as f32) * sqrt32(variance);
         // 4. x_{t-1} = sqrt(alpha_prev) x0 + direction pointing to x_t (+ noise)
-        let direction = &eps * leading((1.0 - alpha_prev - std_dev * std_dev).sqrt(), &eps);
-        let prev = &x0 * leading(alpha_prev.sqrt(), &x0) + direction;
+        let direction = &eps * leading(sqrt32(1.0 - alpha_prev - std_dev * std_dev), &eps);
+        let prev = &x0 * leading(sqrt32(alpha_prev), &x0) + direction;
         if self.eta > 0.0 {
             let fresh = draw_noise(noise, model_output)?;
             return Ok(prev + &fresh * leading(std_dev, &fresh));

@@ -100,8 +100,8 @@ impl Scheduler for Ddpm {
             x0 = x0.clamp(-range, range);
         }
         // 3. mean of q(x_{t-1} | x_t, x0) (formula 7 of the paper)
-        let x0_coeff = (alpha_prev.sqrt() * current_beta) / beta_prod;
-        let sample_coeff = current_alpha.sqrt() * beta_prev / beta_prod;
+        let x0_coeff = (schedule::sqrt32(alpha_prev) * current_beta) / beta_prod;
+        let sample_coeff = schedule::sqrt32(current_alpha) * beta_prev / beta_prod;
         // (coefficients lead, as diffusers writes them: see `leading`)
         let mean = &x0 * leading(x0_coeff, &x0) + sample * leading(sample_coeff, sample);
         if t <= 0 {
@@ -110,9 +110,9 @@ impl Scheduler for Ddpm {
         // 4. plus noise of the chosen variance
         let variance = ((1.0 - alpha_prev) / (1.0 - alpha_prod) * current_beta).max(1e-20);
         let scale = match self.variance_type {
-            VarianceType::FixedSmall => variance.sqrt(),
+            VarianceType::FixedSmall => schedule::sqrt32(variance),
             VarianceType::FixedSmallLog => schedule::exp32(0.5 * schedule::ln32(variance)),
-            VarianceType::FixedLarge => current_beta.sqrt(),
+            VarianceType::FixedLarge => schedule::sqrt32(current_beta),
             _ => unreachable!("rejected in Ddpm::new"),
         };
         let fresh = draw_noise(noise, model_output)?;

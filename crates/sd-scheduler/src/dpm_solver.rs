@@ -39,7 +39,7 @@ pub struct DpmSolverMultistep {
 
 /// alpha_t and sigma_t of the VP form from a VE sigma.
 pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    let alpha = 1.0 / schedule::sqrt32(sigma * sigma + 1.0);
     (alpha, sigma * alpha)
 }
 
@@ -131,7 +131,10 @@ impl DpmSolverMultistep {
             .alphas_cumprod
             .iter()
             .rev()
-            .filter(|&&a| (lambda(a.sqrt(), (1.0 - a).sqrt()) as f64) < self.lambda_min_clipped)
+            .filter(|&&a| {
+                (lambda(schedule::sqrt32(a), schedule::sqrt32(1.0 - a)) as f64)
+                    < self.lambda_min_clipped
+            })
             .count();
         n - clipped
     }
@@ -149,7 +152,7 @@ impl Scheduler for DpmSolverMultistep {
         let timesteps =
             schedule::multistep_timesteps(self.spacing, last, num_train, steps, self.steps_offset);
         let training = self.schedule.training_sigmas();
-        let log_sigmas: Vec<f32> = training.iter().map(|s| s.ln()).collect();
+        let log_sigmas = self.schedule.log_sigmas();
         let (mut sigmas, timesteps) = if self.karras || self.exponential {
             let (min, max) = (training[0] as f64, training[num_train - 1] as f64);
             schedule::resampled_sigmas(
@@ -243,7 +246,7 @@ impl Scheduler for DpmSolverMultistep {
                 };
                 x += &d1 * leading(c, &d1);
             }
-            x + &noise * leading(sigma_t * decay.sqrt(), &noise)
+            x + &noise * leading(sigma_t * schedule::sqrt32(decay), &noise)
         } else {
             let phi = alpha_t * (exp32(-h) - 1.0);
             let mut x = &sample * leading(sigma_t / sigma_s0, &sample) - m0 * leading(phi, m0);

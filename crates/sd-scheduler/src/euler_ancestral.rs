@@ -6,6 +6,7 @@ use tch::Tensor;
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::error::Result;
 use crate::prediction::{require, x0_from_sigma};
+use crate::schedule::sqrt32;
 use crate::sigmas::{self, sigma_scheduler_methods, SigmaCore, SigmaRecipe};
 use crate::{draw_noise, f32_like, NoiseSource, Scheduler};
 
@@ -59,8 +60,8 @@ impl Scheduler for EulerAncestral {
         // 2. split the move to sigma_to into a deterministic part down to
         //    sigma_down and fresh noise of size sigma_up
         let sigma_up =
-            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
-        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+            sqrt32(sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma));
+        let sigma_down = sqrt32(sigma_to * sigma_to - sigma_up * sigma_up);
         let derivative = (&sample - x0) / sigma as f64;
         let prev = sample + derivative * (sigma_down - sigma) as f64;
         let fresh = draw_noise(noise, model_output)?;

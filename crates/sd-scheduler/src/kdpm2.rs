@@ -51,6 +51,7 @@ impl Common {
     fn new(name: &'static str, config: &SchedulerConfig) -> Result<Self> {
         let mut recipe = SigmaRecipe::from_config(config, true)?;
         recipe.round_karras_timesteps = true;
+        recipe.f32_timesteps = false;
         let prediction = config.prediction_type.unwrap_or(PredictionType::Epsilon);
         Ok(Common {
             schedule: sigmas::noise_schedule(config, false)?,
@@ -66,12 +67,7 @@ impl Common {
     fn tables(&self, name: &'static str, steps: usize, ancestral: bool) -> Result<Tables> {
         check_steps(name, steps, self.schedule.num_train_timesteps())?;
         let base = sigmas::sigma_steps(&self.schedule, steps, &self.recipe);
-        let log_sigmas: Vec<f32> = self
-            .schedule
-            .training_sigmas()
-            .iter()
-            .map(|s| s.ln())
-            .collect();
+        let log_sigmas = self.schedule.log_sigmas();
         let s = Tensor::from_slice(&base.sigmas);
         let n = base.sigmas.len() as i64;
         let (interpol, up, down) = if ancestral {
@@ -90,7 +86,7 @@ impl Common {
         let interpol_t: Vec<f64> = Vec::<f32>::try_from(&interpol)
             .expect("1-d f32")
             .iter()
-            .map(|&x| schedule::sigma_to_t(x as f64, &log_sigmas))
+            .map(|&x| schedule::sigma_to_t_f32(x, &log_sigmas))
             .collect();
         // t0, then (midpoint, next) pairs.
         let t = &base.timesteps;

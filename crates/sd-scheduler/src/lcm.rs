@@ -8,7 +8,7 @@ use crate::config::{BetaSchedule, PredictionType, SchedulerConfig};
 use crate::ddim::alpha_add_noise;
 use crate::error::{Result, SchedulerError};
 use crate::prediction::x0_from_alpha;
-use crate::schedule::{leading, NoiseSchedule};
+use crate::schedule::{leading, sqrt32, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "lcm";
@@ -67,7 +67,7 @@ impl Lcm {
         let sigma_data = 0.5f32;
         let scaled = (t as f64 * self.timestep_scaling) as f32;
         let c_skip = sigma_data * sigma_data / (scaled * scaled + sigma_data * sigma_data);
-        let c_out = scaled / (scaled * scaled + sigma_data * sigma_data).sqrt();
+        let c_out = scaled / sqrt32(scaled * scaled + sigma_data * sigma_data);
         (c_skip, c_out)
     }
 }
@@ -127,8 +127,8 @@ impl Scheduler for Lcm {
             return Ok(denoised);
         }
         let fresh = draw_noise(noise, &denoised)?;
-        Ok(&denoised * leading(alpha_prev.sqrt(), &denoised)
-            + &fresh * leading((1.0 - alpha_prev).sqrt(), &fresh))
+        Ok(&denoised * leading(sqrt32(alpha_prev), &denoised)
+            + &fresh * leading(sqrt32(1.0 - alpha_prev), &fresh))
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {

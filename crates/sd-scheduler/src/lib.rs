@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod error;
+pub mod numpy;
 mod prediction;
 pub mod schedule;
 mod sigmas;

@@ -1,7 +1,9 @@
 //! Linear multistep (Karras et al. 2022): diffusers' `LMSDiscreteScheduler`.
-//! The coefficients integrate the Lagrange basis over each sigma interval;
-//! they are polynomials of degree < 4, so 4-point Gauss-Legendre is exact
-//! (diffusers calls scipy's adaptive quadrature for the same integrals).
+//! The coefficients integrate the Lagrange basis over each sigma interval.
+//! diffusers integrates with scipy's `quad` (QUADPACK's QAGS), whose first
+//! 21-point Gauss-Kronrod rule is already within its tolerance for these
+//! cubics, and evaluates the basis on f32 torch tensors; both are mirrored
+//! here so the coefficients are the same f64 numbers.
 
 use tch::Tensor;
 
@@ -38,26 +40,59 @@ impl Lms {
     /// of `current` among the last `order` sigmas.
     fn coefficient(&self, order: usize, i: usize, current: usize) -> f64 {
         let sigmas = &self.core.steps.sigmas;
-        let s = |k: usize| sigmas[i - k] as f64;
+        // diffusers' `lms_derivative(tau)`: `prod *= (tau - s_k) / (s_cur - s_k)`
+        // with the sigmas 0-d f32 tensors, so every operation is f32
         let basis = |tau: f64| {
-            (0..order)
-                .filter(|&k| k != current)
-                .map(|k| (tau - s(k)) / (s(current) - s(k)))
-                .product::<f64>()
+            let tau = tau as f32;
+            (0..order).filter(|&k| k != current).fold(1f32, |prod, k| {
+                prod * ((tau - sigmas[i - k]) / (sigmas[i - current] - sigmas[i - k]))
+            }) as f64
         };
-        gauss_legendre_4(basis, sigmas[i] as f64, sigmas[i + 1] as f64)
+        gauss_kronrod_21(basis, sigmas[i] as f64, sigmas[i + 1] as f64)
     }
 }
 
-fn gauss_legendre_4(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
-    const NODES: [f64; 2] = [0.339_981_043_584_856_3, 0.861_136_311_594_052_6];
-    const WEIGHTS: [f64; 2] = [0.652_145_154_862_546_1, 0.347_854_845_137_453_9];
-    let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
-    let mut sum = 0.0;
-    for (x, w) in NODES.iter().zip(WEIGHTS) {
-        sum += w * (f(mid - half * x) + f(mid + half * x));
+/// QUADPACK's `qk21` (what scipy's `quad` returns when its first estimate
+/// meets the tolerance): the 21-point Kronrod sum in QUADPACK's order of
+/// summation, times the half-length.
+fn gauss_kronrod_21(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
+    // abscissae of the Kronrod rule (the odd ones are the 10-point Gauss
+    // nodes) and its weights; the last of each is the centre
+    const XGK: [f64; 11] = [
+        0.9956571630258081,
+        0.9739065285171717,
+        0.9301574913557082,
+        0.8650633666889845,
+        0.7808177265864169,
+        0.6794095682990244,
+        0.5627571346686047,
+        0.4333953941292472,
+        0.2943928627014602,
+        0.14887433898163122,
+        0.0,
+    ];
+    const WGK: [f64; 11] = [
+        0.011694638867371874,
+        0.032558162307964725,
+        0.054755896574351995,
+        0.07503967481091996,
+        0.0931254545836976,
+        0.10938715880229764,
+        0.12349197626206584,
+        0.13470921731147334,
+        0.14277593857706009,
+        0.14773910490133849,
+        0.1494455540029169,
+    ];
+    let centre = 0.5 * (a + b);
+    let half = 0.5 * (b - a);
+    let mut kronrod = WGK[10] * f(centre);
+    // the Gauss nodes first (odd indices), then the Kronrod-only ones
+    for j in (1..10).step_by(2).chain((0..10).step_by(2)) {
+        let offset = half * XGK[j];
+        kronrod += WGK[j] * (f(centre - offset) + f(centre + offset));
     }
-    sum * half
+    kronrod * half
 }
 
 impl Scheduler for Lms {

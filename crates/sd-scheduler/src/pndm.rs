@@ -8,7 +8,7 @@ use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::ddim::alpha_add_noise;
 use crate::error::{Result, SchedulerError};
 use crate::prediction::require;
-use crate::schedule::{self, leading, NoiseSchedule};
+use crate::schedule::{self, leading, sqrt32, NoiseSchedule};
 use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "pndm";
@@ -70,13 +70,13 @@ impl Pndm {
         // Coefficients lead where diffusers writes them first (see `leading`).
         let eps = match self.prediction {
             PredictionType::VPrediction => {
-                model_output * leading(alpha_prod.sqrt(), model_output)
-                    + sample * leading(beta_prod.sqrt(), sample)
+                model_output * leading(sqrt32(alpha_prod), model_output)
+                    + sample * leading(sqrt32(beta_prod), sample)
             }
             _ => model_output.shallow_clone(),
         };
-        let sample_coeff = (alpha_prev / alpha_prod).sqrt();
-        let denom = alpha_prod * beta_prev.sqrt() + (alpha_prod * beta_prod * alpha_prev).sqrt();
+        let sample_coeff = sqrt32(alpha_prev / alpha_prod);
+        let denom = alpha_prod * sqrt32(beta_prev) + sqrt32(alpha_prod * beta_prod * alpha_prev);
         sample * leading(sample_coeff, sample)
             - &eps * leading(alpha_prev - alpha_prod, &eps) / denom as f64
     }

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use crate::config::PredictionType;
 use crate::error::{Result, SchedulerError};
-use crate::schedule::leading;
+use crate::schedule::{leading, sqrt32};
 
 /// `x0` from an alpha-parameterised step (DDIM, DDPM, LCM), where
 /// `alpha_prod` is `alphas_cumprod[t]`.
@@ -17,7 +17,7 @@ pub fn x0_from_alpha(
     alpha_prod: f32,
 ) -> Tensor {
     let beta_prod = 1.0 - alpha_prod;
-    let (sqrt_alpha, sqrt_beta) = (alpha_prod.sqrt(), beta_prod.sqrt());
+    let (sqrt_alpha, sqrt_beta) = (sqrt32(alpha_prod), sqrt32(beta_prod));
     // diffusers: (sample - beta ** 0.5 * eps) / alpha ** 0.5, and
     // alpha ** 0.5 * sample - beta ** 0.5 * v (leading coefficients).
     match prediction {
@@ -65,7 +65,7 @@ pub fn x0_from_sigma(
         PredictionType::Epsilon => sample - model_output * leading(sigma, model_output),
         PredictionType::Sample => model_output.shallow_clone(),
         PredictionType::VPrediction => {
-            let scale = -sigma / (sigma * sigma + 1.0).sqrt();
+            let scale = -sigma / sqrt32(sigma * sigma + 1.0);
             model_output * scale as f64 + sample / (sigma * sigma + 1.0) as f64
         }
     }

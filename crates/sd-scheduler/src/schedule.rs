@@ -1,6 +1,6 @@
 //! The schedule math every sampler shares, in one place: betas and
 //! `alphas_cumprod`, timestep spacing, sigmas, Karras/exponential sigmas,
-//! and the numpy helpers (`linspace`, `arange`, `interp`) they are defined by.
+//! with the numpy helpers they are defined by re-exported from [`crate::numpy`].
 //!
 //! Numbers follow diffusers' own dtypes so results agree to the last digit:
 //! betas and `alphas_cumprod` are f32 tensors computed by libtorch exactly as
@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{BetaSchedule, TimestepSpacing};
 use crate::error::{Result, SchedulerError};
+pub use crate::numpy::{arange, interp, linspace, round};
 
 /// Betas and their cumulative alpha products over the training timesteps.
 #[derive(Debug, Clone)]
@@ -86,12 +87,20 @@ impl NoiseSchedule {
         }
     }
 
-    /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, f32 as torch computes it,
-    /// indexed by training timestep (ascending).
+    /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, f32 computed by
+    /// torch's kernels on the whole array as diffusers does, indexed by
+    /// training timestep (ascending).
     pub fn training_sigmas(&self) -> Vec<f32> {
-        self.alphas_cumprod
-            .iter()
-            .map(|&a| ((1.0 - a) / a).sqrt())
+        let alphas = Tensor::from_slice(&self.alphas_cumprod);
+        to_vec(&((-&alphas + 1.0) / &alphas).sqrt())
+    }
+
+    /// `np.log` of [`NoiseSchedule::training_sigmas`]: diffusers takes the
+    /// log of the f32 table with numpy, hence [`crate::numpy::log_f32`].
+    pub fn log_sigmas(&self) -> Vec<f32> {
+        self.training_sigmas()
+            .into_iter()
+            .map(crate::numpy::log_f32)
             .collect()
     }
 }
@@ -129,61 +138,6 @@ fn rescale_zero_terminal_snr(betas: &Tensor) -> Tensor {
 
 fn to_vec(tensor: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(tensor.contiguous()).expect("a 1-d f32 CPU tensor")
-}
-
-// --- numpy, as diffusers uses it -----------------------------------------
-
-/// `np.linspace(start, stop, num)` (endpoint included), numpy's arithmetic.
-pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    if num == 0 {
-        return Vec::new();
-    }
-    let div = (num - 1) as f64;
-    let delta = stop - start;
-    let mut out: Vec<f64> = (0..num)
-        .map(|i| {
-            let i = i as f64;
-            if num > 1 {
-                let step = delta / div;
-                if step != 0.0 {
-                    i * step + start
-                } else {
-                    i / div * delta + start
-                }
-            } else {
-                i * delta + start
-            }
-        })
-        .collect();
-    if num > 1 {
-        out[num - 1] = stop;
-    }
-    out
-}
-
-/// `np.arange(start, stop, step)` for a float step.
-pub fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil().max(0.0) as usize;
-    (0..len).map(|i| start + i as f64 * step).collect()
-}
-
-/// `np.round`: halves go to the even neighbour.
-pub fn round(x: f64) -> f64 {
-    x.round_ties_even()
-}
-
-/// `np.interp(x, arange(len(fp)), fp)`: linear interpolation on integer knots.
-pub fn interp(x: f64, fp: &[f32]) -> f64 {
-    let last = fp.len() - 1;
-    if x <= 0.0 {
-        return fp[0] as f64;
-    }
-    if x >= last as f64 {
-        return fp[last] as f64;
-    }
-    let j = x.floor() as usize;
-    let slope = (fp[j + 1] as f64 - fp[j] as f64) / 1.0;
-    slope * (x - j as f64) + fp[j] as f64
 }
 
 /// Which way a sampler spaces its timesteps, and how it rounds them.
@@ -301,14 +255,32 @@ pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, num_steps: usize) -> V
 /// the f32 logs of [`NoiseSchedule::training_sigmas`].
 pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
+    let low_idx = knot_below(log_sigma, log_sigmas);
+    let (low, high) = (log_sigmas[low_idx] as f64, log_sigmas[low_idx + 1] as f64);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
+/// [`sigma_to_t`] for an f32 sigma held in a torch tensor, as KDPM2 calls
+/// diffusers' `_sigma_to_t` on its interpolated sigmas: numpy's functions
+/// applied to a torch tensor hand back torch tensors, so the log, the
+/// weight and the blend are all f32.
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = crate::numpy::log_f32(sigma.max(1e-10));
+    let low_idx = knot_below(log_sigma as f64, log_sigmas);
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    ((1.0 - w) * low_idx as f32 + w * (low_idx + 1) as f32) as f64
+}
+
+/// The last knot whose log-sigma is at or below `log_sigma`, capped so a
+/// knot above it exists.
+fn knot_below(log_sigma: f64, log_sigmas: &[f32]) -> usize {
     let below = log_sigmas
         .iter()
         .rposition(|&l| log_sigma - l as f64 >= 0.0)
         .unwrap_or(0);
-    let low_idx = below.min(log_sigmas.len() - 2);
-    let (low, high) = (log_sigmas[low_idx] as f64, log_sigmas[low_idx + 1] as f64);
-    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
-    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+    below.min(log_sigmas.len() - 2)
 }
 
 /// A coefficient as PyTorch applies it in diffusers' `coef * tensor` with
@@ -332,6 +304,22 @@ pub fn scalar_like(value: f32, tensor: &Tensor) -> Tensor {
     }
 }
 
+// --- torch's f32 kernels, for what diffusers computes on 0-d tensors ------
+//
+// libtorch's `sqrt`, `log`, `exp` and `expm1` on f32 are not correctly
+// rounded, and which kernel runs depends on the CPU (MKL's vector maths,
+// SLEEF, by ISA): `torch.sqrt(16777215.)` is 4096 on some machines and
+// 4095.9998 (the correctly rounded value, what Rust's `f32::sqrt` gives) on
+// others. Wherever diffusers writes `x ** 0.5`, `.sqrt()`, `torch.log` or
+// `torch.exp` on a tensor, we call the same kernel through these, so both
+// sides round alike on every CPU. Plain `+ - * /` are exact IEEE operations
+// everywhere and stay host arithmetic.
+
+/// `x ** 0.5` on an f32 tensor (torch dispatches the 0.5 power to `sqrt`).
+pub fn sqrt32(x: f32) -> f32 {
+    Tensor::from(x).sqrt().double_value(&[]) as f32
+}
+
 /// f32 `ln`, `exp` and `expm1` through libtorch's kernels, so scalar
 /// coefficients equal those diffusers computes on 0-d f32 tensors.
 pub fn ln32(x: f32) -> f32 {
@@ -349,21 +337,6 @@ pub fn expm1_32(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numpy_helpers() {
-        assert_eq!(linspace(0.0, 1.0, 1), vec![0.0]);
-        assert_eq!(linspace(0.0, 999.0, 4), vec![0.0, 333.0, 666.0, 999.0]);
-        assert_eq!(
-            arange(1000.0, 0.0, -250.0),
-            vec![1000.0, 750.0, 500.0, 250.0]
-        );
-        assert_eq!(round(0.5), 0.0);
-        assert_eq!(round(1.5), 2.0);
-        assert_eq!(round(498.5), 498.0);
-        assert_eq!(interp(1.5, &[0.0, 1.0, 3.0]), 2.0);
-        assert_eq!(interp(7.0, &[0.0, 1.0, 3.0]), 3.0);
-    }
 
     #[test]
     fn spacings_match_diffusers_formulas() {
@@ -398,7 +371,7 @@ mod tests {
         })
         .unwrap();
         let sigmas = schedule.training_sigmas();
-        let logs: Vec<f32> = sigmas.iter().map(|s| s.ln()).collect();
+        let logs = schedule.log_sigmas();
         for t in [0usize, 1, 500, 998, 999] {
             assert!(
                 (sigma_to_t(sigmas[t] as f64, &logs) - t as f64).abs() < 1e-3,

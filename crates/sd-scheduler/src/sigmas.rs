@@ -62,6 +62,9 @@ pub struct SigmaRecipe {
     pub exponential: bool,
     /// KDPM2 rounds the timesteps it derives from Karras sigmas.
     pub round_karras_timesteps: bool,
+    /// Timesteps derived from Karras/exponential sigmas are cast to f32
+    /// (Euler, LMS, Heun); KDPM2 keeps numpy's f64.
+    pub f32_timesteps: bool,
     pub final_sigma: FinalSigmasType,
     /// Config overrides of the Karras/exponential range (Euler only).
     pub sigma_min: Option<f64>,
@@ -92,6 +95,7 @@ impl SigmaRecipe {
             karras,
             exponential,
             round_karras_timesteps: false,
+            f32_timesteps: true,
             final_sigma: FinalSigmasType::Zero,
             sigma_min: None,
             sigma_max: None,
@@ -119,14 +123,14 @@ pub fn sigma_steps(schedule: &NoiseSchedule, num_steps: usize, recipe: &SigmaRec
     .map(|t| t as f32 as f64)
     .collect();
     let training = schedule.training_sigmas();
-    let log_sigmas: Vec<f32> = training.iter().map(|&s| s.ln()).collect();
+    let log_sigmas = schedule.log_sigmas();
     let mut sigmas: Vec<f64> = match recipe.interpolation {
         InterpolationType::Linear => timesteps
             .iter()
             .map(|&t| schedule::interp(t, &training))
             .collect(),
         InterpolationType::LogLinear => {
-            let (lo, hi) = (training[num_train - 1].ln() as f64, training[0].ln() as f64);
+            let (lo, hi) = (log_sigmas[num_train - 1] as f64, log_sigmas[0] as f64);
             let line = Tensor::linspace(
                 lo,
                 hi,
@@ -152,6 +156,9 @@ pub fn sigma_steps(schedule: &NoiseSchedule, num_steps: usize, recipe: &SigmaRec
             &log_sigmas,
             recipe.round_karras_timesteps,
         );
+        if recipe.f32_timesteps {
+            timesteps.iter_mut().for_each(|t| *t = *t as f32 as f64);
+        }
     }
     let last = match recipe.final_sigma {
         FinalSigmasType::Zero => 0.0,
@@ -170,13 +177,13 @@ pub fn init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
     let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
     match spacing {
         TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
+        TimestepSpacing::Leading => schedule::sqrt32(max * max + 1.0) as f64,
     }
 }
 
 /// `sample / sqrt(sigma^2 + 1)`: the model sees unit-variance input.
 pub fn scale_input(sample: &Tensor, sigma: f32) -> Tensor {
-    sample / (sigma * sigma + 1.0).sqrt() as f64
+    sample / schedule::sqrt32(sigma * sigma + 1.0) as f64
 }
 
 /// `original + noise * sigma`: the forward process in sigma form.

@@ -175,7 +175,7 @@ impl Scheduler for UniPc {
             self.steps_offset,
         );
         let training = self.schedule.training_sigmas();
-        let log_sigmas: Vec<f32> = training.iter().map(|s| s.ln()).collect();
+        let log_sigmas = self.schedule.log_sigmas();
         let (mut sigmas, timesteps) = if self.karras || self.exponential {
             let min = self.sigma_min.unwrap_or(training[0] as f64);
             let max = self.sigma_max.unwrap_or(training[num_train - 1] as f64);

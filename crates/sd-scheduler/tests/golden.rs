@@ -2,22 +2,30 @@
 //! timesteps, sigmas, init_noise_sigma, the model input and the sample after
 //! every step of a whole run with the stand-in model eps(x) = FIXED + 0.1 x,
 //! and add_noise. Stochastic samplers draw from a CPU generator seeded 8,
-//! as diffusers' run did.
+//! as diffusers' run did. Bounds are the error model's (sd_core::parity):
+//! K ulps per step at the scale of the whole trace, 0 in exact mode.
 
 use std::collections::HashMap;
 
-use sd_core::parity::{check_close, read_tensors, reference_dir, Tolerance};
+use sd_core::parity::{
+    chain_tolerance, check_close, epsilon, exact_mode, max_abs, read_tensors, reference_dir,
+    ulps_per_evaluation, Tolerance,
+};
 use sd_core::rng::CpuGenerator;
 use sd_scheduler::{build, Ddim, SamplerKind, Scheduler, SchedulerConfig};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-/// f32 arithmetic in the same order as diffusers: a few ulps, compounded
-/// over up to 50 steps of samples of magnitude up to ~15.
-const TOL: Tolerance = Tolerance {
-    atol: 2e-5,
-    rtol: 2e-5,
-};
+/// Schedule values (timesteps, sigmas) are single f32 computations: K ulps
+/// of each value.
+fn schedule_tolerance() -> Tolerance {
+    let rtol = if exact_mode() {
+        0.0
+    } else {
+        ulps_per_evaluation(Kind::Float) * epsilon(Kind::Float)
+    };
+    Tolerance { atol: 0.0, rtol }
+}
 
 struct Reference {
     tensors: HashMap<String, Tensor>,
@@ -44,8 +52,10 @@ fn scheduler_for(case: &Value) -> sd_scheduler::Result<Box<dyn Scheduler>> {
     }
 }
 
-/// Runs one case; returns a description of the first mismatch.
-fn run_case(reference: &Reference, case: &Value) -> Result<(), String> {
+/// Runs one case; returns its largest max-abs error over every comparison,
+/// or a description of the first mismatch.
+fn run_case(reference: &Reference, case: &Value) -> Result<f64, String> {
+    let worst = std::cell::Cell::new(0f64);
     let key = case["key"].as_str().unwrap();
     let t = |name: &str| {
         reference
@@ -59,13 +69,21 @@ fn run_case(reference: &Reference, case: &Value) -> Result<(), String> {
         .set_timesteps(steps)
         .map_err(|e| format!("set_timesteps: {e}"))?;
 
-    // 1. the schedule
-    let timesteps = Tensor::from_slice(scheduler.timesteps());
+    // 1. the schedule (NaN where diffusers itself computes NaN; and across
+    //    machines not KDPM2-ancestral's final midpoint, below t = 1, which
+    //    comes from a zero sigma: see DISCONTINUOUS)
+    let expected = t("timesteps").unwrap();
+    let mut defined = expected.isfinite();
+    if case["sampler"] == "dpm2-a" && !exact_mode() {
+        defined = defined.logical_and(&expected.ge(1.0));
+    }
+    let zeros = expected.zeros_like();
+    let timesteps = Tensor::from_slice(scheduler.timesteps()).where_self(&defined, &zeros);
     check_close(
         "timesteps",
         &timesteps,
-        &t("timesteps").unwrap(),
-        Tolerance::abs(1e-3),
+        &expected.where_self(&defined, &zeros),
+        schedule_tolerance(),
     )
     .map_err(|e| e.to_string())?;
     if let (Some(expected), Some(sigmas)) = (t("sigmas"), scheduler.sigmas()) {
@@ -73,52 +91,55 @@ fn run_case(reference: &Reference, case: &Value) -> Result<(), String> {
             "sigmas",
             &Tensor::from_slice(sigmas),
             &expected,
-            Tolerance {
-                atol: 1e-6,
-                rtol: 1e-6,
-            },
+            schedule_tolerance(),
         )
         .map_err(|e| e.to_string())?;
     }
     let init = t("init_noise_sigma").unwrap().double_value(&[]);
-    if (scheduler.init_noise_sigma() - init).abs() > 1e-6 * init.max(1.0) {
+    if (scheduler.init_noise_sigma() - init).abs() > schedule_tolerance().rtol * init {
         return Err(format!(
             "init_noise_sigma {} vs {init}",
             scheduler.init_noise_sigma()
         ));
     }
 
-    // 2. the whole run (half-precision cases draw and run in their dtype, and
-    //    must agree bit for bit: the bound is below one ulp from |x| = 1)
+    // 2. the whole run (half-precision cases draw and run in their dtype);
+    //    after N steps the bound is N steps' budget at the trace's scale
     let kind = sd_core::device::parse_kind(case["dtype"].as_str().unwrap_or("f32")).unwrap();
-    let tol = match kind {
-        Kind::Half => Tolerance::abs(4e-4),
-        Kind::BFloat16 => Tolerance::abs(3e-3),
-        _ => TOL,
-    };
-    let check = |what: &str, actual: &Tensor, expected: &Tensor| {
+    let trace = t("trace").unwrap();
+    let scale = max_abs(&trace);
+    let check = |what: &str, steps: usize, actual: &Tensor, expected: &Tensor| {
         let f32 = |t: &Tensor| t.to_kind(Kind::Float);
-        check_close(what, &f32(actual), &f32(expected), tol).map_err(|e| e.to_string())
+        let tolerance = chain_tolerance(kind, steps, scale);
+        let comparison = check_close(what, &f32(actual), &f32(expected), tolerance)
+            .map_err(|e| e.to_string())?;
+        worst.set(worst.get().max(comparison.max_abs));
+        Ok::<(), String>(())
     };
     let shape = [1i64, 4, 4, 4];
     let mut generator = CpuGenerator::new(7).unwrap();
     let mut sample = generator.randn_as(&shape, kind).unwrap() * scheduler.init_noise_sigma();
     let fixed = generator.randn_as(&shape, kind).unwrap();
-    let trace = t("trace").unwrap();
     let inputs = t("model_inputs").unwrap();
-    check("start", &sample, &trace.get(0))?;
+    check("start", 1, &sample, &trace.get(0))?;
     let mut noise = CpuGenerator::new(8).unwrap();
     for i in 0..scheduler.timesteps().len() {
         let x = scheduler
             .scale_model_input(&sample, i)
             .map_err(|e| e.to_string())?;
-        check(&format!("model input {i}"), &x, &inputs.get(i as i64))?;
+        check(
+            &format!("model input {i}"),
+            i + 1,
+            &x,
+            &inputs.get(i as i64),
+        )?;
         let output = &fixed + &x * 0.1;
         sample = scheduler
             .step(&output, i, &sample, &mut noise)
             .map_err(|e| e.to_string())?;
         check(
             &format!("sample after step {i}"),
+            i + 1,
             &sample,
             &trace.get(i as i64 + 1),
         )?;
@@ -133,16 +154,32 @@ fn run_case(reference: &Reference, case: &Value) -> Result<(), String> {
                 2,
             )
             .map_err(|e| e.to_string())?;
-        check("add_noise", &noisy, &expected)?;
+        let tolerance = chain_tolerance(kind, 1, max_abs(&expected));
+        let comparison = check_close(
+            "add_noise",
+            &noisy.to_kind(Kind::Float),
+            &expected.to_kind(Kind::Float),
+            tolerance,
+        )
+        .map_err(|e| e.to_string())?;
+        worst.set(worst.get().max(comparison.max_abs));
     }
-    Ok(())
+    Ok(worst.get())
 }
+
+/// Cases where diffusers itself is not continuous in its rounding, so the
+/// error model does not apply across machines: KDPM2-ancestral's last
+/// sigma_down is sqrt(sigma_to^2 - sigma_up^2) of two values one ulp apart,
+/// 0 on one CPU and NaN on another (whose log-midpoint then gives the last
+/// midpoint timestep 0, 0.0096 or NaN). Compared in exact mode only.
+const DISCONTINUOUS: [&str; 2] = ["dpm2-a.steps2", "dpm2-a.squaredcos_cap_v2"];
 
 #[test]
 fn every_sampler_matches_diffusers_traces() {
     let reference = reference();
     let mut failures = Vec::new();
-    let (mut compared, mut rejected) = (0, 0);
+    let (mut compared, mut rejected, mut exact) = (0, 0, 0);
+    let mut worst = (0f64, String::new());
     for case in &reference.cases {
         let key = case["key"].as_str().unwrap();
         match case.get("error").and_then(Value::as_str) {
@@ -160,16 +197,26 @@ fn every_sampler_matches_diffusers_traces() {
             // An IndexError inside diffusers itself (Karras sigmas on the cosine
             // schedule): there is no reference to compare with.
             Some(_) => {}
+            None if DISCONTINUOUS.contains(&key) && !exact_mode() => {
+                println!("{key}: not compared (diffusers is discontinuous here; exact mode only)");
+            }
             None => {
                 compared += 1;
-                if let Err(message) = run_case(&reference, case) {
-                    failures.push(format!("{key}: {message}"));
+                match run_case(&reference, case) {
+                    Ok(0.0) => exact += 1,
+                    Ok(max_abs) if max_abs > worst.0 => worst = (max_abs, key.to_string()),
+                    Ok(_) => {}
+                    Err(message) => failures.push(format!("{key}: {message}")),
                 }
             }
         }
     }
-    println!("{compared} cases compared, {rejected} rejections checked");
-    assert!(compared >= 250, "only {compared} cases compared");
+    println!(
+        "{compared} cases compared ({exact} bit for bit; largest max-abs {:.3e} in {}), \
+         {rejected} rejections checked",
+        worst.0, worst.1
+    );
+    assert!(compared >= 249, "only {compared} cases compared");
     assert!(
         failures.is_empty(),
         "{} of {compared} cases differ:\n{}",
