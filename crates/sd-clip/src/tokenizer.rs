@@ -397,7 +397,11 @@ enum MergeJson {
     Pair(String, String),
 }
 
-type Parsed = (HashMap<String, u32>, Vec<(String, String)>, Vec<AddedTokenEntry>);
+type Parsed = (
+    HashMap<String, u32>,
+    Vec<(String, String)>,
+    Vec<AddedTokenEntry>,
+);
 
 fn read_tokenizer_json(text: &str, path: &Path) -> Result<Parsed> {
     let bad = |message: String| ClipError::Tokenizer {
@@ -407,9 +411,7 @@ fn read_tokenizer_json(text: &str, path: &Path) -> Result<Parsed> {
     let parsed: TokenizerJson = serde_json::from_str(text)
         .map_err(|e| bad(format!("not a tokenizers JSON file with a BPE model: {e}")))?;
     if let Some(kind) = parsed.model.kind.as_deref().filter(|k| *k != "BPE") {
-        return Err(bad(format!(
-            "model type '{kind}': a CLIP tokenizer is BPE"
-        )));
+        return Err(bad(format!("model type '{kind}': a CLIP tokenizer is BPE")));
     }
     let vocab = parsed.model.vocab;
     let mut merges = Vec::with_capacity(parsed.model.merges.len());
@@ -418,12 +420,18 @@ fn read_tokenizer_json(text: &str, path: &Path) -> Result<Parsed> {
             MergeJson::Pair(left, right) => (left, right),
             MergeJson::Text(line) => match line.split_once(' ') {
                 Some((l, r)) if !r.contains(' ') => (l.to_string(), r.to_string()),
-                _ => return Err(bad(format!("merge {index}: expected \"left right\", found '{line}'"))),
+                _ => {
+                    return Err(bad(format!(
+                        "merge {index}: expected \"left right\", found '{line}'"
+                    )))
+                }
             },
         };
         for part in [&left, &right] {
             if !vocab.contains_key(part) {
-                return Err(bad(format!("merge {index}: '{part}' is not in model.vocab")));
+                return Err(bad(format!(
+                    "merge {index}: '{part}' is not in model.vocab"
+                )));
             }
         }
         merges.push((left, right));

@@ -131,3 +131,46 @@ fn builtin_tokenizer_equals_the_reference_folder() {
         );
     }
 }
+
+#[test]
+fn folder_with_neither_layout_names_folder_and_files() {
+    let dir = scratch("neither");
+    std::fs::write(dir.join("tokenizer_config.json"), "{}").unwrap();
+    let err = ClipTokenizer::from_folder(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains(&dir.display().to_string())
+            && err.contains("tokenizer.json")
+            && err.contains("vocab.json")
+            && err.contains("merges.txt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_tokenizer_json_names_the_file() {
+    let dir = scratch("json");
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        r#"{"model": {"type": "WordPiece", "vocab": {}, "merges": []}}"#,
+    )
+    .unwrap();
+    let err = ClipTokenizer::from_folder(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("WordPiece"),
+        "{err}"
+    );
+    std::fs::write(dir.join("tokenizer.json"), "{").unwrap();
+    let err = ClipTokenizer::from_folder(&dir).unwrap_err().to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+    // an added token whose id does not follow the vocabulary
+    let json =
+        std::fs::read_to_string(reference_dir().join("fixtures/tokenizer-added/tokenizer.json"))
+            .unwrap()
+            .replace("\"id\": 49409", "\"id\": 50000");
+    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+    let err = ClipTokenizer::from_folder(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("<Style Word>") && err.contains("50000"),
+        "{err}"
+    );
+}

@@ -1,10 +1,22 @@
 //! Token ids identical to transformers' CLIPTokenizer on 320 prompts
 //! (reference/harness_outputs.py: punctuation, digits, unicode, accents,
-//! CJK, emoji, repeated spaces, very long prompts), for the SD1 tokenizer
-//! (pads with EOS) and the SD2 one (pads with "!").
+//! CJK, emoji, repeated spaces, very long prompts), for tokenizer folders in
+//! every layout: vocab.json + merges.txt (tiny-sd1, pads with EOS),
+//! tokenizer.json only as transformers 5 saves it (tiny-sd2 and both SDXL
+//! tokenizers; SD2 and SDXL's second pad with "!"), both (tiny-sd1-inpaint),
+//! and tokenizer.json with added textual-inversion tokens.
 
 use sd_clip::ClipTokenizer;
 use sd_core::parity::{read_tensors, reference_dir, take};
+
+const FOLDERS: [(&str, &str); 6] = [
+    ("sd1", "tiny-sd1/tokenizer"),
+    ("sd2", "tiny-sd2/tokenizer"),
+    ("sdxl_1", "tiny-sdxl/tokenizer"),
+    ("sdxl_2", "tiny-sdxl/tokenizer_2"),
+    ("inpaint", "tiny-sd1-inpaint/tokenizer"),
+    ("added", "tokenizer-added"),
+];
 
 #[test]
 fn ids_match_transformers_on_every_prompt() {
@@ -15,14 +27,26 @@ fn ids_match_transformers_on_every_prompt() {
     .unwrap();
     assert!(prompts.len() >= 300);
     let reference = read_tensors(outputs.join("tokenizer.safetensors")).unwrap();
-    for (name, folder) in [("sd1", "tiny-sd1"), ("sd2", "tiny-sd2")] {
-        let tokenizer = ClipTokenizer::from_folder(
-            reference_dir()
-                .join("fixtures")
-                .join(folder)
-                .join("tokenizer"),
-        )
-        .unwrap();
+    let added_prompts = [
+        "a <cat-toy> on a mat",
+        "<cat-toy><cat-toy>",
+        "A <CAT-TOY> in <Style Word>",
+        "<cat-toy>s and <cat-toys>",
+        "in the style of <style word>",
+        "<cat-toy",
+    ];
+    for (name, folder) in FOLDERS {
+        let tokenizer =
+            ClipTokenizer::from_folder(reference_dir().join("fixtures").join(folder)).unwrap();
+        let prompts: Vec<String> = if name == "added" {
+            prompts
+                .iter()
+                .cloned()
+                .chain(added_prompts.iter().map(|p| p.to_string()))
+                .collect()
+        } else {
+            prompts.clone()
+        };
         let expected =
             Vec::<Vec<i64>>::try_from(take(&reference, &format!("{name}.input_ids")).unwrap())
                 .unwrap();
