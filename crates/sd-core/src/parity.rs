@@ -245,6 +245,15 @@ pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: T
     }
 }
 
+/// [`assert_close`] with the error model's bound for a chain of
+/// `evaluations` model evaluations (1 for one forward pass) in the actual
+/// tensor's dtype, at the reference's scale: 0 in exact mode.
+#[track_caller]
+pub fn assert_matches(name: &str, actual: &Tensor, expected: &Tensor, evaluations: usize) {
+    let tolerance = chain_tolerance_for(actual.kind(), evaluations, expected);
+    assert_close(name, actual, expected, tolerance)
+}
+
 /// The largest per-pixel difference between two 8-bit images of the same
 /// size (`None` when the sizes differ).
 pub fn max_pixel_difference(actual: &[u8], expected: &[u8]) -> Option<u8> {
