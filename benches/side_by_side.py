@@ -3,6 +3,10 @@ diffusers and through sd-rs, per component, in one run.
 
     .venv/bin/python benches/side_by_side.py                       # CPU: 256x256, 4 steps, f32 and bf16
     .venv/bin/python benches/side_by_side.py --channels-last       # the same, both libraries channels-last
+    .venv/bin/python benches/side_by_side.py --dtype f32 --steps 3 --sampler euler --runs 1   # the memory comparison
+
+Each library runs in a process of its own; the table ends with both
+processes' peak resident memory (ru_maxrss).
     .venv/bin/python benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --batch 1 4
 
 Needs `bash scripts/setup.sh --reference` and a release build of
@@ -19,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,16 +116,38 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
     return out
 
 
+def child(cmd: list[str]) -> dict:
+    """Runs one library in a process of its own: its JSON result (last line of
+    stdout) with the process's peak resident memory added (`peak_rss_gib`,
+    the whole process: libtorch, weights, activations)."""
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{cmd[0]} failed with {proc.returncode}")
+        stdout.seek(0)
+        result = json.loads(stdout.read().strip().splitlines()[-1])
+    result["peak_rss_gib"] = usage.ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
+    return result
+
+
 def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
                 channels_last: bool) -> dict:
     binary = ROOT / "target" / "release" / "pipeline_timing"
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
-    out = subprocess.run([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
-                          "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
-                         + (["--channels-last"] if channels_last else []),
-                         check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
+                  "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
+                 + (["--channels-last"] if channels_last else []))
+
+
+def diffusers_child(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
+                    channels_last: bool) -> dict:
+    """diffusers_timing in a process of its own (see `child`)."""
+    return child([sys.executable, __file__, "--worker", "--device", device, "--dtype", dtype, "--size", str(size),
+                  "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
+                 + (["--channels-last"] if channels_last else []))
 
 
 def best(result: dict, key: str) -> float:
@@ -137,10 +164,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--sampler", default="pndm", choices=sorted(SCHEDULERS))
     parser.add_argument("--channels-last", action="store_true", help="both libraries: UNet and VAE channels-last")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # diffusers' own process
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    make_model()
     dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+    if args.worker:
+        print(json.dumps(diffusers_timing(args.device, dtypes[args.dtype[0]], args.size, args.steps, args.batch[0],
+                                          args.runs, args.sampler, args.channels_last)))
+        return
+    make_model()
     keys = ["text_encode_s", "unet_step_s", "vae_decode_s", "end_to_end_s"]
     print(f"SD1.5 architecture, random weights, {args.size}x{args.size}, {args.steps} {args.sampler} steps, CFG, "
           f"device {args.device}{', channels-last' if args.channels_last else ''}; unet_step = loop time / UNet calls")
@@ -148,13 +180,15 @@ def main() -> None:
         for batch in args.batch:
             ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
                                args.channels_last)
-            theirs = diffusers_timing(args.device, dtypes[dtype], args.size, args.steps, batch, args.runs, args.sampler,
-                                      args.channels_last)
+            theirs = diffusers_child(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
+                                     args.channels_last)
             print(f"\n{dtype}, batch {batch} (best of {args.runs} runs, seconds)")
             print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}")
             for key in keys:
                 d, r = best(theirs, key), best(ours, key)
                 print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x")
+            print(f"peak RSS (whole process): diffusers {theirs['peak_rss_gib']:.2f} GiB, "
+                  f"sd-rs {ours['peak_rss_gib']:.2f} GiB")
             if "peak_memory_gib" in theirs:
                 print(f"peak GPU memory: diffusers {theirs['peak_memory_gib']:.2f} GiB, "
                       f"sd-rs {ours.get('peak_memory_gib', float('nan')):.2f} GiB")

@@ -22,7 +22,9 @@ TINY_CLIP_L = dict(  # SD1.x / SDXL text_encoder: CLIP ViT-L/14 shape, quick_gel
     projection_dim=8, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
 TINY_OPENCLIP_H = dict(TINY_CLIP_L, hidden_act="gelu", pad_token_id=0)  # SD2.x
-TINY_OPENCLIP_BIGG = dict(TINY_OPENCLIP_H, projection_dim=8)  # SDXL text_encoder_2
+# SDXL text_encoder_2: wider than the first, as bigG (1280) is than CLIP-L (768):
+# diffusers' from_single_file tells the two towers apart by their width.
+TINY_OPENCLIP_BIGG = dict(TINY_OPENCLIP_H, hidden_size=12, intermediate_size=24, projection_dim=8)
 
 TINY_UNET_SD1 = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
@@ -43,7 +45,7 @@ TINY_UNET_SDXL = dict(
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     transformer_layers_per_block=[1, 1, 2], use_linear_projection=True,
-    cross_attention_dim=16, addition_embed_type="text_time", addition_time_embed_dim=4,
+    cross_attention_dim=8 + 12, addition_embed_type="text_time", addition_time_embed_dim=4,
     projection_class_embeddings_input_dim=6 * 4 + 8,
 )
 TINY_UNET_INPAINT = dict(TINY_UNET_SD1, in_channels=9)

@@ -447,6 +447,43 @@ def write_rng(outputs: Path) -> None:
     save_file(draws, outputs / "rng.safetensors")
 
 
+def write_single_file_outputs(fixtures: Path, outputs: Path) -> None:
+    """Final latents of diffusers' pipelines loaded with `from_single_file` from
+    the CompVis-layout files (configs from the folder named with `config=`, as
+    there is no hub here): SD1, SD1 inpainting, SD2 768-v (v-prediction), SD2
+    512-base (epsilon) from the same file, SD2 inpainting, SDXL base."""
+    from harness_single_file import SINGLE_FILES
+
+    init = Image.open(fixtures / "images" / "init.png").convert("RGB")
+    mask = Image.open(fixtures / "images" / "mask.png").convert("L")
+    prompt = "a red circle on a white background"
+    cases = [(stem, config) for stem, (_, config) in SINGLE_FILES.items()]
+    cases.insert(3, ("tiny-sd2", "single-file/configs/tiny-sd2-base"))
+    runs, tensors = [], {}
+    for stem, config in cases:
+        if stem.endswith("inpaint"):
+            cls, extra = StableDiffusionInpaintPipeline, dict(image=init, mask_image=mask, strength=1.0)
+        elif stem == "tiny-sdxl":
+            cls, extra = StableDiffusionXLPipeline, {}
+        else:
+            cls, extra = StableDiffusionPipeline, {}
+        kwargs = {} if cls is StableDiffusionXLPipeline else dict(safety_checker=None, requires_safety_checker=False)
+        pipe = cls.from_single_file(str(fixtures / "single-file" / f"{stem}.safetensors"),
+                                    config=str(fixtures / config), local_files_only=True, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        key = f"{stem}.{Path(config).name}"
+        latents, _ = run_keeping_latents(pipe, prompt, num_inference_steps=4, guidance_scale=7.5, height=64,
+                                         width=64, generator=torch.Generator("cpu").manual_seed(0), **extra)
+        tensors[key] = latents
+        runs.append(dict(key=key, file=f"single-file/{stem}.safetensors", config=config, seed=0, steps=4,
+                         guidance_scale=7.5, prompt=prompt, height=64, width=64,
+                         scheduler=type(pipe.scheduler).__name__,
+                         prediction_type=pipe.scheduler.config.prediction_type,
+                         **({"strength": 1.0} if "image" in extra else {})))
+    save_file(tensors, outputs / "single_file.safetensors")
+    (outputs / "single_file.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
 def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_rng(outputs)
     write_tokenizer_ids(fixtures, outputs)
@@ -459,5 +496,6 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_img2img_inpaint(fixtures, outputs, half=True)
     write_sdxl(fixtures, outputs)
     write_sd2(fixtures, outputs)
+    write_single_file_outputs(fixtures, outputs)
     write_shapes_model(fixtures.parent.parent, outputs)
     write_layers(outputs)

@@ -130,7 +130,9 @@ def open_clip_to_ldm(state: dict, prefix: str, extra_layer: bool) -> dict:
         out["text_projection"] = torch.eye(width, device=out["token_embedding.weight"].device)  # SD2 files carry one; unused
     out["logit_scale"] = torch.tensor(4.6052, device=out["token_embedding.weight"].device)
     if extra_layer:  # OpenCLIP-H has one layer more than SD2 uses; diffusers drops it
-        layers[len(layers)] = {k: torch.zeros_like(v) for k, v in layers[0].items()}
+        gen = torch.Generator().manual_seed(24)
+        layers[len(layers)] = {k: torch.randn(v.shape, generator=gen).to(v.device) if v.device.type != "meta"
+                               else torch.empty_like(v) for k, v in layers[0].items()}
     for i, p in layers.items():
         base = f"transformer.resblocks.{i}."
         out[base + "ln_1.weight"], out[base + "ln_1.bias"] = p["layer_norm1.weight"], p["layer_norm1.bias"]
@@ -159,14 +161,74 @@ def load(folder: Path, file: str) -> dict:
     return load_file(folder / file)
 
 
+# The SD2 files: OpenCLIP-H's text tower has one layer more than SD2 uses
+# (diffusers keeps 23 of 24); the tiny one gets a random extra layer the same
+# way, so a loader that keeps it computes something else. The SD2 inpainting
+# UNet is the SD2 one with a 9-channel input.
+SINGLE_FILES = {
+    # file stem: (diffusers folder it is made from, config folder for from_single_file)
+    "tiny-sd1": ("tiny-sd1", "tiny-sd1"),
+    "tiny-sd1-inpaint": ("tiny-sd1-inpaint", "tiny-sd1-inpaint"),
+    "tiny-sd2": ("tiny-sd2", "tiny-sd2"),
+    "tiny-sd2-inpaint": ("tiny-sd2", "single-file/configs/tiny-sd2-inpaint"),
+    "tiny-sdxl": ("tiny-sdxl", "tiny-sdxl"),
+}
+# Config-only folders (what from_single_file reads besides the file): SD2's
+# 512 base (epsilon) and SD2 inpainting (epsilon, 9 channels).
+SCHEDULER_SD2_BASE = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.10.0.dev0",
+    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+    "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+}
+
+
+def config_folder(fixtures: Path, source: str, out: Path, pipeline: str, unet_changes: dict) -> None:
+    """A diffusers folder without weights: model_index, configs, tokenizer."""
+    import json
+    import shutil
+
+    src = fixtures / source
+    out.mkdir(parents=True, exist_ok=True)
+    index = json.loads((src / "model_index.json").read_text())
+    index["_class_name"] = pipeline
+    index["scheduler"] = ["diffusers", SCHEDULER_SD2_BASE["_class_name"]]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for sub in ("text_encoder", "vae", "unet", "scheduler"):
+        (out / sub).mkdir(exist_ok=True)
+    shutil.copyfile(src / "text_encoder" / "config.json", out / "text_encoder" / "config.json")
+    shutil.copyfile(src / "vae" / "config.json", out / "vae" / "config.json")
+    unet = json.loads((src / "unet" / "config.json").read_text())
+    unet.update(unet_changes)
+    (out / "unet" / "config.json").write_text(json.dumps(unet, indent=2, sort_keys=True) + "\n")
+    (out / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(SCHEDULER_SD2_BASE, indent=2, sort_keys=True) + "\n")
+    shutil.copytree(src / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+
+
+def sd2_inpaint_unet(fixtures: Path) -> tuple[dict, dict]:
+    """The tiny SD2 UNet with a 9-channel input (seeded), and its config."""
+    config = dict(UNet2DConditionModel.load_config(fixtures / "tiny-sd2" / "unet"), in_channels=9)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    torch.manual_seed(12)
+    model = UNet2DConditionModel(**config).eval()
+    return model.state_dict(), dict(model.config)
+
+
 def write_single_files(fixtures: Path) -> None:
     out_dir = fixtures / "single-file"
     out_dir.mkdir(exist_ok=True)
-    for model in ("tiny-sd1", "tiny-sdxl"):
+    config_folder(fixtures, "tiny-sd2", out_dir / "configs" / "tiny-sd2-base", "StableDiffusionPipeline", {})
+    config_folder(fixtures, "tiny-sd2", out_dir / "configs" / "tiny-sd2-inpaint",
+                  "StableDiffusionInpaintPipeline", {"in_channels": 9})
+    for stem, (model, _) in SINGLE_FILES.items():
         root = fixtures / model
-        unet = UNet2DConditionModel.load_config(root / "unet")
+        if stem == "tiny-sd2-inpaint":
+            unet_state, unet = sd2_inpaint_unet(fixtures)
+        else:
+            unet = UNet2DConditionModel.load_config(root / "unet")
+            unet_state = load(root / "unet", "diffusion_pytorch_model.safetensors")
         vae = AutoencoderKL.load_config(root / "vae")
-        unet_state = load(root / "unet", "diffusion_pytorch_model.safetensors")
         vae_state = load(root / "vae", "diffusion_pytorch_model.safetensors")
         te_state = load(root / "text_encoder", "model.safetensors")
         ckpt = {}
@@ -176,19 +238,21 @@ def write_single_files(fixtures: Path) -> None:
             ckpt.update(clip_to_ldm(te_state, "conditioner.embedders.0.transformer."))
             te2_state = load(root / "text_encoder_2", "model.safetensors")
             ckpt.update(open_clip_to_ldm(te2_state, "conditioner.embedders.1.model.", extra_layer=False))
+        elif model == "tiny-sd2":
+            ckpt.update(open_clip_to_ldm(te_state, "cond_stage_model.model.", extra_layer=True))
         else:
             ckpt.update(clip_to_ldm(te_state, "cond_stage_model.transformer."))
         # Check against diffusers' own conversion back.
-        same(f"{model} unet", unet_state, convert_ldm_unet_checkpoint(ckpt, dict(unet)))
-        same(f"{model} vae", vae_state, convert_ldm_vae_checkpoint(ckpt, dict(vae)))
+        same(f"{stem} unet", unet_state, convert_ldm_unet_checkpoint(ckpt, dict(unet)))
+        same(f"{stem} vae", vae_state, convert_ldm_vae_checkpoint(ckpt, dict(vae)))
         if model == "tiny-sdxl":
-            same(f"{model} te1", te_state, convert_ldm_clip_checkpoint(ckpt, "conditioner.embedders.0.transformer."))
+            same(f"{stem} te1", te_state, convert_ldm_clip_checkpoint(ckpt, "conditioner.embedders.0.transformer."))
             te2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2")
             back = convert_open_clip_checkpoint(te2, ckpt, prefix="conditioner.embedders.1.model.")
-            same(f"{model} te2", te2_state, back)
-        else:
-            same(f"{model} te", te_state, convert_ldm_clip_checkpoint(ckpt, "cond_stage_model.transformer."))
-        save_file({k: v.contiguous() for k, v in sorted(ckpt.items())}, out_dir / f"{model}.safetensors")
+            same(f"{stem} te2", te2_state, back)
+        elif model != "tiny-sd2":
+            same(f"{stem} te", te_state, convert_ldm_clip_checkpoint(ckpt, "cond_stage_model.transformer."))
+        save_file({k: v.contiguous() for k, v in sorted(ckpt.items())}, out_dir / f"{stem}.safetensors")
 
 
 def write_single_file_manifests(manifests: Path) -> None:

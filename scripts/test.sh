@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine or an old one:
 #   1. libtorch (scripts/setup.sh: idempotent, reuses the per-user cache),
-#   2. the Rust tests of the whole workspace,
-#   3. the reference fixtures regenerate byte for byte from reference/generate.py
-#      (installs diffusers/transformers into the same cached virtualenv once).
-# Set SD_SKIP_FIXTURE_CHECK=1 to leave out step 3 (it needs PyPI the first time).
+#   2. the Rust tests of the whole workspace (committed references, bounds of
+#      the error model in docs/reference.md),
+#   3. the parity suites again under every other CPU kernel path this machine
+#      offers (scripts/parity.sh),
+#   4. the reference fixtures regenerated with diffusers on this machine and
+#      compared with the committed ones, then the crates held to those bit for
+#      bit (scripts/check-fixtures.sh; installs diffusers/transformers into
+#      the same cached virtualenv once).
+# Set SD_SKIP_FIXTURE_CHECK=1 to leave out step 4 (it needs PyPI the first time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 cargo test --workspace
+bash scripts/parity.sh
 
 if [[ "${SD_SKIP_FIXTURE_CHECK:-0}" != 1 ]]; then
   bash scripts/check-fixtures.sh

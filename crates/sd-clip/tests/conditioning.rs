@@ -63,7 +63,7 @@ fn sdxl_conditioning_is_both_penultimate_layers_and_the_projected_pool() {
         .get(0)
         .unsqueeze(0);
     assert_matches("sdxl pooled", &b.pooled, &pooled, 1);
-    assert_eq!(hidden.size(), vec![1, 77, 16]);
+    assert_eq!(hidden.size(), vec![1, 77, 8 + 12]);
 }
 
 #[test]

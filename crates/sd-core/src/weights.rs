@@ -84,6 +84,7 @@ impl fmt::Display for LoadReport {
 /// One memory-mapped safetensors file.
 pub struct MappedFile {
     path: PathBuf,
+    file: File,
     mmap: Mmap,
 }
 
@@ -94,7 +95,7 @@ impl MappedFile {
         // SAFETY: the map is read-only and lives as long as this value; a file
         // changed underneath while loading is outside what any loader guards.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(&path, e))?;
-        let mapped = MappedFile { path, mmap };
+        let mapped = MappedFile { path, file, mmap };
         mapped.tensors()?;
         Ok(mapped)
     }
@@ -119,6 +120,33 @@ impl MappedFile {
             .into_iter()
             .map(|(name, view)| (name, view.shape().iter().map(|&d| d as i64).collect()))
             .collect())
+    }
+
+    /// One tensor of the header, read from the file (not the map) into a
+    /// new CPU tensor in its stored dtype.
+    fn read_view(&self, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let kind = kind_of(view.dtype()).ok_or_else(|| CoreError::UnsupportedDType {
+            path: self.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let data = view.data();
+        // where the bytes are, from the header alone (no page is touched)
+        let offset = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        let tensor = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
+        if data.is_empty() {
+            return Ok(tensor);
+        }
+        // SAFETY: a new contiguous CPU tensor of exactly `data.len()` bytes
+        // (numel * element size, as the parser checked), written once here.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, data.len()) };
+        self.file
+            .read_exact_at(bytes, offset as u64)
+            .map_err(|e| CoreError::io(&self.path, e))?;
+        Ok(tensor)
     }
 
     /// Reads one tensor onto the CPU in its stored dtype (an owned copy).
@@ -167,7 +195,10 @@ pub fn load_safetensors<P: AsRef<Path>>(
 }
 
 /// [`load_safetensors`] with a [`KeyMap`] per file key. Each tensor is read
-/// from the memory map, transformed as a view, and copied into its variable.
+/// from the file into a buffer of its own (the map serves only the header:
+/// touching the mapped data would keep every page resident until the map
+/// drops, doubling the peak memory of a load), transformed as a view, and
+/// copied into its variable.
 pub fn load_mapped<P: AsRef<Path>>(
     vs: &VarStore,
     files: &[P],
@@ -216,7 +247,7 @@ pub fn load_mapped<P: AsRef<Path>>(
                 path: mapped[index].path.clone(),
                 message: e.to_string(),
             })?;
-        let raw = view_to_tensor(&mapped[index].path, &key, &view)?;
+        let raw = mapped[index].read_view(&key, &view)?;
         let source = transform(&raw, &mapping, part);
         if source.size() != var.size() {
             report

@@ -127,11 +127,19 @@ impl Plan {
 
 /// The built-in diffusers configs of a family's full-size model, keyed by
 /// component (`unet`, `vae`, `text_encoder`[, `text_encoder_2`], `scheduler`).
-pub fn preset(kind: CheckpointKind) -> Value {
-    let text = match kind {
-        CheckpointKind::Sd1 => include_str!("presets/sd15.json"),
-        CheckpointKind::Sd2 => include_str!("presets/sd21.json"),
-        CheckpointKind::Sdxl => include_str!("presets/sdxl.json"),
+/// They are the configs of the repos diffusers' `from_single_file` falls back
+/// to for a file without a config (its `DIFFUSERS_DEFAULT_PIPELINE_PATHS`):
+/// SD1 -> stable-diffusion-v1-5 (inpainting: its 9-channel UNet), SD2 ->
+/// stable-diffusion-2-1 (768 pixels, v-prediction, whether the file is the
+/// 512 base or the 768-v model: name a config folder for the base), SD2
+/// inpainting -> stable-diffusion-2-inpainting (512, epsilon), SDXL -> the
+/// SDXL base.
+pub fn preset(detected: Detected) -> Value {
+    let text = match (detected.kind, detected.inpainting) {
+        (CheckpointKind::Sd1, _) => include_str!("presets/sd15.json"),
+        (CheckpointKind::Sd2, false) => include_str!("presets/sd21.json"),
+        (CheckpointKind::Sd2, true) => include_str!("presets/sd2_inpainting.json"),
+        (CheckpointKind::Sdxl, _) => include_str!("presets/sdxl.json"),
     };
     serde_json::from_str(text).expect("the embedded presets are valid JSON")
 }
@@ -156,7 +164,7 @@ fn configs(detected: Detected, config_dir: Option<&Path>) -> Result<Configs> {
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         },
         None => {
-            let p = preset(detected.kind);
+            let p = preset(detected);
             Configs {
                 unet: UNetConfig::from_json_str(&p["unet"].to_string())?,
                 vae: VaeConfig::from_json_str(&p["vae"].to_string())?,

@@ -1,13 +1,17 @@
 //! Single-file (LDM layout) checkpoints made by the harness from the tiny
 //! models (reference/harness_single_file.py, checked there against diffusers'
-//! own conversion) give exactly the latents of the diffusers folders.
+//! own conversion): SD1, SD1 inpainting, SD2 (OpenCLIP tower with fused
+//! in_proj and one layer more than SD2 uses), SD2 inpainting and SDXL give
+//! diffusers' `from_single_file` latents, and those of the diffusers folders.
 
 use std::path::PathBuf;
 
-use sd_core::parity::reference_dir;
+use sd_core::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_core::weights::MappedFile;
-use sd_pipeline::single_file::{detect, CheckpointKind, Detected};
+use sd_pipeline::single_file::{detect, preset, CheckpointKind, Detected, Plan};
 use sd_pipeline::{Request, StableDiffusion};
+use sd_scheduler::PredictionType;
+use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -23,7 +27,7 @@ fn request() -> Request {
 
 #[test]
 fn single_files_match_their_diffusers_folders() {
-    for model in ["tiny-sd1", "tiny-sdxl"] {
+    for model in ["tiny-sd1", "tiny-sd1-inpaint", "tiny-sd2", "tiny-sdxl"] {
         let folder = StableDiffusion::builder()
             .model_dir(fixtures().join(model))
             .build()
@@ -34,11 +38,127 @@ fn single_files_match_their_diffusers_folders() {
             .build()
             .unwrap();
         assert_eq!(single.family(), folder.family());
+        let mut request = request();
+        if model.ends_with("inpaint") {
+            let images = fixtures().join("images");
+            request.init_image = Some(image::open(images.join("init.png")).unwrap().to_rgb8());
+            request.mask = Some(image::open(images.join("mask.png")).unwrap().to_luma8());
+        }
         let (a, b) = (
-            folder.generate(&request()).unwrap().latents,
-            single.generate(&request()).unwrap().latents,
+            folder.generate(&request).unwrap().latents,
+            single.generate(&request).unwrap().latents,
         );
         assert_eq!(a, b, "{model}");
+    }
+}
+
+#[test]
+fn single_files_match_diffusers_from_single_file() {
+    let outputs = fixtures().join("outputs");
+    let reference = read_tensors(outputs.join("single_file.safetensors")).unwrap();
+    let runs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(outputs.join("single_file.json")).unwrap())
+            .unwrap();
+    assert_eq!(runs.len(), 6);
+    tch::set_num_threads(1);
+    for run in runs {
+        let key = run["key"].as_str().unwrap();
+        let pipeline = StableDiffusion::builder()
+            .single_file(fixtures().join(run["file"].as_str().unwrap()))
+            .config_dir(fixtures().join(run["config"].as_str().unwrap()))
+            .build()
+            .unwrap();
+        let mut request = Request::new(run["prompt"].as_str().unwrap());
+        request.steps = run["steps"].as_u64().unwrap() as usize;
+        request.seed = run["seed"].as_u64().unwrap();
+        request.guidance_scale = run["guidance_scale"].as_f64().unwrap();
+        request.width = Some(64);
+        request.height = Some(64);
+        if let Some(strength) = run["strength"].as_f64() {
+            let images = fixtures().join("images");
+            request.init_image = Some(image::open(images.join("init.png")).unwrap().to_rgb8());
+            request.mask = Some(image::open(images.join("mask.png")).unwrap().to_luma8());
+            request.strength = strength;
+        }
+        let latents = pipeline.generate(&request).unwrap().latents;
+        assert_matches(
+            key,
+            &latents,
+            &take(&reference, key).unwrap(),
+            request.steps,
+        );
+    }
+}
+
+#[test]
+fn files_without_a_config_take_the_configs_diffusers_falls_back_to() {
+    // diffusers' DIFFUSERS_DEFAULT_PIPELINE_PATHS: v2 -> stable-diffusion-2-1
+    // (v-prediction, 768), inpainting_v2 -> stable-diffusion-2-inpainting
+    // (epsilon, 512), v1 and inpainting -> SD1.5 (epsilon, 512).
+    let cases = [
+        (
+            "tiny-sd1",
+            CheckpointKind::Sd1,
+            false,
+            PredictionType::Epsilon,
+            64,
+            4,
+        ),
+        (
+            "tiny-sd1-inpaint",
+            CheckpointKind::Sd1,
+            true,
+            PredictionType::Epsilon,
+            64,
+            9,
+        ),
+        (
+            "tiny-sd2",
+            CheckpointKind::Sd2,
+            false,
+            PredictionType::VPrediction,
+            96,
+            4,
+        ),
+        (
+            "tiny-sd2-inpaint",
+            CheckpointKind::Sd2,
+            true,
+            PredictionType::Epsilon,
+            64,
+            9,
+        ),
+        (
+            "tiny-sdxl",
+            CheckpointKind::Sdxl,
+            false,
+            PredictionType::Epsilon,
+            128,
+            4,
+        ),
+    ];
+    for (stem, kind, inpainting, prediction, sample_size, in_channels) in cases {
+        let file =
+            MappedFile::open(fixtures().join(format!("single-file/{stem}.safetensors"))).unwrap();
+        let detected = detect(&file).unwrap();
+        assert_eq!(detected, Detected { kind, inpainting }, "{stem}");
+        let plan = Plan::new(detected, None).unwrap();
+        assert_eq!(
+            plan.configs
+                .scheduler
+                .prediction_type
+                .unwrap_or(PredictionType::Epsilon),
+            prediction,
+            "{stem}"
+        );
+        assert_eq!(plan.configs.unet.sample_size, Some(sample_size), "{stem}");
+        assert_eq!(plan.configs.unet.in_channels, in_channels, "{stem}");
+        if kind == CheckpointKind::Sd2 {
+            // OpenCLIP-H's 24 layers, of which SD2 uses 23 (the penultimate
+            // layer's output, through the final layer norm)
+            assert_eq!(plan.configs.text.num_hidden_layers, 23);
+            assert_eq!(preset(detected)["text_encoder"]["num_hidden_layers"], 23);
+        }
     }
 }
 

@@ -173,7 +173,10 @@ pub fn write_random_sd15(dir: &Path, seed: u64, kind: tch::Kind) -> Result<()> {
     use sd_unet::{UNet2DConditionModel, UNetConfig};
     use sd_vae::{AutoencoderKL, VaeConfig};
 
-    let preset = sd_pipeline::single_file::preset(sd_pipeline::single_file::CheckpointKind::Sd1);
+    let preset = sd_pipeline::single_file::preset(sd_pipeline::single_file::Detected {
+        kind: sd_pipeline::single_file::CheckpointKind::Sd1,
+        inpainting: false,
+    });
     let device = tch::Device::Cpu;
     tch::manual_seed(seed as i64);
     let text_encoder = ClipTextModel::new(
