@@ -125,28 +125,35 @@ impl MappedFile {
     /// One tensor of the header, read from the file (not the map) into a
     /// new CPU tensor in its stored dtype.
     fn read_view(&self, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
-        use std::os::unix::fs::FileExt;
         let kind = kind_of(view.dtype()).ok_or_else(|| CoreError::UnsupportedDType {
             path: self.path.clone(),
             name: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
+        self.read_into(view, &tensor)?;
+        Ok(tensor)
+    }
+
+    /// Reads a tensor's bytes from the file straight into `target`, a
+    /// contiguous CPU tensor of exactly that many bytes (the caller checks).
+    fn read_into(&self, view: &safetensors::tensor::TensorView<'_>, target: &Tensor) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let data = view.data();
+        if data.is_empty() {
+            return Ok(());
+        }
         // where the bytes are, from the header alone (no page is touched)
         let offset = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
-        let tensor = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
-        if data.is_empty() {
-            return Ok(tensor);
-        }
-        // SAFETY: a new contiguous CPU tensor of exactly `data.len()` bytes
-        // (numel * element size, as the parser checked), written once here.
+        // SAFETY: `target` is a contiguous CPU tensor of exactly `data.len()`
+        // bytes (numel * element size, as the parser and the caller checked),
+        // and nothing else uses it while it is written.
         let bytes =
-            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, data.len()) };
+            unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, data.len()) };
         self.file
             .read_exact_at(bytes, offset as u64)
-            .map_err(|e| CoreError::io(&self.path, e))?;
-        Ok(tensor)
+            .map_err(|e| CoreError::io(&self.path, e))
     }
 
     /// Reads one tensor onto the CPU in its stored dtype (an owned copy).
@@ -247,6 +254,18 @@ pub fn load_mapped<P: AsRef<Path>>(
                 path: mapped[index].path.clone(),
                 message: e.to_string(),
             })?;
+        // Straight into the variable when nothing changes on the way (the
+        // usual case for a CPU model), else through a buffer of its own.
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if matches!(mapping, KeyMap::To(_))
+            && var.device() == tch::Device::Cpu
+            && kind_of(view.dtype()) == Some(var.kind())
+            && var.is_contiguous()
+            && shape == var.size()
+        {
+            mapped[index].read_into(&view, var)?;
+            continue;
+        }
         let raw = mapped[index].read_view(&key, &view)?;
         let source = transform(&raw, &mapping, part);
         if source.size() != var.size() {

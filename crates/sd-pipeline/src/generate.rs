@@ -295,6 +295,9 @@ impl StableDiffusion {
             .map_or(UnetExecution::Eager, UnetRunner::execution);
         drop(runner);
         drop(unet);
+        // the loop's freed activations back to the kernel before the decode
+        // allocates buffers of other sizes (peak memory; sd_core::alloc)
+        sd_core::alloc::release_freed_memory();
         Ok(Generation {
             images: self.decode_with(&vae, &latents)?,
             latents,
