@@ -75,7 +75,7 @@ if [[ "${1:-}" == "--same-machine" ]]; then
     OMP_NUM_THREADS=1 .venv/bin/python "$dir/generate.py" >"$LOGS/generate.log" 2>&1
   fi
   if run_suites same-machine SD_PARITY=exact SD_REFERENCE_DIR="$dir" OMP_NUM_THREADS=1; then
-    echo "parity: bit for bit with diffusers on this machine"
+    echo "parity: bit for bit with diffusers on this machine (computations ordered otherwise than the reference, e.g. channels-last or sliced, within their bounds)"
     exit 0
   fi
   if [[ "$report" == 1 ]]; then

@@ -62,7 +62,9 @@ fn sdxl_conditioning_is_both_penultimate_layers_and_the_projected_pool() {
         .unwrap()
         .get(0)
         .unsqueeze(0);
-    assert_matches("sdxl pooled", &b.pooled, &pooled, 1);
+    // (the reference encoded three prompts in one batch: the projection's
+    // GEMM rounds otherwise for one)
+    sd_core::parity::assert_matches_reordered("sdxl pooled", &b.pooled, &pooled, 1);
     assert_eq!(hidden.size(), vec![1, 77, 8 + 12]);
 }
 

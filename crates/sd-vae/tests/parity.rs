@@ -45,10 +45,11 @@ fn vaes_match_diffusers() {
         let mean = vae.encode(&t("tiled_image")).unwrap().mean;
         assert_matches(&format!("{name} tiled encode"), &mean, &t("tiled_mean"), 1);
 
-        // Slicing a batch gives the same numbers as one batched call.
+        // Slicing a batch gives the numbers of one batched call, within
+        // rounding (one sample at a time is another convolution shape).
         vae.set_tiling(None);
         vae.set_slicing(true);
-        assert_matches(
+        sd_core::parity::assert_matches_reordered(
             &format!("{name} sliced decode"),
             &vae.decode(&t("latents")).unwrap(),
             &t("decoded"),
