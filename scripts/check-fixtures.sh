@@ -3,8 +3,9 @@
 # tree is not touched) and compares it with what is committed: byte for byte
 # where the output cannot depend on the CPU, by the error model elsewhere
 # (reference/compare_fixtures.py). Then holds the Rust crates to the
-# regenerated, same-machine references bit for bit, reporting any case that
-# does not reach 0 (scripts/parity.sh --same-machine --report).
+# regenerated, same-machine references bit for bit (scripts/parity.sh
+# --same-machine): failing on a case that does not reach 0 where exactness is
+# established, reporting it elsewhere.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,4 +25,12 @@ if ! .venv/bin/python reference/compare_fixtures.py reference "$copy"; then
   exit 1
 fi
 echo "fixtures: 1 passed, 0 failed"
-bash scripts/parity.sh --same-machine --report "$copy"
+# Exactness is established where the reference side computes nothing the
+# crates cannot reproduce: x86-64 without AVX-512 (there numpy uses Intel's
+# SVML for f64 log/exp/power, and on Arm its own NEON float32 log). Strict
+# there, reported elsewhere (docs/reference.md).
+if [[ "$(uname -m)" == x86_64 ]] && ! grep -qw avx512f /proc/cpuinfo; then
+  bash scripts/parity.sh --same-machine "$copy"
+else
+  bash scripts/parity.sh --same-machine --report "$copy"
+fi
