@@ -12,7 +12,11 @@ docs/reference.md (the same one the Rust tests use):
 K = 32 in f32, 4 in f16/bf16; eps the dtype's machine epsilon; S the largest
 magnitude of the committed tensor; N the model evaluations that produced it
 (1 for one forward pass; the run's steps, twice for second-order samplers).
-Decoded 8-bit images may move by 1 + floor(255 * K * eps) levels.
+Values stored in f64 (schedules) were computed in f32 and get f32's eps.
+Decoded 8-bit images, the end of the same chain plus the VAE, may move by
+1 + floor(255 * K * eps * (N + 1)) levels. Cases where diffusers itself is
+discontinuous (DISCONTINUOUS, as in crates/sd-scheduler/tests/golden.rs) must
+only keep their shapes.
 Prints one line per file and exits non-zero on any difference beyond that.
 """
 
@@ -29,6 +33,9 @@ from safetensors.torch import load_file
 K = {torch.float32: 32.0, torch.float64: 32.0, torch.float16: 4.0, torch.bfloat16: 4.0}
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 SECOND_ORDER = {"heun", "dpm2", "dpm2-a"}
+# KDPM2-ancestral's last sigma_down is sqrt of a difference of two values an
+# ulp apart: 0 on one CPU, NaN on another (docs/reference.md)
+DISCONTINUOUS = ("schedulers.safetensors", ("dpm2-a.steps2.", "dpm2-a.squaredcos_cap_v2."))
 
 
 def eps(dtype: torch.dtype) -> float:
@@ -75,11 +82,15 @@ def compare_tensors(path: Path, committed: Path, regenerated: Path) -> list[str]
         if a.shape != b.shape or a.dtype != b.dtype:
             problems.append(f"{key}: {a.dtype}{list(a.shape)} became {b.dtype}{list(b.shape)}")
             continue
+        if path.name == DISCONTINUOUS[0] and key.startswith(DISCONTINUOUS[1]):
+            continue
         run = run_for(key, runs)
         dtype = DTYPES.get((run or {}).get("dtype", ""), a.dtype)
+        if dtype == torch.float64:  # an f32 schedule widened for storage
+            dtype = torch.float32
         if key.endswith(".image") and a.dtype == torch.uint8:
             moved = (a.int() - b.int()).abs().max().item() if a.numel() else 0
-            bound = 1 + math.floor(255 * K[dtype] * eps(dtype))
+            bound = 1 + math.floor(255 * K[dtype] * eps(dtype) * (evaluations(run) + 1))
             if moved > bound:
                 problems.append(f"{key}: pixels moved by {moved} > {bound} levels")
             continue
