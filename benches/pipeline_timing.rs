@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         _ => None,
     };
     if let Some(i) = cuda {
-        sd_core::cuda_memory::reset_peak(i)?;
+        sd_core::ffi::cuda_memory::reset_peak(i)?;
     }
     let _guard = tch::no_grad_guard();
     let mut results = Vec::new();
@@ -130,7 +130,7 @@ fn main() -> Result<()> {
         "settings": args[1..].join(" "),
     });
     if let Some(i) = cuda {
-        let peak = sd_core::cuda_memory::peak(i)?;
+        let peak = sd_core::ffi::cuda_memory::peak(i)?;
         out["peak_memory_gib"] = (peak.allocated as f64 / (1u64 << 30) as f64).into();
         out["peak_reserved_gib"] = (peak.reserved as f64 / (1u64 << 30) as f64).into();
     }

@@ -171,7 +171,7 @@ fn doctor(device: Option<&str>) -> Result<()> {
     println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
     println!(
         "cuda graphs (--cuda-graphs) and peak-memory counters: {}",
-        if sd_core::cuda_graph::available() {
+        if sd_core::ffi::cuda_graph::available() {
             "available"
         } else if tch::Cuda::is_available() {
             "not built (the libtorch wheel lacked the CUDA headers)"

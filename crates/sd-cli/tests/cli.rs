@@ -18,7 +18,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn fixtures() -> PathBuf {
-    sd_core::parity::reference_dir().join("fixtures")
+    sd_testkit::parity::reference_dir().join("fixtures")
 }
 
 #[test]
@@ -88,11 +88,11 @@ fn txt2img_writes_images_metadata_and_latents() {
     request.num_images = 2;
     let expected = pipeline.generate(&request).unwrap().latents;
     assert_eq!(saved[0].0, "latents");
-    sd_core::parity::assert_close(
+    sd_testkit::parity::assert_close(
         "cli latents",
         &saved[0].1,
         &expected,
-        sd_core::parity::Tolerance::abs(1e-5),
+        sd_testkit::parity::Tolerance::abs(1e-5),
     );
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextModel, ClipTokenizer};
-use sd_core::parity::reference_dir;
+use sd_testkit::parity::reference_dir;
 use tch::{Device, Kind};
 
 fn scratch(name: &str) -> PathBuf {

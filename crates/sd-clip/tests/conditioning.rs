@@ -2,7 +2,9 @@
 //! penultimate layers and projected pool, long-prompt windows, weighting.
 
 use sd_clip::{encode, ClipTextModel, ClipTokenizer, EmbeddingLayer, PromptOptions};
-use sd_core::parity::{assert_close, assert_matches, read_tensors, reference_dir, take, Tolerance};
+use sd_testkit::parity::{
+    assert_close, assert_matches, read_tensors, reference_dir, take, Tolerance,
+};
 use tch::{Device, Kind, Tensor};
 
 fn pair(sub: &str) -> (ClipTokenizer, ClipTextModel) {
@@ -64,7 +66,7 @@ fn sdxl_conditioning_is_both_penultimate_layers_and_the_projected_pool() {
         .unsqueeze(0);
     // (the reference encoded three prompts in one batch: the projection's
     // GEMM rounds otherwise for one)
-    sd_core::parity::assert_matches_reordered("sdxl pooled", &b.pooled, &pooled, 1);
+    sd_testkit::parity::assert_matches_reordered("sdxl pooled", &b.pooled, &pooled, 1);
     assert_eq!(hidden.size(), vec![1, 77, 8 + 12]);
 }
 

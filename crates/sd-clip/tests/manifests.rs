@@ -3,8 +3,8 @@
 //! the weight names and shapes of the real files.
 
 use sd_clip::{ClipTextConfig, ClipTextModel};
-use sd_core::manifest::Manifest;
-use sd_core::parity::reference_dir;
+use sd_testkit::manifest::Manifest;
+use sd_testkit::parity::reference_dir;
 use tch::Device;
 
 #[test]

@@ -7,7 +7,7 @@
 //! and tokenizer.json with added textual-inversion tokens.
 
 use sd_clip::ClipTokenizer;
-use sd_core::parity::{read_tensors, reference_dir, take};
+use sd_testkit::parity::{read_tensors, reference_dir, take};
 
 const FOLDERS: [(&str, &str); 6] = [
     ("sd1", "tiny-sd1/tokenizer"),

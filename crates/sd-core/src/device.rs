@@ -1,6 +1,6 @@
 //! Devices and dtypes as users write them: `cpu`, `cuda`, `cuda:1`; `f32`, `f16`, `bf16`.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::error::{CoreError, Result};
 
@@ -23,35 +23,7 @@ pub fn parse_device(text: &str) -> Result<Device> {
     Ok(device)
 }
 
-extern "C" {
-    fn sd_upload_async(
-        tensor: *mut torch_sys::C_tensor,
-        device: i32,
-        error: *mut *mut std::ffi::c_char,
-    ) -> *mut torch_sys::C_tensor;
-}
-
-/// `tensor` on `device`. A CPU tensor bound for a GPU goes through pinned
-/// memory and a queued copy, so the host does not wait for the GPU's work
-/// (a plain `to_device` from pageable memory does): a denoising loop that
-/// draws its noise on the CPU keeps running ahead of the GPU.
-pub fn upload(tensor: &Tensor, device: Device) -> Result<Tensor> {
-    match (tensor.device(), device) {
-        (Device::Cpu, Device::Cuda(index)) => {
-            let mut error = std::ptr::null_mut();
-            // SAFETY: a live tensor handle in; an owned new handle or null
-            // with a strdup'd message out.
-            let out =
-                unsafe { sd_upload_async(tensor.as_ptr() as *mut _, index as i32, &mut error) };
-            if out.is_null() {
-                return Err(CoreError::from_shim("upload", error));
-            }
-            // SAFETY: a freshly allocated tensor handle, owned by no one else.
-            Ok(unsafe { Tensor::from_ptr(out) })
-        }
-        _ => Ok(tensor.to_device(device)),
-    }
-}
+pub use crate::ffi::transfer::upload;
 
 /// Parses the floating-point dtypes a model can run in.
 pub fn parse_kind(text: &str) -> Result<Kind> {
@@ -77,6 +49,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Tensor;
 
     #[test]
     fn upload_to_cuda_equals_to_device_and_is_plain_elsewhere() {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::weights::LoadReport;
+use crate::load_report::LoadReport;
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
@@ -64,22 +64,5 @@ impl CoreError {
             context: context.into(),
             message: message.into(),
         }
-    }
-
-    /// The error a C++ shim (csrc/) reported: it hands back a `strdup`'d
-    /// message (or null), which this takes over and frees.
-    pub(crate) fn from_shim(context: &str, message: *mut std::ffi::c_char) -> Self {
-        let text = if message.is_null() {
-            "unknown libtorch error".to_string()
-        } else {
-            // SAFETY: a NUL-terminated copy made by strdup in the shim.
-            let text = unsafe { std::ffi::CStr::from_ptr(message) }
-                .to_string_lossy()
-                .into_owned();
-            // SAFETY: allocated with malloc by strdup, freed only here.
-            unsafe { libc::free(message.cast()) };
-            text
-        };
-        CoreError::invalid(context, text)
     }
 }

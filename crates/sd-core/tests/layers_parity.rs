@@ -2,8 +2,8 @@
 //! (reference/harness_outputs.py, write_layers): same weights, same inputs.
 
 use sd_core::layers::{Attention, AttentionConfig, ResnetBlock2D, ResnetConfig};
-use sd_core::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_core::weights::{load_safetensors, LoadOptions};
+use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use tch::{nn::VarStore, Device};
 
 struct Blocks {
@@ -99,6 +99,6 @@ fn wrong_weights_are_caught_by_the_comparison() {
         .resnet
         .forward(&t("resnet.input"), Some(&t("resnet.temb")));
     let expected = t("resnet.output");
-    let bound = sd_core::parity::chain_tolerance_for(tch::Kind::Float, 1, &expected);
-    assert!(sd_core::parity::check_close("resnet", &out, &expected, bound).is_err());
+    let bound = sd_testkit::parity::chain_tolerance_for(tch::Kind::Float, 1, &expected);
+    assert!(sd_testkit::parity::check_close("resnet", &out, &expected, bound).is_err());
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use sd_core::layers::{Attention, AttentionConfig, ResnetBlock2D, ResnetConfig};
-use sd_core::manifest::Manifest;
-use sd_core::parity::reference_dir;
+use sd_testkit::manifest::Manifest;
+use sd_testkit::parity::reference_dir;
 use tch::{nn::VarStore, Device};
 
 fn manifest(model: &str, component: &str) -> Manifest {

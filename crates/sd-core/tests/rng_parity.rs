@@ -1,8 +1,8 @@
 //! CpuGenerator draws exactly what torch.Generator("cpu").manual_seed(1234)
 //! draws in the harness (reference/harness_outputs.py, write_rng), in order.
 
-use sd_core::parity::{read_tensors, reference_dir, take};
 use sd_core::rng::CpuGenerator;
+use sd_testkit::parity::{read_tensors, reference_dir, take};
 use tch::Kind;
 
 #[test]

@@ -2,7 +2,7 @@
 //! captured once per run on fixed input buffers, then replayed each step.
 //! Any failure to capture falls back to eager execution, and says why.
 
-use sd_core::cuda_graph::{self, CudaGraph};
+use sd_core::ffi::cuda_graph::{self, CudaGraph};
 use sd_unet::{AddedConditions, UNet2DConditionModel};
 use tch::{Device, Tensor};
 

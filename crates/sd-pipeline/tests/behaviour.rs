@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use sd_core::parity::{assert_close, reference_dir, Tolerance};
 use sd_pipeline::{PipelineError, Request, StableDiffusion};
+use sd_testkit::parity::{assert_close, reference_dir, Tolerance};
 
 fn tiny(folder: &str) -> StableDiffusion {
     StableDiffusion::builder()

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use sd_core::parity::reference_dir;
 use sd_pipeline::{Request, StableDiffusion};
+use sd_testkit::parity::reference_dir;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

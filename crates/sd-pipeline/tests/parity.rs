@@ -4,7 +4,7 @@
 //! (v-prediction) and SDXL, each in f32, f16 and bf16. Same seeds (CPU
 //! generators), on the CPU, single-threaded like the reference.
 //!
-//! Bounds follow the error model of `sd_core::parity` (docs/reference.md):
+//! Bounds follow the error model of `sd_testkit::parity` (docs/reference.md):
 //! K ulps per model evaluation, at the scale of the reference latents, times
 //! the number of evaluations the sampler makes; decoded 8-bit images are
 //! checked by decoding diffusers' own latents, within the model's pixel
@@ -19,11 +19,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use sd_core::parity::{
+use sd_pipeline::{Request, StableDiffusion, StableDiffusionBuilder};
+use sd_testkit::parity::{
     assert_close, chain_tolerance_for, exact_mode, max_pixel_difference, pixel_tolerance,
     read_tensors, reference_dir, take, Tolerance,
 };
-use sd_pipeline::{Request, StableDiffusion, StableDiffusionBuilder};
 use serde_json::Value;
 use tch::Kind;
 
@@ -144,7 +144,7 @@ fn check_runs(
     }
 }
 
-/// The error model's bound (sd_core::parity).
+/// The error model's bound (sd_testkit::parity).
 fn model_bound(kind: Kind, evaluations: usize, expected: &tch::Tensor) -> Tolerance {
     chain_tolerance_for(kind, evaluations, expected)
 }
@@ -192,7 +192,7 @@ fn channels_last_stays_within_rounding_of_diffusers() {
     // ones alike), so in every mode the bound is the error model's with room
     // for the reordered sums of every convolution: 4x its per-evaluation budget.
     let rounding = |kind, evaluations, expected: &tch::Tensor| {
-        use sd_core::parity::{epsilon, max_abs, ulps_per_evaluation};
+        use sd_testkit::parity::{epsilon, max_abs, ulps_per_evaluation};
         let per_evaluation = 4.0 * ulps_per_evaluation(kind) * epsilon(kind);
         Tolerance::abs(per_evaluation * max_abs(expected) * evaluations as f64)
     };

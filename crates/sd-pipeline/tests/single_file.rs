@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use sd_core::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_core::weights::MappedFile;
 use sd_pipeline::single_file::{detect, preset, CheckpointKind, Detected, Plan};
 use sd_pipeline::{Request, StableDiffusion};
 use sd_scheduler::PredictionType;
+use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -278,9 +278,9 @@ fn a_truncated_checkpoint_names_the_missing_tensors() {
 /// over, every shape right after its transform.
 #[test]
 fn real_single_file_layouts_map_onto_the_presets() {
-    use sd_core::manifest::Manifest;
     use sd_core::weights::KeyMap;
     use sd_pipeline::single_file::{Component, Plan};
+    use sd_testkit::manifest::Manifest;
     use std::collections::BTreeMap;
 
     for (model, kind) in [

@@ -119,7 +119,7 @@ fn lcm_steps_beyond_its_distillation_schedule_fail() {
 
 #[test]
 fn real_config_files_load_by_class_name() {
-    let dir = sd_core::parity::reference_dir().join("fixtures");
+    let dir = sd_testkit::parity::reference_dir().join("fixtures");
     for (model, kind) in [
         ("tiny-sd1", SamplerKind::Pndm),
         ("tiny-sd2", SamplerKind::Ddim),

@@ -2,17 +2,17 @@
 //! timesteps, sigmas, init_noise_sigma, the model input and the sample after
 //! every step of a whole run with the stand-in model eps(x) = FIXED + 0.1 x,
 //! and add_noise. Stochastic samplers draw from a CPU generator seeded 8,
-//! as diffusers' run did. Bounds are the error model's (sd_core::parity):
+//! as diffusers' run did. Bounds are the error model's (sd_testkit::parity):
 //! K ulps per step at the scale of the whole trace, 0 in exact mode.
 
 use std::collections::HashMap;
 
-use sd_core::parity::{
+use sd_core::rng::CpuGenerator;
+use sd_scheduler::{build, Ddim, SamplerKind, Scheduler, SchedulerConfig};
+use sd_testkit::parity::{
     chain_tolerance, check_close, epsilon, exact_mode, max_abs, read_tensors, reference_dir,
     ulps_per_evaluation, Tolerance,
 };
-use sd_core::rng::CpuGenerator;
-use sd_scheduler::{build, Ddim, SamplerKind, Scheduler, SchedulerConfig};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 

@@ -1,7 +1,7 @@
 //! Fine-tuning a diffusers folder on images with .txt captions: it runs,
 //! resumes, and bad data fails naming the file.
 
-use sd_core::parity::reference_dir;
+use sd_testkit::parity::reference_dir;
 use sd_train::recipe::fine_tune;
 use sd_train::{FolderDataset, TrainOptions};
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use sd_core::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_pipeline::{Request, StableDiffusion};
+use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 
 fn model() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shapes"))

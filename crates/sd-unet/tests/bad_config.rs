@@ -3,7 +3,7 @@
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 
 fn tiny() -> serde_json::Value {
-    let path = sd_core::parity::reference_dir().join("fixtures/tiny-sd1/unet/config.json");
+    let path = sd_testkit::parity::reference_dir().join("fixtures/tiny-sd1/unet/config.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -55,7 +55,7 @@ fn a_missing_weight_file_names_the_folder() {
 
 #[test]
 fn wrong_inputs_are_errors() {
-    let dir = sd_core::parity::reference_dir().join("fixtures/tiny-sdxl/unet");
+    let dir = sd_testkit::parity::reference_dir().join("fixtures/tiny-sdxl/unet");
     let unet =
         UNet2DConditionModel::from_folder(dir, tch::Device::Cpu, tch::Kind::Float, None).unwrap();
     let t = tch::Tensor::from(10i64);

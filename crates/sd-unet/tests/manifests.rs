@@ -2,8 +2,8 @@
 //! have exactly the weight names and shapes of the real files (parameters
 //! are created uninitialised, so nothing is really allocated).
 
-use sd_core::manifest::Manifest;
-use sd_core::parity::reference_dir;
+use sd_testkit::manifest::Manifest;
+use sd_testkit::parity::reference_dir;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 use tch::{Device, Kind};
 

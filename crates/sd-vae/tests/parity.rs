@@ -2,8 +2,8 @@
 //! write_vaes): encode mean/std, a seeded sample, decode, and tiled encode and
 //! decode. f32 CPU, max-abs error <= 1e-4.
 
-use sd_core::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_core::rng::CpuGenerator;
+use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
@@ -49,7 +49,7 @@ fn vaes_match_diffusers() {
         // rounding (one sample at a time is another convolution shape).
         vae.set_tiling(None);
         vae.set_slicing(true);
-        sd_core::parity::assert_matches_reordered(
+        sd_testkit::parity::assert_matches_reordered(
             &format!("{name} sliced decode"),
             &vae.decode(&t("latents")).unwrap(),
             &t("decoded"),

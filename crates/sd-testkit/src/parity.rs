@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use crate::error::{CoreError, Result};
+use sd_core::{CoreError, Result};
 
 /// Allowed error: an element passes when `|a - e| <= atol + rtol * |e|`.
 #[derive(Debug, Clone, Copy, PartialEq)]

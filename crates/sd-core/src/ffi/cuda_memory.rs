@@ -1,7 +1,7 @@
 //! Peak GPU memory, as libtorch's caching allocator counts it (the numbers
 //! `torch.cuda.max_memory_allocated` and `max_memory_reserved` report), so
 //! benchmarks can compare memory with diffusers. Needs the CUDA shim (see
-//! [`crate::cuda_graph::available`]); without it every call says so.
+//! [`crate::ffi::cuda_graph::available`]); without it every call says so.
 
 use crate::error::{CoreError, Result};
 
@@ -34,7 +34,7 @@ fn unavailable() -> CoreError {
 
 /// The peaks of CUDA device `device`.
 pub fn peak(device: usize) -> Result<PeakMemory> {
-    if !crate::cuda_graph::available() {
+    if !crate::ffi::cuda_graph::available() {
         return Err(unavailable());
     }
     #[cfg(sd_cuda_graphs)]
@@ -46,7 +46,7 @@ pub fn peak(device: usize) -> Result<PeakMemory> {
             sd_cuda_memory_peak(device as i32, &mut allocated, &mut reserved, &mut error)
         };
         if status != 0 {
-            return Err(CoreError::from_shim("cuda memory", error));
+            return Err(crate::ffi::shim_error("cuda memory", error));
         }
         Ok(PeakMemory {
             allocated,
@@ -62,7 +62,7 @@ pub fn peak(device: usize) -> Result<PeakMemory> {
 
 /// Starts counting peaks afresh on CUDA device `device`.
 pub fn reset_peak(device: usize) -> Result<()> {
-    if !crate::cuda_graph::available() {
+    if !crate::ffi::cuda_graph::available() {
         return Err(unavailable());
     }
     #[cfg(sd_cuda_graphs)]
@@ -70,7 +70,7 @@ pub fn reset_peak(device: usize) -> Result<()> {
         let mut error = std::ptr::null_mut();
         // SAFETY: the shim writes an error message only on failure.
         if unsafe { sd_cuda_memory_reset_peak(device as i32, &mut error) } != 0 {
-            return Err(CoreError::from_shim("cuda memory", error));
+            return Err(crate::ffi::shim_error("cuda memory", error));
         }
         Ok(())
     }
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn peaks_count_a_known_allocation_or_report_why_not() {
-        if !crate::cuda_graph::available() {
+        if !crate::ffi::cuda_graph::available() {
             assert!(super::peak(0).is_err() && super::reset_peak(0).is_err());
             return;
         }

@@ -9,7 +9,7 @@
 //! keep their addresses: copy new inputs into the captured input tensors,
 //! replay, read the captured outputs.
 
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 
 /// Whether this build can capture CUDA graphs at all.
 pub fn available() -> bool {
@@ -49,25 +49,25 @@ impl CudaGraph {
             // SAFETY: the shim returns a new graph or null with a message.
             let raw = unsafe { shim::sd_cuda_graph_new(device as i32, &mut error) };
             if raw.is_null() {
-                return Err(CoreError::from_shim("cuda graph", error));
+                return Err(crate::ffi::shim_error("cuda graph", error));
             }
             let graph = CudaGraph { raw };
             // SAFETY: raw is live; begin/end are paired below on every path.
             if unsafe { shim::sd_cuda_graph_begin(graph.raw, &mut error) } != 0 {
-                return Err(CoreError::from_shim("cuda graph capture", error));
+                return Err(crate::ffi::shim_error("cuda graph capture", error));
             }
             let result = body();
             let ended = unsafe { shim::sd_cuda_graph_end(graph.raw, &mut error) };
             let value = result?;
             if ended != 0 {
-                return Err(CoreError::from_shim("cuda graph capture", error));
+                return Err(crate::ffi::shim_error("cuda graph capture", error));
             }
             Ok((graph, value))
         }
         #[cfg(not(sd_cuda_graphs))]
         {
             let _ = (device, body);
-            Err(CoreError::invalid(
+            Err(crate::error::CoreError::invalid(
                 "cuda graph",
                 "this build has no CUDA graph support",
             ))
@@ -81,12 +81,12 @@ impl CudaGraph {
             let mut error = std::ptr::null_mut();
             // SAFETY: raw is a live, captured graph.
             if unsafe { shim::sd_cuda_graph_replay(self.raw, &mut error) } != 0 {
-                return Err(CoreError::from_shim("cuda graph replay", error));
+                return Err(crate::ffi::shim_error("cuda graph replay", error));
             }
             Ok(())
         }
         #[cfg(not(sd_cuda_graphs))]
-        Err(CoreError::invalid(
+        Err(crate::error::CoreError::invalid(
             "cuda graph",
             "this build has no CUDA graph support",
         ))

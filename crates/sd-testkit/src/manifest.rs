@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 
-use crate::error::{CoreError, Result};
+use sd_core::{CoreError, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

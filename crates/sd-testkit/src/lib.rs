@@ -1,0 +1,10 @@
+//! Test helpers shared by the sd-rs crates' tests (a dev-dependency, never
+//! published), as diffusers' `tests/testing_utils.py`:
+//!
+//! - [`parity`]: the error model and numeric comparison against the reference
+//!   outputs the harness (`reference/`) writes from diffusers.
+//! - [`manifest`]: every weight name and shape of the full-size models, to
+//!   check architectures whose real weights never appear here.
+
+pub mod manifest;
+pub mod parity;
