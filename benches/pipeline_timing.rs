@@ -48,7 +48,7 @@ fn main() -> Result<()> {
         model = random;
     }
     let device = sd_core::device::parse_device(&arg(&args, "--device", "cpu"))?;
-    let kind = sd_core::device::parse_kind(&arg(&args, "--dtype", "f32"))?;
+    let kind = sd_core::device::parse_dtype(&arg(&args, "--dtype", "f32"))?;
     let size: u32 = arg(&args, "--size", "256").parse().context("--size")?;
     let steps: usize = arg(&args, "--steps", "4").parse().context("--steps")?;
     let batch: usize = arg(&args, "--batch", "1").parse().context("--batch")?;

@@ -49,10 +49,7 @@ impl Scheduler for UniformEuler {
 
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         if steps == 0 {
-            return Err(SchedulerError::InvalidRequest {
-                sampler: "uniform-euler",
-                message: "0 steps".into(),
-            });
+            return Err(SchedulerError::invalid("uniform-euler", "0 steps"));
         }
         let (min, max) = (
             self.training_sigmas[0] as f64,

@@ -5,7 +5,7 @@ fn main() -> anyhow::Result<()> {
     sd_core::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).cloned().unwrap_or_default();
-    let kind = sd_core::device::parse_kind(args.get(2).map_or("f32", String::as_str))?;
+    let kind = sd_core::device::parse_dtype(args.get(2).map_or("f32", String::as_str))?;
     let vae =
         sd_vae::AutoencoderKL::from_folder(format!("{dir}/vae"), tch::Device::Cpu, kind, None)?;
     if args.iter().any(|a| a == "--channels-last") {

@@ -123,7 +123,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         }
     }
     let device = sd_core::device::parse_device(&common.device)?;
-    let kind = sd_core::device::parse_kind(&common.dtype)?;
+    let kind = sd_core::device::parse_dtype(&common.dtype)?;
     let model = model_dir(common.model.as_deref())?;
     let mut request = Request::new(&common.prompt);
     request.negative_prompt = common.negative_prompt.clone();
@@ -211,7 +211,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
-    if let sd_pipeline::UnetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
+    if let sd_pipeline::UNetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
         eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");
     }
 

@@ -59,10 +59,13 @@ pub fn encode(
             1
         };
     if needed > layers + 1 {
-        return Err(ClipError::InvalidInput(format!(
-            "clip_skip {} is more than this {layers}-layer encoder has",
-            options.clip_skip
-        )));
+        return Err(ClipError::invalid(
+            "clip_skip",
+            format!(
+                "{} is more than this {layers}-layer encoder has",
+                options.clip_skip
+            ),
+        ));
     }
     // 1. token windows and per-token weights
     let (windows, weights): (Vec<TokenIds>, Vec<Vec<f64>>) = if options.long_prompts {

@@ -136,16 +136,22 @@ impl ClipTextModel {
     /// Encodes (batch, 77) token ids.
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipOutput> {
         let (_, n) = input_ids.size2().map_err(|_| {
-            ClipError::InvalidInput(format!(
-                "token ids must be (batch, tokens), got {:?}",
-                input_ids.size()
-            ))
+            ClipError::invalid(
+                "text encoder",
+                format!(
+                    "token ids must be (batch, tokens), got {:?}",
+                    input_ids.size()
+                ),
+            )
         })?;
         if n > self.config.max_position_embeddings {
-            return Err(ClipError::InvalidInput(format!(
-                "{n} tokens is more than the {} positions of this encoder",
-                self.config.max_position_embeddings
-            )));
+            return Err(ClipError::invalid(
+                "text encoder",
+                format!(
+                    "{n} tokens is more than the {} positions of this encoder",
+                    self.config.max_position_embeddings
+                ),
+            ));
         }
         let ids = input_ids.to_device(self.device());
         // 1. token + position embeddings

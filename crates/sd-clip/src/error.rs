@@ -22,14 +22,25 @@ pub enum ClipError {
     #[error("prompt weighting: {0}")]
     Weighting(String),
 
-    #[error("{0}")]
-    InvalidInput(String),
+    /// A value that cannot be used (a bad request), with what it was named.
+    #[error("{context}: {message}")]
+    InvalidInput { context: String, message: String },
 
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+impl ClipError {
+    /// An [`ClipError::InvalidInput`] naming `context`.
+    pub fn invalid(context: impl Into<String>, message: impl Into<String>) -> Self {
+        ClipError::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
 }
 
 pub type Result<T, E = ClipError> = std::result::Result<T, E>;

@@ -26,7 +26,7 @@ pub fn parse_device(text: &str) -> Result<Device> {
 pub use crate::ffi::transfer::upload;
 
 /// Parses the floating-point dtypes a model can run in.
-pub fn parse_kind(text: &str) -> Result<Kind> {
+pub fn parse_dtype(text: &str) -> Result<Kind> {
     match text.trim() {
         "f32" | "fp32" | "float32" => Ok(Kind::Float),
         "f16" | "fp16" | "float16" => Ok(Kind::Half),
@@ -35,8 +35,8 @@ pub fn parse_kind(text: &str) -> Result<Kind> {
     }
 }
 
-/// The short name of a floating-point kind, the inverse of [`parse_kind`].
-pub fn kind_name(kind: Kind) -> &'static str {
+/// The short name of a floating-point kind, the inverse of [`parse_dtype`].
+pub fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Float => "f32",
         Kind::Half => "f16",
@@ -65,9 +65,9 @@ mod tests {
     #[test]
     fn parses_cpu_and_dtypes() {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(parse_kind("bf16").unwrap(), Kind::BFloat16);
-        assert_eq!(parse_kind("f16").unwrap(), Kind::Half);
-        assert_eq!(kind_name(parse_kind("float32").unwrap()), "f32");
+        assert_eq!(parse_dtype("bf16").unwrap(), Kind::BFloat16);
+        assert_eq!(parse_dtype("f16").unwrap(), Kind::Half);
+        assert_eq!(dtype_name(parse_dtype("float32").unwrap()), "f32");
     }
 
     #[test]
@@ -76,7 +76,7 @@ mod tests {
         assert!(err.contains("'gpu0'"), "{err}");
         let err = parse_device("cuda:x").unwrap_err().to_string();
         assert!(err.contains("'cuda:x'"), "{err}");
-        let err = parse_kind("int8").unwrap_err().to_string();
+        let err = parse_dtype("int8").unwrap_err().to_string();
         assert!(err.contains("'int8'"), "{err}");
     }
 

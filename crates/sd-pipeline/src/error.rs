@@ -9,11 +9,9 @@ pub enum PipelineError {
     Model { path: PathBuf, message: String },
 
     /// A request value that cannot be used, with the field named.
-    #[error("request: {field}: {message}")]
-    Request {
-        field: &'static str,
-        message: String,
-    },
+    /// The context is the request field (or builder option) at fault.
+    #[error("request: {context}: {message}")]
+    InvalidInput { context: String, message: String },
 
     /// The per-step callback asked to stop.
     #[error("generation cancelled at step {step}")]
@@ -23,7 +21,7 @@ pub enum PipelineError {
     Clip(#[from] sd_clip::ClipError),
 
     #[error(transparent)]
-    Unet(#[from] sd_unet::UnetError),
+    UNet(#[from] sd_unet::UNetError),
 
     #[error(transparent)]
     Vae(#[from] sd_vae::VaeError),
@@ -40,8 +38,8 @@ pub enum PipelineError {
 
 impl PipelineError {
     pub(crate) fn request(field: &'static str, message: impl Into<String>) -> Self {
-        PipelineError::Request {
-            field,
+        PipelineError::InvalidInput {
+            context: field.to_string(),
             message: message.into(),
         }
     }

@@ -14,7 +14,7 @@ use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
 use crate::error::{PipelineError, Result};
-use crate::graph::{UnetExecution, UnetRunner};
+use crate::graph::{UNetExecution, UNetRunner};
 use crate::images::{image_to_tensor, mask_to_tensor, tensor_to_images};
 use crate::model::ModelFamily;
 use crate::noise::BatchNoise;
@@ -124,7 +124,7 @@ pub struct Generation {
     pub latents: Tensor,
     /// Whether the UNet steps ran eagerly or as a replayed CUDA graph (and,
     /// if a capture was asked for but failed, why).
-    pub unet_execution: UnetExecution,
+    pub unet_execution: UNetExecution,
 }
 
 impl StableDiffusion {
@@ -232,7 +232,7 @@ impl StableDiffusion {
         let timesteps = scheduler.timesteps().to_vec();
         // On the device once, so no step copies a timestep from the host.
         let timesteps_on_device = Tensor::from_slice(&timesteps).to_device(device);
-        let mut runner: Option<UnetRunner> = None;
+        let mut runner: Option<UNetRunner> = None;
         let total = timesteps.len() - start;
         for (step, i) in (start..timesteps.len()).enumerate() {
             let t = timesteps[i];
@@ -247,7 +247,7 @@ impl StableDiffusion {
             }
             let timestep = timesteps_on_device.get(i as i64);
             let runner = runner.get_or_insert_with(|| {
-                UnetRunner::new(
+                UNetRunner::new(
                     self.cuda_graphs,
                     &unet,
                     &input,
@@ -292,7 +292,7 @@ impl StableDiffusion {
         //    copy are freed first)
         let unet_execution = runner
             .as_ref()
-            .map_or(UnetExecution::Eager, UnetRunner::execution);
+            .map_or(UNetExecution::Eager, UNetRunner::execution);
         drop(runner);
         drop(unet);
         // the loop's freed activations back to the kernel before the decode
@@ -314,7 +314,7 @@ impl StableDiffusion {
     fn decode_with(&self, vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
         // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
         // VAE gets f32 latents to divide)
-        let z = latents.to_device(self.devices.vae).to_kind(vae.kind());
+        let z = latents.to_device(self.devices.vae).to_kind(vae.dtype());
         let decoded = vae.decode(&vae.unscale_latents(&z))?;
         tensor_to_images(&decoded)
     }
@@ -578,7 +578,7 @@ impl StableDiffusion {
         let image = image_to_tensor(init)
             .to_device(self.devices.vae)
             .to_kind(kind)
-            .to_kind(encoder.kind());
+            .to_kind(encoder.dtype());
         // Latents in the pipeline's dtype, cast before scaling as diffusers;
         // they stay on the VAE's device, so the noise joins them there.
         let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {

@@ -10,7 +10,7 @@ use crate::error::Result;
 
 /// How a generation's UNet steps ran (see [`crate::Generation::unet_execution`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnetExecution {
+pub enum UNetExecution {
     /// Op by op (CUDA graphs not asked for, or not a CUDA device).
     Eager,
     /// Captured once, replayed each step.
@@ -20,8 +20,8 @@ pub enum UnetExecution {
 }
 
 /// Either a captured UNet call or plain eager calls.
-pub(crate) enum UnetRunner {
-    Eager(UnetExecution),
+pub(crate) enum UNetRunner {
+    Eager(UNetExecution),
     Graph {
         graph: CudaGraph,
         input: Tensor,
@@ -30,7 +30,7 @@ pub(crate) enum UnetRunner {
     },
 }
 
-impl UnetRunner {
+impl UNetRunner {
     /// Captures `unet` on buffers shaped like `input` when asked for and possible.
     pub fn new(
         enabled: bool,
@@ -41,12 +41,12 @@ impl UnetRunner {
         added: Option<&AddedConditions>,
     ) -> Self {
         let Device::Cuda(index) = input.device() else {
-            return UnetRunner::Eager(UnetExecution::Eager);
+            return UNetRunner::Eager(UNetExecution::Eager);
         };
         if !enabled {
-            return UnetRunner::Eager(UnetExecution::Eager);
+            return UNetRunner::Eager(UNetExecution::Eager);
         }
-        let failed = |why: String| UnetRunner::Eager(UnetExecution::EagerAfterFailedCapture(why));
+        let failed = |why: String| UNetRunner::Eager(UNetExecution::EagerAfterFailedCapture(why));
         if !cuda_graph::available() {
             return failed("this build has no CUDA graph shim".into());
         }
@@ -62,7 +62,7 @@ impl UnetRunner {
                 .map_err(|e| sd_core::CoreError::invalid("unet capture", e.to_string()))
         });
         match captured {
-            Ok((graph, output)) => UnetRunner::Graph {
+            Ok((graph, output)) => UNetRunner::Graph {
                 graph,
                 input: static_input,
                 timestep: static_t,
@@ -72,10 +72,10 @@ impl UnetRunner {
         }
     }
 
-    pub fn execution(&self) -> UnetExecution {
+    pub fn execution(&self) -> UNetExecution {
         match self {
-            UnetRunner::Eager(how) => how.clone(),
-            UnetRunner::Graph { .. } => UnetExecution::CudaGraph,
+            UNetRunner::Eager(how) => how.clone(),
+            UNetRunner::Graph { .. } => UNetExecution::CudaGraph,
         }
     }
 
@@ -88,8 +88,8 @@ impl UnetRunner {
         added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
         match self {
-            UnetRunner::Eager(_) => Ok(unet.forward(input, timestep, context, added)?),
-            UnetRunner::Graph {
+            UNetRunner::Eager(_) => Ok(unet.forward(input, timestep, context, added)?),
+            UNetRunner::Graph {
                 graph,
                 input: fixed,
                 timestep: t,

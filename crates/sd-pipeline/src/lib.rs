@@ -26,7 +26,7 @@ pub mod single_file;
 
 pub use error::{PipelineError, Result};
 pub use generate::{guide, Conditioning, Generation, PromptEmbeddings, Request, StepInfo};
-pub use graph::UnetExecution;
+pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
 pub use pipeline::{Devices, StableDiffusion, StableDiffusionBuilder};
 pub use sd_clip::PromptOptions;

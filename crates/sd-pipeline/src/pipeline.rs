@@ -242,11 +242,11 @@ impl StableDiffusionBuilder {
             }
         };
         let mut vae = parts.vae;
-        if parts.index.family == ModelFamily::StableDiffusion && vae.kind() != self.kind {
+        if parts.index.family == ModelFamily::StableDiffusion && vae.dtype() != self.kind {
             // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
             // only SDXL's honour force_upcast. (A half-precision decode that
             // overflows is redone in f32 here either way.)
-            vae.set_kind(self.kind);
+            vae.set_dtype(self.kind);
         }
         if self.channels_last {
             sd_core::nn::convs_to_channels_last(parts.unet.var_store());

@@ -10,7 +10,7 @@ use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_core::weights::{KeyMap, MappedFile};
 use sd_scheduler::SchedulerConfig;
-use sd_unet::{ldm::LdmUnetKeys, UNet2DConditionModel, UNetConfig};
+use sd_unet::{ldm::LdmUNetKeys, UNet2DConditionModel, UNetConfig};
 use sd_vae::{AutoencoderKL, VaeConfig};
 use serde_json::Value;
 use tch::Kind;
@@ -84,7 +84,7 @@ pub struct Configs {
 pub enum Component {
     TextEncoder,
     TextEncoder2,
-    Unet,
+    UNet,
     Vae,
 }
 
@@ -92,13 +92,13 @@ pub enum Component {
 pub struct Plan {
     pub detected: Detected,
     pub configs: Configs,
-    unet_keys: LdmUnetKeys,
+    unet_keys: LdmUNetKeys,
 }
 
 impl Plan {
     pub fn new(detected: Detected, config_dir: Option<&Path>) -> Result<Self> {
         let configs = configs(detected, config_dir)?;
-        let unet_keys = LdmUnetKeys::new(&configs.unet)?;
+        let unet_keys = LdmUNetKeys::new(&configs.unet)?;
         Ok(Plan {
             detected,
             configs,
@@ -109,7 +109,7 @@ impl Plan {
     /// The key's target in `component` (Skip when it belongs elsewhere).
     pub fn map(&self, component: Component, key: &str) -> KeyMap {
         match (component, self.detected.kind) {
-            (Component::Unet, _) => self.unet_keys.map(key),
+            (Component::UNet, _) => self.unet_keys.map(key),
             (Component::Vae, _) => sd_vae::ldm::map(key, self.configs.vae.block_out_channels.len()),
             (Component::TextEncoder, CheckpointKind::Sd1) => sd_clip::ldm::map_hf(key, SD1_TEXT),
             (Component::TextEncoder, CheckpointKind::Sd2) => {
@@ -236,7 +236,7 @@ pub(crate) fn load(
         _ => None,
     };
     let unet = UNet2DConditionModel::from_files(&configs.unet, &files, devices.unet, kind, &|k| {
-        plan.map(Component::Unet, k)
+        plan.map(Component::UNet, k)
     })?;
     let vae = AutoencoderKL::from_files(&configs.vae, &files, devices.vae, kind, &|k| {
         plan.map(Component::Vae, k)

@@ -238,8 +238,8 @@ fn sd1_decodes_in_the_pipeline_dtype_and_sdxl_honours_force_upcast() {
             .build()
             .unwrap()
     };
-    assert_eq!(build("tiny-sd1").vae().kind(), tch::Kind::Half);
-    assert_eq!(build("tiny-sdxl").vae().kind(), tch::Kind::Float);
+    assert_eq!(build("tiny-sd1").vae().dtype(), tch::Kind::Half);
+    assert_eq!(build("tiny-sdxl").vae().dtype(), tch::Kind::Float);
 }
 
 #[test]
@@ -255,5 +255,5 @@ fn cuda_graphs_on_the_cpu_run_eagerly_with_the_same_numbers() {
     let (a, b) = (plain.generate(&r).unwrap(), asked.generate(&r).unwrap());
     assert_eq!(a.latents, b.latents);
     // Graphs are for CUDA devices only; on the CPU that is not a failure.
-    assert_eq!(b.unet_execution, sd_pipeline::UnetExecution::Eager);
+    assert_eq!(b.unet_execution, sd_pipeline::UNetExecution::Eager);
 }

@@ -85,7 +85,7 @@ fn check_runs(
         let key = run["key"].as_str().unwrap();
         let model = run["model"].as_str().unwrap_or(default_model).to_string();
         let dtype = run["dtype"].as_str().unwrap_or("f32");
-        let kind = sd_core::device::parse_kind(dtype).unwrap();
+        let kind = sd_core::device::parse_dtype(dtype).unwrap();
         let pipeline = pipelines
             .entry((model.clone(), dtype.to_string()))
             .or_insert_with(|| {

@@ -301,7 +301,7 @@ fn real_single_file_layouts_map_onto_the_presets() {
         .unwrap();
         let mut components = vec![
             (
-                Component::Unet,
+                Component::UNet,
                 Manifest::of_var_store(
                     sd_unet::UNet2DConditionModel::new(&plan.configs.unet, Device::Cpu)
                         .unwrap()

@@ -11,11 +11,9 @@ pub enum SchedulerError {
     UnknownSampler(String),
 
     /// A request outside what the sampler accepts (step counts, strength, timesteps).
-    #[error("{sampler}: {message}")]
-    InvalidRequest {
-        sampler: &'static str,
-        message: String,
-    },
+    /// The context is the sampler's name.
+    #[error("{context}: {message}")]
+    InvalidInput { context: String, message: String },
 
     /// `step` or `scale_model_input` before `set_timesteps`, or past its end.
     #[error("{sampler}: step index {index} is outside the {len} prepared timesteps (call set_timesteps first)")]
@@ -33,6 +31,14 @@ pub enum SchedulerError {
 }
 
 impl SchedulerError {
+    /// An [`SchedulerError::InvalidInput`] naming `context`.
+    pub fn invalid(context: impl Into<String>, message: impl Into<String>) -> Self {
+        SchedulerError::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn config(field: &str, message: impl Into<String>) -> Self {
         SchedulerError::Config {
             field: field.to_string(),
@@ -41,8 +47,8 @@ impl SchedulerError {
     }
 
     pub(crate) fn request(sampler: &'static str, message: impl Into<String>) -> Self {
-        SchedulerError::InvalidRequest {
-            sampler,
+        SchedulerError::InvalidInput {
+            context: sampler.to_string(),
             message: message.into(),
         }
     }

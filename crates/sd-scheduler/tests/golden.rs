@@ -105,7 +105,7 @@ fn run_case(reference: &Reference, case: &Value) -> Result<f64, String> {
 
     // 2. the whole run (half-precision cases draw and run in their dtype);
     //    after N steps the bound is N steps' budget at the trace's scale
-    let kind = sd_core::device::parse_kind(case["dtype"].as_str().unwrap_or("f32")).unwrap();
+    let kind = sd_core::device::parse_dtype(case["dtype"].as_str().unwrap_or("f32")).unwrap();
     let trace = t("trace").unwrap();
     let scale = max_abs(&trace);
     let check = |what: &str, steps: usize, actual: &Tensor, expected: &Tensor| {

@@ -16,7 +16,7 @@ pub enum TrainError {
     Clip(#[from] sd_clip::ClipError),
 
     #[error(transparent)]
-    Unet(#[from] sd_unet::UnetError),
+    UNet(#[from] sd_unet::UNetError),
 
     #[error(transparent)]
     Vae(#[from] sd_vae::VaeError),

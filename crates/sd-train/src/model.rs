@@ -107,7 +107,7 @@ pub struct Checkpoint<'a> {
     pub vae: (&'a Value, &'a VarStore),
     pub scheduler: &'a Value,
     /// Weight dtype in the files (f16 keeps the shapes model small).
-    pub kind: tch::Kind,
+    pub dtype: tch::Kind,
 }
 
 /// Writes a complete diffusers folder (model_index.json, tokenizer/,
@@ -146,21 +146,21 @@ pub fn save(dir: &Path, c: &Checkpoint<'_>) -> Result<()> {
         &dir.join("text_encoder/model.safetensors"),
         c.text_encoder.1,
         None,
-        c.kind,
+        c.dtype,
     )?;
     write_json(&dir.join("unet/config.json"), c.unet.0)?;
     write_weights(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         c.unet.1,
         c.unet.2,
-        c.kind,
+        c.dtype,
     )?;
     write_json(&dir.join("vae/config.json"), c.vae.0)?;
     write_weights(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
         c.vae.1,
         None,
-        c.kind,
+        c.dtype,
     )
 }
 
@@ -201,7 +201,7 @@ pub fn write_random_sd15(dir: &Path, seed: u64, kind: tch::Kind) -> Result<()> {
             unet: (&preset["unet"], unet.var_store(), None),
             vae: (&preset["vae"], vae.var_store()),
             scheduler: &preset["scheduler"],
-            kind,
+            dtype: kind,
         },
     )
 }

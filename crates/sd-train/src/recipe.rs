@@ -107,7 +107,7 @@ pub fn train_shapes_model(
             ),
             vae: (&vae_config_json, vae.var_store()),
             scheduler: &scheduler,
-            kind: Kind::Half,
+            dtype: Kind::Half,
         },
     )?;
     Ok((vae_losses, unet_losses))
@@ -184,7 +184,7 @@ pub fn fine_tune(
             ),
             vae: (&vae_config, vae.var_store()),
             scheduler: &scheduler,
-            kind: Kind::Float,
+            dtype: Kind::Float,
         },
     )?;
     write_state(out, done + remaining.steps)?;

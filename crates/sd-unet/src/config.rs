@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Result, UnetError};
+use crate::error::{Result, UNetError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DownBlockType {
@@ -47,7 +47,7 @@ impl<T: Clone> PerBlock<T> {
         match self {
             PerBlock::One(v) => Ok(vec![v.clone(); blocks]),
             PerBlock::Many(list) if list.len() == blocks => Ok(list.clone()),
-            PerBlock::Many(list) => Err(UnetError::config(
+            PerBlock::Many(list) => Err(UNetError::config(
                 field,
                 format!("{} values for {blocks} down blocks", list.len()),
             )),
@@ -184,7 +184,7 @@ impl UNetConfig {
     pub fn from_json_str(text: &str) -> Result<Self> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(deserializer)
-            .map_err(|e| UnetError::config(&e.path().to_string(), e.into_inner().to_string()))?;
+            .map_err(|e| UNetError::config(&e.path().to_string(), e.into_inner().to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -200,7 +200,7 @@ impl UNetConfig {
                 _ => value == &expected,
             };
             if !same {
-                return Err(UnetError::config(
+                return Err(UNetError::config(
                     key,
                     format!("{value} is not implemented (only {default})"),
                 ));
@@ -211,7 +211,7 @@ impl UNetConfig {
             || self.down_block_types.len() != blocks
             || self.up_block_types.len() != blocks
         {
-            return Err(UnetError::config(
+            return Err(UNetError::config(
                 "down_block_types",
                 format!(
                     "{} down and {} up block types for {blocks} block_out_channels",
@@ -221,14 +221,14 @@ impl UNetConfig {
             ));
         }
         if self.mid_block_type.is_none() {
-            return Err(UnetError::config(
+            return Err(UNetError::config(
                 "mid_block_type",
                 "null (no mid block) is not implemented",
             ));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(UnetError::config(
+                return Err(UNetError::config(
                     "norm_num_groups",
                     format!(
                         "{} does not divide block_out_channels[{i}] = {c}",
@@ -241,7 +241,7 @@ impl UNetConfig {
             && (self.addition_time_embed_dim.is_none()
                 || self.projection_class_embeddings_input_dim.is_none())
         {
-            return Err(UnetError::config(
+            return Err(UNetError::config(
                 "addition_time_embed_dim",
                 "text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim",
             ));
@@ -249,7 +249,7 @@ impl UNetConfig {
         let resolved = self.blocks()?;
         for (i, b) in resolved.iter().enumerate() {
             if b.out_channels % b.heads != 0 {
-                return Err(UnetError::config(
+                return Err(UNetError::config(
                     "attention_head_dim",
                     format!(
                         "{} heads do not divide the {} channels of block {i}",

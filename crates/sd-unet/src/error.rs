@@ -3,15 +3,16 @@
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UnetError {
+pub enum UNetError {
     /// A config value this crate cannot use, with the field named (and the
     /// file, once known).
     #[error("unet config: field '{field}': {message}")]
     Config { field: String, message: String },
 
     /// Inputs of the wrong shape or missing conditioning.
-    #[error("unet input: {0}")]
-    Input(String),
+    /// A value that cannot be used (a bad request), with what it was named.
+    #[error("{context}: {message}")]
+    InvalidInput { context: String, message: String },
 
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
@@ -20,9 +21,17 @@ pub enum UnetError {
     Torch(#[from] tch::TchError),
 }
 
-impl UnetError {
+impl UNetError {
+    /// An [`UNetError::InvalidInput`] naming `context`.
+    pub fn invalid(context: impl Into<String>, message: impl Into<String>) -> Self {
+        UNetError::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn config(field: &str, message: impl Into<String>) -> Self {
-        UnetError::Config {
+        UNetError::Config {
             field: field.to_string(),
             message: message.into(),
         }
@@ -31,7 +40,7 @@ impl UnetError {
     /// Adds the config file to a field error.
     pub(crate) fn in_file(self, path: &Path) -> Self {
         match self {
-            UnetError::Config { field, message } => UnetError::Config {
+            UNetError::Config { field, message } => UNetError::Config {
                 field: format!("{field} (in {})", path.display()),
                 message,
             },
@@ -40,4 +49,4 @@ impl UnetError {
     }
 }
 
-pub type Result<T, E = UnetError> = std::result::Result<T, E>;
+pub type Result<T, E = UNetError> = std::result::Result<T, E>;

@@ -20,11 +20,11 @@ const RESNET: [(&str, &str); 6] = [
 ];
 
 /// LDM block prefix -> (diffusers prefix, is a resnet), for one config.
-pub struct LdmUnetKeys {
+pub struct LdmUNetKeys {
     blocks: Vec<(String, String, bool)>,
 }
 
-impl LdmUnetKeys {
+impl LdmUNetKeys {
     pub fn new(config: &UNetConfig) -> Result<Self> {
         let settings = config.blocks()?;
         let mut blocks = vec![
@@ -124,7 +124,7 @@ impl LdmUnetKeys {
         }
         // Longest prefixes first, so "input_blocks.1.0." never shadows "input_blocks.10.0.".
         blocks.sort_by_key(|(ldm, _, _)| std::cmp::Reverse(ldm.len()));
-        Ok(LdmUnetKeys { blocks })
+        Ok(LdmUNetKeys { blocks })
     }
 
     /// The diffusers key for a checkpoint key; keys outside the UNet are skipped.

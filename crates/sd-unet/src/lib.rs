@@ -14,5 +14,5 @@ mod unet;
 mod up;
 
 pub use config::UNetConfig;
-pub use error::{Result, UnetError};
+pub use error::{Result, UNetError};
 pub use unet::{AddedConditions, UNet2DConditionModel};

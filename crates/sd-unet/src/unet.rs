@@ -11,7 +11,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use crate::config::{DownBlockType, UNetConfig, UpBlockType};
 use crate::down::DownBlock;
 use crate::embeddings::{timestep_features, TimestepEmbedding};
-use crate::error::{Result, UnetError};
+use crate::error::{Result, UNetError};
 use crate::mid::MidBlock;
 use crate::transformer::TransformerSettings;
 use crate::up::{UpBlock, UpChannels};
@@ -175,7 +175,7 @@ impl UNet2DConditionModel {
     }
 
     /// Builds `config` and fills it from `files`, each key mapped by `map`
-    /// (single-file checkpoints: [`crate::ldm::LdmUnetKeys`]).
+    /// (single-file checkpoints: [`crate::ldm::LdmUNetKeys`]).
     pub fn from_files(
         config: &UNetConfig,
         files: &[std::path::PathBuf],
@@ -219,22 +219,29 @@ impl UNet2DConditionModel {
         added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
         let (batch, channels, h, w) = sample.size4().map_err(|_| {
-            UnetError::Input(format!(
-                "sample must be (batch, channels, h, w), got {:?}",
-                sample.size()
-            ))
+            UNetError::invalid(
+                "unet input",
+                format!(
+                    "sample must be (batch, channels, h, w), got {:?}",
+                    sample.size()
+                ),
+            )
         })?;
         if channels != self.config.in_channels {
-            return Err(UnetError::Input(format!(
-                "sample has {channels} channels, the UNet takes {}",
-                self.config.in_channels
-            )));
+            return Err(UNetError::invalid(
+                "unet input",
+                format!(
+                    "sample has {channels} channels, the UNet takes {}",
+                    self.config.in_channels
+                ),
+            ));
         }
         let factor = 1 << (self.config.block_out_channels.len() - 1);
         if h % factor != 0 || w % factor != 0 {
-            return Err(UnetError::Input(format!(
-                "sample size {h}x{w} is not a multiple of {factor}"
-            )));
+            return Err(UNetError::invalid(
+                "unet input",
+                format!("sample size {h}x{w} is not a multiple of {factor}"),
+            ));
         }
         let kind = sample.kind();
         let device = sample.device();
@@ -264,8 +271,9 @@ impl UNet2DConditionModel {
                 emb += embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
             }
             (Some(_), None) => {
-                return Err(UnetError::Input(
-                    "this UNet (text_time) needs text_embeds and time_ids".into(),
+                return Err(UNetError::invalid(
+                    "unet input",
+                    "this UNet (text_time) needs text_embeds and time_ids",
                 ))
             }
             (None, _) => {}

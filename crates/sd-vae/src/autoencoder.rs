@@ -127,14 +127,14 @@ impl AutoencoderKL {
     }
 
     /// The dtype the VAE computes in.
-    pub fn kind(&self) -> Kind {
+    pub fn dtype(&self) -> Kind {
         self.vs.kind()
     }
 
-    /// Converts the weights to `kind` in place (e.g. back to f16 where a
+    /// Converts the weights to `dtype` in place (e.g. back to f16 where a
     /// pipeline, like diffusers' SD1/SD2 ones, ignores `force_upcast`).
-    pub fn set_kind(&mut self, kind: Kind) {
-        self.vs.set_kind(kind);
+    pub fn set_dtype(&mut self, dtype: Kind) {
+        self.vs.set_kind(dtype);
         self.f32_twin = OnceLock::new();
     }
 
@@ -159,19 +159,19 @@ impl AutoencoderKL {
     /// Images (batch, 3, H, W) in [-1, 1] to their latent distribution.
     pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution> {
         let (_, c, h, w) = image.size4().map_err(|_| {
-            VaeError::Input(format!(
-                "images must be (batch, 3, h, w), got {:?}",
-                image.size()
-            ))
+            VaeError::invalid(
+                "vae input",
+                format!("images must be (batch, 3, h, w), got {:?}", image.size()),
+            )
         })?;
         let factor = self.config.downscale();
         if c != self.config.in_channels || h % factor != 0 || w % factor != 0 {
-            return Err(VaeError::Input(format!(
+            return Err(VaeError::invalid("vae input", format!(
                 "image of {c} channels and {h}x{w}: expected {} channels and sides that are multiples of {factor}",
                 self.config.in_channels
             )));
         }
-        let image = image.to_device(self.vs.device()).to_kind(self.kind());
+        let image = image.to_device(self.vs.device()).to_kind(self.dtype());
         let moments = self.per_slice(&image, |x| self.encode_one(x));
         Ok(LatentDistribution::from_moments(&moments))
     }
@@ -181,20 +181,26 @@ impl AutoencoderKL {
     /// A half-precision decode that overflows is redone in f32.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = z.size4().map_err(|_| {
-            VaeError::Input(format!(
-                "latents must be (batch, channels, h, w), got {:?}",
-                z.size()
-            ))
+            VaeError::invalid(
+                "vae input",
+                format!(
+                    "latents must be (batch, channels, h, w), got {:?}",
+                    z.size()
+                ),
+            )
         })?;
         if c != self.config.latent_channels {
-            return Err(VaeError::Input(format!(
-                "latents have {c} channels, the VAE takes {}",
-                self.config.latent_channels
-            )));
+            return Err(VaeError::invalid(
+                "vae input",
+                format!(
+                    "latents have {c} channels, the VAE takes {}",
+                    self.config.latent_channels
+                ),
+            ));
         }
         let z = z.to_device(self.vs.device());
-        let image = self.per_slice(&z.to_kind(self.kind()), |x| self.decode_one(x));
-        if self.kind() != Kind::Float && !bool::try_from(image.isfinite().all())? {
+        let image = self.per_slice(&z.to_kind(self.dtype()), |x| self.decode_one(x));
+        if self.dtype() != Kind::Float && !bool::try_from(image.isfinite().all())? {
             // The latents as given (not rounded to half), through f32 weights.
             let twin = self.f32_twin()?;
             return Ok(twin.per_slice(&z.to_kind(Kind::Float), |x| twin.decode_one(x)));
@@ -285,7 +291,7 @@ impl AutoencoderKL {
     /// This VAE in f32: itself when it is, else an f32 copy made once and
     /// kept (what diffusers' SDXL pipelines encode with under `force_upcast`).
     pub fn upcast(&self) -> Result<&AutoencoderKL> {
-        if self.kind() == Kind::Float {
+        if self.dtype() == Kind::Float {
             return Ok(self);
         }
         self.f32_twin()
@@ -302,7 +308,7 @@ impl AutoencoderKL {
     /// A copy of this VAE's weights on `device` (low-memory pipelines bring
     /// it to the GPU only to encode or decode).
     pub fn copy_to(&self, device: Device) -> Result<Self> {
-        self.copy_as(device, self.kind())
+        self.copy_as(device, self.dtype())
     }
 
     fn copy_as(&self, device: Device, kind: Kind) -> Result<Self> {

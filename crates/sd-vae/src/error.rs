@@ -6,8 +6,9 @@ pub enum VaeError {
     #[error("vae config: field '{field}': {message}")]
     Config { field: String, message: String },
 
-    #[error("vae input: {0}")]
-    Input(String),
+    /// A value that cannot be used (a bad request), with what it was named.
+    #[error("{context}: {message}")]
+    InvalidInput { context: String, message: String },
 
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
@@ -17,6 +18,14 @@ pub enum VaeError {
 }
 
 impl VaeError {
+    /// An [`VaeError::InvalidInput`] naming `context`.
+    pub fn invalid(context: impl Into<String>, message: impl Into<String>) -> Self {
+        VaeError::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn config(field: &str, message: impl Into<String>) -> Self {
         VaeError::Config {
             field: field.to_string(),

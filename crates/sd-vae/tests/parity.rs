@@ -88,7 +88,7 @@ fn scaling_comes_from_the_config() {
         None,
     )
     .unwrap();
-    assert_eq!(half.kind(), Kind::Float);
+    assert_eq!(half.dtype(), Kind::Float);
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn half_precision_overflow_is_redone_in_f32() {
     )
     .unwrap();
     let vae = AutoencoderKL::from_folder(&dir, Device::Cpu, Kind::Half, None).unwrap();
-    assert_eq!(vae.kind(), Kind::Half);
+    assert_eq!(vae.dtype(), Kind::Half);
     let _guard = tch::no_grad_guard();
     let z = tch::Tensor::full([1, 4, 8, 8], 1e6, (Kind::Float, Device::Cpu));
     let image = vae.decode(&z).unwrap();
