@@ -5,6 +5,7 @@
 //! (written once to $SD_RS_RANDOM_SD15, default <tmp>/sd15-random-rs).
 //! `cargo bench -p sd-benches --bench components`
 
+use sd_core::DiffusersModel;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};

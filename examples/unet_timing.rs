@@ -1,4 +1,5 @@
 //! Times UNet forwards of a diffusers folder's UNet on the CPU (profiling aid).
+use sd_core::DiffusersModel;
 use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args().nth(1).unwrap();

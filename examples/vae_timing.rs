@@ -1,5 +1,6 @@
 //! Times VAE decodes of a diffusers folder's VAE on the CPU (profiling aid).
 //! `vae_timing DIR [f32|f16|bf16] [--channels-last]`
+use sd_core::DiffusersModel;
 use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     sd_core::alloc::keep_freed_memory();

@@ -2,6 +2,7 @@
 //! SD2 and SDXL pipelines compute them: which layer, `clip_skip`, long
 //! prompts in 75-token windows, and optional prompt weighting.
 
+use sd_core::DiffusersModel;
 use tch::Tensor;
 
 use crate::encoder::ClipTextModel;

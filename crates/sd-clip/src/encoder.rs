@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use sd_core::nn::{Embedding, LayerNorm, Linear};
-use sd_core::weights::{component_files, load_mapped, KeyMap};
+use sd_core::weights::KeyMap;
+use sd_core::DiffusersModel;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::ClipTextConfig;
@@ -50,83 +51,8 @@ impl std::fmt::Debug for ClipTextModel {
 
 impl ClipTextModel {
     /// The architecture of `config` with uninitialised weights on `device` (f32).
-    pub fn new(config: &ClipTextConfig, device: Device) -> Self {
+    pub fn new(config: &ClipTextConfig, device: Device) -> Result<Self> {
         Self::new_in(config, device, Kind::Float)
-    }
-
-    /// The same with parameters created in `kind` (not converted after).
-    pub fn new_in(config: &ClipTextConfig, device: Device, kind: Kind) -> Self {
-        let mut vs = VarStore::new(device);
-        vs.set_kind(kind);
-        let root = vs.root();
-        let text = &root / "text_model";
-        let emb = &text / "embeddings";
-        let h = config.hidden_size;
-        let encoder = &text / "encoder" / "layers";
-        ClipTextModel {
-            token_embedding: Embedding::new(&(&emb / "token_embedding"), config.vocab_size, h),
-            position_embedding: Embedding::new(
-                &(&emb / "position_embedding"),
-                config.max_position_embeddings,
-                h,
-            ),
-            layers: (0..config.num_hidden_layers)
-                .map(|i| EncoderLayer::new(&(&encoder / i), config))
-                .collect(),
-            final_layer_norm: LayerNorm::new(
-                &(&text / "final_layer_norm"),
-                h,
-                config.layer_norm_eps,
-            ),
-            text_projection: config.with_projection().then(|| {
-                Linear::new(
-                    &(&root / "text_projection"),
-                    h,
-                    config.projection_dim.unwrap_or(h),
-                    false,
-                )
-            }),
-            config: config.clone(),
-            vs,
-        }
-    }
-
-    /// Loads `text_encoder/` (config.json + model[.variant].safetensors)
-    /// onto `device` in `kind`.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        device: Device,
-        kind: Kind,
-        variant: Option<&str>,
-    ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = ClipTextConfig::from_file(dir.join("config.json"))?;
-        let files = component_files(dir, "model", variant)?;
-        Self::from_files(&config, &files, device, kind, &|key| {
-            canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
-        })
-    }
-
-    /// Builds `config` and fills it from `files`, each key mapped by `map`
-    /// (single-file checkpoints: [`crate::ldm`]).
-    pub fn from_files(
-        config: &ClipTextConfig,
-        files: &[std::path::PathBuf],
-        device: Device,
-        kind: Kind,
-        map: &dyn Fn(&str) -> KeyMap,
-    ) -> Result<Self> {
-        let model = Self::new_in(config, device, kind);
-        load_mapped(&model.vs, files, map, false)?;
-        Ok(model)
-    }
-
-    pub fn config(&self) -> &ClipTextConfig {
-        &self.config
-    }
-
-    pub fn var_store(&self) -> &VarStore {
-        &self.vs
     }
 
     pub fn device(&self) -> Device {
@@ -185,6 +111,65 @@ impl ClipTextModel {
     /// an earlier layer's hidden state for SD1.x/SD2.x).
     pub fn final_layer_norm(&self, hidden: &Tensor) -> Tensor {
         self.final_layer_norm.forward(hidden)
+    }
+}
+
+impl DiffusersModel for ClipTextModel {
+    type Config = ClipTextConfig;
+    type Error = ClipError;
+    const WEIGHTS_STEM: &'static str = "model";
+
+    fn read_config(path: &Path) -> Result<ClipTextConfig> {
+        ClipTextConfig::from_file(path)
+    }
+
+    /// The same with parameters created in `kind` (not converted after).
+    fn new_in(config: &ClipTextConfig, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let root = vs.root();
+        let text = &root / "text_model";
+        let emb = &text / "embeddings";
+        let h = config.hidden_size;
+        let encoder = &text / "encoder" / "layers";
+        Ok(ClipTextModel {
+            token_embedding: Embedding::new(&(&emb / "token_embedding"), config.vocab_size, h),
+            position_embedding: Embedding::new(
+                &(&emb / "position_embedding"),
+                config.max_position_embeddings,
+                h,
+            ),
+            layers: (0..config.num_hidden_layers)
+                .map(|i| EncoderLayer::new(&(&encoder / i), config))
+                .collect(),
+            final_layer_norm: LayerNorm::new(
+                &(&text / "final_layer_norm"),
+                h,
+                config.layer_norm_eps,
+            ),
+            text_projection: config.with_projection().then(|| {
+                Linear::new(
+                    &(&root / "text_projection"),
+                    h,
+                    config.projection_dim.unwrap_or(h),
+                    false,
+                )
+            }),
+            config: config.clone(),
+            vs,
+        })
+    }
+
+    fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn folder_key(key: &str) -> KeyMap {
+        canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
     }
 }
 

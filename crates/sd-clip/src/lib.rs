@@ -16,4 +16,5 @@ pub use conditioning::{encode, EmbeddingLayer, PromptEmbedding, PromptOptions};
 pub use config::{ClipTextConfig, HiddenAct};
 pub use encoder::{ClipOutput, ClipTextModel};
 pub use error::{ClipError, Result};
+pub use sd_core::DiffusersModel;
 pub use tokenizer::{ClipTokenizer, TokenIds};

@@ -1,5 +1,6 @@
 //! Bad tokenizer and weight files give errors naming the file, line or tensor.
 
+use sd_core::DiffusersModel;
 use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextModel, ClipTokenizer};

@@ -2,6 +2,7 @@
 //! penultimate layers and projected pool, long-prompt windows, weighting.
 
 use sd_clip::{encode, ClipTextModel, ClipTokenizer, EmbeddingLayer, PromptOptions};
+use sd_core::DiffusersModel;
 use sd_testkit::parity::{
     assert_close, assert_matches, read_tensors, reference_dir, take, Tolerance,
 };

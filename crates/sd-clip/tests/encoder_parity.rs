@@ -3,6 +3,7 @@
 //! pooled output and SDXL's projected embedding, f32 on CPU, max-abs <= 1e-4.
 
 use sd_clip::{ClipTextModel, ClipTokenizer};
+use sd_core::DiffusersModel;
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use tch::{Device, Kind, Tensor};
 

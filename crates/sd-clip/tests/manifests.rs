@@ -3,6 +3,7 @@
 //! the weight names and shapes of the real files.
 
 use sd_clip::{ClipTextConfig, ClipTextModel};
+use sd_core::DiffusersModel;
 use sd_testkit::manifest::Manifest;
 use sd_testkit::parity::reference_dir;
 use tch::Device;
@@ -22,7 +23,7 @@ fn full_size_encoders_have_the_real_weight_names() {
         let config_path = std::env::temp_dir().join(format!("sd-clip-{model}-{component}.json"));
         std::fs::write(&config_path, value["config"].to_string()).unwrap();
         let config = ClipTextConfig::from_file(&config_path).unwrap();
-        let built = ClipTextModel::new(&config, Device::Cpu);
+        let built = ClipTextModel::new(&config, Device::Cpu).unwrap();
         let diff = expected.diff(&Manifest::of_var_store(built.var_store()));
         assert!(diff.is_empty(), "{model}/{component}: {diff:?}");
     }

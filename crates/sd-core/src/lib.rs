@@ -2,6 +2,7 @@
 //!
 //! - [`error`]: the crate's error type, used by every other crate through `#[from]`.
 //! - [`device`]: parsing `cpu` / `cuda:N` and `f32` / `f16` / `bf16`.
+//! - [`model`]: [`DiffusersModel`], the loading shared by the CLIP, UNet and VAE models.
 //! - [`weights`]: loading diffusers-layout safetensors into a `tch` `VarStore`,
 //!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
 //! - [`nn`]: the basic layers (Linear, Conv2d, norms, Embedding), created uninitialised.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod ffi;
 pub mod layers;
 pub mod load_report;
+pub mod model;
 pub mod nn;
 pub mod rng;
 pub mod weights;
@@ -25,3 +27,4 @@ pub mod weights;
 pub mod shared;
 
 pub use error::{CoreError, Result};
+pub use model::DiffusersModel;

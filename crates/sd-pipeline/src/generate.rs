@@ -3,6 +3,7 @@
 //! diffusers' `StableDiffusionPipeline.__call__` (and its img2img, inpaint
 //! and XL siblings) so that the same seed gives the same latents.
 
+use sd_core::DiffusersModel;
 use std::ops::ControlFlow;
 
 use image::{GrayImage, RgbImage};

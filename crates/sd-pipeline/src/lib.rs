@@ -30,4 +30,5 @@ pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
 pub use pipeline::{Devices, StableDiffusion, StableDiffusionBuilder};
 pub use sd_clip::PromptOptions;
+pub use sd_core::DiffusersModel;
 pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};

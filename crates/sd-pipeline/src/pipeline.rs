@@ -1,5 +1,6 @@
 //! The loaded pipeline and its builder.
 
+use sd_core::DiffusersModel;
 use std::path::{Path, PathBuf};
 
 use crate::cow::Cow;

@@ -4,6 +4,7 @@
 //! built-in presets (or a diffusers folder you name), and keys are remapped
 //! at load time.
 
+use sd_core::DiffusersModel;
 use std::path::Path;
 
 use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};

@@ -16,6 +16,7 @@
 //! libtorch kernels for every scalar diffusers computes with torch
 //! (docs/reference.md).
 
+use sd_core::DiffusersModel;
 use std::collections::HashMap;
 use std::path::PathBuf;
 

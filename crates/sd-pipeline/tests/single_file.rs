@@ -4,6 +4,7 @@
 //! in_proj and one layer more than SD2 uses), SD2 inpainting and SDXL give
 //! diffusers' `from_single_file` latents, and those of the diffusers folders.
 
+use sd_core::DiffusersModel;
 use std::path::PathBuf;
 
 use sd_core::weights::MappedFile;
@@ -319,7 +320,9 @@ fn real_single_file_layouts_map_onto_the_presets() {
             (
                 Component::TextEncoder,
                 Manifest::of_var_store(
-                    sd_clip::ClipTextModel::new(&plan.configs.text, Device::Cpu).var_store(),
+                    sd_clip::ClipTextModel::new(&plan.configs.text, Device::Cpu)
+                        .unwrap()
+                        .var_store(),
                 ),
             ),
         ];
@@ -327,7 +330,9 @@ fn real_single_file_layouts_map_onto_the_presets() {
             components.push((
                 Component::TextEncoder2,
                 Manifest::of_var_store(
-                    sd_clip::ClipTextModel::new(config, Device::Cpu).var_store(),
+                    sd_clip::ClipTextModel::new(config, Device::Cpu)
+                        .unwrap()
+                        .var_store(),
                 ),
             ));
         }

@@ -114,47 +114,12 @@ impl Common {
     }
 }
 
-/// The `Scheduler` methods both KDPM2 variants share (fields `common`, `tables`).
-macro_rules! kdpm2_common_methods {
-    ($name:literal) => {
-        fn name(&self) -> &'static str {
-            $name
-        }
-
-        fn timesteps(&self) -> &[f64] {
-            &self.tables.timesteps
-        }
-
-        fn order(&self) -> usize {
-            2
-        }
-
-        fn sigmas(&self) -> Option<&[f32]> {
-            Some(&self.tables.sigmas)
-        }
-
-        fn init_noise_sigma(&self) -> f64 {
-            sigmas::init_noise_sigma(&self.tables.sigmas, self.common.recipe.spacing)
-        }
-
-        fn add_noise(
-            &self,
-            original: &Tensor,
-            noise: &Tensor,
-            step_index: usize,
-        ) -> Result<Tensor> {
-            check_index($name, step_index, self.tables.timesteps.len())?;
-            Ok(sigmas::add_noise(
-                original,
-                noise,
-                self.tables.sigmas[step_index],
-            ))
-        }
-    };
-}
-
-/// diffusers' `KDPM2DiscreteScheduler`.
+/// diffusers' `KDPM2DiscreteScheduler` ([`Kdpm2::new`]) and
+/// `KDPM2AncestralDiscreteScheduler` ([`Kdpm2::ancestral`]).
 pub struct Kdpm2 {
+    name: &'static str,
+    /// The ancestral variant steps down to sigma_down and adds fresh noise.
+    ancestral: bool,
     common: Common,
     tables: Tables,
     /// The sample a step started from, between its two evaluations.
@@ -162,9 +127,21 @@ pub struct Kdpm2 {
 }
 
 impl Kdpm2 {
+    /// The deterministic sampler (`dpm2`).
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
+        Self::variant("dpm2", false, config)
+    }
+
+    /// The ancestral sampler (`dpm2-a`).
+    pub fn ancestral(config: &SchedulerConfig) -> Result<Self> {
+        Self::variant("dpm2-a", true, config)
+    }
+
+    fn variant(name: &'static str, ancestral: bool, config: &SchedulerConfig) -> Result<Self> {
         Ok(Kdpm2 {
-            common: Common::new("dpm2", config)?,
+            name,
+            ancestral,
+            common: Common::new(name, config)?,
             tables: Tables::default(),
             pending: None,
         })
@@ -172,85 +149,51 @@ impl Kdpm2 {
 }
 
 impl Scheduler for Kdpm2 {
-    kdpm2_common_methods!("dpm2");
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.tables.timesteps
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.tables.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        sigmas::init_noise_sigma(&self.tables.sigmas, self.common.recipe.spacing)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        check_index(self.name, step_index, self.tables.timesteps.len())?;
+        Ok(sigmas::add_noise(
+            original,
+            noise,
+            self.tables.sigmas[step_index],
+        ))
+    }
 
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.tables = self.common.tables("dpm2", num_inference_steps, false)?;
+        self.tables = self
+            .common
+            .tables(self.name, num_inference_steps, self.ancestral)?;
         self.pending = None;
         Ok(())
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        check_index("dpm2", i, self.tables.timesteps.len())?;
-        let sigma = if self.pending.is_none() {
-            self.tables.sigmas[i]
-        } else {
-            self.tables.sigmas_interpol[i]
-        };
-        Ok(sigmas::scale_input(sample, sigma))
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        _: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        check_index("dpm2", i, self.tables.timesteps.len())?;
-        let t = &self.tables;
-        match self.pending.take() {
-            // 1. first evaluation: Euler step from sigma to the midpoint sigma
-            None => {
-                let (sigma, interpol) = (t.sigmas[i], t.sigmas_interpol[i + 1]);
-                let x0 = x0_from_sigma(self.common.prediction, model_output, sample, sigma);
-                let derivative = (sample - x0) / sigma as f64;
-                self.pending = Some(sample.shallow_clone());
-                Ok(sample + derivative * (interpol - sigma) as f64)
-            }
-            // 2. second evaluation (at the midpoint): the full step with its slope
-            Some(start) => {
-                let (sigma, interpol, next) = (t.sigmas[i - 1], t.sigmas_interpol[i], t.sigmas[i]);
-                let x0 = x0_from_sigma(self.common.prediction, model_output, sample, interpol);
-                let derivative = (sample - x0) / interpol as f64;
-                Ok(start + derivative * (next - sigma) as f64)
-            }
-        }
-    }
-}
-
-/// diffusers' `KDPM2AncestralDiscreteScheduler`.
-pub struct Kdpm2Ancestral {
-    common: Common,
-    tables: Tables,
-    pending: Option<Tensor>,
-}
-
-impl Kdpm2Ancestral {
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        Ok(Kdpm2Ancestral {
-            common: Common::new("dpm2-a", config)?,
-            tables: Tables::default(),
-            pending: None,
-        })
-    }
-}
-
-impl Scheduler for Kdpm2Ancestral {
-    kdpm2_common_methods!("dpm2-a");
-
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.tables = self.common.tables("dpm2-a", num_inference_steps, true)?;
-        self.pending = None;
-        Ok(())
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        check_index("dpm2-a", i, self.tables.timesteps.len())?;
-        let sigma = if self.pending.is_none() {
-            self.tables.sigmas[i]
-        } else {
-            self.tables.sigmas_interpol[i - 1]
+        check_index(self.name, i, self.tables.timesteps.len())?;
+        // The midpoint evaluation's sigma sits one entry later in the
+        // deterministic tables than in the ancestral ones (diffusers' layout).
+        let sigma = match (&self.pending, self.ancestral) {
+            (None, _) => self.tables.sigmas[i],
+            (Some(_), false) => self.tables.sigmas_interpol[i],
+            (Some(_), true) => self.tables.sigmas_interpol[i - 1],
         };
         Ok(sigmas::scale_input(sample, sigma))
     }
@@ -262,23 +205,36 @@ impl Scheduler for Kdpm2Ancestral {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_index("dpm2-a", i, self.tables.timesteps.len())?;
+        check_index(self.name, i, self.tables.timesteps.len())?;
         let t = &self.tables;
+        let prediction = self.common.prediction;
         match self.pending.take() {
-            // 1. first evaluation: Euler step down to the midpoint sigma
+            // 1. first evaluation: Euler step from sigma down to the midpoint sigma
             None => {
-                let (sigma, interpol) = (t.sigmas[i], t.sigmas_interpol[i]);
-                let x0 = x0_from_sigma(self.common.prediction, model_output, sample, sigma);
+                let sigma = t.sigmas[i];
+                let interpol = if self.ancestral {
+                    t.sigmas_interpol[i]
+                } else {
+                    t.sigmas_interpol[i + 1]
+                };
+                let x0 = x0_from_sigma(prediction, model_output, sample, sigma);
                 let derivative = (sample - x0) / sigma as f64;
                 self.pending = Some(sample.shallow_clone());
                 Ok(sample + derivative * (interpol - sigma) as f64)
             }
-            // 2. second evaluation: step to sigma_down, then noise up by sigma_up
+            // 2a. second evaluation (at the midpoint): the full step with its slope
+            Some(start) if !self.ancestral => {
+                let (sigma, interpol, next) = (t.sigmas[i - 1], t.sigmas_interpol[i], t.sigmas[i]);
+                let x0 = x0_from_sigma(prediction, model_output, sample, interpol);
+                let derivative = (sample - x0) / interpol as f64;
+                Ok(start + derivative * (next - sigma) as f64)
+            }
+            // 2b. ancestral: step to sigma_down, then noise up by sigma_up
             Some(start) => {
                 let j = i - 1;
                 let (sigma, interpol) = (t.sigmas[j], t.sigmas_interpol[j]);
                 let (up, down) = (t.sigmas_up[j], t.sigmas_down[j]);
-                let x0 = x0_from_sigma(self.common.prediction, model_output, sample, interpol);
+                let x0 = x0_from_sigma(prediction, model_output, sample, interpol);
                 let derivative = (sample - x0) / interpol as f64;
                 let prev = start + derivative * (down - sigma) as f64;
                 Ok(prev + draw_noise(noise, model_output)? * up as f64)

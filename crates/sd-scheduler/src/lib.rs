@@ -53,7 +53,7 @@ pub use error::{Result, SchedulerError};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
-pub use kdpm2::{Kdpm2, Kdpm2Ancestral};
+pub use kdpm2::Kdpm2;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
@@ -239,7 +239,7 @@ pub fn build(kind: SamplerKind, config: &SchedulerConfig) -> Result<Box<dyn Sche
         SamplerKind::EulerAncestral => Box::new(EulerAncestral::new(config)?),
         SamplerKind::Heun => Box::new(Heun::new(config)?),
         SamplerKind::Dpm2 => Box::new(Kdpm2::new(config)?),
-        SamplerKind::Dpm2Ancestral => Box::new(Kdpm2Ancestral::new(config)?),
+        SamplerKind::Dpm2Ancestral => Box::new(Kdpm2::ancestral(config)?),
         SamplerKind::DpmPlusPlus2M => Box::new(DpmSolverMultistep::new(config, "dpm++2m")?),
         SamplerKind::DpmPlusPlus2MKarras => {
             let config = SchedulerConfig {

@@ -2,6 +2,7 @@
 //! UNet and VAE, and writing a trained model as a diffusers folder that both
 //! this pipeline and diffusers load.
 
+use sd_core::DiffusersModel;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -182,7 +183,7 @@ pub fn write_random_sd15(dir: &Path, seed: u64, kind: tch::Kind) -> Result<()> {
     let text_encoder = ClipTextModel::new(
         &ClipTextConfig::from_json_str(&preset["text_encoder"].to_string())?,
         device,
-    );
+    )?;
     let unet = UNet2DConditionModel::new(
         &UNetConfig::from_json_str(&preset["unet"].to_string())?,
         device,

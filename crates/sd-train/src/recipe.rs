@@ -1,6 +1,7 @@
 //! Whole training runs: the shapes model from scratch, and fine-tuning a
 //! diffusers folder's UNet on your images.
 
+use sd_core::DiffusersModel;
 use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
@@ -54,7 +55,7 @@ pub fn train_shapes_model(
     // 1. the frozen text encoder, seeded random weights
     let te_config_json = model::text_encoder_config();
     let te_config = ClipTextConfig::from_json_str(&te_config_json.to_string())?;
-    let text_encoder = ClipTextModel::new(&te_config, device);
+    let text_encoder = ClipTextModel::new(&te_config, device)?;
     sd_core::nn::init_for_training(text_encoder.var_store());
     let tokenizer = ClipTokenizer::builtin(sd_clip::tokenizer::EOS)?;
     // 2. the autoencoder, then its latent scale

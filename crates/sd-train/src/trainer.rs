@@ -3,6 +3,7 @@
 //! caption's embeddings; the VAE learns to reconstruct images through a
 //! small KL-regularised latent.
 
+use sd_core::DiffusersModel;
 use std::io::Write;
 use std::path::Path;
 

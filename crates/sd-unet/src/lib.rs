@@ -15,4 +15,5 @@ mod up;
 
 pub use config::UNetConfig;
 pub use error::{Result, UNetError};
+pub use sd_core::DiffusersModel;
 pub use unet::{AddedConditions, UNet2DConditionModel};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sd_core::layers::ResnetConfig;
 use sd_core::nn::{Conv2d, GroupNorm};
-use sd_core::weights::{component_files, load_mapped, KeyMap};
+use sd_core::DiffusersModel;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::{DownBlockType, UNetConfig, UpBlockType};
@@ -52,9 +52,121 @@ impl UNet2DConditionModel {
         Self::new_in(config, device, Kind::Float)
     }
 
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Predicts the noise (or v, or x0) in `sample` (batch, in_channels, h, w)
+    /// at `timestep` (0-d or (batch,), any numeric dtype) given the text
+    /// `context` (batch, tokens, cross_attention_dim).
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditions>,
+    ) -> Result<Tensor> {
+        let (batch, channels, h, w) = sample.size4().map_err(|_| {
+            UNetError::invalid(
+                "unet input",
+                format!(
+                    "sample must be (batch, channels, h, w), got {:?}",
+                    sample.size()
+                ),
+            )
+        })?;
+        if channels != self.config.in_channels {
+            return Err(UNetError::invalid(
+                "unet input",
+                format!(
+                    "sample has {channels} channels, the UNet takes {}",
+                    self.config.in_channels
+                ),
+            ));
+        }
+        let factor = 1 << (self.config.block_out_channels.len() - 1);
+        if h % factor != 0 || w % factor != 0 {
+            return Err(UNetError::invalid(
+                "unet input",
+                format!("sample size {h}x{w} is not a multiple of {factor}"),
+            ));
+        }
+        let kind = sample.kind();
+        let device = sample.device();
+        // 1. time embedding (+ SDXL's text/size embedding)
+        let t = timestep
+            .to_device(device)
+            .reshape([-1])
+            .expand([batch], false);
+        let features = timestep_features(
+            &t,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift as f64,
+        );
+        let mut emb = self.time_embedding.forward(&features.to_kind(kind));
+        match (&self.add_embedding, added) {
+            (Some((embedding, dim)), Some(added)) => {
+                let ids = added.time_ids.to_device(device).reshape([-1]);
+                let time = timestep_features(
+                    &ids,
+                    *dim,
+                    self.config.flip_sin_to_cos,
+                    self.config.freq_shift as f64,
+                )
+                .reshape([batch, -1]);
+                let text = added.text_embeds.to_device(device).to_kind(Kind::Float);
+                emb += embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
+            }
+            (Some(_), None) => {
+                return Err(UNetError::invalid(
+                    "unet input",
+                    "this UNet (text_time) needs text_embeds and time_ids",
+                ))
+            }
+            (None, _) => {}
+        }
+        // 2. down path, keeping every skip state
+        let context = context.to_device(device).to_kind(kind);
+        let mut x = if self.config.center_input_sample {
+            sample * 2.0 - 1.0
+        } else {
+            sample.shallow_clone()
+        };
+        x = self.conv_in.forward(&x);
+        let mut skips = vec![x.shallow_clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&x, &emb, &context);
+            x = out;
+            skips.extend(states);
+        }
+        // 3. mid block
+        x = self.mid_block.forward(&x, &emb, &context);
+        // 4. up path, consuming the skips newest first
+        for block in &self.up_blocks {
+            let taken = skips.split_off(skips.len() - block.resnet_count());
+            let size = skips.last().map(|s| (s.size()[2], s.size()[3]));
+            x = block.forward(&x, &taken, &emb, &context, size);
+        }
+        // 5. output
+        Ok(self
+            .conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu()))
+    }
+}
+
+impl DiffusersModel for UNet2DConditionModel {
+    type Config = UNetConfig;
+    type Error = UNetError;
+    const WEIGHTS_STEM: &'static str = "diffusion_pytorch_model";
+
+    fn read_config(path: &Path) -> Result<UNetConfig> {
+        UNetConfig::from_file(path)
+    }
+
     /// The same in `kind`: the parameters are created in that dtype (an f32
     /// build converted afterwards would first claim twice the GPU memory).
-    pub fn new_in(config: &UNetConfig, device: Device, kind: Kind) -> Result<Self> {
+    fn new_in(config: &UNetConfig, device: Device, kind: Kind) -> Result<Self> {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
@@ -158,151 +270,11 @@ impl UNet2DConditionModel {
         })
     }
 
-    /// Loads `unet/` (config.json + diffusion_pytorch_model[.variant].safetensors)
-    /// onto `device` in `kind`.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        device: Device,
-        kind: Kind,
-        variant: Option<&str>,
-    ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = UNetConfig::from_file(dir.join("config.json"))?;
-        let files = component_files(dir, "diffusion_pytorch_model", variant)?;
-        Self::from_files(&config, &files, device, kind, &|key| {
-            KeyMap::To(key.to_string())
-        })
-    }
-
-    /// Builds `config` and fills it from `files`, each key mapped by `map`
-    /// (single-file checkpoints: [`crate::ldm::LdmUNetKeys`]).
-    pub fn from_files(
-        config: &UNetConfig,
-        files: &[std::path::PathBuf],
-        device: Device,
-        kind: Kind,
-        map: &dyn Fn(&str) -> KeyMap,
-    ) -> Result<Self> {
-        let model = Self::new_in(config, device, kind)?;
-        load_mapped(&model.vs, files, map, false)?;
-        Ok(model)
-    }
-
-    /// A copy of this model's weights on `device` (low-memory pipelines
-    /// bring the UNet to the GPU only for the denoising loop).
-    pub fn copy_to(&self, device: Device) -> Result<Self> {
-        let copy = Self::new_in(&self.config, device, self.vs.kind())?;
-        sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
-        Ok(copy)
-    }
-
-    pub fn config(&self) -> &UNetConfig {
+    fn config(&self) -> &UNetConfig {
         &self.config
     }
 
-    pub fn var_store(&self) -> &VarStore {
+    fn var_store(&self) -> &VarStore {
         &self.vs
-    }
-
-    pub fn device(&self) -> Device {
-        self.vs.device()
-    }
-
-    /// Predicts the noise (or v, or x0) in `sample` (batch, in_channels, h, w)
-    /// at `timestep` (0-d or (batch,), any numeric dtype) given the text
-    /// `context` (batch, tokens, cross_attention_dim).
-    pub fn forward(
-        &self,
-        sample: &Tensor,
-        timestep: &Tensor,
-        context: &Tensor,
-        added: Option<&AddedConditions>,
-    ) -> Result<Tensor> {
-        let (batch, channels, h, w) = sample.size4().map_err(|_| {
-            UNetError::invalid(
-                "unet input",
-                format!(
-                    "sample must be (batch, channels, h, w), got {:?}",
-                    sample.size()
-                ),
-            )
-        })?;
-        if channels != self.config.in_channels {
-            return Err(UNetError::invalid(
-                "unet input",
-                format!(
-                    "sample has {channels} channels, the UNet takes {}",
-                    self.config.in_channels
-                ),
-            ));
-        }
-        let factor = 1 << (self.config.block_out_channels.len() - 1);
-        if h % factor != 0 || w % factor != 0 {
-            return Err(UNetError::invalid(
-                "unet input",
-                format!("sample size {h}x{w} is not a multiple of {factor}"),
-            ));
-        }
-        let kind = sample.kind();
-        let device = sample.device();
-        // 1. time embedding (+ SDXL's text/size embedding)
-        let t = timestep
-            .to_device(device)
-            .reshape([-1])
-            .expand([batch], false);
-        let features = timestep_features(
-            &t,
-            self.config.block_out_channels[0],
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift as f64,
-        );
-        let mut emb = self.time_embedding.forward(&features.to_kind(kind));
-        match (&self.add_embedding, added) {
-            (Some((embedding, dim)), Some(added)) => {
-                let ids = added.time_ids.to_device(device).reshape([-1]);
-                let time = timestep_features(
-                    &ids,
-                    *dim,
-                    self.config.flip_sin_to_cos,
-                    self.config.freq_shift as f64,
-                )
-                .reshape([batch, -1]);
-                let text = added.text_embeds.to_device(device).to_kind(Kind::Float);
-                emb += embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
-            }
-            (Some(_), None) => {
-                return Err(UNetError::invalid(
-                    "unet input",
-                    "this UNet (text_time) needs text_embeds and time_ids",
-                ))
-            }
-            (None, _) => {}
-        }
-        // 2. down path, keeping every skip state
-        let context = context.to_device(device).to_kind(kind);
-        let mut x = if self.config.center_input_sample {
-            sample * 2.0 - 1.0
-        } else {
-            sample.shallow_clone()
-        };
-        x = self.conv_in.forward(&x);
-        let mut skips = vec![x.shallow_clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&x, &emb, &context);
-            x = out;
-            skips.extend(states);
-        }
-        // 3. mid block
-        x = self.mid_block.forward(&x, &emb, &context);
-        // 4. up path, consuming the skips newest first
-        for block in &self.up_blocks {
-            let taken = skips.split_off(skips.len() - block.resnet_count());
-            let size = skips.last().map(|s| (s.size()[2], s.size()[3]));
-            x = block.forward(&x, &taken, &emb, &context, size);
-        }
-        // 5. output
-        Ok(self
-            .conv_out
-            .forward(&self.conv_norm_out.forward(&x).silu()))
     }
 }

@@ -1,5 +1,6 @@
 //! Unsupported or inconsistent config values fail at load, naming the field.
 
+use sd_core::DiffusersModel;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 
 fn tiny() -> serde_json::Value {

@@ -2,6 +2,7 @@
 //! have exactly the weight names and shapes of the real files (parameters
 //! are created uninitialised, so nothing is really allocated).
 
+use sd_core::DiffusersModel;
 use sd_testkit::manifest::Manifest;
 use sd_testkit::parity::reference_dir;
 use sd_unet::{UNet2DConditionModel, UNetConfig};

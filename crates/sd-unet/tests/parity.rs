@@ -3,6 +3,7 @@
 //! upcast_attention), SDXL-like (text_time, two transformer layers in a
 //! block) and inpainting (9 channels). f32 CPU, max-abs error <= 1e-4.
 
+use sd_core::DiffusersModel;
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_unet::{AddedConditions, UNet2DConditionModel};
 use tch::{Device, Kind, Tensor};

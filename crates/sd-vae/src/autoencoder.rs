@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use sd_core::nn::Conv2d;
-use sd_core::weights::{component_files, load_mapped, KeyMap};
+use sd_core::weights::KeyMap;
+use sd_core::DiffusersModel;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::VaeConfig;
@@ -56,74 +57,6 @@ impl AutoencoderKL {
     /// The architecture of `config`, uninitialised, on `device` (f32).
     pub fn new(config: &VaeConfig, device: Device) -> Result<Self> {
         Self::new_in(config, device, Kind::Float)
-    }
-
-    /// The same with parameters created in `kind` (not converted after).
-    pub fn new_in(config: &VaeConfig, device: Device, kind: Kind) -> Result<Self> {
-        let mut vs = VarStore::new(device);
-        vs.set_kind(kind);
-        let root = vs.root();
-        let moments = 2 * config.latent_channels;
-        let latent = config.latent_channels;
-        Ok(AutoencoderKL {
-            encoder: Encoder::new(&(&root / "encoder"), config)?,
-            decoder: Decoder::new(&(&root / "decoder"), config)?,
-            quant_conv: config
-                .use_quant_conv
-                .then(|| Conv2d::new(&(&root / "quant_conv"), moments, moments, 1, 1, 0)),
-            post_quant_conv: config
-                .use_post_quant_conv
-                .then(|| Conv2d::new(&(&root / "post_quant_conv"), latent, latent, 1, 1, 0)),
-            config: config.clone(),
-            vs,
-            tiling: None,
-            slicing: false,
-            f32_twin: OnceLock::new(),
-        })
-    }
-
-    /// Loads `vae/` onto `device`. With `force_upcast` in the config, an f16
-    /// request ends in f32 (f16-rounded) weights: diffusers upcasts such VAEs
-    /// to decode.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        device: Device,
-        kind: Kind,
-        variant: Option<&str>,
-    ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = VaeConfig::from_file(dir.join("config.json"))?;
-        let files = component_files(dir, "diffusion_pytorch_model", variant)?;
-        Self::from_files(&config, &files, device, kind, &|key| {
-            canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
-        })
-    }
-
-    /// Builds `config` and fills it from `files`, each key mapped by `map`
-    /// (single-file checkpoints: [`crate::ldm::map`]).
-    pub fn from_files(
-        config: &VaeConfig,
-        files: &[std::path::PathBuf],
-        device: Device,
-        kind: Kind,
-        map: &dyn Fn(&str) -> KeyMap,
-    ) -> Result<Self> {
-        let mut model = Self::new_in(config, device, kind)?;
-        load_mapped(&model.vs, files, map, false)?;
-        if config.force_upcast && kind == Kind::Half {
-            // As diffusers: loaded in f16, upcast to compute. (The f32 weights
-            // are the f16 ones, so results match its to(float32) VAE exactly.)
-            model.vs.set_kind(Kind::Float);
-        }
-        Ok(model)
-    }
-
-    pub fn config(&self) -> &VaeConfig {
-        &self.config
-    }
-
-    pub fn var_store(&self) -> &VarStore {
-        &self.vs
     }
 
     /// The dtype the VAE computes in.
@@ -305,17 +238,69 @@ impl AutoencoderKL {
         Ok(self.f32_twin.get_or_init(|| Box::new(twin)))
     }
 
-    /// A copy of this VAE's weights on `device` (low-memory pipelines bring
-    /// it to the GPU only to encode or decode).
-    pub fn copy_to(&self, device: Device) -> Result<Self> {
-        self.copy_as(device, self.dtype())
-    }
-
     fn copy_as(&self, device: Device, kind: Kind) -> Result<Self> {
         let mut copy = AutoencoderKL::new_in(&self.config, device, kind)?;
-        copy.tiling = self.tiling;
-        copy.slicing = self.slicing;
+        self.copy_settings_to(&mut copy);
         sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
         Ok(copy)
+    }
+}
+
+impl DiffusersModel for AutoencoderKL {
+    type Config = VaeConfig;
+    type Error = VaeError;
+    const WEIGHTS_STEM: &'static str = "diffusion_pytorch_model";
+
+    fn read_config(path: &Path) -> Result<VaeConfig> {
+        VaeConfig::from_file(path)
+    }
+
+    /// The same with parameters created in `kind` (not converted after).
+    fn new_in(config: &VaeConfig, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let root = vs.root();
+        let moments = 2 * config.latent_channels;
+        let latent = config.latent_channels;
+        Ok(AutoencoderKL {
+            encoder: Encoder::new(&(&root / "encoder"), config)?,
+            decoder: Decoder::new(&(&root / "decoder"), config)?,
+            quant_conv: config
+                .use_quant_conv
+                .then(|| Conv2d::new(&(&root / "quant_conv"), moments, moments, 1, 1, 0)),
+            post_quant_conv: config
+                .use_post_quant_conv
+                .then(|| Conv2d::new(&(&root / "post_quant_conv"), latent, latent, 1, 1, 0)),
+            config: config.clone(),
+            vs,
+            tiling: None,
+            slicing: false,
+            f32_twin: OnceLock::new(),
+        })
+    }
+
+    fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn folder_key(key: &str) -> KeyMap {
+        canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
+    }
+
+    fn after_load(&mut self) {
+        if self.config.force_upcast && self.vs.kind() == Kind::Half {
+            // As diffusers: loaded in f16, upcast to compute. (The f32 weights
+            // are the f16 ones, so results match its to(float32) VAE exactly.)
+            self.vs.set_kind(Kind::Float);
+        }
+    }
+
+    fn copy_settings_to(&self, copy: &mut Self) {
+        copy.tiling = self.tiling;
+        copy.slicing = self.slicing;
     }
 }

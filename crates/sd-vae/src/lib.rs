@@ -17,4 +17,5 @@ pub use autoencoder::AutoencoderKL;
 pub use config::VaeConfig;
 pub use distribution::LatentDistribution;
 pub use error::{Result, VaeError};
+pub use sd_core::DiffusersModel;
 pub use tiling::TileOptions;

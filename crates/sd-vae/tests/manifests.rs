@@ -2,6 +2,7 @@
 //! real weight names and shapes; files with the legacy attention names
 //! (query/key/value/proj_attn) load too.
 
+use sd_core::DiffusersModel;
 use sd_testkit::manifest::Manifest;
 use sd_testkit::parity::reference_dir;
 use sd_vae::{AutoencoderKL, VaeConfig};

@@ -3,6 +3,7 @@
 //! decode. f32 CPU, max-abs error <= 1e-4.
 
 use sd_core::rng::CpuGenerator;
+use sd_core::DiffusersModel;
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
