@@ -89,7 +89,7 @@ fn main() -> Result<()> {
         request.height = Some(size);
         request.steps = steps;
         request.num_images = batch;
-        request.seed = run as u64;
+        request.seed = (run as u64).into();
         // 1. text encoding alone
         let t0 = Instant::now();
         let embeddings = pipeline.encode_prompts(&request, true)?;

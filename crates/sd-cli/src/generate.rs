@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_pipeline::{PromptOptions, Request, SamplerKind, StableDiffusion};
+use sd_pipeline::{PromptOptions, Request, SamplerKind, Seed, StableDiffusion, Task};
 
 use crate::output::{output_paths, write_outputs, Metadata};
 
@@ -139,7 +139,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         long_prompts: common.long_prompts,
         weighting: common.prompt_weighting,
     };
-    request.seed = match common.seed {
+    let seed = match common.seed {
         Some(seed) => seed,
         None => {
             let seed = random_seed();
@@ -147,24 +147,27 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
             seed
         }
     };
+    request.seed = Seed::Batch(seed);
     match &mode {
         Mode::Txt2Img => {}
         Mode::Img2Img { image, strength } => {
-            request.init_image = Some(read_rgb(image)?);
-            request.strength = *strength;
+            request.task = Task::ImageToImage {
+                image: read_rgb(image)?,
+                strength: *strength,
+            };
         }
         Mode::Inpaint {
             image,
             mask,
             strength,
         } => {
-            request.init_image = Some(read_rgb(image)?);
-            request.mask = Some(
-                image::open(mask)
+            request.task = Task::Inpaint {
+                image: read_rgb(image)?,
+                mask: image::open(mask)
                     .with_context(|| format!("cannot read mask {}", mask.display()))?
                     .to_luma8(),
-            );
-            request.strength = *strength;
+                strength: *strength,
+            };
         }
     }
 
@@ -223,7 +226,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         steps: common.steps,
         sampler: pipeline.sampler().name().to_string(),
         guidance: common.guidance,
-        seed: request.seed,
+        seed,
         width,
         height,
         model: model.display().to_string(),

@@ -84,7 +84,7 @@ fn txt2img_writes_images_metadata_and_latents() {
         .unwrap();
     let mut request = sd_pipeline::Request::new("a cat");
     request.steps = 3;
-    request.seed = 7;
+    request.seed = 7.into();
     request.num_images = 2;
     let expected = pipeline.generate(&request).unwrap().latents;
     assert_eq!(saved[0].0, "latents");

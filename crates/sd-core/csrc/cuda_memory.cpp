@@ -2,6 +2,8 @@
 // torch.cuda.max_memory_allocated / max_memory_reserved report), for the
 // benchmarks' memory columns.
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <cstring>
@@ -29,6 +31,28 @@ int sd_cuda_memory_peak(int device, int64_t* allocated, int64_t* reserved, char*
 int sd_cuda_memory_reset_peak(int device, char** error) {
   try {
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    *error = strdup(e.what());
+    return 1;
+  }
+}
+
+// Bytes a new allocation on `device` could still get: what the driver has
+// free plus what the caching allocator holds reserved but unused.
+int sd_cuda_memory_free(int device, int64_t* free_bytes, char** error) {
+  try {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    size_t free = 0;
+    size_t total = 0;
+    cudaError_t status = cudaMemGetInfo(&free, &total);
+    if (status != cudaSuccess) {
+      *error = strdup(cudaGetErrorString(status));
+      return 1;
+    }
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    int64_t cached = stats.reserved_bytes[kAggregate].current - stats.allocated_bytes[kAggregate].current;
+    *free_bytes = static_cast<int64_t>(free) + cached;
     return 0;
   } catch (const std::exception& e) {
     *error = strdup(e.what());

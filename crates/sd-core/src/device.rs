@@ -25,6 +25,22 @@ pub fn parse_device(text: &str) -> Result<Device> {
 
 pub use crate::ffi::transfer::upload;
 
+/// Bytes a new allocation on `device` could still get, where that can be
+/// known: `MemAvailable` of /proc/meminfo for the CPU (Linux), the driver's
+/// free memory plus the caching allocator's unused reserve for CUDA.
+pub fn available_memory(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => {
+            let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        }
+        Device::Cuda(index) => crate::ffi::cuda_memory::free(index).ok(),
+        _ => None,
+    }
+}
+
 /// Parses the floating-point dtypes a model can run in.
 pub fn parse_dtype(text: &str) -> Result<Kind> {
     match text.trim() {
@@ -50,6 +66,12 @@ pub fn dtype_name(kind: Kind) -> &'static str {
 mod tests {
     use super::*;
     use tch::Tensor;
+
+    #[test]
+    fn host_memory_is_known_and_plausible() {
+        let bytes = available_memory(Device::Cpu).expect("/proc/meminfo on Linux");
+        assert!(bytes > 1 << 26 && bytes < 1 << 50, "{bytes}");
+    }
 
     #[test]
     fn upload_to_cuda_equals_to_device_and_is_plain_elsewhere() {

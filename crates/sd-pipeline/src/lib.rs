@@ -7,12 +7,13 @@
 //! let pipeline = StableDiffusion::builder().model_dir("stable-diffusion-v1-5").build()?;
 //! let mut request = Request::new("a red circle on a white background");
 //! request.steps = 30;
-//! request.seed = 42;
+//! request.seed = 42.into();
 //! let generation = pipeline.generate(&request)?;
 //! generation.images[0].save("out.png").ok();
 //! # Ok(()) }
 //! ```
 
+mod components;
 mod cow;
 pub mod error;
 mod generate;
@@ -24,11 +25,14 @@ mod noise;
 mod pipeline;
 pub mod single_file;
 
+pub use components::{Components, Devices, TextTower};
 pub use error::{PipelineError, Result};
-pub use generate::{guide, Conditioning, Generation, PromptEmbeddings, Request, StepInfo};
+pub use generate::{
+    guide, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepCallback, StepInfo, Task,
+};
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
-pub use pipeline::{Devices, StableDiffusion, StableDiffusionBuilder};
+pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
 pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};

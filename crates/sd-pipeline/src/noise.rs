@@ -5,6 +5,7 @@ use sd_core::rng::{CpuGenerator, NoiseSource};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::generate::Seed;
 
 pub enum BatchNoise {
     Single(CpuGenerator),
@@ -12,8 +13,12 @@ pub enum BatchNoise {
 }
 
 impl BatchNoise {
-    pub fn single(generator: CpuGenerator) -> Self {
-        BatchNoise::Single(generator)
+    /// The generator(s) `seed` asks for.
+    pub fn new(seed: &Seed) -> Result<Self> {
+        match seed {
+            Seed::Batch(seed) => Ok(BatchNoise::Single(CpuGenerator::new(*seed)?)),
+            Seed::PerImage(seeds) => Self::per_image(seeds),
+        }
     }
 
     pub fn per_image(seeds: &[u64]) -> Result<Self> {

@@ -5,34 +5,15 @@ use std::path::{Path, PathBuf};
 
 use crate::cow::Cow;
 
-use sd_clip::{ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
+use crate::components::{Components, Devices, TextTower};
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
-
-/// Where each component runs. Text encoders may stay on the CPU while the
-/// UNet and VAE use a GPU.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Devices {
-    pub text_encoder: Device,
-    pub unet: Device,
-    pub vae: Device,
-}
-
-impl Devices {
-    pub fn all(device: Device) -> Self {
-        Devices {
-            text_encoder: device,
-            unet: device,
-            vae: device,
-        }
-    }
-}
 
 /// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
 #[derive(Debug, Clone)]
@@ -199,95 +180,24 @@ impl StableDiffusionBuilder {
                 format!("{:?} is not f32, f16 or bf16", self.kind),
             ));
         }
-        let hub_dir = match &self.hub_repo {
-            Some(repo) => Some(crate::hub::resolve(
-                repo,
-                self.variant.as_deref(),
-                &self.hub,
-            )?),
-            None => None,
-        };
-        let load_devices = if self.low_memory {
-            Devices::all(Device::Cpu)
-        } else {
-            self.devices
-        };
-        let parts = match (
-            &self.single_file,
-            hub_dir.as_ref().or(self.model_dir.as_ref()),
-        ) {
-            (Some(file), _) => {
-                let l = crate::single_file::load(
-                    file,
-                    self.config_dir.as_deref(),
-                    load_devices,
-                    self.kind,
-                )?;
-                Parts {
-                    dir: file.clone(),
-                    index: l.index,
-                    tokenizer: l.tokenizer,
-                    text_encoder: l.text_encoder,
-                    second: l.second,
-                    unet: l.unet,
-                    vae: l.vae,
-                    scheduler: l.scheduler,
-                }
-            }
-            (None, Some(dir)) => self.load_folder(dir, load_devices)?,
-            (None, None) => {
-                return Err(PipelineError::request(
-                    "model_dir",
-                    "no model folder or single file given",
-                ))
-            }
-        };
-        let mut vae = parts.vae;
-        if parts.index.family == ModelFamily::StableDiffusion && vae.dtype() != self.kind {
-            // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
-            // only SDXL's honour force_upcast. (A half-precision decode that
-            // overflows is redone in f32 here either way.)
-            vae.set_dtype(self.kind);
-        }
+        let mut components = self.load_components()?;
         if self.channels_last {
-            sd_core::nn::convs_to_channels_last(parts.unet.var_store());
-            sd_core::nn::convs_to_channels_last(vae.var_store());
+            sd_core::nn::convs_to_channels_last(components.unet.var_store());
         }
-        if self.vae_tiling || self.low_memory {
-            vae.set_tiling(Some(vae.default_tiling()));
-        }
-        vae.set_slicing(self.vae_slicing || self.low_memory);
-        let scheduler_config = self.scheduler_config.clone().unwrap_or(parts.scheduler);
-        let sampler = match self.sampler {
-            Some(kind) => kind,
-            None => scheduler_config
-                .class_name
-                .as_deref()
-                .and_then(SamplerKind::from_class_name)
-                .ok_or_else(|| {
-                    PipelineError::model(
-                        parts.dir.join("scheduler/scheduler_config.json"),
-                        format!(
-                            "unsupported scheduler class {:?}; choose a sampler explicitly",
-                            scheduler_config.class_name
-                        ),
-                    )
-                })?,
-        };
+        self.set_up_vae(&mut components.vae, components.index.family);
+        let (sampler, scheduler_config) =
+            self.choose_sampler(&components.source, components.scheduler)?;
         if matches!(self.devices.unet, Device::Cuda(_)) {
             // Fixed shapes in the loop: let cuDNN pick its fastest kernels once.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        // Fail now, not at the first generation, on a config the sampler rejects.
-        sd_scheduler::build(sampler, &scheduler_config)?;
         Ok(StableDiffusion {
-            dir: parts.dir,
-            index: parts.index,
-            tokenizer: parts.tokenizer,
-            text_encoder: parts.text_encoder,
-            second: parts.second,
-            unet: Frozen::new(parts.unet),
-            vae: Frozen::new(vae),
+            dir: components.source,
+            index: components.index,
+            text: components.text,
+            text_2: components.text_2,
+            unet: Frozen::new(components.unet),
+            vae: Frozen::new(components.vae),
             scheduler_config,
             sampler,
             devices: if self.low_memory {
@@ -304,52 +214,75 @@ impl StableDiffusionBuilder {
         })
     }
 
-    fn load_folder(&self, dir: &Path, devices: Devices) -> Result<Parts> {
-        let index = ModelIndex::read(dir)?;
+    /// The model source: a single file, a hub repo or a folder. Low-memory
+    /// pipelines keep every weight in host memory.
+    fn load_components(&self) -> Result<Components> {
+        let devices = if self.low_memory {
+            Devices::all(Device::Cpu)
+        } else {
+            self.devices
+        };
         let variant = self.variant.as_deref();
-        let encoder = |sub: &str| -> Result<(ClipTokenizer, Frozen<ClipTextModel>)> {
-            let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
-            let model = ClipTextModel::from_folder(
-                dir.join(format!("text_encoder{sub}")),
-                devices.text_encoder,
-                self.kind,
-                variant,
-            )?;
-            Ok((tokenizer, Frozen::new(model)))
+        if let Some(file) = &self.single_file {
+            return crate::single_file::load(file, self.config_dir.as_deref(), devices, self.kind);
+        }
+        let dir = match (&self.hub_repo, &self.model_dir) {
+            (Some(repo), _) => crate::hub::resolve(repo, variant, &self.hub)?,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => {
+                return Err(PipelineError::request(
+                    "model_dir",
+                    "no model folder or single file given",
+                ))
+            }
         };
-        let (tokenizer, text_encoder) = encoder("")?;
-        let second = match index.family {
-            ModelFamily::StableDiffusionXl => Some(encoder("_2")?),
-            ModelFamily::StableDiffusion => None,
-        };
-        Ok(Parts {
-            dir: dir.to_path_buf(),
-            index,
-            tokenizer,
-            text_encoder,
-            second,
-            unet: UNet2DConditionModel::from_folder(
-                dir.join("unet"),
-                devices.unet,
-                self.kind,
-                variant,
-            )?,
-            vae: AutoencoderKL::from_folder(dir.join("vae"), devices.vae, self.kind, variant)?,
-            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
-        })
+        Components::from_folder(&dir, devices, self.kind, variant)
     }
-}
 
-/// The components, however they were found.
-struct Parts {
-    dir: PathBuf,
-    index: ModelIndex,
-    tokenizer: ClipTokenizer,
-    text_encoder: Frozen<ClipTextModel>,
-    second: Option<(ClipTokenizer, Frozen<ClipTextModel>)>,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    scheduler: SchedulerConfig,
+    /// The VAE's dtype, layout, tiling and slicing.
+    fn set_up_vae(&self, vae: &mut AutoencoderKL, family: ModelFamily) {
+        if family == ModelFamily::StableDiffusion && vae.dtype() != self.kind {
+            // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
+            // only SDXL's honour force_upcast. (A half-precision decode that
+            // overflows is redone in f32 here either way.)
+            vae.set_dtype(self.kind);
+        }
+        if self.channels_last {
+            sd_core::nn::convs_to_channels_last(vae.var_store());
+        }
+        if self.vae_tiling || self.low_memory {
+            vae.set_tiling(Some(vae.default_tiling()));
+        }
+        vae.set_slicing(self.vae_slicing || self.low_memory);
+    }
+
+    /// The sampler asked for, or the model's own scheduler class; checked
+    /// against its config now rather than at the first generation.
+    fn choose_sampler(
+        &self,
+        source: &Path,
+        model_config: SchedulerConfig,
+    ) -> Result<(SamplerKind, SchedulerConfig)> {
+        let config = self.scheduler_config.clone().unwrap_or(model_config);
+        let sampler = match self.sampler {
+            Some(sampler) => sampler,
+            None => config
+                .class_name
+                .as_deref()
+                .and_then(SamplerKind::from_class_name)
+                .ok_or_else(|| {
+                    PipelineError::model(
+                        source.join("scheduler/scheduler_config.json"),
+                        format!(
+                            "unsupported scheduler class {:?}; choose a sampler explicitly",
+                            config.class_name
+                        ),
+                    )
+                })?,
+        };
+        sd_scheduler::build(sampler, &config)?;
+        Ok((sampler, config))
+    }
 }
 
 /// A loaded Stable Diffusion 1.x / 2.x / XL pipeline. It is `Send + Sync`:
@@ -358,9 +291,8 @@ struct Parts {
 pub struct StableDiffusion {
     pub(crate) dir: PathBuf,
     pub(crate) index: ModelIndex,
-    pub(crate) tokenizer: ClipTokenizer,
-    pub(crate) text_encoder: Frozen<ClipTextModel>,
-    pub(crate) second: Option<(ClipTokenizer, Frozen<ClipTextModel>)>,
+    pub(crate) text: TextTower,
+    pub(crate) text_2: Option<TextTower>,
     pub(crate) unet: Frozen<UNet2DConditionModel>,
     pub(crate) vae: Frozen<AutoencoderKL>,
     pub(crate) scheduler_config: SchedulerConfig,

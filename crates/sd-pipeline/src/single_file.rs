@@ -16,9 +16,9 @@ use sd_vae::{AutoencoderKL, VaeConfig};
 use serde_json::Value;
 use tch::Kind;
 
+use crate::components::{Components, Devices};
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
-use crate::pipeline::Devices;
 
 /// What a checkpoint holds, from its keys and shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,23 +185,13 @@ fn configs(detected: Detected, config_dir: Option<&Path>) -> Result<Configs> {
     Ok(configs)
 }
 
-/// Everything the pipeline holds, loaded from one checkpoint.
-pub(crate) struct Loaded {
-    pub index: ModelIndex,
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: Frozen<ClipTextModel>,
-    pub second: Option<(ClipTokenizer, Frozen<ClipTextModel>)>,
-    pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
-    pub scheduler: SchedulerConfig,
-}
-
+/// Loads every component of a single-file checkpoint.
 pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
     kind: Kind,
-) -> Result<Loaded> {
+) -> Result<Components> {
     let file = MappedFile::open(path)?;
     let detected = detect(&file)?;
     drop(file);
@@ -246,7 +236,8 @@ pub(crate) fn load(
         CheckpointKind::Sdxl => ModelFamily::StableDiffusionXl,
         _ => ModelFamily::StableDiffusion,
     };
-    Ok(Loaded {
+    Ok(Components {
+        source: path.to_path_buf(),
         index: ModelIndex {
             class_name: format!(
                 "single-file {:?}{}",
@@ -260,9 +251,8 @@ pub(crate) fn load(
             family,
             force_zeros_for_empty_prompt: family == ModelFamily::StableDiffusionXl,
         },
-        tokenizer: tokenizer_1,
-        text_encoder,
-        second,
+        text: (tokenizer_1, text_encoder),
+        text_2: second,
         unet,
         vae,
         scheduler: plan.configs.scheduler.clone(),

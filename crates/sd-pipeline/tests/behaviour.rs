@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use sd_pipeline::{PipelineError, Request, StableDiffusion};
+use sd_pipeline::{PipelineError, Request, Seed, StableDiffusion};
 use sd_testkit::parity::{assert_close, reference_dir, Tolerance};
 
 fn tiny(folder: &str) -> StableDiffusion {
@@ -16,7 +16,7 @@ fn tiny(folder: &str) -> StableDiffusion {
 fn quick(prompt: &str, seed: u64) -> Request {
     let mut r = Request::new(prompt);
     r.steps = 3;
-    r.seed = seed;
+    r.seed = seed.into();
     r
 }
 
@@ -77,7 +77,7 @@ fn per_image_seeds_match_single_runs_and_guidance_one_skips_cfg() {
     let pipeline = tiny("tiny-sd1");
     let mut batch = quick("a red square", 0);
     batch.num_images = 2;
-    batch.seeds = Some(vec![5, 9]);
+    batch.seed = Seed::PerImage(vec![5, 9]);
     let both = pipeline.generate(&batch).unwrap();
     assert_eq!(both.images.len(), 2);
     for (i, seed) in [5u64, 9].iter().enumerate() {
@@ -120,17 +120,17 @@ fn bad_requests_name_the_field() {
         .unwrap_err()
         .to_string()
         .contains("steps"));
-    let mut r = quick("x", 0);
-    r.init_image = Some(image::RgbImage::new(64, 64));
-    r.mask = Some(image::GrayImage::new(32, 64));
+    let r = quick("x", 0).inpaint(
+        image::RgbImage::new(64, 64),
+        image::GrayImage::new(32, 64),
+        1.0,
+    );
     assert!(pipeline
         .generate(&r)
         .unwrap_err()
         .to_string()
         .contains("mask is 32x64"));
-    let mut r = quick("x", 0);
-    r.init_image = Some(image::RgbImage::new(64, 64));
-    r.strength = 1.5;
+    let r = quick("x", 0).image_to_image(image::RgbImage::new(64, 64), 1.5);
     assert!(pipeline
         .generate(&r)
         .unwrap_err()
@@ -138,12 +138,12 @@ fn bad_requests_name_the_field() {
         .contains("strength"));
     let mut r = quick("x", 0);
     r.num_images = 2;
-    r.seeds = Some(vec![1]);
+    r.seed = Seed::PerImage(vec![1]);
     assert!(pipeline
         .generate(&r)
         .unwrap_err()
         .to_string()
-        .contains("seeds"));
+        .contains("1 seeds for 2 images"));
     let inpaint = tiny("tiny-sd1-inpaint");
     assert!(inpaint
         .generate(&quick("x", 0))

@@ -46,23 +46,21 @@ fn request(run: &Value) -> Request {
     r.negative_prompt = run["negative_prompt"].as_str().map(str::to_string);
     r.steps = run["steps"].as_u64().unwrap() as usize;
     r.guidance_scale = run["guidance_scale"].as_f64().unwrap();
-    r.seed = run["seed"].as_u64().unwrap();
+    r.seed = run["seed"].as_u64().unwrap().into();
     r.width = run["width"].as_u64().map(|v| v as u32);
     r.height = run["height"].as_u64().map(|v| v as u32);
     if let Some(strength) = run["strength"].as_f64() {
-        r.init_image = Some(
-            image::open(fixtures().join("images/init.png"))
+        let image = image::open(fixtures().join("images/init.png"))
+            .unwrap()
+            .to_rgb8();
+        r = if run["key"].as_str().unwrap().contains("inpaint.") {
+            let mask = image::open(fixtures().join("images/mask.png"))
                 .unwrap()
-                .to_rgb8(),
-        );
-        r.strength = strength;
-        if run["key"].as_str().unwrap().contains("inpaint.") {
-            r.mask = Some(
-                image::open(fixtures().join("images/mask.png"))
-                    .unwrap()
-                    .to_luma8(),
-            );
-        }
+                .to_luma8();
+            r.inpaint(image, mask, strength)
+        } else {
+            r.image_to_image(image, strength)
+        };
     }
     r
 }

@@ -22,7 +22,7 @@ fn fixtures() -> PathBuf {
 fn request() -> Request {
     let mut r = Request::new("a red circle on a white background");
     r.steps = 3;
-    r.seed = 11;
+    r.seed = 11.into();
     r
 }
 
@@ -42,8 +42,9 @@ fn single_files_match_their_diffusers_folders() {
         let mut request = request();
         if model.ends_with("inpaint") {
             let images = fixtures().join("images");
-            request.init_image = Some(image::open(images.join("init.png")).unwrap().to_rgb8());
-            request.mask = Some(image::open(images.join("mask.png")).unwrap().to_luma8());
+            let image = image::open(images.join("init.png")).unwrap().to_rgb8();
+            let mask = image::open(images.join("mask.png")).unwrap().to_luma8();
+            request = request.inpaint(image, mask, 1.0);
         }
         let (a, b) = (
             folder.generate(&request).unwrap().latents,
@@ -71,15 +72,15 @@ fn single_files_match_diffusers_from_single_file() {
             .unwrap();
         let mut request = Request::new(run["prompt"].as_str().unwrap());
         request.steps = run["steps"].as_u64().unwrap() as usize;
-        request.seed = run["seed"].as_u64().unwrap();
+        request.seed = run["seed"].as_u64().unwrap().into();
         request.guidance_scale = run["guidance_scale"].as_f64().unwrap();
         request.width = Some(64);
         request.height = Some(64);
         if let Some(strength) = run["strength"].as_f64() {
             let images = fixtures().join("images");
-            request.init_image = Some(image::open(images.join("init.png")).unwrap().to_rgb8());
-            request.mask = Some(image::open(images.join("mask.png")).unwrap().to_luma8());
-            request.strength = strength;
+            let image = image::open(images.join("init.png")).unwrap().to_rgb8();
+            let mask = image::open(images.join("mask.png")).unwrap().to_luma8();
+            request = request.inpaint(image, mask, strength);
         }
         let latents = pipeline.generate(&request).unwrap().latents;
         assert_matches(

@@ -1,6 +1,6 @@
 //! Prompt adherence of a shapes model: generate, analyse, count.
 
-use sd_pipeline::{Request, StableDiffusion};
+use sd_pipeline::{Request, Seed, StableDiffusion};
 
 use crate::analyzer::analyze;
 use crate::error::Result;
@@ -67,7 +67,7 @@ pub fn evaluate(
                 let mut request = Request::new(&prompt);
                 request.steps = steps;
                 request.guidance_scale = guidance;
-                request.seed = seed;
+                request.seed = Seed::Batch(seed);
                 let image = &pipeline.generate(&request)?.images[0];
                 let a = analyze(image);
                 let (good_color, good_shape) = (a.color == Some(c), a.shape == Some(s));

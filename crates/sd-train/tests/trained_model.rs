@@ -37,7 +37,7 @@ fn diffusers_gives_the_same_latents_on_the_trained_folder() {
     for run in runs {
         let mut request = Request::new(run["prompt"].as_str().unwrap());
         request.steps = 20;
-        request.seed = run["seed"].as_u64().unwrap();
+        request.seed = run["seed"].as_u64().unwrap().into();
         let key = run["key"].as_str().unwrap();
         let latents = pipeline.generate(&request).unwrap().latents;
         assert_matches(key, &latents, &take(&reference, key).unwrap(), 1);

@@ -76,6 +76,16 @@ impl AutoencoderKL {
         self.tiling = tiling;
     }
 
+    /// The tiling in use, if any.
+    pub fn tiling(&self) -> Option<TileOptions> {
+        self.tiling
+    }
+
+    /// Whether a batch is encoded and decoded one image at a time.
+    pub fn slicing(&self) -> bool {
+        self.slicing
+    }
+
     /// The default tiling: tiles of the config's `sample_size`, 25% overlap.
     pub fn default_tiling(&self) -> TileOptions {
         TileOptions {

@@ -23,6 +23,35 @@ extern "C" {
         error: *mut *mut std::ffi::c_char,
     ) -> i32;
     fn sd_cuda_memory_reset_peak(device: i32, error: *mut *mut std::ffi::c_char) -> i32;
+    fn sd_cuda_memory_free(
+        device: i32,
+        free_bytes: *mut i64,
+        error: *mut *mut std::ffi::c_char,
+    ) -> i32;
+}
+
+/// Bytes a new allocation on CUDA device `device` could still get: free in
+/// the driver plus reserved but unused in the caching allocator.
+pub fn free(device: usize) -> Result<u64> {
+    if !crate::ffi::cuda_graph::available() {
+        return Err(unavailable());
+    }
+    #[cfg(sd_cuda_graphs)]
+    {
+        let mut free_bytes = 0i64;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: a plain out-pointer; the shim writes it or an error message.
+        let status = unsafe { sd_cuda_memory_free(device as i32, &mut free_bytes, &mut error) };
+        if status != 0 {
+            return Err(crate::ffi::shim_error("cuda memory", error));
+        }
+        Ok(free_bytes.max(0) as u64)
+    }
+    #[cfg(not(sd_cuda_graphs))]
+    {
+        let _ = device;
+        Err(unavailable())
+    }
 }
 
 fn unavailable() -> CoreError {

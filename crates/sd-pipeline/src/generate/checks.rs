@@ -1,0 +1,184 @@
+//! Stage 0, request checks: everything a run can be refused for is refused
+//! here, before any weights run, with the field named.
+
+use crate::error::{PipelineError, Result};
+use crate::generate::request::{Request, Seed, Task};
+use crate::pipeline::StableDiffusion;
+use sd_core::DiffusersModel;
+
+/// The shape of one run, once its request is known to be usable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunShape {
+    pub width: u32,
+    pub height: u32,
+    /// Images in the batch.
+    pub n: usize,
+    /// Whether classifier-free guidance doubles the UNet batch.
+    pub cfg: bool,
+    /// (batch, latent channels, height / factor, width / factor).
+    pub latent_shape: [i64; 4],
+}
+
+impl StableDiffusion {
+    pub(crate) fn check(&self, request: &Request) -> Result<RunShape> {
+        let (width, height) = self.output_size(request)?;
+        let n = request.num_images;
+        if n == 0 {
+            return Err(PipelineError::request("num_images", "at least 1 image"));
+        }
+        if request.steps == 0 {
+            return Err(PipelineError::request("steps", "at least 1 step is needed"));
+        }
+        for (field, value) in [
+            ("guidance_scale", request.guidance_scale),
+            ("guidance_rescale", request.guidance_rescale),
+            ("eta", request.eta),
+        ] {
+            if !value.is_finite() {
+                return Err(PipelineError::request(
+                    field,
+                    format!("{value} is not a number"),
+                ));
+            }
+        }
+        if let Seed::PerImage(seeds) = &request.seed {
+            if seeds.len() != n {
+                return Err(PipelineError::request(
+                    "seed",
+                    format!("{} seeds for {n} images", seeds.len()),
+                ));
+            }
+        }
+        if let Some(strength) = request.task.strength() {
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(PipelineError::request(
+                    "strength",
+                    format!("{strength} is outside (0, 1]"),
+                ));
+            }
+        }
+        if let Task::Inpaint { image, mask, .. } = &request.task {
+            if mask.dimensions() != image.dimensions() {
+                return Err(PipelineError::request(
+                    "mask",
+                    format!(
+                        "mask is {}x{}, the image {}x{}",
+                        mask.width(),
+                        mask.height(),
+                        image.width(),
+                        image.height()
+                    ),
+                ));
+            }
+        } else if self.is_inpainting_unet() {
+            return Err(PipelineError::request(
+                "mask",
+                "this is an inpainting model: give an image and a mask",
+            ));
+        }
+        let factor = self.vae_scale_factor();
+        let shape = RunShape {
+            width,
+            height,
+            n,
+            cfg: request.guidance_scale > 1.0,
+            latent_shape: [
+                n as i64,
+                self.vae.config().latent_channels,
+                height as i64 / factor,
+                width as i64 / factor,
+            ],
+        };
+        self.check_memory(&shape)?;
+        Ok(shape)
+    }
+
+    fn output_size(&self, request: &Request) -> Result<(u32, u32)> {
+        let (default_w, default_h) = match request.task.image() {
+            Some(image) => image.dimensions(),
+            None => self.default_size(),
+        };
+        let (w, h) = (
+            request.width.unwrap_or(default_w),
+            request.height.unwrap_or(default_h),
+        );
+        let unit = 8.max(
+            self.vae_scale_factor() as u32
+                * (1 << (self.unet.config().block_out_channels.len() - 1)),
+        );
+        for (field, value) in [("width", w), ("height", h)] {
+            if value == 0 || value % unit != 0 {
+                return Err(PipelineError::request(
+                    field,
+                    format!("{value} is not a positive multiple of {unit}"),
+                ));
+            }
+        }
+        if let Some(image) = request.task.image() {
+            if image.dimensions() != (w, h) {
+                return Err(PipelineError::request(
+                    "init_image",
+                    format!(
+                        "image is {}x{}, the request asks for {w}x{h}",
+                        image.width(),
+                        image.height()
+                    ),
+                ));
+            }
+        }
+        Ok((w, h))
+    }
+
+    /// Refuses a size whose largest activations cannot fit where they would
+    /// be made, instead of letting libtorch fail (or abort) mid-run. The
+    /// estimate is a lower bound: three tensors of the first UNet block's
+    /// width over the CFG-doubled batch, and three of the VAE's last decoder
+    /// block over one decoded slice (or tile).
+    fn check_memory(&self, shape: &RunShape) -> Result<()> {
+        let bytes = |device| sd_core::device::available_memory(device).unwrap_or(u64::MAX);
+        let element = self.unet.var_store().kind().elt_size_in_bytes() as u64;
+        let [_, _, h, w] = shape.latent_shape.map(|v| v as u64);
+        let unet_batch = shape.n as u64 * if shape.cfg { 2 } else { 1 };
+        let unet_channels = self.unet.config().block_out_channels[0] as u64;
+        let unet_need = 3 * unet_batch * unet_channels * h * w * element;
+        let vae = self.vae.config();
+        let full = shape.width as u64 * shape.height as u64;
+        let pixels = match self.vae.tiling() {
+            Some(tiles) => full.min((tiles.sample_size as u64).pow(2)),
+            None => full,
+        };
+        let vae_batch = if self.vae.slicing() {
+            1
+        } else {
+            shape.n as u64
+        };
+        let vae_element = self.vae.dtype().elt_size_in_bytes() as u64;
+        let vae_need = 3 * vae_batch * vae.block_out_channels[0] as u64 * pixels * vae_element;
+        for (what, need, device) in [
+            ("UNet", unet_need, self.devices.unet),
+            ("VAE decode", vae_need, self.devices.vae),
+        ] {
+            let have = bytes(device);
+            if need > have {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                return Err(PipelineError::request(
+                    "width",
+                    format!(
+                        "{}x{} needs at least {:.1} GiB for the {what} on {device:?}, which has \
+                         {:.1} GiB free: ask for a smaller size{}",
+                        shape.width,
+                        shape.height,
+                        gib(need),
+                        gib(have),
+                        if what == "VAE decode" {
+                            " or tile the VAE"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Stage 1, conditioning: the prompts through the text encoder(s), as
+//! diffusers' `encode_prompt`, batched for one CFG pass, and SDXL's added
+//! conditions.
+
+use sd_clip::{encode, EmbeddingLayer};
+use sd_core::DiffusersModel;
+use sd_unet::AddedConditions;
+use tch::Tensor;
+
+use crate::error::{PipelineError, Result};
+use crate::generate::checks::RunShape;
+use crate::generate::request::{Conditioning, PromptEmbeddings, Request};
+use crate::model::ModelFamily;
+use crate::pipeline::StableDiffusion;
+
+impl StableDiffusion {
+    /// The UNet's text context, [negative, positive] when guided, and
+    /// SDXL's added conditions, for the whole batch on the UNet's device.
+    pub(crate) fn batch_conditioning(
+        &self,
+        request: &Request,
+        shape: &RunShape,
+    ) -> Result<(Tensor, Option<AddedConditions>)> {
+        let (n, cfg) = (shape.n, shape.cfg);
+        let device = self.devices.unet;
+        let dtype = self.unet.var_store().kind();
+        let embeddings = match &request.embeddings {
+            Some(e) => e.clone(),
+            None => self.encode_prompts(request, cfg)?,
+        };
+        let repeat = |c: &Tensor| {
+            c.repeat([n as i64, 1, 1][..c.dim()].to_vec())
+                .to_device(device)
+                .to_kind(dtype)
+        };
+        let context = if cfg {
+            Tensor::cat(
+                &[
+                    repeat(&embeddings.negative.hidden),
+                    repeat(&embeddings.positive.hidden),
+                ],
+                0,
+            )
+        } else {
+            repeat(&embeddings.positive.hidden)
+        };
+        let added =
+            self.added_conditions(request, &embeddings, cfg, n, (shape.width, shape.height))?;
+        Ok((context, added))
+    }
+
+    /// The prompts through the text encoder(s), as diffusers' `encode_prompt`.
+    pub fn encode_prompts(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
+        let options = request.prompt_options;
+        let negative_text = request.negative_prompt.clone().unwrap_or_default();
+        let (tokenizer, text_encoder) = (&self.text.0, &self.text.1);
+        match &self.text_2 {
+            None => {
+                let layer = EmbeddingLayer::Final;
+                let positive = encode(tokenizer, text_encoder, &request.prompt, layer, options, 1)?;
+                let negative = if cfg {
+                    encode(
+                        tokenizer,
+                        text_encoder,
+                        &negative_text,
+                        layer,
+                        options,
+                        positive.windows,
+                    )?
+                    .hidden
+                } else {
+                    positive.hidden.zeros_like()
+                };
+                Ok(PromptEmbeddings {
+                    positive: Conditioning {
+                        hidden: positive.hidden,
+                        pooled: None,
+                    },
+                    negative: Conditioning {
+                        hidden: negative,
+                        pooled: None,
+                    },
+                })
+            }
+            Some((tokenizer_2, encoder_2)) => {
+                let layer = EmbeddingLayer::Penultimate;
+                let pair = |text: &str, windows: usize| -> Result<(Tensor, Tensor, usize)> {
+                    let a = encode(tokenizer, text_encoder, text, layer, options, windows)?;
+                    let b = encode(
+                        tokenizer_2,
+                        encoder_2,
+                        text,
+                        layer,
+                        options,
+                        windows.max(a.windows),
+                    )?;
+                    Ok((
+                        Tensor::cat(&[a.hidden, b.hidden.to_device(a.pooled.device())], -1),
+                        b.pooled,
+                        a.windows,
+                    ))
+                };
+                let (hidden, pooled, windows) = pair(&request.prompt, 1)?;
+                let zero_negative =
+                    request.negative_prompt.is_none() && self.index.force_zeros_for_empty_prompt;
+                let (neg_hidden, neg_pooled) = if !cfg || zero_negative {
+                    (hidden.zeros_like(), pooled.zeros_like())
+                } else {
+                    let (h, p, _) = pair(&negative_text, windows)?;
+                    (h, p)
+                };
+                Ok(PromptEmbeddings {
+                    positive: Conditioning {
+                        hidden,
+                        pooled: Some(pooled),
+                    },
+                    negative: Conditioning {
+                        hidden: neg_hidden,
+                        pooled: Some(neg_pooled),
+                    },
+                })
+            }
+        }
+    }
+
+    /// SDXL's pooled text and (original size, crop, target size) ids.
+    fn added_conditions(
+        &self,
+        request: &Request,
+        embeddings: &PromptEmbeddings,
+        cfg: bool,
+        n: usize,
+        (width, height): (u32, u32),
+    ) -> Result<Option<AddedConditions>> {
+        if self.index.family != ModelFamily::StableDiffusionXl {
+            return Ok(None);
+        }
+        let device = self.devices.unet;
+        let (oh, ow) = request.sdxl_original_size.unwrap_or((height, width));
+        let (ct, cl) = request.sdxl_crop_top_left;
+        let (th, tw) = request.sdxl_target_size.unwrap_or((height, width));
+        let ids: Vec<f32> = [oh, ow, ct, cl, th, tw].iter().map(|&v| v as f32).collect();
+        let ids = Tensor::from_slice(&ids).unsqueeze(0).repeat([n as i64, 1]);
+        let pooled = |c: &Conditioning| -> Result<Tensor> {
+            let p = c.pooled.as_ref().ok_or_else(|| {
+                PipelineError::request("embeddings", "SDXL needs pooled embeddings")
+            })?;
+            Ok(p.repeat([n as i64, 1]).to_device(device))
+        };
+        let (text_embeds, time_ids) = if cfg {
+            (
+                Tensor::cat(
+                    &[pooled(&embeddings.negative)?, pooled(&embeddings.positive)?],
+                    0,
+                ),
+                Tensor::cat(&[&ids, &ids], 0),
+            )
+        } else {
+            (pooled(&embeddings.positive)?, ids)
+        };
+        Ok(Some(AddedConditions {
+            text_embeds,
+            time_ids: time_ids.to_device(device),
+        }))
+    }
+}

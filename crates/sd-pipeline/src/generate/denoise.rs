@@ -1,0 +1,224 @@
+//! Stages 2, 4 and 5: timesteps, the denoising loop with classifier-free
+//! guidance, and the VAE decode; the run itself, stage by stage.
+
+use std::ops::ControlFlow;
+
+use image::RgbImage;
+use sd_core::DiffusersModel;
+use sd_scheduler::{img2img_start_index, Scheduler};
+use sd_unet::{AddedConditions, UNet2DConditionModel};
+use sd_vae::AutoencoderKL;
+use tch::Tensor;
+
+use crate::error::{PipelineError, Result};
+use crate::generate::latents::Prepared;
+use crate::generate::request::{Generation, Request, StepInfo};
+use crate::graph::{UNetExecution, UNetRunner};
+use crate::images::tensor_to_images;
+use crate::noise::BatchNoise;
+use crate::pipeline::StableDiffusion;
+
+/// A per-step callback; `ControlFlow::Break` cancels the run.
+pub type StepCallback<'a> = &'a mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>;
+
+impl StableDiffusion {
+    /// Runs `request` with the pipeline's sampler.
+    pub fn generate(&self, request: &Request) -> Result<Generation> {
+        self.generate_with(request, self.scheduler_for(request)?, &mut |_| {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// The pipeline's sampler, with the request's DDIM eta applied.
+    pub fn scheduler_for(&self, request: &Request) -> Result<Box<dyn Scheduler>> {
+        if request.eta != 0.0 {
+            if self.sampler != sd_scheduler::SamplerKind::Ddim {
+                return Err(PipelineError::request(
+                    "eta",
+                    format!("eta applies to DDIM, the sampler is {}", self.sampler),
+                ));
+            }
+            return Ok(Box::new(
+                sd_scheduler::Ddim::new(&self.scheduler_config)?.with_eta(request.eta)?,
+            ));
+        }
+        self.new_scheduler()
+    }
+
+    /// Runs `request` with your own scheduler and a per-step callback;
+    /// `ControlFlow::Break` stops the run with [`PipelineError::Cancelled`].
+    /// A libtorch failure that `tch` reports by panicking (an allocation
+    /// beyond the device, say) comes back as an error too.
+    pub fn generate_with(
+        &self,
+        request: &Request,
+        scheduler: Box<dyn Scheduler>,
+        callback: StepCallback<'_>,
+    ) -> Result<Generation> {
+        let run = std::panic::AssertUnwindSafe(|| self.run(request, scheduler, callback));
+        std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libtorch failed".into());
+            Err(PipelineError::Torch(tch::TchError::Torch(message)))
+        })
+    }
+
+    fn run(
+        &self,
+        request: &Request,
+        mut scheduler: Box<dyn Scheduler>,
+        callback: StepCallback<'_>,
+    ) -> Result<Generation> {
+        let _guard = tch::no_grad_guard();
+        // 0. checks, before any weights run
+        let shape = self.check(request)?;
+        let unet = self.unet_for_run()?;
+        let vae = self.vae_for_run()?;
+        // 1. conditioning, [negative, positive] for one batched CFG pass
+        let (context, added) = self.batch_conditioning(request, &shape)?;
+        // 2. timesteps, and where img2img/inpainting enters the schedule
+        scheduler.set_timesteps(request.steps)?;
+        let start = match request.task.strength() {
+            Some(strength) => img2img_start_index(scheduler.as_ref(), request.steps, strength)?,
+            None => 0,
+        };
+        // 3. latents from the run's own generator(s)
+        let mut noise = BatchNoise::new(&request.seed)?;
+        let prepared =
+            self.prepare_latents(request, &shape, &vae, scheduler.as_ref(), start, &mut noise)?;
+        // 4. denoising loop
+        let loop_inputs = LoopInputs {
+            unet: &unet,
+            context: &context,
+            added: added.as_ref(),
+            prepared: &prepared,
+            start,
+            guidance: (request.guidance_scale, request.guidance_rescale),
+            cfg: shape.cfg,
+        };
+        let (latents, unet_execution) =
+            self.denoise(loop_inputs, scheduler.as_mut(), &mut noise, callback)?;
+        // 5. decode (in low-memory mode the UNet copy is freed first), after
+        //    handing the loop's freed activations back to the kernel
+        //    (peak memory; sd_core::alloc)
+        drop(unet);
+        sd_core::alloc::release_freed_memory();
+        Ok(Generation {
+            images: self.decode_with(&vae, &latents)?,
+            latents,
+            unet_execution,
+        })
+    }
+
+    /// The denoising loop: UNet (CFG-batched), guidance, scheduler step.
+    fn denoise(
+        &self,
+        inputs: LoopInputs<'_>,
+        scheduler: &mut dyn Scheduler,
+        noise: &mut BatchNoise,
+        callback: StepCallback<'_>,
+    ) -> Result<(Tensor, UNetExecution)> {
+        let LoopInputs {
+            unet,
+            context,
+            added,
+            prepared,
+            start,
+            guidance: (scale, rescale),
+            cfg,
+        } = inputs;
+        let (device, dtype) = (self.devices.unet, unet.var_store().kind());
+        let mut latents = prepared.latents.to_device(device).to_kind(dtype);
+        let timesteps = scheduler.timesteps().to_vec();
+        // On the device once, so no step copies a timestep from the host.
+        let timesteps_on_device = Tensor::from_slice(&timesteps).to_device(device);
+        let mut runner: Option<UNetRunner> = None;
+        let total = timesteps.len() - start;
+        for (step, i) in (start..timesteps.len()).enumerate() {
+            let doubled = match cfg {
+                true => Tensor::cat(&[&latents, &latents], 0),
+                false => latents.shallow_clone(),
+            };
+            let mut input = scheduler.scale_model_input(&doubled, i)?;
+            if let Some((mask, masked)) = &prepared.inpaint_channels {
+                input = Tensor::cat(&[&input, mask, masked], 1);
+            }
+            let t = timesteps_on_device.get(i as i64);
+            let runner = runner.get_or_insert_with(|| {
+                UNetRunner::new(self.cuda_graphs, unet, &input, &t, context, added)
+            });
+            let prediction = runner.run(unet, &input, &t, context, added)?;
+            let guided = match cfg {
+                true => guide(&prediction, scale, rescale),
+                false => prediction,
+            };
+            latents = scheduler.step(&guided, i, &latents, noise)?;
+            // 4b. inpainting with a plain UNet: keep the unmasked part on the
+            //     image's own noisy trajectory
+            if let Some(blend) = &prepared.blend {
+                let proper = match timesteps.get(i + 1) {
+                    Some(_) => scheduler.add_noise(&blend.image_latents, &blend.noise, i + 1)?,
+                    None => blend.image_latents.shallow_clone(),
+                };
+                latents = (1.0 - &blend.mask) * proper + &blend.mask * &latents;
+            }
+            let info = StepInfo {
+                step,
+                total,
+                timestep: timesteps[i],
+                latents: &latents,
+            };
+            if callback(info).is_break() {
+                return Err(PipelineError::Cancelled { step });
+            }
+        }
+        let execution = runner
+            .as_ref()
+            .map_or(UNetExecution::Eager, UNetRunner::execution);
+        Ok((latents, execution))
+    }
+
+    /// Decodes final latents (as in [`Generation::latents`]) to 8-bit images,
+    /// as the last step of a generation does.
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        self.decode_with(&*self.vae_for_run()?, latents)
+    }
+
+    fn decode_with(&self, vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
+        // VAE gets f32 latents to divide)
+        let z = latents.to_device(self.devices.vae).to_kind(vae.dtype());
+        let decoded = vae.decode(&vae.unscale_latents(&z))?;
+        tensor_to_images(&decoded)
+    }
+}
+
+/// What the loop reads.
+struct LoopInputs<'a> {
+    unet: &'a UNet2DConditionModel,
+    context: &'a Tensor,
+    added: Option<&'a AddedConditions>,
+    prepared: &'a Prepared,
+    start: usize,
+    /// (scale, rescale)
+    guidance: (f64, f64),
+    cfg: bool,
+}
+
+/// Classifier-free guidance on a [uncond, text] batch, with diffusers'
+/// optional rescale (Lin et al. 2023, section 3.4).
+pub fn guide(prediction: &Tensor, scale: f64, rescale: f64) -> Tensor {
+    let halves = prediction.chunk(2, 0);
+    let (uncond, text) = (&halves[0], &halves[1]);
+    let guided = uncond + (text - uncond) * scale;
+    if rescale <= 0.0 {
+        return guided;
+    }
+    let dims: Vec<i64> = (1..prediction.dim() as i64).collect();
+    let std = |x: &Tensor| x.std_dim(dims.as_slice(), true, true);
+    let rescaled = &guided * (std(text) / std(&guided));
+    rescaled * rescale + guided * (1.0 - rescale)
+}

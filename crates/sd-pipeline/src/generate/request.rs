@@ -1,0 +1,226 @@
+//! What a generation is asked for and what it gives back.
+
+use image::{GrayImage, RgbImage};
+use sd_clip::PromptOptions;
+use tch::Tensor;
+
+use crate::graph::UNetExecution;
+
+/// What to generate. `Request::new(prompt)` gives diffusers' defaults; set
+/// fields or use the small builders ([`Request::with_seed`],
+/// [`Request::image_to_image`], [`Request::inpaint`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Request {
+    /// The prompt (A1111-style weighting when `prompt_options` asks for it).
+    pub prompt: String,
+    /// `None`: "" (SD) or zeros (SDXL with force_zeros_for_empty_prompt).
+    pub negative_prompt: Option<String>,
+    /// Precomputed conditioning instead of the prompts.
+    pub embeddings: Option<PromptEmbeddings>,
+    /// Output width in pixels; `None` is the model's native size (or the
+    /// init image's). A multiple of the model's size unit (8 for SD).
+    pub width: Option<u32>,
+    /// Output height in pixels; as `width`.
+    pub height: Option<u32>,
+    /// Denoising steps (at least 1).
+    pub steps: usize,
+    /// Classifier-free guidance; 1.0 (or less) skips the unconditional pass.
+    pub guidance_scale: f64,
+    /// diffusers' `guidance_rescale` (0 = off).
+    pub guidance_rescale: f64,
+    /// DDIM's eta (0 = deterministic); used when the pipeline's sampler is DDIM.
+    pub eta: f64,
+    /// Clip skip, long prompts, prompt weighting.
+    pub prompt_options: PromptOptions,
+    /// Images in the batch (at least 1).
+    pub num_images: usize,
+    /// Where the noise comes from.
+    pub seed: Seed,
+    /// Text-to-image, image-to-image or inpainting, with their inputs.
+    pub task: Task,
+    /// SDXL size conditioning: the original size as (height, width);
+    /// defaults to the output size.
+    pub sdxl_original_size: Option<(u32, u32)>,
+    /// SDXL crop conditioning: top-left corner as (top, left).
+    pub sdxl_crop_top_left: (u32, u32),
+    /// SDXL target size as (height, width); defaults to the output size.
+    pub sdxl_target_size: Option<(u32, u32)>,
+}
+
+/// The seeds of a run's CPU generators, as diffusers' `generator` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Seed {
+    /// One generator for the whole batch (diffusers with one generator).
+    Batch(u64),
+    /// One generator per image (diffusers with a list of generators); as
+    /// many seeds as `num_images`.
+    PerImage(Vec<u64>),
+}
+
+impl From<u64> for Seed {
+    fn from(seed: u64) -> Self {
+        Seed::Batch(seed)
+    }
+}
+
+impl Default for Seed {
+    fn default() -> Self {
+        Seed::Batch(0)
+    }
+}
+
+/// Which pipeline runs, with the inputs only it takes.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Task {
+    /// From pure noise.
+    #[default]
+    TextToImage,
+    /// From `image` noised to `strength` (in (0, 1]) of the schedule; the
+    /// image's size is the output size.
+    ImageToImage {
+        /// The source image.
+        image: RgbImage,
+        /// How much of the schedule runs, in (0, 1].
+        strength: f64,
+    },
+    /// Repaints the white part of `mask` (the same size as `image`).
+    Inpaint {
+        /// The source image.
+        image: RgbImage,
+        /// White is repainted, black kept.
+        mask: GrayImage,
+        /// How much of the schedule runs, in (0, 1]; 1 starts from noise.
+        strength: f64,
+    },
+}
+
+impl Task {
+    /// The init image of image-to-image and inpainting.
+    pub fn image(&self) -> Option<&RgbImage> {
+        match self {
+            Task::TextToImage => None,
+            Task::ImageToImage { image, .. } | Task::Inpaint { image, .. } => Some(image),
+        }
+    }
+
+    /// The inpainting mask.
+    pub fn mask(&self) -> Option<&GrayImage> {
+        match self {
+            Task::Inpaint { mask, .. } => Some(mask),
+            _ => None,
+        }
+    }
+
+    /// The strength of image-to-image and inpainting.
+    pub fn strength(&self) -> Option<f64> {
+        match self {
+            Task::TextToImage => None,
+            Task::ImageToImage { strength, .. } | Task::Inpaint { strength, .. } => Some(*strength),
+        }
+    }
+}
+
+impl Request {
+    /// A text-to-image request with diffusers' defaults (50 steps, guidance
+    /// 7.5, seed 0, one image at the model's native size).
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Request {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            embeddings: None,
+            width: None,
+            height: None,
+            steps: 50,
+            guidance_scale: 7.5,
+            guidance_rescale: 0.0,
+            eta: 0.0,
+            prompt_options: PromptOptions::default(),
+            num_images: 1,
+            seed: Seed::default(),
+            task: Task::TextToImage,
+            sdxl_original_size: None,
+            sdxl_crop_top_left: (0, 0),
+            sdxl_target_size: None,
+        }
+    }
+
+    /// The same with `seed` (a `u64` for one batch generator, or a [`Seed`]).
+    pub fn with_seed(mut self, seed: impl Into<Seed>) -> Self {
+        self.seed = seed.into();
+        self
+    }
+
+    /// The same as image-to-image from `image` at `strength`.
+    pub fn image_to_image(mut self, image: RgbImage, strength: f64) -> Self {
+        self.task = Task::ImageToImage { image, strength };
+        self
+    }
+
+    /// The same as inpainting the white part of `mask` in `image`.
+    pub fn inpaint(mut self, image: RgbImage, mask: GrayImage, strength: f64) -> Self {
+        self.task = Task::Inpaint {
+            image,
+            mask,
+            strength,
+        };
+        self
+    }
+}
+
+/// Conditioning for one prompt: hidden states (1, tokens, width) and, for
+/// SDXL, the pooled embedding (1, dim).
+#[derive(Debug)]
+pub struct Conditioning {
+    /// The text encoder's hidden states (both towers' concatenated for SDXL).
+    pub hidden: Tensor,
+    /// SDXL's pooled text embedding.
+    pub pooled: Option<Tensor>,
+}
+
+impl Clone for Conditioning {
+    fn clone(&self) -> Self {
+        Conditioning {
+            hidden: self.hidden.shallow_clone(),
+            pooled: self.pooled.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+}
+
+/// Precomputed positive and negative conditioning.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeddings {
+    /// The prompt's.
+    pub positive: Conditioning,
+    /// The negative prompt's (or zeros).
+    pub negative: Conditioning,
+}
+
+/// Where a run is, for progress and previews.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StepInfo<'a> {
+    /// 0-based index among the steps this run makes.
+    pub step: usize,
+    /// Steps this run makes.
+    pub total: usize,
+    /// The step's timestep.
+    pub timestep: f64,
+    /// The latents after this step.
+    pub latents: &'a Tensor,
+}
+
+/// The images and the final latents (before VAE decode).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Generation {
+    /// One 8-bit RGB image per batch entry.
+    pub images: Vec<RgbImage>,
+    /// The final latents (batch, channels, h, w), scaled as the UNet sees them.
+    pub latents: Tensor,
+    /// Whether the UNet steps ran eagerly or as a replayed CUDA graph (and,
+    /// if a capture was asked for but failed, why).
+    pub unet_execution: UNetExecution,
+}
