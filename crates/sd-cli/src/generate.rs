@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_pipeline::{PromptOptions, Request, SamplerKind, Seed, StableDiffusion, Task};
+use sd_pipeline::{
+    PipelineError, PromptOptions, Request, SamplerKind, Seed, StableDiffusion, Task,
+};
 
-use crate::output::{output_paths, write_outputs, Metadata};
+use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
 
 /// The project's own trained shapes model, used when no --model is given.
 const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shapes");
@@ -122,6 +124,23 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
             bail!("{field} {v} is not a positive multiple of 8");
         }
     }
+    if common.num_images == 0 {
+        bail!("--num-images 0: at least 1 image");
+    }
+    let mut numbers = vec![
+        ("--guidance", common.guidance),
+        ("--guidance-rescale", common.guidance_rescale),
+        ("--eta", common.eta),
+    ];
+    if let Mode::Img2Img { strength, .. } | Mode::Inpaint { strength, .. } = &mode {
+        numbers.push(("--strength", *strength));
+    }
+    for (flag, value) in numbers {
+        if !value.is_finite() {
+            bail!("{flag} {value}: not a number");
+        }
+    }
+    let format = ImageFormat::from_path(&common.out)?;
     let device = sd_core::device::parse_device(&common.device)?;
     let kind = sd_core::device::parse_dtype(&common.dtype)?;
     let model = model_dir(common.model.as_deref())?;
@@ -133,7 +152,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     request.eta = common.eta;
     request.width = common.width;
     request.height = common.height;
-    request.num_images = common.num_images.max(1);
+    request.num_images = common.num_images;
     request.prompt_options = PromptOptions {
         clip_skip: common.clip_skip,
         long_prompts: common.long_prompts,
@@ -207,12 +226,14 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let scheduler = pipeline.scheduler_for(&request)?;
-    let generation = pipeline.generate_with(&request, scheduler, &mut |info| {
-        bar.set_length(info.total as u64);
-        bar.set_position(info.step as u64 + 1);
-        ControlFlow::Continue(())
-    })?;
+    let scheduler = pipeline.scheduler_for(&request).map_err(name_the_option)?;
+    let generation = pipeline
+        .generate_with(&request, scheduler, &mut |info| {
+            bar.set_length(info.total as u64);
+            bar.set_position(info.step as u64 + 1);
+            ControlFlow::Continue(())
+        })
+        .map_err(name_the_option)?;
     bar.finish_and_clear();
     if let sd_pipeline::UNetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
         eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");
@@ -234,6 +255,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let paths = output_paths(&common.out, generation.images.len());
     write_outputs(
         &paths,
+        format,
         &generation.images,
         &metadata,
         common.save_latents.as_deref(),
@@ -262,6 +284,30 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
          {{white|black|gray}} background\" and nothing else. Pass --model for SD1.5, SD2.1 or SDXL."
     );
     Ok(default)
+}
+
+/// A refused request, reported under the command-line option that set the
+/// field the library names.
+fn name_the_option(error: PipelineError) -> anyhow::Error {
+    let PipelineError::InvalidInput { context, message } = &error else {
+        return error.into();
+    };
+    let option = match context.as_str() {
+        "width" => "--width",
+        "height" => "--height",
+        "size" => "--width/--height",
+        "steps" => "--steps",
+        "guidance_scale" => "--guidance",
+        "guidance_rescale" => "--guidance-rescale",
+        "eta" => "--eta",
+        "num_images" => "--num-images",
+        "strength" => "--strength",
+        "seed" => "--seed",
+        "init_image" => "--init-image",
+        "mask" => "--mask",
+        _ => return error.into(),
+    };
+    anyhow::anyhow!("{option}: {message}")
 }
 
 fn read_rgb(path: &Path) -> Result<image::RgbImage> {

@@ -43,6 +43,38 @@ impl Metadata {
     }
 }
 
+/// The image formats `--out` can name, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// `.png` (or no extension): lossless, with the generation parameters
+    /// in text chunks.
+    Png,
+    /// `.jpg` / `.jpeg`: quality 95, no parameters.
+    Jpeg,
+}
+
+impl ImageFormat {
+    /// The format `path`'s extension names; anything else is refused
+    /// before any work, so no file ever holds bytes its name misstates.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            None | Some("png") => Ok(ImageFormat::Png),
+            Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg),
+            Some("webp") => anyhow::bail!(
+                "--out {}: WebP output is not built into sd; use .png or .jpg",
+                path.display()
+            ),
+            Some(other) => anyhow::bail!(
+                "--out {}: unknown image format '.{other}'; use .png or .jpg",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// `out.png` for one image; `out-0.png`, `out-1.png`, ... for several.
 pub fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
@@ -61,6 +93,7 @@ pub fn output_paths(out: &Path, count: usize) -> Vec<PathBuf> {
 
 pub fn write_outputs(
     paths: &[PathBuf],
+    format: ImageFormat,
     images: &[RgbImage],
     metadata: &Metadata,
     latents_path: Option<&Path>,
@@ -70,8 +103,11 @@ pub fn write_outputs(
     let result = (|| -> Result<()> {
         for (path, image) in paths.iter().zip(images) {
             let temp = partial(path);
-            write_png(&temp, image, metadata)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            match format {
+                ImageFormat::Png => write_png(&temp, image, metadata),
+                ImageFormat::Jpeg => write_jpeg(&temp, image),
+            }
+            .with_context(|| format!("cannot write {}", path.display()))?;
             written.push((temp, path.clone()));
         }
         if let Some(path) = latents_path {
@@ -110,6 +146,12 @@ fn partial(path: &Path) -> PathBuf {
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.partial"))
+}
+
+fn write_jpeg(path: &Path, image: &RgbImage) -> Result<()> {
+    let file = BufWriter::new(File::create(path)?);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(file, 95).encode_image(image)?;
+    Ok(())
 }
 
 fn write_png(path: &Path, image: &RgbImage, metadata: &Metadata) -> Result<()> {

@@ -297,3 +297,50 @@ fn bad_input_is_one_line_and_no_file() {
         "'gpu'",
     );
 }
+
+#[test]
+fn typos_get_an_error_naming_the_option_before_any_step() {
+    let dir = scratch("typos");
+    let out = dir.join("x.png");
+    let txt2img = |out: &str, extra: &[&str]| {
+        let mut args = vec!["txt2img", "--prompt", "x", "--steps", "2", "--out", out];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let check_with = |out: &Path, extra: &[&str], needle: &str| {
+        let args = txt2img(out.to_str().unwrap(), extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_cleanly(&args, out, needle);
+        let stderr = String::from_utf8_lossy(&sd(&args).stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    let check = |extra: &[&str], needle: &str| check_with(&out, extra, needle);
+    // Far beyond any machine: refused by the size check, not by libtorch.
+    check(
+        &["--width", "100000", "--height", "100000"],
+        "--width/--height: 100000x100000 needs at least",
+    );
+    check(&["--guidance", "nan"], "--guidance NaN: not a number");
+    check(&["--num-images", "0"], "--num-images 0");
+    check_with(&dir.join("x.bmp"), &[], "unknown image format '.bmp'");
+    // A .jpg name gets JPEG bytes.
+    let jpg = dir.join("x.jpg");
+    let run = sd(&txt2img(jpg.to_str().unwrap(), &["--seed", "1"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bytes = std::fs::read(&jpg).unwrap();
+    assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF], "JPEG magic");
+    assert_eq!(
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (32, 32)
+    );
+}

@@ -257,3 +257,25 @@ fn cuda_graphs_on_the_cpu_run_eagerly_with_the_same_numbers() {
     // Graphs are for CUDA devices only; on the CPU that is not a failure.
     assert_eq!(b.unet_execution, sd_pipeline::UNetExecution::Eager);
 }
+
+#[test]
+fn requests_no_run_could_serve_are_refused_before_any_step() {
+    let pipeline = tiny("tiny-sd1");
+    let refused = |r: &Request, needle: &str| {
+        let err = pipeline.generate(r).unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::InvalidInput { .. }) && err.to_string().contains(needle),
+            "{err}"
+        );
+    };
+    let mut r = quick("x", 0);
+    r.guidance_scale = f64::NAN;
+    refused(&r, "guidance_scale: NaN is not a number");
+    let mut r = quick("x", 0);
+    r.num_images = 0;
+    refused(&r, "num_images: at least 1 image");
+    // Larger than any device: refused by the size check, not by libtorch.
+    let mut r = quick("x", 0);
+    (r.width, r.height) = (Some(1 << 20), Some(1 << 20));
+    refused(&r, "size: 1048576x1048576 needs at least");
+}

@@ -162,13 +162,17 @@ impl StableDiffusion {
             if need > have {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 return Err(PipelineError::request(
-                    "width",
+                    "size",
                     format!(
-                        "{}x{} needs at least {:.1} GiB for the {what} on {device:?}, which has \
+                        "{}x{} needs at least {:.1} GiB for the {what} on {}, which has \
                          {:.1} GiB free: ask for a smaller size{}",
                         shape.width,
                         shape.height,
                         gib(need),
+                        match device {
+                            tch::Device::Cuda(i) => format!("cuda:{i}"),
+                            _ => "the cpu".to_string(),
+                        },
                         gib(have),
                         if what == "VAE decode" {
                             " or tile the VAE"
