@@ -411,9 +411,9 @@ def write_sdxl(fixtures: Path, outputs: Path) -> None:
 
 
 def write_shapes_model(repo: Path, outputs: Path) -> None:
-    """The project's trained shapes model (models/shapes) in diffusers: the
+    """The project's trained shapes model (crates/sd-cli/shapes) in diffusers: the
     same seed and scheduler must give this pipeline's latents."""
-    model = repo / "models" / "shapes"
+    model = repo / "crates" / "sd-cli" / "shapes"
     if not (model / "model_index.json").exists():
         return
     # Weights are stored in f16; both pipelines compute in f32.

@@ -13,9 +13,6 @@ use sd_pipeline::{
 
 use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
 
-/// The project's own trained shapes model, used when no --model is given.
-const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shapes");
-
 #[derive(Args, Debug)]
 pub struct Common {
     /// A diffusers model folder (SD1.x, SD2.x or SDXL), a single-file
@@ -271,19 +268,13 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = model {
         return Ok(dir.to_path_buf());
     }
-    let default = PathBuf::from(DEFAULT_MODEL);
-    if !default.join("model_index.json").is_file() {
-        bail!(
-            "no --model given, and the default model is not at {}; pass --model DIR",
-            default.display()
-        );
-    }
+    let dir = crate::shapes::folder()?;
     eprintln!(
-        "note: no --model given: using the project's small shapes model (models/shapes, 32x32): it draws \
+        "note: no --model given: using the project's small shapes model (built in, 32x32): it draws \
          \"a {{small|large}} {{red|green|blue|yellow|purple|orange}} {{circle|square|triangle}} on a \
          {{white|black|gray}} background\" and nothing else. Pass --model for SD1.5, SD2.1 or SDXL."
     );
-    Ok(default)
+    Ok(dir)
 }
 
 /// A refused request, reported under the command-line option that set the

@@ -2,6 +2,7 @@
 
 mod generate;
 mod output;
+mod shapes;
 mod train;
 
 use anyhow::Result;

@@ -344,3 +344,61 @@ fn typos_get_an_error_naming_the_option_before_any_step() {
         (32, 32)
     );
 }
+
+/// The default model travels inside the binary: a copy of it in another
+/// folder, with another home and no path into this source tree, still runs
+/// the README's main job (and writes the model to its own cache once).
+#[test]
+fn the_shapes_model_is_inside_the_binary() {
+    let source_model = concat!(env!("CARGO_MANIFEST_DIR"), "/shapes");
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_sd")).unwrap();
+    assert!(
+        !binary
+            .windows(source_model.len())
+            .any(|w| w == source_model.as_bytes()),
+        "the binary names {source_model}"
+    );
+    let elsewhere = scratch("installed");
+    let installed = elsewhere.join("sd");
+    std::fs::copy(env!("CARGO_BIN_EXE_sd"), &installed).unwrap();
+    let home = elsewhere.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |out: &str| {
+        Command::new(&installed)
+            .args([
+                "txt2img",
+                "--prompt",
+                "a small red circle on a black background",
+            ])
+            .args(["--steps", "4", "--seed", "3", "--out", out])
+            .current_dir(&elsewhere)
+            .env_clear()
+            .env("HOME", &home)
+            .output()
+            .unwrap()
+    };
+    let first = run("first.png");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let cached: Vec<_> = std::fs::read_dir(home.join(".cache/sd-rs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].starts_with("shapes-"),
+        "{cached:?}"
+    );
+    // The second run loads the cached folder: the same pixels.
+    let second = run("second.png");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let image = |name: &str| image::open(elsewhere.join(name)).unwrap().to_rgb8();
+    assert_eq!(image("first.png").dimensions(), (32, 32));
+    assert_eq!(image("first.png"), image("second.png"));
+}

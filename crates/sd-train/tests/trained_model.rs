@@ -1,4 +1,4 @@
-//! The committed shapes model (models/shapes): prompt adherence as measured
+//! The committed shapes model (crates/sd-cli/shapes): prompt adherence as measured
 //! by the analyser, and parity with diffusers on the same folder.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use sd_pipeline::{Request, StableDiffusion};
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 
 fn model() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shapes"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sd-cli/shapes"))
 }
 
 #[test]
@@ -15,7 +15,7 @@ fn the_shapes_model_draws_what_it_is_asked() {
     let pipeline = StableDiffusion::builder()
         .model_dir(model())
         .build()
-        .expect("models/shapes is committed");
+        .expect("crates/sd-cli/shapes is committed");
     let report = sd_train::eval::evaluate(&pipeline, 2, 20, 7.5).unwrap();
     println!("{report}");
     assert!(report.seen_color_accuracy() >= 0.9, "{report}");
