@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "ndarray")]
+pub mod arrays;
 mod components;
 mod cow;
 pub mod error;

@@ -279,3 +279,33 @@ fn requests_no_run_could_serve_are_refused_before_any_step() {
     (r.width, r.height) = (Some(1 << 20), Some(1 << 20));
     refused(&r, "size: 1048576x1048576 needs at least");
 }
+
+#[test]
+fn ndarray_edges_carry_the_same_numbers() {
+    use sd_pipeline::arrays::*;
+    let pipeline = tiny("tiny-sd1");
+    let mut r = quick("a red square", 4);
+    r.num_images = 2;
+    let generation = pipeline.generate(&r).unwrap();
+    let images = generation.images_array();
+    let (w, h) = generation.images[0].dimensions();
+    assert_eq!(images.dim(), (2, h as usize, w as usize, 3));
+    for (i, image) in generation.images.iter().enumerate() {
+        let one = images.index_axis(ndarray::Axis(0), i);
+        assert_eq!(&image_from_array(one).unwrap(), image);
+        assert_eq!(image_to_array(image), one);
+    }
+    let latents = generation.latents_array().unwrap();
+    let back = latents_from_array(latents.view());
+    assert_eq!(back, generation.latents.to_kind(tch::Kind::Float));
+    // Decoding the array's latents gives the generation's images.
+    assert_eq!(pipeline.decode_latents(&back).unwrap(), generation.images);
+    let mask = image::GrayImage::from_fn(8, 4, |x, y| image::Luma([(x * 30 + y) as u8]));
+    assert_eq!(mask_from_array(mask_to_array(&mask).view()).unwrap(), mask);
+    assert!(
+        image_from_array(ndarray::Array3::<u8>::zeros((4, 4, 2)).view())
+            .unwrap_err()
+            .to_string()
+            .contains("(height, width, 3)")
+    );
+}
