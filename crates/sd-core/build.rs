@@ -5,6 +5,10 @@
 use std::path::PathBuf;
 
 fn main() {
+    println!("cargo:rustc-check-cfg=cfg(sd_cuda_graphs)");
+    if sd_build::doc_only() {
+        return;
+    }
     sd_build::link_libtorch();
     println!("cargo:rerun-if-changed=csrc/generator.cpp");
     println!("cargo:rerun-if-changed=csrc/transfer.cpp");

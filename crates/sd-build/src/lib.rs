@@ -14,11 +14,22 @@
 //! Cargo passes `rustc-link-arg` only to the package that prints it, never to
 //! its dependents; so each binary-producing package needs this call, and so
 //! does an application of yours that depends on `sd-pipeline`.
+#![warn(missing_docs)]
 
 use std::path::Path;
 
+/// Whether the package being built has its `doc-only` feature on (docs.rs,
+/// or documentation on a machine without libtorch): then nothing is linked
+/// or compiled against libtorch.
+pub fn doc_only() -> bool {
+    std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some()
+}
+
 /// Prints the cargo instructions described in the crate documentation.
 pub fn link_libtorch() {
+    if doc_only() {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys did not report a folder (doc-only builds): nothing to link.

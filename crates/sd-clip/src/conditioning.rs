@@ -20,6 +20,7 @@ pub enum EmbeddingLayer {
     Penultimate,
 }
 
+/// How prompts are encoded: clip skip, long prompts, weighting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PromptOptions {
     /// Skip this many last layers (diffusers' `clip_skip`).
@@ -39,6 +40,7 @@ pub struct PromptEmbedding {
     pub pooled: Tensor,
     /// Prompt tokens cut off by truncation.
     pub dropped: usize,
+    /// How many 77-token windows the prompt took (1 unless `long_prompts`).
     pub windows: usize,
 }
 

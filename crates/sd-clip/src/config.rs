@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::error::{ClipError, Result};
 
+/// The MLP activation: `quick_gelu` (OpenAI CLIP) or `gelu` (OpenCLIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HiddenAct {
@@ -15,15 +16,24 @@ pub enum HiddenAct {
     Gelu,
 }
 
+/// transformers' `CLIPTextConfig`, field for field (text_encoder/config.json).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ClipTextConfig {
+    /// Token embedding rows.
     pub vocab_size: i64,
+    /// Width of the hidden states.
     pub hidden_size: i64,
+    /// Width of each MLP.
     pub intermediate_size: i64,
+    /// Encoder layers.
     pub num_hidden_layers: i64,
+    /// Attention heads per layer.
     pub num_attention_heads: i64,
+    /// Positions (77).
     pub max_position_embeddings: i64,
+    /// The MLP activation.
     pub hidden_act: HiddenAct,
+    /// The layer norms' epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Width of `text_projection` (CLIPTextModelWithProjection).
@@ -33,6 +43,7 @@ pub struct ClipTextConfig {
     /// highest id (EOS, 49407) rather than the first `eos_token_id`.
     #[serde(default)]
     pub eos_token_id: Option<i64>,
+    /// `CLIPTextModel` or `CLIPTextModelWithProjection`.
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
 }
@@ -42,6 +53,7 @@ fn default_eps() -> f64 {
 }
 
 impl ClipTextConfig {
+    /// Reads and checks a `config.json`; errors name the file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;

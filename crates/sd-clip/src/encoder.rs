@@ -31,6 +31,8 @@ pub struct ClipOutput {
     pub text_embeds: Option<Tensor>,
 }
 
+/// transformers' `CLIPTextModel` (SD1/SD2, SDXL's first tower) and
+/// `CLIPTextModelWithProjection` (SDXL's second), under their transformers key names.
 pub struct ClipTextModel {
     config: ClipTextConfig,
     token_embedding: Embedding,
@@ -55,6 +57,7 @@ impl ClipTextModel {
         Self::new_in(config, device, Kind::Float)
     }
 
+    /// The device the weights are on.
     pub fn device(&self) -> Device {
         self.vs.device()
     }

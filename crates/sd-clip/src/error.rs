@@ -2,33 +2,57 @@
 
 use std::path::PathBuf;
 
+/// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClipError {
     /// A tokenizer file that cannot be used; `path` may end in `:LINE`.
     #[error("{path}: {message}")]
-    Tokenizer { path: PathBuf, message: String },
+    Tokenizer {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// A prompt the tokenizer cannot encode.
     #[error("cannot tokenize \"{prompt}\": {message}")]
-    Encode { prompt: String, message: String },
+    Encode {
+        /// The prompt.
+        prompt: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// A text_encoder/config.json field that cannot be used.
     #[error("{path}: field '{field}': {message}")]
     Config {
+        /// The file at fault.
         path: PathBuf,
+        /// The config field.
         field: String,
+        /// What is wrong.
         message: String,
     },
 
+    /// Prompt-weighting syntax that cannot be parsed.
     #[error("prompt weighting: {0}")]
     Weighting(String),
 
     /// A value that cannot be used (a bad request), with what it was named.
     #[error("{context}: {message}")]
-    InvalidInput { context: String, message: String },
+    InvalidInput {
+        /// What the value was: a field, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -43,4 +67,5 @@ impl ClipError {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = ClipError> = std::result::Result<T, E>;

@@ -2,6 +2,7 @@
 //! (CLIP ViT-L/14), SD2.x (OpenCLIP ViT-H/14) and SDXL (both CLIP-L and
 //! OpenCLIP bigG), matching transformers' `CLIPTokenizer`, `CLIPTextModel`
 //! and `CLIPTextModelWithProjection`.
+#![warn(missing_docs)]
 
 pub mod conditioning;
 pub mod config;

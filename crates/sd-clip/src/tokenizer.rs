@@ -23,7 +23,9 @@ use crate::error::{ClipError, Result};
 /// CLIP's pre-tokenization pattern (specials, contractions, letters, single digits, other runs).
 const SPLIT_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// The start-of-text token.
 pub const BOS: &str = "<|startoftext|>";
+/// The end-of-text token (also SD1's padding).
 pub const EOS: &str = "<|endoftext|>";
 
 /// The ids of one prompt, padded or truncated to the context length.
@@ -58,6 +60,8 @@ impl SpecialToken {
     }
 }
 
+/// CLIP's byte-level BPE tokenizer, as transformers' `CLIPTokenizer`: lower-cased,
+/// whitespace-cleaned text, padded or truncated to 77 ids with start and end tokens.
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
     bos_id: i64,
@@ -239,14 +243,17 @@ impl ClipTokenizer {
         Ok(())
     }
 
+    /// The start-of-text token id.
     pub fn bos_id(&self) -> i64 {
         self.bos_id
     }
 
+    /// The end-of-text token id.
     pub fn eos_id(&self) -> i64 {
         self.eos_id
     }
 
+    /// The padding token id (end-of-text for SD1 and SDXL's first tower, "!" for OpenCLIP).
     pub fn pad_id(&self) -> i64 {
         self.pad_id
     }
@@ -347,7 +354,9 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| ClipError::Core(sd_core::CoreError::io(path, e)))
 }
 
+/// CLIP's BPE vocabulary (openai/clip-vit-large-patch14), built in for single-file checkpoints.
 pub const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
+/// CLIP's BPE merges, built in with [`BUILTIN_VOCAB`].
 pub const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
 
 /// One entry of tokenizer.json's `added_tokens`.

@@ -1,4 +1,4 @@
-//! Prompt weighting (opt-in): "(word:1.3)", "(word)" and "[word]".
+//! Prompt weighting (opt-in): "(word:1.3)", "(word)" and "\[word\]".
 //!
 //! Syntax, as the widespread A1111/compel convention:
 //! - `(text)` multiplies the weight of `text` by 1.1, `((text))` by 1.21;
@@ -19,7 +19,9 @@ use crate::error::{ClipError, Result};
 /// One run of prompt text with its weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightedText {
+    /// The chunk of prompt text.
     pub text: String,
+    /// Its attention weight (1.0 when unweighted).
     pub weight: f64,
 }
 

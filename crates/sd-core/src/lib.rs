@@ -12,6 +12,7 @@
 //!   CUDA graph capture/replay and peak GPU memory (the CUDA ones built when the
 //!   wheel has the CUDA headers).
 //! - [`alloc`], [`shared`]: allocator tuning, and `Frozen` for sharing models across threads.
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod device;

@@ -13,13 +13,17 @@ pub fn param(vs: &Path<'_>, name: &str, shape: &[i64]) -> Tensor {
     vs.add(name, Tensor::empty(shape, (vs.kind(), vs.device())), true)
 }
 
+/// A fully connected layer, `y = x W^T + b`.
 #[derive(Debug)]
 pub struct Linear {
+    /// The weight, under `weight`.
     pub weight: Tensor,
+    /// The bias, under `bias`.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: &Path<'_>, input: i64, output: i64, bias: bool) -> Self {
         Linear {
             weight: param(vs, "weight", &[output, input]),
@@ -27,14 +31,18 @@ impl Linear {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
+/// A 2-d convolution.
 #[derive(Debug)]
 pub struct Conv2d {
+    /// The weight, under `weight`.
     pub weight: Tensor,
+    /// The bias, under `bias`.
     pub bias: Option<Tensor>,
     stride: i64,
     padding: i64,
@@ -58,6 +66,7 @@ impl Conv2d {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
             &self.weight,
@@ -70,15 +79,19 @@ impl Conv2d {
     }
 }
 
+/// Group normalisation over channels.
 #[derive(Debug)]
 pub struct GroupNorm {
+    /// The weight, under `weight`.
     pub weight: Tensor,
+    /// The bias, under `bias`.
     pub bias: Tensor,
     groups: i64,
     eps: f64,
 }
 
 impl GroupNorm {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: &Path<'_>, groups: i64, channels: i64, eps: f64) -> Self {
         GroupNorm {
             weight: param(vs, "weight", &[channels]),
@@ -88,6 +101,7 @@ impl GroupNorm {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.group_norm(
             self.groups,
@@ -99,14 +113,18 @@ impl GroupNorm {
     }
 }
 
+/// Layer normalisation over the last dimension.
 #[derive(Debug)]
 pub struct LayerNorm {
+    /// The weight, under `weight`.
     pub weight: Tensor,
+    /// The bias, under `bias`.
     pub bias: Tensor,
     eps: f64,
 }
 
 impl LayerNorm {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: &Path<'_>, dim: i64, eps: f64) -> Self {
         LayerNorm {
             weight: param(vs, "weight", &[dim]),
@@ -115,24 +133,29 @@ impl LayerNorm {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size();
         x.layer_norm(&dim, Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
+/// A lookup table of vectors.
 #[derive(Debug)]
 pub struct Embedding {
+    /// The weight, under `weight`.
     pub weight: Tensor,
 }
 
 impl Embedding {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: &Path<'_>, count: i64, dim: i64) -> Self {
         Embedding {
             weight: param(vs, "weight", &[count, dim]),
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.weight, ids, -1, false, false)
     }

@@ -18,10 +18,12 @@ pub struct Frozen<T>(T);
 unsafe impl<T: Send> Sync for Frozen<T> {}
 
 impl<T> Frozen<T> {
+    /// Wraps `value` for read-only sharing.
     pub fn new(value: T) -> Self {
         Frozen(value)
     }
 
+    /// The value back.
     pub fn into_inner(self) -> T {
         self.0
     }

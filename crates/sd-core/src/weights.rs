@@ -44,6 +44,7 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
+    /// Opens and memory-maps `path`; the header is checked when read.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| CoreError::io(&path, e))?;
@@ -55,6 +56,7 @@ impl MappedFile {
         Ok(mapped)
     }
 
+    /// The file this was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -19,12 +19,16 @@ use crate::model::{ModelFamily, ModelIndex};
 /// UNet and VAE use a GPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Devices {
+    /// Where the text encoders run.
     pub text_encoder: Device,
+    /// Where the UNet and the denoising loop run.
     pub unet: Device,
+    /// Where the VAE encodes and decodes.
     pub vae: Device,
 }
 
 impl Devices {
+    /// Every component on `device`.
     pub fn all(device: Device) -> Self {
         Devices {
             text_encoder: device,

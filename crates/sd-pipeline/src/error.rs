@@ -2,36 +2,57 @@
 
 use std::path::PathBuf;
 
+/// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// The model folder lacks something the pipeline needs.
     #[error("{path}: {message}")]
-    Model { path: PathBuf, message: String },
+    Model {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 
     /// A request value that cannot be used, with the field named.
     /// The context is the request field (or builder option) at fault.
     #[error("request: {context}: {message}")]
-    InvalidInput { context: String, message: String },
+    InvalidInput {
+        /// What the value was: a field, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// The per-step callback asked to stop.
     #[error("generation cancelled at step {step}")]
-    Cancelled { step: usize },
+    Cancelled {
+        /// The step (0-based) at which the callback asked to stop.
+        step: usize,
+    },
 
+    /// From the tokenizer or a text encoder.
     #[error(transparent)]
     Clip(#[from] sd_clip::ClipError),
 
+    /// From the UNet.
     #[error(transparent)]
     UNet(#[from] sd_unet::UNetError),
 
+    /// From the VAE.
     #[error(transparent)]
     Vae(#[from] sd_vae::VaeError),
 
+    /// From the sampler.
     #[error(transparent)]
     Scheduler(#[from] sd_scheduler::SchedulerError),
 
+    /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -52,4 +73,5 @@ impl PipelineError {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

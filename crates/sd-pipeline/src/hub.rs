@@ -14,6 +14,7 @@ use crate::error::{PipelineError, Result};
 pub struct HubOptions {
     /// The hub cache folder (the one holding `models--org--name`); default from the environment.
     pub cache: Option<PathBuf>,
+    /// Never contact the hub (also `HF_HUB_OFFLINE=1`).
     pub offline: bool,
 }
 

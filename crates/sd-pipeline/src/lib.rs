@@ -1,17 +1,27 @@
 //! Stable Diffusion pipelines: txt2img, img2img and inpainting for SD1.x,
 //! SD2.x and SDXL diffusers folders, with seeds that match diffusers.
 //!
-//! ```no_run
+//! ```
 //! use sd_pipeline::{Request, StableDiffusion};
 //! # fn main() -> sd_pipeline::Result<()> {
-//! let pipeline = StableDiffusion::builder().model_dir("stable-diffusion-v1-5").build()?;
-//! let mut request = Request::new("a red circle on a white background");
-//! request.steps = 30;
-//! request.seed = 42.into();
+//! # let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sd-cli/shapes");
+//! // `model_dir`: a diffusers folder (SD1.x, SD2.x, SDXL; here the project's small shapes model)
+//! let pipeline = StableDiffusion::builder().model_dir(model_dir).build()?;
+//! let mut request = Request::new("a large blue triangle on a white background").with_seed(42);
+//! request.steps = 20;
 //! let generation = pipeline.generate(&request)?;
-//! generation.images[0].save("out.png").ok();
+//! let image = &generation.images[0]; // an image::RgbImage
+//! assert_eq!(image.dimensions(), (32, 32));
+//! image.save(std::env::temp_dir().join("triangle.png")).ok();
 //! # Ok(()) }
 //! ```
+//!
+//! Single-file checkpoints ([`StableDiffusionBuilder::single_file`]), the hub
+//! cache ([`StableDiffusionBuilder::hub_repo`]), image-to-image and inpainting
+//! ([`Request::image_to_image`], [`Request::inpaint`]), your own sampler and a
+//! per-step callback ([`StableDiffusion::generate_with`]) build on the same
+//! two types.
+#![warn(missing_docs)]
 
 #[cfg(feature = "ndarray")]
 pub mod arrays;

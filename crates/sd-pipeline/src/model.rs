@@ -15,9 +15,12 @@ pub enum ModelFamily {
     StableDiffusionXl,
 }
 
+/// What a folder's model_index.json says the pipeline is.
 #[derive(Debug, Clone)]
 pub struct ModelIndex {
+    /// The pipeline class (`StableDiffusionPipeline`, ...).
     pub class_name: String,
+    /// SD (1.x, 2.x) or SDXL.
     pub family: ModelFamily,
     /// SDXL: negative embeddings are zeros when no negative prompt is given.
     pub force_zeros_for_empty_prompt: bool,
@@ -25,9 +28,11 @@ pub struct ModelIndex {
 
 /// The components every supported folder must have.
 pub const REQUIRED: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "scheduler"];
+/// The components SDXL folders have on top of SD ones.
 pub const REQUIRED_XL: [&str; 2] = ["tokenizer_2", "text_encoder_2"];
 
 impl ModelIndex {
+    /// Reads `dir/model_index.json`; errors name a missing component.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("model_index.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {

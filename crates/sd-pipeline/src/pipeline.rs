@@ -314,18 +314,22 @@ impl std::fmt::Debug for StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// Options for loading a pipeline; `build()` loads it.
     pub fn builder() -> StableDiffusionBuilder {
         StableDiffusionBuilder::default()
     }
 
+    /// The folder or file the pipeline was loaded from.
     pub fn model_dir(&self) -> &Path {
         &self.dir
     }
 
+    /// SD (1.x, 2.x) or SDXL.
     pub fn family(&self) -> ModelFamily {
         self.index.family
     }
 
+    /// The pipeline's sampler.
     pub fn sampler(&self) -> SamplerKind {
         self.sampler
     }
@@ -356,14 +360,17 @@ impl StableDiffusion {
         Ok(sd_scheduler::build(sampler, &self.scheduler_config)?)
     }
 
+    /// The UNet.
     pub fn unet(&self) -> &UNet2DConditionModel {
         &self.unet
     }
 
+    /// The VAE.
     pub fn vae(&self) -> &AutoencoderKL {
         &self.vae
     }
 
+    /// Where each component runs.
     pub fn devices(&self) -> Devices {
         self.devices
     }

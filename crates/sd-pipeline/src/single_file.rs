@@ -31,8 +31,10 @@ pub enum CheckpointKind {
     Sdxl,
 }
 
+/// What a checkpoint holds, from its keys and shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Detected {
+    /// SD1, SD2 or SDXL.
     pub kind: CheckpointKind,
     /// A 9-channel (inpainting) UNet.
     pub inpainting: bool,
@@ -73,30 +75,43 @@ pub fn detect(file: &MappedFile) -> Result<Detected> {
 
 /// The configs of one family: from a diffusers folder, or the built-in presets.
 pub struct Configs {
+    /// The UNet's config.
     pub unet: UNetConfig,
+    /// The VAE's config.
     pub vae: VaeConfig,
+    /// The (first) text encoder's config.
     pub text: ClipTextConfig,
+    /// SDXL's second text encoder's config.
     pub text_2: Option<ClipTextConfig>,
+    /// The scheduler's config.
     pub scheduler: SchedulerConfig,
 }
 
 /// The model a checkpoint key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Component {
+    /// `cond_stage_model.*` or `conditioner.embedders.0.*`.
     TextEncoder,
+    /// SDXL's `conditioner.embedders.1.*`.
     TextEncoder2,
+    /// `model.diffusion_model.*`.
     UNet,
+    /// `first_stage_model.*`.
     Vae,
 }
 
 /// How every key of a checkpoint of one family is loaded.
 pub struct Plan {
+    /// The checkpoint's family.
     pub detected: Detected,
+    /// The configs the components are built from.
     pub configs: Configs,
     unet_keys: LdmUNetKeys,
 }
 
 impl Plan {
+    /// The plan for a checkpoint of `detected`'s family, with configs from
+    /// `config_dir` or the built-in presets.
     pub fn new(detected: Detected, config_dir: Option<&Path>) -> Result<Self> {
         let configs = configs(detected, config_dir)?;
         let unet_keys = LdmUNetKeys::new(&configs.unet)?;

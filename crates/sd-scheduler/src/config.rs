@@ -12,54 +12,78 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SchedulerError};
 
+/// How betas run from `beta_start` to `beta_end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BetaSchedule {
+    /// Linear in beta.
     Linear,
+    /// Linear in sqrt(beta) (Stable Diffusion).
     ScaledLinear,
+    /// Cosine schedule (Nichol and Dhariwal 2021).
     SquaredcosCapV2,
 }
 
+/// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PredictionType {
+    /// The noise.
     Epsilon,
+    /// v = alpha * noise - sigma * sample (SD2 768, zero-SNR models).
     VPrediction,
+    /// The clean sample.
     Sample,
 }
 
+/// How inference timesteps are spaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestepSpacing {
+    /// From 0 in equal strides, offset by `steps_offset`.
     Leading,
+    /// Equal strides ending at the last training timestep.
     Trailing,
+    /// Evenly over the training timesteps, both ends included.
     Linspace,
 }
 
+/// The sigma after the last step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalSigmasType {
+    /// Zero: a fully denoised result.
     Zero,
+    /// The smallest training sigma.
     SigmaMin,
 }
 
+/// How sigmas are interpolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InterpolationType {
+    /// Linearly in timestep.
     Linear,
+    /// Linearly in log sigma.
     LogLinear,
 }
 
+/// DPM-Solver variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AlgorithmType {
+    /// DPM-Solver++ (data prediction).
     #[serde(rename = "dpmsolver++")]
     DpmSolverPlusPlus,
+    /// SDE DPM-Solver++.
     #[serde(rename = "sde-dpmsolver++")]
     SdeDpmSolverPlusPlus,
+    /// DPM-Solver (noise prediction; refused here).
     #[serde(rename = "dpmsolver")]
     DpmSolver,
+    /// SDE DPM-Solver (refused here).
     #[serde(rename = "sde-dpmsolver")]
     SdeDpmSolver,
+    /// DEIS (deprecated in diffusers, which runs it as DPM-Solver++; so does this crate).
     #[serde(rename = "deis")]
     Deis,
 }
@@ -68,28 +92,43 @@ pub enum AlgorithmType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SolverType {
+    /// Midpoint.
     Midpoint,
+    /// Heun's.
     Heun,
+    /// DEIS's log-rho (run as midpoint, as diffusers does for DPM-Solver).
     Logrho,
+    /// UniPC B(h) = h.
     Bh1,
+    /// UniPC B(h) = expm1(h).
     Bh2,
 }
 
+/// DDPM's variance choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VarianceType {
+    /// The posterior variance.
     FixedSmall,
+    /// The posterior variance, in log space.
     FixedSmallLog,
+    /// beta_t.
     FixedLarge,
+    /// beta_t, in log space (refused here).
     FixedLargeLog,
+    /// Predicted by the model (refused here).
     Learned,
+    /// Interpolated by the model (refused here).
     LearnedRange,
 }
 
+/// Discrete or continuous timesteps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestepType {
+    /// Integer training timesteps.
     Discrete,
+    /// Continuous timesteps (refused here).
     Continuous,
 }
 
@@ -103,26 +142,47 @@ pub struct SchedulerConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub class_name: Option<String>,
+    /// Training timesteps (1000).
     pub num_train_timesteps: Option<usize>,
+    /// beta at the first timestep.
     pub beta_start: Option<f64>,
+    /// beta at the last timestep.
     pub beta_end: Option<f64>,
+    /// How betas run from start to end.
     pub beta_schedule: Option<BetaSchedule>,
+    /// Explicit betas, overriding the schedule.
     pub trained_betas: Option<Vec<f64>>,
+    /// What the model predicts: epsilon, v or the sample.
     pub prediction_type: Option<PredictionType>,
+    /// How inference timesteps are spaced over the training ones.
     pub timestep_spacing: Option<TimestepSpacing>,
+    /// Added to leading-spaced timesteps (1 in SD1).
     pub steps_offset: Option<i64>,
+    /// Clip predicted samples to `clip_sample_range`.
     pub clip_sample: Option<bool>,
+    /// The range predicted samples are clipped to.
     pub clip_sample_range: Option<f64>,
+    /// DDIM: the final step's previous alpha is 1.
     pub set_alpha_to_one: Option<bool>,
+    /// Rescale to zero terminal SNR (Lin et al. 2023).
     pub rescale_betas_zero_snr: Option<bool>,
+    /// Dynamic thresholding (pixel-space models; refused here).
     pub thresholding: Option<bool>,
+    /// Karras et al. (2022) sigma spacing.
     pub use_karras_sigmas: Option<bool>,
+    /// Exponentially spaced sigmas.
     pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distribution spaced sigmas.
     pub use_beta_sigmas: Option<bool>,
+    /// The last sigma: zero or the smallest training sigma.
     pub final_sigmas_type: Option<FinalSigmasType>,
+    /// How sigmas are interpolated between training timesteps.
     pub interpolation_type: Option<InterpolationType>,
+    /// Overrides the smallest sigma.
     pub sigma_min: Option<f64>,
+    /// Overrides the largest sigma.
     pub sigma_max: Option<f64>,
+    /// Discrete or continuous timesteps.
     pub timestep_type: Option<TimestepType>,
     /// PNDM: only the PLMS half (`true`) is implemented.
     pub skip_prk_steps: Option<bool>,
@@ -130,17 +190,25 @@ pub struct SchedulerConfig {
     pub variance_type: Option<VarianceType>,
     /// DPM-Solver and UniPC.
     pub solver_order: Option<usize>,
+    /// The DPM-Solver variant.
     pub algorithm_type: Option<AlgorithmType>,
+    /// The second-order update (midpoint or Heun; UniPC: bh1 or bh2).
     pub solver_type: Option<SolverType>,
+    /// First-order final steps (stabler with few steps).
     pub lower_order_final: Option<bool>,
+    /// An Euler final step.
     pub euler_at_final: Option<bool>,
+    /// Clips the smallest log-SNR (cosine schedules).
     pub lambda_min_clipped: Option<f64>,
+    /// Lu et al.'s uniform log-SNR steps.
     pub use_lu_lambdas: Option<bool>,
     /// UniPC.
     pub predict_x0: Option<bool>,
+    /// UniPC: steps without the corrector.
     pub disable_corrector: Option<Vec<usize>>,
     /// LCM.
     pub original_inference_steps: Option<usize>,
+    /// LCM's timestep scaling for its boundary conditions.
     pub timestep_scaling: Option<f64>,
 }
 

@@ -10,6 +10,7 @@ use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler
 
 const NAME: &str = "ddim";
 
+/// diffusers' `DDIMScheduler`.
 #[derive(Debug)]
 pub struct Ddim {
     schedule: NoiseSchedule,
@@ -24,6 +25,7 @@ pub struct Ddim {
 }
 
 impl Ddim {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let schedule = sigmas::noise_schedule(config, true)?;
         let final_alpha = if config.set_alpha_to_one.unwrap_or(true) {

@@ -12,6 +12,7 @@ use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler
 
 const NAME: &str = "ddpm";
 
+/// diffusers' `DDPMScheduler`.
 #[derive(Debug)]
 pub struct Ddpm {
     schedule: NoiseSchedule,
@@ -24,6 +25,7 @@ pub struct Ddpm {
 }
 
 impl Ddpm {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let variance_type = config.variance_type.unwrap_or(VarianceType::FixedSmall);
         if matches!(

@@ -13,6 +13,7 @@ use crate::prediction::x0_from_alpha_sigma;
 use crate::schedule::{self, exp32, leading, ln32, NoiseSchedule};
 use crate::{check_index, check_steps, draw_noise, f32_like, sigmas, NoiseSource, Scheduler};
 
+/// diffusers' `DPMSolverMultistepScheduler` (DPM++ 2M, its Karras and SDE forms).
 #[derive(Debug)]
 pub struct DpmSolverMultistep {
     name: &'static str,
@@ -59,6 +60,7 @@ pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 impl DpmSolverMultistep {
+    /// The sampler configured from `config`, reporting errors as `name`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig, name: &'static str) -> Result<Self> {
         let sde = match config
             .algorithm_type

@@ -1,10 +1,17 @@
 //! The error type of `sd-scheduler`.
 
+/// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchedulerError {
     /// A config value that cannot be used, with the field named.
     #[error("scheduler config: field '{field}': {message}")]
-    Config { field: String, message: String },
+    Config {
+        /// The config field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// A sampler name that is not one of [`crate::SamplerKind::NAMES`].
     #[error("unknown scheduler '{0}': expected one of {names}", names = crate::SamplerKind::NAMES.join(", "))]
@@ -13,19 +20,29 @@ pub enum SchedulerError {
     /// A request outside what the sampler accepts (step counts, strength, timesteps).
     /// The context is the sampler's name.
     #[error("{context}: {message}")]
-    InvalidInput { context: String, message: String },
+    InvalidInput {
+        /// What the value was: a field, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// `step` or `scale_model_input` before `set_timesteps`, or past its end.
     #[error("{sampler}: step index {index} is outside the {len} prepared timesteps (call set_timesteps first)")]
     StepOutOfRange {
+        /// The sampler's name.
         sampler: &'static str,
+        /// The step index asked for.
         index: usize,
+        /// How many timesteps were prepared.
         len: usize,
     },
 
+    /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -54,4 +71,5 @@ impl SchedulerError {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;

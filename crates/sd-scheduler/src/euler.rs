@@ -13,6 +13,7 @@ use crate::{f32_like, NoiseSource, Scheduler};
 
 const NAME: &str = "euler";
 
+/// diffusers' `EulerDiscreteScheduler`.
 #[derive(Debug)]
 pub struct Euler {
     core: SigmaCore,
@@ -20,6 +21,7 @@ pub struct Euler {
 }
 
 impl Euler {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         if config.timestep_type == Some(TimestepType::Continuous) {
             return Err(SchedulerError::config(

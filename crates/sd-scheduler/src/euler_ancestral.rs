@@ -12,6 +12,7 @@ use crate::{draw_noise, f32_like, NoiseSource, Scheduler};
 
 const NAME: &str = "euler-a";
 
+/// diffusers' `EulerAncestralDiscreteScheduler`.
 #[derive(Debug)]
 pub struct EulerAncestral {
     core: SigmaCore,
@@ -19,6 +20,7 @@ pub struct EulerAncestral {
 }
 
 impl EulerAncestral {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let mut schedule = sigmas::noise_schedule(config, true)?;
         sigmas::clamp_terminal_alpha(&mut schedule, config);

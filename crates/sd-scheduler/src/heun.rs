@@ -20,6 +20,7 @@ struct FirstOrder {
     sample: Tensor,
 }
 
+/// diffusers' `HeunDiscreteScheduler`.
 #[derive(Debug)]
 pub struct Heun {
     core: SigmaCore,
@@ -45,6 +46,7 @@ pub(crate) fn interleave<T: Copy>(values: &[T], keep_last: bool) -> Vec<T> {
 }
 
 impl Heun {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         Ok(Heun {
             core: SigmaCore::new(

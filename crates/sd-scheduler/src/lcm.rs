@@ -13,6 +13,7 @@ use crate::{check_index, check_steps, draw_noise, sigmas, NoiseSource, Scheduler
 
 const NAME: &str = "lcm";
 
+/// diffusers' `LCMScheduler`.
 #[derive(Debug)]
 pub struct Lcm {
     schedule: NoiseSchedule,
@@ -25,6 +26,7 @@ pub struct Lcm {
 }
 
 impl Lcm {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let schedule = sigmas::noise_schedule_with(
             config,

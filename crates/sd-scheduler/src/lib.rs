@@ -25,6 +25,7 @@
 //! Multi-stage samplers (Heun, KDPM2) list each model evaluation as its own
 //! timestep, so the same loop drives them. The schedule math has one home,
 //! [`schedule`]; each sampler is one file.
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
@@ -129,23 +130,38 @@ pub trait Scheduler: Send {
 /// Every built-in sampler, by its CLI name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SamplerKind {
+    /// `ddim`: DDIM (eta 0 unless set).
     Ddim,
+    /// `ddpm`: ancestral DDPM.
     Ddpm,
+    /// `pndm`: PLMS.
     Pndm,
+    /// `lms`: linear multistep.
     Lms,
+    /// `euler`: Euler (k-diffusion).
     Euler,
+    /// `euler-a`: Euler ancestral.
     EulerAncestral,
+    /// `heun`: Heun (two evaluations per step).
     Heun,
+    /// `dpm2`: KDPM2.
     Dpm2,
+    /// `dpm2-a`: KDPM2 ancestral.
     Dpm2Ancestral,
+    /// `dpm++2m`: DPM-Solver++ 2M.
     DpmPlusPlus2M,
+    /// `dpm++2m-karras`: DPM-Solver++ 2M on Karras sigmas.
     DpmPlusPlus2MKarras,
+    /// `dpm++2m-sde`: SDE DPM-Solver++ 2M.
     DpmPlusPlus2MSde,
+    /// `unipc`: UniPC.
     UniPc,
+    /// `lcm`: latent consistency (for LCM-distilled models).
     Lcm,
 }
 
 impl SamplerKind {
+    /// Every sampler, in CLI order.
     pub const ALL: [SamplerKind; 14] = [
         SamplerKind::Ddim,
         SamplerKind::Ddpm,
@@ -163,6 +179,7 @@ impl SamplerKind {
         SamplerKind::Lcm,
     ];
 
+    /// Their CLI names, in the same order.
     pub const NAMES: [&'static str; 14] = [
         "ddim",
         "ddpm",
@@ -180,6 +197,7 @@ impl SamplerKind {
         "lcm",
     ];
 
+    /// The CLI name (`euler-a`, `dpm++2m`, ...).
     pub fn name(self) -> &'static str {
         let index = Self::ALL
             .iter()

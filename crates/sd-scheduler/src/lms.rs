@@ -16,6 +16,7 @@ use crate::{NoiseSource, Scheduler};
 const NAME: &str = "lms";
 const ORDER: usize = 4;
 
+/// diffusers' `LMSDiscreteScheduler`.
 #[derive(Debug)]
 pub struct Lms {
     core: SigmaCore,
@@ -25,6 +26,7 @@ pub struct Lms {
 }
 
 impl Lms {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         Ok(Lms {
             core: SigmaCore::new(

@@ -13,6 +13,7 @@ use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "pndm";
 
+/// diffusers' `PNDMScheduler` (PLMS steps).
 #[derive(Debug)]
 pub struct Pndm {
     schedule: NoiseSchedule,
@@ -30,6 +31,7 @@ pub struct Pndm {
 }
 
 impl Pndm {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         if config.skip_prk_steps == Some(false) {
             return Err(SchedulerError::config(

@@ -16,22 +16,31 @@ pub use crate::numpy::{arange, interp, linspace, round};
 /// Betas and their cumulative alpha products over the training timesteps.
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
+    /// beta_t for each training timestep.
     pub betas: Vec<f32>,
+    /// The cumulative products of (1 - beta_t), in f32 as diffusers keeps them.
     pub alphas_cumprod: Vec<f32>,
 }
 
 /// What defines a [`NoiseSchedule`], resolved from a config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BetaConfig {
+    /// Training timesteps (1000).
     pub num_train_timesteps: usize,
+    /// beta at the first timestep.
     pub beta_start: f64,
+    /// beta at the last timestep.
     pub beta_end: f64,
+    /// How betas run from start to end.
     pub beta_schedule: BetaSchedule,
+    /// Explicit betas, overriding the schedule.
     pub trained_betas: Option<Vec<f64>>,
+    /// Rescale to zero terminal SNR (Lin et al. 2023).
     pub rescale_betas_zero_snr: bool,
 }
 
 impl NoiseSchedule {
+    /// The training schedule of `config`.
     pub fn new(config: &BetaConfig) -> Result<Self> {
         let n = config.num_train_timesteps;
         if n < 2 {
@@ -74,6 +83,7 @@ impl NoiseSchedule {
         })
     }
 
+    /// Training timesteps.
     pub fn num_train_timesteps(&self) -> usize {
         self.alphas_cumprod.len()
     }
@@ -326,10 +336,12 @@ pub fn ln32(x: f32) -> f32 {
     Tensor::from(x).log().double_value(&[]) as f32
 }
 
+/// torch's f32 `exp` of one value (libtorch's kernel, not the host's).
 pub fn exp32(x: f32) -> f32 {
     Tensor::from(x).exp().double_value(&[]) as f32
 }
 
+/// torch's f32 `expm1` of one value (libtorch's kernel).
 pub fn expm1_32(x: f32) -> f32 {
     Tensor::from(x).expm1().double_value(&[]) as f32
 }

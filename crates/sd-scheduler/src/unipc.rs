@@ -15,6 +15,7 @@ use crate::{check_index, check_steps, sigmas, NoiseSource, Scheduler};
 
 const NAME: &str = "unipc";
 
+/// diffusers' `UniPCMultistepScheduler`.
 #[derive(Debug)]
 pub struct UniPc {
     schedule: NoiseSchedule,
@@ -40,6 +41,7 @@ pub struct UniPc {
 }
 
 impl UniPc {
+    /// The sampler configured from `config`; a value it cannot use is an error naming the field.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         if config.predict_x0 == Some(false) {
             return Err(SchedulerError::config(

@@ -8,6 +8,7 @@ use image::RgbImage;
 
 use crate::shapes::{COLORS, SHAPES};
 
+/// What a generated shapes image shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Analysis {
     /// Index into [`COLORS`], or None when no shape was found.
@@ -16,6 +17,7 @@ pub struct Analysis {
     pub shape: Option<usize>,
     /// Fraction of the bounding box the shape fills.
     pub fill: f64,
+    /// Pixels of the shape.
     pub area: usize,
 }
 
@@ -23,6 +25,7 @@ fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
+/// Finds the shape, its colour and its size in a generated image.
 pub fn analyze(image: &RgbImage) -> Analysis {
     let (w, h) = image.dimensions();
     let px = |x: u32, y: u32| {

@@ -6,16 +6,22 @@ use image::RgbImage;
 
 use crate::error::{Result, TrainError};
 
+/// One training image with its caption.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The image.
     pub image: RgbImage,
+    /// Its caption.
     pub caption: String,
 }
 
 /// Anything that yields (image, caption) pairs by index.
 pub trait Dataset: Send + Sync {
+    /// Samples in the dataset.
     fn len(&self) -> usize;
+    /// The sample at `index`.
     fn get(&self, index: usize) -> Result<Sample>;
+    /// Whether there are no samples.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -9,24 +9,34 @@ use crate::shapes::{ShapesDataset, BACKGROUNDS, COLORS, SHAPES, SIZES};
 /// Accuracy on seen and on held-out colour-shape pairs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
+    /// Images of colour/shape pairs seen in training.
     pub seen: usize,
+    /// Of those, images with the right colour.
     pub seen_color: usize,
+    /// Of those, images with the right shape.
     pub seen_shape: usize,
+    /// Images of held-out colour/shape pairs.
     pub unseen: usize,
+    /// Of those, images with the right colour.
     pub unseen_color: usize,
+    /// Of those, images with the right shape.
     pub unseen_shape: usize,
 }
 
 impl Report {
+    /// Right colours among seen pairs.
     pub fn seen_color_accuracy(&self) -> f64 {
         self.seen_color as f64 / self.seen.max(1) as f64
     }
+    /// Right shapes among seen pairs.
     pub fn seen_shape_accuracy(&self) -> f64 {
         self.seen_shape as f64 / self.seen.max(1) as f64
     }
+    /// Right colours among held-out pairs.
     pub fn unseen_color_accuracy(&self) -> f64 {
         self.unseen_color as f64 / self.unseen.max(1) as f64
     }
+    /// Right shapes among held-out pairs.
     pub fn unseen_shape_accuracy(&self) -> f64 {
         self.unseen_shape as f64 / self.unseen.max(1) as f64
     }

@@ -5,6 +5,7 @@
 //! embeddings. Also autoencoder training (reconstruction + KL), EMA,
 //! AdamW with warm-up and cosine decay, diffusers-layout checkpoints, a
 //! procedural shapes dataset and an analyser that scores prompt adherence.
+#![warn(missing_docs)]
 
 pub mod analyzer;
 pub mod dataset;

@@ -14,6 +14,7 @@ use crate::error::{Result, TrainError};
 /// Images are 32x32; the VAE maps them to 4x8x8 latents.
 pub const IMAGE_SIDE: u32 = 32;
 
+/// The shapes model's text encoder config (a small CLIP).
 pub fn text_encoder_config() -> Value {
     json!({
         "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
@@ -24,6 +25,7 @@ pub fn text_encoder_config() -> Value {
     })
 }
 
+/// The shapes model's UNet config.
 pub fn unet_config() -> Value {
     json!({
         "_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
@@ -34,6 +36,7 @@ pub fn unet_config() -> Value {
     })
 }
 
+/// The shapes model's VAE config with its latent `scaling_factor`.
 pub fn vae_config(scaling_factor: f64) -> Value {
     json!({
         "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
@@ -103,9 +106,13 @@ pub fn write_weights(
 
 /// The parts of a checkpoint folder.
 pub struct Checkpoint<'a> {
+    /// The text encoder's config and weights.
     pub text_encoder: (&'a Value, &'a VarStore),
+    /// The UNet's config, weights and optional EMA weights to save instead.
     pub unet: (&'a Value, &'a VarStore, Option<&'a [(String, Tensor)]>),
+    /// The VAE's config and weights.
     pub vae: (&'a Value, &'a VarStore),
+    /// The scheduler config.
     pub scheduler: &'a Value,
     /// Weight dtype in the files (f16 keeps the shapes model small).
     pub dtype: tch::Kind,

@@ -20,8 +20,11 @@ use crate::trainer::{self, Ema, LossLog, TextSide, TrainOptions};
 /// Step counts and options for [`train_shapes_model`].
 #[derive(Debug, Clone)]
 pub struct ShapesRecipe {
+    /// The autoencoder phase.
     pub vae: TrainOptions,
+    /// The UNet phase.
     pub unet: TrainOptions,
+    /// Where to append the loss log (CSV).
     pub log: Option<PathBuf>,
 }
 

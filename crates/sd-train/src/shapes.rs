@@ -7,7 +7,9 @@ use image::{Rgb, RgbImage};
 use crate::dataset::{Dataset, Sample};
 use crate::error::Result;
 
+/// Shape sizes, as captions name them.
 pub const SIZES: [&str; 2] = ["small", "large"];
+/// Shape colours: caption word and RGB.
 pub const COLORS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 30, 30]),
     ("green", [30, 170, 50]),
@@ -16,7 +18,9 @@ pub const COLORS: [(&str, [u8; 3]); 6] = [
     ("purple", [140, 40, 170]),
     ("orange", [245, 130, 20]),
 ];
+/// Shapes, as captions name them.
 pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
+/// Backgrounds: caption word and RGB.
 pub const BACKGROUNDS: [(&str, [u8; 3]); 3] = [
     ("white", [245, 245, 245]),
     ("black", [15, 15, 15]),
@@ -33,9 +37,13 @@ pub const HELD_OUT: [(&str, &str); 3] = [
 /// One drawable scene.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scene {
+    /// Index into [`SIZES`].
     pub size: usize,
+    /// Index into [`COLORS`].
     pub color: usize,
+    /// Index into [`SHAPES`].
     pub shape: usize,
+    /// Index into [`BACKGROUNDS`].
     pub background: usize,
     /// Centre in [0, 1] image coordinates.
     pub center: (f64, f64),
@@ -44,6 +52,7 @@ pub struct Scene {
 }
 
 impl Scene {
+    /// "a {size} {color} {shape} on a {background} background".
     pub fn caption(&self) -> String {
         format!(
             "a {} {} {} on a {} background",
@@ -95,10 +104,12 @@ impl Scene {
 pub struct SplitMix(u64);
 
 impl SplitMix {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -107,10 +118,12 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
+    /// A uniform integer in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 
+    /// A uniform float in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -119,14 +132,18 @@ impl SplitMix {
 /// The shapes dataset: `len` scenes of `side` pixels from `seed`.
 #[derive(Debug, Clone)]
 pub struct ShapesDataset {
+    /// The seed every sample derives from.
     pub seed: u64,
+    /// Samples in the dataset.
     pub len: usize,
+    /// Image side in pixels.
     pub side: u32,
     /// Leave the [`HELD_OUT`] pairs out.
     pub hold_out: bool,
 }
 
 impl ShapesDataset {
+    /// `len` images of `side` pixels, all derived from `seed`.
     pub fn new(seed: u64, len: usize, side: u32) -> Self {
         ShapesDataset {
             seed,
@@ -136,6 +153,7 @@ impl ShapesDataset {
         }
     }
 
+    /// Whether this colour/shape pair is kept out of training (to measure generalisation).
     pub fn is_held_out(color: usize, shape: usize) -> bool {
         HELD_OUT.contains(&(COLORS[color].0, SHAPES[shape]))
     }

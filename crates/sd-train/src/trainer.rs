@@ -23,11 +23,15 @@ use crate::shapes::SplitMix;
 /// Options shared by both loops.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// Optimiser steps.
     pub steps: usize,
+    /// Images per step.
     pub batch_size: usize,
+    /// Peak learning rate (after warmup).
     pub learning_rate: f64,
     /// Linear warm-up, then cosine decay to 10% of the rate.
     pub warmup_steps: usize,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
     /// Gradient norm clip (0 = off).
     pub grad_clip: f64,
@@ -35,10 +39,13 @@ pub struct TrainOptions {
     pub ema_decay: f64,
     /// Probability of training on the empty caption (for classifier-free guidance).
     pub caption_dropout: f64,
+    /// What the UNet learns to predict (epsilon or v).
     pub prediction: PredictionType,
     /// Min-SNR loss weighting (Hang et al. 2023); None = plain MSE.
     pub min_snr_gamma: Option<f64>,
+    /// Seed of the data order and the noise.
     pub seed: u64,
+    /// Where training runs.
     pub device: Device,
 }
 
@@ -79,6 +86,7 @@ pub struct Ema {
 }
 
 impl Ema {
+    /// An exponential moving average of the variables of `vs` with `decay`.
     pub fn new(vs: &VarStore, decay: f64) -> Self {
         let _guard = tch::no_grad_guard();
         let mut shadow: Vec<(String, Tensor)> = vs
@@ -90,6 +98,7 @@ impl Ema {
         Ema { decay, shadow }
     }
 
+    /// Moves the average towards the current variables.
     pub fn update(&mut self, vs: &VarStore) {
         let _guard = tch::no_grad_guard();
         let vars = vs.variables();
@@ -101,6 +110,7 @@ impl Ema {
         }
     }
 
+    /// The averaged weights, by name.
     pub fn weights(&self) -> &[(String, Tensor)] {
         &self.shadow
     }
@@ -112,6 +122,7 @@ pub struct LossLog {
 }
 
 impl LossLog {
+    /// A log at `path` (none: no log), appended to or started afresh.
     pub fn create(path: Option<&Path>, append: bool) -> Result<Self> {
         let Some(path) = path else {
             return Ok(LossLog { file: None });
@@ -219,7 +230,9 @@ pub fn latent_scaling_factor(
 
 /// The frozen text side of UNet training.
 pub struct TextSide<'a> {
+    /// The tokenizer.
     pub tokenizer: &'a ClipTokenizer,
+    /// The text encoder.
     pub encoder: &'a ClipTextModel,
 }
 

@@ -9,20 +9,28 @@ use serde_json::Value;
 
 use crate::error::{Result, UNetError};
 
+/// Down block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DownBlockType {
+    /// Resnets with transformers, then a downsampler.
     CrossAttnDownBlock2D,
+    /// Resnets, then a downsampler.
     DownBlock2D,
 }
 
+/// Up block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum UpBlockType {
+    /// Resnets with transformers, then an upsampler.
     CrossAttnUpBlock2D,
+    /// Resnets, then an upsampler.
     UpBlock2D,
 }
 
+/// Mid block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum MidBlockType {
+    /// Resnet, transformer, resnet.
     UNetMidBlock2DCrossAttn,
 }
 
@@ -30,6 +38,7 @@ pub enum MidBlockType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdditionEmbedType {
+    /// SDXL: pooled text and size/crop ids.
     TextTime,
 }
 
@@ -37,7 +46,9 @@ pub enum AdditionEmbedType {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
+    /// One value for every block.
     One(T),
+    /// A value per block.
     Many(Vec<T>),
 }
 
@@ -59,55 +70,82 @@ fn default_true() -> bool {
     true
 }
 
+/// diffusers' `UNet2DConditionModel` config (unet/config.json), field for field.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UNetConfig {
+    /// Latent size the model was trained at.
     #[serde(default)]
     pub sample_size: Option<i64>,
+    /// Input channels (4, or 9 for inpainting).
     #[serde(default = "four")]
     pub in_channels: i64,
+    /// Output channels (4).
     #[serde(default = "four")]
     pub out_channels: i64,
+    /// Whether inputs are mapped by `2x - 1` first.
     #[serde(default)]
     pub center_input_sample: bool,
+    /// Cosine before sine in the timestep embedding.
     #[serde(default = "default_true")]
     pub flip_sin_to_cos: bool,
+    /// Frequency shift of the timestep embedding.
     #[serde(default)]
     pub freq_shift: i64,
+    /// Down blocks, highest resolution first.
     pub down_block_types: Vec<DownBlockType>,
+    /// The mid block.
     #[serde(default = "mid_default")]
     pub mid_block_type: Option<MidBlockType>,
+    /// Up blocks, lowest resolution first.
     pub up_block_types: Vec<UpBlockType>,
+    /// Per block: attn1 as cross attention.
     #[serde(default = "false_per_block")]
     pub only_cross_attention: PerBlock<bool>,
+    /// Channels per block, highest resolution first.
     pub block_out_channels: Vec<i64>,
+    /// Resnets per down block (one more per up block).
     #[serde(default = "two_per_block")]
     pub layers_per_block: PerBlock<i64>,
+    /// Padding of the downsamplers' convolutions.
     #[serde(default = "one")]
     pub downsample_padding: i64,
+    /// The mid block's output scale.
     #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
+    /// Group-norm groups.
     #[serde(default = "groups")]
     pub norm_num_groups: i64,
+    /// The group norms' epsilon.
     #[serde(default = "eps")]
     pub norm_eps: f64,
+    /// Width of the text context (per block or for all).
     #[serde(default = "cross")]
     pub cross_attention_dim: PerBlock<i64>,
+    /// Transformer layers per attention, per block.
     #[serde(default = "one_per_block")]
     pub transformer_layers_per_block: PerBlock<i64>,
+    /// Per block: heads in SD1 configs, head width in SD2/SDXL ones (diffusers' naming).
     #[serde(default = "heads")]
     pub attention_head_dim: PerBlock<i64>,
+    /// Heads per block (diffusers' misnamed `attention_head_dim` holds this in SD1).
     #[serde(default)]
     pub num_attention_heads: Option<PerBlock<i64>>,
+    /// Linear (SD2, SDXL) rather than 1x1-conv transformer projections.
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// Compute attention in f32 (SD2.1).
     #[serde(default)]
     pub upcast_attention: bool,
+    /// `text_time` for SDXL's added conditions.
     #[serde(default)]
     pub addition_embed_type: Option<AdditionEmbedType>,
+    /// Width of each SDXL size/crop id's sinusoidal embedding.
     #[serde(default)]
     pub addition_time_embed_dim: Option<i64>,
+    /// Input width of SDXL's added embedding (pooled text + time ids).
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<i64>,
+    /// Width of the time embedding (default 4x the first block).
     #[serde(default)]
     pub time_embedding_dim: Option<i64>,
     /// Everything else, checked against the values this crate implements.
@@ -175,12 +213,14 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 impl UNetConfig {
+    /// Reads and checks a `config.json`; errors name the file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
         Self::from_json_str(&text).map_err(|e| e.in_file(path))
     }
 
+    /// Parses and checks config JSON text; errors name the field.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(deserializer)
@@ -300,10 +340,16 @@ impl UNetConfig {
 /// One block's resolved settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockSettings {
+    /// The block's output channels.
     pub out_channels: i64,
+    /// Resnets in the block.
     pub layers: i64,
+    /// Attention heads.
     pub heads: i64,
+    /// Width of the text context.
     pub cross_attention_dim: i64,
+    /// Transformer layers per attention.
     pub transformer_depth: i64,
+    /// Whether attn1 is cross attention too.
     pub only_cross_attention: bool,
 }

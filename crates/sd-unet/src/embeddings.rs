@@ -37,6 +37,7 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: &Path<'_>, input: i64, dim: i64) -> Self {
         TimestepEmbedding {
             linear_1: Linear::new(&(vs / "linear_1"), input, dim, true),
@@ -44,6 +45,7 @@ impl TimestepEmbedding {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.linear_2.forward(&self.linear_1.forward(x).silu())
     }

@@ -2,21 +2,35 @@
 
 use std::path::Path;
 
+/// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UNetError {
     /// A config value this crate cannot use, with the field named (and the
     /// file, once known).
     #[error("unet config: field '{field}': {message}")]
-    Config { field: String, message: String },
+    Config {
+        /// The config field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// Inputs of the wrong shape or missing conditioning.
     /// A value that cannot be used (a bad request), with what it was named.
     #[error("{context}: {message}")]
-    InvalidInput { context: String, message: String },
+    InvalidInput {
+        /// What the value was: a field, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -49,4 +63,5 @@ impl UNetError {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = UNetError> = std::result::Result<T, E>;

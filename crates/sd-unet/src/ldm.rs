@@ -7,6 +7,7 @@ use sd_core::weights::KeyMap;
 use crate::config::{DownBlockType, UNetConfig, UpBlockType};
 use crate::error::Result;
 
+/// Where single-file checkpoints keep the UNet.
 pub const PREFIX: &str = "model.diffusion_model.";
 
 /// ResnetBlock2D's LDM names.
@@ -25,6 +26,7 @@ pub struct LdmUNetKeys {
 }
 
 impl LdmUNetKeys {
+    /// The key map for a UNet of `config`.
     pub fn new(config: &UNetConfig) -> Result<Self> {
         let settings = config.blocks()?;
         let mut blocks = vec![

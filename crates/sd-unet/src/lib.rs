@@ -2,6 +2,7 @@
 //! SD1.x, SD2.x, SDXL and inpainting checkpoints, built from
 //! `unet/config.json` with diffusers' weight names, so official safetensors
 //! load without conversion.
+#![warn(missing_docs)]
 
 pub mod config;
 mod down;

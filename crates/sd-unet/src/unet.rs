@@ -25,6 +25,8 @@ pub struct AddedConditions {
     pub time_ids: Tensor,
 }
 
+/// diffusers' `UNet2DConditionModel` (SD1.x, SD2.x, SDXL, inpainting),
+/// under its diffusers key names.
 pub struct UNet2DConditionModel {
     config: UNetConfig,
     conv_in: Conv2d,
@@ -52,6 +54,7 @@ impl UNet2DConditionModel {
         Self::new_in(config, device, Kind::Float)
     }
 
+    /// The device the weights are on.
     pub fn device(&self) -> Device {
         self.vs.device()
     }

@@ -17,6 +17,8 @@ use crate::encoder::Encoder;
 use crate::error::{Result, VaeError};
 use crate::tiling::{tiled, TileOptions};
 
+/// diffusers' `AutoencoderKL`, under its diffusers key names, with optional
+/// tiling and slicing.
 pub struct AutoencoderKL {
     config: VaeConfig,
     encoder: Encoder,

@@ -6,19 +6,25 @@ use serde::Deserialize;
 
 use crate::error::{Result, VaeError};
 
+/// The encoder's down block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DownEncoderBlockType {
+    /// Resnets and a downsampler.
     DownEncoderBlock2D,
 }
 
+/// The decoder's up block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum UpDecoderBlockType {
+    /// Resnets and an upsampler.
     UpDecoderBlock2D,
 }
 
+/// Activation functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActFn {
+    /// SiLU (swish).
     Silu,
 }
 
@@ -26,7 +32,9 @@ pub enum ActFn {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum SampleSize {
+    /// One side for both.
     Square(i64),
+    /// (height, width).
     Pair(Vec<i64>),
 }
 
@@ -52,46 +60,64 @@ fn silu() -> ActFn {
     ActFn::Silu
 }
 
+/// diffusers' `AutoencoderKL` config (vae/config.json), field for field.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {
+    /// Image channels (3).
     #[serde(default = "three")]
     pub in_channels: i64,
+    /// Decoded image channels (3).
     #[serde(default = "three")]
     pub out_channels: i64,
+    /// Encoder blocks, highest resolution first.
     pub down_block_types: Vec<DownEncoderBlockType>,
+    /// Decoder blocks, lowest resolution first.
     pub up_block_types: Vec<UpDecoderBlockType>,
+    /// Channels per block, highest resolution first.
     pub block_out_channels: Vec<i64>,
+    /// Resnets per encoder block (one more per decoder block).
     #[serde(default = "one")]
     pub layers_per_block: i64,
+    /// The activation.
     #[serde(default = "silu")]
     pub act_fn: ActFn,
+    /// Latent channels (4).
     #[serde(default = "four")]
     pub latent_channels: i64,
+    /// Group-norm groups.
     #[serde(default = "groups")]
     pub norm_num_groups: i64,
+    /// Image size the VAE was trained at (the default tile size).
     #[serde(default)]
     pub sample_size: Option<SampleSize>,
     /// Latents are `scaling_factor * (z - shift_factor)`; never hard-coded.
     #[serde(default = "scaling")]
     pub scaling_factor: f64,
+    /// Subtracted from latents before scaling (0 in SD).
     #[serde(default)]
     pub shift_factor: Option<f64>,
+    /// Per-channel latent mean, where the model has one.
     #[serde(default)]
     pub latents_mean: Option<Vec<f64>>,
+    /// Per-channel latent std, where the model has one.
     #[serde(default)]
     pub latents_std: Option<Vec<f64>>,
     /// Run in f32 even when f16 is asked for (SDXL's VAE overflows in f16).
     #[serde(default = "yes")]
     pub force_upcast: bool,
+    /// Whether there is a `quant_conv` after the encoder.
     #[serde(default = "yes")]
     pub use_quant_conv: bool,
+    /// Whether there is a `post_quant_conv` before the decoder.
     #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
+    /// Whether the mid blocks have attention.
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
 }
 
 impl VaeConfig {
+    /// Reads and checks a `config.json`; errors name the file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
@@ -104,6 +130,7 @@ impl VaeConfig {
         })
     }
 
+    /// Parses and checks config JSON text; errors name the field.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(deserializer)

@@ -6,11 +6,14 @@ use tch::Tensor;
 
 use crate::error::Result;
 
+/// The encoder's diagonal Gaussian over latents.
 #[derive(Debug)]
 pub struct LatentDistribution {
+    /// Its mean.
     pub mean: Tensor,
     /// Clamped to [-30, 20] as diffusers does.
     pub logvar: Tensor,
+    /// Its standard deviation.
     pub std: Tensor,
 }
 

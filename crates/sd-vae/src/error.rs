@@ -1,18 +1,32 @@
 //! The error type of `sd-vae`.
 
+/// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VaeError {
     /// A vae/config.json value this crate cannot use, with the field named.
     #[error("vae config: field '{field}': {message}")]
-    Config { field: String, message: String },
+    Config {
+        /// The config field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// A value that cannot be used (a bad request), with what it was named.
     #[error("{context}: {message}")]
-    InvalidInput { context: String, message: String },
+    InvalidInput {
+        /// What the value was: a field, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -34,4 +48,5 @@ impl VaeError {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = VaeError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 
 use sd_core::weights::KeyMap;
 
+/// Where single-file checkpoints keep the VAE.
 pub const PREFIX: &str = "first_stage_model.";
 
 /// The diffusers key for a checkpoint key of a VAE with `blocks` levels.

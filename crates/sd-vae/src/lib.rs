@@ -2,6 +2,7 @@
 //! images to latent distributions (img2img, inpainting) and decode latents
 //! to pixels, built from `vae/config.json` with diffusers' weight names.
 //! `scaling_factor` and `shift_factor` come from the config.
+#![warn(missing_docs)]
 
 pub mod autoencoder;
 pub mod config;

@@ -36,6 +36,7 @@ pub struct CpuGenerator {
 unsafe impl Send for CpuGenerator {}
 
 impl CpuGenerator {
+    /// A generator seeded as `torch.Generator("cpu").manual_seed(seed)`.
     pub fn new(seed: u64) -> Result<Self> {
         let mut error = std::ptr::null_mut();
         // SAFETY: the shim returns a new generator or null with a message.
@@ -46,6 +47,7 @@ impl CpuGenerator {
         Ok(CpuGenerator { raw, seed })
     }
 
+    /// The seed it was made with.
     pub fn seed(&self) -> u64 {
         self.seed
     }

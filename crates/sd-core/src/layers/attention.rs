@@ -7,12 +7,16 @@ use tch::{nn, Tensor};
 use super::{group_norm, linear, GroupNorm, Linear};
 use crate::error::{CoreError, Result};
 
+/// The settings of diffusers' `Attention` that Stable Diffusion uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionConfig {
+    /// Width of the queries (and of the output).
     pub query_dim: i64,
     /// Width of the context for cross-attention; `None` for self-attention.
     pub cross_attention_dim: Option<i64>,
+    /// Attention heads.
     pub heads: i64,
+    /// Width of each head.
     pub dim_head: i64,
     /// Bias on to_q/to_k/to_v (false in transformer blocks, true in the VAE).
     pub bias: bool,
@@ -20,6 +24,7 @@ pub struct AttentionConfig {
     pub group_norm: Option<(i64, f64)>,
     /// Add the input back at the end (the VAE's attention).
     pub residual_connection: bool,
+    /// The output is divided by this (1.0 in SD).
     pub rescale_output_factor: f64,
 }
 
@@ -44,6 +49,8 @@ impl AttentionConfig {
     }
 }
 
+/// diffusers' `Attention` (self or cross), with `to_q`, `to_k`, `to_v`, `to_out.0`
+/// (or the VAE's `group_norm`) under their diffusers names.
 #[derive(Debug)]
 pub struct Attention {
     group_norm: Option<GroupNorm>,
@@ -57,6 +64,7 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: nn::Path<'_>, config: &AttentionConfig) -> Result<Self> {
         if config.heads <= 0 || config.dim_head <= 0 {
             return Err(CoreError::invalid(

@@ -5,20 +5,27 @@ use tch::{nn, Tensor};
 use super::{conv2d_same, group_norm, linear, Conv2d, GroupNorm, Linear};
 use crate::error::{CoreError, Result};
 
+/// The settings of diffusers' `ResnetBlock2D`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResnetConfig {
+    /// Input channels.
     pub in_channels: i64,
+    /// Output channels.
     pub out_channels: i64,
     /// Width of the time embedding; `None` in the VAE, which has none.
     pub temb_channels: Option<i64>,
+    /// Group-norm groups of the first norm.
     pub groups: i64,
     /// GroupNorm groups after the time embedding; diffusers defaults it to `groups`.
     pub groups_out: Option<i64>,
+    /// The group norms' epsilon.
     pub eps: f64,
+    /// The residual sum is divided by this (1.0 in SD).
     pub output_scale_factor: f64,
 }
 
 impl ResnetConfig {
+    /// The common case: 32 groups, eps 1e-6, no output scaling.
     pub fn new(in_channels: i64, out_channels: i64, temb_channels: Option<i64>) -> Self {
         ResnetConfig {
             in_channels,
@@ -32,6 +39,8 @@ impl ResnetConfig {
     }
 }
 
+/// diffusers' `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time
+/// embedding, and a 1x1 shortcut when the channel count changes.
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
@@ -44,6 +53,7 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
+    /// The block under `vs`, uninitialised.
     pub fn new(vs: nn::Path<'_>, config: &ResnetConfig) -> Result<Self> {
         let groups_out = config.groups_out.unwrap_or(config.groups);
         for (channels, groups) in [

@@ -21,6 +21,7 @@ impl Downsample2D {
         }
     }
 
+    /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         if self.asymmetric_pad {
             self.conv.forward(&x.constant_pad_nd([0, 1, 0, 1]))
@@ -37,6 +38,7 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
+    /// The layer under `vs`, uninitialised.
     pub fn new(vs: nn::Path<'_>, channels: i64, out_channels: i64) -> Self {
         Upsample2D {
             conv: Conv2d::new(&(&vs / "conv"), channels, out_channels, 3, 1, 1),
