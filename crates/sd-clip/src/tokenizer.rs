@@ -355,9 +355,9 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 /// CLIP's BPE vocabulary (openai/clip-vit-large-patch14), built in for single-file checkpoints.
-pub const BUILTIN_VOCAB: &str = include_str!("../../../reference/fixtures/tokenizer/vocab.json");
+pub const BUILTIN_VOCAB: &str = include_str!("../vocab/vocab.json");
 /// CLIP's BPE merges, built in with [`BUILTIN_VOCAB`].
-pub const BUILTIN_MERGES: &str = include_str!("../../../reference/fixtures/tokenizer/merges.txt");
+pub const BUILTIN_MERGES: &str = include_str!("../vocab/merges.txt");
 
 /// One entry of tokenizer.json's `added_tokens`.
 #[derive(Debug, Deserialize)]

@@ -80,3 +80,13 @@ fn ids_match_transformers_on_every_prompt() {
         );
     }
 }
+
+/// The vocabulary built into the crate (`vocab/`, packaged with it) is the
+/// one the reference harness derives from open_clip's BPE file.
+#[test]
+fn the_builtin_vocabulary_is_the_harness_one() {
+    let fixture = reference_dir().join("fixtures/tokenizer");
+    let read = |name: &str| std::fs::read_to_string(fixture.join(name)).unwrap();
+    assert!(read("vocab.json") == sd_clip::tokenizer::BUILTIN_VOCAB);
+    assert!(read("merges.txt") == sd_clip::tokenizer::BUILTIN_MERGES);
+}
