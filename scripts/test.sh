@@ -3,18 +3,21 @@
 #   1. libtorch (scripts/setup.sh: idempotent, reuses the per-user cache),
 #   2. the Rust tests of the whole workspace (committed references, bounds of
 #      the error model in docs/reference.md),
-#   3. the parity suites again under every other CPU kernel path this machine
+#   3. every library crate's documentation as docs.rs builds it, with no
+#      libtorch (scripts/check-docs.sh),
+#   4. the parity suites again under every other CPU kernel path this machine
 #      offers (scripts/parity.sh),
-#   4. the reference fixtures regenerated with diffusers on this machine and
+#   5. the reference fixtures regenerated with diffusers on this machine and
 #      compared with the committed ones, then the crates held to those bit for
 #      bit (scripts/check-fixtures.sh; installs diffusers/transformers into
 #      the same cached virtualenv once).
-# Set SD_SKIP_FIXTURE_CHECK=1 to leave out step 4 (it needs PyPI the first time).
+# Set SD_SKIP_FIXTURE_CHECK=1 to leave out step 5 (it needs PyPI the first time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 cargo test --workspace
+bash scripts/check-docs.sh
 bash scripts/parity.sh
 
 if [[ "${SD_SKIP_FIXTURE_CHECK:-0}" != 1 ]]; then
