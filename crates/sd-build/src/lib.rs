@@ -36,6 +36,11 @@ pub fn link_libtorch() {
         println!("cargo:warning=sd-build: DEP_TCH_LIBTORCH_LIB is unset; add torch-sys as a direct dependency");
         return;
     };
+    // The real folder, not a path through a link in the source tree (the
+    // setup's `.libtorch`): an installed binary must not depend on the clone.
+    let lib = Path::new(&lib)
+        .canonicalize()
+        .map_or(lib.clone(), |p| p.display().to_string());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // The wheel's CUDA runtime, next to torch/ (the CUDA-graph shim links it).
     let cudart = Path::new(&lib).join("../../nvidia/cu13/lib");

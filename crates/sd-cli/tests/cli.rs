@@ -358,6 +358,17 @@ fn the_shapes_model_is_inside_the_binary() {
             .any(|w| w == source_model.as_bytes()),
         "the binary names {source_model}"
     );
+    // Nor does it find libtorch through the clone (the setup's `.libtorch` link).
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.libtorch/lib");
+    let root = std::path::Path::new(root).components().collect::<PathBuf>();
+    let linked = format!("{}", normalize(&root).display());
+    for end in [b':', 0u8] {
+        let needle = [linked.as_bytes(), &[end]].concat();
+        assert!(
+            !binary.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "the binary's run path goes through {linked}"
+        );
+    }
     let elsewhere = scratch("installed");
     let installed = elsewhere.join("sd");
     std::fs::copy(env!("CARGO_BIN_EXE_sd"), &installed).unwrap();
@@ -401,4 +412,18 @@ fn the_shapes_model_is_inside_the_binary() {
     let image = |name: &str| image::open(elsewhere.join(name)).unwrap().to_rgb8();
     assert_eq!(image("first.png").dimensions(), (32, 32));
     assert_eq!(image("first.png"), image("second.png"));
+}
+
+/// `path` without `..` components (without touching the file system).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
