@@ -497,5 +497,10 @@ def write_outputs(fixtures: Path, outputs: Path, tmp: Path) -> None:
     write_sdxl(fixtures, outputs)
     write_sd2(fixtures, outputs)
     write_single_file_outputs(fixtures, outputs)
-    write_shapes_model(fixtures.parent.parent, outputs)
+    # The shapes model lives in the sd-cli package. The harness runs from the
+    # repository root; scripts/check-fixtures.sh runs it on a copy of
+    # reference/ whose parent is not the repository, so look there first.
+    here = Path.cwd()
+    repo = here if (here / "crates" / "sd-cli" / "shapes").exists() else fixtures.parent.parent
+    write_shapes_model(repo, outputs)
     write_layers(outputs)
