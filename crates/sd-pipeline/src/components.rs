@@ -42,6 +42,7 @@ impl Devices {
 pub type TextTower = (ClipTokenizer, Frozen<ClipTextModel>);
 
 /// Everything a pipeline holds, as loaded (before the builder's settings).
+#[non_exhaustive]
 pub struct Components {
     /// The folder or file they came from.
     pub source: PathBuf,

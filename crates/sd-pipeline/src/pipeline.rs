@@ -24,7 +24,7 @@ pub struct StableDiffusionBuilder {
     hub_repo: Option<String>,
     hub: crate::hub::HubOptions,
     devices: Devices,
-    kind: Kind,
+    dtype: Kind,
     variant: Option<String>,
     sampler: Option<SamplerKind>,
     scheduler_config: Option<SchedulerConfig>,
@@ -44,7 +44,7 @@ impl Default for StableDiffusionBuilder {
             hub_repo: None,
             hub: crate::hub::HubOptions::default(),
             devices: Devices::all(Device::Cpu),
-            kind: Kind::Float,
+            dtype: Kind::Float,
             variant: None,
             sampler: None,
             scheduler_config: None,
@@ -111,8 +111,8 @@ impl StableDiffusionBuilder {
     }
 
     /// Weights and compute dtype: f32, f16 or bf16.
-    pub fn dtype(mut self, kind: Kind) -> Self {
-        self.kind = kind;
+    pub fn dtype(mut self, dtype: Kind) -> Self {
+        self.dtype = dtype;
         self
     }
 
@@ -174,10 +174,10 @@ impl StableDiffusionBuilder {
 
     /// Loads and checks everything; errors name what is missing or wrong.
     pub fn build(self) -> Result<StableDiffusion> {
-        if !matches!(self.kind, Kind::Float | Kind::Half | Kind::BFloat16) {
+        if !matches!(self.dtype, Kind::Float | Kind::Half | Kind::BFloat16) {
             return Err(PipelineError::request(
                 "dtype",
-                format!("{:?} is not f32, f16 or bf16", self.kind),
+                format!("{:?} is not f32, f16 or bf16", self.dtype),
             ));
         }
         let mut components = self.load_components()?;
@@ -224,7 +224,7 @@ impl StableDiffusionBuilder {
         };
         let variant = self.variant.as_deref();
         if let Some(file) = &self.single_file {
-            return crate::single_file::load(file, self.config_dir.as_deref(), devices, self.kind);
+            return crate::single_file::load(file, self.config_dir.as_deref(), devices, self.dtype);
         }
         let dir = match (&self.hub_repo, &self.model_dir) {
             (Some(repo), _) => crate::hub::resolve(repo, variant, &self.hub)?,
@@ -236,16 +236,16 @@ impl StableDiffusionBuilder {
                 ))
             }
         };
-        Components::from_folder(&dir, devices, self.kind, variant)
+        Components::from_folder(&dir, devices, self.dtype, variant)
     }
 
     /// The VAE's dtype, layout, tiling and slicing.
     fn set_up_vae(&self, vae: &mut AutoencoderKL, family: ModelFamily) {
-        if family == ModelFamily::StableDiffusion && vae.dtype() != self.kind {
+        if family == ModelFamily::StableDiffusion && vae.dtype() != self.dtype {
             // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
             // only SDXL's honour force_upcast. (A half-precision decode that
             // overflows is redone in f32 here either way.)
-            vae.set_dtype(self.kind);
+            vae.set_dtype(self.dtype);
         }
         if self.channels_last {
             sd_core::nn::convs_to_channels_last(vae.var_store());

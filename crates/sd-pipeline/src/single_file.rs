@@ -205,7 +205,7 @@ pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
-    kind: Kind,
+    dtype: Kind,
 ) -> Result<Components> {
     let file = MappedFile::open(path)?;
     let detected = detect(&file)?;
@@ -222,7 +222,7 @@ pub(crate) fn load(
         }
     };
     let text = |config: &ClipTextConfig, component: Component| -> Result<Frozen<ClipTextModel>> {
-        let model = ClipTextModel::from_files(config, &files, devices.text_encoder, kind, &|k| {
+        let model = ClipTextModel::from_files(config, &files, devices.text_encoder, dtype, &|k| {
             plan.map(component, k)
         })?;
         Ok(Frozen::new(model))
@@ -241,10 +241,11 @@ pub(crate) fn load(
         )),
         _ => None,
     };
-    let unet = UNet2DConditionModel::from_files(&configs.unet, &files, devices.unet, kind, &|k| {
-        plan.map(Component::UNet, k)
-    })?;
-    let vae = AutoencoderKL::from_files(&configs.vae, &files, devices.vae, kind, &|k| {
+    let unet =
+        UNet2DConditionModel::from_files(&configs.unet, &files, devices.unet, dtype, &|k| {
+            plan.map(Component::UNet, k)
+        })?;
+    let vae = AutoencoderKL::from_files(&configs.vae, &files, devices.vae, dtype, &|k| {
         plan.map(Component::Vae, k)
     })?;
     let family = match detected.kind {

@@ -309,3 +309,54 @@ fn ndarray_edges_carry_the_same_numbers() {
             .contains("(height, width, 3)")
     );
 }
+
+/// A sampler that fails by panicking mid-run, as a `tch` wrapper does when
+/// libtorch throws.
+struct PanicsAtStep(Box<dyn sd_pipeline::Scheduler>);
+
+impl sd_pipeline::Scheduler for PanicsAtStep {
+    fn name(&self) -> &'static str {
+        "panics"
+    }
+    fn set_timesteps(&mut self, steps: usize) -> sd_scheduler::Result<()> {
+        self.0.set_timesteps(steps)
+    }
+    fn timesteps(&self) -> &[f64] {
+        self.0.timesteps()
+    }
+    fn step(
+        &mut self,
+        _: &tch::Tensor,
+        _: usize,
+        _: &tch::Tensor,
+        _: &mut dyn sd_core::rng::NoiseSource,
+    ) -> sd_scheduler::Result<tch::Tensor> {
+        panic!("simulated libtorch failure")
+    }
+    fn add_noise(
+        &self,
+        x: &tch::Tensor,
+        n: &tch::Tensor,
+        i: usize,
+    ) -> sd_scheduler::Result<tch::Tensor> {
+        self.0.add_noise(x, n, i)
+    }
+}
+
+#[test]
+fn a_panic_inside_a_run_is_an_error_and_the_pipeline_lives_on() {
+    let pipeline = tiny("tiny-sd1");
+    let r = quick("x", 0);
+    let scheduler = Box::new(PanicsAtStep(pipeline.new_scheduler().unwrap()));
+    let err = pipeline
+        .generate_with(&r, scheduler, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("panicked: simulated libtorch failure"),
+        "{err}"
+    );
+    let a = pipeline.generate(&r).unwrap().latents;
+    let b = pipeline.generate(&r).unwrap().latents;
+    assert_eq!(a, b);
+}

@@ -48,7 +48,8 @@ impl StableDiffusion {
     /// Runs `request` with your own scheduler and a per-step callback;
     /// `ControlFlow::Break` stops the run with [`PipelineError::Cancelled`].
     /// A libtorch failure that `tch` reports by panicking (an allocation
-    /// beyond the device, say) comes back as an error too.
+    /// beyond the device, say), or a panicking scheduler, comes back as an
+    /// error too: a server on this survives a bad run.
     pub fn generate_with(
         &self,
         request: &Request,
@@ -61,8 +62,10 @@ impl StableDiffusion {
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "libtorch failed".into());
-            Err(PipelineError::Torch(tch::TchError::Torch(message)))
+                .unwrap_or_else(|| "no message".into());
+            Err(PipelineError::Torch(tch::TchError::Torch(format!(
+                "the run panicked: {message}"
+            ))))
         })
     }
 
