@@ -82,7 +82,13 @@ pub trait DiffusersModel: Sized {
     /// A copy of the weights on `device`, in the same dtype (low-memory
     /// pipelines bring a model to the GPU only while it runs).
     fn copy_to(&self, device: Device) -> Result<Self, Self::Error> {
-        let mut copy = Self::new_in(self.config(), device, self.var_store().kind())?;
+        self.copy_as(device, self.var_store().kind())
+    }
+
+    /// A copy of the weights on `device` in `dtype` (the VAE's f32 twin
+    /// for an upcast decode).
+    fn copy_as(&self, device: Device, dtype: Kind) -> Result<Self, Self::Error> {
+        let mut copy = Self::new_in(self.config(), device, dtype)?;
         copy_variables(self.var_store(), copy.var_store())?;
         self.copy_settings_to(&mut copy);
         Ok(copy)

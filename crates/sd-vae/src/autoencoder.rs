@@ -249,13 +249,6 @@ impl AutoencoderKL {
         let twin = self.copy_as(self.vs.device(), Kind::Float)?;
         Ok(self.f32_twin.get_or_init(|| Box::new(twin)))
     }
-
-    fn copy_as(&self, device: Device, kind: Kind) -> Result<Self> {
-        let mut copy = AutoencoderKL::new_in(&self.config, device, kind)?;
-        self.copy_settings_to(&mut copy);
-        sd_core::weights::copy_variables(&self.vs, &copy.vs)?;
-        Ok(copy)
-    }
 }
 
 impl DiffusersModel for AutoencoderKL {
