@@ -40,6 +40,8 @@ pub struct ClipTextModel {
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
+    /// Textual-inversion rows after the vocabulary (ids `vocab_size..`).
+    added_tokens: Option<Tensor>,
     vs: VarStore,
 }
 
@@ -85,8 +87,7 @@ impl ClipTextModel {
         let ids = input_ids.to_device(self.device());
         // 1. token + position embeddings
         let positions = Tensor::arange(n, (Kind::Int64, self.device())).unsqueeze(0);
-        let mut x =
-            self.token_embedding.forward(&ids) + self.position_embedding.forward(&positions);
+        let mut x = self.embed_tokens(&ids) + self.position_embedding.forward(&positions);
         let mut hidden_states = vec![x.shallow_clone()];
         // 2. the causal transformer layers
         for layer in &self.layers {
@@ -108,6 +109,56 @@ impl ClipTextModel {
             pooled,
             text_embeds,
         })
+    }
+
+    /// Token embeddings; ids past the vocabulary take the added rows. (Two
+    /// lookups and a select: the same numbers as one lookup in a grown
+    /// table, without copying the table.)
+    fn embed_tokens(&self, ids: &Tensor) -> Tensor {
+        let Some(added) = &self.added_tokens else {
+            return self.token_embedding.forward(ids);
+        };
+        let vocab = self.config.vocab_size;
+        let base = self.token_embedding.forward(&ids.clamp_max(vocab - 1));
+        let extra = Tensor::embedding(added, &(ids - vocab).clamp_min(0), -1, false, false);
+        extra.where_self(&ids.ge(vocab).unsqueeze(-1), &base)
+    }
+
+    /// How many token ids the encoder embeds (vocabulary plus added rows).
+    pub fn token_count(&self) -> i64 {
+        self.config.vocab_size + self.added_tokens.as_ref().map_or(0, |t| t.size()[0])
+    }
+
+    /// Appends textual-inversion vectors (n, hidden) as the embeddings of
+    /// ids `first_id..first_id + n`; `first_id` must be
+    /// [`ClipTextModel::token_count`] (the tokenizer's next id).
+    pub fn add_token_embeddings(&mut self, first_id: i64, rows: &Tensor) -> Result<()> {
+        let hidden = self.config.hidden_size;
+        if rows.dim() != 2 || rows.size()[1] != hidden {
+            return Err(ClipError::invalid(
+                "embedding",
+                format!(
+                    "vectors of shape {:?} do not fit this text encoder (hidden size {hidden})",
+                    rows.size()
+                ),
+            ));
+        }
+        if first_id != self.token_count() {
+            return Err(ClipError::invalid(
+                "embedding",
+                format!(
+                    "the tokenizer gave id {first_id}, but this text encoder embeds {} ids: \
+                     tokenizer and text encoder do not match",
+                    self.token_count()
+                ),
+            ));
+        }
+        let rows = rows.to_device(self.device()).to_kind(self.vs.kind());
+        self.added_tokens = Some(match &self.added_tokens {
+            Some(old) => Tensor::cat(&[old, &rows], 0),
+            None => rows,
+        });
+        Ok(())
     }
 
     /// The final layer norm alone, for `clip_skip` (diffusers applies it to
@@ -158,6 +209,7 @@ impl DiffusersModel for ClipTextModel {
                     false,
                 )
             }),
+            added_tokens: None,
             config: config.clone(),
             vs,
         })
@@ -173,6 +225,13 @@ impl DiffusersModel for ClipTextModel {
 
     fn folder_key(key: &str) -> KeyMap {
         canonical_key(key).map_or(KeyMap::Skip, KeyMap::To)
+    }
+
+    fn copy_settings_to(&self, copy: &mut Self) {
+        copy.added_tokens = self
+            .added_tokens
+            .as_ref()
+            .map(|t| t.to_device(copy.device()).to_kind(copy.vs.kind()));
     }
 }
 

@@ -23,6 +23,12 @@ impl<T> Frozen<T> {
         Frozen(value)
     }
 
+    /// The value, to change it: `&mut self` proves no thread shares it now
+    /// (LoRA merges and textual-inversion tokens change weights this way).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+
     /// The value back.
     pub fn into_inner(self) -> T {
         self.0

@@ -69,6 +69,16 @@ impl MappedFile {
         })
     }
 
+    /// The header's `__metadata__` strings (empty when it has none).
+    pub fn metadata(&self) -> Result<HashMap<String, String>> {
+        let (_, metadata) =
+            SafeTensors::read_metadata(&self.mmap).map_err(|e| CoreError::SafeTensors {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(metadata.metadata().clone().unwrap_or_default())
+    }
+
     /// Names and shapes of every tensor in the file.
     pub fn shapes(&self) -> Result<BTreeMap<String, Vec<i64>>> {
         Ok(self

@@ -52,6 +52,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),
 
+    /// An error from sd-lora (LoRA and embedding files).
+    #[error(transparent)]
+    Lora(#[from] sd_lora::LoraError),
+
     /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "ndarray")]
+mod adapters;
 pub mod arrays;
 mod components;
 mod cow;
@@ -37,6 +38,8 @@ mod noise;
 mod pipeline;
 pub mod single_file;
 
+pub use adapters::LoraSpec;
+pub use sd_lora::ApplyReport;
 pub use components::{Components, Devices, TextTower};
 pub use error::{PipelineError, Result};
 pub use generate::{

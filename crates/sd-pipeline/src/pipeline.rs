@@ -11,6 +11,7 @@ use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
+use crate::adapters::LoraSpec;
 use crate::components::{Components, Devices, TextTower};
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
@@ -33,6 +34,8 @@ pub struct StableDiffusionBuilder {
     low_memory: bool,
     cuda_graphs: bool,
     channels_last: bool,
+    loras: Vec<LoraSpec>,
+    embeddings: Vec<(PathBuf, Option<String>)>,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -53,6 +56,8 @@ impl Default for StableDiffusionBuilder {
             low_memory: false,
             cuda_graphs: false,
             channels_last: false,
+            loras: Vec::new(),
+            embeddings: Vec::new(),
         }
     }
 }
@@ -166,6 +171,20 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// Merge a LoRA at `scale` once loaded (repeatable; merged in order).
+    /// [`StableDiffusion::set_loras`] swaps them later without a reload.
+    pub fn lora(mut self, path: impl Into<PathBuf>, scale: f64) -> Self {
+        self.loras.push(LoraSpec::new(path, scale));
+        self
+    }
+
+    /// Load a textual-inversion embedding once loaded (repeatable);
+    /// `token` replaces the file's own.
+    pub fn embedding(mut self, path: impl Into<PathBuf>, token: Option<&str>) -> Self {
+        self.embeddings.push((path.into(), token.map(str::to_string)));
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -191,7 +210,7 @@ impl StableDiffusionBuilder {
             // Fixed shapes in the loop: let cuDNN pick its fastest kernels once.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        Ok(StableDiffusion {
+        let mut pipeline = StableDiffusion {
             dir: components.source,
             index: components.index,
             text: components.text,
@@ -211,7 +230,16 @@ impl StableDiffusionBuilder {
             low_memory: self.low_memory,
             cuda_graphs: self.cuda_graphs,
             channels_last: self.channels_last,
-        })
+            merged: Frozen::new(sd_lora::Merged::new()),
+            loras: Vec::new(),
+        };
+        for (path, token) in &self.embeddings {
+            pipeline.load_embedding(path, token.as_deref())?;
+        }
+        if !self.loras.is_empty() {
+            pipeline.set_loras(&self.loras)?;
+        }
+        Ok(pipeline)
     }
 
     /// The model source: a single file, a hub repo or a folder. Low-memory
@@ -301,6 +329,9 @@ pub struct StableDiffusion {
     pub(crate) low_memory: bool,
     pub(crate) cuda_graphs: bool,
     pub(crate) channels_last: bool,
+    /// Originals of the weights merged LoRAs changed.
+    pub(crate) merged: Frozen<sd_lora::Merged>,
+    pub(crate) loras: Vec<LoraSpec>,
 }
 
 impl std::fmt::Debug for StableDiffusion {

@@ -150,4 +150,25 @@ impl LdmUNetKeys {
         // Unknown keys keep a recognisable name, to be reported as unexpected.
         KeyMap::To(format!("(ldm) {rest}"))
     }
+
+    /// The LDM name (without [`PREFIX`]) of a diffusers variable name: the
+    /// inverse of [`LdmUNetKeys::map`], for adapter files that name the
+    /// UNet's modules the original way (kohya's SDXL LoRAs).
+    pub fn to_ldm(&self, key: &str) -> Option<String> {
+        let (ldm, diffusers, resnet) = self
+            .blocks
+            .iter()
+            .filter(|(_, d, _)| key.starts_with(d.as_str()))
+            .max_by_key(|(_, d, _)| d.len())?;
+        let tail = &key[diffusers.len()..];
+        let tail = if *resnet {
+            RESNET
+                .iter()
+                .find_map(|(old, new)| tail.strip_prefix(new).map(|t| format!("{old}{t}")))
+                .unwrap_or_else(|| tail.to_string())
+        } else {
+            tail.to_string()
+        };
+        Some(format!("{ldm}{tail}"))
+    }
 }

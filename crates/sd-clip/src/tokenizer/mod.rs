@@ -51,6 +51,8 @@ pub struct ClipTokenizer {
     eos_id: i64,
     pad_id: i64,
     max_length: usize,
+    /// Multi-vector textual-inversion tokens: `t` -> "t t_1 ... t_{n-1}".
+    expansions: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -189,6 +191,7 @@ impl ClipTokenizer {
             eos_id,
             pad_id,
             max_length,
+            expansions: HashMap::new(),
         })
     }
 
@@ -246,8 +249,78 @@ impl ClipTokenizer {
         self.max_length
     }
 
+    /// How many ids the tokenizer knows (vocabulary plus added tokens): the
+    /// id the next added token gets.
+    pub fn len(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Always false: every tokenizer has at least BOS and EOS.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `token` is in the vocabulary or among the added tokens.
+    pub fn contains(&self, token: &str) -> bool {
+        self.tokenizer.token_to_id(token).is_some()
+    }
+
+    /// Adds textual-inversion tokens `t`, `t_1`, ... (one per vector),
+    /// matched whole as diffusers' `tokenizer.add_tokens` matches them;
+    /// returns the first new id (the others follow in order). A prompt's
+    /// `t` then stands for all of them. Fails, adding nothing, when one is
+    /// already known.
+    pub fn add_embedding_tokens(&mut self, tokens: &[String]) -> Result<i64> {
+        let first = tokens.first().ok_or_else(|| ClipError::invalid("token", "no tokens given"))?;
+        for token in tokens {
+            if self.tokenizer.token_to_id(token).is_some() {
+                return Err(ClipError::invalid(
+                    "token",
+                    format!("'{token}' is already in the tokenizer; choose another token"),
+                ));
+            }
+        }
+        let next = self.len() as i64;
+        for (i, token) in tokens.iter().enumerate() {
+            self.tokenizer.add_tokens(&[AddedToken::from(token.clone(), false)]);
+            let got = self.tokenizer.token_to_id(token).map(i64::from);
+            if got != Some(next + i as i64) {
+                return Err(ClipError::invalid(
+                    "token",
+                    format!("'{token}' got id {got:?}, expected {}", next + i as i64),
+                ));
+            }
+        }
+        if tokens.len() > 1 {
+            self.expansions.insert(first.clone(), tokens.join(" "));
+        }
+        Ok(next)
+    }
+
+    /// A prompt with each multi-vector token written out as all its tokens,
+    /// as diffusers' `maybe_convert_prompt` does it (a plain text replace
+    /// of each such token the prompt's tokens contain).
+    fn expand_embeddings<'p>(&self, prompt: &'p str) -> Result<std::borrow::Cow<'p, str>> {
+        if self.expansions.is_empty() {
+            return Ok(prompt.into());
+        }
+        let encoding = self.tokenizer.encode(prompt, false).map_err(|e| ClipError::Encode {
+            prompt: prompt.chars().take(60).collect(),
+            message: e.to_string(),
+        })?;
+        let mut expanded = prompt.to_string();
+        let mut seen = std::collections::HashSet::new();
+        for token in encoding.get_tokens() {
+            if let (Some(all), true) = (self.expansions.get(token), seen.insert(token)) {
+                expanded = expanded.replace(token.as_str(), all);
+            }
+        }
+        Ok(expanded.into())
+    }
+
     /// BOS, the prompt's tokens, EOS, without padding or truncation.
     pub fn encode_full(&self, prompt: &str) -> Result<Vec<i64>> {
+        let prompt = &*self.expand_embeddings(prompt)?;
         let encoding = self
             .tokenizer
             .encode(prompt, true)

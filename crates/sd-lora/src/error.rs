@@ -1,0 +1,68 @@
+//! The error type of `sd-lora`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoraError {
+    /// A value that cannot be used (a bad request or a malformed file),
+    /// with what it was named.
+    #[error("{context}: {message}")]
+    InvalidInput {
+        /// What the value was: a file, key, option or input name.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// No key of the file names a module of this model.
+    #[error(
+        "{path}: none of its {count} modules is in this model (for example {examples}); \
+         the file looks made for {family}"
+    )]
+    NoMatch {
+        /// The adapter file.
+        path: PathBuf,
+        /// How many modules the file has.
+        count: usize,
+        /// A few of its module names.
+        examples: String,
+        /// The model family the file seems made for.
+        family: String,
+    },
+
+    /// A module's adapter does not fit the weight it names.
+    #[error("{path}: '{key}' gives a {got:?} update for a {expected:?} weight")]
+    Shape {
+        /// The adapter file.
+        path: PathBuf,
+        /// The file key (module name and part).
+        key: String,
+        /// The model weight's shape.
+        expected: Vec<i64>,
+        /// What the adapter's factors give (or the factor that does not fit).
+        got: Vec<i64>,
+    },
+
+    /// An error from sd-core (files, weights, devices).
+    #[error(transparent)]
+    Core(#[from] sd_core::CoreError),
+
+    /// An error libtorch reported.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl LoraError {
+    /// An [`LoraError::InvalidInput`] naming `context`.
+    pub fn invalid(context: impl Into<String>, message: impl Into<String>) -> Self {
+        LoraError::InvalidInput {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = LoraError> = std::result::Result<T, E>;

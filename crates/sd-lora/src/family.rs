@@ -1,0 +1,31 @@
+//! Which model family an adapter file seems made for, for error messages.
+
+use crate::adapter::Adapter;
+use crate::file::LoraFile;
+use crate::keys::Component;
+
+/// A guess from the file's names and the width of its cross-attention
+/// keys (768: SD 1.x, 1024: SD 2.x, 2048: SDXL).
+pub fn guess(lora: &LoraFile) -> String {
+    let width = lora.modules.iter().find_map(|m| {
+        let name = m.name.as_str();
+        let key_or_value = name.contains("attn2") && (name.ends_with("to_k") || name.ends_with("to_v"));
+        match &m.adapter {
+            Adapter::Lora { down, .. } if key_or_value && down.dim() == 2 => Some(down.size()[1]),
+            _ => None,
+        }
+    });
+    let has = |c: Component| lora.modules.iter().any(|m| m.component == c);
+    let unknown_like = |needle: &str| lora.unknown.iter().any(|(k, _)| k.contains(needle));
+    match width {
+        Some(768) => "SD 1.x (768-wide cross-attention)".into(),
+        Some(1024) => "SD 2.x (1024-wide cross-attention)".into(),
+        Some(2048) => "SDXL (2048-wide cross-attention)".into(),
+        Some(w) => format!("a model with {w}-wide cross-attention"),
+        None if has(Component::TextEncoder2) => "SDXL (it has a second text encoder)".into(),
+        None if unknown_like("transformer") || unknown_like("double_blocks") => {
+            "a transformer model (Flux, SD3 or similar), not a UNet".into()
+        }
+        None => "an unknown model".into(),
+    }
+}

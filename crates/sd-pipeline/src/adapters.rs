@@ -1,0 +1,193 @@
+//! LoRAs and textual-inversion embeddings on a loaded pipeline.
+//!
+//! LoRAs are merged into the UNet's and text encoders' weights (no cost
+//! per step) and can be swapped or removed without reloading: the
+//! originals of the touched weights are kept (see `sd_lora::merge`).
+//! Embeddings add tokens to the tokenizers and rows to the text encoders.
+
+use std::path::{Path, PathBuf};
+
+use sd_core::DiffusersModel;
+use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Target, Targets};
+use sd_unet::ldm::LdmUNetKeys;
+
+use crate::error::{PipelineError, Result};
+use crate::pipeline::StableDiffusion;
+
+/// A LoRA file and the scale to merge it at (1.0 is the file's own
+/// strength; A1111's `<lora:name:0.8>` is 0.8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// The `.safetensors` file.
+    pub path: PathBuf,
+    /// Multiplies the file's `alpha / rank`.
+    pub scale: f64,
+}
+
+impl LoraSpec {
+    /// `path` at `scale`.
+    pub fn new(path: impl Into<PathBuf>, scale: f64) -> Self {
+        LoraSpec {
+            path: path.into(),
+            scale,
+        }
+    }
+}
+
+impl StableDiffusion {
+    /// The models adapters may change, indexed by every name files use.
+    fn adapter_targets(&self) -> Result<Targets<'_>> {
+        let unet = self.unet.var_store();
+        // SDXL files from kohya name the UNet's modules the LDM way.
+        let ldm = LdmUNetKeys::new(self.unet.config())?;
+        let aliases = unet
+            .variables()
+            .keys()
+            .filter_map(|name| {
+                let module = name.strip_suffix(".weight")?;
+                let alias = ldm.to_ldm(name)?;
+                Some((alias.strip_suffix(".weight")?.to_string(), module.to_string()))
+            })
+            .collect();
+        let mut targets = vec![
+            Target {
+                component: Component::Unet,
+                store: unet,
+                aliases,
+            },
+            Target {
+                component: Component::TextEncoder,
+                store: self.text.1.var_store(),
+                aliases: vec![],
+            },
+        ];
+        if let Some((_, encoder)) = &self.text_2 {
+            targets.push(Target {
+                component: Component::TextEncoder2,
+                store: encoder.var_store(),
+                aliases: vec![],
+            });
+        }
+        Ok(Targets::new(targets))
+    }
+
+    /// Replaces the merged LoRAs by `loras`, each merged at its scale in
+    /// order (an empty list leaves the base model). One report per file:
+    /// modules merged and keys skipped with why. On an error the model is
+    /// left as the base model, with no LoRA.
+    pub fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<ApplyReport>> {
+        let files = loras
+            .iter()
+            .map(|spec| LoraFile::open(&spec.path))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.unload_loras()?;
+        let mut merged = std::mem::take(self.merged.get_mut());
+        let targets = self.adapter_targets()?;
+        let mut reports = Vec::new();
+        for (file, spec) in files.iter().zip(loras) {
+            match merged.apply(file, spec.scale, &targets) {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    merged.restore(&targets)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(targets);
+        *self.merged.get_mut() = merged;
+        self.loras = loras.to_vec();
+        Ok(reports)
+    }
+
+    /// Merges one more LoRA on top of those already merged.
+    pub fn add_lora(&mut self, spec: LoraSpec) -> Result<ApplyReport> {
+        let mut all = self.loras.clone();
+        all.push(spec);
+        let mut reports = self.set_loras(&all)?;
+        reports.pop().ok_or_else(|| PipelineError::request("lora", "nothing merged"))
+    }
+
+    /// Takes every LoRA out: the weights are the base model's again, bit
+    /// for bit.
+    pub fn unload_loras(&mut self) -> Result<()> {
+        let mut merged = std::mem::take(self.merged.get_mut());
+        merged.restore(&self.adapter_targets()?)?;
+        self.loras.clear();
+        Ok(())
+    }
+
+    /// The LoRAs merged now, in order.
+    pub fn loras(&self) -> &[LoraSpec] {
+        &self.loras
+    }
+
+    /// Bytes held to undo the merged LoRAs (one copy of each touched weight).
+    pub fn lora_undo_bytes(&self) -> usize {
+        self.merged.saved_bytes()
+    }
+
+    /// Loads a textual-inversion embedding; `token` replaces the file's
+    /// own (its key, or its file stem). Returns the tokens added (`t`,
+    /// `t_1`, ...); prompts use `t`. SDXL needs a file with vectors for
+    /// both text encoders (`clip_l`, `clip_g`).
+    pub fn load_embedding(&mut self, path: impl AsRef<Path>, token: Option<&str>) -> Result<Vec<String>> {
+        let file = EmbeddingFile::open(path.as_ref(), token)?;
+        let tokens = file.tokens();
+        let second = match (&self.text_2, &file.vectors_2) {
+            (Some(_), None) => {
+                return Err(PipelineError::model(
+                    path.as_ref(),
+                    "SDXL needs vectors for both text encoders ('clip_l' and 'clip_g'); this file has one set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(PipelineError::model(
+                    path.as_ref(),
+                    "an SDXL embedding ('clip_l' + 'clip_g'); this model has one text encoder",
+                ))
+            }
+            (_, second) => second.as_ref(),
+        };
+        // Check every part fits before anything changes.
+        for (tokenizer, _) in std::iter::once(&self.text).chain(&self.text_2) {
+            if let Some(taken) = tokens.iter().find(|t| tokenizer.contains(t)) {
+                return Err(PipelineError::model(
+                    path.as_ref(),
+                    format!("the token '{taken}' is already in the tokenizer; pass another token"),
+                ));
+            }
+        }
+        let width = |encoder: &sd_clip::ClipTextModel| encoder.config().hidden_size;
+        let fits = |encoder: &sd_clip::ClipTextModel, v: &tch::Tensor| v.size()[1] == width(encoder);
+        if !fits(&self.text.1, &file.vectors) || second.is_some_and(|v| self.text_2.as_ref().is_some_and(|(_, e)| !fits(e, v))) {
+            return Err(PipelineError::model(
+                path.as_ref(),
+                format!(
+                    "vectors of width {:?} do not fit the text encoder(s) of this model (width {}{})",
+                    file.vectors.size()[1],
+                    width(&self.text.1),
+                    self.text_2
+                        .as_ref()
+                        .map_or(String::new(), |(_, e)| format!(" and {}", width(e))),
+                ),
+            ));
+        }
+        for (tower, vectors) in std::iter::once((&mut self.text, &file.vectors))
+            .chain(self.text_2.as_mut().zip(second))
+        {
+            if tower.0.len() as i64 != tower.1.token_count() {
+                return Err(PipelineError::model(
+                    path.as_ref(),
+                    format!(
+                        "the tokenizer has {} tokens but its text encoder embeds {}",
+                        tower.0.len(),
+                        tower.1.token_count()
+                    ),
+                ));
+            }
+            let first = tower.0.add_embedding_tokens(&tokens)?;
+            tower.1.get_mut().add_token_embeddings(first, vectors)?;
+        }
+        Ok(tokens)
+    }
+}
