@@ -13,6 +13,8 @@ It writes, under reference/:
   fixtures/outputs/*.safetensors  reference outputs: tokenizer ids, text-encoder hidden states,
                                   UNet outputs, VAE encode/decode, scheduler traces, txt2img
                                   latents, shared layers; with a .json beside some for metadata
+  fixtures/lora/                  random LoRA / LyCORIS / textual-inversion files in each
+                                  format, with outputs/lora.* from diffusers (harness_lora.py)
   manifests/{sd15,sd21,sdxl}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
@@ -44,6 +46,7 @@ import torch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
@@ -106,7 +109,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "schedulers", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -127,6 +130,8 @@ def main() -> None:
             harness_single_file.write_single_files(FIXTURES)
         if "outputs" in only:
             harness_outputs.write_outputs(FIXTURES, outputs, Path(tmp))
+        if "lora" in only:
+            harness_lora.write_lora(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
         if "manifests" in only:

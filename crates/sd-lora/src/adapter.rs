@@ -130,7 +130,7 @@ impl Adapter {
                 }
                 Ok(())
             }
-            Adapter::Diff(diff) if diff.numel() as i64 == numel && diff.size()[0] == out => Ok(()),
+            Adapter::Diff(diff) if diff.numel() as i64 == numel && diff.size().first() == Some(&out) => Ok(()),
             Adapter::Diff(diff) => misfit("diff", diff),
         }
     }
