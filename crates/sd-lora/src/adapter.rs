@@ -65,7 +65,9 @@ impl Adapter {
             Adapter::Lora { down, .. } => down.size().first().copied(),
             Adapter::LoHa { w1, .. } => w1.1.size().first().copied(),
             Adapter::LoKr { w1, w2, .. } => match (w1, w2) {
-                (Factor::Product(_, b), _) | (_, Factor::Product(_, b)) => b.size().first().copied(),
+                (Factor::Product(_, b), _) | (_, Factor::Product(_, b)) => {
+                    b.size().first().copied()
+                }
                 _ => None,
             },
             Adapter::Diff(_) => None,
@@ -114,7 +116,10 @@ impl Adapter {
                 }
             }
             Adapter::LoHa { w1, w2, t1, t2 } => {
-                for (pair, core, names) in [(w1, t1, ("hada_w1_a", "hada_w1_b")), (w2, t2, ("hada_w2_a", "hada_w2_b"))] {
+                for (pair, core, names) in [
+                    (w1, t1, ("hada_w1_a", "hada_w1_b")),
+                    (w2, t2, ("hada_w2_a", "hada_w2_b")),
+                ] {
                     check_product(pair, core.as_ref(), names, out, fan_in, kernel)?;
                 }
                 Ok(())
@@ -130,30 +135,67 @@ impl Adapter {
                 }
                 Ok(())
             }
-            Adapter::Diff(diff) if diff.numel() as i64 == numel && diff.size().first() == Some(&out) => Ok(()),
+            Adapter::Diff(diff)
+                if diff.numel() as i64 == numel && diff.size().first() == Some(&out) =>
+            {
+                Ok(())
+            }
             Adapter::Diff(diff) => misfit("diff", diff),
         }
     }
 
     /// The update for a weight of shape `target` on `device`, times
     /// `scale`, in f32. Call [`Adapter::check`] first.
-    pub fn delta(&self, target: &[i64], scale: f64, device: Device) -> Result<Tensor, tch::TchError> {
+    pub fn delta(
+        &self,
+        target: &[i64],
+        scale: f64,
+        device: Device,
+    ) -> Result<Tensor, tch::TchError> {
         let f = |t: &Tensor| t.f_to_device(device)?.f_to_kind(Kind::Float);
         let kernel = &target[2.min(target.len())..];
         let update = match self {
-            Adapter::Lora { down, up, mid: None } if kernel.iter().any(|&k| k != 1) && down.dim() == 4 => {
+            Adapter::Lora {
+                down,
+                up,
+                mid: None,
+            } if kernel.iter().any(|&k| k != 1) && down.dim() == 4 => {
                 // PEFT's conv merge: the down kernels convolved with the 1x1 up
                 let (down, up) = (f(down)?, f(up)?);
-                let merged = down.f_transpose(0, 1)?.f_conv2d(&up, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
-                return merged.f_transpose(0, 1)?.f_mul_scalar(scale)?.f_reshape(target);
+                let merged = down.f_transpose(0, 1)?.f_conv2d(
+                    &up,
+                    None::<Tensor>,
+                    [1, 1],
+                    [0, 0],
+                    [1, 1],
+                    1,
+                )?;
+                return merged
+                    .f_transpose(0, 1)?
+                    .f_mul_scalar(scale)?
+                    .f_reshape(target);
             }
-            Adapter::Lora { down, up, mid: None } => {
-                let product = f(up)?.f_flatten(1, -1)?.f_matmul(&f(down)?.f_flatten(1, -1)?)?;
+            Adapter::Lora {
+                down,
+                up,
+                mid: None,
+            } => {
+                let product = f(up)?
+                    .f_flatten(1, -1)?
+                    .f_matmul(&f(down)?.f_flatten(1, -1)?)?;
                 return product.f_mul_scalar(scale)?.f_reshape(target);
             }
-            Adapter::Lora { down, up, mid: Some(mid) } => Tensor::f_einsum(
+            Adapter::Lora {
+                down,
+                up,
+                mid: Some(mid),
+            } => Tensor::f_einsum(
                 "nmkl,in,mj->ijkl",
-                &[f(mid)?, f(up)?.f_flatten(1, -1)?, f(down)?.f_flatten(1, -1)?],
+                &[
+                    f(mid)?,
+                    f(up)?.f_flatten(1, -1)?,
+                    f(down)?.f_flatten(1, -1)?,
+                ],
                 None::<&[i64]>,
             )?,
             Adapter::LoHa { w1, w2, t1, t2 } => {
@@ -242,7 +284,11 @@ type ToF32<'a> = dyn Fn(&Tensor) -> Result<Tensor, tch::TchError> + 'a;
 /// LyCORIS' Tucker rebuild: core (r1, r2, k, l), a (r1, out), b (r2, in)
 /// -> (out, in, k, l).
 fn tucker(core: &Tensor, a: &Tensor, b: &Tensor, f: &ToF32<'_>) -> Result<Tensor, tch::TchError> {
-    Tensor::f_einsum("ijkl,jr,ip->prkl", &[f(core)?, f(b)?, f(a)?], None::<&[i64]>)
+    Tensor::f_einsum(
+        "ijkl,jr,ip->prkl",
+        &[f(core)?, f(b)?, f(a)?],
+        None::<&[i64]>,
+    )
 }
 
 /// LoHa's half: `a @ b`, or its Tucker form.

@@ -40,7 +40,12 @@ impl EmbeddingFile {
         let path = path.as_ref();
         refuse_pickle(path)?;
         let file = MappedFile::open(path)?;
-        let names: Vec<String> = file.tensors()?.names().into_iter().map(String::from).collect();
+        let names: Vec<String> = file
+            .tensors()?
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
         let stem = || {
             path.file_stem()
                 .and_then(|s| s.to_str())
@@ -113,13 +118,23 @@ fn check_token(path: &Path, token: &str) -> Result<()> {
 /// Vectors as (n, dim) floats: a (dim,) vector is one row.
 fn as_rows(path: &Path, what: &str, t: Tensor) -> Result<Tensor> {
     let bad = |message: String| LoraError::invalid(format!("{}: {what}", path.display()), message);
-    if !matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
-        return Err(bad(format!("{:?} values; expected floating point", t.kind())));
+    if !matches!(
+        t.kind(),
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    ) {
+        return Err(bad(format!(
+            "{:?} values; expected floating point",
+            t.kind()
+        )));
     }
     let rows = match t.size().as_slice() {
         [d] if *d > 0 => t.reshape([1, *d]),
         [n, d] if *n > 0 && *d > 0 => t,
-        shape => return Err(bad(format!("shape {shape:?}; expected (dim) or (vectors, dim)"))),
+        shape => {
+            return Err(bad(format!(
+                "shape {shape:?}; expected (dim) or (vectors, dim)"
+            )))
+        }
     };
     if rows.size()[0] > MAX_VECTORS {
         return Err(bad(format!(

@@ -9,7 +9,8 @@ use crate::keys::Component;
 pub fn guess(lora: &LoraFile) -> String {
     let width = lora.modules.iter().find_map(|m| {
         let name = m.name.as_str();
-        let key_or_value = name.contains("attn2") && (name.ends_with("to_k") || name.ends_with("to_v"));
+        let key_or_value =
+            name.contains("attn2") && (name.ends_with("to_k") || name.ends_with("to_v"));
         match &m.adapter {
             Adapter::Lora { down, .. } if key_or_value && down.dim() == 2 => Some(down.size()[1]),
             _ => None,

@@ -46,8 +46,7 @@ impl LoraFile {
         let file = MappedFile::open(path)?;
         let metadata = file.metadata()?;
         let peft = PeftAlphas::from_metadata(path, &metadata)?;
-        let mut groups: BTreeMap<(Component, ModuleName), BTreeMap<Part, Tensor>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(Component, ModuleName), BTreeMap<Part, Tensor>> = BTreeMap::new();
         let mut unknown = Vec::new();
         for name in file.tensors()?.names() {
             match parse(name) {
@@ -58,7 +57,10 @@ impl LoraFile {
                         .or_default()
                         .insert(key.part, tensor);
                 }
-                None => unknown.push((name.to_string(), "not a key of any known adapter format".into())),
+                None => unknown.push((
+                    name.to_string(),
+                    "not a key of any known adapter format".into(),
+                )),
             }
         }
         let mut modules = Vec::new();
@@ -123,11 +125,12 @@ impl Adapter {
                 t2: take(Part::HadaT2),
             });
         }
-        let factor = |whole: Option<Tensor>, a: Option<Tensor>, b: Option<Tensor>| match (whole, a, b) {
-            (Some(w), None, None) => Some(Factor::Whole(w)),
-            (None, Some(a), Some(b)) => Some(Factor::Product(a, b)),
-            _ => None,
-        };
+        let factor =
+            |whole: Option<Tensor>, a: Option<Tensor>, b: Option<Tensor>| match (whole, a, b) {
+                (Some(w), None, None) => Some(Factor::Whole(w)),
+                (None, Some(a), Some(b)) => Some(Factor::Product(a, b)),
+                _ => None,
+            };
         let w1 = factor(take(Part::LokrW1), take(Part::LokrW1A), take(Part::LokrW1B));
         let w2 = factor(take(Part::LokrW2), take(Part::LokrW2A), take(Part::LokrW2B));
         if let (Some(w1), Some(w2)) = (w1, w2) {
@@ -146,13 +149,32 @@ fn scalar(path: &Path, label: &str, tensor: &Tensor) -> Result<f64> {
     let bad = || {
         LoraError::invalid(
             path.display().to_string(),
-            format!("'{label}.alpha' must be one finite number, got {:?}", tensor.size()),
+            format!(
+                "'{label}.alpha' must be one finite number, got {:?}",
+                tensor.size()
+            ),
         )
     };
-    if tensor.numel() != 1 || !matches!(tensor.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double | Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8) {
+    if tensor.numel() != 1
+        || !matches!(
+            tensor.kind(),
+            Kind::Float
+                | Kind::Half
+                | Kind::BFloat16
+                | Kind::Double
+                | Kind::Int64
+                | Kind::Int
+                | Kind::Int16
+                | Kind::Int8
+                | Kind::Uint8
+        )
+    {
         return Err(bad());
     }
-    let value = tensor.f_to_kind(Kind::Double)?.f_reshape([1i64])?.f_double_value(&[0])?;
+    let value = tensor
+        .f_to_kind(Kind::Double)?
+        .f_reshape([1i64])?
+        .f_double_value(&[0])?;
     if value.is_finite() {
         Ok(value)
     } else {
@@ -197,11 +219,16 @@ impl PeftAlphas {
     /// `lora_alpha` is the default. (A `rank_pattern` needs nothing here:
     /// the rank is read off the factors.)
     fn alpha_for(&self, component: Component, module: &str) -> Option<f64> {
-        let field = |name: &str| self.per_component.get(&format!("{}.{name}", component.name()));
+        let field = |name: &str| {
+            self.per_component
+                .get(&format!("{}.{name}", component.name()))
+        };
         if let Some(patterns) = field("alpha_pattern").and_then(|p| p.as_object()) {
             let hit = patterns
                 .iter()
-                .filter(|(pattern, _)| module == pattern.as_str() || module.ends_with(&format!(".{pattern}")))
+                .filter(|(pattern, _)| {
+                    module == pattern.as_str() || module.ends_with(&format!(".{pattern}"))
+                })
                 .max_by_key(|(pattern, _)| pattern.len());
             if let Some((_, alpha)) = hit {
                 return alpha.as_f64();
@@ -217,7 +244,10 @@ pub(crate) fn refuse_pickle(path: &Path) -> Result<()> {
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    if matches!(extension.as_deref(), Some("pt" | "pth" | "ckpt" | "bin" | "pkl")) {
+    if matches!(
+        extension.as_deref(),
+        Some("pt" | "pth" | "ckpt" | "bin" | "pkl")
+    ) {
         return Err(LoraError::invalid(
             path.display().to_string(),
             "a Python pickle, which can run code when loaded; convert it to .safetensors \

@@ -254,7 +254,9 @@ mod tests {
             dotted(Component::Unet, q, Part::Down)
         );
         assert_eq!(
-            parse("mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight"),
+            parse(
+                "mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight"
+            ),
             dotted(
                 Component::Unet,
                 "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0",

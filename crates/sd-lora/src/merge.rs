@@ -117,7 +117,12 @@ impl Merged {
     /// Adds `lora` at `scale` to the targets' weights. Every module is
     /// resolved and shape-checked before any weight changes, so a file
     /// that does not fit leaves the model as it was.
-    pub fn apply(&mut self, lora: &LoraFile, scale: f64, targets: &Targets<'_>) -> Result<ApplyReport> {
+    pub fn apply(
+        &mut self,
+        lora: &LoraFile,
+        scale: f64,
+        targets: &Targets<'_>,
+    ) -> Result<ApplyReport> {
         if !scale.is_finite() {
             return Err(LoraError::invalid(
                 format!("{}: scale", lora.path.display()),
@@ -143,7 +148,9 @@ impl Merged {
             };
             let variables = store.variables();
             let Some(variable) = variables.get(weight) else {
-                report.skipped.push((label, "no such module in this model".into()));
+                report
+                    .skipped
+                    .push((label, "no such module in this model".into()));
                 continue;
             };
             let shape = variable.size();
@@ -166,7 +173,9 @@ impl Merged {
                 .entry((module.component, weight))
                 .or_insert_with(|| variable.detach().copy());
             let scale = module.adapter.alpha_scale(module.alpha) * scale;
-            let delta = module.adapter.delta(&variable.size(), scale, variable.device())?;
+            let delta = module
+                .adapter
+                .delta(&variable.size(), scale, variable.device())?;
             let _ = variable.f_add_(&delta.f_to_kind(variable.kind())?)?;
             *report.applied.entry(module.component).or_default() += 1;
         }

@@ -46,7 +46,10 @@ impl StableDiffusion {
             .filter_map(|name| {
                 let module = name.strip_suffix(".weight")?;
                 let alias = ldm.to_ldm(name)?;
-                Some((alias.strip_suffix(".weight")?.to_string(), module.to_string()))
+                Some((
+                    alias.strip_suffix(".weight")?.to_string(),
+                    module.to_string(),
+                ))
             })
             .collect();
         let mut targets = vec![
@@ -104,7 +107,9 @@ impl StableDiffusion {
         let mut all = self.loras.clone();
         all.push(spec);
         let mut reports = self.set_loras(&all)?;
-        reports.pop().ok_or_else(|| PipelineError::request("lora", "nothing merged"))
+        reports
+            .pop()
+            .ok_or_else(|| PipelineError::request("lora", "nothing merged"))
     }
 
     /// Takes every LoRA out: the weights are the base model's again, bit
@@ -130,7 +135,11 @@ impl StableDiffusion {
     /// own (its key, or its file stem). Returns the tokens added (`t`,
     /// `t_1`, ...); prompts use `t`. SDXL needs a file with vectors for
     /// both text encoders (`clip_l`, `clip_g`).
-    pub fn load_embedding(&mut self, path: impl AsRef<Path>, token: Option<&str>) -> Result<Vec<String>> {
+    pub fn load_embedding(
+        &mut self,
+        path: impl AsRef<Path>,
+        token: Option<&str>,
+    ) -> Result<Vec<String>> {
         let file = EmbeddingFile::open(path.as_ref(), token)?;
         let tokens = file.tokens();
         let second = match (&self.text_2, &file.vectors_2) {
@@ -158,8 +167,11 @@ impl StableDiffusion {
             }
         }
         let width = |encoder: &sd_clip::ClipTextModel| encoder.config().hidden_size;
-        let fits = |encoder: &sd_clip::ClipTextModel, v: &tch::Tensor| v.size()[1] == width(encoder);
-        if !fits(&self.text.1, &file.vectors) || second.is_some_and(|v| self.text_2.as_ref().is_some_and(|(_, e)| !fits(e, v))) {
+        let fits =
+            |encoder: &sd_clip::ClipTextModel, v: &tch::Tensor| v.size()[1] == width(encoder);
+        if !fits(&self.text.1, &file.vectors)
+            || second.is_some_and(|v| self.text_2.as_ref().is_some_and(|(_, e)| !fits(e, v)))
+        {
             return Err(PipelineError::model(
                 path.as_ref(),
                 format!(
@@ -172,8 +184,8 @@ impl StableDiffusion {
                 ),
             ));
         }
-        for (tower, vectors) in std::iter::once((&mut self.text, &file.vectors))
-            .chain(self.text_2.as_mut().zip(second))
+        for (tower, vectors) in
+            std::iter::once((&mut self.text, &file.vectors)).chain(self.text_2.as_mut().zip(second))
         {
             if tower.0.len() as i64 != tower.1.token_count() {
                 return Err(PipelineError::model(

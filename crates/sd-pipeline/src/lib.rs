@@ -39,7 +39,6 @@ mod pipeline;
 pub mod single_file;
 
 pub use adapters::LoraSpec;
-pub use sd_lora::ApplyReport;
 pub use components::{Components, Devices, TextTower};
 pub use error::{PipelineError, Result};
 pub use generate::{
@@ -50,4 +49,5 @@ pub use model::{ModelFamily, ModelIndex};
 pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
+pub use sd_lora::ApplyReport;
 pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};

@@ -181,7 +181,8 @@ impl StableDiffusionBuilder {
     /// Load a textual-inversion embedding once loaded (repeatable);
     /// `token` replaces the file's own.
     pub fn embedding(mut self, path: impl Into<PathBuf>, token: Option<&str>) -> Self {
-        self.embeddings.push((path.into(), token.map(str::to_string)));
+        self.embeddings
+            .push((path.into(), token.map(str::to_string)));
         self
     }
 

@@ -32,7 +32,12 @@ fn loras(run: &Value) -> Vec<LoraSpec> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| LoraSpec::new(fixtures().join(l[0].as_str().unwrap()), l[1].as_f64().unwrap()))
+        .map(|l| {
+            LoraSpec::new(
+                fixtures().join(l[0].as_str().unwrap()),
+                l[1].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -64,7 +69,9 @@ fn loras_and_embeddings_match_diffusers() {
         // Embeddings stay once loaded: those runs get a pipeline of their own.
         let mut own;
         let pipeline = if embeddings.is_empty() {
-            shared.entry(model.to_string()).or_insert_with(|| load(model))
+            shared
+                .entry(model.to_string())
+                .or_insert_with(|| load(model))
         } else {
             own = load(model);
             for e in embeddings {
@@ -78,7 +85,11 @@ fn loras_and_embeddings_match_diffusers() {
         let reports = pipeline.set_loras(&loras(&run)).unwrap();
         for report in &reports {
             assert!(report.applied_total() > 0, "{key}: nothing merged");
-            assert!(report.skipped.is_empty(), "{key}: skipped {:?}", report.skipped);
+            assert!(
+                report.skipped.is_empty(),
+                "{key}: skipped {:?}",
+                report.skipped
+            );
         }
         let out = pipeline.generate(&request(&run)).unwrap();
         let expected = take(&reference, key).unwrap();

@@ -271,7 +271,9 @@ impl ClipTokenizer {
     /// `t` then stands for all of them. Fails, adding nothing, when one is
     /// already known.
     pub fn add_embedding_tokens(&mut self, tokens: &[String]) -> Result<i64> {
-        let first = tokens.first().ok_or_else(|| ClipError::invalid("token", "no tokens given"))?;
+        let first = tokens
+            .first()
+            .ok_or_else(|| ClipError::invalid("token", "no tokens given"))?;
         for token in tokens {
             if self.tokenizer.token_to_id(token).is_some() {
                 return Err(ClipError::invalid(
@@ -282,7 +284,8 @@ impl ClipTokenizer {
         }
         let next = self.len() as i64;
         for (i, token) in tokens.iter().enumerate() {
-            self.tokenizer.add_tokens(&[AddedToken::from(token.clone(), false)]);
+            self.tokenizer
+                .add_tokens(&[AddedToken::from(token.clone(), false)]);
             let got = self.tokenizer.token_to_id(token).map(i64::from);
             if got != Some(next + i as i64) {
                 return Err(ClipError::invalid(
@@ -304,10 +307,13 @@ impl ClipTokenizer {
         if self.expansions.is_empty() {
             return Ok(prompt.into());
         }
-        let encoding = self.tokenizer.encode(prompt, false).map_err(|e| ClipError::Encode {
-            prompt: prompt.chars().take(60).collect(),
-            message: e.to_string(),
-        })?;
+        let encoding = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| ClipError::Encode {
+                prompt: prompt.chars().take(60).collect(),
+                message: e.to_string(),
+            })?;
         let mut expanded = prompt.to_string();
         let mut seen = std::collections::HashSet::new();
         for token in encoding.get_tokens() {
