@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sd_pipeline::{
-    PipelineError, PromptOptions, Request, SamplerKind, Seed, StableDiffusion, Task,
+    ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, SamplerKind, Seed,
+    StableDiffusion, Task,
 };
 
 use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
@@ -87,6 +88,22 @@ pub struct Common {
     /// Also write the final latents (before VAE decode) as tensor "latents", f32.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
+    /// Merge a LoRA .safetensors (kohya/A1111, diffusers/PEFT, LyCORIS
+    /// LoCon, LoHa, LoKr) at SCALE (default 1.0). Repeatable; merged in order.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
+    /// Where <lora:NAME:SCALE> tags in --prompt find NAME.safetensors (the
+    /// folder and its subfolders); the tags are taken out of the prompt.
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// A textual-inversion embedding .safetensors (diffusers, A1111, or
+    /// SDXL clip_l/clip_g), with the TOKEN prompts use (default: the file's
+    /// own token, or its file name). Repeatable.
+    #[arg(long = "embedding", value_name = "FILE[:TOKEN]")]
+    pub embeddings: Vec<String>,
+    /// Print what each LoRA merged and every key it skipped.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,8 +157,10 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let format = ImageFormat::from_path(&common.out)?;
     let device = sd_core::device::parse_device(&common.device)?;
     let kind = sd_core::device::parse_dtype(&common.dtype)?;
+    let (prompt, loras) = lora_options(common)?;
+    let embeddings = embedding_options(&common.embeddings)?;
     let model = model_dir(common.model.as_deref())?;
-    let mut request = Request::new(&common.prompt);
+    let mut request = Request::new(&prompt);
     request.negative_prompt = common.negative_prompt.clone();
     request.steps = common.steps;
     request.guidance_scale = common.guidance;
@@ -211,7 +230,16 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     if let Some(kind) = sampler {
         builder = builder.scheduler(kind);
     }
-    let pipeline = builder.build()?;
+    let mut pipeline = builder.build()?;
+    for (path, token) in &embeddings {
+        let tokens = pipeline.load_embedding(path, token.as_deref())?;
+        if common.verbose {
+            eprintln!("embedding {}: tokens {}", path.display(), tokens.join(" "));
+        }
+    }
+    for report in pipeline.set_loras(&loras)? {
+        print_lora_report(&report, common.verbose);
+    }
 
     // 3. generate, with a progress bar on a terminal
     let bar = ProgressBar::new(common.steps as u64);
@@ -262,6 +290,89 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// --lora FILE[:SCALE] and the prompt's <lora:NAME:SCALE> tags (resolved
+/// in --lora-dir): the prompt without its tags, and every LoRA in order.
+fn lora_options(common: &Common) -> Result<(String, Vec<LoraSpec>)> {
+    let mut specs = Vec::new();
+    for option in &common.loras {
+        let (path, scale) = match option.rsplit_once(':') {
+            Some((path, scale)) if !Path::new(option).is_file() => {
+                let scale: f64 = scale
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite())
+                    .with_context(|| format!("--lora {option}: scale '{scale}' is not a number"))?;
+                (PathBuf::from(path), scale)
+            }
+            _ => (PathBuf::from(option), 1.0),
+        };
+        if !path.is_file() {
+            bail!("--lora {option}: no such file {}", path.display());
+        }
+        specs.push(LoraSpec::new(path, scale));
+    }
+    let (prompt, tags) = sd_lora::tags::take_tags(&common.prompt).context("--prompt")?;
+    if !tags.is_empty() {
+        let Some(dir) = &common.lora_dir else {
+            bail!("--prompt has <lora:...> tags: give --lora-dir, the folder of those files");
+        };
+        for tag in tags {
+            specs.push(LoraSpec::new(
+                sd_lora::tags::find_in(dir, &tag.name).context("--lora-dir")?,
+                tag.scale,
+            ));
+        }
+    }
+    Ok((prompt, specs))
+}
+
+/// --embedding FILE[:TOKEN].
+fn embedding_options(options: &[String]) -> Result<Vec<(PathBuf, Option<String>)>> {
+    options
+        .iter()
+        .map(|option| {
+            let (path, token) = match option.rsplit_once(':') {
+                Some((path, token)) if !Path::new(option).is_file() => {
+                    (PathBuf::from(path), Some(token.to_string()))
+                }
+                _ => (PathBuf::from(option), None),
+            };
+            if !path.is_file() {
+                bail!("--embedding {option}: no such file {}", path.display());
+            }
+            Ok((path, token))
+        })
+        .collect()
+}
+
+/// Always a line when keys were skipped (never silently); the list with --verbose.
+fn print_lora_report(report: &ApplyReport, verbose: bool) {
+    let merged: Vec<String> = report
+        .applied
+        .iter()
+        .map(|(component, n)| format!("{n} {}", component.name()))
+        .collect();
+    if verbose || !report.skipped.is_empty() {
+        eprintln!(
+            "lora {}: merged {} modules ({}), skipped {}{}",
+            report.path.display(),
+            report.applied_total(),
+            merged.join(", "),
+            report.skipped.len(),
+            if verbose || report.skipped.is_empty() {
+                ""
+            } else {
+                " (--verbose lists them)"
+            }
+        );
+    }
+    if verbose {
+        for (key, why) in &report.skipped {
+            eprintln!("  skipped {key}: {why}");
+        }
+    }
 }
 
 fn model_dir(model: Option<&Path>) -> Result<PathBuf> {

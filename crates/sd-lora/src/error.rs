@@ -33,7 +33,10 @@ pub enum LoraError {
     },
 
     /// A module's adapter does not fit the weight it names.
-    #[error("{path}: '{key}' gives a {got:?} update for a {expected:?} weight")]
+    #[error(
+        "{path}: '{key}' is {got:?}, which does not fit the model's {expected:?} weight; \
+         the file looks made for {family}"
+    )]
     Shape {
         /// The adapter file.
         path: PathBuf,
@@ -41,8 +44,10 @@ pub enum LoraError {
         key: String,
         /// The model weight's shape.
         expected: Vec<i64>,
-        /// What the adapter's factors give (or the factor that does not fit).
+        /// The shape of the factor that does not fit.
         got: Vec<i64>,
+        /// The model family the file seems made for.
+        family: String,
     },
 
     /// An error from sd-core (files, weights, devices).

@@ -27,6 +27,7 @@ mod family;
 pub mod file;
 pub mod keys;
 pub mod merge;
+pub mod tags;
 
 pub use adapter::Adapter;
 pub use embedding::EmbeddingFile;

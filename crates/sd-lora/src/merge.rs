@@ -160,6 +160,7 @@ impl Merged {
                     key: format!("{}.{part}", module.name.as_str()),
                     expected: shape,
                     got,
+                    family: crate::family::guess(lora),
                 });
             }
             plan.push((module, variable.shallow_clone(), weight.to_string()));

@@ -62,6 +62,7 @@ fn loras_and_embeddings_match_diffusers() {
     let reference = read_tensors(fixtures().join("outputs/lora.safetensors")).unwrap();
     tch::set_num_threads(1);
     let mut shared: HashMap<String, StableDiffusion> = HashMap::new();
+    let mut base_outputs: HashMap<String, tch::Tensor> = HashMap::new();
     for run in runs() {
         let key = run["key"].as_str().unwrap();
         let model = run["model"].as_str().unwrap();
@@ -92,6 +93,9 @@ fn loras_and_embeddings_match_diffusers() {
             );
         }
         let out = pipeline.generate(&request(&run)).unwrap();
+        if key.ends_with(".base") {
+            base_outputs.insert(model.to_string(), out.latents.copy());
+        }
         let expected = take(&reference, key).unwrap();
         let mut counter = pipeline.new_scheduler().unwrap();
         counter.set_timesteps(4).unwrap();
@@ -114,5 +118,23 @@ fn loras_and_embeddings_match_diffusers() {
                 "{key}: pixels differ from diffusers' image"
             );
         }
+    }
+    // After every swap, unloading gives the base model back bit for bit.
+    for (model, pipeline) in &mut shared {
+        assert!(
+            pipeline.lora_undo_bytes() > 0,
+            "{model}: the last case merged nothing"
+        );
+        pipeline.unload_loras().unwrap();
+        assert_eq!(pipeline.lora_undo_bytes(), 0);
+        let base = runs()
+            .into_iter()
+            .find(|r| r["model"] == model.as_str() && r["key"].as_str().unwrap().ends_with(".base"))
+            .unwrap();
+        let again = pipeline.generate(&request(&base)).unwrap().latents;
+        assert!(
+            again.equal(&base_outputs[model]),
+            "{model}: unloading left a trace"
+        );
     }
 }
