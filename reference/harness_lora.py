@@ -22,7 +22,9 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (EulerAncestralDiscreteScheduler, LCMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline)
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from harness_outputs import run_keeping_latents
@@ -136,7 +138,18 @@ def peft_lora(pipe, folder: Path, name: str, seed: int, text: bool) -> Path:
         kwargs.update(text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
                       text_encoder_lora_adapter_metadata=te_config.to_dict())
     type(pipe).save_lora_weights(folder, weight_name=f"{name}.safetensors", **kwargs)
-    return folder / f"{name}.safetensors"
+    # peft keeps target_modules as a set: sort it, or each run writes
+    # another order (string hashing is randomised per process).
+    path = folder / f"{name}.safetensors"
+    with safe_open(path, "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    adapter = json.loads(metadata["lora_adapter_metadata"])
+    for key, value in adapter.items():
+        if key.endswith(".target_modules") and isinstance(value, list):
+            adapter[key] = sorted(value)
+    metadata["lora_adapter_metadata"] = json.dumps(adapter, indent=2, sort_keys=True)
+    save_file(tensors, path, metadata=metadata)
+    return path
 
 
 def lycoris(pipe, seed: int, kind: str) -> tuple[dict, dict]:
@@ -241,6 +254,19 @@ def write_lora(fixtures: Path, outputs: Path) -> None:
         ("sdxl.peft", "tiny-sdxl", [("sdxl-peft", 1.0)], [], PROMPT),
         ("sdxl.ti", "tiny-sdxl", [], [("xl-style", "<xl>")], "a <xl> circle"),
     ]
+    # Few-step settings: LCM-LoRA (a LoRA + the LCM sampler, guidance 1, 4
+    # steps) and SD-Turbo / SDXL-Turbo (Euler ancestral, trailing spacing,
+    # guidance 0, 1 step). Our sampler names, with diffusers' classes.
+    few_step = {
+        "sd1.lcm-lora": ("lcm", LCMScheduler, {}, 1.0, 4),
+        "sd1.turbo": ("euler-a", EulerAncestralDiscreteScheduler, {"timestep_spacing": "trailing"}, 0.0, 1),
+        "sdxl.turbo": ("euler-a", EulerAncestralDiscreteScheduler, {"timestep_spacing": "trailing"}, 0.0, 1),
+    }
+    cases += [
+        ("sd1.lcm-lora", "tiny-sd1", [("sd1-peft", 1.0)], [], PROMPT),
+        ("sd1.turbo", "tiny-sd1", [], [], PROMPT),
+        ("sdxl.turbo", "tiny-sdxl", [], [], PROMPT),
+    ]
     tensors, runs, base = {}, [], {}
     for key, model, loras, embeddings, prompt in cases:
         pipe = pipeline(fixtures, model)
@@ -263,18 +289,22 @@ def write_lora(fixtures: Path, outputs: Path) -> None:
                                             tokenizer=pipe.tokenizer_2)
             else:
                 pipe.load_textual_inversion(str(path), token=token or (None if stem == "learned_embeds" else stem))
-        guidance = 5.0 if model == "tiny-sdxl" else 7.5
-        latents, image = run_keeping_latents(pipe, prompt, num_inference_steps=4, guidance_scale=guidance,
+        guidance, steps, extra = 5.0 if model == "tiny-sdxl" else 7.5, 4, {}
+        if key in few_step:
+            sampler, cls, overrides, guidance, steps = few_step[key]
+            pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+            extra = dict(scheduler=sampler, **overrides)
+        latents, image = run_keeping_latents(pipe, prompt, num_inference_steps=steps, guidance_scale=guidance,
                                              height=64, width=64, generator=torch.Generator("cpu").manual_seed(0))
         family = key.split(".")[0]
         if key.endswith(".base"):
             base[family] = latents
-        else:
+        elif key not in few_step:
             change = (latents - base[family]).abs().max().item()
             assert change > 0.05, f"{key} barely changes the output ({change})"
         tensors[key], tensors[f"{key}.image"] = latents, image
         runs.append(dict(key=key, model=model, loras=[[f"lora/{s}.safetensors", sc] for s, sc in loras],
                          embeddings=[[f"lora/{s}.safetensors", t] for s, t in embeddings], prompt=prompt,
-                         seed=0, steps=4, guidance_scale=guidance, height=64, width=64))
+                         seed=0, steps=steps, guidance_scale=guidance, height=64, width=64, **extra))
     save_file(tensors, outputs / "lora.safetensors")
     (outputs / "lora.json").write_text(json.dumps(runs, indent=1) + "\n")

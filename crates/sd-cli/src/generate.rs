@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sd_pipeline::{
     ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, SamplerKind, Seed,
-    StableDiffusion, Task,
+    StableDiffusion, Task, TimestepSpacing,
 };
 
 use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
@@ -50,6 +50,10 @@ pub struct Common {
     /// dpm++2m-karras, dpm++2m-sde, unipc, lcm. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// leading, trailing or linspace: overrides the model's scheduler
+    /// config (SD-Turbo and SDXL-Turbo want trailing).
+    #[arg(long)]
+    pub timestep_spacing: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
     /// cpu, cuda or cuda:N.
@@ -133,6 +137,12 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         .as_deref()
         .map(str::parse::<SamplerKind>)
         .transpose()?;
+    let spacing = common
+        .timestep_spacing
+        .as_deref()
+        .map(str::parse::<TimestepSpacing>)
+        .transpose()
+        .context("--timestep-spacing")?;
     for (field, value) in [("--width", common.width), ("--height", common.height)] {
         if let Some(v) = value.filter(|v| v % 8 != 0 || *v == 0) {
             bail!("{field} {v} is not a positive multiple of 8");
@@ -229,6 +239,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     }
     if let Some(kind) = sampler {
         builder = builder.scheduler(kind);
+    }
+    if let Some(spacing) = spacing {
+        builder = builder.timestep_spacing(spacing);
     }
     let mut pipeline = builder.build()?;
     for (path, token) in &embeddings {

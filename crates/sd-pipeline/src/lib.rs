@@ -50,4 +50,4 @@ pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
 pub use sd_lora::ApplyReport;
-pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
+pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig, TimestepSpacing};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::cow::Cow;
 
 use sd_core::shared::Frozen;
-use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
+use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig, TimestepSpacing};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
@@ -29,6 +29,7 @@ pub struct StableDiffusionBuilder {
     variant: Option<String>,
     sampler: Option<SamplerKind>,
     scheduler_config: Option<SchedulerConfig>,
+    timestep_spacing: Option<TimestepSpacing>,
     vae_tiling: bool,
     vae_slicing: bool,
     low_memory: bool,
@@ -51,6 +52,7 @@ impl Default for StableDiffusionBuilder {
             variant: None,
             sampler: None,
             scheduler_config: None,
+            timestep_spacing: None,
             vae_tiling: false,
             vae_slicing: false,
             low_memory: false,
@@ -137,6 +139,13 @@ impl StableDiffusionBuilder {
     /// Replaces the folder's scheduler config.
     pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
         self.scheduler_config = Some(config);
+        self
+    }
+
+    /// Overrides the scheduler config's `timestep_spacing` (few-step
+    /// models such as SD-Turbo want `Trailing`).
+    pub fn timestep_spacing(mut self, spacing: TimestepSpacing) -> Self {
+        self.timestep_spacing = Some(spacing);
         self
     }
 
@@ -292,7 +301,10 @@ impl StableDiffusionBuilder {
         source: &Path,
         model_config: SchedulerConfig,
     ) -> Result<(SamplerKind, SchedulerConfig)> {
-        let config = self.scheduler_config.clone().unwrap_or(model_config);
+        let mut config = self.scheduler_config.clone().unwrap_or(model_config);
+        if let Some(spacing) = self.timestep_spacing {
+            config.timestep_spacing = Some(spacing);
+        }
         let sampler = match self.sampler {
             Some(sampler) => sampler,
             None => config

@@ -67,9 +67,18 @@ fn loras_and_embeddings_match_diffusers() {
         let key = run["key"].as_str().unwrap();
         let model = run["model"].as_str().unwrap();
         let embeddings = run["embeddings"].as_array().unwrap();
-        // Embeddings stay once loaded: those runs get a pipeline of their own.
+        // Embeddings stay once loaded, and the spacing is the pipeline's:
+        // those runs get a pipeline of their own.
+        let spacing = run["timestep_spacing"].as_str();
         let mut own;
-        let pipeline = if embeddings.is_empty() {
+        let pipeline = if let Some(spacing) = spacing {
+            own = StableDiffusion::builder()
+                .model_dir(fixtures().join(model))
+                .timestep_spacing(spacing.parse().unwrap())
+                .build()
+                .unwrap();
+            &mut own
+        } else if embeddings.is_empty() {
             shared
                 .entry(model.to_string())
                 .or_insert_with(|| load(model))
@@ -92,14 +101,25 @@ fn loras_and_embeddings_match_diffusers() {
                 report.skipped
             );
         }
-        let out = pipeline.generate(&request(&run)).unwrap();
+        let sampler = run["scheduler"].as_str().map(|s| s.parse().unwrap());
+        let new_scheduler = || match sampler {
+            Some(kind) => pipeline.new_scheduler_of(kind).unwrap(),
+            None => pipeline.new_scheduler().unwrap(),
+        };
+        let mut counter = new_scheduler();
+        counter
+            .set_timesteps(run["steps"].as_u64().unwrap() as usize)
+            .unwrap();
+        let evaluations = counter.timesteps().len();
+        let out = pipeline
+            .generate_with(&request(&run), new_scheduler(), &mut |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
         if key.ends_with(".base") {
             base_outputs.insert(model.to_string(), out.latents.copy());
         }
         let expected = take(&reference, key).unwrap();
-        let mut counter = pipeline.new_scheduler().unwrap();
-        counter.set_timesteps(4).unwrap();
-        let evaluations = counter.timesteps().len();
         let tolerance = chain_tolerance_for(Kind::Float, evaluations, &expected);
         assert_close(key, &out.latents, &expected, tolerance);
 

@@ -48,6 +48,23 @@ pub enum TimestepSpacing {
     Linspace,
 }
 
+impl std::str::FromStr for TimestepSpacing {
+    type Err = crate::error::SchedulerError;
+
+    /// `leading`, `trailing` or `linspace`, as in scheduler_config.json.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "leading" => Ok(TimestepSpacing::Leading),
+            "trailing" => Ok(TimestepSpacing::Trailing),
+            "linspace" => Ok(TimestepSpacing::Linspace),
+            other => Err(crate::error::SchedulerError::invalid(
+                "timestep_spacing",
+                format!("'{other}' is not leading, trailing or linspace"),
+            )),
+        }
+    }
+}
+
 /// The sigma after the last step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
