@@ -409,6 +409,16 @@ impl StableDiffusion {
         &self.unet
     }
 
+    /// The (first) text encoder.
+    pub fn text_encoder(&self) -> &sd_clip::ClipTextModel {
+        &self.text.1
+    }
+
+    /// SDXL's second text encoder.
+    pub fn text_encoder_2(&self) -> Option<&sd_clip::ClipTextModel> {
+        self.text_2.as_ref().map(|(_, e)| &**e)
+    }
+
     /// The VAE.
     pub fn vae(&self) -> &AutoencoderKL {
         &self.vae
