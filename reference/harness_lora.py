@@ -244,6 +244,8 @@ def write_lora(fixtures: Path, outputs: Path) -> None:
         ("sd1.locon-tucker", "tiny-sd1", [("sd1-locon-tucker", 1.0)], [], PROMPT),
         ("sd1.loha", "tiny-sd1", [("sd1-loha", 0.9)], [], PROMPT),
         ("sd1.lokr", "tiny-sd1", [("sd1-lokr", 1.0)], [], PROMPT),
+        # written by this project's trainer (scripts/train-fixture-lora.sh): diffusers must read it
+        ("sd1.trained", "tiny-sd1", [("../lora-trained/sd1-trained", 1.0)], [], "a red square"),
         ("sd1.ti-diffusers", "tiny-sd1", [], [("learned_embeds", None)], "a <red-thing> on a white background"),
         ("sd1.ti-a1111", "tiny-sd1", [], [("shiny-style", None)], "a red circle, shiny-style"),
         ("sd2.base", "tiny-sd2", [], [], PROMPT),
@@ -277,7 +279,8 @@ def write_lora(fixtures: Path, outputs: Path) -> None:
                 continue
             if i > 0:
                 pipe.unload_lora_weights()
-            pipe.load_lora_weights(folder, weight_name=f"{stem}.safetensors")
+            path = folder / f"{stem}.safetensors"
+            pipe.load_lora_weights(path.parent, weight_name=path.name)
             pipe.fuse_lora(lora_scale=scale)
         for stem, token in embeddings:
             path = folder / f"{stem}.safetensors"
@@ -303,7 +306,8 @@ def write_lora(fixtures: Path, outputs: Path) -> None:
             change = (latents - base[family]).abs().max().item()
             assert change > 0.05, f"{key} barely changes the output ({change})"
         tensors[key], tensors[f"{key}.image"] = latents, image
-        runs.append(dict(key=key, model=model, loras=[[f"lora/{s}.safetensors", sc] for s, sc in loras],
+        runs.append(dict(key=key, model=model,
+                         loras=[[str(Path("lora", f"{s}.safetensors")).replace("lora/../", ""), sc] for s, sc in loras],
                          embeddings=[[f"lora/{s}.safetensors", t] for s, t in embeddings], prompt=prompt,
                          seed=0, steps=steps, guidance_scale=guidance, height=64, width=64, **extra))
     save_file(tensors, outputs / "lora.safetensors")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_train::recipe::{fine_tune, train_shapes_model, ShapesRecipe};
+use sd_train::recipe::{fine_tune, train_lora, train_shapes_model, ShapesRecipe};
 use sd_train::{FolderDataset, ShapesDataset, TrainOptions};
 
 #[derive(Args, Debug)]
@@ -24,9 +24,16 @@ pub struct TrainArgs {
     /// Where the trained diffusers folder goes.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue a fine-tune from --out's UNet and step count.
+    /// Continue a fine-tune from --out's UNet and step count (with --lora:
+    /// from --out/lora.safetensors).
     #[arg(long)]
     pub resume: bool,
+    /// Train a LoRA of this rank on the UNet's attention projections instead
+    /// of the whole UNet (with --model and --data); writes
+    /// --out/lora.safetensors in kohya's format, which diffusers, A1111 and
+    /// `sd txt2img --lora` load.
+    #[arg(long, value_name = "RANK")]
+    pub lora: Option<i64>,
     /// UNet steps (fine-tuning, or the shapes model's UNet phase).
     #[arg(long, default_value_t = 6000)]
     pub steps: usize,
@@ -48,6 +55,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.shapes && args.lora.is_some() {
+        bail!("--lora trains on a model you give: use --model DIR with --data DIR, not --shapes");
+    }
     let device = sd_core::device::parse_device(&args.device)?;
     let options = TrainOptions {
         steps: args.steps,
@@ -98,6 +108,28 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 vae.last().unwrap_or(&0.0),
                 unet.first().unwrap_or(&0.0),
                 unet.last().unwrap_or(&0.0)
+            );
+        }
+        (Some(model), Some(data), false) if args.lora.is_some() => {
+            let rank = args.lora.unwrap_or_default();
+            let dataset = FolderDataset::open(data, args.resolution)?;
+            bar.set_length(args.steps as u64);
+            let losses = train_lora(
+                model,
+                &dataset,
+                &options,
+                rank,
+                &args.out,
+                args.resume,
+                &mut progress,
+            )?;
+            bar.finish_and_clear();
+            println!(
+                "trained a rank-{rank} LoRA into {} ({} steps, loss {:.4} -> {:.4})",
+                args.out.join(sd_train::recipe::LORA_FILE).display(),
+                losses.len(),
+                losses.first().unwrap_or(&0.0),
+                losses.last().unwrap_or(&0.0)
             );
         }
         (Some(model), Some(data), false) => {

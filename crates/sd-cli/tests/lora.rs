@@ -176,3 +176,69 @@ fn bad_lora_options_fail_with_one_line() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn train_lora_then_generate_with_it() {
+    let dir = scratch("train");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, rgb) in [[255u8, 0, 0], [0, 0, 255]].iter().enumerate() {
+        image::RgbImage::from_pixel(64, 64, image::Rgb(*rgb))
+            .save(data.join(format!("{i}.png")))
+            .unwrap();
+        std::fs::write(data.join(format!("{i}.txt")), "a plain square").unwrap();
+    }
+    let tiny = fixtures().join("tiny-sd1");
+    let out = dir.join("out");
+    let run = sd(&[
+        "train",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lora",
+        "2",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--resolution",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("rank-2 LoRA") && stdout.contains("3 steps"),
+        "{stdout}"
+    );
+    let lora = out.join("lora.safetensors");
+    let image = dir.join("with.png");
+    let run = txt2img(
+        "a plain square",
+        &["--lora", lora.to_str().unwrap(), "--verbose"],
+        &image,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("merged 48 modules (48 unet), skipped 0"),
+        "{stderr}"
+    );
+
+    let run = sd(&[
+        "train",
+        "--shapes",
+        "--lora",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--lora trains on a model you give"));
+}

@@ -11,6 +11,7 @@ pub mod analyzer;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod lora;
 pub mod model;
 pub mod recipe;
 pub mod shapes;

@@ -14,6 +14,7 @@ use tch::Kind;
 
 use crate::dataset::Dataset;
 use crate::error::{Result, TrainError};
+use crate::lora::{UNetLora, DEFAULT_TARGETS};
 use crate::model::{self, Checkpoint};
 use crate::trainer::{self, Ema, LossLog, TextSide, TrainOptions};
 
@@ -95,7 +96,7 @@ pub fn train_shapes_model(
         &schedule,
         data,
         &recipe.unet,
-        ema.as_mut(),
+        trainer::UNetTarget::Full(ema.as_mut()),
         &mut log,
         &mut |s, l| progress("unet", s, l),
     )?;
@@ -138,21 +139,16 @@ pub fn fine_tune(
     resume: bool,
     progress: &mut dyn FnMut(&str, usize, f64),
 ) -> Result<Vec<f64>> {
-    let device = options.device;
-    let read = |p: PathBuf| -> Result<Value> {
-        let text = std::fs::read_to_string(&p).map_err(|e| sd_core::CoreError::io(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))
-    };
     let unet_source = if resume { out } else { model_dir };
     let done = if resume { read_state(out)? } else { 0 };
-    let tokenizer = ClipTokenizer::from_folder(model_dir.join("tokenizer"))?;
-    let text_encoder =
-        ClipTextModel::from_folder(model_dir.join("text_encoder"), device, Kind::Float, None)?;
-    let vae = AutoencoderKL::from_folder(model_dir.join("vae"), device, Kind::Float, None)?;
-    let unet =
-        UNet2DConditionModel::from_folder(unet_source.join("unet"), device, Kind::Float, None)?;
-    let scheduler = read(model_dir.join("scheduler/scheduler_config.json"))?;
-    let schedule = schedule_of(&scheduler)?;
+    let Loaded {
+        tokenizer,
+        text_encoder,
+        vae,
+        unet,
+        scheduler,
+        schedule,
+    } = Loaded::read(model_dir, unet_source, options.device)?;
     let remaining = TrainOptions {
         steps: options.steps.saturating_sub(done).max(1),
         ..options.clone()
@@ -170,13 +166,13 @@ pub fn fine_tune(
         &schedule,
         data,
         &remaining,
-        ema.as_mut(),
+        trainer::UNetTarget::Full(ema.as_mut()),
         &mut log,
         &mut |s, l| progress("unet", done + s, l),
     )?;
-    let te_config = read(model_dir.join("text_encoder/config.json"))?;
-    let unet_config = read(model_dir.join("unet/config.json"))?;
-    let vae_config = read(model_dir.join("vae/config.json"))?;
+    let te_config = read_json(&model_dir.join("text_encoder/config.json"))?;
+    let unet_config = read_json(&model_dir.join("unet/config.json"))?;
+    let vae_config = read_json(&model_dir.join("vae/config.json"))?;
     model::save(
         out,
         &Checkpoint {
@@ -192,6 +188,97 @@ pub fn fine_tune(
         },
     )?;
     write_state(out, done + remaining.steps)?;
+    Ok(losses)
+}
+
+/// A diffusers folder's components in f32 for training (the UNet from
+/// `unet_source`, which differs when a fine-tune resumes).
+struct Loaded {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    scheduler: Value,
+    schedule: NoiseSchedule,
+}
+
+impl Loaded {
+    fn read(model_dir: &Path, unet_source: &Path, device: tch::Device) -> Result<Self> {
+        let scheduler = read_json(&model_dir.join("scheduler/scheduler_config.json"))?;
+        Ok(Loaded {
+            tokenizer: ClipTokenizer::from_folder(model_dir.join("tokenizer"))?,
+            text_encoder: ClipTextModel::from_folder(
+                model_dir.join("text_encoder"),
+                device,
+                Kind::Float,
+                None,
+            )?,
+            vae: AutoencoderKL::from_folder(model_dir.join("vae"), device, Kind::Float, None)?,
+            unet: UNet2DConditionModel::from_folder(
+                unet_source.join("unet"),
+                device,
+                Kind::Float,
+                None,
+            )?,
+            schedule: schedule_of(&scheduler)?,
+            scheduler,
+        })
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
+/// The LoRA file `sd train --lora` writes in its --out folder.
+pub const LORA_FILE: &str = "lora.safetensors";
+
+/// Trains a LoRA of `rank` (alpha = rank: scale 1) on the UNet of the
+/// diffusers folder `model_dir` and writes it, in kohya's format, to
+/// `out/lora.safetensors` (with `loss.csv` beside it). With `resume`, the
+/// factors and the step count come from that file.
+pub fn train_lora(
+    model_dir: &Path,
+    data: &dyn Dataset,
+    options: &TrainOptions,
+    rank: i64,
+    out: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(&str, usize, f64),
+) -> Result<Vec<f64>> {
+    let loaded = Loaded::read(model_dir, model_dir, options.device)?;
+    let lora = UNetLora::new(
+        loaded.unet.var_store(),
+        rank,
+        rank as f64,
+        &DEFAULT_TARGETS,
+        options.seed as i64,
+    )?;
+    std::fs::create_dir_all(out).map_err(|e| sd_core::CoreError::io(out, e))?;
+    let file = out.join(LORA_FILE);
+    let done = if resume { lora.load(&file)? } else { 0 };
+    let remaining = TrainOptions {
+        steps: options.steps.saturating_sub(done).max(1),
+        ..options.clone()
+    };
+    let mut log = LossLog::create(Some(&out.join("loss.csv")), resume)?;
+    let text = TextSide {
+        tokenizer: &loaded.tokenizer,
+        encoder: &loaded.text_encoder,
+    };
+    let losses = trainer::train_unet(
+        &loaded.unet,
+        &loaded.vae,
+        &text,
+        &loaded.schedule,
+        data,
+        &remaining,
+        trainer::UNetTarget::Lora(&lora),
+        &mut log,
+        &mut |s, l| progress("lora", done + s, l),
+    )?;
+    lora.save(&file, done + remaining.steps)?;
     Ok(losses)
 }
 

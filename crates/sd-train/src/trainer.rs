@@ -236,8 +236,16 @@ pub struct TextSide<'a> {
     pub encoder: &'a ClipTextModel,
 }
 
-/// Trains the UNet on the forward process of `schedule`; returns the
-/// per-step losses. The VAE and the text encoder stay frozen.
+/// What UNet training updates.
+pub enum UNetTarget<'a> {
+    /// Every UNet weight, with an optional EMA copy.
+    Full(Option<&'a mut Ema>),
+    /// Only the factors of a LoRA (the UNet's weights stay as loaded).
+    Lora(&'a crate::lora::UNetLora),
+}
+
+/// Trains the UNet (or a LoRA of it) on the forward process of `schedule`;
+/// returns the per-step losses. The VAE and the text encoder stay frozen.
 #[allow(clippy::too_many_arguments)]
 pub fn train_unet(
     unet: &UNet2DConditionModel,
@@ -246,7 +254,7 @@ pub fn train_unet(
     schedule: &NoiseSchedule,
     data: &dyn Dataset,
     options: &TrainOptions,
-    ema: Option<&mut Ema>,
+    target: UNetTarget<'_>,
     log: &mut LossLog,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Vec<f64>> {
@@ -255,8 +263,11 @@ pub fn train_unet(
     let mut rng = SplitMix::new(options.seed ^ 0x5EED);
     let device = options.device;
     let alphas = Tensor::from_slice(&schedule.alphas_cumprod).to_device(device);
-    let mut opt = optimizer(unet.var_store(), options)?;
-    let mut ema = ema;
+    let (mut ema, lora) = match target {
+        UNetTarget::Full(ema) => (ema, None),
+        UNetTarget::Lora(lora) => (None, Some(lora)),
+    };
+    let mut opt = optimizer(lora.map_or(unet.var_store(), |l| l.params()), options)?;
     let scaling = vae.config().scaling_factor;
     let mut losses = Vec::with_capacity(options.steps);
     for step in 0..options.steps {
@@ -302,6 +313,9 @@ pub fn train_unet(
         // 3. the loss, optionally min-SNR weighted per sample
         // bf16/f16 autocast where libtorch has it (CUDA); f32 elsewhere.
         let autocast = matches!(device, Device::Cuda(_));
+        if let Some(lora) = lora {
+            lora.sync();
+        }
         let prediction = tch::autocast(autocast, || {
             unet.forward(&noisy, &t.to_kind(Kind::Float), &context, None)
         })?
@@ -325,6 +339,9 @@ pub fn train_unet(
         };
         opt.zero_grad();
         loss.backward();
+        if let Some(lora) = lora {
+            lora.backprop();
+        }
         if options.grad_clip > 0.0 {
             opt.clip_grad_norm(options.grad_clip);
         }

@@ -1,0 +1,290 @@
+//! Training a LoRA on the UNet instead of the whole UNet.
+//!
+//! The UNet's layers read their weights directly, so the low-rank factors
+//! reach the forward pass through the weights themselves: before each step
+//! every targeted weight is set to `W0 + s * up @ down` (s = alpha / rank),
+//! the step's backward pass gives the weight's gradient `G`, and the chain
+//! rule hands it to the factors (`dL/d up = s * G @ down^T`,
+//! `dL/d down = s * up^T @ G`, obtained by back-propagating the surrogate
+//! `sum(s * up @ down * G)`). Only the factors are optimised; the file
+//! written is kohya's format (`lora_unet_<module>.lora_down.weight`,
+//! `.lora_up.weight`, `.alpha`), which diffusers' `load_lora_weights`, A1111
+//! and `sd-lora` all read.
+
+use std::path::Path;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, TrainError};
+
+/// The UNet modules a LoRA trains by default: the attention projections
+/// (kohya's default network targets the transformer blocks' linear layers).
+pub const DEFAULT_TARGETS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
+
+/// One trained module.
+struct Module {
+    /// The diffusers module path.
+    name: String,
+    /// The UNet's weight variable.
+    weight: Tensor,
+    /// Its value before training.
+    base: Tensor,
+    /// (rank, in, ...) and (out, rank, 1...), leaves the optimiser updates.
+    down: Tensor,
+    up: Tensor,
+}
+
+/// The LoRA factors of a UNet in training.
+pub struct UNetLora {
+    params: VarStore,
+    modules: Vec<Module>,
+    rank: i64,
+    alpha: f64,
+}
+
+impl UNetLora {
+    /// Factors of `rank` for every weight of `unet` whose module path ends
+    /// with one of `targets`; `up` starts at zero (the model is unchanged
+    /// at step 0), `down` random. Freezes every other UNet variable.
+    pub fn new(
+        unet: &VarStore,
+        rank: i64,
+        alpha: f64,
+        targets: &[&str],
+        seed: i64,
+    ) -> Result<Self> {
+        if rank < 1 || !alpha.is_finite() || alpha <= 0.0 {
+            return Err(TrainError::Config(format!(
+                "LoRA rank {rank} and alpha {alpha}: the rank must be at least 1 and alpha positive"
+            )));
+        }
+        tch::manual_seed(seed);
+        let device = unet.device();
+        let params = VarStore::new(device);
+        let mut names: Vec<(String, Tensor)> = unet
+            .variables()
+            .into_iter()
+            .filter(|(name, t)| {
+                let module = name.strip_suffix(".weight").unwrap_or("");
+                t.dim() >= 2
+                    && targets
+                        .iter()
+                        .any(|target| module.ends_with(&format!(".{target}")))
+            })
+            .collect();
+        if names.is_empty() {
+            return Err(TrainError::Config(format!(
+                "no UNet module ends with any of {targets:?}"
+            )));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let _ = unet_freeze(unet);
+        let root = params.root();
+        let mut modules = Vec::new();
+        for (i, (name, weight)) in names.into_iter().enumerate() {
+            let shape = weight.size();
+            if rank > shape[0].min(shape[1..].iter().product()) {
+                return Err(TrainError::Config(format!(
+                    "LoRA rank {rank} is larger than {name} {shape:?} allows"
+                )));
+            }
+            let fan_in: i64 = shape[1..].iter().product();
+            let mut down_shape = vec![rank];
+            down_shape.extend_from_slice(&shape[1..]);
+            let mut up_shape = vec![shape[0], rank];
+            up_shape.extend(std::iter::repeat_n(1, shape.len() - 2));
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let down = root.var(
+                &format!("m{i}_down"),
+                &down_shape,
+                tch::nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            );
+            let up = root.var(&format!("m{i}_up"), &up_shape, tch::nn::Init::Const(0.0));
+            let base = weight.detach().copy();
+            let weight = weight.set_requires_grad(true);
+            modules.push(Module {
+                name: name.trim_end_matches(".weight").to_string(),
+                weight,
+                base,
+                down,
+                up,
+            });
+        }
+        Ok(UNetLora {
+            params,
+            modules,
+            rank,
+            alpha,
+        })
+    }
+
+    /// The factors, for the optimiser.
+    pub fn params(&self) -> &VarStore {
+        &self.params
+    }
+
+    /// How many modules are trained.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Never true: [`UNetLora::new`] refuses an empty set.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    fn update(&self, m: &Module) -> Tensor {
+        m.up.flatten(1, -1)
+            .matmul(&m.down.flatten(1, -1))
+            .reshape(m.weight.size())
+            * self.scale()
+    }
+
+    /// Sets each weight to `W0 + s * up @ down` for the next forward pass.
+    pub fn sync(&self) {
+        let _guard = tch::no_grad_guard();
+        for m in &self.modules {
+            let merged = &m.base + self.update(m).to_kind(m.base.kind());
+            m.weight.shallow_clone().copy_(&merged);
+        }
+    }
+
+    /// After the loss's backward pass: moves each weight's gradient to its
+    /// factors and clears it.
+    pub fn backprop(&self) {
+        let mut surrogate: Option<Tensor> = None;
+        let mut grads = Vec::new();
+        for m in &self.modules {
+            let grad = m.weight.grad();
+            if !grad.defined() {
+                continue;
+            }
+            let term = (self.update(m) * grad.detach()).sum(Kind::Float);
+            surrogate = Some(match surrogate {
+                Some(s) => s + term,
+                None => term,
+            });
+            grads.push(grad);
+        }
+        if let Some(s) = surrogate {
+            s.backward();
+        }
+        // only now: the surrogate's backward pass reads them
+        for grad in grads {
+            let _ = grad.shallow_clone().zero_();
+        }
+    }
+
+    /// Puts the untrained weights back (the UNet as loaded).
+    pub fn restore(&self) {
+        let _guard = tch::no_grad_guard();
+        for m in &self.modules {
+            m.weight.shallow_clone().copy_(&m.base);
+        }
+    }
+
+    /// Writes the factors in kohya's format (f32), with the rank, alpha and
+    /// step count in the header's metadata (`ss_network_dim`,
+    /// `ss_network_alpha`, as kohya's trainer writes them, and `sd_rs_steps`).
+    pub fn save(&self, path: &Path, steps: usize) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for m in &self.modules {
+            let key = format!("lora_unet_{}", m.name.replace('.', "_"));
+            let cpu = |t: &Tensor| {
+                t.detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .contiguous()
+            };
+            tensors.push((format!("{key}.lora_down.weight"), cpu(&m.down)));
+            tensors.push((format!("{key}.lora_up.weight"), cpu(&m.up)));
+            tensors.push((format!("{key}.alpha"), Tensor::from(self.alpha as f32)));
+        }
+        let metadata = [
+            ("ss_network_dim", self.rank.to_string()),
+            ("ss_network_alpha", self.alpha.to_string()),
+            ("ss_network_module", "networks.lora".to_string()),
+            ("sd_rs_steps", steps.to_string()),
+        ];
+        write_with_metadata(path, &tensors, &metadata)
+    }
+
+    /// Continues from a file [`UNetLora::save`] wrote: the factors and the
+    /// step count.
+    pub fn load(&self, path: &Path) -> Result<usize> {
+        let file = sd_core::weights::MappedFile::open(path)?;
+        let _guard = tch::no_grad_guard();
+        for m in &self.modules {
+            let key = format!("lora_unet_{}", m.name.replace('.', "_"));
+            for (part, target) in [("lora_down", &m.down), ("lora_up", &m.up)] {
+                let value = file.read(&format!("{key}.{part}.weight"))?;
+                if value.size() != target.size() {
+                    return Err(TrainError::Config(format!(
+                        "{}: {key}.{part} is {:?}, this run trains {:?} (another rank or model?)",
+                        path.display(),
+                        value.size(),
+                        target.size()
+                    )));
+                }
+                target.shallow_clone().copy_(&value);
+            }
+        }
+        let steps = file
+            .metadata()?
+            .get("sd_rs_steps")
+            .and_then(|s| s.parse().ok());
+        steps.ok_or_else(|| {
+            TrainError::Config(format!("{}: no sd_rs_steps in its header", path.display()))
+        })
+    }
+}
+
+/// No UNet variable needs a gradient but the trained weights.
+fn unet_freeze(unet: &VarStore) -> usize {
+    let variables = unet.variables();
+    for var in variables.values() {
+        let _ = var.set_requires_grad(false);
+    }
+    variables.len()
+}
+
+/// A safetensors file with string metadata (tch's writer has none).
+fn write_with_metadata(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &[(&str, String)],
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let meta: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone().into()))
+        .collect();
+    header.insert("__metadata__".into(), meta.into());
+    let mut data: Vec<u8> = Vec::new();
+    for (name, tensor) in tensors {
+        let bytes = Vec::<f32>::try_from(tensor.flatten(0, -1))
+            .map_err(|e| TrainError::Config(format!("{name}: {e}")))?;
+        let start = data.len();
+        data.extend(bytes.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": tensor.size(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| TrainError::Config(e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend(data);
+    let partial = path.with_extension("safetensors.partial");
+    std::fs::write(&partial, &out).map_err(|e| sd_core::CoreError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| sd_core::CoreError::io(path, e).into())
+}
