@@ -27,6 +27,7 @@ SUITES=(
   "sd-scheduler golden"
   "sd-pipeline parity"
   "sd-pipeline single_file"
+  "sd-pipeline lora"
   "sd-train trained_model"
 )
 LOGS=target/parity

@@ -110,46 +110,33 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 unet.last().unwrap_or(&0.0)
             );
         }
-        (Some(model), Some(data), false) if args.lora.is_some() => {
-            let rank = args.lora.unwrap_or_default();
-            let dataset = FolderDataset::open(data, args.resolution)?;
-            bar.set_length(args.steps as u64);
-            let losses = train_lora(
-                model,
-                &dataset,
-                &options,
-                rank,
-                &args.out,
-                args.resume,
-                &mut progress,
-            )?;
-            bar.finish_and_clear();
-            println!(
-                "trained a rank-{rank} LoRA into {} ({} steps, loss {:.4} -> {:.4})",
-                args.out.join(sd_train::recipe::LORA_FILE).display(),
-                losses.len(),
-                losses.first().unwrap_or(&0.0),
-                losses.last().unwrap_or(&0.0)
-            );
-        }
         (Some(model), Some(data), false) => {
             let dataset = FolderDataset::open(data, args.resolution)?;
             bar.set_length(args.steps as u64);
-            let losses = fine_tune(
-                model,
-                &dataset,
-                &options,
-                &args.out,
-                args.resume,
-                &mut progress,
-            )?;
+            let (o, resume) = (&options, args.resume);
+            let losses = match args.lora {
+                Some(rank) => {
+                    train_lora(model, &dataset, o, rank, &args.out, resume, &mut progress)?
+                }
+                None => fine_tune(model, &dataset, o, &args.out, resume, &mut progress)?,
+            };
             bar.finish_and_clear();
-            println!(
-                "fine-tuned into {} ({} steps, last loss {:.4})",
-                args.out.display(),
-                losses.len(),
-                losses.last().unwrap_or(&0.0)
+            let (first, last) = (
+                losses.first().unwrap_or(&0.0),
+                losses.last().unwrap_or(&0.0),
             );
+            match args.lora {
+                Some(rank) => println!(
+                    "trained a rank-{rank} LoRA into {} ({} steps, loss {first:.4} -> {last:.4})",
+                    args.out.join(sd_train::recipe::LORA_FILE).display(),
+                    losses.len(),
+                ),
+                None => println!(
+                    "fine-tuned into {} ({} steps, last loss {last:.4})",
+                    args.out.display(),
+                    losses.len(),
+                ),
+            }
         }
         _ => bail!("give either --shapes, or --model DIR with --data DIR"),
     }

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 use sd_pipeline::{Request, StableDiffusion, StableDiffusionBuilder};
 use sd_testkit::parity::{
-    assert_close, chain_tolerance_for, exact_mode, max_pixel_difference, pixel_tolerance,
-    read_tensors, reference_dir, take, Tolerance,
+    assert_close, assert_image_matches, chain_tolerance_for, pixel_tolerance, read_tensors,
+    reference_dir, take, Tolerance,
 };
 use serde_json::Value;
 use tch::Kind;
@@ -121,24 +121,18 @@ fn check_runs(
         // Where diffusers' 8-bit image was kept: decoding its latents gives
         // its image (within the pixel bound); in exact mode so do ours.
         if let Ok(image) = take(&reference, &format!("{key}.image")) {
-            let pixels = Vec::<u8>::try_from(image.flatten(0, -1)).unwrap();
             let decoded = pipeline.decode_latents(&expected.to_kind(kind)).unwrap();
-            let worst = max_pixel_difference(decoded[0].as_raw(), &pixels).unwrap();
+            let worst = assert_image_matches(
+                key,
+                decoded[0].as_raw(),
+                out.images[0].as_raw(),
+                &image,
+                kind,
+            );
             println!(
                 "{key}.image: max pixel difference {worst} (bound {})",
                 pixel_tolerance(kind)
             );
-            assert!(
-                worst <= pixel_tolerance(kind),
-                "{key}: decoding diffusers' latents moves a pixel by {worst} levels"
-            );
-            if exact_mode() {
-                assert_eq!(
-                    max_pixel_difference(out.images[0].as_raw(), &pixels),
-                    Some(0),
-                    "{key}: pixels differ from diffusers' image"
-                );
-            }
         }
     }
 }

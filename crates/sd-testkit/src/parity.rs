@@ -283,6 +283,33 @@ pub fn max_pixel_difference(actual: &[u8], expected: &[u8]) -> Option<u8> {
     })
 }
 
+/// Checks a pipeline's 8-bit image against diffusers' (`reference`, an
+/// (H, W, 3) u8 tensor): `decoded` (our decode of diffusers' own latents)
+/// within the pixel bound of `kind`, and in exact mode `ours` (our image
+/// from our latents) equal to it. Returns the worst pixel difference.
+pub fn assert_image_matches(
+    key: &str,
+    decoded: &[u8],
+    ours: &[u8],
+    reference: &Tensor,
+    kind: Kind,
+) -> u8 {
+    let pixels = Vec::<u8>::try_from(reference.flatten(0, -1)).expect("a u8 image tensor");
+    let worst = max_pixel_difference(decoded, &pixels).expect("same image sizes");
+    assert!(
+        worst <= pixel_tolerance(kind),
+        "{key}: decoding diffusers' latents moves a pixel by {worst} levels"
+    );
+    if exact_mode() {
+        assert_eq!(
+            max_pixel_difference(ours, &pixels),
+            Some(0),
+            "{key}: pixels differ from diffusers' image"
+        );
+    }
+    worst
+}
+
 /// The `reference/` folder of this repository (fixtures, outputs, manifests),
 /// for tests inside the workspace, or `SD_REFERENCE_DIR` when set (a copy
 /// regenerated on this machine by `scripts/parity.sh --same-machine`).

@@ -136,14 +136,7 @@ impl LdmUNetKeys {
         };
         for (ldm, diffusers, resnet) in &self.blocks {
             if let Some(tail) = rest.strip_prefix(ldm.as_str()) {
-                let tail = if *resnet {
-                    RESNET
-                        .iter()
-                        .find_map(|(old, new)| tail.strip_prefix(old).map(|t| format!("{new}{t}")))
-                        .unwrap_or_else(|| tail.to_string())
-                } else {
-                    tail.to_string()
-                };
+                let tail = rename_tail(tail, *resnet, true);
                 return KeyMap::To(format!("{diffusers}{tail}"));
             }
         }
@@ -160,15 +153,26 @@ impl LdmUNetKeys {
             .iter()
             .filter(|(_, d, _)| key.starts_with(d.as_str()))
             .max_by_key(|(_, d, _)| d.len())?;
-        let tail = &key[diffusers.len()..];
-        let tail = if *resnet {
-            RESNET
-                .iter()
-                .find_map(|(old, new)| tail.strip_prefix(new).map(|t| format!("{old}{t}")))
-                .unwrap_or_else(|| tail.to_string())
-        } else {
-            tail.to_string()
-        };
+        let tail = rename_tail(&key[diffusers.len()..], *resnet, false);
         Some(format!("{ldm}{tail}"))
     }
+}
+
+/// A resnet's layer names inside a block: LDM to diffusers (`to_diffusers`)
+/// or back. Other blocks keep their tails.
+fn rename_tail(tail: &str, resnet: bool, to_diffusers: bool) -> String {
+    if !resnet {
+        return tail.to_string();
+    }
+    RESNET
+        .iter()
+        .find_map(|&(ldm, diffusers)| {
+            let (from, to) = if to_diffusers {
+                (ldm, diffusers)
+            } else {
+                (diffusers, ldm)
+            };
+            tail.strip_prefix(from).map(|t| format!("{to}{t}"))
+        })
+        .unwrap_or_else(|| tail.to_string())
 }
