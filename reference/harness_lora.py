@@ -139,7 +139,8 @@ def peft_lora(pipe, folder: Path, name: str, seed: int, text: bool) -> Path:
                       text_encoder_lora_adapter_metadata=te_config.to_dict())
     type(pipe).save_lora_weights(folder, weight_name=f"{name}.safetensors", **kwargs)
     # peft keeps target_modules as a set: sort it, or each run writes
-    # another order (string hashing is randomised per process).
+    # another order (string hashing is randomised per process); and the
+    # model's path must not depend on where the repository is.
     path = folder / f"{name}.safetensors"
     with safe_open(path, "pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
@@ -147,8 +148,13 @@ def peft_lora(pipe, folder: Path, name: str, seed: int, text: bool) -> Path:
     for key, value in adapter.items():
         if key.endswith(".target_modules") and isinstance(value, list):
             adapter[key] = sorted(value)
-    metadata["lora_adapter_metadata"] = json.dumps(adapter, indent=2, sort_keys=True)
-    save_file(tensors, path, metadata=metadata)
+        # transformers records where the model was loaded from: no absolute paths
+        if key.endswith(".base_model_name_or_path") and isinstance(value, str):
+            adapter[key] = Path(value).relative_to(folder.parent).as_posix()
+    # One metadata entry only: safetensors writes a header map in hash order,
+    # so two entries come out in either order ("format": "pt" is not needed
+    # to load a LoRA).
+    save_file(tensors, path, metadata={"lora_adapter_metadata": json.dumps(adapter, indent=2, sort_keys=True)})
     return path
 
 

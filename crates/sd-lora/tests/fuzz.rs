@@ -1,4 +1,5 @@
-//! The LoRA and embedding readers on untrusted bytes: arbitrary bytes, and
+//! The LoRA and embedding readers, and the model-weight loader they share
+//! the safetensors parsing with, on untrusted bytes: arbitrary bytes, and
 //! valid files with mutated headers (lengths, shapes, dtypes, offsets,
 //! names), truncated or extended. Each must give a clear error or a file
 //! that then merges or fails cleanly: never a panic, never an allocation
@@ -62,6 +63,11 @@ fn seed_files(dir: &Path) -> Vec<Vec<u8>> {
             ("lora_unet_blocks_0_conv.lokr_w2_b", randn(&[1, 18])),
         ],
         vec![("emb_params", randn(&[3, 4]))],
+        // a model's own weights, for the loader
+        vec![
+            ("blocks.0.to_k.weight", randn(&[6, 4])),
+            ("blocks.0.conv.weight", randn(&[6, 2, 3, 3])),
+        ],
         vec![("clip_l", randn(&[2, 4])), ("clip_g", randn(&[2, 8]))],
     ];
     files
@@ -192,6 +198,7 @@ fn readers_survive_mutated_and_random_files() {
     std::fs::create_dir_all(&dir).unwrap();
     let seeds = seed_files(&dir);
     let (unet, text) = model();
+    let (scratch, _) = model();
     let originals: Vec<(String, Tensor)> = unet
         .variables()
         .into_iter()
@@ -239,6 +246,12 @@ fn readers_survive_mutated_and_random_files() {
             assert!(!e.to_string().is_empty());
         }
         let _ = EmbeddingFile::open(&path, None).map(|e| e.tokens());
+        // the model loader, reading whatever names match into a scratch model
+        let options = sd_core::weights::LoadOptions {
+            allow_unexpected: true,
+            ..Default::default()
+        };
+        let _ = sd_core::weights::load_safetensors(&scratch, &[&path], &options);
         let _ = EmbeddingFile::open(&path, Some("tok"));
     }
     // The weights are back, and the run reached the merge code at all.
