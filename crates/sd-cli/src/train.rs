@@ -34,6 +34,10 @@ pub struct TrainArgs {
     /// `sd txt2img --lora` load.
     #[arg(long, value_name = "RANK")]
     pub lora: Option<i64>,
+    /// With --lora: also train the text encoder's attention projections
+    /// (written as lora_te_ keys).
+    #[arg(long)]
+    pub lora_text_encoder: bool,
     /// UNet steps (fine-tuning, or the shapes model's UNet phase).
     #[arg(long, default_value_t = 6000)]
     pub steps: usize,
@@ -55,6 +59,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.lora_text_encoder && args.lora.is_none() {
+        bail!("--lora-text-encoder needs --lora RANK");
+    }
     if args.shapes && args.lora.is_some() {
         bail!("--lora trains on a model you give: use --model DIR with --data DIR, not --shapes");
     }
@@ -116,7 +123,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             let (o, resume) = (&options, args.resume);
             let losses = match args.lora {
                 Some(rank) => {
-                    train_lora(model, &dataset, o, rank, &args.out, resume, &mut progress)?
+                    let text = args.lora_text_encoder;
+                    train_lora(
+                        model,
+                        &dataset,
+                        o,
+                        rank,
+                        text,
+                        &args.out,
+                        resume,
+                        &mut progress,
+                    )?
                 }
                 None => fine_tune(model, &dataset, o, &args.out, resume, &mut progress)?,
             };

@@ -22,10 +22,14 @@ use crate::error::{Result, TrainError};
 /// (kohya's default network targets the transformer blocks' linear layers).
 pub const DEFAULT_TARGETS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
 
+/// The text-encoder modules `--lora-text-encoder` adds: its attention
+/// projections.
+pub const TEXT_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+
 /// One trained module.
 struct Module {
-    /// The diffusers module path.
-    name: String,
+    /// kohya's key: the prefix and the module path with `_` for `.`.
+    key: String,
     /// The UNet's weight variable.
     weight: Tensor,
     /// Its value before training.
@@ -35,54 +39,69 @@ struct Module {
     up: Tensor,
 }
 
-/// The LoRA factors of a UNet in training.
-pub struct UNetLora {
+/// One model a LoRA trains: kohya's key prefix (`lora_unet_`, `lora_te_`),
+/// the model's variables and the module names to train.
+pub struct LoraGroup<'a> {
+    /// `lora_unet_` or `lora_te_`.
+    pub prefix: &'static str,
+    /// The model's variables.
+    pub store: &'a VarStore,
+    /// Module path endings to train.
+    pub targets: &'a [&'a str],
+}
+
+/// The LoRA factors of the models in training.
+pub struct LoraNetwork {
     params: VarStore,
     modules: Vec<Module>,
     rank: i64,
     alpha: f64,
 }
 
-impl UNetLora {
-    /// Factors of `rank` for every weight of `unet` whose module path ends
-    /// with one of `targets`; `up` starts at zero (the model is unchanged
-    /// at step 0), `down` random. Freezes every other UNet variable.
-    pub fn new(
-        unet: &VarStore,
-        rank: i64,
-        alpha: f64,
-        targets: &[&str],
-        seed: i64,
-    ) -> Result<Self> {
+impl LoraNetwork {
+    /// Factors of `rank` for every weight of each group whose module path
+    /// ends with one of its targets; `up` starts at zero (the models are
+    /// unchanged at step 0), `down` random. Freezes every other variable of
+    /// those models.
+    pub fn new(groups: &[LoraGroup<'_>], rank: i64, alpha: f64, seed: i64) -> Result<Self> {
         if rank < 1 || !alpha.is_finite() || alpha <= 0.0 {
             return Err(TrainError::Config(format!(
                 "LoRA rank {rank} and alpha {alpha}: the rank must be at least 1 and alpha positive"
             )));
         }
         tch::manual_seed(seed);
-        let device = unet.device();
+        let device = groups.first().map_or(Device::Cpu, |g| g.store.device());
         let params = VarStore::new(device);
-        let mut names: Vec<(String, Tensor)> = unet
-            .variables()
-            .into_iter()
-            .filter(|(name, t)| {
-                let module = name.strip_suffix(".weight").unwrap_or("");
-                t.dim() >= 2
-                    && targets
-                        .iter()
-                        .any(|target| module.ends_with(&format!(".{target}")))
-            })
-            .collect();
-        if names.is_empty() {
-            return Err(TrainError::Config(format!(
-                "no UNet module ends with any of {targets:?}"
-            )));
+        let mut names: Vec<(String, String, Tensor)> = Vec::new();
+        for group in groups {
+            let mut found: Vec<(String, String, Tensor)> = group
+                .store
+                .variables()
+                .into_iter()
+                .filter_map(|(name, t)| {
+                    let module = name.strip_suffix(".weight")?;
+                    let wanted = t.dim() >= 2
+                        && group
+                            .targets
+                            .iter()
+                            .any(|target| module.ends_with(&format!(".{target}")));
+                    let key = format!("{}{}", group.prefix, module.replace('.', "_"));
+                    wanted.then_some((key, name, t))
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(TrainError::Config(format!(
+                    "no module ends with any of {:?} ({})",
+                    group.targets, group.prefix
+                )));
+            }
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            freeze(group.store);
+            names.extend(found);
         }
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        let _ = unet_freeze(unet);
         let root = params.root();
         let mut modules = Vec::new();
-        for (i, (name, weight)) in names.into_iter().enumerate() {
+        for (i, (key, name, weight)) in names.into_iter().enumerate() {
             let shape = weight.size();
             if rank > shape[0].min(shape[1..].iter().product()) {
                 return Err(TrainError::Config(format!(
@@ -107,14 +126,14 @@ impl UNetLora {
             let base = weight.detach().copy();
             let weight = weight.set_requires_grad(true);
             modules.push(Module {
-                name: name.trim_end_matches(".weight").to_string(),
+                key,
                 weight,
                 base,
                 down,
                 up,
             });
         }
-        Ok(UNetLora {
+        Ok(LoraNetwork {
             params,
             modules,
             rank,
@@ -127,12 +146,20 @@ impl UNetLora {
         &self.params
     }
 
+    /// Whether any trained module is outside the UNet (the text encoder's
+    /// forward pass then needs gradients).
+    pub fn trains_text_encoder(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| !m.key.starts_with("lora_unet_"))
+    }
+
     /// How many modules are trained.
     pub fn len(&self) -> usize {
         self.modules.len()
     }
 
-    /// Never true: [`UNetLora::new`] refuses an empty set.
+    /// Never true: [`LoraNetwork::new`] refuses an empty set.
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()
     }
@@ -197,7 +224,7 @@ impl UNetLora {
     pub fn save(&self, path: &Path, steps: usize) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for m in &self.modules {
-            let key = format!("lora_unet_{}", m.name.replace('.', "_"));
+            let key = &m.key;
             let cpu = |t: &Tensor| {
                 t.detach()
                     .to_device(Device::Cpu)
@@ -217,13 +244,13 @@ impl UNetLora {
         write_with_metadata(path, &tensors, &metadata)
     }
 
-    /// Continues from a file [`UNetLora::save`] wrote: the factors and the
+    /// Continues from a file [`LoraNetwork::save`] wrote: the factors and the
     /// step count.
     pub fn load(&self, path: &Path) -> Result<usize> {
         let file = sd_core::weights::MappedFile::open(path)?;
         let _guard = tch::no_grad_guard();
         for m in &self.modules {
-            let key = format!("lora_unet_{}", m.name.replace('.', "_"));
+            let key = &m.key;
             for (part, target) in [("lora_down", &m.down), ("lora_up", &m.up)] {
                 let value = file.read(&format!("{key}.{part}.weight"))?;
                 if value.size() != target.size() {
@@ -247,13 +274,11 @@ impl UNetLora {
     }
 }
 
-/// No UNet variable needs a gradient but the trained weights.
-fn unet_freeze(unet: &VarStore) -> usize {
-    let variables = unet.variables();
-    for var in variables.values() {
+/// No variable of the model needs a gradient but the trained weights.
+fn freeze(store: &VarStore) {
+    for var in store.variables().values() {
         let _ = var.set_requires_grad(false);
     }
-    variables.len()
 }
 
 /// A safetensors file with string metadata (tch's writer has none).

@@ -14,7 +14,7 @@ use tch::Kind;
 
 use crate::dataset::Dataset;
 use crate::error::{Result, TrainError};
-use crate::lora::{UNetLora, DEFAULT_TARGETS};
+use crate::lora::{LoraGroup, LoraNetwork, DEFAULT_TARGETS, TEXT_TARGETS};
 use crate::model::{self, Checkpoint};
 use crate::trainer::{self, Ema, LossLog, TextSide, TrainOptions};
 
@@ -235,26 +235,35 @@ fn read_json(path: &Path) -> Result<Value> {
 pub const LORA_FILE: &str = "lora.safetensors";
 
 /// Trains a LoRA of `rank` (alpha = rank: scale 1) on the UNet of the
-/// diffusers folder `model_dir` and writes it, in kohya's format, to
-/// `out/lora.safetensors` (with `loss.csv` beside it). With `resume`, the
-/// factors and the step count come from that file.
+/// diffusers folder `model_dir` (and its text encoder with `text_encoder`)
+/// and writes it, in kohya's format, to `out/lora.safetensors` (with
+/// `loss.csv` beside it). With `resume`, the factors and the step count come
+/// from that file.
+#[allow(clippy::too_many_arguments)]
 pub fn train_lora(
     model_dir: &Path,
     data: &dyn Dataset,
     options: &TrainOptions,
     rank: i64,
+    text_encoder: bool,
     out: &Path,
     resume: bool,
     progress: &mut dyn FnMut(&str, usize, f64),
 ) -> Result<Vec<f64>> {
     let loaded = Loaded::read(model_dir, model_dir, options.device)?;
-    let lora = UNetLora::new(
-        loaded.unet.var_store(),
-        rank,
-        rank as f64,
-        &DEFAULT_TARGETS,
-        options.seed as i64,
-    )?;
+    let mut groups = vec![LoraGroup {
+        prefix: "lora_unet_",
+        store: loaded.unet.var_store(),
+        targets: &DEFAULT_TARGETS,
+    }];
+    if text_encoder {
+        groups.push(LoraGroup {
+            prefix: "lora_te_",
+            store: loaded.text_encoder.var_store(),
+            targets: &TEXT_TARGETS,
+        });
+    }
+    let lora = LoraNetwork::new(&groups, rank, rank as f64, options.seed as i64)?;
     std::fs::create_dir_all(out).map_err(|e| sd_core::CoreError::io(out, e))?;
     let file = out.join(LORA_FILE);
     let done = if resume { lora.load(&file)? } else { 0 };

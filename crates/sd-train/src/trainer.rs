@@ -240,8 +240,8 @@ pub struct TextSide<'a> {
 pub enum UNetTarget<'a> {
     /// Every UNet weight, with an optional EMA copy.
     Full(Option<&'a mut Ema>),
-    /// Only the factors of a LoRA (the UNet's weights stay as loaded).
-    Lora(&'a crate::lora::UNetLora),
+    /// Only the factors of a LoRA (the models' weights stay as loaded).
+    Lora(&'a crate::lora::LoraNetwork),
 }
 
 /// Trains the UNet (or a LoRA of it) on the forward process of `schedule`;
@@ -274,8 +274,13 @@ pub fn train_unet(
         let lr = learning_rate(options, step);
         opt.set_lr(lr);
         let (images, captions) = batch(data, &mut rng, options.batch_size, device)?;
-        // 1. latents and caption embeddings from the frozen models
-        let (latents, context) = {
+        if let Some(lora) = lora {
+            lora.sync();
+        }
+        // 1. latents and caption embeddings from the frozen models (the text
+        // encoder runs with gradients when a LoRA trains it)
+        let train_text = lora.is_some_and(|l| l.trains_text_encoder());
+        let (latents, ids) = {
             let _guard = tch::no_grad_guard();
             let latents = vae.encode(&images)?.sample(&mut GlobalNoise)? * scaling;
             let ids: Vec<Vec<i64>> = captions
@@ -287,12 +292,14 @@ pub fn train_unet(
                         .map(|t| t.ids)
                 })
                 .collect::<sd_clip::Result<_>>()?;
-            let context = text
-                .encoder
+            (latents, ids)
+        };
+        let context = {
+            let _guard = (!train_text).then(tch::no_grad_guard);
+            text.encoder
                 .forward(&Tensor::from_slice2(&ids))?
                 .last_hidden_state
-                .to_device(device);
-            (latents, context)
+                .to_device(device)
         };
         // 2. the forward process at random timesteps
         let b = latents.size()[0];
@@ -313,9 +320,6 @@ pub fn train_unet(
         // 3. the loss, optionally min-SNR weighted per sample
         // bf16/f16 autocast where libtorch has it (CUDA); f32 elsewhere.
         let autocast = matches!(device, Device::Cuda(_));
-        if let Some(lora) = lora {
-            lora.sync();
-        }
         let prediction = tch::autocast(autocast, || {
             unet.forward(&noisy, &t.to_kind(Kind::Float), &context, None)
         })?

@@ -47,7 +47,17 @@ fn a_lora_learns_writes_kohya_and_resumes() {
         warmup_steps: 2,
         ..Default::default()
     };
-    let losses = train_lora(&model, &data, &options, 4, &out, false, &mut |_, _, _| {}).unwrap();
+    let losses = train_lora(
+        &model,
+        &data,
+        &options,
+        4,
+        false,
+        &out,
+        false,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(losses.len(), 40);
     let (first, last) = (mean(&losses[..10]), mean(&losses[30..]));
     println!("loss {first:.4} -> {last:.4}");
@@ -73,7 +83,17 @@ fn a_lora_learns_writes_kohya_and_resumes() {
         steps: 44,
         ..options.clone()
     };
-    let resumed = train_lora(&model, &data, &more, 4, &out, true, &mut |_, _, _| {}).unwrap();
+    let resumed = train_lora(
+        &model,
+        &data,
+        &more,
+        4,
+        false,
+        &out,
+        true,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(resumed.len(), 4);
     assert!(mean(&resumed) < first, "resumed from scratch? {resumed:?}");
     let mapped = sd_core::weights::MappedFile::open(out.join(LORA_FILE)).unwrap();
@@ -86,9 +106,18 @@ fn a_lora_learns_writes_kohya_and_resumes() {
     );
 
     // Another rank cannot resume this file.
-    let err = train_lora(&model, &data, &more, 2, &out, true, &mut |_, _, _| {})
-        .unwrap_err()
-        .to_string();
+    let err = train_lora(
+        &model,
+        &data,
+        &more,
+        2,
+        false,
+        &out,
+        true,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("another rank"), "{err}");
 }
 
@@ -107,6 +136,7 @@ fn bad_lora_settings_are_named() {
         &data,
         &options,
         0,
+        false,
         &scratch("rank0"),
         false,
         &mut |_, _, _| {},
@@ -118,6 +148,7 @@ fn bad_lora_settings_are_named() {
         &data,
         &options,
         64,
+        false,
         &scratch("rank64"),
         false,
         &mut |_, _, _| {},
@@ -129,10 +160,60 @@ fn bad_lora_settings_are_named() {
         &data,
         &options,
         2,
+        false,
         &scratch("fresh"),
         true,
         &mut |_, _, _| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains(LORA_FILE), "{err}");
+}
+
+#[test]
+fn the_text_encoder_trains_too_when_asked() {
+    let data = colours();
+    let model = reference_dir().join("fixtures/tiny-sd1");
+    let out = scratch("te");
+    let options = TrainOptions {
+        steps: 3,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        warmup_steps: 1,
+        ..Default::default()
+    };
+    train_lora(
+        &model,
+        &data,
+        &options,
+        2,
+        true,
+        &out,
+        false,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let file = sd_lora::LoraFile::open(out.join(LORA_FILE)).unwrap();
+    let text: Vec<_> = file
+        .modules
+        .iter()
+        .filter(|m| m.component == sd_lora::Component::TextEncoder)
+        .collect();
+    assert!(!text.is_empty(), "no lora_te_ modules");
+    // the gradient reached the text encoder's factors: `up` left zero
+    for module in text {
+        let sd_lora::Adapter::Lora { up, .. } = &module.adapter else {
+            panic!("not a LoRA");
+        };
+        let moved = f64::try_from(up.abs().sum(tch::Kind::Float)).unwrap();
+        assert!(moved > 0.0, "{}: up is still zero", module.name.as_str());
+    }
+    let mut pipeline = sd_pipeline::StableDiffusion::builder()
+        .model_dir(&model)
+        .build()
+        .unwrap();
+    let report = pipeline
+        .set_loras(&[sd_pipeline::LoraSpec::new(out.join(LORA_FILE), 1.0)])
+        .unwrap();
+    assert!(report[0].applied[&sd_lora::Component::TextEncoder] > 0);
+    assert!(report[0].skipped.is_empty());
 }
