@@ -310,20 +310,15 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
 fn lora_options(common: &Common) -> Result<(String, Vec<LoraSpec>)> {
     let mut specs = Vec::new();
     for option in &common.loras {
-        let (path, scale) = match option.rsplit_once(':') {
-            Some((path, scale)) if !Path::new(option).is_file() => {
-                let scale: f64 = scale
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite())
-                    .with_context(|| format!("--lora {option}: scale '{scale}' is not a number"))?;
-                (PathBuf::from(path), scale)
-            }
-            _ => (PathBuf::from(option), 1.0),
+        let (path, scale) = file_option("--lora", option)?;
+        let scale = match scale {
+            Some(scale) => scale
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite())
+                .with_context(|| format!("--lora {option}: scale '{scale}' is not a number"))?,
+            None => 1.0,
         };
-        if !path.is_file() {
-            bail!("--lora {option}: no such file {}", path.display());
-        }
         specs.push(LoraSpec::new(path, scale));
     }
     let (prompt, tags) = sd_lora::tags::take_tags(&common.prompt).context("--prompt")?;
@@ -346,18 +341,23 @@ fn embedding_options(options: &[String]) -> Result<Vec<(PathBuf, Option<String>)
     options
         .iter()
         .map(|option| {
-            let (path, token) = match option.rsplit_once(':') {
-                Some((path, token)) if !Path::new(option).is_file() => {
-                    (PathBuf::from(path), Some(token.to_string()))
-                }
-                _ => (PathBuf::from(option), None),
-            };
-            if !path.is_file() {
-                bail!("--embedding {option}: no such file {}", path.display());
-            }
-            Ok((path, token))
+            let (path, token) = file_option("--embedding", option)?;
+            Ok((path, token.map(str::to_string)))
         })
         .collect()
+}
+
+/// `FILE[:SUFFIX]`: an existing file, and what follows its last colon
+/// unless the whole option is itself a file.
+fn file_option<'o>(flag: &str, option: &'o str) -> Result<(PathBuf, Option<&'o str>)> {
+    let (path, suffix) = match option.rsplit_once(':') {
+        Some((path, suffix)) if !Path::new(option).is_file() => (PathBuf::from(path), Some(suffix)),
+        _ => (PathBuf::from(option), None),
+    };
+    if !path.is_file() {
+        bail!("{flag} {option}: no such file {}", path.display());
+    }
+    Ok((path, suffix))
 }
 
 /// Always a line when keys were skipped (never silently); the list with --verbose.

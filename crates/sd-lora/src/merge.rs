@@ -30,27 +30,32 @@ pub struct Target<'a> {
 }
 
 /// The modules of a pipeline's models, by every name files use for them.
-pub struct Targets<'a> {
-    stores: HashMap<Component, &'a VarStore>,
-    /// (component, dotted or underscored name) -> weight variable name.
-    index: HashMap<(Component, String), String>,
+/// It holds the models' variables (handles sharing their storage), read
+/// once when it is made.
+pub struct Targets {
+    /// Per model: every name a file may use for a module -> its weight's
+    /// variable name.
+    index: HashMap<Component, HashMap<String, String>>,
+    /// Per model: its variables by name.
+    variables: HashMap<Component, HashMap<String, Tensor>>,
 }
 
-impl<'a> Targets<'a> {
+impl Targets {
     /// Indexes each target's weights: a module `m` with a variable
     /// `m.weight` is found as `m`, as kohya's `m` with `_` for `.`, by its
     /// aliases, and (text encoders) without the `text_model.` prefix.
-    pub fn new(targets: Vec<Target<'a>>) -> Self {
+    pub fn new(targets: Vec<Target<'_>>) -> Self {
         let mut index = HashMap::new();
-        let mut stores = HashMap::new();
+        let mut variables = HashMap::new();
         for target in targets {
-            let component = target.component;
+            let names: &mut HashMap<String, String> = index.entry(target.component).or_default();
             let mut add = |name: &str, module: &str| {
                 let weight = format!("{module}.weight");
-                index.insert((component, name.to_string()), weight.clone());
-                index.insert((component, underscored(name)), weight);
+                names.insert(name.to_string(), weight.clone());
+                names.insert(underscored(name), weight);
             };
-            for variable in target.store.variables().keys() {
+            let store = target.store.variables();
+            for variable in store.keys() {
                 if let Some(module) = variable.strip_suffix(".weight") {
                     add(module, module);
                     if let Some(short) = module.strip_prefix("text_model.") {
@@ -61,20 +66,20 @@ impl<'a> Targets<'a> {
             for (alias, module) in &target.aliases {
                 add(alias, module);
             }
-            stores.insert(component, target.store);
+            variables.insert(target.component, store);
         }
-        Targets { stores, index }
+        Targets { index, variables }
     }
 
-    /// The variable a module name resolves to.
-    fn resolve(&self, component: Component, name: &ModuleName) -> Option<(&'a VarStore, &str)> {
-        let store = self.stores.get(&component)?;
-        let key = match name {
-            ModuleName::Dotted(d) => d.clone(),
-            ModuleName::Underscored(u) => u.clone(),
-        };
-        let weight = self.index.get(&(component, key))?;
-        Some((store, weight))
+    /// The weight variable (and its name) a module name resolves to.
+    fn resolve(&self, component: Component, name: &ModuleName) -> Option<(&str, &Tensor)> {
+        let weight = self.index.get(&component)?.get(name.as_str())?;
+        Some((weight, self.variables.get(&component)?.get(weight)?))
+    }
+
+    /// A weight variable by its name.
+    fn variable(&self, component: Component, weight: &str) -> Option<&Tensor> {
+        self.variables.get(&component)?.get(weight)
     }
 }
 
@@ -117,12 +122,7 @@ impl Merged {
     /// Adds `lora` at `scale` to the targets' weights. Every module is
     /// resolved and shape-checked before any weight changes, so a file
     /// that does not fit leaves the model as it was.
-    pub fn apply(
-        &mut self,
-        lora: &LoraFile,
-        scale: f64,
-        targets: &Targets<'_>,
-    ) -> Result<ApplyReport> {
+    pub fn apply(&mut self, lora: &LoraFile, scale: f64, targets: &Targets) -> Result<ApplyReport> {
         if !scale.is_finite() {
             return Err(LoraError::invalid(
                 format!("{}: scale", lora.path.display()),
@@ -137,20 +137,13 @@ impl Merged {
         let mut plan = Vec::new();
         for module in &lora.modules {
             let label = format!("{}:{}", module.component.name(), module.name.as_str());
-            let Some((store, weight)) = targets.resolve(module.component, &module.name) else {
-                let why = if targets.stores.contains_key(&module.component) {
+            let Some((weight, variable)) = targets.resolve(module.component, &module.name) else {
+                let why = if targets.variables.contains_key(&module.component) {
                     "no such module in this model"
                 } else {
                     "this model has no such text encoder"
                 };
                 report.skipped.push((label, why.to_string()));
-                continue;
-            };
-            let variables = store.variables();
-            let Some(variable) = variables.get(weight) else {
-                report
-                    .skipped
-                    .push((label, "no such module in this model".into()));
                 continue;
             };
             let shape = variable.size();
@@ -184,16 +177,15 @@ impl Merged {
     }
 
     /// Puts every changed weight back as it was before the first merge.
-    pub fn restore(&mut self, targets: &Targets<'_>) -> Result<()> {
+    pub fn restore(&mut self, targets: &Targets) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        for ((component, weight), original) in std::mem::take(&mut self.originals) {
-            let Some(store) = targets.stores.get(&component) else {
-                continue;
-            };
-            if let Some(variable) = store.variables().get(&weight) {
-                variable.shallow_clone().f_copy_(&original)?;
+        for ((component, weight), original) in &self.originals {
+            if let Some(variable) = targets.variable(*component, weight) {
+                variable.shallow_clone().f_copy_(original)?;
             }
         }
+        // only once all are back: a failed copy leaves them restorable
+        self.originals.clear();
         Ok(())
     }
 

@@ -33,7 +33,7 @@ fn model(kind: Kind) -> (VarStore, VarStore) {
     (unet, text)
 }
 
-fn targets<'a>(unet: &'a VarStore, text: &'a VarStore) -> Targets<'a> {
+fn targets(unet: &VarStore, text: &VarStore) -> Targets {
     Targets::new(vec![
         Target {
             component: Component::Unet,

@@ -36,7 +36,7 @@ impl LoraSpec {
 
 impl StableDiffusion {
     /// The models adapters may change, indexed by every name files use.
-    fn adapter_targets(&self) -> Result<Targets<'_>> {
+    fn adapter_targets(&self) -> Result<Targets> {
         let unet = self.unet.var_store();
         // SDXL files from kohya name the UNet's modules the LDM way.
         let ldm = LdmUNetKeys::new(self.unet.config())?;
@@ -83,9 +83,10 @@ impl StableDiffusion {
             .iter()
             .map(|spec| LoraFile::open(&spec.path))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        self.unload_loras()?;
-        let mut merged = std::mem::take(self.merged.get_mut());
         let targets = self.adapter_targets()?;
+        let merged = self.merged.get_mut();
+        merged.restore(&targets)?;
+        self.loras.clear();
         let mut reports = Vec::new();
         for (file, spec) in files.iter().zip(loras) {
             match merged.apply(file, spec.scale, &targets) {
@@ -96,8 +97,6 @@ impl StableDiffusion {
                 }
             }
         }
-        drop(targets);
-        *self.merged.get_mut() = merged;
         self.loras = loras.to_vec();
         Ok(reports)
     }
@@ -115,10 +114,7 @@ impl StableDiffusion {
     /// Takes every LoRA out: the weights are the base model's again, bit
     /// for bit.
     pub fn unload_loras(&mut self) -> Result<()> {
-        let mut merged = std::mem::take(self.merged.get_mut());
-        merged.restore(&self.adapter_targets()?)?;
-        self.loras.clear();
-        Ok(())
+        self.set_loras(&[]).map(drop)
     }
 
     /// The LoRAs merged now, in order.
@@ -157,48 +153,36 @@ impl StableDiffusion {
             }
             (_, second) => second.as_ref(),
         };
-        // Check every part fits before anything changes.
-        for (tokenizer, _) in std::iter::once(&self.text).chain(&self.text_2) {
+        // Check every tower takes it before anything changes.
+        let towers =
+            std::iter::once((&self.text, &file.vectors)).chain(self.text_2.as_ref().zip(second));
+        for ((tokenizer, encoder), vectors) in towers {
+            let refuse = |message: String| Err(PipelineError::model(path.as_ref(), message));
             if let Some(taken) = tokens.iter().find(|t| tokenizer.contains(t)) {
-                return Err(PipelineError::model(
-                    path.as_ref(),
-                    format!("the token '{taken}' is already in the tokenizer; pass another token"),
+                return refuse(format!(
+                    "the token '{taken}' is already in the tokenizer; pass another token"
+                ));
+            }
+            let width = encoder.config().hidden_size;
+            if vectors.size()[1] != width {
+                return refuse(format!(
+                    "vectors of width {} do not fit a text encoder of width {width}",
+                    vectors.size()[1]
+                ));
+            }
+            if tokenizer.len() as i64 != encoder.token_count() {
+                return refuse(format!(
+                    "the tokenizer has {} tokens but its text encoder embeds {}",
+                    tokenizer.len(),
+                    encoder.token_count()
                 ));
             }
         }
-        let width = |encoder: &sd_clip::ClipTextModel| encoder.config().hidden_size;
-        let fits =
-            |encoder: &sd_clip::ClipTextModel, v: &tch::Tensor| v.size()[1] == width(encoder);
-        if !fits(&self.text.1, &file.vectors)
-            || second.is_some_and(|v| self.text_2.as_ref().is_some_and(|(_, e)| !fits(e, v)))
-        {
-            return Err(PipelineError::model(
-                path.as_ref(),
-                format!(
-                    "vectors of width {:?} do not fit the text encoder(s) of this model (width {}{})",
-                    file.vectors.size()[1],
-                    width(&self.text.1),
-                    self.text_2
-                        .as_ref()
-                        .map_or(String::new(), |(_, e)| format!(" and {}", width(e))),
-                ),
-            ));
-        }
-        for (tower, vectors) in
+        for ((tokenizer, encoder), vectors) in
             std::iter::once((&mut self.text, &file.vectors)).chain(self.text_2.as_mut().zip(second))
         {
-            if tower.0.len() as i64 != tower.1.token_count() {
-                return Err(PipelineError::model(
-                    path.as_ref(),
-                    format!(
-                        "the tokenizer has {} tokens but its text encoder embeds {}",
-                        tower.0.len(),
-                        tower.1.token_count()
-                    ),
-                ));
-            }
-            let first = tower.0.add_embedding_tokens(&tokens)?;
-            tower.1.get_mut().add_token_embeddings(first, vectors)?;
+            let first = tokenizer.add_embedding_tokens(&tokens)?;
+            encoder.get_mut().add_token_embeddings(first, vectors)?;
         }
         Ok(tokens)
     }

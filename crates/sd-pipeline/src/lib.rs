@@ -23,8 +23,8 @@
 //! two types.
 #![warn(missing_docs)]
 
-#[cfg(feature = "ndarray")]
 mod adapters;
+#[cfg(feature = "ndarray")]
 pub mod arrays;
 mod components;
 mod cow;

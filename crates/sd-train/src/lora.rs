@@ -154,16 +154,6 @@ impl LoraNetwork {
             .any(|m| !m.key.starts_with("lora_unet_"))
     }
 
-    /// How many modules are trained.
-    pub fn len(&self) -> usize {
-        self.modules.len()
-    }
-
-    /// Never true: [`LoraNetwork::new`] refuses an empty set.
-    pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
-    }
-
     fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
@@ -207,14 +197,6 @@ impl LoraNetwork {
         // only now: the surrogate's backward pass reads them
         for grad in grads {
             let _ = grad.shallow_clone().zero_();
-        }
-    }
-
-    /// Puts the untrained weights back (the UNet as loaded).
-    pub fn restore(&self) {
-        let _guard = tch::no_grad_guard();
-        for m in &self.modules {
-            m.weight.shallow_clone().copy_(&m.base);
         }
     }
 
@@ -281,7 +263,9 @@ fn freeze(store: &VarStore) {
     }
 }
 
-/// A safetensors file with string metadata (tch's writer has none).
+/// A safetensors file with string metadata, its header in a fixed order
+/// (tch's writer takes no metadata; the safetensors crate writes it in hash
+/// order, so the same LoRA would not give the same bytes twice).
 fn write_with_metadata(
     path: &Path,
     tensors: &[(String, Tensor)],

@@ -275,7 +275,7 @@ impl ClipTokenizer {
             .first()
             .ok_or_else(|| ClipError::invalid("token", "no tokens given"))?;
         for token in tokens {
-            if self.tokenizer.token_to_id(token).is_some() {
+            if self.contains(token) {
                 return Err(ClipError::invalid(
                     "token",
                     format!("'{token}' is already in the tokenizer; choose another token"),
