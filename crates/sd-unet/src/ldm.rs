@@ -134,14 +134,20 @@ impl LdmUNetKeys {
         let Some(rest) = key.strip_prefix(PREFIX) else {
             return KeyMap::Skip;
         };
-        for (ldm, diffusers, resnet) in &self.blocks {
-            if let Some(tail) = rest.strip_prefix(ldm.as_str()) {
-                let tail = rename_tail(tail, *resnet, true);
-                return KeyMap::To(format!("{diffusers}{tail}"));
-            }
-        }
         // Unknown keys keep a recognisable name, to be reported as unexpected.
-        KeyMap::To(format!("(ldm) {rest}"))
+        KeyMap::To(
+            self.to_diffusers(rest)
+                .unwrap_or_else(|| format!("(ldm) {rest}")),
+        )
+    }
+
+    /// The diffusers name of an LDM name without [`PREFIX`] (a ControlNet's
+    /// copy of the UNet keeps the same names under another prefix).
+    pub fn to_diffusers(&self, rest: &str) -> Option<String> {
+        self.blocks.iter().find_map(|(ldm, diffusers, resnet)| {
+            let tail = rest.strip_prefix(ldm.as_str())?;
+            Some(format!("{diffusers}{}", rename_tail(tail, *resnet, true)))
+        })
     }
 
     /// The LDM name (without [`PREFIX`]) of a diffusers variable name: the

@@ -7,6 +7,7 @@
 pub mod config;
 mod down;
 pub mod embeddings;
+pub mod encoder;
 pub mod error;
 pub mod ldm;
 mod mid;
@@ -15,6 +16,7 @@ mod unet;
 mod up;
 
 pub use config::UNetConfig;
+pub use encoder::{AddedConditions, Encoded, UNetEncoder};
 pub use error::{Result, UNetError};
 pub use sd_core::DiffusersModel;
-pub use unet::{AddedConditions, UNet2DConditionModel};
+pub use unet::{ControlResiduals, UNet2DConditionModel};

@@ -20,6 +20,21 @@ pub struct TransformerSettings {
     pub only_cross_attention: bool,
 }
 
+impl TransformerSettings {
+    /// The transformers of one block of `config`.
+    pub fn of_block(config: &crate::UNetConfig, b: &crate::config::BlockSettings) -> Self {
+        TransformerSettings {
+            channels: b.out_channels,
+            heads: b.heads,
+            depth: b.transformer_depth,
+            cross_attention_dim: b.cross_attention_dim,
+            groups: config.norm_num_groups,
+            use_linear_projection: config.use_linear_projection,
+            only_cross_attention: b.only_cross_attention,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct BasicTransformerBlock {
     norm1: LayerNorm,

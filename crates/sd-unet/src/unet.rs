@@ -3,37 +3,30 @@
 
 use std::path::Path;
 
-use sd_core::layers::ResnetConfig;
 use sd_core::nn::{Conv2d, GroupNorm};
 use sd_core::DiffusersModel;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::config::{DownBlockType, UNetConfig, UpBlockType};
-use crate::down::DownBlock;
-use crate::embeddings::{timestep_features, TimestepEmbedding};
+use crate::config::{UNetConfig, UpBlockType};
+use crate::encoder::{resnet_config, AddedConditions, UNetEncoder};
 use crate::error::{Result, UNetError};
-use crate::mid::MidBlock;
 use crate::transformer::TransformerSettings;
 use crate::up::{UpBlock, UpChannels};
 
-/// SDXL's extra conditioning (`added_cond_kwargs` in diffusers).
+/// Residuals a ControlNet adds to the UNet (diffusers'
+/// `down_block_additional_residuals` and `mid_block_additional_residual`).
 #[derive(Debug)]
-pub struct AddedConditions {
-    /// The second text encoder's projected pooled embedding, (batch, dim).
-    pub text_embeds: Tensor,
-    /// Original size, crop top-left, target size: (batch, 6).
-    pub time_ids: Tensor,
+pub struct ControlResiduals {
+    /// One per skip state, in the down path's order.
+    pub down: Vec<Tensor>,
+    /// Added to the mid block's output.
+    pub mid: Tensor,
 }
 
 /// diffusers' `UNet2DConditionModel` (SD1.x, SD2.x, SDXL, inpainting),
 /// under its diffusers key names.
 pub struct UNet2DConditionModel {
-    config: UNetConfig,
-    conv_in: Conv2d,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<(TimestepEmbedding, i64)>,
-    down_blocks: Vec<DownBlock>,
-    mid_block: MidBlock,
+    encoder: UNetEncoder,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -43,7 +36,7 @@ pub struct UNet2DConditionModel {
 impl std::fmt::Debug for UNet2DConditionModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UNet2DConditionModel")
-            .field("config", &self.config)
+            .field("config", self.encoder.config())
             .finish()
     }
 }
@@ -69,83 +62,45 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
-        let (batch, channels, h, w) = sample.size4().map_err(|_| {
-            UNetError::invalid(
-                "unet input",
-                format!(
-                    "sample must be (batch, channels, h, w), got {:?}",
-                    sample.size()
-                ),
-            )
-        })?;
-        if channels != self.config.in_channels {
-            return Err(UNetError::invalid(
-                "unet input",
-                format!(
-                    "sample has {channels} channels, the UNet takes {}",
-                    self.config.in_channels
-                ),
-            ));
-        }
-        let factor = 1 << (self.config.block_out_channels.len() - 1);
-        if h % factor != 0 || w % factor != 0 {
-            return Err(UNetError::invalid(
-                "unet input",
-                format!("sample size {h}x{w} is not a multiple of {factor}"),
-            ));
-        }
-        let kind = sample.kind();
-        let device = sample.device();
-        // 1. time embedding (+ SDXL's text/size embedding)
-        let t = timestep
-            .to_device(device)
-            .reshape([-1])
-            .expand([batch], false);
-        let features = timestep_features(
-            &t,
-            self.config.block_out_channels[0],
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift as f64,
-        );
-        let mut emb = self.time_embedding.forward(&features.to_kind(kind));
-        match (&self.add_embedding, added) {
-            (Some((embedding, dim)), Some(added)) => {
-                let ids = added.time_ids.to_device(device).reshape([-1]);
-                let time = timestep_features(
-                    &ids,
-                    *dim,
-                    self.config.flip_sin_to_cos,
-                    self.config.freq_shift as f64,
-                )
-                .reshape([batch, -1]);
-                let text = added.text_embeds.to_device(device).to_kind(Kind::Float);
-                emb += embedding.forward(&Tensor::cat(&[text, time], -1).to_kind(kind));
-            }
-            (Some(_), None) => {
+        self.forward_controlled(sample, timestep, context, added, None)
+    }
+
+    /// [`forward`](Self::forward) with a ControlNet's residuals added to the
+    /// skip states and to the mid block's output.
+    pub fn forward_controlled(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditions>,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        self.encoder.check_sample(sample, "unet input")?;
+        // 1-3. time embedding, down path, mid block
+        let encoded = self
+            .encoder
+            .forward(sample, timestep, context, added, None)?;
+        let (mut x, mut skips, emb) = (encoded.mid, encoded.skips, encoded.emb);
+        if let Some(control) = control {
+            if control.down.len() != skips.len() {
                 return Err(UNetError::invalid(
-                    "unet input",
-                    "this UNet (text_time) needs text_embeds and time_ids",
-                ))
+                    "control residuals",
+                    format!(
+                        "{} down residuals for {} skip states",
+                        control.down.len(),
+                        skips.len()
+                    ),
+                ));
             }
-            (None, _) => {}
+            skips = skips
+                .iter()
+                .zip(&control.down)
+                .map(|(s, r)| s + r)
+                .collect();
+            x = x + &control.mid;
         }
-        // 2. down path, keeping every skip state
-        let context = context.to_device(device).to_kind(kind);
-        let mut x = if self.config.center_input_sample {
-            sample * 2.0 - 1.0
-        } else {
-            sample.shallow_clone()
-        };
-        x = self.conv_in.forward(&x);
-        let mut skips = vec![x.shallow_clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&x, &emb, &context);
-            x = out;
-            skips.extend(states);
-        }
-        // 3. mid block
-        x = self.mid_block.forward(&x, &emb, &context);
         // 4. up path, consuming the skips newest first
+        let context = context.to_device(x.device()).to_kind(x.kind());
         for block in &self.up_blocks {
             let taken = skips.split_off(skips.len() - block.resnet_count());
             let size = skips.last().map(|s| (s.size()[2], s.size()[3]));
@@ -173,59 +128,11 @@ impl DiffusersModel for UNet2DConditionModel {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
+        // 1-2. time embedding, down path and mid block
+        let encoder = UNetEncoder::new(&root, config)?;
         let blocks = config.blocks()?;
         let boc = &config.block_out_channels;
         let n = boc.len();
-        let temb = config.time_embed_dim();
-        let groups = config.norm_num_groups;
-        let resnet = |input: i64, output: i64, scale: f64| ResnetConfig {
-            in_channels: input,
-            out_channels: output,
-            temb_channels: Some(temb),
-            groups,
-            groups_out: None,
-            eps: config.norm_eps,
-            output_scale_factor: scale,
-        };
-        let transformer = |b: &crate::config::BlockSettings| TransformerSettings {
-            channels: b.out_channels,
-            heads: b.heads,
-            depth: b.transformer_depth,
-            cross_attention_dim: b.cross_attention_dim,
-            groups,
-            use_linear_projection: config.use_linear_projection,
-            only_cross_attention: b.only_cross_attention,
-        };
-
-        // 1. down path
-        let mut down_blocks = Vec::new();
-        let mut output = boc[0];
-        for (i, (kind, b)) in config.down_block_types.iter().zip(&blocks).enumerate() {
-            let input = output;
-            output = b.out_channels;
-            let attention = (*kind == DownBlockType::CrossAttnDownBlock2D).then(|| transformer(b));
-            down_blocks.push(DownBlock::new(
-                &(&root / "down_blocks" / i),
-                input,
-                &resnet(input, output, 1.0),
-                b.layers,
-                attention,
-                i + 1 < n,
-                config.downsample_padding,
-            )?);
-        }
-        // 2. mid block at the last width
-        let last = blocks[n - 1];
-        let mid_settings = TransformerSettings {
-            only_cross_attention: false,
-            ..transformer(&last)
-        };
-        let mid_resnet = resnet(
-            last.out_channels,
-            last.out_channels,
-            config.mid_block_scale_factor,
-        );
-        let mid_block = MidBlock::new(&(&root / "mid_block"), &mid_resnet, &mid_settings)?;
         // 3. up path, mirrored
         let mut up_blocks = Vec::new();
         let mut output = boc[n - 1];
@@ -234,32 +141,20 @@ impl DiffusersModel for UNet2DConditionModel {
             let previous = output;
             output = b.out_channels;
             let input = boc[n - 1 - (i + 1).min(n - 1)];
-            let attention = (*kind == UpBlockType::CrossAttnUpBlock2D).then(|| transformer(&b));
+            let attention = (*kind == UpBlockType::CrossAttnUpBlock2D)
+                .then(|| TransformerSettings::of_block(config, &b));
             up_blocks.push(UpBlock::new(
                 &(&root / "up_blocks" / i),
                 UpChannels { input, previous },
-                &resnet(previous, output, 1.0),
+                &resnet_config(config, previous, output, 1.0),
                 b.layers + 1,
                 attention,
                 i + 1 < n,
             )?);
         }
-        let add_embedding = match (
-            config.addition_time_embed_dim,
-            config.projection_class_embeddings_input_dim,
-        ) {
-            (Some(dim), Some(input)) if config.addition_embed_type.is_some() => Some((
-                TimestepEmbedding::new(&(&root / "add_embedding"), input, temb),
-                dim,
-            )),
-            _ => None,
-        };
+        let groups = config.norm_num_groups;
         Ok(UNet2DConditionModel {
-            conv_in: Conv2d::new(&(&root / "conv_in"), config.in_channels, boc[0], 3, 1, 1),
-            time_embedding: TimestepEmbedding::new(&(&root / "time_embedding"), boc[0], temb),
-            add_embedding,
-            down_blocks,
-            mid_block,
+            encoder,
             up_blocks,
             conv_norm_out: GroupNorm::new(
                 &(&root / "conv_norm_out"),
@@ -268,13 +163,12 @@ impl DiffusersModel for UNet2DConditionModel {
                 config.norm_eps,
             ),
             conv_out: Conv2d::new(&(&root / "conv_out"), boc[0], config.out_channels, 3, 1, 1),
-            config: config.clone(),
             vs,
         })
     }
 
     fn config(&self) -> &UNetConfig {
-        &self.config
+        self.encoder.config()
     }
 
     fn var_store(&self) -> &VarStore {
