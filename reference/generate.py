@@ -15,6 +15,9 @@ It writes, under reference/:
                                   latents, shared layers; with a .json beside some for metadata
   fixtures/lora/                  random LoRA / LyCORIS / textual-inversion files in each
                                   format, with outputs/lora.* from diffusers (harness_lora.py)
+  fixtures/controlnet/            random ControlNets (diffusers folders and an original single
+                                  file), control images, with outputs/controlnet.* from diffusers
+                                  (harness_controlnet.py)
   manifests/{sd15,sd21,sdxl}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
@@ -46,6 +49,7 @@ import torch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import harness_controlnet  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
@@ -109,7 +113,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "schedulers", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -132,6 +136,8 @@ def main() -> None:
             harness_outputs.write_outputs(FIXTURES, outputs, Path(tmp))
         if "lora" in only:
             harness_lora.write_lora(FIXTURES, outputs)
+        if "controlnet" in only:
+            harness_controlnet.write_controlnet(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
         if "manifests" in only:

@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod device;
 pub mod error;
+pub mod family;
 pub mod ffi;
 pub mod layers;
 pub mod load_report;

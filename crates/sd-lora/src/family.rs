@@ -19,10 +19,7 @@ pub fn guess(lora: &LoraFile) -> String {
     let has = |c: Component| lora.modules.iter().any(|m| m.component == c);
     let unknown_like = |needle: &str| lora.unknown.iter().any(|(k, _)| k.contains(needle));
     match width {
-        Some(768) => "SD 1.x (768-wide cross-attention)".into(),
-        Some(1024) => "SD 2.x (1024-wide cross-attention)".into(),
-        Some(2048) => "SDXL (2048-wide cross-attention)".into(),
-        Some(w) => format!("a model with {w}-wide cross-attention"),
+        Some(w) => sd_core::family::describe_cross_attention(w),
         None if has(Component::TextEncoder2) => "SDXL (it has a second text encoder)".into(),
         None if unknown_like("transformer") || unknown_like("double_blocks") => {
             "a transformer model (Flux, SD3 or similar), not a UNet".into()

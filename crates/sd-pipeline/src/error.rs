@@ -56,6 +56,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Lora(#[from] sd_lora::LoraError),
 
+    /// From a ControlNet.
+    #[error(transparent)]
+    ControlNet(#[from] sd_controlnet::ControlNetError),
+
     /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

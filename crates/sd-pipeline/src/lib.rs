@@ -27,6 +27,7 @@ mod adapters;
 #[cfg(feature = "ndarray")]
 pub mod arrays;
 mod components;
+mod control;
 mod cow;
 pub mod error;
 mod generate;
@@ -40,6 +41,7 @@ pub mod single_file;
 
 pub use adapters::LoraSpec;
 pub use components::{Components, Devices, TextTower};
+pub use control::{Control, LoadedControlNet};
 pub use error::{PipelineError, Result};
 pub use generate::{
     guide, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepCallback, StepInfo, Task,

@@ -37,6 +37,7 @@ pub struct StableDiffusionBuilder {
     channels_last: bool,
     loras: Vec<LoraSpec>,
     embeddings: Vec<(PathBuf, Option<String>)>,
+    controlnets: Vec<PathBuf>,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -60,6 +61,7 @@ impl Default for StableDiffusionBuilder {
             channels_last: false,
             loras: Vec::new(),
             embeddings: Vec::new(),
+            controlnets: Vec::new(),
         }
     }
 }
@@ -195,6 +197,14 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// Load a ControlNet once the model is loaded (repeatable; requests
+    /// give one control image per ControlNet, in this order). See
+    /// [`StableDiffusion::load_controlnet`].
+    pub fn controlnet(mut self, path: impl Into<PathBuf>) -> Self {
+        self.controlnets.push(path.into());
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -242,7 +252,11 @@ impl StableDiffusionBuilder {
             channels_last: self.channels_last,
             merged: Frozen::new(sd_lora::Merged::new()),
             loras: Vec::new(),
+            controlnets: Vec::new(),
         };
+        for path in &self.controlnets {
+            pipeline.load_controlnet(path)?;
+        }
         for (path, token) in &self.embeddings {
             pipeline.load_embedding(path, token.as_deref())?;
         }
@@ -345,6 +359,7 @@ pub struct StableDiffusion {
     /// Originals of the weights merged LoRAs changed.
     pub(crate) merged: Frozen<sd_lora::Merged>,
     pub(crate) loras: Vec<LoraSpec>,
+    pub(crate) controlnets: Vec<crate::control::LoadedControlNet>,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -440,6 +455,26 @@ impl StableDiffusion {
         } else {
             Cow::Borrowed(&self.unet)
         })
+    }
+
+    /// The ControlNets on the UNet's device: temporary copies in low-memory mode.
+    pub(crate) fn controlnets_for_run(
+        &self,
+    ) -> Result<Vec<Cow<'_, sd_controlnet::ControlNetModel>>> {
+        self.controlnets
+            .iter()
+            .map(|c| {
+                Ok(if self.low_memory {
+                    Cow::Owned(
+                        c.model
+                            .copy_to(self.devices.unet)
+                            .map_err(PipelineError::ControlNet)?,
+                    )
+                } else {
+                    Cow::Borrowed(&c.model)
+                })
+            })
+            .collect()
     }
 
     /// The VAE on its compute device: a temporary copy in low-memory mode.

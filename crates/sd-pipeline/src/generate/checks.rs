@@ -57,6 +57,7 @@ impl StableDiffusion {
                 ));
             }
         }
+        self.check_control(request.control.as_ref())?;
         if let Task::Inpaint { image, mask, .. } = &request.task {
             if mask.dimensions() != image.dimensions() {
                 return Err(PipelineError::request(

@@ -10,6 +10,7 @@ use sd_unet::{AddedConditions, UNet2DConditionModel};
 use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
+use crate::control::RunControl;
 use crate::error::{PipelineError, Result};
 use crate::generate::latents::Prepared;
 use crate::generate::request::{Generation, Request, StepInfo};
@@ -92,6 +93,17 @@ impl StableDiffusion {
         let mut noise = BatchNoise::new(&request.seed)?;
         let prepared =
             self.prepare_latents(request, &shape, &vae, scheduler.as_ref(), start, &mut noise)?;
+        let controlnets = self.controlnets_for_run()?;
+        let control = match &request.control {
+            Some(control) => Some(RunControl::new(
+                controlnets.iter().map(|c| &**c).collect(),
+                control,
+                (shape.width, shape.height),
+                shape.n,
+                shape.cfg,
+            )?),
+            None => None,
+        };
         // 4. denoising loop
         let loop_inputs = LoopInputs {
             unet: &unet,
@@ -101,6 +113,7 @@ impl StableDiffusion {
             start,
             guidance: (request.guidance_scale, request.guidance_rescale),
             cfg: shape.cfg,
+            control: control.as_ref(),
         };
         let (latents, unet_execution) =
             self.denoise(loop_inputs, scheduler.as_mut(), &mut noise, callback)?;
@@ -108,6 +121,8 @@ impl StableDiffusion {
         //    handing the loop's freed activations back to the kernel
         //    (peak memory; sd_core::alloc)
         drop(unet);
+        drop(control);
+        drop(controlnets);
         sd_core::alloc::release_freed_memory();
         Ok(Generation {
             images: self.decode_with(&vae, &latents)?,
@@ -132,6 +147,7 @@ impl StableDiffusion {
             start,
             guidance: (scale, rescale),
             cfg,
+            control,
         } = inputs;
         let (device, dtype) = (self.devices.unet, unet.var_store().kind());
         let mut latents = prepared.latents.to_device(device).to_kind(dtype);
@@ -145,15 +161,34 @@ impl StableDiffusion {
                 true => Tensor::cat(&[&latents, &latents], 0),
                 false => latents.shallow_clone(),
             };
-            let mut input = scheduler.scale_model_input(&doubled, i)?;
-            if let Some((mask, masked)) = &prepared.inpaint_channels {
-                input = Tensor::cat(&[&input, mask, masked], 1);
-            }
+            let scaled = scheduler.scale_model_input(&doubled, i)?;
+            let input = match &prepared.inpaint_channels {
+                Some((mask, masked)) => Tensor::cat(&[&scaled, mask, masked], 1),
+                None => scaled.shallow_clone(),
+            };
             let t = timesteps_on_device.get(i as i64);
-            let runner = runner.get_or_insert_with(|| {
-                UNetRunner::new(self.cuda_graphs, unet, &input, &t, context, added)
-            });
-            let prediction = runner.run(unet, &input, &t, context, added)?;
+            let prediction = match control {
+                // ControlNet runs are eager: the residuals change every step.
+                Some(control) => {
+                    let single = || Ok(scheduler.scale_model_input(&latents, i)?);
+                    let residuals = control.residuals(
+                        (step, total),
+                        &scaled,
+                        single,
+                        &t,
+                        context,
+                        added,
+                        cfg,
+                    )?;
+                    unet.forward_controlled(&input, &t, context, added, residuals.as_ref())?
+                }
+                None => {
+                    let runner = runner.get_or_insert_with(|| {
+                        UNetRunner::new(self.cuda_graphs, unet, &input, &t, context, added)
+                    });
+                    runner.run(unet, &input, &t, context, added)?
+                }
+            };
             let guided = match cfg {
                 true => guide(&prediction, scale, rescale),
                 false => prediction,
@@ -209,6 +244,7 @@ struct LoopInputs<'a> {
     /// (scale, rescale)
     guidance: (f64, f64),
     cfg: bool,
+    control: Option<&'a RunControl<'a>>,
 }
 
 /// Classifier-free guidance on a [uncond, text] batch, with diffusers'

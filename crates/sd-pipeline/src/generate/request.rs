@@ -46,6 +46,8 @@ pub struct Request {
     pub sdxl_crop_top_left: (u32, u32),
     /// SDXL target size as (height, width); defaults to the output size.
     pub sdxl_target_size: Option<(u32, u32)>,
+    /// Control images and settings for the loaded ControlNets.
+    pub control: Option<crate::control::Control>,
 }
 
 /// The seeds of a run's CPU generators, as diffusers' `generator` argument.
@@ -144,6 +146,7 @@ impl Request {
             sdxl_original_size: None,
             sdxl_crop_top_left: (0, 0),
             sdxl_target_size: None,
+            control: None,
         }
     }
 
@@ -156,6 +159,12 @@ impl Request {
     /// The same as image-to-image from `image` at `strength`.
     pub fn image_to_image(mut self, image: RgbImage, strength: f64) -> Self {
         self.task = Task::ImageToImage { image, strength };
+        self
+    }
+
+    /// The same with control images for the loaded ControlNets.
+    pub fn with_control(mut self, control: crate::control::Control) -> Self {
+        self.control = Some(control);
         self
     }
 
