@@ -28,6 +28,7 @@ SUITES=(
   "sd-pipeline parity"
   "sd-pipeline single_file"
   "sd-pipeline lora"
+  "sd-pipeline controlnet"
   "sd-train trained_model"
 )
 LOGS=target/parity

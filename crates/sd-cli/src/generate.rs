@@ -108,6 +108,8 @@ pub struct Common {
     /// Print what each LoRA merged and every key it skipped.
     #[arg(long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub control: crate::control::ControlOptions,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +171,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let kind = sd_core::device::parse_dtype(&common.dtype)?;
     let (prompt, loras) = lora_options(common)?;
     let embeddings = embedding_options(&common.embeddings)?;
+    let control = common.control.parse()?;
     let model = model_dir(common.model.as_deref())?;
     let mut request = Request::new(&prompt);
     request.negative_prompt = common.negative_prompt.clone();
@@ -193,6 +196,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         }
     };
     request.seed = Seed::Batch(seed);
+    request.control = control.control;
     match &mode {
         Mode::Txt2Img => {}
         Mode::Img2Img { image, strength } => {
@@ -242,6 +246,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     }
     if let Some(spacing) = spacing {
         builder = builder.timestep_spacing(spacing);
+    }
+    for path in &control.paths {
+        builder = builder.controlnet(path);
     }
     let mut pipeline = builder.build()?;
     for (path, token) in &embeddings {
@@ -420,6 +427,9 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         "seed" => "--seed",
         "init_image" => "--init-image",
         "mask" => "--mask",
+        "control" | "control.images" => "--control-image",
+        "control.scales" => "--controlnet",
+        "control.start" => "--control-start/--control-end",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

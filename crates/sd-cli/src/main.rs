@@ -1,7 +1,10 @@
-//! `sd`: the command line tool: txt2img, img2img, inpaint, tokenize, doctor.
+//! `sd`: the command line tool: txt2img, img2img, inpaint, preprocess, train,
+//! eval-shapes, tokenize, doctor.
 
+mod control;
 mod generate;
 mod output;
+mod preprocess;
 mod shapes;
 mod train;
 
@@ -74,6 +77,11 @@ enum Command {
         #[arg(long, default_value_t = 7.5)]
         guidance: f64,
     },
+    /// Make control images for ControlNets: canny edges, grayscale, invert, resize.
+    Preprocess {
+        #[command(subcommand)]
+        command: preprocess::Preprocess,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -98,6 +106,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device } => doctor(device.as_deref()),
         Command::Train { args } => train::run(&args),
+        Command::Preprocess { command } => preprocess::run(&command),
         Command::EvalShapes {
             model,
             seeds,

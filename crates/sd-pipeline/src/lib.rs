@@ -37,6 +37,8 @@ pub mod images;
 pub mod model;
 mod noise;
 mod pipeline;
+#[cfg(feature = "preprocess")]
+pub mod preprocess;
 pub mod single_file;
 
 pub use adapters::LoraSpec;
