@@ -18,6 +18,9 @@ It writes, under reference/:
   fixtures/controlnet/            random ControlNets (diffusers folders and an original single
                                   file), control images, with outputs/controlnet.* from diffusers
                                   (harness_controlnet.py)
+  fixtures/taesd/                 a random tiny autoencoder (diffusers folder and the original
+                                  TAESD layout), with outputs/taesd.* from diffusers
+                                  (harness_taesd.py)
   manifests/{sd15,sd21,sdxl}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
@@ -55,6 +58,7 @@ import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
 import harness_single_file  # noqa: E402
+import harness_taesd  # noqa: E402
 
 FIXTURES = HERE / "fixtures"
 OPEN_CLIP = "open-clip-torch==3.3.0"
@@ -113,7 +117,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "schedulers", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -138,6 +142,8 @@ def main() -> None:
             harness_lora.write_lora(FIXTURES, outputs)
         if "controlnet" in only:
             harness_controlnet.write_controlnet(FIXTURES, outputs)
+        if "taesd" in only:
+            harness_taesd.write_taesd(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
         if "manifests" in only:

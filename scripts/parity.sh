@@ -24,11 +24,13 @@ SUITES=(
   "sd-clip conditioning"
   "sd-unet parity"
   "sd-vae parity"
+  "sd-vae tiny"
   "sd-scheduler golden"
   "sd-pipeline parity"
   "sd-pipeline single_file"
   "sd-pipeline lora"
   "sd-pipeline controlnet"
+  "sd-pipeline previews"
   "sd-train trained_model"
 )
 LOGS=target/parity

@@ -125,7 +125,10 @@ fn bad_controlnet_options_name_the_option_and_write_nothing() {
             "--control-start",
         ),
         (vec!["--guess-mode"], "--guess-mode"),
-        (vec!["--controlnet", xl, "--control-image", image], "cross-attention"),
+        (
+            vec!["--controlnet", xl, "--control-image", image],
+            "cross-attention",
+        ),
     ];
     for (args, needle) in cases {
         let run = txt2img(&args, &out);

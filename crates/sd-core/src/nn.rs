@@ -66,6 +66,23 @@ impl Conv2d {
         }
     }
 
+    /// The same without a bias.
+    pub fn no_bias(
+        vs: &Path<'_>,
+        input: i64,
+        output: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Self {
+        Conv2d {
+            weight: param(vs, "weight", &[output, input, kernel, kernel]),
+            bias: None,
+            stride,
+            padding,
+        }
+    }
+
     /// Applies the layer.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(

@@ -179,6 +179,18 @@ pub fn load_mapped<P: AsRef<Path>>(
     map: &dyn Fn(&str) -> KeyMap,
     allow_unexpected: bool,
 ) -> Result<LoadReport> {
+    load_mapped_per_file(vs, files, &|_, key| map(key), allow_unexpected)
+}
+
+/// [`load_mapped`] where the map also gets the index of the file a key is
+/// in: for model parts saved as separate files under the same names (the
+/// original TAESD encoder and decoder).
+pub fn load_mapped_per_file<P: AsRef<Path>>(
+    vs: &VarStore,
+    files: &[P],
+    map: &dyn Fn(usize, &str) -> KeyMap,
+    allow_unexpected: bool,
+) -> Result<LoadReport> {
     let mapped = files
         .iter()
         .map(MappedFile::open)
@@ -192,7 +204,7 @@ pub fn load_mapped<P: AsRef<Path>>(
     let mut available: HashMap<String, (usize, String, KeyMap, usize)> = HashMap::new();
     for (index, header) in headers.iter().enumerate() {
         for key in header.names() {
-            let mapping = map(key);
+            let mapping = map(index, key);
             let targets: Vec<String> = match &mapping {
                 KeyMap::Skip => continue,
                 KeyMap::To(n) | KeyMap::Squeeze(n) | KeyMap::Transpose(n) => vec![n.clone()],

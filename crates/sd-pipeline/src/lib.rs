@@ -39,6 +39,7 @@ mod noise;
 mod pipeline;
 #[cfg(feature = "preprocess")]
 pub mod preprocess;
+mod preview;
 pub mod single_file;
 
 pub use adapters::LoraSpec;
@@ -51,6 +52,7 @@ pub use generate::{
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
 pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
+pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
 pub use sd_lora::ApplyReport;

@@ -38,6 +38,7 @@ pub struct StableDiffusionBuilder {
     loras: Vec<LoraSpec>,
     embeddings: Vec<(PathBuf, Option<String>)>,
     controlnets: Vec<PathBuf>,
+    tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -62,6 +63,7 @@ impl Default for StableDiffusionBuilder {
             loras: Vec::new(),
             embeddings: Vec::new(),
             controlnets: Vec::new(),
+            tiny_vae: None,
         }
     }
 }
@@ -205,6 +207,17 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// Load a tiny autoencoder (TAESD) from `dir` for previews, and for
+    /// the final decode too with [`TinyVaeUse::PreviewsAndDecode`]
+    /// (much faster and lighter than the full VAE, a little softer). See
+    /// [`StableDiffusion::load_tiny_vae`].
+    ///
+    /// [`TinyVaeUse::PreviewsAndDecode`]: crate::TinyVaeUse::PreviewsAndDecode
+    pub fn tiny_vae(mut self, dir: impl Into<PathBuf>, usage: crate::TinyVaeUse) -> Self {
+        self.tiny_vae = Some((dir.into(), usage));
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -253,7 +266,11 @@ impl StableDiffusionBuilder {
             merged: Frozen::new(sd_lora::Merged::new()),
             loras: Vec::new(),
             controlnets: Vec::new(),
+            tiny_vae: None,
         };
+        if let Some((dir, usage)) = &self.tiny_vae {
+            pipeline.load_tiny_vae(dir, *usage)?;
+        }
         for path in &self.controlnets {
             pipeline.load_controlnet(path)?;
         }
@@ -360,6 +377,7 @@ pub struct StableDiffusion {
     pub(crate) merged: Frozen<sd_lora::Merged>,
     pub(crate) loras: Vec<LoraSpec>,
     pub(crate) controlnets: Vec<crate::control::LoadedControlNet>,
+    pub(crate) tiny_vae: Option<(sd_vae::AutoencoderTiny, crate::preview::TinyVaeUse)>,
 }
 
 impl std::fmt::Debug for StableDiffusion {

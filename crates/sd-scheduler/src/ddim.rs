@@ -22,6 +22,8 @@ pub struct Ddim {
     /// 0 is deterministic DDIM; 1 adds DDPM-like noise each step.
     eta: f64,
     timesteps: Vec<f64>,
+    /// The last step's clean-sample estimate, for previews.
+    denoised: Option<Tensor>,
 }
 
 impl Ddim {
@@ -45,6 +47,7 @@ impl Ddim {
             schedule,
             eta: 0.0,
             timesteps: Vec::new(),
+            denoised: None,
         })
     }
 
@@ -88,6 +91,10 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
+    fn denoised(&self) -> Option<&Tensor> {
+        self.denoised.as_ref()
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -124,6 +131,7 @@ impl Scheduler for Ddim {
         // 4. x_{t-1} = sqrt(alpha_prev) x0 + direction pointing to x_t (+ noise)
         let direction = &eps * leading(sqrt32(1.0 - alpha_prev - std_dev * std_dev), &eps);
         let prev = &x0 * leading(sqrt32(alpha_prev), &x0) + direction;
+        self.denoised = Some(x0);
         if self.eta > 0.0 {
             let fresh = draw_noise(noise, model_output)?;
             return Ok(prev + &fresh * leading(std_dev, &fresh));

@@ -192,6 +192,10 @@ impl Scheduler for DpmSolverMultistep {
         Some(&self.sigmas)
     }
 
+    fn denoised(&self) -> Option<&Tensor> {
+        self.outputs.last()
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

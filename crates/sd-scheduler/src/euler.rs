@@ -68,7 +68,8 @@ impl Scheduler for Euler {
         // 1. denoised estimate at this sigma (no churn: sigma_hat == sigma)
         let x0 = x0_from_sigma(self.prediction, model_output, &sample, sigma);
         // 2. one Euler step of dx/dsigma = (x - x0) / sigma to the next sigma
-        let derivative = (&sample - x0) / sigma as f64;
+        let derivative = (&sample - &x0) / sigma as f64;
+        self.core.denoised = Some(x0);
         let dt = self.core.steps.sigmas[i + 1] - sigma;
         Ok((sample + derivative * dt as f64).to_kind(model_output.kind()))
     }

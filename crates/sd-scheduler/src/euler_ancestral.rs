@@ -64,7 +64,8 @@ impl Scheduler for EulerAncestral {
         let sigma_up =
             sqrt32(sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma));
         let sigma_down = sqrt32(sigma_to * sigma_to - sigma_up * sigma_up);
-        let derivative = (&sample - x0) / sigma as f64;
+        let derivative = (&sample - &x0) / sigma as f64;
+        self.core.denoised = Some(x0);
         let prev = sample + derivative * (sigma_down - sigma) as f64;
         let fresh = draw_noise(noise, model_output)?;
         Ok((prev + fresh * sigma_up as f64).to_kind(model_output.kind()))

@@ -23,6 +23,8 @@ pub struct Lcm {
     clip_sample: Option<f64>,
     final_alpha: f32,
     timesteps: Vec<f64>,
+    /// The last step's clean-sample estimate, for previews.
+    denoised: Option<Tensor>,
 }
 
 impl Lcm {
@@ -61,6 +63,7 @@ impl Lcm {
                 .then(|| config.clip_sample_range.unwrap_or(1.0)),
             final_alpha,
             timesteps: Vec::new(),
+            denoised: None,
         })
     }
 
@@ -103,6 +106,10 @@ impl Scheduler for Lcm {
         &self.timesteps
     }
 
+    fn denoised(&self) -> Option<&Tensor> {
+        self.denoised.as_ref()
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -124,6 +131,7 @@ impl Scheduler for Lcm {
         }
         // (coefficients lead, as diffusers writes them: see `leading`)
         let denoised = &x0 * leading(c_out, &x0) + sample * leading(c_skip, sample);
+        self.denoised = Some(denoised.shallow_clone());
         // 3. re-noise to the next timestep, except after the last step
         if i + 1 == self.timesteps.len() {
             return Ok(denoised);

@@ -125,6 +125,13 @@ pub trait Scheduler: Send {
     /// The forward process: `original` noised to the level of `step_index`
     /// (img2img and inpainting start here).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
+
+    /// The last step's prediction of the clean sample (diffusers'
+    /// `pred_original_sample` / `denoised`), for samplers that make one:
+    /// previews show it instead of the noisy sample. `None` by default.
+    fn denoised(&self) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// Every built-in sampler, by its CLI name.

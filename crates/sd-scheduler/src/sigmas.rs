@@ -198,6 +198,8 @@ pub struct SigmaCore {
     pub schedule: NoiseSchedule,
     pub recipe: SigmaRecipe,
     pub steps: SigmaSteps,
+    /// The last step's denoised estimate, for previews.
+    pub denoised: Option<tch::Tensor>,
 }
 
 impl SigmaCore {
@@ -206,6 +208,7 @@ impl SigmaCore {
             schedule,
             recipe,
             steps: SigmaSteps::default(),
+            denoised: None,
         }
     }
 
@@ -213,6 +216,7 @@ impl SigmaCore {
     pub fn prepare(&mut self, sampler: &'static str, num_steps: usize) -> Result<()> {
         crate::check_steps(sampler, num_steps, self.schedule.num_train_timesteps())?;
         self.steps = sigma_steps(&self.schedule, num_steps, &self.recipe);
+        self.denoised = None;
         Ok(())
     }
 
@@ -233,6 +237,10 @@ macro_rules! sigma_scheduler_methods {
 
         fn sigmas(&self) -> Option<&[f32]> {
             Some(&self.core.steps.sigmas)
+        }
+
+        fn denoised(&self) -> Option<&tch::Tensor> {
+            self.core.denoised.as_ref()
         }
 
         fn init_noise_sigma(&self) -> f64 {

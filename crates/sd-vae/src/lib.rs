@@ -13,6 +13,8 @@ pub mod error;
 pub mod ldm;
 mod mid;
 pub mod tiling;
+pub mod tiny;
+pub mod tiny_config;
 
 pub use autoencoder::AutoencoderKL;
 pub use config::VaeConfig;
@@ -20,3 +22,5 @@ pub use distribution::LatentDistribution;
 pub use error::{Result, VaeError};
 pub use sd_core::DiffusersModel;
 pub use tiling::TileOptions;
+pub use tiny::AutoencoderTiny;
+pub use tiny_config::TinyVaeConfig;

@@ -208,6 +208,7 @@ impl StableDiffusion {
                 total,
                 timestep: timesteps[i],
                 latents: &latents,
+                denoised: scheduler.denoised(),
             };
             if callback(info).is_break() {
                 return Err(PipelineError::Cancelled { step });
@@ -226,6 +227,9 @@ impl StableDiffusion {
     }
 
     fn decode_with(&self, vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        if let Some(tiny) = self.tiny_for_decode() {
+            return crate::preview::decode_tiny(tiny, latents);
+        }
         // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
         // VAE gets f32 latents to divide)
         let z = latents.to_device(self.devices.vae).to_kind(vae.dtype());

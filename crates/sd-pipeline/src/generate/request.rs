@@ -219,6 +219,9 @@ pub struct StepInfo<'a> {
     pub timestep: f64,
     /// The latents after this step.
     pub latents: &'a Tensor,
+    /// The sampler's estimate of the clean latents at this step, where it
+    /// makes one (Euler, Euler a, DDIM, LCM, DPM++): better for previews.
+    pub denoised: Option<&'a Tensor>,
 }
 
 /// The images and the final latents (before VAE decode).
