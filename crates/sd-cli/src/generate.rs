@@ -110,6 +110,8 @@ pub struct Common {
     pub verbose: bool,
     #[command(flatten)]
     pub control: crate::control::ControlOptions,
+    #[command(flatten)]
+    pub preview: crate::preview::PreviewOptions,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +174,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let (prompt, loras) = lora_options(common)?;
     let embeddings = embedding_options(&common.embeddings)?;
     let control = common.control.parse()?;
+    common.preview.check()?;
     let model = model_dir(common.model.as_deref())?;
     let mut request = Request::new(&prompt);
     request.negative_prompt = common.negative_prompt.clone();
@@ -250,6 +253,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     for path in &control.paths {
         builder = builder.controlnet(path);
     }
+    if let Some(dir) = &common.preview.vae_tiny {
+        builder = builder.tiny_vae(dir, sd_pipeline::TinyVaeUse::PreviewsAndDecode);
+    }
     let mut pipeline = builder.build()?;
     for (path, token) in &embeddings {
         let tokens = pipeline.load_embedding(path, token.as_deref())?;
@@ -272,13 +278,23 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     let scheduler = pipeline.scheduler_for(&request).map_err(name_the_option)?;
+    let mut preview_error = None;
     let generation = pipeline
         .generate_with(&request, scheduler, &mut |info| {
             bar.set_length(info.total as u64);
             bar.set_position(info.step as u64 + 1);
-            ControlFlow::Continue(())
+            match common.preview.on_step(&pipeline, &info) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    preview_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
         })
-        .map_err(name_the_option)?;
+        .map_err(|e| match preview_error.take() {
+            Some(preview) => preview,
+            None => name_the_option(e),
+        })?;
     bar.finish_and_clear();
     if let sd_pipeline::UNetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
         eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");

@@ -5,6 +5,7 @@ mod control;
 mod generate;
 mod output;
 mod preprocess;
+mod preview;
 mod shapes;
 mod train;
 

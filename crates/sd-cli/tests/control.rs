@@ -1,7 +1,9 @@
-//! `--controlnet`, `--control-image` and `sd preprocess` end to end: the
-//! saved latents equal diffusers' reference for the same ControlNet
-//! (reference/harness_controlnet.py), bad ControlNet options fail with one
-//! line naming them and write nothing, and canny edges lie on the edges.
+//! `--controlnet`, `--control-image`, `sd preprocess`, `--vae-tiny` and
+//! `--preview` end to end: the saved latents equal diffusers' reference for
+//! the same ControlNet (reference/harness_controlnet.py), bad options fail
+//! with one line naming them and write nothing, canny edges lie on the
+//! edges, the tiny autoencoder's image is diffusers' (harness_taesd.py), and
+//! the preview file is a whole PNG with no partial file left behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,5 +201,82 @@ fn canny_marks_the_edges_of_a_square_and_nothing_else() {
         !run.status.success() && stderr.contains("--low"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn vae_tiny_and_previews() {
+    let dir = scratch("preview");
+    let out = dir.join("tiny.png");
+    let preview = dir.join("preview.png");
+    let taesd = fixtures().join("taesd/original");
+    let run = txt2img(
+        &[
+            "--vae-tiny",
+            taesd.to_str().unwrap(),
+            "--preview",
+            preview.to_str().unwrap(),
+            "--preview-every",
+            "2",
+            "--guidance",
+            "7.5",
+        ],
+        &out,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The final image is TAESD's decode, as diffusers' pipeline given
+    // vae=AutoencoderTiny makes it.
+    let reference = read_tensors(fixtures().join("outputs/taesd.safetensors")).unwrap();
+    let expected = take(&reference, "sd1.txt2img.image").unwrap();
+    let expected = Vec::<u8>::try_from(expected.flatten(0, -1)).unwrap();
+    let image = image::open(&out).unwrap().to_rgb8();
+    let worst = image
+        .as_raw()
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= sd_testkit::parity::pixel_tolerance(tch::Kind::Float),
+        "pixels differ by {worst}"
+    );
+    // The last preview (the last step always gets one) is TAESD's decode of
+    // the final latents: the final image itself.
+    let shown = image::open(&preview).unwrap().to_rgb8();
+    assert_eq!(shown, image);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    for (args, needle) in [
+        (
+            vec![
+                "--preview",
+                preview.to_str().unwrap(),
+                "--preview-every",
+                "0",
+            ],
+            "--preview-every",
+        ),
+        (vec!["--preview", "preview.jpg"], "--preview"),
+        (vec!["--vae-tiny", dir.to_str().unwrap()], "config.json"),
+    ] {
+        let bad = dir.join("bad.png");
+        let run = txt2img(&args, &bad);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(!bad.exists());
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
