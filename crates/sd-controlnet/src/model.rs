@@ -123,10 +123,10 @@ impl ControlNetModel {
                 .enumerate()
                 .map(|(i, d)| d * ramp.get(i as i64))
                 .collect();
-            mid = mid * ramp.get(n);
+            mid *= ramp.get(n);
         } else {
             down = down.iter().map(|d| d * scale.scale).collect();
-            mid = mid * scale.scale;
+            mid *= scale.scale;
         }
         if global_pool {
             down = down

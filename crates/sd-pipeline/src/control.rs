@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use image::{imageops::FilterType, RgbImage};
 use sd_controlnet::{ldm, ControlNetConfig, ControlNetModel, ControlScale};
+use sd_core::shared::Frozen;
 use sd_core::weights::{KeyMap, MappedFile};
 use sd_core::DiffusersModel;
 use sd_unet::{AddedConditions, ControlResiduals};
@@ -19,10 +20,20 @@ use crate::pipeline::StableDiffusion;
 /// A ControlNet the pipeline holds, and the file or folder it came from.
 #[derive(Debug)]
 pub struct LoadedControlNet {
+    path: PathBuf,
+    model: Frozen<ControlNetModel>,
+}
+
+impl LoadedControlNet {
     /// The folder or file it was loaded from.
-    pub path: PathBuf,
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The model.
-    pub model: ControlNetModel,
+    pub fn model(&self) -> &ControlNetModel {
+        &self.model
+    }
 }
 
 /// What a request asks of the loaded ControlNets.
@@ -105,7 +116,7 @@ impl StableDiffusion {
         self.check_controlnet(path, &model)?;
         self.controlnets.push(LoadedControlNet {
             path: path.to_path_buf(),
-            model,
+            model: Frozen::new(model),
         });
         Ok(())
     }

@@ -377,7 +377,7 @@ pub struct StableDiffusion {
     pub(crate) merged: Frozen<sd_lora::Merged>,
     pub(crate) loras: Vec<LoraSpec>,
     pub(crate) controlnets: Vec<crate::control::LoadedControlNet>,
-    pub(crate) tiny_vae: Option<(sd_vae::AutoencoderTiny, crate::preview::TinyVaeUse)>,
+    pub(crate) tiny_vae: Option<(Frozen<sd_vae::AutoencoderTiny>, crate::preview::TinyVaeUse)>,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -484,12 +484,12 @@ impl StableDiffusion {
             .map(|c| {
                 Ok(if self.low_memory {
                     Cow::Owned(
-                        c.model
+                        c.model()
                             .copy_to(self.devices.unet)
                             .map_err(PipelineError::ControlNet)?,
                     )
                 } else {
-                    Cow::Borrowed(&c.model)
+                    Cow::Borrowed(c.model())
                 })
             })
             .collect()

@@ -55,13 +55,13 @@ impl StableDiffusion {
     /// VAE's dtype.
     pub fn load_tiny_vae(&mut self, dir: impl AsRef<Path>, usage: TinyVaeUse) -> Result<()> {
         let tiny = AutoencoderTiny::from_dir(dir.as_ref(), self.devices.vae, self.vae.dtype())?;
-        self.tiny_vae = Some((tiny, usage));
+        self.tiny_vae = Some((sd_core::shared::Frozen::new(tiny), usage));
         Ok(())
     }
 
     /// The tiny autoencoder, if one is loaded.
     pub fn tiny_vae(&self) -> Option<&AutoencoderTiny> {
-        self.tiny_vae.as_ref().map(|(t, _)| t)
+        self.tiny_vae.as_ref().map(|(t, _)| &**t)
     }
 
     /// Drops the tiny autoencoder (previews fall back to the linear map).

@@ -183,7 +183,7 @@ impl UNetEncoder {
         };
         x = self.conv_in.forward(&x);
         if let Some(hint) = hint {
-            x = x + hint;
+            x += hint;
         }
         let mut skips = vec![x.shallow_clone()];
         for block in &self.down_blocks {

@@ -97,7 +97,7 @@ impl UNet2DConditionModel {
                 .zip(&control.down)
                 .map(|(s, r)| s + r)
                 .collect();
-            x = x + &control.mid;
+            x += &control.mid;
         }
         // 4. up path, consuming the skips newest first
         let context = context.to_device(x.device()).to_kind(x.kind());
