@@ -149,6 +149,7 @@ def main() -> None:
         if "manifests" in only:
             harness_models.write_manifests(HERE / "manifests")
             harness_single_file.write_single_file_manifests(HERE / "manifests")
+            harness_controlnet.write_controlnet_manifests(HERE / "manifests")
     print("reference fixtures written under", FIXTURES.relative_to(HERE.parent))
 
 

@@ -49,12 +49,13 @@ def controlnet(unet, seed: int) -> ControlNetModel:
     return net
 
 
-def to_ldm(net: ControlNetModel, unet_config: dict) -> dict:
+def to_ldm(net: ControlNetModel, unet_config: dict, check: bool = True) -> dict:
     """The original layout: the UNet copy's LDM names, hint block, zero convs."""
     state = net.state_dict()
+    widths = net.config.conditioning_embedding_out_channels
     encoder = {k: v for k, v in state.items() if not k.startswith("controlnet_")}
     out = {k.replace("model.diffusion_model.", "control_model."): v for k, v in unet_to_ldm(encoder, unet_config).items()}
-    hint = ["conv_in"] + [f"blocks.{i}" for i in range(2 * (len(HINT_WIDTHS) - 1))] + ["conv_out"]
+    hint = ["conv_in"] + [f"blocks.{i}" for i in range(2 * (len(widths) - 1))] + ["conv_out"]
     for slot, name in enumerate(hint):
         for part in ("weight", "bias"):
             out[f"control_model.input_hint_block.{2 * slot}.{part}"] = state[f"controlnet_cond_embedding.{name}.{part}"]
@@ -66,10 +67,11 @@ def to_ldm(net: ControlNetModel, unet_config: dict) -> dict:
             out[f"control_model.middle_block_out.0.{key.split('.')[-1]}"] = value
     # diffusers' own converter must read it back (all but the hint block,
     # whose slots it fixes for the full-size 8-conv layout).
-    back = convert_controlnet_checkpoint(dict(out), dict(net.config))
-    for key, value in state.items():
-        if not key.startswith("controlnet_cond_embedding."):
-            assert torch.equal(back[key], value), key
+    if check:
+        back = convert_controlnet_checkpoint(dict(out), dict(net.config))
+        for key, value in state.items():
+            if not key.startswith("controlnet_cond_embedding."):
+                assert torch.equal(back[key], value), key
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -152,3 +154,16 @@ def write_controlnet(fixtures: Path, outputs: Path) -> None:
                          strength=kwargs.get("strength")))
     save_file(tensors, outputs / "controlnet.safetensors")
     (outputs / "controlnet.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def write_controlnet_manifests(manifests: Path) -> None:
+    """Every tensor name and shape of the original single-file SD1.5 ControlNet
+    releases (control_v11p_sd15_*.safetensors), from the diffusers manifest."""
+    m = json.loads((manifests / "sd15" / "controlnet.json").read_text())
+    unet = json.loads((manifests / "sd15" / "unet.json").read_text())["config"]
+    with torch.device("meta"):
+        net = ControlNetModel(**{k: v for k, v in m["config"].items() if not k.startswith("_")})
+    out = to_ldm(net, unet, check=False)
+    tensors = {k: list(v.shape) for k, v in sorted(out.items())}
+    (manifests / "sd15" / "controlnet_single_file.json").write_text(
+        json.dumps({"tensors": tensors}, indent=2, sort_keys=True) + "\n")

@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+import inspect
+
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # ---------------------------------------------------------------------------
@@ -284,6 +286,11 @@ def write_manifests(out: Path) -> None:
     def manifest(model, prefix: str = "", optional: dict | None = None) -> dict:
         return dict(manifest_of(model, prefix, optional), config=config_json(model))
 
+    def controlnet(unet: dict) -> ControlNetModel:
+        """The ControlNet releases of a family: the UNet's encoder config."""
+        accepted = inspect.signature(ControlNetModel.__init__).parameters
+        return ControlNetModel(**{k: v for k, v in unet.items() if k in accepted})
+
     with torch.device("meta"):
         def clip(config, projection=False):
             model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**config))
@@ -297,6 +304,8 @@ def write_manifests(out: Path) -> None:
                 "text_encoder": clip(CLIP_L),
                 "unet": manifest(UNet2DConditionModel(**UNET_SD15)),
                 "vae": manifest(AutoencoderKL(**VAE_SD)),
+                "controlnet": manifest(controlnet(UNET_SD15)),
+                "taesd": manifest(AutoencoderTiny()),
             },
             "sd21": {
                 "text_encoder": clip(OPENCLIP_H),
@@ -309,6 +318,8 @@ def write_manifests(out: Path) -> None:
                 "unet": manifest(UNet2DConditionModel(**UNET_SDXL)),
                 "vae": manifest(AutoencoderKL(**dict(VAE_SD, sample_size=1024, scaling_factor=0.13025,
                                                       force_upcast=True))),
+                "controlnet": manifest(controlnet(UNET_SDXL)),
+                "taesd": manifest(AutoencoderTiny()),
             },
         }
     for model, components in sets.items():

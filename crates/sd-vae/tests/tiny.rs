@@ -53,3 +53,19 @@ fn a_folder_of_neither_layout_is_refused_with_its_path() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_release_architecture_has_the_real_weight_names() {
+    for model in ["sd15", "sdxl"] {
+        let path = reference_dir().join(format!("manifests/{model}/taesd.json"));
+        let expected = sd_testkit::manifest::Manifest::read(&path).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let config = sd_vae::TinyVaeConfig::from_json_str(&value["config"].to_string()).unwrap();
+        assert_eq!(config.downscale(), 8);
+        let vae = AutoencoderTiny::new_in(&config, Device::Cpu, Kind::Half).unwrap();
+        let actual = sd_testkit::manifest::Manifest::of_var_store(vae.var_store());
+        let diff = expected.diff(&actual);
+        assert!(diff.is_empty(), "{model}: {diff:?}");
+    }
+}
