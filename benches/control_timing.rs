@@ -11,7 +11,7 @@
 //!     a random TAESD (the release architecture); run each in its own
 //!     process: `peak_rss_bytes` is the process's peak.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -57,7 +57,7 @@ fn best(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(best)
 }
 
-fn step(model: &PathBuf, size: i64, runs: usize, device: Device) -> Result<serde_json::Value> {
+fn step(model: &Path, size: i64, runs: usize, device: Device) -> Result<serde_json::Value> {
     let _guard = tch::no_grad_guard();
     let unet = UNet2DConditionModel::from_folder(model.join("unet"), device, Kind::Float, None)?;
     let config = ControlNetConfig::from_unet(unet.config(), ControlFields::default());
@@ -105,7 +105,7 @@ fn step(model: &PathBuf, size: i64, runs: usize, device: Device) -> Result<serde
 }
 
 fn decode(
-    model: &PathBuf,
+    model: &Path,
     which: &str,
     size: i64,
     runs: usize,
@@ -118,13 +118,19 @@ fn decode(
         "full" => {
             let vae = AutoencoderKL::from_folder(model.join("vae"), device, Kind::Float, None)?;
             let loaded = peak_rss_bytes();
-            (best(runs, || Ok(drop(vae.decode(&latents)?)))?, loaded)
+            (
+                best(runs, || vae.decode(&latents).map(drop).map_err(Into::into))?,
+                loaded,
+            )
         }
         "tiny" => {
             let vae = AutoencoderTiny::new_in(&TinyVaeConfig::default(), device, Kind::Float)?;
             randomize(vae.var_store(), 3);
             let loaded = peak_rss_bytes();
-            (best(runs, || Ok(drop(vae.decode(&latents)?)))?, loaded)
+            (
+                best(runs, || vae.decode(&latents).map(drop).map_err(Into::into))?,
+                loaded,
+            )
         }
         other => bail!("--vae {other}: full or tiny"),
     };

@@ -5,53 +5,19 @@
 //! edges, the tiny autoencoder's image is diffusers' (harness_taesd.py), and
 //! the preview file is a whole PNG with no partial file left behind.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use sd_testkit::parity::{assert_close, chain_tolerance_for, read_tensors, reference_dir, take};
+use common::{fixtures, sd};
+use sd_testkit::parity::{assert_close, chain_tolerance_for, read_tensors, take};
 
-fn fixtures() -> PathBuf {
-    reference_dir().join("fixtures")
+const PROMPT: &str = "a red circle on a white background";
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("control", name)
 }
 
-fn sd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("sd runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-control-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn txt2img(extra: &[&str], out: &Path) -> std::process::Output {
-    let tiny = fixtures().join("tiny-sd1");
-    let latents = out.with_extension("safetensors");
-    let mut args = vec![
-        "txt2img",
-        "--model",
-        tiny.to_str().unwrap(),
-        "--prompt",
-        "a red circle on a white background",
-        "--steps",
-        "4",
-        "--seed",
-        "0",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-        "--save-latents",
-        latents.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    sd(&args)
+fn txt2img(extra: &[&str], out: &std::path::Path) -> std::process::Output {
+    common::txt2img(PROMPT, extra, out)
 }
 
 #[test]

@@ -3,53 +3,13 @@
 //! the same LoRA (reference/harness_lora.py), both ways of naming a LoRA give
 //! the same pixels, and bad LoRA options fail with one line naming them.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-use sd_testkit::parity::{assert_close, chain_tolerance_for, read_tensors, reference_dir, take};
+use common::{fixtures, sd, txt2img};
+use sd_testkit::parity::{assert_close, chain_tolerance_for, read_tensors, take};
 
-fn fixtures() -> PathBuf {
-    reference_dir().join("fixtures")
-}
-
-fn sd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("sd runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-lora-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn txt2img(prompt: &str, extra: &[&str], out: &std::path::Path) -> std::process::Output {
-    let tiny = fixtures().join("tiny-sd1");
-    let latents = out.with_extension("safetensors");
-    let mut args = vec![
-        "txt2img",
-        "--model",
-        tiny.to_str().unwrap(),
-        "--prompt",
-        prompt,
-        "--steps",
-        "4",
-        "--seed",
-        "0",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-        "--save-latents",
-        latents.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    sd(&args)
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("lora", name)
 }
 
 #[test]

@@ -59,10 +59,8 @@ impl Conv2d {
         padding: i64,
     ) -> Self {
         Conv2d {
-            weight: param(vs, "weight", &[output, input, kernel, kernel]),
             bias: Some(param(vs, "bias", &[output])),
-            stride,
-            padding,
+            ..Self::no_bias(vs, input, output, kernel, stride, padding)
         }
     }
 

@@ -119,15 +119,7 @@ pub struct VaeConfig {
 impl VaeConfig {
     /// Reads and checks a `config.json`; errors name the file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
-        Self::from_json_str(&text).map_err(|error| match error {
-            VaeError::Config { field, message } => VaeError::Config {
-                field: format!("{field} (in {})", path.display()),
-                message,
-            },
-            other => other,
-        })
+        VaeError::read_config(path.as_ref(), Self::from_json_str)
     }
 
     /// Parses and checks config JSON text; errors name the field.

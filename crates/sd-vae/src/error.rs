@@ -46,6 +46,21 @@ impl VaeError {
             message: message.into(),
         }
     }
+
+    /// Reads a config file with `parse`, naming the file in field errors.
+    pub(crate) fn read_config<T>(
+        path: &std::path::Path,
+        parse: impl FnOnce(&str) -> Result<T>,
+    ) -> Result<T> {
+        let text = std::fs::read_to_string(path).map_err(|e| sd_core::CoreError::io(path, e))?;
+        parse(&text).map_err(|error| match error {
+            VaeError::Config { field, message } => VaeError::Config {
+                field: format!("{field} (in {})", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
 }
 
 /// The crate's result type.
