@@ -186,3 +186,26 @@ fn bad_control_input_is_refused_before_any_step() {
     std::fs::remove_file(&pickle).ok();
     assert!(sd1.controlnets().is_empty());
 }
+
+#[test]
+fn low_memory_mode_gives_the_same_latents() {
+    tch::set_num_threads(1);
+    let run = runs()
+        .into_iter()
+        .find(|r| r["key"] == "sd1.cn.two")
+        .unwrap();
+    let nets = strings(&run, "controlnets");
+    let normal = pipeline("tiny-sd1", &nets);
+    let mut builder = StableDiffusion::builder()
+        .model_dir(fixtures().join("tiny-sd1"))
+        .low_memory(true);
+    for c in &nets {
+        builder = builder.controlnet(fixtures().join(c));
+    }
+    let low = builder.build().unwrap();
+    assert_eq!(low.controlnets().len(), 2);
+    assert!(low.controlnets()[1].path().ends_with("sd1-b"));
+    let a = normal.generate(&request(&run)).unwrap().latents;
+    let b = low.generate(&request(&run)).unwrap().latents;
+    assert!(a.equal(&b), "low-memory mode changed the ControlNet run");
+}
