@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from diffusers import (ControlNetModel, StableDiffusionControlNetImg2ImgPipeline,
                        StableDiffusionControlNetInpaintPipeline, StableDiffusionControlNetPipeline,
-                       StableDiffusionPipeline, StableDiffusionXLControlNetPipeline,
-                       StableDiffusionXLPipeline)
+                       StableDiffusionPipeline, StableDiffusionXLControlNetImg2ImgPipeline,
+                       StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline)
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from PIL import Image
 from safetensors.torch import save_file
@@ -84,19 +84,32 @@ def control_images(folder: Path) -> list[Image.Image]:
               Image.fromarray(np.stack([stripes, 255 - stripes, stripes // 2], -1))]
     for name, image in zip(("control-a", "control-b"), images):
         image.save(folder / f"{name}.png")
-    return images
+    # Read back, so each image knows its file (the cases record it).
+    return [Image.open(folder / f"{name}.png") for name in ("control-a", "control-b")]
+
+
+def control_name(kwargs: dict, i: int) -> str:
+    """The fixture path of the i-th control image a case passes."""
+    images = kwargs.get("control_image", kwargs.get("image"))
+    image = images[i] if isinstance(images, list) else images
+    return f"controlnet/{Path(image.filename).name}"
 
 
 def write_controlnet(fixtures: Path, outputs: Path) -> None:
     folder = fixtures / "controlnet"
     folder.mkdir(exist_ok=True)
     sd1 = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
+    sd2 = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd2", safety_checker=None)
     sdxl = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl")
     nets = {"sd1-a": controlnet(sd1.unet, 30), "sd1-b": controlnet(sd1.unet, 31),
-            "sdxl-a": controlnet(sdxl.unet, 32)}
+            "sd2-a": controlnet(sd2.unet, 33), "sdxl-a": controlnet(sdxl.unet, 32)}
     for name, net in nets.items():
         net.save_pretrained(folder / name)
     save_file(to_ldm(nets["sd1-a"], dict(sd1.unet.config)), folder / "sd1-a-original.safetensors")
+    # The references use the nets as users load them (from_pretrained: eval
+    # mode); the freshly built ones are in training mode, which moved the
+    # SDXL img2img case by an ulp.
+    nets = {name: ControlNetModel.from_pretrained(folder / name) for name in nets}
     ctrl_a, ctrl_b = control_images(folder)
     init = Image.open(fixtures / "images" / "init.png").convert("RGB")
     mask = Image.open(fixtures / "images" / "mask.png").convert("L")
@@ -120,13 +133,17 @@ def write_controlnet(fixtures: Path, outputs: Path) -> None:
         ("sd1.cn.img2img", "img2img", "tiny-sd1", ["sd1-a"], dict(image=init, control_image=ctrl_a, strength=0.75, controlnet_conditioning_scale=0.9)),
         ("sd1.cn.inpaint", "inpaint", "tiny-sd1", ["sd1-a"],
          dict(image=init, mask_image=mask, control_image=ctrl_a, strength=1.0, controlnet_conditioning_scale=1.0)),
+        ("sd2.cn", "txt2img", "tiny-sd2", ["sd2-a"], dict(image=ctrl_b, controlnet_conditioning_scale=0.7)),
         ("sdxl.cn", "txt2img", "tiny-sdxl", ["sdxl-a"], dict(image=ctrl_a, controlnet_conditioning_scale=0.8)),
+        ("sdxl.cn.img2img", "img2img", "tiny-sdxl", ["sdxl-a"],
+         dict(image=init, control_image=ctrl_b, strength=0.8, controlnet_conditioning_scale=0.9)),
         ("sdxl.cn.guess", "txt2img", "tiny-sdxl", ["sdxl-a"], dict(image=ctrl_a, guess_mode=True)),
     ]
     classes = {("txt2img", False): StableDiffusionControlNetPipeline,
                ("img2img", False): StableDiffusionControlNetImg2ImgPipeline,
                ("inpaint", False): StableDiffusionControlNetInpaintPipeline,
-               ("txt2img", True): StableDiffusionXLControlNetPipeline}
+               ("txt2img", True): StableDiffusionXLControlNetPipeline,
+               ("img2img", True): StableDiffusionXLControlNetImg2ImgPipeline}
     tensors, runs = {}, []
     for key, task, model, used, kwargs in cases:
         xl = model == "tiny-sdxl"
@@ -147,7 +164,7 @@ def write_controlnet(fixtures: Path, outputs: Path) -> None:
         scales = kwargs.get("controlnet_conditioning_scale", 1.0)
         runs.append(dict(key=key, task=task, model=model, prompt=PROMPT, seed=0, steps=4, guidance_scale=guidance,
                          height=64, width=64, controlnets=[f"controlnet/{n}" for n in used],
-                         control_images=[f"controlnet/control-{'ab'[i]}.png" for i in range(len(used))],
+                         control_images=[control_name(kwargs, i) for i in range(len(used))],
                          scales=scales if isinstance(scales, list) else [scales],
                          start=kwargs.get("control_guidance_start", 0.0),
                          end=kwargs.get("control_guidance_end", 1.0), guess_mode=kwargs.get("guess_mode", False),
