@@ -30,22 +30,32 @@ pub struct LdmControlNetKeys {
     unet: LdmUNetKeys,
     /// Convolutions in the hint block (conv_in, the blocks, conv_out).
     convs: usize,
+    /// Whether the file keeps the ControlNet under `control_model.`.
+    prefixed: bool,
 }
 
 impl LdmControlNetKeys {
-    /// The key map for a ControlNet of `config`.
-    pub fn new(config: &ControlNetConfig) -> Result<Self> {
+    /// The key map for a ControlNet of `config` stored in a file of these
+    /// tensor names: when they use the `control_model.` prefix, every other
+    /// key (the whole Stable Diffusion model that the first releases were
+    /// saved with, the noise schedule's buffers) is skipped.
+    pub fn new(config: &ControlNetConfig, shapes: &BTreeMap<String, Vec<i64>>) -> Result<Self> {
         let widths = config.control.conditioning_embedding_out_channels.len();
         Ok(LdmControlNetKeys {
             unet: LdmUNetKeys::new(&config.unet)?,
             convs: 2 * (widths - 1) + 2,
+            prefixed: shapes.keys().any(|k| k.starts_with(PREFIX)),
         })
     }
 
     /// The diffusers name of an original one; unknown names are kept
     /// recognisable, so that loading reports them as unexpected.
     pub fn map(&self, key: &str) -> KeyMap {
-        let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+        let rest = match key.strip_prefix(PREFIX) {
+            Some(rest) => rest,
+            None if self.prefixed => return KeyMap::Skip,
+            None => key,
+        };
         KeyMap::To(
             self.control_name(rest)
                 .or_else(|| self.unet.to_diffusers(rest))

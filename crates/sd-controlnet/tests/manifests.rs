@@ -2,7 +2,9 @@
 //! have the real weight names and shapes (reference/manifests, made by
 //! diffusers on the meta device), and every tensor of the original
 //! single-file SD1.5 releases (`control_model.*`) maps onto exactly those
-//! names and shapes, with the config read off the file's shapes.
+//! names and shapes, with the config read off the file's shapes; the rest
+//! of a whole ControlLDM checkpoint (the first releases carried the SD
+//! model too) is skipped.
 
 use std::collections::BTreeMap;
 
@@ -45,7 +47,7 @@ fn original_single_file_names_map_onto_diffusers_names() {
         config.control.conditioning_embedding_out_channels,
         vec![16, 32, 96, 256]
     );
-    let keys = LdmControlNetKeys::new(&config).unwrap();
+    let keys = LdmControlNetKeys::new(&config, &original.tensors).unwrap();
     let mut mapped = BTreeMap::new();
     for (name, shape) in &original.tensors {
         match keys.map(name) {
@@ -59,6 +61,30 @@ fn original_single_file_names_map_onto_diffusers_names() {
     };
     let diff = diffusers.diff(&mapped);
     assert!(diff.is_empty(), "{diff:?}");
+    for other in [
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "first_stage_model.decoder.conv_in.weight",
+        "cond_stage_model.transformer.text_model.embeddings.position_ids",
+        "betas",
+    ] {
+        assert!(matches!(keys.map(other), KeyMap::Skip), "{other}");
+    }
+    // Without the prefix anywhere, unknown names are reported, not skipped.
+    let bare: BTreeMap<String, Vec<i64>> = original
+        .tensors
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("control_model.").to_string(),
+                v.clone(),
+            )
+        })
+        .collect();
+    let bare_keys = LdmControlNetKeys::new(&config, &bare).unwrap();
+    assert!(
+        matches!(bare_keys.map("zero_convs.0.0.weight"), KeyMap::To(n) if n == "controlnet_down_blocks.0.weight")
+    );
+    assert!(matches!(bare_keys.map("betas"), KeyMap::To(n) if n.contains("(ldm)")));
     // And the model built from the inferred config has those names.
     let net = ControlNetModel::new_in(&config, Device::Cpu, Kind::Half).unwrap();
     assert!(diffusers

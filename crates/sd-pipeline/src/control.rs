@@ -153,7 +153,7 @@ impl StableDiffusion {
         if ldm::is_ldm(&shapes) {
             let config =
                 ldm::config_from_shapes(&shapes, self.unet.config()).map_err(controlnet_error)?;
-            let keys = ldm::LdmControlNetKeys::new(&config).map_err(controlnet_error)?;
+            let keys = ldm::LdmControlNetKeys::new(&config, &shapes).map_err(controlnet_error)?;
             return ControlNetModel::from_files(&config, &files, device, dtype, &|k| keys.map(k))
                 .map_err(controlnet_error);
         }
