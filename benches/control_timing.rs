@@ -85,10 +85,7 @@ fn step(model: &Path, size: i64, runs: usize, device: Device) -> Result<serde_js
                 let r = net.forward(&sample, &t, &context, None, &image, scale)?;
                 sum = Some(match sum {
                     None => r,
-                    Some(s) => ControlResiduals {
-                        down: s.down.iter().zip(&r.down).map(|(a, b)| a + b).collect(),
-                        mid: s.mid + r.mid,
-                    },
+                    Some(s) => s.plus(&r),
                 });
             }
             let out = unet.forward_controlled(&sample, &t, &context, None, sum.as_ref())?;

@@ -109,7 +109,7 @@ impl StableDiffusion {
                 true => path.join("controlnet"),
                 false => path.to_path_buf(),
             };
-            ControlNetModel::from_folder(&dir, device, dtype, None).map_err(controlnet_error)?
+            ControlNetModel::from_folder(&dir, device, dtype, None)?
         } else {
             self.controlnet_from_file(path, device, dtype)?
         };
@@ -151,11 +151,15 @@ impl StableDiffusion {
         let shapes = file.shapes()?;
         let files = [path.to_path_buf()];
         if ldm::is_ldm(&shapes) {
-            let config =
-                ldm::config_from_shapes(&shapes, self.unet.config()).map_err(controlnet_error)?;
-            let keys = ldm::LdmControlNetKeys::new(&config, &shapes).map_err(controlnet_error)?;
-            return ControlNetModel::from_files(&config, &files, device, dtype, &|k| keys.map(k))
-                .map_err(controlnet_error);
+            let config = ldm::config_from_shapes(&shapes, self.unet.config())?;
+            let keys = ldm::LdmControlNetKeys::new(&config, &shapes)?;
+            return Ok(ControlNetModel::from_files(
+                &config,
+                &files,
+                device,
+                dtype,
+                &|k| keys.map(k),
+            )?);
         }
         // Diffusers names in a lone file: its config.json beside it.
         let beside = path.with_file_name("config.json");
@@ -166,19 +170,19 @@ impl StableDiffusion {
                  config.json next to it, or pass the folder)",
             ));
         }
-        let config = ControlNetConfig::from_file(&beside).map_err(controlnet_error)?;
-        ControlNetModel::from_files(&config, &files, device, dtype, &|k| {
-            KeyMap::To(k.to_string())
-        })
-        .map_err(controlnet_error)
+        let config = ControlNetConfig::from_file(&beside)?;
+        Ok(ControlNetModel::from_files(
+            &config,
+            &files,
+            device,
+            dtype,
+            &|k| KeyMap::To(k.to_string()),
+        )?)
     }
 
     /// The ControlNet's residuals must fit this UNet's skips and text width.
     fn check_controlnet(&self, path: &Path, model: &ControlNetModel) -> Result<()> {
-        let theirs = model
-            .config()
-            .cross_attention_dim()
-            .map_err(controlnet_error)?;
+        let theirs = model.config().cross_attention_dim()?;
         let unet_blocks = self.unet.config().blocks()?;
         let ours = unet_blocks[unet_blocks.len() - 1].cross_attention_dim;
         if theirs != ours {
@@ -327,22 +331,16 @@ impl<'a> RunControl<'a> {
         }
         // Guess mode under CFG: the nets see only the conditional half.
         let halves = self.guess_mode && cfg;
+        let halved;
         let (input, context, added) = if halves {
             let second = |x: &Tensor| x.chunk(2, 0)[1].shallow_clone();
-            let added = added.map(|a| AddedConditions {
+            halved = added.map(|a| AddedConditions {
                 text_embeds: second(&a.text_embeds),
                 time_ids: second(&a.time_ids),
             });
-            (single()?, second(context), added)
+            (single()?, second(context), halved.as_ref())
         } else {
-            (
-                input.shallow_clone(),
-                context.shallow_clone(),
-                added.map(|a| AddedConditions {
-                    text_embeds: a.text_embeds.shallow_clone(),
-                    time_ids: a.time_ids.shallow_clone(),
-                }),
-            )
+            (input.shallow_clone(), context.shallow_clone(), added)
         };
         let mut sum: Option<ControlResiduals> = None;
         for ((net, image), &scale) in self.nets.iter().zip(&self.images).zip(&self.scales) {
@@ -350,15 +348,10 @@ impl<'a> RunControl<'a> {
                 scale,
                 guess_mode: self.guess_mode,
             };
-            let r = net
-                .forward(&input, t, &context, added.as_ref(), image, scale)
-                .map_err(controlnet_error)?;
+            let r = net.forward(&input, t, &context, added, image, scale)?;
             sum = Some(match sum {
                 None => r,
-                Some(s) => ControlResiduals {
-                    down: s.down.iter().zip(&r.down).map(|(a, b)| a + b).collect(),
-                    mid: s.mid + r.mid,
-                },
+                Some(s) => s.plus(&r),
             });
         }
         let Some(mut sum) = sum else { return Ok(None) };
@@ -384,11 +377,5 @@ fn control_image_tensor(image: &RgbImage, width: u32, height: u32) -> Tensor {
         resized = image::imageops::resize(image, width, height, FilterType::Lanczos3);
         &resized
     };
-    let (w, h) = image.dimensions();
-    let data = Tensor::from_slice(image.as_raw()).view([1, h as i64, w as i64, 3]);
-    data.to_kind(Kind::Float).permute([0, 3, 1, 2]) / 255.0
-}
-
-fn controlnet_error(e: sd_controlnet::ControlNetError) -> PipelineError {
-    PipelineError::ControlNet(e)
+    crate::images::image_to_unit_tensor(image)
 }

@@ -13,10 +13,16 @@ use crate::error::{PipelineError, Result};
 /// convolutions take another code path for that layout, and the VAE's
 /// numbers differ in the last bits if the layouts differ.
 pub fn image_to_tensor(image: &RgbImage) -> Tensor {
+    image_to_unit_tensor(image) * 2.0 - 1.0
+}
+
+/// An RGB image as (1, 3, h, w) f32 in [0, 1] (the step before
+/// [`image_to_tensor`]'s [-1, 1]; ControlNets take this), with the same
+/// channels-last layout underneath.
+pub fn image_to_unit_tensor(image: &RgbImage) -> Tensor {
     let (w, h) = image.dimensions();
     let data = Tensor::from_slice(image.as_raw()).view([1, h as i64, w as i64, 3]);
-    let unit = data.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
-    unit * 2.0 - 1.0
+    data.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
 }
 
 /// A mask as (1, 1, h, w) f32: grayscale/255, then 0 below 0.5 and 1 from 0.5 up.

@@ -483,11 +483,7 @@ impl StableDiffusion {
             .iter()
             .map(|c| {
                 Ok(if self.low_memory {
-                    Cow::Owned(
-                        c.model()
-                            .copy_to(self.devices.unet)
-                            .map_err(PipelineError::ControlNet)?,
-                    )
+                    Cow::Owned(c.model().copy_to(self.devices.unet)?)
                 } else {
                     Cow::Borrowed(c.model())
                 })

@@ -23,6 +23,22 @@ pub struct ControlResiduals {
     pub mid: Tensor,
 }
 
+impl ControlResiduals {
+    /// Several ControlNets' residuals summed, `self` first (diffusers'
+    /// `MultiControlNetModel` order: the float sums depend on it).
+    pub fn plus(self, other: &ControlResiduals) -> ControlResiduals {
+        ControlResiduals {
+            down: self
+                .down
+                .iter()
+                .zip(&other.down)
+                .map(|(a, b)| a + b)
+                .collect(),
+            mid: self.mid + &other.mid,
+        }
+    }
+}
+
 /// diffusers' `UNet2DConditionModel` (SD1.x, SD2.x, SDXL, inpainting),
 /// under its diffusers key names.
 pub struct UNet2DConditionModel {
