@@ -12,9 +12,7 @@ fn sd(args: &[&str]) -> std::process::Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    sd_testkit::scratch_dir(&format!("cli-{name}"))
 }
 
 fn fixtures() -> PathBuf {

@@ -5,6 +5,10 @@
 //!   outputs the harness (`reference/`) writes from diffusers.
 //! - [`manifest`]: every weight name and shape of the full-size models, to
 //!   check architectures whose real weights never appear here.
+//! - [`scratch`]: a fresh folder per call, safe for tests running in parallel.
 
 pub mod manifest;
 pub mod parity;
+pub mod scratch;
+
+pub use scratch::scratch_dir;

@@ -6,9 +6,7 @@ use sd_train::recipe::fine_tune;
 use sd_train::{FolderDataset, TrainOptions};
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-train-ft-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    sd_testkit::scratch_dir(&format!("train-ft-{name}"))
 }
 
 #[test]

@@ -9,9 +9,7 @@ use sd_train::recipe::{train_lora, LORA_FILE};
 use sd_train::{FolderDataset, TrainOptions};
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-train-lora-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    sd_testkit::scratch_dir(&format!("train-lora-{name}"))
 }
 
 fn colours() -> FolderDataset {

@@ -18,9 +18,7 @@ pub fn sd(args: &[&str]) -> Output {
 
 /// A fresh folder for one test of one suite.
 pub fn scratch(suite: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-{suite}-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    sd_testkit::scratch_dir(&format!("cli-{suite}-{name}"))
 }
 
 /// `sd txt2img` on the tiny SD1 model as the harness runs it (4 steps,
