@@ -1,11 +1,12 @@
 //! `sd`: the command line tool: txt2img, img2img, inpaint, preprocess, train,
-//! eval-shapes, tokenize, doctor.
+//! serve, eval-shapes, tokenize, doctor.
 
 mod control;
 mod generate;
 mod output;
 mod preprocess;
 mod preview;
+mod serve;
 mod shapes;
 mod train;
 
@@ -83,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: preprocess::Preprocess,
     },
+    /// Serve the model over HTTP: AUTOMATIC1111's API, a job queue, history, a web page.
+    Serve {
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -107,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device } => doctor(device.as_deref()),
         Command::Train { args } => train::run(&args),
+        Command::Serve { args } => serve::run(&args),
         Command::Preprocess { command } => preprocess::run(&command),
         Command::EvalShapes {
             model,

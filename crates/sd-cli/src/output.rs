@@ -9,39 +9,7 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use tch::Tensor;
 
-pub struct Metadata {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub steps: usize,
-    pub sampler: String,
-    pub guidance: f64,
-    pub seed: u64,
-    pub width: u32,
-    pub height: u32,
-    pub model: String,
-}
-
-impl Metadata {
-    fn chunks(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("prompt", self.prompt.clone()),
-            ("negative_prompt", self.negative_prompt.clone()),
-            ("steps", self.steps.to_string()),
-            ("sampler", self.sampler.clone()),
-            ("guidance", self.guidance.to_string()),
-            ("seed", self.seed.to_string()),
-            ("size", format!("{}x{}", self.width, self.height)),
-            ("model", self.model.clone()),
-            (
-                "parameters",
-                format!(
-                    "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-                    self.prompt, self.negative_prompt, self.steps, self.sampler, self.guidance, self.seed, self.width, self.height, self.model
-                ),
-            ),
-        ]
-    }
-}
+pub use sd_pipeline::GenerationParameters as Metadata;
 
 /// The image formats `--out` can name, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,15 +123,6 @@ fn write_jpeg(path: &Path, image: &RgbImage) -> Result<()> {
 }
 
 fn write_png(path: &Path, image: &RgbImage, metadata: &Metadata) -> Result<()> {
-    let file = File::create(path)?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), image.width(), image.height());
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    for (key, text) in metadata.chunks() {
-        encoder.add_itxt_chunk(key.to_string(), text)?;
-    }
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(image.as_raw())?;
-    writer.finish()?;
+    std::fs::write(path, sd_pipeline::parameters::encode_png(image, metadata)?)?;
     Ok(())
 }

@@ -36,6 +36,7 @@ pub mod hub;
 pub mod images;
 pub mod model;
 mod noise;
+pub mod parameters;
 mod pipeline;
 #[cfg(feature = "preprocess")]
 pub mod preprocess;
@@ -51,6 +52,7 @@ pub use generate::{
 };
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
+pub use parameters::GenerationParameters;
 pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
 pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;

@@ -1,4 +1,8 @@
 //! Helpers the CLI suites share: the fixtures, running `sd`, scratch folders.
+//! (Each suite uses some of them.)
+#![allow(dead_code)]
+
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -49,6 +49,9 @@ impl StableDiffusion {
                 ));
             }
         }
+        if let Some(embeddings) = &request.embeddings {
+            check_embedding_batch(embeddings, n)?;
+        }
         if let Some(strength) = request.task.strength() {
             if !(strength > 0.0 && strength <= 1.0) {
                 return Err(PipelineError::request(
@@ -186,4 +189,25 @@ impl StableDiffusion {
         }
         Ok(())
     }
+}
+
+/// Precomputed embeddings are for one prompt (batch 1, repeated for every
+/// image) or for each image (batch `num_images`).
+fn check_embedding_batch(embeddings: &crate::PromptEmbeddings, n: usize) -> Result<()> {
+    let parts = [
+        Some(&embeddings.positive.hidden),
+        Some(&embeddings.negative.hidden),
+        embeddings.positive.pooled.as_ref(),
+        embeddings.negative.pooled.as_ref(),
+    ];
+    for tensor in parts.into_iter().flatten() {
+        let batch = tensor.size().first().copied().unwrap_or(0);
+        if batch != 1 && batch != n as i64 {
+            return Err(PipelineError::request(
+                "embeddings",
+                format!("batch {batch}: give 1 (one prompt) or num_images = {n} (one per image)"),
+            ));
+        }
+    }
+    Ok(())
 }

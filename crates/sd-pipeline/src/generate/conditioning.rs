@@ -28,11 +28,7 @@ impl StableDiffusion {
             Some(e) => e.clone(),
             None => self.encode_prompts(request, cfg)?,
         };
-        let repeat = |c: &Tensor| {
-            c.repeat([n as i64, 1, 1][..c.dim()].to_vec())
-                .to_device(device)
-                .to_kind(dtype)
-        };
+        let repeat = |c: &Tensor| per_image(c, n).to_device(device).to_kind(dtype);
         let context = if cfg {
             Tensor::cat(
                 &[
@@ -145,7 +141,7 @@ impl StableDiffusion {
             let p = c.pooled.as_ref().ok_or_else(|| {
                 PipelineError::request("embeddings", "SDXL needs pooled embeddings")
             })?;
-            Ok(p.repeat([n as i64, 1]).to_device(device))
+            Ok(per_image(p, n).to_device(device))
         };
         let (text_embeds, time_ids) = if cfg {
             (
@@ -163,4 +159,16 @@ impl StableDiffusion {
             time_ids: time_ids.to_device(device),
         }))
     }
+}
+
+/// Embeddings for `n` images: one prompt's (batch 1) repeated, or already
+/// one per image (batch `n`, as a server batching several requests makes;
+/// [`StableDiffusion::check`] refuses any other batch).
+fn per_image(c: &Tensor, n: usize) -> Tensor {
+    if c.size()[0] == n as i64 {
+        return c.shallow_clone();
+    }
+    let mut repeats = vec![1i64; c.dim()];
+    repeats[0] = n as i64;
+    c.repeat(repeats)
 }

@@ -16,7 +16,9 @@ pub struct Request {
     pub prompt: String,
     /// `None`: "" (SD) or zeros (SDXL with force_zeros_for_empty_prompt).
     pub negative_prompt: Option<String>,
-    /// Precomputed conditioning instead of the prompts.
+    /// Precomputed conditioning instead of the prompts: one prompt's
+    /// (batch 1, repeated for every image) or one per image (batch
+    /// `num_images`, see [`PromptEmbeddings::per_image`]).
     pub embeddings: Option<PromptEmbeddings>,
     /// Output width in pixels; `None` is the model's native size (or the
     /// init image's). A multiple of the model's size unit (8 for SD).
@@ -205,6 +207,35 @@ pub struct PromptEmbeddings {
     pub positive: Conditioning,
     /// The negative prompt's (or zeros).
     pub negative: Conditioning,
+}
+
+impl PromptEmbeddings {
+    /// One batch of several prompts' embeddings, image `i` conditioned on
+    /// `prompts[i]`: how a server runs compatible requests as one UNet
+    /// batch. `None` when the prompts' shapes differ (long prompts of
+    /// different lengths, say).
+    pub fn per_image(prompts: &[PromptEmbeddings]) -> Option<PromptEmbeddings> {
+        let cat = |part: fn(&PromptEmbeddings) -> &Conditioning| -> Option<Conditioning> {
+            let hidden: Vec<&Tensor> = prompts.iter().map(|p| &part(p).hidden).collect();
+            let shape = |t: &Tensor| t.size()[1..].to_vec();
+            if hidden.iter().any(|t| shape(t) != shape(hidden[0])) {
+                return None;
+            }
+            let pooled: Option<Vec<&Tensor>> =
+                prompts.iter().map(|p| part(p).pooled.as_ref()).collect();
+            Some(Conditioning {
+                hidden: Tensor::cat(&hidden, 0),
+                pooled: pooled.map(|p| Tensor::cat(&p, 0)),
+            })
+        };
+        if prompts.is_empty() {
+            return None;
+        }
+        Some(PromptEmbeddings {
+            positive: cat(|p| &p.positive)?,
+            negative: cat(|p| &p.negative)?,
+        })
+    }
 }
 
 /// Where a run is, for progress and previews.

@@ -1,0 +1,508 @@
+//! `sd serve` end to end over HTTP on the built-in shapes model: pixels
+//! equal to `sd txt2img`, A1111's fields, errors naming the field, the
+//! history across a restart and a kill -9, cancellation, batching, the
+//! queue under 32 concurrent requests, and the API key.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::{decode_png, Served};
+use common::{scratch, sd};
+use serde_json::{json, Value};
+
+const PROMPT: &str = "a large red circle on a white background";
+
+fn image_of(reply: &common::server::Reply, i: usize) -> (Vec<u8>, Vec<(String, String)>) {
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    decode_png(reply.body["images"][i].as_str().expect("base64 images"))
+}
+
+fn info(reply: &common::server::Reply) -> Value {
+    serde_json::from_str(reply.body["info"].as_str().expect("info is a JSON string")).unwrap()
+}
+
+/// `sd txt2img` on the shapes model: its pixels.
+fn cli_pixels(dir: &std::path::Path, seed: u64, steps: usize, scheduler: &str) -> Vec<u8> {
+    let out = dir.join(format!("cli-{seed}.png"));
+    let seed = seed.to_string();
+    let steps = steps.to_string();
+    let run = sd(&[
+        "txt2img",
+        "--prompt",
+        PROMPT,
+        "--seed",
+        &seed,
+        "--steps",
+        &steps,
+        "--scheduler",
+        scheduler,
+        "--guidance",
+        "7.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    image::open(&out).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn txt2img_has_the_pixels_of_sd_txt2img_and_a1111s_fields() {
+    let dir = scratch("serve", "pixels");
+    let server = Served::start(&dir.join("data"), &["--max-batch", "1"]);
+    let body = json!({"prompt": PROMPT, "steps": 6, "cfg_scale": 7.5, "seed": 7,
+                      "sampler_name": "Euler a", "batch_size": 2});
+    let reply = server.post("/sdapi/v1/txt2img", &body);
+    let (first, chunks) = image_of(&reply, 0);
+    let (second, _) = image_of(&reply, 1);
+    let info = info(&reply);
+    assert_eq!(
+        info["all_seeds"],
+        json!([7, 8]),
+        "A1111: one seed up per image"
+    );
+    // Same process settings, same kernels: the same bytes, not merely close.
+    assert_eq!(
+        first,
+        cli_pixels(&dir, 7, 6, "euler-a"),
+        "image 0 = sd txt2img --seed 7"
+    );
+    assert_eq!(
+        second,
+        cli_pixels(&dir, 8, 6, "euler-a"),
+        "image 1 = sd txt2img --seed 8"
+    );
+    let parameters = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(
+        parameters.starts_with(PROMPT)
+            && parameters.contains("Steps: 6, Sampler: Euler a, CFG scale: 7.5, Seed: 7,"),
+        "{parameters}"
+    );
+
+    // The history has it, newest first, and serves the same PNG bytes.
+    let history = server.get("/api/v1/history?limit=1");
+    assert_eq!(history.status, 200);
+    assert_eq!(history.total_count.as_deref(), Some("1"));
+    let job = &history.body[0];
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["seeds"], json!([7, 8]));
+    let file = job["images"][1].as_str().unwrap();
+    let bytes = ureq::get(&format!("{}/api/v1/images/{file}", server.url))
+        .call()
+        .unwrap();
+    let mut png = Vec::new();
+    std::io::Read::read_to_end(&mut bytes.into_reader(), &mut png).unwrap();
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.encode(&png),
+        reply.body["images"][1].as_str().unwrap()
+    );
+
+    // A1111's listing endpoints.
+    let samplers = server.get("/sdapi/v1/samplers").body;
+    let names: Vec<&str> = samplers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for name in ["Euler", "Euler a", "DPM++ 2M", "DDIM", "PLMS"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let models = server.get("/sdapi/v1/sd-models").body;
+    let options = server.get("/sdapi/v1/options").body;
+    assert_eq!(models[0]["title"], options["sd_model_checkpoint"]);
+    let metrics = server.get("/metrics").body;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("sd_images_generated_total 2"), "{metrics}");
+    assert!(metrics.contains("sd_jobs{status=\"done\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sd_job_latency_seconds_count 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn bad_requests_get_4xx_naming_the_field() {
+    let dir = scratch("serve", "bad");
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let server = Served::start(
+        &dir.join("data"),
+        &[
+            "--max-body-mb",
+            "1",
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/sdapi/v1/txt2img", "{\"prompt\": ".into(), 400, "body"),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"steps": "many"}).to_string(),
+            422,
+            "steps",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"steps": 1000}).to_string(),
+            422,
+            "steps",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"width": 33}).to_string(),
+            422,
+            "width",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"height": 100000}).to_string(),
+            422,
+            "height",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"cfg_scale": -1}).to_string(),
+            422,
+            "cfg_scale",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"seed": -5}).to_string(),
+            422,
+            "seed",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"sampler_name": "Euler b"}).to_string(),
+            422,
+            "sampler_name",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"scheduler": "Karras"}).to_string(),
+            422,
+            "scheduler",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"batch_size": 8, "n_iter": 8}).to_string(),
+            422,
+            "batch_size",
+        ),
+        (
+            "/sdapi/v1/txt2img",
+            format!("{{\"prompt\": \"{}\"}}", "x".repeat(2 << 20)),
+            413,
+            "body",
+        ),
+        (
+            "/sdapi/v1/img2img",
+            json!({"prompt": "x"}).to_string(),
+            422,
+            "init_images",
+        ),
+        (
+            "/sdapi/v1/img2img",
+            json!({"init_images": ["not base64!"]}).to_string(),
+            422,
+            "init_images",
+        ),
+        (
+            "/sdapi/v1/img2img",
+            json!({"init_images": ["aGVsbG8="]}).to_string(),
+            422,
+            "init_images",
+        ),
+        (
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": "../../etc/passwd"}).to_string(),
+            422,
+            "sd_model_checkpoint",
+        ),
+        (
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": 3}).to_string(),
+            422,
+            "sd_model_checkpoint",
+        ),
+    ];
+    for (path, body, status, field) in cases {
+        let reply = server.post_raw(path, &body);
+        let shown: String = body.chars().take(60).collect();
+        assert_eq!(reply.status, status, "{path} {shown}: {:?}", reply.body);
+        assert_eq!(
+            reply.body["field"], field,
+            "{path} {shown}: {:?}",
+            reply.body
+        );
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(field),
+            "the message names {field}: {detail}"
+        );
+    }
+    assert_eq!(server.get("/no/such/route").status, 404);
+    assert_eq!(server.get("/api/v1/images/..%2Fhistory.sqlite").status, 404);
+    assert_eq!(server.get("/api/v1/history?limit=0").body["field"], "limit");
+    // Nothing bad got as far as the history, and the server is still up.
+    assert_eq!(server.get("/api/v1/history").body, json!([]));
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+/// Waits until `job` is running (progress names it).
+fn wait_running(server: &Served, deadline: Duration) -> i64 {
+    let start = Instant::now();
+    loop {
+        let progress = server.get("/sdapi/v1/progress").body;
+        if let Some(id) = progress["state"]["job_ids"][0].as_i64() {
+            if progress["state"]["sampling_step"].as_u64() > Some(0) {
+                assert!(
+                    progress["current_image"].is_string(),
+                    "a preview while running"
+                );
+                return id;
+            }
+        }
+        assert!(start.elapsed() < deadline, "no job started running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn long_job() -> Value {
+    json!({"prompt": PROMPT, "steps": 150, "width": 64, "height": 64, "seed": 1})
+}
+
+#[test]
+fn history_survives_a_restart_and_a_kill_fails_only_the_running_job() {
+    let dir = scratch("serve", "restart");
+    let data = dir.join("data");
+    let mut server = Served::start(&data, &[]);
+    let done = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": PROMPT, "steps": 4, "seed": 2}),
+    );
+    assert_eq!(done.status, 200);
+    let url = server.url.clone();
+    let running = std::thread::spawn(move || {
+        common::server::reply(ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(long_job()))
+    });
+    let long_id = wait_running(&server, Duration::from_secs(60));
+    server.kill();
+    let _ = running.join();
+
+    let server = Served::start(&data, &[]);
+    let history = server.get("/api/v1/history").body;
+    let jobs = history.as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{history}");
+    assert_eq!(jobs[0]["id"], long_id);
+    assert_eq!(jobs[0]["status"], "failed");
+    assert!(
+        jobs[0]["error"].as_str().unwrap().contains("interrupted"),
+        "{}",
+        jobs[0]
+    );
+    assert_eq!(jobs[1]["status"], "done");
+    let file = data
+        .join("images")
+        .join(jobs[1]["images"][0].as_str().unwrap());
+    let (pixels, _) = image_of(&done, 0);
+    assert_eq!(
+        image::open(file).unwrap().to_rgb8().into_raw(),
+        pixels,
+        "the finished PNG is intact"
+    );
+}
+
+#[test]
+fn jobs_can_be_interrupted_or_cancelled_while_queued() {
+    let dir = scratch("serve", "cancel");
+    let server = Served::start(&dir.join("data"), &["--max-batch", "1"]);
+    let send = |body: Value| {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            common::server::reply(ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(body))
+        })
+    };
+    let running = send(long_job());
+    let running_id = wait_running(&server, Duration::from_secs(60));
+    let queued = send(json!({"prompt": PROMPT, "steps": 4, "seed": 3}));
+    let queued_id = loop {
+        let history = server.get("/api/v1/history?limit=1").body;
+        if history[0]["id"].as_i64() != Some(running_id) {
+            break history[0]["id"].as_i64().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let cancelled = server.post(&format!("/api/v1/jobs/{queued_id}/cancel"), &json!({}));
+    assert_eq!(cancelled.body["was"], "queued", "{:?}", cancelled.body);
+    let interrupted = server.post("/sdapi/v1/interrupt", &json!({}));
+    assert_eq!(interrupted.body["interrupted"], json!([running_id]));
+    for (handle, id) in [(running, running_id), (queued, queued_id)] {
+        let reply = handle.join().unwrap();
+        assert_eq!(reply.status, 409, "{:?}", reply.body);
+        assert_eq!(reply.body["error"], "cancelled");
+        assert_eq!(
+            server.get(&format!("/api/v1/jobs/{id}")).body["status"],
+            "cancelled"
+        );
+    }
+    assert_eq!(
+        server.post("/api/v1/jobs/999/cancel", &json!({})).status,
+        404
+    );
+}
+
+#[test]
+fn queued_jobs_of_one_shape_share_a_batch_with_their_own_pixels() {
+    let dir = scratch("serve", "batch");
+    let server = Served::start(&dir.join("data"), &["--max-batch", "8"]);
+    let blocker = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            common::server::reply(ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(
+                json!({"prompt": PROMPT, "steps": 60, "width": 64, "height": 64, "seed": 1}),
+            ))
+        })
+    };
+    wait_running(&server, Duration::from_secs(60));
+    let prompts = [
+        "a small blue square on a black background",
+        PROMPT,
+        "a large green triangle on a gray background",
+    ];
+    let batched: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let url = server.url.clone();
+            let body =
+                json!({"prompt": prompt, "steps": 5, "seed": 20 + i, "sampler_name": "DPM++ 2M"});
+            let handle = std::thread::spawn(move || {
+                common::server::reply(
+                    ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(body.clone()),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            handle
+        })
+        .collect();
+    assert_eq!(blocker.join().unwrap().status, 200);
+    let replies: Vec<_> = batched.into_iter().map(|h| h.join().unwrap()).collect();
+    let ids: Vec<i64> = replies
+        .iter()
+        .map(|r| info(r)["job_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        info(&replies[0])["batch_job_ids"],
+        json!(ids),
+        "the three ran as one batch"
+    );
+    for (i, (prompt, reply)) in prompts.iter().zip(&replies).enumerate() {
+        let alone = server.post(
+            "/sdapi/v1/txt2img",
+            &json!({"prompt": prompt, "steps": 5, "seed": 20 + i, "sampler_name": "DPM++ 2M"}),
+        );
+        assert_eq!(info(&alone)["batch_job_ids"].as_array().unwrap().len(), 1);
+        // A batch of 3 rounds its matrix products differently from a batch
+        // of 1 (last-bit differences, ~1e-6): at most one 8-bit level.
+        let (a, b) = (image_of(reply, 0).0, image_of(&alone, 0).0);
+        let worst = sd_testkit::parity::max_pixel_difference(&a, &b).expect("same size");
+        assert!(
+            worst <= 1,
+            "{prompt}: batched and alone differ by {worst} levels"
+        );
+    }
+}
+
+#[test]
+fn thirty_two_concurrent_requests_are_each_served_or_refused() {
+    let dir = scratch("serve", "load");
+    let server = Served::start(&dir.join("data"), &["--queue-size", "4"]);
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            let url = server.url.clone();
+            std::thread::spawn(move || {
+                common::server::reply(
+                    ureq::post(&format!("{url}/sdapi/v1/txt2img"))
+                        .timeout(common::server::TIMEOUT)
+                        .send_json(json!({"prompt": PROMPT, "steps": 8, "seed": i})),
+                )
+            })
+        })
+        .collect();
+    let replies: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("no client hangs or panics"))
+        .collect();
+    let served = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(
+        served + refused.len(),
+        32,
+        "only 200 or 503: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(served >= 4, "at least a queue's worth served ({served})");
+    assert!(!refused.is_empty(), "32 at once overflow a queue of 4");
+    for reply in refused {
+        assert_eq!(reply.body["error"], "queue_full");
+        let seconds: u64 = reply
+            .retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=600).contains(&seconds));
+    }
+    assert_eq!(server.get("/healthz").status, 200, "still up");
+    let metrics = server.get("/metrics").body;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains(&format!("sd_images_generated_total {served}")));
+}
+
+#[test]
+fn an_api_key_guards_every_route_but_healthz() {
+    let dir = scratch("serve", "key");
+    let open = sd(&[
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--data",
+        dir.join("refused").to_str().unwrap(),
+    ]);
+    assert!(!open.status.success());
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("--api-key"), "{stderr}");
+
+    let server = Served::start(
+        &dir.join("data"),
+        &["--host", "0.0.0.0", "--api-key", "correct horse"],
+    );
+    let url = server.url.replace("0.0.0.0", "127.0.0.1");
+    let get = |path: &str, auth: Option<&str>| {
+        let mut request = ureq::get(&format!("{url}{path}"));
+        if let Some(auth) = auth {
+            request = request.set("Authorization", auth);
+        }
+        common::server::reply(request.call()).status
+    };
+    assert_eq!(get("/healthz", None), 200);
+    for path in ["/", "/sdapi/v1/samplers", "/api/v1/history", "/metrics"] {
+        assert_eq!(get(path, None), 401, "{path}");
+        assert_eq!(get(path, Some("Bearer correct horsf")), 401, "{path}");
+        assert_eq!(get(path, Some("Bearer correct horse")), 200, "{path}");
+    }
+    // Browsers: basic auth with the key as password ("any:correct horse").
+    assert_eq!(get("/", Some("Basic YW55OmNvcnJlY3QgaG9yc2U=")), 200);
+}

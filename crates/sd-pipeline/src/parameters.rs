@@ -1,0 +1,84 @@
+//! The generation parameters a PNG carries in its text chunks: one
+//! `parameters` chunk in AUTOMATIC1111's layout (which A1111's "PNG Info",
+//! ComfyUI and civitai read back), plus one chunk per field for scripts.
+
+use image::RgbImage;
+
+use crate::error::{PipelineError, Result};
+
+/// What made an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParameters {
+    /// The prompt as given.
+    pub prompt: String,
+    /// The negative prompt ("" for none).
+    pub negative_prompt: String,
+    /// Denoising steps.
+    pub steps: usize,
+    /// The sampler's name.
+    pub sampler: String,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// This image's seed.
+    pub seed: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The model (its folder, file or name).
+    pub model: String,
+}
+
+impl GenerationParameters {
+    /// A1111's infotext: prompt, `Negative prompt: ...`, then `Key: value` pairs.
+    pub fn infotext(&self) -> String {
+        format!(
+            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+            self.prompt,
+            self.negative_prompt,
+            self.steps,
+            self.sampler,
+            self.guidance,
+            self.seed,
+            self.width,
+            self.height,
+            self.model
+        )
+    }
+
+    /// The text chunks, in the order they are written.
+    pub fn chunks(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("prompt", self.prompt.clone()),
+            ("negative_prompt", self.negative_prompt.clone()),
+            ("steps", self.steps.to_string()),
+            ("sampler", self.sampler.clone()),
+            ("guidance", self.guidance.to_string()),
+            ("seed", self.seed.to_string()),
+            ("size", format!("{}x{}", self.width, self.height)),
+            ("model", self.model.clone()),
+            ("parameters", self.infotext()),
+        ]
+    }
+}
+
+/// `image` as PNG bytes with `parameters` in international text chunks.
+pub fn encode_png(image: &RgbImage, parameters: &GenerationParameters) -> Result<Vec<u8>> {
+    let fail = |e: png::EncodingError| PipelineError::InvalidInput {
+        context: "png".into(),
+        message: e.to_string(),
+    };
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    for (key, text) in parameters.chunks() {
+        encoder
+            .add_itxt_chunk(key.to_string(), text)
+            .map_err(fail)?;
+    }
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(image.as_raw()).map_err(fail)?;
+    writer.finish().map_err(fail)?;
+    Ok(bytes)
+}

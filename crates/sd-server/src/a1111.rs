@@ -1,0 +1,282 @@
+//! AUTOMATIC1111's request and response bodies (`/sdapi/v1/txt2img`,
+//! `/sdapi/v1/img2img`), checked into a [`JobSpec`]. Fields A1111 has and
+//! this server does not use (`restore_faces`, `alwayson_scripts`, ...) are
+//! accepted and ignored, so existing clients work unchanged.
+
+use base64::Engine;
+use sd_pipeline::SamplerKind;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::job::{JobSpec, Source};
+
+/// A1111's txt2img/img2img body (img2img adds the image fields).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    /// -1: a random seed.
+    pub seed: i64,
+    /// `None`: the model's native size.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// A1111 names ("Euler a", "DPM++ 2M", ...) or this project's CLI names.
+    pub sampler_name: Option<String>,
+    /// "Automatic" or "Karras" (with DPM++ 2M).
+    pub scheduler: Option<String>,
+    pub batch_size: usize,
+    pub n_iter: usize,
+    /// A1111's "Clip skip": 1 (or 0) uses the last layer, 2 the one before.
+    pub clip_skip: Option<usize>,
+    /// A1111 sets clip skip here (`CLIP_stop_at_last_layers`).
+    pub override_settings: serde_json::Map<String, serde_json::Value>,
+    pub denoising_strength: f64,
+    /// img2img: the image (base64, optionally as a data URL).
+    pub init_images: Vec<String>,
+    /// img2img: an inpainting mask (base64; white is repainted).
+    pub mask: Option<String>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.0,
+            seed: -1,
+            width: None,
+            height: None,
+            sampler_name: None,
+            scheduler: None,
+            batch_size: 1,
+            n_iter: 1,
+            clip_skip: None,
+            override_settings: Default::default(),
+            denoising_strength: 0.75,
+            init_images: Vec::new(),
+            mask: None,
+        }
+    }
+}
+
+/// A1111's response: base64 PNGs, the parameters as understood, and `info`
+/// (a JSON string, as A1111 sends it) with the seeds used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateResponse {
+    pub images: Vec<String>,
+    pub parameters: serde_json::Value,
+    pub info: String,
+}
+
+/// A1111's sampler names, with the sampler each runs here.
+pub const SAMPLERS: [(&str, SamplerKind); 14] = [
+    ("Euler a", SamplerKind::EulerAncestral),
+    ("Euler", SamplerKind::Euler),
+    ("LMS", SamplerKind::Lms),
+    ("Heun", SamplerKind::Heun),
+    ("DPM2", SamplerKind::Dpm2),
+    ("DPM2 a", SamplerKind::Dpm2Ancestral),
+    ("DPM++ 2M", SamplerKind::DpmPlusPlus2M),
+    ("DPM++ 2M Karras", SamplerKind::DpmPlusPlus2MKarras),
+    ("DPM++ 2M SDE", SamplerKind::DpmPlusPlus2MSde),
+    ("DDIM", SamplerKind::Ddim),
+    ("PLMS", SamplerKind::Pndm),
+    ("UniPC", SamplerKind::UniPc),
+    ("LCM", SamplerKind::Lcm),
+    ("DDPM", SamplerKind::Ddpm),
+];
+
+/// The A1111 name of a sampler.
+pub fn a1111_name(kind: SamplerKind) -> &'static str {
+    SAMPLERS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or(kind.name(), |(name, _)| name)
+}
+
+/// `sampler_name` + `scheduler` to a sampler; `None`: the model's own.
+fn sampler(name: Option<&str>, scheduler: Option<&str>) -> Result<Option<SamplerKind>, ApiError> {
+    let kind = match name.map(str::trim).filter(|n| !n.is_empty()) {
+        None => None,
+        Some(name) => Some(
+            SAMPLERS
+                .iter()
+                .find(|(a1111, _)| a1111.eq_ignore_ascii_case(name))
+                .map(|(_, kind)| *kind)
+                .or_else(|| name.parse().ok())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = SAMPLERS.iter().map(|(n, _)| *n).collect();
+                    ApiError::field(
+                        "sampler_name",
+                        format!("unknown sampler {name:?}; known: {}", known.join(", ")),
+                    )
+                })?,
+        ),
+    };
+    match scheduler.map(str::trim) {
+        None | Some("") => Ok(kind),
+        Some(s) if s.eq_ignore_ascii_case("automatic") => Ok(kind),
+        Some(s) if s.eq_ignore_ascii_case("karras") => match kind {
+            Some(SamplerKind::DpmPlusPlus2M | SamplerKind::DpmPlusPlus2MKarras) => {
+                Ok(Some(SamplerKind::DpmPlusPlus2MKarras))
+            }
+            _ => Err(ApiError::field(
+                "scheduler",
+                "Karras sigmas are available with sampler_name \"DPM++ 2M\"",
+            )),
+        },
+        Some(other) => Err(ApiError::field(
+            "scheduler",
+            format!("unknown scheduler {other:?}; use \"Automatic\" or \"Karras\""),
+        )),
+    }
+}
+
+/// A base64 image (a `data:image/...;base64,` prefix allowed).
+fn decode_image(field: &str, text: &str) -> Result<image::DynamicImage, ApiError> {
+    let data = match text.split_once(";base64,") {
+        Some((prefix, data)) if prefix.starts_with("data:") => data,
+        _ => text,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ApiError::field(field, format!("not base64: {e}")))?;
+    image::load_from_memory(&bytes)
+        .map_err(|e| ApiError::field(field, format!("not an image this server reads: {e}")))
+}
+
+impl GenerateRequest {
+    /// Checks every field against `limits` and decodes the images; `img2img`
+    /// says which endpoint the body came to.
+    pub fn to_spec(&self, limits: &Limits, img2img: bool) -> Result<JobSpec, ApiError> {
+        if self.steps == 0 || self.steps > limits.max_steps {
+            return Err(ApiError::field(
+                "steps",
+                format!("{} is outside 1..={}", self.steps, limits.max_steps),
+            ));
+        }
+        if !self.cfg_scale.is_finite() || self.cfg_scale < 0.0 || self.cfg_scale > 100.0 {
+            return Err(ApiError::field(
+                "cfg_scale",
+                format!("{} is outside 0..=100", self.cfg_scale),
+            ));
+        }
+        for (field, value) in [("width", self.width), ("height", self.height)] {
+            if let Some(v) = value {
+                if v == 0 || v % 8 != 0 || v > limits.max_size {
+                    return Err(ApiError::field(
+                        field,
+                        format!("{v} is not a multiple of 8 in 8..={}", limits.max_size),
+                    ));
+                }
+            }
+        }
+        for (field, value) in [("batch_size", self.batch_size), ("n_iter", self.n_iter)] {
+            if value == 0 {
+                return Err(ApiError::field(field, "at least 1"));
+            }
+        }
+        let images = self.batch_size.saturating_mul(self.n_iter);
+        if images > limits.max_images {
+            return Err(ApiError::field(
+                "batch_size",
+                format!(
+                    "batch_size {} x n_iter {} = {images} images, over the limit {}",
+                    self.batch_size, self.n_iter, limits.max_images
+                ),
+            ));
+        }
+        if self.seed < -1 {
+            return Err(ApiError::field(
+                "seed",
+                format!("{}: use -1 (random) or a seed >= 0", self.seed),
+            ));
+        }
+        let sampler = sampler(self.sampler_name.as_deref(), self.scheduler.as_deref())?;
+        let source = if img2img {
+            let [init] = self.init_images.as_slice() else {
+                return Err(ApiError::field(
+                    "init_images",
+                    format!("give exactly one image ({} given)", self.init_images.len()),
+                ));
+            };
+            let strength = self.denoising_strength;
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(ApiError::field(
+                    "denoising_strength",
+                    format!("{strength} is outside (0, 1]"),
+                ));
+            }
+            let image = decode_image("init_images", init)?.to_rgb8();
+            let mask = match &self.mask {
+                Some(mask) => Some(decode_image("mask", mask)?.to_luma8()),
+                None => None,
+            };
+            Source::Image {
+                image,
+                mask,
+                strength,
+            }
+        } else {
+            Source::Noise
+        };
+        Ok(JobSpec {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            seed: (self.seed >= 0).then_some(self.seed as u64),
+            width: self.width,
+            height: self.height,
+            sampler,
+            batch_size: self.batch_size,
+            n_iter: self.n_iter,
+            clip_skip: self.clip_skip()?,
+            source,
+        })
+    }
+
+    /// Layers to skip from the last: A1111's setting minus one.
+    fn clip_skip(&self) -> Result<usize, ApiError> {
+        let from_settings = self.override_settings.get("CLIP_stop_at_last_layers");
+        let value = match (self.clip_skip, from_settings) {
+            (Some(v), _) => v,
+            (None, Some(v)) => v.as_u64().ok_or_else(|| {
+                ApiError::field(
+                    "override_settings.CLIP_stop_at_last_layers",
+                    format!("{v} is not a whole number"),
+                )
+            })? as usize,
+            (None, None) => 1,
+        };
+        if value > 12 {
+            return Err(ApiError::field(
+                "clip_skip",
+                format!("{value} is outside 1..=12"),
+            ));
+        }
+        Ok(value.saturating_sub(1))
+    }
+}
+
+/// Parses a JSON body; a wrong type names the field (`steps`, `width`, ...).
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError {
+                status: 400,
+                ..ApiError::field("body", format!("malformed JSON: {inner}"))
+            }
+        } else {
+            ApiError::field(path, inner.to_string())
+        }
+    })
+}

@@ -1,0 +1,109 @@
+//! How a server is set up: where the model and data live, where it listens,
+//! and the limits every request is checked against.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sd_pipeline::StableDiffusionBuilder;
+
+/// Everything `sd serve` takes.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The model served at start: a diffusers folder or a single file.
+    pub model: PathBuf,
+    /// A folder of models (diffusers folders and `.safetensors` files) that
+    /// `POST /sdapi/v1/options` may switch among.
+    pub models_dir: Option<PathBuf>,
+    /// The database (`history.sqlite`) and the images (`images/`).
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 picks a free one.
+    pub address: SocketAddr,
+    /// Required (as `Authorization: Bearer KEY`, or as the password of
+    /// HTTP basic auth) on every route but `/healthz`.
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS; empty: CORS off (same-origin only).
+    pub cors_origins: Vec<String>,
+    /// Request and queue limits.
+    pub limits: Limits,
+    /// Images per UNet batch when queued jobs agree in shape; 1 turns
+    /// batching off.
+    pub max_batch_images: usize,
+    /// Device and dtype, as the CLI's `--device` / `--dtype` set them.
+    pub device: tch::Device,
+    /// The weights' dtype.
+    pub dtype: tch::Kind,
+}
+
+/// What a request may ask for; past these it gets a 4xx naming the field.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest width and height in pixels.
+    pub max_size: u32,
+    /// Most denoising steps.
+    pub max_steps: usize,
+    /// Most images per request (`batch_size * n_iter`).
+    pub max_images: usize,
+    /// Largest request body (base64 images included).
+    pub max_body_bytes: usize,
+    /// Jobs waiting or running; past it new jobs get 503 with Retry-After.
+    pub queue_capacity: usize,
+    /// A job running longer fails with "time limit".
+    pub job_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: 2048,
+            max_steps: 150,
+            max_images: 16,
+            max_body_bytes: 32 << 20,
+            queue_capacity: 16,
+            job_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Serves `model` on 127.0.0.1:7860 with data in `data_dir` and the
+    /// default limits.
+    pub fn new(model: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            model: model.into(),
+            models_dir: None,
+            data_dir: data_dir.into(),
+            address: SocketAddr::from(([127, 0, 0, 1], 7860)),
+            api_key: None,
+            cors_origins: Vec::new(),
+            limits: Limits::default(),
+            max_batch_images: 8,
+            device: tch::Device::Cpu,
+            dtype: tch::Kind::Float,
+        }
+    }
+
+    /// The pipeline builder for `model` with this config's device and dtype.
+    pub(crate) fn builder(&self, model: &std::path::Path) -> StableDiffusionBuilder {
+        let builder = sd_pipeline::StableDiffusion::builder()
+            .device(self.device)
+            .dtype(self.dtype);
+        if model.is_file() {
+            builder.single_file(model)
+        } else {
+            builder.model_dir(model)
+        }
+    }
+}
+
+/// The default `--data` folder: `$XDG_DATA_HOME/sd-rs/server`, else
+/// `~/.local/share/sd-rs/server`.
+pub fn default_data_dir() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let base = match (var("XDG_DATA_HOME"), var("HOME")) {
+        (Some(data), _) => PathBuf::from(data),
+        (None, Some(home)) => PathBuf::from(home).join(".local/share"),
+        (None, None) => std::env::temp_dir(),
+    };
+    base.join("sd-rs/server")
+}

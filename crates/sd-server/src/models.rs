@@ -1,0 +1,81 @@
+//! The models `--models-dir` offers (`/sdapi/v1/sd-models`) and the one
+//! served. A name from a request is only ever looked up among the listed
+//! entries, never joined to a path, so it cannot reach outside the folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// One entry of `/sdapi/v1/sd-models`, in A1111's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelEntry {
+    pub title: String,
+    pub model_name: String,
+    pub hash: Option<String>,
+    pub sha256: Option<String>,
+    pub filename: String,
+    pub config: Option<String>,
+}
+
+impl ModelEntry {
+    pub fn of(path: &Path) -> ModelEntry {
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        ModelEntry {
+            title: name.clone(),
+            model_name: name
+                .strip_suffix(".safetensors")
+                .unwrap_or(&name)
+                .to_string(),
+            hash: None,
+            sha256: None,
+            filename: path.display().to_string(),
+            config: None,
+        }
+    }
+}
+
+/// Diffusers folders (with `model_index.json`) and `.safetensors` files
+/// directly in `dir`, sorted by name; symbolic links that leave `dir` are
+/// left out.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let Ok(root) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut models: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.canonicalize().is_ok_and(|real| real.starts_with(&root))
+                && (p.join("model_index.json").is_file()
+                    || (p.is_file() && p.extension().is_some_and(|e| e == "safetensors")))
+        })
+        .collect();
+    models.sort();
+    models
+}
+
+/// The served model first, then the folder's others.
+pub fn entries(current: &Path, dir: Option<&Path>) -> Vec<ModelEntry> {
+    let mut entries = vec![ModelEntry::of(current)];
+    for path in dir.map(list).unwrap_or_default() {
+        let entry = ModelEntry::of(&path);
+        if entry.title != entries[0].title {
+            entries.push(entry);
+        }
+    }
+    entries
+}
+
+/// The listed model whose title or name is `name`.
+pub fn resolve(name: &str, dir: Option<&Path>) -> Option<PathBuf> {
+    dir.map(list).unwrap_or_default().into_iter().find(|path| {
+        let entry = ModelEntry::of(path);
+        entry.title == name || entry.model_name == name
+    })
+}

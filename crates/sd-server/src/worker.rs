@@ -1,0 +1,313 @@
+//! The worker thread: owns the pipeline, takes work from the queue in
+//! order, runs it, writes the PNGs, records the outcome and answers the
+//! waiting request. Progress and previews go to [`Shared::progress`].
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use sd_pipeline::parameters::encode_png;
+use sd_pipeline::{
+    GenerationParameters, PipelineError, PromptEmbeddings, Request, Seed, StableDiffusion, Task,
+};
+
+use crate::a1111::a1111_name;
+use crate::db::Status;
+use crate::error::ApiError;
+use crate::job::{Job, JobOutput, JobSpec, Source};
+use crate::queue::Work;
+use crate::state::Shared;
+
+/// Starts the worker on its own thread with `pipeline` loaded.
+pub fn spawn(shared: Arc<Shared>, pipeline: StableDiffusion) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("sd-worker".into())
+        .spawn(move || run(&shared, pipeline))
+        .expect("the OS starts a thread")
+}
+
+fn run(shared: &Shared, mut pipeline: StableDiffusion) {
+    let max_images = shared.config.max_batch_images.max(1);
+    while let Some(work) = shared.queue.take(max_images) {
+        match work {
+            Work::Generate(jobs) => generate(shared, &pipeline, jobs),
+            Work::LoadModel { name, path, reply } => {
+                let loaded = shared.config.builder(&path).build();
+                let _ = reply.send(match loaded {
+                    Ok(new) => {
+                        pipeline = new;
+                        shared.set_model(path, pipeline.sampler());
+                        Ok(())
+                    }
+                    Err(e) => Err(ApiError::field(
+                        "sd_model_checkpoint",
+                        format!("{name}: cannot load: {e}"),
+                    )),
+                });
+            }
+        }
+    }
+}
+
+/// How one job of a run ended.
+type Outcome = Result<Vec<RgbImage>, ApiError>;
+
+fn generate(shared: &Shared, pipeline: &StableDiffusion, jobs: Vec<Job>) {
+    let (cancelled, jobs): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|j| j.cancel.is_cancelled());
+    for job in cancelled {
+        let id = job.id;
+        finish(shared, job, Err(cancelled_error()), &[id]);
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    for job in &jobs {
+        if let Err(e) = shared.db.mark_running(job.id) {
+            eprintln!("sd serve: {e}");
+        }
+    }
+    let started = Instant::now();
+    let outcomes = if jobs.len() == 1 {
+        vec![run_alone(shared, pipeline, &jobs[0], started)]
+    } else {
+        run_batched(shared, pipeline, &jobs, started)
+    };
+    shared.clear_progress();
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        let outcome = if job.cancel.is_cancelled() {
+            Err(cancelled_error())
+        } else {
+            outcome
+        };
+        finish(shared, job, outcome, &ids);
+    }
+    shared.queue.finished(&ids);
+}
+
+fn cancelled_error() -> ApiError {
+    ApiError::status(409, "cancelled", "the job was cancelled")
+}
+
+/// The pipeline request for `spec`'s images with `seeds`.
+fn request(spec: &JobSpec, seeds: &[u64]) -> Request {
+    let mut request = Request::new(&spec.prompt);
+    request.negative_prompt = Some(spec.negative_prompt.clone()).filter(|n| !n.is_empty());
+    request.steps = spec.steps;
+    request.guidance_scale = spec.cfg_scale;
+    request.width = spec.width;
+    request.height = spec.height;
+    request.num_images = seeds.len();
+    request.seed = match seeds {
+        [one] => Seed::Batch(*one),
+        many => Seed::PerImage(many.to_vec()),
+    };
+    request.prompt_options.clip_skip = spec.clip_skip;
+    request.task = match &spec.source {
+        Source::Noise => Task::TextToImage,
+        Source::Image {
+            image,
+            mask: None,
+            strength,
+        } => Task::ImageToImage {
+            image: image.clone(),
+            strength: *strength,
+        },
+        Source::Image {
+            image,
+            mask: Some(mask),
+            strength,
+        } => Task::Inpaint {
+            image: image.clone(),
+            mask: mask.clone(),
+            strength: *strength,
+        },
+    };
+    request
+}
+
+/// One job, its `n_iter` iterations one after another.
+fn run_alone(shared: &Shared, pipeline: &StableDiffusion, job: &Job, started: Instant) -> Outcome {
+    let mut images = Vec::new();
+    for seeds in job.seeds.chunks(job.spec.batch_size) {
+        let request = request(&job.spec, seeds);
+        images.extend(run_request(shared, pipeline, &request, &[job], started)?);
+    }
+    Ok(images)
+}
+
+/// Several txt2img jobs of one shape as one UNet batch: each image
+/// conditioned on its own job's prompts, with its own seed.
+fn run_batched(
+    shared: &Shared,
+    pipeline: &StableDiffusion,
+    jobs: &[Job],
+    started: Instant,
+) -> Vec<Outcome> {
+    let cfg = jobs[0].spec.cfg_scale > 1.0;
+    let mut per_image = Vec::new();
+    for job in jobs {
+        match pipeline.encode_prompts(&request(&job.spec, &job.seeds), cfg) {
+            Ok(embeddings) => per_image.extend(std::iter::repeat_n(embeddings, job.images())),
+            Err(e) => return jobs.iter().map(|_| Err(pipeline_error(&e))).collect(),
+        }
+    }
+    let Some(embeddings) = PromptEmbeddings::per_image(&per_image) else {
+        // Prompts of different shapes (long prompts): one after another.
+        return jobs
+            .iter()
+            .map(|job| run_alone(shared, pipeline, job, started))
+            .collect();
+    };
+    let seeds: Vec<u64> = jobs.iter().flat_map(|j| j.seeds.iter().copied()).collect();
+    let mut batch = request(&jobs[0].spec, &seeds);
+    batch.seed = Seed::PerImage(seeds);
+    batch.embeddings = Some(embeddings);
+    let job_refs: Vec<&Job> = jobs.iter().collect();
+    match run_request(shared, pipeline, &batch, &job_refs, started) {
+        Ok(mut images) => jobs
+            .iter()
+            .map(|job| Ok(images.drain(..job.images()).collect()))
+            .collect(),
+        Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// Runs `request` for `jobs`, reporting progress; stops when every job is
+/// cancelled or the time limit passes.
+fn run_request(
+    shared: &Shared,
+    pipeline: &StableDiffusion,
+    request: &Request,
+    jobs: &[&Job],
+    started: Instant,
+) -> Outcome {
+    let sampler = jobs[0].spec.sampler.unwrap_or(pipeline.sampler());
+    let scheduler = pipeline
+        .new_scheduler_of(sampler)
+        .map_err(|e| pipeline_error(&e))?;
+    let limit = shared.config.limits.job_timeout;
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let mut timed_out = false;
+    let result = pipeline.generate_with(request, scheduler, &mut |info| {
+        let latents = info.denoised.unwrap_or(info.latents);
+        let preview = pipeline
+            .preview(latents)
+            .ok()
+            .and_then(|images| images.into_iter().next());
+        shared.report_step(&ids, info.step, info.total, preview);
+        if started.elapsed() > limit {
+            timed_out = true;
+            return ControlFlow::Break(());
+        }
+        if jobs.iter().all(|j| j.cancel.is_cancelled()) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match result {
+        Ok(generation) => Ok(generation.images),
+        Err(PipelineError::Cancelled { .. }) if timed_out => Err(time_limit(limit)),
+        Err(PipelineError::Cancelled { .. }) => Err(cancelled_error()),
+        Err(e) => Err(pipeline_error(&e)),
+    }
+}
+
+fn time_limit(limit: Duration) -> ApiError {
+    ApiError::status(
+        504,
+        "time_limit",
+        format!("the job ran past the time limit of {} s", limit.as_secs()),
+    )
+}
+
+/// A refused request names the A1111 field; anything else is a 500.
+fn pipeline_error(error: &PipelineError) -> ApiError {
+    match error {
+        PipelineError::InvalidInput { context, message } => {
+            let field = match context.as_str() {
+                "guidance_scale" => "cfg_scale",
+                "strength" => "denoising_strength",
+                "num_images" => "batch_size",
+                "image" => "init_images",
+                other => other,
+            };
+            ApiError::field(field, message.clone())
+        }
+        other => ApiError::status(500, "generation_failed", other.to_string()),
+    }
+}
+
+/// Writes a finished job's PNGs, records the outcome and answers.
+fn finish(shared: &Shared, job: Job, outcome: Outcome, batch: &[i64]) {
+    let outcome = outcome.and_then(|images| write_images(shared, &job, &images, batch));
+    let (status, error, files) = match &outcome {
+        Ok((_, files)) => (Status::Done, None, files.clone()),
+        Err(e) if e.error == "cancelled" => (Status::Cancelled, Some(e.detail.clone()), vec![]),
+        Err(e) => (Status::Failed, Some(e.detail.clone()), vec![]),
+    };
+    let recorded: Vec<(u64, String)> = job.seeds.iter().copied().zip(files).collect();
+    if let Err(e) = shared
+        .db
+        .finish(job.id, status, error.as_deref(), &recorded)
+    {
+        eprintln!("sd serve: job {}: {e}", job.id);
+    }
+    shared.metrics.job(
+        status,
+        job.queued_at.elapsed().as_secs_f64(),
+        recorded.len(),
+    );
+    let _ = job.reply.send(outcome.map(|(output, _)| output));
+}
+
+/// The job's images as PNGs with their parameters, written under
+/// `images/` (each to a temporary name, then renamed).
+fn write_images(
+    shared: &Shared,
+    job: &Job,
+    images: &[RgbImage],
+    batch: &[i64],
+) -> Result<(JobOutput, Vec<String>), ApiError> {
+    let (model, sampler) = shared.model_and_sampler();
+    let sampler = a1111_name(job.spec.sampler.unwrap_or(sampler));
+    let mut output = JobOutput {
+        id: job.id,
+        pngs: Vec::new(),
+        seeds: job.seeds.clone(),
+        infotexts: Vec::new(),
+        parameters: job.spec.summary(&model.display().to_string(), sampler),
+        batch: batch.to_vec(),
+    };
+    let mut files = Vec::new();
+    for (i, (image, seed)) in images.iter().zip(&job.seeds).enumerate() {
+        let parameters = GenerationParameters {
+            prompt: job.spec.prompt.clone(),
+            negative_prompt: job.spec.negative_prompt.clone(),
+            steps: job.spec.steps,
+            sampler: sampler.to_string(),
+            guidance: job.spec.cfg_scale,
+            seed: *seed,
+            width: image.width(),
+            height: image.height(),
+            model: model.display().to_string(),
+        };
+        let png = encode_png(image, &parameters).map_err(|e| pipeline_error(&e))?;
+        let file = format!("{}-{i}.png", job.id);
+        write_atomically(&shared.images_dir.join(&file), &png)
+            .map_err(|e| ApiError::status(500, "storage", format!("cannot write {file}: {e}")))?;
+        output.infotexts.push(parameters.infotext());
+        output.pngs.push(png);
+        files.push(file);
+    }
+    Ok((output, files))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp: PathBuf = path.with_extension("png.partial");
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, path)
+}
