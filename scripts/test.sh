@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine or an old one:
 #   1. libtorch (scripts/setup.sh: idempotent, reuses the per-user cache),
-#   2. the Rust tests of the whole workspace (committed references, bounds of
+#   2. Debian's chromium and chromium-driver when missing (apt-get), for the
+#      web page's browser test (crates/sd-cli/tests/browser.rs),
+#   2b. the Rust tests of the whole workspace (committed references, bounds of
 #      the error model in docs/reference.md),
 #   3. every library crate's documentation as docs.rs builds it, with no
 #      libtorch (scripts/check-docs.sh),
@@ -16,6 +18,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""
+  if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver
+fi
 cargo test --workspace
 bash scripts/check-docs.sh
 bash scripts/parity.sh

@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// and .safetensors files directly inside).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Where <lora:NAME:SCALE> prompt tags find NAME.safetensors (the folder
+    /// and its subfolders); also listed by /sdapi/v1/loras.
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
     /// Any address but a loopback one needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -80,6 +84,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .or_else(|| std::env::var("SD_API_KEY").ok().filter(|k| !k.is_empty()));
     let config = ServerConfig {
         models_dir: args.models_dir.clone(),
+        lora_dir: args.lora_dir.clone(),
         address: SocketAddr::new(args.host, args.port),
         api_key,
         cors_origins: args.cors_origins.clone(),

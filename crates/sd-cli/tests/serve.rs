@@ -275,8 +275,29 @@ fn wait_running(server: &Served, deadline: Duration) -> i64 {
     }
 }
 
+/// About 25 s on 2 cores: the tests that use it end it sooner (kill,
+/// interrupt), so it is always still running when they act.
 fn long_job() -> Value {
-    json!({"prompt": PROMPT, "steps": 150, "width": 64, "height": 64, "seed": 1})
+    json!({"prompt": PROMPT, "steps": 150, "width": 128, "height": 128, "seed": 1})
+}
+
+/// Waits until `n` jobs wait in the queue.
+fn wait_queued(server: &Served, n: usize) {
+    let start = Instant::now();
+    let line = format!("sd_jobs{{status=\"queued\"}} {n}\n");
+    while !server
+        .get("/metrics")
+        .body
+        .as_str()
+        .unwrap()
+        .contains(&line)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} jobs never queued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -333,13 +354,11 @@ fn jobs_can_be_interrupted_or_cancelled_while_queued() {
     let running = send(long_job());
     let running_id = wait_running(&server, Duration::from_secs(60));
     let queued = send(json!({"prompt": PROMPT, "steps": 4, "seed": 3}));
-    let queued_id = loop {
-        let history = server.get("/api/v1/history?limit=1").body;
-        if history[0]["id"].as_i64() != Some(running_id) {
-            break history[0]["id"].as_i64().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    wait_queued(&server, 1);
+    let queued_id = server.get("/api/v1/history?limit=1").body[0]["id"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(queued_id, running_id);
     let cancelled = server.post(&format!("/api/v1/jobs/{queued_id}/cancel"), &json!({}));
     assert_eq!(cancelled.body["was"], "queued", "{:?}", cancelled.body);
     let interrupted = server.post("/sdapi/v1/interrupt", &json!({}));
@@ -366,9 +385,9 @@ fn queued_jobs_of_one_shape_share_a_batch_with_their_own_pixels() {
     let blocker = {
         let url = server.url.clone();
         std::thread::spawn(move || {
-            common::server::reply(ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(
-                json!({"prompt": PROMPT, "steps": 60, "width": 64, "height": 64, "seed": 1}),
-            ))
+            common::server::reply(
+                ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(long_job()),
+            )
         })
     };
     wait_running(&server, Duration::from_secs(60));
@@ -389,11 +408,14 @@ fn queued_jobs_of_one_shape_share_a_batch_with_their_own_pixels() {
                     ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(body.clone()),
                 )
             });
-            std::thread::sleep(Duration::from_millis(100));
+            // One after another, so that the queue holds them in this order.
+            wait_queued(&server, i + 1);
             handle
         })
         .collect();
-    assert_eq!(blocker.join().unwrap().status, 200);
+    // The three wait behind the long job; ending it lets them run together.
+    server.post("/sdapi/v1/interrupt", &json!({}));
+    assert_eq!(blocker.join().unwrap().status, 409);
     let replies: Vec<_> = batched.into_iter().map(|h| h.join().unwrap()).collect();
     let ids: Vec<i64> = replies
         .iter()
@@ -505,4 +527,218 @@ fn an_api_key_guards_every_route_but_healthz() {
     }
     // Browsers: basic auth with the key as password ("any:correct horse").
     assert_eq!(get("/", Some("Basic YW55OmNvcnJlY3QgaG9yc2U=")), 200);
+}
+
+#[test]
+fn models_switch_among_models_dir_and_prompt_loras_match_sd_txt2img() {
+    let dir = scratch("serve", "models");
+    let models = dir.join("models");
+    let tiny = models.join("tiny-sd1");
+    copy_dir(&common::fixtures().join("tiny-sd1"), &tiny);
+    let loras = common::fixtures().join("lora");
+    let server = Served::start(
+        &dir.join("data"),
+        &[
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--lora-dir",
+            loras.to_str().unwrap(),
+        ],
+    );
+    let listed = server.get("/sdapi/v1/sd-models").body;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["title"] == "tiny-sd1"),
+        "{listed}"
+    );
+    let switched = server.post(
+        "/sdapi/v1/options",
+        &json!({"sd_model_checkpoint": "tiny-sd1"}),
+    );
+    assert_eq!(switched.status, 200, "{:?}", switched.body);
+    assert_eq!(
+        server.get("/sdapi/v1/options").body["sd_model_checkpoint"],
+        "tiny-sd1"
+    );
+    let names = server.get("/sdapi/v1/loras").body;
+    assert!(
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "sd1-kohya"),
+        "{names}"
+    );
+
+    let prompt = "<lora:sd1-kohya:0.8> a photo of a cat";
+    let reply = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": prompt, "steps": 4, "seed": 0, "width": 64, "height": 64,
+                "cfg_scale": 7.5, "sampler_name": "Euler"}),
+    );
+    let (pixels, chunks) = image_of(&reply, 0);
+    let out = dir.join("cli.png");
+    let run = sd(&[
+        "txt2img",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--lora-dir",
+        loras.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--steps",
+        "4",
+        "--seed",
+        "0",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--scheduler",
+        "euler",
+        "--guidance",
+        "7.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        pixels,
+        image::open(&out).unwrap().to_rgb8().into_raw(),
+        "the LoRA merged as the CLI merges it"
+    );
+    let recorded = &chunks.iter().find(|(k, _)| k == "prompt").unwrap().1;
+    assert_eq!(recorded, prompt, "the PNG keeps the tag, as A1111's do");
+
+    let missing = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "<lora:nowhere:1> a cat", "steps": 2}),
+    );
+    assert_eq!(
+        (missing.status, missing.body["field"].as_str()),
+        (422, Some("prompt"))
+    );
+    assert!(missing.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("nowhere.safetensors"));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_job_past_its_time_limit_fails_and_the_next_one_runs() {
+    let dir = scratch("serve", "timeout");
+    let server = Served::start(&dir.join("data"), &["--job-timeout", "1"]);
+    let slow = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": PROMPT, "steps": 150, "width": 128, "height": 128}),
+    );
+    assert_eq!(slow.status, 504, "{:?}", slow.body);
+    assert_eq!(slow.body["error"], "time_limit");
+    let history = server.get("/api/v1/history?limit=1").body;
+    assert_eq!(history[0]["status"], "failed");
+    let quick = server.post("/sdapi/v1/txt2img", &json!({"prompt": PROMPT, "steps": 2}));
+    assert_eq!(quick.status, 200);
+}
+
+#[test]
+fn cors_is_off_unless_an_origin_is_allowed() {
+    let dir = scratch("serve", "cors");
+    let origin = "http://app.example";
+    let allowed = |server: &Served| {
+        ureq::get(&format!("{}/sdapi/v1/samplers", server.url))
+            .set("Origin", origin)
+            .call()
+            .unwrap()
+            .header("access-control-allow-origin")
+            .map(str::to_string)
+    };
+    let closed = Served::start(&dir.join("closed"), &[]);
+    assert_eq!(allowed(&closed), None);
+    let open = Served::start(&dir.join("open"), &["--cors-origin", origin]);
+    assert_eq!(allowed(&open).as_deref(), Some(origin));
+}
+
+#[test]
+fn img2img_and_inpainting_match_the_cli() {
+    use base64::Engine;
+    let dir = scratch("serve", "img2img");
+    let server = Served::start(&dir.join("data"), &[]);
+    let init = dir.join("init.png");
+    let mask = dir.join("mask.png");
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])
+    })
+    .save(&init)
+    .unwrap();
+    image::GrayImage::from_fn(32, 32, |x, _| image::Luma([if x < 16 { 255 } else { 0 }]))
+        .save(&mask)
+        .unwrap();
+    let encode = |path: &std::path::Path| {
+        // As browsers send it: a data URL.
+        let bytes = std::fs::read(path).unwrap();
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    };
+    for with_mask in [false, true] {
+        let mut body = json!({"prompt": PROMPT, "steps": 10, "seed": 4, "cfg_scale": 7.5,
+                              "denoising_strength": 0.6, "init_images": [encode(&init)]});
+        let out = dir.join(format!("cli-{with_mask}.png"));
+        let mut args = vec![
+            if with_mask { "inpaint" } else { "img2img" },
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "10",
+            "--seed",
+            "4",
+            "--guidance",
+            "7.5",
+            "--strength",
+            "0.6",
+            "--init-image",
+            init.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if with_mask {
+            body["mask"] = encode(&mask).into();
+            args.extend(["--mask", mask.to_str().unwrap()]);
+        }
+        let reply = server.post("/sdapi/v1/img2img", &body);
+        let (pixels, _) = image_of(&reply, 0);
+        let run = sd(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            pixels,
+            image::open(&out).unwrap().to_rgb8().into_raw(),
+            "mask: {with_mask}"
+        );
+        let kind = server.get("/api/v1/history?limit=1").body[0]["kind"].clone();
+        assert_eq!(kind, if with_mask { "inpaint" } else { "img2img" });
+    }
 }

@@ -4,7 +4,9 @@
 //! accepted and ignored, so existing clients work unchanged.
 
 use base64::Engine;
-use sd_pipeline::SamplerKind;
+use std::path::Path;
+
+use sd_pipeline::{LoraSpec, SamplerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
@@ -151,9 +153,15 @@ fn decode_image(field: &str, text: &str) -> Result<image::DynamicImage, ApiError
 }
 
 impl GenerateRequest {
-    /// Checks every field against `limits` and decodes the images; `img2img`
-    /// says which endpoint the body came to.
-    pub fn to_spec(&self, limits: &Limits, img2img: bool) -> Result<JobSpec, ApiError> {
+    /// Checks every field against `limits`, finds the prompt's LoRA files
+    /// in `lora_dir` and decodes the images; `img2img` says which endpoint
+    /// the body came to.
+    pub fn to_spec(
+        &self,
+        limits: &Limits,
+        lora_dir: Option<&Path>,
+        img2img: bool,
+    ) -> Result<JobSpec, ApiError> {
         if self.steps == 0 || self.steps > limits.max_steps {
             return Err(ApiError::field(
                 "steps",
@@ -198,6 +206,7 @@ impl GenerateRequest {
             ));
         }
         let sampler = sampler(self.sampler_name.as_deref(), self.scheduler.as_deref())?;
+        let (text_prompt, loras) = loras(&self.prompt, lora_dir)?;
         let source = if img2img {
             let [init] = self.init_images.as_slice() else {
                 return Err(ApiError::field(
@@ -227,6 +236,8 @@ impl GenerateRequest {
         };
         Ok(JobSpec {
             prompt: self.prompt.clone(),
+            text_prompt,
+            loras,
             negative_prompt: self.negative_prompt.clone(),
             steps: self.steps,
             cfg_scale: self.cfg_scale,
@@ -262,6 +273,30 @@ impl GenerateRequest {
         }
         Ok(value.saturating_sub(1))
     }
+}
+
+/// The prompt without its `<lora:NAME:SCALE>` tags, and their files.
+fn loras(prompt: &str, lora_dir: Option<&Path>) -> Result<(String, Vec<LoraSpec>), ApiError> {
+    let (text, tags) =
+        sd_lora::tags::take_tags(prompt).map_err(|e| ApiError::field("prompt", e.to_string()))?;
+    if tags.is_empty() {
+        return Ok((text, Vec::new()));
+    }
+    let Some(dir) = lora_dir else {
+        return Err(ApiError::field(
+            "prompt",
+            "has <lora:...> tags, but this server was started without --lora-dir",
+        ));
+    };
+    let specs = tags
+        .iter()
+        .map(|tag| {
+            sd_lora::tags::find_in(dir, &tag.name)
+                .map(|path| LoraSpec::new(path, tag.scale))
+                .map_err(|e| ApiError::field("prompt", e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((text, specs))
 }
 
 /// Parses a JSON body; a wrong type names the field (`steps`, `width`, ...).

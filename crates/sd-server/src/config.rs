@@ -15,6 +15,9 @@ pub struct ServerConfig {
     /// A folder of models (diffusers folders and `.safetensors` files) that
     /// `POST /sdapi/v1/options` may switch among.
     pub models_dir: Option<PathBuf>,
+    /// Where `<lora:NAME:SCALE>` prompt tags find `NAME.safetensors` (the
+    /// folder and its subfolders); `None`: tags are refused.
+    pub lora_dir: Option<PathBuf>,
     /// The database (`history.sqlite`) and the images (`images/`).
     pub data_dir: PathBuf,
     /// Where to listen; port 0 picks a free one.
@@ -72,6 +75,7 @@ impl ServerConfig {
         ServerConfig {
             model: model.into(),
             models_dir: None,
+            lora_dir: None,
             data_dir: data_dir.into(),
             address: SocketAddr::from(([127, 0, 0, 1], 7860)),
             api_key: None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
-use sd_pipeline::SamplerKind;
+use sd_pipeline::{LoraSpec, SamplerKind};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -27,7 +27,12 @@ pub enum Source {
 /// A checked request.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
+    /// As given, `<lora:...>` tags included (what the PNG records).
     pub prompt: String,
+    /// Without its LoRA tags: what the text encoder reads.
+    pub text_prompt: String,
+    /// The tags' LoRA files, merged for this job.
+    pub loras: Vec<LoraSpec>,
     pub negative_prompt: String,
     pub steps: usize,
     pub cfg_scale: f64,
@@ -128,6 +133,7 @@ pub struct BatchKey {
     sampler: Option<SamplerKind>,
     cfg_scale: u64,
     clip_skip: usize,
+    loras: Vec<LoraSpec>,
 }
 
 impl Job {
@@ -144,6 +150,7 @@ impl Job {
             sampler: spec.sampler,
             cfg_scale: spec.cfg_scale.to_bits(),
             clip_skip: spec.clip_skip,
+            loras: spec.loras.clone(),
         })
     }
 

@@ -79,3 +79,41 @@ pub fn resolve(name: &str, dir: Option<&Path>) -> Option<PathBuf> {
         entry.title == name || entry.model_name == name
     })
 }
+
+/// One entry of `/sdapi/v1/loras`, in A1111's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoraEntry {
+    /// What `<lora:NAME:SCALE>` calls it.
+    pub name: String,
+    pub alias: String,
+    pub path: String,
+}
+
+/// The `.safetensors` files in `dir` and its subfolders, by name.
+pub fn loras(dir: Option<&Path>) -> Vec<LoraEntry> {
+    let mut found = Vec::new();
+    let mut folders: Vec<PathBuf> = dir.into_iter().map(Path::to_path_buf).collect();
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(path);
+            } else if let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".safetensors"))
+            {
+                found.push(LoraEntry {
+                    name: name.to_string(),
+                    alias: name.to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}

@@ -33,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/img2img", post(img2img))
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/sd-models", get(sd_models))
+        .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/options", get(options).post(set_options))
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
@@ -101,19 +102,30 @@ async fn generate(
     let request: GenerateRequest = parse_body(&bytes)?;
     // Decoding base64 images takes a while: off the async threads.
     let limits = shared.config.limits.clone();
-    let spec = tokio::task::spawn_blocking(move || request.to_spec(&limits, img2img))
-        .await
-        .map_err(|e| ApiError::status(500, "internal", e.to_string()))??;
+    let lora_dir = shared.config.lora_dir.clone();
+    let spec =
+        tokio::task::spawn_blocking(move || request.to_spec(&limits, lora_dir.as_deref(), img2img))
+            .await
+            .map_err(|e| ApiError::status(500, "internal", e.to_string()))??;
     let output = submit(&shared, spec).await?;
     let images = output
         .pngs
         .iter()
         .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
         .collect();
+    let p = &output.parameters;
     let info = json!({
         "job_id": output.id,
+        "prompt": p["prompt"],
+        "all_prompts": vec![&p["prompt"]; output.seeds.len()],
+        "negative_prompt": p["negative_prompt"],
         "seed": output.seeds.first(),
         "all_seeds": output.seeds,
+        "width": p["width"],
+        "height": p["height"],
+        "sampler_name": p["sampler_name"],
+        "cfg_scale": p["cfg_scale"],
+        "steps": p["steps"],
         "infotexts": output.infotexts,
         "batch_job_ids": output.batch,
     });
@@ -208,6 +220,10 @@ async fn sd_models(State(shared): App) -> Json<Vec<crate::models::ModelEntry>> {
         &model,
         shared.config.models_dir.as_deref(),
     ))
+}
+
+async fn loras(State(shared): App) -> Json<Vec<crate::models::LoraEntry>> {
+    Json(crate::models::loras(shared.config.lora_dir.as_deref()))
 }
 
 async fn options(State(shared): App) -> Json<Value> {

@@ -32,7 +32,7 @@ fn run(shared: &Shared, mut pipeline: StableDiffusion) {
     let max_images = shared.config.max_batch_images.max(1);
     while let Some(work) = shared.queue.take(max_images) {
         match work {
-            Work::Generate(jobs) => generate(shared, &pipeline, jobs),
+            Work::Generate(jobs) => generate(shared, &mut pipeline, jobs),
             Work::LoadModel { name, path, reply } => {
                 let loaded = shared.config.builder(&path).build();
                 let _ = reply.send(match loaded {
@@ -54,7 +54,7 @@ fn run(shared: &Shared, mut pipeline: StableDiffusion) {
 /// How one job of a run ended.
 type Outcome = Result<Vec<RgbImage>, ApiError>;
 
-fn generate(shared: &Shared, pipeline: &StableDiffusion, jobs: Vec<Job>) {
+fn generate(shared: &Shared, pipeline: &mut StableDiffusion, jobs: Vec<Job>) {
     let (cancelled, jobs): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| j.cancel.is_cancelled());
     for job in cancelled {
@@ -70,10 +70,11 @@ fn generate(shared: &Shared, pipeline: &StableDiffusion, jobs: Vec<Job>) {
         }
     }
     let started = Instant::now();
-    let outcomes = if jobs.len() == 1 {
-        vec![run_alone(shared, pipeline, &jobs[0], started)]
-    } else {
-        run_batched(shared, pipeline, &jobs, started)
+    // Jobs of one batch share their LoRAs (the batch key has them).
+    let outcomes = match merge_loras(pipeline, &jobs[0].spec.loras) {
+        Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+        Ok(()) if jobs.len() == 1 => vec![run_alone(shared, pipeline, &jobs[0], started)],
+        Ok(()) => run_batched(shared, pipeline, &jobs, started),
     };
     shared.clear_progress();
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
@@ -88,13 +89,28 @@ fn generate(shared: &Shared, pipeline: &StableDiffusion, jobs: Vec<Job>) {
     shared.queue.finished(&ids);
 }
 
+/// Merges the job's LoRAs unless they are merged already; a file that
+/// cannot be merged was named by the prompt.
+fn merge_loras(
+    pipeline: &mut StableDiffusion,
+    loras: &[sd_pipeline::LoraSpec],
+) -> Result<(), ApiError> {
+    if pipeline.loras() == loras {
+        return Ok(());
+    }
+    pipeline
+        .set_loras(loras)
+        .map(drop)
+        .map_err(|e| ApiError::field("prompt", format!("cannot merge its LoRAs: {e}")))
+}
+
 fn cancelled_error() -> ApiError {
     ApiError::status(409, "cancelled", "the job was cancelled")
 }
 
 /// The pipeline request for `spec`'s images with `seeds`.
 fn request(spec: &JobSpec, seeds: &[u64]) -> Request {
-    let mut request = Request::new(&spec.prompt);
+    let mut request = Request::new(&spec.text_prompt);
     request.negative_prompt = Some(spec.negative_prompt.clone()).filter(|n| !n.is_empty());
     request.steps = spec.steps;
     request.guidance_scale = spec.cfg_scale;
@@ -282,6 +298,11 @@ fn write_images(
         parameters: job.spec.summary(&model.display().to_string(), sampler),
         batch: batch.to_vec(),
     };
+    if let Some(first) = images.first() {
+        // The size the model chose when the request left it out.
+        output.parameters["width"] = first.width().into();
+        output.parameters["height"] = first.height().into();
+    }
     let mut files = Vec::new();
     for (i, (image, seed)) in images.iter().zip(&job.seeds).enumerate() {
         let parameters = GenerationParameters {

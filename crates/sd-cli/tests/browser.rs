@@ -1,0 +1,160 @@
+//! The web page at `/` in a real browser: Debian's headless Chromium driven
+//! through ChromeDriver (WebDriver) by fantoccini. Types a prompt, presses
+//! Generate, waits for the image and the gallery, then checks that an API
+//! error shows beside the field it names. `scripts/test.sh` installs
+//! chromium and chromium-driver when they are missing; without them this
+//! test fails (it is never skipped).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::scratch;
+use common::server::Served;
+use fantoccini::{ClientBuilder, Locator};
+
+const PROMPT: &str = "a large blue square on a white background";
+
+/// ChromeDriver on a free port; killed when dropped.
+struct Driver(Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_driver() -> Driver {
+    let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(&binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {binary} ({e}): install chromium and chromium-driver (scripts/test.sh does)")
+        });
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver(child, port)
+}
+
+fn capabilities(profile: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    // Without the background-networking flags Chromium keeps trying hosts
+    // this offline machine cannot reach.
+    let options = serde_json::json!({
+        "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+            format!("--user-data-dir={}", profile.display()),
+        ],
+    });
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), options);
+    caps
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_page_generates_shows_the_gallery_and_names_bad_fields() {
+    let dir = scratch("browser", "page");
+    let server = Served::start(&dir.join("data"), &[]);
+    let driver = start_driver();
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser = ClientBuilder::new(connector)
+        .capabilities(capabilities(&dir.join("profile")))
+        .connect(&format!("http://127.0.0.1:{}", driver.1))
+        .await
+        .expect("a Chromium session");
+    let result = drive(&browser, &server.url).await;
+    let _ = browser.close().await;
+    result.unwrap();
+}
+
+async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini::error::CmdError> {
+    browser.goto(url).await?;
+    let wait = Duration::from_secs(120);
+
+    // 1. a prompt, few steps, a fixed seed; Generate
+    browser
+        .find(Locator::Id("prompt"))
+        .await?
+        .send_keys(PROMPT)
+        .await?;
+    let steps = browser.find(Locator::Id("steps")).await?;
+    steps.clear().await?;
+    steps.send_keys("4").await?;
+    let seed = browser.find(Locator::Id("seed")).await?;
+    seed.clear().await?;
+    seed.send_keys("5").await?;
+    browser.find(Locator::Id("generate")).await?.click().await?;
+
+    // 2. the image appears, and the gallery lists it from the history
+    let thumbnail = browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("#gallery img"))
+        .await?;
+    let alt = thumbnail.attr("alt").await?.unwrap_or_default();
+    assert_eq!(alt, PROMPT, "the gallery's image is this prompt's");
+    let result = browser.find(Locator::Id("result-image")).await?;
+    let src = result.attr("src").await?.unwrap_or_default();
+    assert!(
+        src.starts_with("data:image/png;base64,"),
+        "result image: {src:.40}"
+    );
+    assert_eq!(
+        browser.find_all(Locator::Css("#gallery img")).await?.len(),
+        1
+    );
+    let progress = browser
+        .execute("return document.getElementById('progress').value", vec![])
+        .await?;
+    assert_eq!(progress, serde_json::json!(1), "the bar ends full");
+
+    // 3. steps past the server's limit: the API's message beside "Steps"
+    steps.clear().await?;
+    steps.send_keys("1000").await?;
+    browser.find(Locator::Id("generate")).await?.click().await?;
+    let error = browser.find(Locator::Id("err-steps")).await?;
+    let start = Instant::now();
+    let text = loop {
+        let text = error.text().await?;
+        if !text.is_empty() || start.elapsed() > wait {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        text.starts_with("steps: 1000"),
+        "error beside the field: {text:?}"
+    );
+    assert_eq!(
+        browser
+            .find(Locator::Id("err-general"))
+            .await?
+            .text()
+            .await?,
+        ""
+    );
+    assert_eq!(steps.attr("aria-invalid").await?.as_deref(), Some("true"));
+    assert_eq!(
+        browser.find_all(Locator::Css("#gallery img")).await?.len(),
+        1,
+        "no new image"
+    );
+    Ok(())
+}
