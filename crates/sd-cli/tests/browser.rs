@@ -156,5 +156,16 @@ async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini
         1,
         "no new image"
     );
+
+    // 4. from the keyboard alone: fix the field, Enter submits the form
+    steps.clear().await?;
+    let enter: char = fantoccini::key::Key::Enter.into();
+    steps.send_keys(&format!("3{enter}")).await?;
+    let start = Instant::now();
+    while browser.find_all(Locator::Css("#gallery img")).await?.len() < 2 {
+        assert!(start.elapsed() < wait, "Enter in a field did not generate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(error.text().await?, "", "the error clears on the next try");
     Ok(())
 }

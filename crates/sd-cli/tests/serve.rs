@@ -376,6 +376,24 @@ fn jobs_can_be_interrupted_or_cancelled_while_queued() {
         server.post("/api/v1/jobs/999/cancel", &json!({})).status,
         404
     );
+
+    // A client that gives up (closes the connection) cancels its job.
+    let gave_up = ureq::post(&format!("{}/sdapi/v1/txt2img", server.url))
+        .timeout(Duration::from_millis(1500))
+        .send_json(long_job());
+    assert!(
+        gave_up.is_err(),
+        "the long job outlasts the client's timeout"
+    );
+    let start = Instant::now();
+    loop {
+        let job = &server.get("/api/v1/history?limit=1").body[0];
+        if job["status"] == "cancelled" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

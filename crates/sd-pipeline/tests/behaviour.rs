@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use sd_pipeline::{PipelineError, Request, Seed, StableDiffusion};
+use sd_pipeline::{PipelineError, PromptEmbeddings, Request, Seed, StableDiffusion};
 use sd_testkit::parity::{assert_close, reference_dir, Tolerance};
 
 fn tiny(folder: &str) -> StableDiffusion {
@@ -101,6 +101,42 @@ fn per_image_seeds_match_single_runs_and_guidance_one_skips_cfg() {
         pipeline.generate(&a).unwrap().latents,
         pipeline.generate(&b).unwrap().latents
     );
+}
+
+/// What a server's batch of different requests does: one prompt per image
+/// (embeddings of batch `num_images`), each image its own seed, equal to
+/// the requests run alone within the error of a batch-2 matrix product.
+#[test]
+fn per_image_prompts_match_their_single_runs() {
+    let pipeline = tiny("tiny-sd1");
+    let prompts = ["a red square", "a blue circle"];
+    let seeds = [5u64, 9];
+    let embeddings: Vec<PromptEmbeddings> = prompts
+        .iter()
+        .map(|p| pipeline.encode_prompts(&quick(p, 0), true).unwrap())
+        .collect();
+    let mut batch = quick("ignored: embeddings given", 0);
+    batch.num_images = 2;
+    batch.seed = Seed::PerImage(seeds.to_vec());
+    batch.embeddings = PromptEmbeddings::per_image(&embeddings);
+    let both = pipeline.generate(&batch).unwrap().latents;
+    for (i, (prompt, seed)) in prompts.iter().zip(seeds).enumerate() {
+        let single = pipeline.generate(&quick(prompt, seed)).unwrap().latents;
+        assert_close(
+            prompt,
+            &both.get(i as i64).unsqueeze(0),
+            &single,
+            Tolerance::abs(1e-4),
+        );
+    }
+    // Any batch but 1 or num_images is refused, naming the field.
+    batch.num_images = 3;
+    batch.seed = Seed::Batch(0);
+    match pipeline.generate(&batch) {
+        Err(PipelineError::InvalidInput { context, .. }) => assert_eq!(context, "embeddings"),
+        other => panic!("batch 2 for 3 images: {other:?}"),
+    }
+    assert!(PromptEmbeddings::per_image(&[]).is_none());
 }
 
 #[test]

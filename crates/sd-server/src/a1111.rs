@@ -1,5 +1,5 @@
 //! AUTOMATIC1111's request and response bodies (`/sdapi/v1/txt2img`,
-//! `/sdapi/v1/img2img`), checked into a [`JobSpec`]. Fields A1111 has and
+//! `/sdapi/v1/img2img`), checked into a job. Fields A1111 has and
 //! this server does not use (`restore_faces`, `alwayson_scripts`, ...) are
 //! accepted and ignored, so existing clients work unchanged.
 
@@ -17,25 +17,33 @@ use crate::job::{JobSpec, Source};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GenerateRequest {
+    /// The prompt; `<lora:NAME:SCALE>` tags merge LoRAs from `--lora-dir`.
     pub prompt: String,
+    /// The negative prompt ("" for none).
     pub negative_prompt: String,
+    /// Denoising steps (default 20).
     pub steps: usize,
+    /// Classifier-free guidance (default 7).
     pub cfg_scale: f64,
     /// -1: a random seed.
     pub seed: i64,
     /// `None`: the model's native size.
     pub width: Option<u32>,
+    /// As `width`.
     pub height: Option<u32>,
     /// A1111 names ("Euler a", "DPM++ 2M", ...) or this project's CLI names.
     pub sampler_name: Option<String>,
     /// "Automatic" or "Karras" (with DPM++ 2M).
     pub scheduler: Option<String>,
+    /// Images per run (one UNet batch).
     pub batch_size: usize,
+    /// Runs, one after another.
     pub n_iter: usize,
     /// A1111's "Clip skip": 1 (or 0) uses the last layer, 2 the one before.
     pub clip_skip: Option<usize>,
     /// A1111 sets clip skip here (`CLIP_stop_at_last_layers`).
     pub override_settings: serde_json::Map<String, serde_json::Value>,
+    /// img2img: how much of the schedule runs, in (0, 1] (default 0.75).
     pub denoising_strength: f64,
     /// img2img: the image (base64, optionally as a data URL).
     pub init_images: Vec<String>,
@@ -70,8 +78,11 @@ impl Default for GenerateRequest {
 /// (a JSON string, as A1111 sends it) with the seeds used.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateResponse {
+    /// Base64 PNGs, with the parameters in their text chunks.
     pub images: Vec<String>,
+    /// The request's parameters as the server understood them.
     pub parameters: serde_json::Value,
+    /// A JSON object as a string: `seed`, `all_seeds`, `infotexts`, `job_id`, ...
     pub info: String,
 }
 
@@ -156,7 +167,7 @@ impl GenerateRequest {
     /// Checks every field against `limits`, finds the prompt's LoRA files
     /// in `lora_dir` and decodes the images; `img2img` says which endpoint
     /// the body came to.
-    pub fn to_spec(
+    pub(crate) fn to_spec(
         &self,
         limits: &Limits,
         lora_dir: Option<&Path>,
