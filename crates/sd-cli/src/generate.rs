@@ -193,7 +193,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let seed = match common.seed {
         Some(seed) => seed,
         None => {
-            let seed = random_seed();
+            let seed = sd_pipeline::random_seed();
             eprintln!("seed: {seed}");
             seed
         }
@@ -455,15 +455,4 @@ fn read_rgb(path: &Path) -> Result<image::RgbImage> {
     Ok(image::open(path)
         .with_context(|| format!("cannot read image {}", path.display()))?
         .to_rgb8())
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() >> 11
 }

@@ -22,32 +22,38 @@ fn info(reply: &common::server::Reply) -> Value {
     serde_json::from_str(reply.body["info"].as_str().expect("info is a JSON string")).unwrap()
 }
 
-/// `sd txt2img` on the shapes model: its pixels.
-fn cli_pixels(dir: &std::path::Path, seed: u64, steps: usize, scheduler: &str) -> Vec<u8> {
-    let out = dir.join(format!("cli-{seed}.png"));
-    let seed = seed.to_string();
-    let steps = steps.to_string();
-    let run = sd(&[
-        "txt2img",
-        "--prompt",
-        PROMPT,
-        "--seed",
-        &seed,
-        "--steps",
-        &steps,
-        "--scheduler",
-        scheduler,
-        "--guidance",
-        "7.5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+/// `sd ARGS --out OUT`: the image's pixels.
+fn cli_image(args: &[&str], out: &std::path::Path) -> Vec<u8> {
+    let mut args = args.to_vec();
+    args.extend(["--out", out.to_str().unwrap()]);
+    let run = sd(&args);
     assert!(
         run.status.success(),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    image::open(&out).unwrap().to_rgb8().into_raw()
+    image::open(out).unwrap().to_rgb8().into_raw()
+}
+
+/// `sd txt2img` on the shapes model: its pixels.
+fn cli_pixels(dir: &std::path::Path, seed: u64, steps: usize, scheduler: &str) -> Vec<u8> {
+    let (seed_text, steps) = (seed.to_string(), steps.to_string());
+    cli_image(
+        &[
+            "txt2img",
+            "--prompt",
+            PROMPT,
+            "--seed",
+            &seed_text,
+            "--steps",
+            &steps,
+            "--scheduler",
+            scheduler,
+            "--guidance",
+            "7.5",
+        ],
+        &dir.join(format!("cli-{seed}.png")),
+    )
 }
 
 #[test]
@@ -552,7 +558,7 @@ fn models_switch_among_models_dir_and_prompt_loras_match_sd_txt2img() {
     let dir = scratch("serve", "models");
     let models = dir.join("models");
     let tiny = models.join("tiny-sd1");
-    copy_dir(&common::fixtures().join("tiny-sd1"), &tiny);
+    sd_testkit::scratch::copy_dir(&common::fixtures().join("tiny-sd1"), &tiny);
     let loras = common::fixtures().join("lora");
     let server = Served::start(
         &dir.join("data"),
@@ -598,40 +604,31 @@ fn models_switch_among_models_dir_and_prompt_loras_match_sd_txt2img() {
                 "cfg_scale": 7.5, "sampler_name": "Euler"}),
     );
     let (pixels, chunks) = image_of(&reply, 0);
-    let out = dir.join("cli.png");
-    let run = sd(&[
-        "txt2img",
-        "--model",
-        tiny.to_str().unwrap(),
-        "--lora-dir",
-        loras.to_str().unwrap(),
-        "--prompt",
-        prompt,
-        "--steps",
-        "4",
-        "--seed",
-        "0",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--scheduler",
-        "euler",
-        "--guidance",
-        "7.5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let cli = cli_image(
+        &[
+            "txt2img",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--lora-dir",
+            loras.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--steps",
+            "4",
+            "--seed",
+            "0",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--scheduler",
+            "euler",
+            "--guidance",
+            "7.5",
+        ],
+        &dir.join("cli.png"),
     );
-    assert_eq!(
-        pixels,
-        image::open(&out).unwrap().to_rgb8().into_raw(),
-        "the LoRA merged as the CLI merges it"
-    );
+    assert_eq!(pixels, cli, "the LoRA merged as the CLI merges it");
     let recorded = &chunks.iter().find(|(k, _)| k == "prompt").unwrap().1;
     assert_eq!(recorded, prompt, "the PNG keeps the tag, as A1111's do");
 
@@ -647,18 +644,6 @@ fn models_switch_among_models_dir_and_prompt_loras_match_sd_txt2img() {
         .as_str()
         .unwrap()
         .contains("nowhere.safetensors"));
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -736,8 +721,6 @@ fn img2img_and_inpainting_match_the_cli() {
             "0.6",
             "--init-image",
             init.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
         ];
         if with_mask {
             body["mask"] = encode(&mask).into();
@@ -745,17 +728,7 @@ fn img2img_and_inpainting_match_the_cli() {
         }
         let reply = server.post("/sdapi/v1/img2img", &body);
         let (pixels, _) = image_of(&reply, 0);
-        let run = sd(&args);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert_eq!(
-            pixels,
-            image::open(&out).unwrap().to_rgb8().into_raw(),
-            "mask: {with_mask}"
-        );
+        assert_eq!(pixels, cli_image(&args, &out), "mask: {with_mask}");
         let kind = server.get("/api/v1/history?limit=1").body[0]["kind"].clone();
         assert_eq!(kind, if with_mask { "inpaint" } else { "img2img" });
     }

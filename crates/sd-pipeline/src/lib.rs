@@ -48,7 +48,8 @@ pub use components::{Components, Devices, TextTower};
 pub use control::{Control, LoadedControlNet};
 pub use error::{PipelineError, Result};
 pub use generate::{
-    guide, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepCallback, StepInfo, Task,
+    guide, random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepCallback,
+    StepInfo, Task,
 };
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};

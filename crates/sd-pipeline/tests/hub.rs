@@ -1,23 +1,8 @@
 //! Repo ids resolve through the Hugging Face cache layout, offline; a repo
 //! that is not cached fails with a clear error when the hub is off.
 
-use std::path::Path;
-
 use sd_pipeline::{Request, StableDiffusion};
 use sd_testkit::parity::reference_dir;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 #[test]
 fn cached_repo_ids_load_offline_and_missing_ones_fail_clearly() {
@@ -25,7 +10,7 @@ fn cached_repo_ids_load_offline_and_missing_ones_fail_clearly() {
     let repo = cache.join("models--test--tiny-sd1");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    copy_dir(
+    sd_testkit::scratch::copy_dir(
         &reference_dir().join("fixtures/tiny-sd1"),
         &repo.join("snapshots/0123abcd"),
     );

@@ -52,7 +52,7 @@ pub struct JobSpec {
 impl JobSpec {
     /// The seeds of every image, A1111's way: the first, then one up per image.
     pub fn seeds(&self) -> Vec<u64> {
-        let first = self.seed.unwrap_or_else(random_seed);
+        let first = self.seed.unwrap_or_else(sd_pipeline::random_seed);
         let count = (self.batch_size * self.n_iter) as u64;
         (0..count).map(|i| first.wrapping_add(i)).collect()
     }
@@ -87,19 +87,6 @@ impl JobSpec {
             "model": model,
         })
     }
-}
-
-/// A seed from the clock and the process: A1111's `seed: -1`.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    // A1111's seeds fit in 32 bits; keep them short enough to type back in.
-    hasher.finish() & 0xffff_ffff
 }
 
 /// The images of a finished job, as PNG bytes with their parameters.

@@ -16,4 +16,6 @@ mod latents;
 mod request;
 
 pub use denoise::{guide, StepCallback};
-pub use request::{Conditioning, Generation, PromptEmbeddings, Request, Seed, StepInfo, Task};
+pub use request::{
+    random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepInfo, Task,
+};

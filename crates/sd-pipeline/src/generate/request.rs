@@ -69,6 +69,20 @@ impl From<u64> for Seed {
     }
 }
 
+/// A fresh seed for a "random" run (the CLI without `--seed`, A1111's
+/// `seed: -1`), from the clock and the process's hash keys. 32 bits, as
+/// A1111's, short enough to type back in.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() & 0xffff_ffff
+}
+
 impl Default for Seed {
     fn default() -> Self {
         Seed::Batch(0)
