@@ -367,10 +367,12 @@ fn jobs_can_be_interrupted_or_cancelled_while_queued() {
     assert_ne!(queued_id, running_id);
     let cancelled = server.post(&format!("/api/v1/jobs/{queued_id}/cancel"), &json!({}));
     assert_eq!(cancelled.body["was"], "queued", "{:?}", cancelled.body);
+    // The queued request is answered now, while the long job still runs.
+    let queued = queued.join().unwrap();
+    assert!(server.get("/sdapi/v1/progress").body["state"]["job_ids"] == json!([running_id]));
     let interrupted = server.post("/sdapi/v1/interrupt", &json!({}));
     assert_eq!(interrupted.body["interrupted"], json!([running_id]));
-    for (handle, id) in [(running, running_id), (queued, queued_id)] {
-        let reply = handle.join().unwrap();
+    for (reply, id) in [(running.join().unwrap(), running_id), (queued, queued_id)] {
         assert_eq!(reply.status, 409, "{:?}", reply.body);
         assert_eq!(reply.body["error"], "cancelled");
         assert_eq!(
@@ -732,4 +734,59 @@ fn img2img_and_inpainting_match_the_cli() {
         let kind = server.get("/api/v1/history?limit=1").body[0]["kind"].clone();
         assert_eq!(kind, if with_mask { "inpaint" } else { "img2img" });
     }
+
+    // A1111's "just resize": the init image to the requested size, or to
+    // whole units of 8 when no size is asked for.
+    let odd = dir.join("odd.png");
+    image::RgbImage::from_pixel(45, 27, image::Rgb([200, 30, 30]))
+        .save(&odd)
+        .unwrap();
+    for (size, expected) in [
+        (json!({"width": 32, "height": 48}), (32, 48)),
+        (json!({}), (40, 24)),
+    ] {
+        let mut body = json!({"prompt": PROMPT, "steps": 2, "init_images": [encode(&odd)]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(size.as_object().unwrap().clone());
+        let reply = server.post("/sdapi/v1/img2img", &body);
+        let info = info(&reply);
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(expected.0), Some(expected.1))
+        );
+    }
+}
+
+#[test]
+fn sigterm_answers_waiting_requests_and_finishes_the_running_job() {
+    let dir = scratch("serve", "sigterm");
+    let mut server = Served::start(&dir.join("data"), &["--max-batch", "1"]);
+    let send = |body: Value| {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            common::server::reply(ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(body))
+        })
+    };
+    // About 5 s: it runs to its end after the signal.
+    let running = send(json!({"prompt": PROMPT, "steps": 150, "width": 64, "height": 64}));
+    wait_running(&server, Duration::from_secs(60));
+    let waiting = send(json!({"prompt": PROMPT, "steps": 4}));
+    wait_queued(&server, 1);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let waiting = waiting.join().unwrap();
+    assert_eq!(
+        (waiting.status, waiting.body["error"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    assert_eq!(
+        running.join().unwrap().status,
+        200,
+        "the running job finishes"
+    );
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
 }

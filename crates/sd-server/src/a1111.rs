@@ -150,6 +150,18 @@ fn sampler(name: Option<&str>, scheduler: Option<&str>) -> Result<Option<Sampler
     }
 }
 
+/// `image` at `size` (Lanczos), or as it is when it has that size.
+fn fit(image: image::DynamicImage, (width, height): (u32, u32)) -> image::DynamicImage {
+    if image.width() == width && image.height() == height {
+        return image;
+    }
+    image.resize_exact(
+        width.max(1),
+        height.max(1),
+        image::imageops::FilterType::Lanczos3,
+    )
+}
+
 /// A base64 image (a `data:image/...;base64,` prefix allowed).
 fn decode_image(field: &str, text: &str) -> Result<image::DynamicImage, ApiError> {
     let data = match text.split_once(";base64,") {
@@ -232,11 +244,19 @@ impl GenerateRequest {
                     format!("{strength} is outside (0, 1]"),
                 ));
             }
-            let image = decode_image("init_images", init)?.to_rgb8();
+            let image = decode_image("init_images", init)?;
             let mask = match &self.mask {
-                Some(mask) => Some(decode_image("mask", mask)?.to_luma8()),
+                Some(mask) => Some(decode_image("mask", mask)?),
                 None => None,
             };
+            // A1111's "Just resize": the image (and mask) to the requested
+            // size; without one, to the image's own size in whole units of 8.
+            let size = (
+                self.width.unwrap_or(image.width() / 8 * 8),
+                self.height.unwrap_or(image.height() / 8 * 8),
+            );
+            let image = fit(image, size).to_rgb8();
+            let mask = mask.map(|m| fit(m, size).to_luma8());
             Source::Image {
                 image,
                 mask,
@@ -244,6 +264,10 @@ impl GenerateRequest {
             }
         } else {
             Source::Noise
+        };
+        let (width, height) = match &source {
+            Source::Image { image, .. } => (Some(image.width()), Some(image.height())),
+            Source::Noise => (self.width, self.height),
         };
         Ok(JobSpec {
             prompt: self.prompt.clone(),
@@ -253,8 +277,8 @@ impl GenerateRequest {
             steps: self.steps,
             cfg_scale: self.cfg_scale,
             seed: (self.seed >= 0).then_some(self.seed as u64),
-            width: self.width,
-            height: self.height,
+            width,
+            height,
             sampler,
             batch_size: self.batch_size,
             n_iter: self.n_iter,

@@ -90,8 +90,9 @@ impl Server {
             .unwrap_or(self.shared.config.address)
     }
 
-    /// Serves until `shutdown` completes, then lets the running job finish
-    /// (queued ones stay in the history as failed at the next start).
+    /// Serves until `shutdown` completes, then lets the running job finish;
+    /// waiting requests get 503 (their jobs are marked failed at the next
+    /// start).
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -99,6 +100,13 @@ impl Server {
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|e| ServerError::io("listener", e))?;
         let app = routes::router(self.shared.clone());
+        let shared = self.shared.clone();
+        // Closing the queue first answers the waiting requests, so that the
+        // graceful shutdown waits for the running job only.
+        let shutdown = async move {
+            shutdown.await;
+            shared.queue.close();
+        };
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -48,9 +48,10 @@ pub struct Queue {
 }
 
 /// What cancelling a job found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
-    Queued,
+    /// It was waiting: here it is, out of the queue, for the caller to answer.
+    Queued(Box<Job>),
+    /// It is running: it stops at its next step.
     Running,
     NotFound,
 }
@@ -167,20 +168,22 @@ impl Queue {
 
     /// Cancels job `id`, queued or running.
     pub fn cancel(&self, id: i64) -> Cancelled {
-        let state = self.lock();
+        let mut state = self.lock();
         if let Some((_, flag)) = state.running.iter().find(|(j, _)| *j == id) {
             flag.cancel();
             return Cancelled::Running;
         }
-        for entry in &state.waiting {
-            if let Entry::Job(job) = entry {
-                if job.id == id {
-                    job.cancel.cancel();
-                    return Cancelled::Queued;
-                }
+        let position = state
+            .waiting
+            .iter()
+            .position(|entry| matches!(entry, Entry::Job(job) if job.id == id));
+        match position.and_then(|i| state.waiting.remove(i)) {
+            Some(Entry::Job(job)) => {
+                job.cancel.cancel();
+                Cancelled::Queued(Box::new(job))
             }
+            _ => Cancelled::NotFound,
         }
-        Cancelled::NotFound
     }
 
     /// Cancels the running jobs (A1111's interrupt); returns their ids.
@@ -192,10 +195,13 @@ impl Queue {
         state.running.iter().map(|(id, _)| *id).collect()
     }
 
-    /// Stops the worker after its current work; queued jobs stay queued in
-    /// the database and are marked failed at the next start.
+    /// Stops the worker after its current work. Waiting requests are
+    /// answered at once (503: their reply channels close); their jobs stay
+    /// queued in the database and are marked failed at the next start.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        state.waiting.clear();
         self.ready.notify_all();
     }
 }

@@ -362,7 +362,11 @@ async fn job(State(shared): App, Path(id): Path<i64>) -> ApiResult<Json<crate::d
 
 async fn cancel(State(shared): App, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     match shared.queue.cancel(id) {
-        Cancelled::Queued => Ok(Json(json!({"id": id, "was": "queued"}))),
+        Cancelled::Queued(job) => {
+            // Answered now, not when the worker would have reached it.
+            crate::worker::finish(&shared, *job, Err(crate::worker::cancelled_error()), &[id]);
+            Ok(Json(json!({"id": id, "was": "queued"})))
+        }
         Cancelled::Running => Ok(Json(json!({"id": id, "was": "running"}))),
         Cancelled::NotFound => Err(ApiError::status(
             404,

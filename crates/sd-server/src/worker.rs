@@ -104,7 +104,7 @@ fn merge_loras(
         .map_err(|e| ApiError::field("prompt", format!("cannot merge its LoRAs: {e}")))
 }
 
-fn cancelled_error() -> ApiError {
+pub(crate) fn cancelled_error() -> ApiError {
     ApiError::status(409, "cancelled", "the job was cancelled")
 }
 
@@ -248,7 +248,7 @@ fn pipeline_error(error: &PipelineError) -> ApiError {
                 "guidance_scale" => "cfg_scale",
                 "strength" => "denoising_strength",
                 "num_images" => "batch_size",
-                "image" => "init_images",
+                "image" | "init_image" => "init_images",
                 other => other,
             };
             ApiError::field(field, message.clone())
@@ -258,7 +258,7 @@ fn pipeline_error(error: &PipelineError) -> ApiError {
 }
 
 /// Writes a finished job's PNGs, records the outcome and answers.
-fn finish(shared: &Shared, job: Job, outcome: Outcome, batch: &[i64]) {
+pub(crate) fn finish(shared: &Shared, job: Job, outcome: Outcome, batch: &[i64]) {
     let outcome = outcome.and_then(|images| write_images(shared, &job, &images, batch));
     let (status, error, files) = match &outcome {
         Ok((_, files)) => (Status::Done, None, files.clone()),
