@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup.sh              # libtorch only (what builds and tests need)
 #   bash scripts/setup.sh --reference  # plus diffusers/transformers for reference/generate.py
+#   bash scripts/setup.sh --python     # plus maturin, pytest and ray[serve] (crates/sd-python)
 #
 # libtorch comes from the PyPI wheel torch==$TORCH_VERSION, installed into a
 # virtualenv kept in a per-user cache keyed by the torch and Python versions,
@@ -21,14 +22,16 @@ PYTHON="${PYTHON:-python3}"
 CACHE="${SD_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sd-rs}"
 
 want_reference=0
+want_python=0
 for arg in "$@"; do
   case "$arg" in
     --reference) want_reference=1 ;;
-    *) echo "setup.sh: unknown argument '$arg' (expected --reference)" >&2; exit 2 ;;
+    --python) want_python=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --reference or --python)" >&2; exit 2 ;;
   esac
 done
 
-if [[ -n "${LIBTORCH:-}" && "$want_reference" == 0 ]]; then
+if [[ -n "${LIBTORCH:-}" && "$want_reference" == 0 && "$want_python" == 0 ]]; then
   if [[ ! -f "$LIBTORCH/lib/libtorch_cpu.so" ]]; then
     echo "setup.sh: LIBTORCH=$LIBTORCH has no lib/libtorch_cpu.so" >&2
     exit 1
@@ -53,14 +56,21 @@ if [[ ! -f "$VENV/.torch-complete" ]]; then
   touch "$VENV/.torch-complete"
 fi
 
-if [[ "$want_reference" == 1 ]]; then
-  req="$ROOT/reference/requirements.txt"
-  stamp="$VENV/.reference-$(sha256sum "$req" | cut -c1-16)"
+# Extra requirements into the same virtualenv, once per version of their file.
+install_requirements() {
+  local req="$1" name="$2"
+  local stamp="$VENV/.$name-$(sha256sum "$req" | cut -c1-16)"
   if [[ ! -f "$stamp" ]]; then
-    echo "setup.sh: installing reference/requirements.txt into $VENV"
+    echo "setup.sh: installing ${req#"$ROOT/"} into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
     touch "$stamp"
   fi
+}
+if [[ "$want_reference" == 1 ]]; then
+  install_requirements "$ROOT/reference/requirements.txt" reference
+fi
+if [[ "$want_python" == 1 ]]; then
+  install_requirements "$ROOT/crates/sd-python/requirements-dev.txt" python
 fi
 
 ln -sfn "$VENV" "$ROOT/.venv"
