@@ -45,9 +45,30 @@ class StableDiffusion:
         strength: float = 0.8,
         mask: Optional[Image.Image] = None,
         callback: Optional[Callable[[int, int], Optional[bool]]] = None,
+        scheduler: Optional[str] = None,
     ) -> list[Image.Image]:
         """Images (RGB). With init_image: image-to-image; with mask too:
         inpainting (white is repainted). callback(step, total) after each
         step; returning False raises Cancelled. ValueError names the field
         of a request that cannot run; the same seed and parameters give the
-        pixels of `sd txt2img`."""
+        pixels of `sd txt2img`. scheduler: this run's sampler (an A1111 or
+        CLI name; None: the pipeline's)."""
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        negative_prompts: Optional[list[str]] = None,
+        steps: int = 20,
+        guidance: float = 7.5,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        scheduler: Optional[str] = None,
+    ) -> list[Image.Image]:
+        """One image per prompt (image i from seeds[i]) as one UNet batch when
+        they can share one, else one after another. Each equals `generate` with
+        that prompt and seed up to the rounding of a larger batch."""
+
+def sampler_name(name: str) -> str:
+    """The CLI name of an A1111 or CLI sampler name ("Euler a" -> "euler-a");
+    ValueError for an unknown one."""

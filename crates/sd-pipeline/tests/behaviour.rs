@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use sd_pipeline::{PipelineError, PromptEmbeddings, Request, Seed, StableDiffusion};
+use sd_pipeline::{PipelineError, Request, Seed, StableDiffusion};
 use sd_testkit::parity::{assert_close, reference_dir, Tolerance};
 
 fn tiny(folder: &str) -> StableDiffusion {
@@ -107,36 +107,44 @@ fn per_image_seeds_match_single_runs_and_guidance_one_skips_cfg() {
 /// (embeddings of batch `num_images`), each image its own seed, equal to
 /// the requests run alone within the error of a batch-2 matrix product.
 #[test]
-fn per_image_prompts_match_their_single_runs() {
+fn combined_requests_match_their_single_runs() {
     let pipeline = tiny("tiny-sd1");
-    let prompts = ["a red square", "a blue circle"];
-    let seeds = [5u64, 9];
-    let embeddings: Vec<PromptEmbeddings> = prompts
-        .iter()
-        .map(|p| pipeline.encode_prompts(&quick(p, 0), true).unwrap())
-        .collect();
-    let mut batch = quick("ignored: embeddings given", 0);
-    batch.num_images = 2;
-    batch.seed = Seed::PerImage(seeds.to_vec());
-    batch.embeddings = PromptEmbeddings::per_image(&embeddings);
+    let requests = [quick("a red square", 5), quick("a blue circle", 9)];
+    let batch = pipeline
+        .combine_requests(&requests)
+        .unwrap()
+        .expect("they agree");
+    assert_eq!(batch.num_images, 2);
+    assert_eq!(batch.seed, Seed::PerImage(vec![5, 9]));
     let both = pipeline.generate(&batch).unwrap().latents;
-    for (i, (prompt, seed)) in prompts.iter().zip(seeds).enumerate() {
-        let single = pipeline.generate(&quick(prompt, seed)).unwrap().latents;
+    for (i, request) in requests.iter().enumerate() {
+        let single = pipeline.generate(request).unwrap().latents;
         assert_close(
-            prompt,
+            &request.prompt,
             &both.get(i as i64).unsqueeze(0),
             &single,
             Tolerance::abs(1e-4),
         );
     }
-    // Any batch but 1 or num_images is refused, naming the field.
-    batch.num_images = 3;
-    batch.seed = Seed::Batch(0);
-    match pipeline.generate(&batch) {
+    // What cannot share a batch: other steps, one generator for two images.
+    let mut longer = quick("a red square", 5);
+    longer.steps = 4;
+    assert!(pipeline
+        .combine_requests(&[quick("a", 1), longer])
+        .unwrap()
+        .is_none());
+    let mut two = quick("a", 1);
+    two.num_images = 2;
+    assert!(pipeline.combine_requests(&[two]).unwrap().is_none());
+    assert!(pipeline.combine_requests(&[]).unwrap().is_none());
+    // Embeddings of any batch but 1 or num_images are refused, naming the field.
+    let mut wrong = batch.clone();
+    wrong.num_images = 3;
+    wrong.seed = Seed::Batch(0);
+    match pipeline.generate(&wrong) {
         Err(PipelineError::InvalidInput { context, .. }) => assert_eq!(context, "embeddings"),
         other => panic!("batch 2 for 3 images: {other:?}"),
     }
-    assert!(PromptEmbeddings::per_image(&[]).is_none());
 }
 
 #[test]

@@ -63,10 +63,7 @@ impl StableDiffusion {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
         let kind = sd_core::device::parse_dtype(dtype).map_err(|e| value_error(&e))?;
-        let sampler = scheduler
-            .map(str::parse::<SamplerKind>)
-            .transpose()
-            .map_err(|e| value_error(&format!("scheduler: {e}")))?;
+        let sampler = scheduler.map(parse_sampler).transpose()?;
         let mut builder = Pipeline::builder()
             .device(device)
             .dtype(kind)
@@ -103,7 +100,7 @@ impl StableDiffusion {
     /// `False` stops the run with `sd_rs.Cancelled`.
     #[pyo3(signature = (
         prompt, negative_prompt="", steps=20, guidance=7.5, seed=0, width=None, height=None,
-        num_images=1, init_image=None, strength=0.8, mask=None, callback=None
+        num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -121,7 +118,9 @@ impl StableDiffusion {
         strength: f64,
         mask: Option<&Bound<'py, PyAny>>,
         callback: Option<Py<PyAny>>,
+        scheduler: Option<&str>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let sampler = scheduler.map(parse_sampler).transpose()?;
         let mut request = Request::new(prompt);
         request.negative_prompt = Some(negative_prompt.to_string()).filter(|n| !n.is_empty());
         request.steps = steps;
@@ -145,37 +144,72 @@ impl StableDiffusion {
                 strength,
             },
         };
-        let pipeline = self.pipeline.clone();
-        let mut callback_error = None;
-        let error_slot = &mut callback_error;
-        // (moved in: a Request may hold tensors, which are Send but not Sync)
-        let generation = py.detach(move || {
-            let scheduler = pipeline.scheduler_for(&request)?;
-            pipeline.generate_with(&request, scheduler, &mut |info| {
-                let Some(callback) = &callback else {
-                    return ControlFlow::Continue(());
-                };
-                Python::attach(|py| match callback.call1(py, (info.step, info.total)) {
-                    Ok(answer) if answer.bind(py).is(&*pyo3::types::PyBool::new(py, false)) => {
-                        ControlFlow::Break(())
-                    }
-                    Ok(_) => ControlFlow::Continue(()),
-                    Err(error) => {
-                        *error_slot = Some(error);
-                        ControlFlow::Break(())
-                    }
-                })
-            })
-        });
-        if let Some(error) = callback_error {
-            return Err(error);
+        run(py, &self.pipeline, request, sampler, callback)
+    }
+
+    /// One image per prompt, image `i` from `seeds[i]`, as one UNet batch
+    /// when the pipeline can combine them (txt2img; prompts of one length),
+    /// else one after another. What a server does with requests that agree
+    /// in everything but prompt and seed. The same seed and prompt give the
+    /// image `generate` gives, up to the rounding of a larger batch.
+    #[pyo3(signature = (
+        prompts, seeds, negative_prompts=None, steps=20, guidance=7.5, width=None, height=None,
+        scheduler=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<String>,
+        seeds: Vec<u64>,
+        negative_prompts: Option<Vec<String>>,
+        steps: usize,
+        guidance: f64,
+        width: Option<u32>,
+        height: Option<u32>,
+        scheduler: Option<&str>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let sampler = scheduler.map(parse_sampler).transpose()?;
+        let negatives = negative_prompts.unwrap_or_else(|| vec![String::new(); prompts.len()]);
+        if seeds.len() != prompts.len() || negatives.len() != prompts.len() {
+            return Err(PyValueError::new_err(format!(
+                "seeds: {} prompts, {} seeds, {} negative prompts: give one of each per image",
+                prompts.len(),
+                seeds.len(),
+                negatives.len()
+            )));
         }
-        let generation = generation.map_err(to_py)?;
-        generation
-            .images
+        let requests: Vec<Request> = prompts
             .iter()
-            .map(|image| pil_from_rgb(py, image))
-            .collect()
+            .zip(&seeds)
+            .zip(&negatives)
+            .map(|((prompt, seed), negative)| {
+                let mut request = Request::new(prompt);
+                request.negative_prompt = Some(negative.clone()).filter(|n| !n.is_empty());
+                request.steps = steps;
+                request.guidance_scale = guidance;
+                request.width = width;
+                request.height = height;
+                request.seed = Seed::Batch(*seed);
+                request
+            })
+            .collect();
+        if requests.len() > 1 {
+            let pipeline = self.pipeline.clone();
+            let combined = py.detach(move || pipeline.combine_requests(&requests));
+            if let Some(batch) = combined.map_err(to_py)? {
+                return run(py, &self.pipeline, batch, sampler, None);
+            }
+        }
+        // Alone (one prompt, or prompts that cannot share a batch).
+        let mut images = Vec::new();
+        for ((prompt, seed), negative) in prompts.iter().zip(&seeds).zip(&negatives) {
+            images.extend(self.generate(
+                py, prompt, negative, steps, guidance, *seed, width, height, 1, None, 0.8, None,
+                None, scheduler,
+            )?);
+        }
+        Ok(images)
     }
 
     fn __repr__(&self) -> String {
@@ -186,6 +220,63 @@ impl StableDiffusion {
             self.pipeline.sampler().name()
         )
     }
+}
+
+/// Runs `request` with the GIL released; the callback takes it back for
+/// each step it is called.
+fn run<'py>(
+    py: Python<'py>,
+    pipeline: &Arc<Pipeline>,
+    request: Request,
+    sampler: Option<SamplerKind>,
+    callback: Option<Py<PyAny>>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let pipeline = pipeline.clone();
+    let mut callback_error = None;
+    let error_slot = &mut callback_error;
+    // (moved in: a Request may hold tensors, which are Send but not Sync)
+    let generation = py.detach(move || {
+        let scheduler = match sampler {
+            Some(kind) => pipeline.new_scheduler_of(kind)?,
+            None => pipeline.scheduler_for(&request)?,
+        };
+        pipeline.generate_with(&request, scheduler, &mut |info| {
+            let Some(callback) = &callback else {
+                return ControlFlow::Continue(());
+            };
+            Python::attach(|py| match callback.call1(py, (info.step, info.total)) {
+                Ok(answer) if answer.bind(py).is(&*pyo3::types::PyBool::new(py, false)) => {
+                    ControlFlow::Break(())
+                }
+                Ok(_) => ControlFlow::Continue(()),
+                Err(error) => {
+                    *error_slot = Some(error);
+                    ControlFlow::Break(())
+                }
+            })
+        })
+    });
+    if let Some(error) = callback_error {
+        return Err(error);
+    }
+    let generation = generation.map_err(to_py)?;
+    generation
+        .images
+        .iter()
+        .map(|image| pil_from_rgb(py, image))
+        .collect()
+}
+
+/// An A1111 sampler name ("Euler a", "DPM++ 2M Karras") or a CLI one.
+fn parse_sampler(name: &str) -> PyResult<SamplerKind> {
+    SamplerKind::from_any_name(name).map_err(|e| PyValueError::new_err(format!("scheduler: {e}")))
+}
+
+/// The CLI name of an A1111 or CLI sampler name: `sampler_name("Euler a")`
+/// is `"euler-a"`. Raises ValueError for an unknown name.
+#[pyfunction]
+fn sampler_name(name: &str) -> PyResult<&'static str> {
+    parse_sampler(name).map(SamplerKind::name)
 }
 
 /// `PIL.Image.frombytes("RGB", size, data)`.
@@ -220,6 +311,7 @@ fn gray_from_pil(image: &Bound<'_, PyAny>) -> PyResult<GrayImage> {
 #[pymodule]
 fn sd_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StableDiffusion>()?;
+    m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
     m.add("Cancelled", m.py().get_type::<Cancelled>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -129,3 +129,21 @@ def test_threads_overlap_while_generating(pipe):
     assert counts[0] >= 100 * elapsed, (counts, elapsed)
     # Each thread's image equals the same seed run alone.
     assert results[7] == pipe.generate(PROMPT, steps=30, seed=7)[0].tobytes()
+
+
+def test_generate_batch_matches_single_runs_and_names_samplers(pipe):
+    prompts = [PROMPT, "a small red circle on a black background", "a large green square on a gray background"]
+    seeds = [11, 12, 13]
+    batch = pipe.generate_batch(prompts, seeds, steps=6, scheduler="Euler a")
+    assert len(batch) == 3
+    for image, prompt, seed in zip(batch, prompts, seeds):
+        [alone] = pipe.generate(prompt, steps=6, seed=seed, scheduler="euler-a")
+        # A batch of 3 rounds its matrix products differently: one 8-bit level at most.
+        worst = max(abs(a - b) for a, b in zip(image.tobytes(), alone.tobytes()))
+        assert worst <= 1, (prompt, worst)
+    with pytest.raises(ValueError, match="seeds"):
+        pipe.generate_batch(prompts, [1, 2])
+    assert sd_rs.sampler_name("DPM++ 2M Karras") == "dpm++2m-karras"
+    assert sd_rs.sampler_name("euler-a") == "euler-a"
+    with pytest.raises(ValueError, match="Euler b"):
+        sd_rs.sampler_name("Euler b")

@@ -213,6 +213,43 @@ impl SamplerKind {
         Self::NAMES[index]
     }
 
+    /// AUTOMATIC1111's names (its API's `sampler_name`), with the sampler
+    /// each is here, in A1111's menu order.
+    pub const A1111_NAMES: [(&'static str, SamplerKind); 14] = [
+        ("Euler a", SamplerKind::EulerAncestral),
+        ("Euler", SamplerKind::Euler),
+        ("LMS", SamplerKind::Lms),
+        ("Heun", SamplerKind::Heun),
+        ("DPM2", SamplerKind::Dpm2),
+        ("DPM2 a", SamplerKind::Dpm2Ancestral),
+        ("DPM++ 2M", SamplerKind::DpmPlusPlus2M),
+        ("DPM++ 2M Karras", SamplerKind::DpmPlusPlus2MKarras),
+        ("DPM++ 2M SDE", SamplerKind::DpmPlusPlus2MSde),
+        ("DDIM", SamplerKind::Ddim),
+        ("PLMS", SamplerKind::Pndm),
+        ("UniPC", SamplerKind::UniPc),
+        ("LCM", SamplerKind::Lcm),
+        ("DDPM", SamplerKind::Ddpm),
+    ];
+
+    /// A1111's name of this sampler ("Euler a", "DPM++ 2M", ...).
+    pub fn a1111_name(self) -> &'static str {
+        Self::A1111_NAMES
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map_or(self.name(), |(name, _)| name)
+    }
+
+    /// The sampler an A1111 name (any case) or a CLI name stands for.
+    pub fn from_any_name(name: &str) -> Result<Self> {
+        let name = name.trim();
+        Self::A1111_NAMES
+            .iter()
+            .find(|(a1111, _)| a1111.eq_ignore_ascii_case(name))
+            .map(|(_, kind)| Ok(*kind))
+            .unwrap_or_else(|| name.parse())
+    }
+
     /// The sampler of a diffusers class name (`_class_name` of a config).
     pub fn from_class_name(class: &str) -> Option<Self> {
         Some(match class {

@@ -86,50 +86,17 @@ pub struct GenerateResponse {
     pub info: String,
 }
 
-/// A1111's sampler names, with the sampler each runs here.
-pub const SAMPLERS: [(&str, SamplerKind); 14] = [
-    ("Euler a", SamplerKind::EulerAncestral),
-    ("Euler", SamplerKind::Euler),
-    ("LMS", SamplerKind::Lms),
-    ("Heun", SamplerKind::Heun),
-    ("DPM2", SamplerKind::Dpm2),
-    ("DPM2 a", SamplerKind::Dpm2Ancestral),
-    ("DPM++ 2M", SamplerKind::DpmPlusPlus2M),
-    ("DPM++ 2M Karras", SamplerKind::DpmPlusPlus2MKarras),
-    ("DPM++ 2M SDE", SamplerKind::DpmPlusPlus2MSde),
-    ("DDIM", SamplerKind::Ddim),
-    ("PLMS", SamplerKind::Pndm),
-    ("UniPC", SamplerKind::UniPc),
-    ("LCM", SamplerKind::Lcm),
-    ("DDPM", SamplerKind::Ddpm),
-];
-
-/// The A1111 name of a sampler.
-pub fn a1111_name(kind: SamplerKind) -> &'static str {
-    SAMPLERS
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map_or(kind.name(), |(name, _)| name)
-}
-
 /// `sampler_name` + `scheduler` to a sampler; `None`: the model's own.
 fn sampler(name: Option<&str>, scheduler: Option<&str>) -> Result<Option<SamplerKind>, ApiError> {
     let kind = match name.map(str::trim).filter(|n| !n.is_empty()) {
         None => None,
-        Some(name) => Some(
-            SAMPLERS
-                .iter()
-                .find(|(a1111, _)| a1111.eq_ignore_ascii_case(name))
-                .map(|(_, kind)| *kind)
-                .or_else(|| name.parse().ok())
-                .ok_or_else(|| {
-                    let known: Vec<&str> = SAMPLERS.iter().map(|(n, _)| *n).collect();
-                    ApiError::field(
-                        "sampler_name",
-                        format!("unknown sampler {name:?}; known: {}", known.join(", ")),
-                    )
-                })?,
-        ),
+        Some(name) => Some(SamplerKind::from_any_name(name).map_err(|_| {
+            let known: Vec<&str> = SamplerKind::A1111_NAMES.iter().map(|(n, _)| *n).collect();
+            ApiError::field(
+                "sampler_name",
+                format!("unknown sampler {name:?}; known: {}", known.join(", ")),
+            )
+        })?),
     };
     match scheduler.map(str::trim) {
         None | Some("") => Ok(kind),

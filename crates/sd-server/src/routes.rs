@@ -14,11 +14,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::a1111::{a1111_name, parse_body, GenerateRequest, GenerateResponse, SAMPLERS};
+use crate::a1111::{parse_body, GenerateRequest, GenerateResponse};
 use crate::error::ApiError;
 use crate::job::{CancelFlag, Job, JobOutput, JobSpec};
 use crate::queue::Cancelled;
 use crate::state::Shared;
+use sd_pipeline::SamplerKind;
 
 type App = State<Arc<Shared>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -155,7 +156,7 @@ async fn submit(shared: &Arc<Shared>, spec: JobSpec) -> ApiResult<JobOutput> {
     }
     let seeds = spec.seeds();
     let (model, sampler) = shared.model_and_sampler();
-    let sampler = a1111_name(spec.sampler.unwrap_or(sampler));
+    let sampler = spec.sampler.unwrap_or(sampler).a1111_name();
     let model = model.display().to_string();
     let parameters = spec.summary(&model, sampler);
     let id = shared
@@ -207,7 +208,7 @@ async fn metrics(State(shared): App) -> Response {
 }
 
 async fn samplers() -> Json<Value> {
-    let list: Vec<Value> = SAMPLERS
+    let list: Vec<Value> = SamplerKind::A1111_NAMES
         .iter()
         .map(|(name, kind)| json!({"name": name, "aliases": [kind.name()], "options": {}}))
         .collect();

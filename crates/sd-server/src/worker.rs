@@ -9,11 +9,8 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use sd_pipeline::parameters::encode_png;
-use sd_pipeline::{
-    GenerationParameters, PipelineError, PromptEmbeddings, Request, Seed, StableDiffusion, Task,
-};
+use sd_pipeline::{GenerationParameters, PipelineError, Request, Seed, StableDiffusion, Task};
 
-use crate::a1111::a1111_name;
 use crate::db::Status;
 use crate::error::ApiError;
 use crate::job::{Job, JobOutput, JobSpec, Source};
@@ -163,25 +160,18 @@ fn run_batched(
     jobs: &[Job],
     started: Instant,
 ) -> Vec<Outcome> {
-    let cfg = jobs[0].spec.cfg_scale > 1.0;
-    let mut per_image = Vec::new();
-    for job in jobs {
-        match pipeline.encode_prompts(&request(&job.spec, &job.seeds), cfg) {
-            Ok(embeddings) => per_image.extend(std::iter::repeat_n(embeddings, job.images())),
-            Err(e) => return jobs.iter().map(|_| Err(pipeline_error(&e))).collect(),
-        }
-    }
-    let Some(embeddings) = PromptEmbeddings::per_image(&per_image) else {
+    let requests: Vec<Request> = jobs.iter().map(|j| request(&j.spec, &j.seeds)).collect();
+    let batch = match pipeline.combine_requests(&requests) {
+        Ok(Some(batch)) => batch,
         // Prompts of different shapes (long prompts): one after another.
-        return jobs
-            .iter()
-            .map(|job| run_alone(shared, pipeline, job, started))
-            .collect();
+        Ok(None) => {
+            return jobs
+                .iter()
+                .map(|job| run_alone(shared, pipeline, job, started))
+                .collect()
+        }
+        Err(e) => return jobs.iter().map(|_| Err(pipeline_error(&e))).collect(),
     };
-    let seeds: Vec<u64> = jobs.iter().flat_map(|j| j.seeds.iter().copied()).collect();
-    let mut batch = request(&jobs[0].spec, &seeds);
-    batch.seed = Seed::PerImage(seeds);
-    batch.embeddings = Some(embeddings);
     let job_refs: Vec<&Job> = jobs.iter().collect();
     match run_request(shared, pipeline, &batch, &job_refs, started) {
         Ok(mut images) => jobs
@@ -289,7 +279,7 @@ fn write_images(
     batch: &[i64],
 ) -> Result<(JobOutput, Vec<String>), ApiError> {
     let (model, sampler) = shared.model_and_sampler();
-    let sampler = a1111_name(job.spec.sampler.unwrap_or(sampler));
+    let sampler = job.spec.sampler.unwrap_or(sampler).a1111_name();
     let mut output = JobOutput {
         id: job.id,
         pngs: Vec::new(),

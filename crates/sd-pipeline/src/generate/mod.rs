@@ -7,8 +7,10 @@
 //! - [`latents`] (3): initial latents in diffusers' order of generator draws;
 //! - [`denoise`] (2, 4, 5): timesteps, the denoising loop, the decode.
 //!
-//! [`request`] holds what a caller gives and gets back.
+//! [`request`] holds what a caller gives and gets back; [`batch`] runs
+//! several requests as one UNet batch.
 
+mod batch;
 mod checks;
 mod conditioning;
 mod denoise;
