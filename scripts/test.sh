@@ -5,6 +5,8 @@
 #      web page's browser test (crates/sd-cli/tests/browser.rs),
 #   2b. the Rust tests of the whole workspace (committed references, bounds of
 #      the error model in docs/reference.md),
+#   2c. the Python package and the Ray Serve app (scripts/test-python.sh;
+#      installs maturin, pytest and ray[serve] into the same virtualenv once),
 #   3. every library crate's documentation as docs.rs builds it, with no
 #      libtorch (scripts/check-docs.sh),
 #   4. the parity suites again under every other CPU kernel path this machine
@@ -25,6 +27,7 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver
 fi
 cargo test --workspace
+bash scripts/test-python.sh
 bash scripts/check-docs.sh
 bash scripts/parity.sh
 
