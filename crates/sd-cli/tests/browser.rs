@@ -79,9 +79,15 @@ async fn the_page_generates_shows_the_gallery_and_names_bad_fields() {
         .connect(&format!("http://127.0.0.1:{}", driver.1))
         .await
         .expect("a Chromium session");
-    let result = drive(&browser, &server.url).await;
+    // Spawned, so that a failed assertion comes back as a JoinError and the
+    // browser is still closed (else Chromium outlives the test).
+    let (client, url) = (browser.clone(), server.url.clone());
+    let result = tokio::spawn(async move { drive(&client, &url).await }).await;
     let _ = browser.close().await;
-    result.unwrap();
+    match result {
+        Ok(outcome) => outcome.unwrap(),
+        Err(panic) => std::panic::resume_unwind(panic.into_panic()),
+    }
 }
 
 async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini::error::CmdError> {
