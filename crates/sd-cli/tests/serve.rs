@@ -790,3 +790,41 @@ fn sigterm_answers_waiting_requests_and_finishes_the_running_job() {
     );
     assert!(server.wait_exit(Duration::from_secs(60)).success());
 }
+
+#[test]
+fn a_job_abandoned_while_queued_frees_its_queue_slot() {
+    let dir = scratch("serve", "abandoned");
+    let server = Served::start(&dir.join("data"), &["--max-batch", "1"]);
+    let running = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            common::server::reply(
+                ureq::post(&format!("{url}/sdapi/v1/txt2img")).send_json(long_job()),
+            )
+        })
+    };
+    wait_running(&server, Duration::from_secs(60));
+    // Queued behind the long job, then its client gives up.
+    let gave_up = ureq::post(&format!("{}/sdapi/v1/txt2img", server.url))
+        .timeout(Duration::from_millis(1000))
+        .send_json(json!({"prompt": PROMPT, "steps": 2}));
+    assert!(gave_up.is_err());
+    server.post("/sdapi/v1/interrupt", &json!({}));
+    assert_eq!(running.join().unwrap().status, 409);
+    let start = Instant::now();
+    while !server
+        .get("/metrics")
+        .body
+        .as_str()
+        .unwrap()
+        .contains("sd_queue_depth 0\n")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "a slot stayed taken"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let history = server.get("/api/v1/history?limit=1").body;
+    assert_eq!(history[0]["status"], "cancelled");
+}

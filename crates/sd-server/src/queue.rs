@@ -161,7 +161,7 @@ impl Queue {
         Some(Work::Generate(batch))
     }
 
-    /// The worker is done with these jobs.
+    /// These jobs are done (a no-op for jobs that never ran).
     pub fn finished(&self, ids: &[i64]) {
         self.lock().running.retain(|(id, _)| !ids.contains(id));
     }

@@ -83,7 +83,6 @@ fn generate(shared: &Shared, pipeline: &mut StableDiffusion, jobs: Vec<Job>) {
         };
         finish(shared, job, outcome, &ids);
     }
-    shared.queue.finished(&ids);
 }
 
 /// Merges the job's LoRAs unless they are merged already; a file that
@@ -267,6 +266,9 @@ pub(crate) fn finish(shared: &Shared, job: Job, outcome: Outcome, batch: &[i64])
         job.queued_at.elapsed().as_secs_f64(),
         recorded.len(),
     );
+    // Here, for every way a job ends (a job cancelled while queued is
+    // taken, and answered, without running): else its slot stays taken.
+    shared.queue.finished(&[job.id]);
     let _ = job.reply.send(outcome.map(|(output, _)| output));
 }
 
