@@ -44,6 +44,10 @@ pub struct TrainArgs {
     /// The shapes model's autoencoder steps.
     #[arg(long, default_value_t = 1500)]
     pub vae_steps: usize,
+    /// With --shapes: take the autoencoder from this shapes folder instead
+    /// of training one (to try UNet recipes quickly).
+    #[arg(long, value_name = "DIR")]
+    pub vae_from: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -61,6 +65,9 @@ pub struct TrainArgs {
 pub fn run(args: &TrainArgs) -> Result<()> {
     if args.lora_text_encoder && args.lora.is_none() {
         bail!("--lora-text-encoder needs --lora RANK");
+    }
+    if args.vae_from.is_some() && !args.shapes {
+        bail!("--vae-from goes with --shapes");
     }
     if args.shapes && args.lora.is_some() {
         bail!("--lora trains on a model you give: use --model DIR with --data DIR, not --shapes");
@@ -103,8 +110,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 },
                 unet: options,
                 log: Some(args.out.join("loss.csv")),
+                vae_from: args.vae_from.clone(),
             };
-            bar.set_length((args.vae_steps + args.steps) as u64);
+            let vae_steps = if args.vae_from.is_some() {
+                0
+            } else {
+                args.vae_steps
+            };
+            bar.set_length((vae_steps + args.steps) as u64);
             let data = ShapesDataset::new(args.seed, 100_000, sd_train::model::IMAGE_SIDE);
             let (vae, unet) = train_shapes_model(&data, &recipe, &args.out, &mut progress)?;
             bar.finish_and_clear();

@@ -173,8 +173,9 @@ fn fails_cleanly(args: &[&str], out: &Path, needle: &str) {
         .ends_with(".partial")));
 }
 
+/// The README's main command (the same arguments) draws what it says.
 #[test]
-fn without_a_model_the_shapes_model_draws_a_32px_image() {
+fn without_a_model_the_readme_command_draws_a_blue_triangle() {
     let dir = scratch("default");
     let out = dir.join("triangle.png");
     let run = sd(&[
@@ -182,7 +183,7 @@ fn without_a_model_the_shapes_model_draws_a_32px_image() {
         "--prompt",
         "a large blue triangle on a white background",
         "--steps",
-        "10",
+        "20",
         "--seed",
         "0",
         "--out",
@@ -195,7 +196,19 @@ fn without_a_model_the_shapes_model_draws_a_32px_image() {
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("shapes model"), "{stderr}");
-    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (32, 32));
+    let image = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(image.dimensions(), (32, 32));
+    let drawn = sd_train::analyzer::analyze(&image);
+    let named = |i: Option<usize>, names: &[&str]| i.map(|i| names[i].to_string());
+    let colours: Vec<&str> = sd_train::shapes::COLORS.iter().map(|c| c.0).collect();
+    assert_eq!(
+        (
+            named(drawn.color, &colours),
+            named(drawn.shape, &sd_train::shapes::SHAPES)
+        ),
+        (Some("blue".to_string()), Some("triangle".to_string())),
+        "{drawn:?}"
+    );
 }
 
 #[test]

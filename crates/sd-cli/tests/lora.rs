@@ -201,4 +201,16 @@ fn train_lora_then_generate_with_it() {
     ]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("--lora trains on a model you give"));
+
+    let run = sd(&[
+        "train",
+        "--vae-from",
+        "crates/sd-cli/shapes",
+        "--lora",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--vae-from goes with --shapes"));
 }

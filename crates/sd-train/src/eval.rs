@@ -21,6 +21,9 @@ pub struct Report {
     pub unseen_color: usize,
     /// Of those, images with the right shape.
     pub unseen_shape: usize,
+    /// Each held-out pair on its own: (caption words, images, right
+    /// colours, right shapes).
+    pub held_out_pairs: Vec<(String, usize, usize, usize)>,
 }
 
 impl Report {
@@ -53,12 +56,16 @@ impl std::fmt::Display for Report {
             100.0 * self.unseen_color_accuracy(),
             100.0 * self.unseen_shape_accuracy(),
             self.unseen
-        )
+        )?;
+        for (pair, n, color, shape) in &self.held_out_pairs {
+            write!(f, "\n  {pair}: colour {color}/{n}, shape {shape}/{n}")?;
+        }
+        Ok(())
     }
 }
 
-/// The fixed prompt set: every colour x shape, large, on each background in
-/// turn (so 18 prompts, 3 of them held-out pairs), `seeds` images each.
+/// The fixed prompt set: every colour x shape (large) on every background,
+/// `seeds` images each: 54 prompts, 9 of them held-out pairs.
 pub fn evaluate(
     pipeline: &StableDiffusion,
     seeds: u64,
@@ -68,28 +75,38 @@ pub fn evaluate(
     let mut report = Report::default();
     for (c, (color, _)) in COLORS.iter().enumerate() {
         for (s, shape) in SHAPES.iter().enumerate() {
-            let background = BACKGROUNDS[(c + s) % BACKGROUNDS.len()].0;
-            let prompt = format!(
-                "a {} {color} {shape} on a {background} background",
-                SIZES[1]
-            );
-            for seed in 0..seeds {
-                let mut request = Request::new(&prompt);
-                request.steps = steps;
-                request.guidance_scale = guidance;
-                request.seed = Seed::Batch(seed);
-                let image = &pipeline.generate(&request)?.images[0];
-                let a = analyze(image);
-                let (good_color, good_shape) = (a.color == Some(c), a.shape == Some(s));
-                if ShapesDataset::is_held_out(c, s) {
-                    report.unseen += 1;
-                    report.unseen_color += usize::from(good_color);
-                    report.unseen_shape += usize::from(good_shape);
-                } else {
-                    report.seen += 1;
-                    report.seen_color += usize::from(good_color);
-                    report.seen_shape += usize::from(good_shape);
+            let held_out = ShapesDataset::is_held_out(c, s);
+            let (mut n, mut good_colors, mut good_shapes) = (0, 0, 0);
+            for (background, _) in BACKGROUNDS {
+                let prompt = format!(
+                    "a {} {color} {shape} on a {background} background",
+                    SIZES[1]
+                );
+                for seed in 0..seeds {
+                    let mut request = Request::new(&prompt);
+                    request.steps = steps;
+                    request.guidance_scale = guidance;
+                    request.seed = Seed::Batch(seed);
+                    let a = analyze(&pipeline.generate(&request)?.images[0]);
+                    n += 1;
+                    good_colors += usize::from(a.color == Some(c));
+                    good_shapes += usize::from(a.shape == Some(s));
                 }
+            }
+            if held_out {
+                report.unseen += n;
+                report.unseen_color += good_colors;
+                report.unseen_shape += good_shapes;
+                report.held_out_pairs.push((
+                    format!("{color} {shape}"),
+                    n,
+                    good_colors,
+                    good_shapes,
+                ));
+            } else {
+                report.seen += n;
+                report.seen_color += good_colors;
+                report.seen_shape += good_shapes;
             }
         }
     }

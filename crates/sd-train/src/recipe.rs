@@ -27,6 +27,9 @@ pub struct ShapesRecipe {
     pub unet: TrainOptions,
     /// Where to append the loss log (CSV).
     pub log: Option<PathBuf>,
+    /// Take the autoencoder (weights and latent scale) from this shapes
+    /// folder instead of training one: for trying UNet recipes quickly.
+    pub vae_from: Option<PathBuf>,
 }
 
 fn schedule_of(config: &Value) -> Result<NoiseSchedule> {
@@ -45,8 +48,9 @@ fn schedule_of(config: &Value) -> Result<NoiseSchedule> {
 
 /// Trains the shapes model from nothing and writes it to `out` as a
 /// diffusers folder. The text encoder keeps its seeded random weights
-/// (frozen): the captions' token embeddings are distinct enough for the
-/// UNet's cross-attention to learn from, and it keeps training cheap.
+/// (frozen) with its token mixing switched off ([`per_token_states`]), so
+/// that each caption word reaches the UNet as its own state; that is what
+/// lets the model draw colour-shape pairs it never saw.
 pub fn train_shapes_model(
     data: &dyn Dataset,
     recipe: &ShapesRecipe,
@@ -56,24 +60,34 @@ pub fn train_shapes_model(
     let device = recipe.unet.device;
     tch::manual_seed(recipe.unet.seed as i64);
     let mut log = LossLog::create(recipe.log.as_deref(), false)?;
-    // 1. the frozen text encoder, seeded random weights
+    // 1. the frozen text encoder: seeded random weights, one state per word
     let te_config_json = model::text_encoder_config();
     let te_config = ClipTextConfig::from_json_str(&te_config_json.to_string())?;
     let text_encoder = ClipTextModel::new(&te_config, device)?;
     sd_core::nn::init_for_training(text_encoder.var_store());
+    per_token_states(text_encoder.var_store());
     let tokenizer = ClipTokenizer::builtin(sd_clip::tokenizer::EOS)?;
     // 2. the autoencoder, then its latent scale
-    let vae = AutoencoderKL::new(
-        &VaeConfig::from_json_str(&model::vae_config(1.0).to_string())?,
-        device,
-    )?;
-    sd_core::nn::init_for_training(vae.var_store());
-    let vae_losses = trainer::train_vae(&vae, data, &recipe.vae, &mut log, &mut |s, l| {
-        progress("vae", s, l)
-    })?;
-    let scaling = trainer::latent_scaling_factor(&vae, data, 256, device)?;
-    let vae_config_json = model::vae_config((scaling * 1e5).round() / 1e5);
-    let vae = rescaled(vae, &vae_config_json)?;
+    let (vae, vae_config_json, vae_losses) = match &recipe.vae_from {
+        Some(dir) => {
+            let config = read_json(&dir.join("vae/config.json"))?;
+            let vae = AutoencoderKL::from_folder(dir.join("vae"), device, Kind::Float, None)?;
+            (vae, config, Vec::new())
+        }
+        None => {
+            let vae = AutoencoderKL::new(
+                &VaeConfig::from_json_str(&model::vae_config(1.0).to_string())?,
+                device,
+            )?;
+            sd_core::nn::init_for_training(vae.var_store());
+            let losses = trainer::train_vae(&vae, data, &recipe.vae, &mut log, &mut |s, l| {
+                progress("vae", s, l)
+            })?;
+            let scaling = trainer::latent_scaling_factor(&vae, data, 256, device)?;
+            let config = model::vae_config((scaling * 1e5).round() / 1e5);
+            (rescaled(vae, &config)?, config, losses)
+        }
+    };
     // 3. the UNet on the frozen VAE's latents
     let unet_config_json = model::unet_config();
     let unet = UNet2DConditionModel::new(
@@ -116,6 +130,21 @@ pub fn train_shapes_model(
         },
     )?;
     Ok((vae_losses, unet_losses))
+}
+
+/// Makes every token's state a function of its own word only: the
+/// self-attention output projections and the position embeddings become
+/// zero. With mixing attention, the states after the shape word carry the
+/// colour and the shape as one code, the UNet learns to read the colour from
+/// that code, and a pair never trained on is a code it has never seen
+/// (docs/training.md, "Why held-out pairs failed").
+pub fn per_token_states(vs: &tch::nn::VarStore) {
+    let _guard = tch::no_grad_guard();
+    for (name, mut tensor) in vs.variables() {
+        if name.contains("self_attn.out_proj.") || name.contains("position_embedding.") {
+            let _ = tensor.zero_();
+        }
+    }
 }
 
 /// The same VAE weights under a config with the measured scaling factor.

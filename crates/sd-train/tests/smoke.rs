@@ -27,6 +27,7 @@ fn short_training_lowers_the_loss_and_writes_a_loadable_model() {
         },
         unet: TrainOptions { steps: 60, ..base },
         log: None,
+        vae_from: None,
     };
     let out = std::env::temp_dir().join(format!("sd-train-smoke-{}", std::process::id()));
     let started = std::time::Instant::now();
