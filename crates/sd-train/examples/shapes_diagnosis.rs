@@ -14,17 +14,12 @@
 use anyhow::Result;
 use sd_pipeline::{PromptEmbeddings, Request, Seed, StableDiffusion};
 use sd_train::analyzer::analyze;
-use sd_train::shapes::{ShapesDataset, BACKGROUNDS, COLORS, SHAPES};
+use sd_train::shapes::{caption, ShapesDataset, BACKGROUNDS, COLORS, SHAPES};
 
 const COLOUR_TOKEN: i64 = 3;
 const SHAPE_TOKEN: i64 = 4;
-
-fn caption(color: usize, shape: usize, background: usize) -> String {
-    format!(
-        "a large {} {} on a {} background",
-        COLORS[color].0, SHAPES[shape], BACKGROUNDS[background].0
-    )
-}
+/// Index of "large" in SIZES.
+const LARGE: usize = 1;
 
 /// `a`'s states with positions `from..to` taken from `b`.
 fn splice(a: &PromptEmbeddings, b: &PromptEmbeddings, from: i64, to: i64) -> PromptEmbeddings {
@@ -59,7 +54,7 @@ fn main() -> Result<()> {
     let seeds: u64 = std::env::args().nth(2).map_or(Ok(2), |s| s.parse())?;
     let pipeline = StableDiffusion::builder().model_dir(&model).build()?;
     let encode = |c, s, bg| -> Result<PromptEmbeddings> {
-        let request = Request::new(caption(c, s, bg));
+        let request = Request::new(caption(LARGE, c, s, bg));
         Ok(pipeline.encode_prompts(&request, true)?)
     };
 

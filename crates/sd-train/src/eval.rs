@@ -4,7 +4,10 @@ use sd_pipeline::{Request, Seed, StableDiffusion};
 
 use crate::analyzer::analyze;
 use crate::error::Result;
-use crate::shapes::{ShapesDataset, BACKGROUNDS, COLORS, SHAPES, SIZES};
+use crate::shapes::{caption, ShapesDataset, BACKGROUNDS, COLORS, SHAPES};
+
+/// Index of "large" in [`crate::shapes::SIZES`]: every prompt asks for a large shape.
+const LARGE: usize = 1;
 
 /// Accuracy on seen and on held-out colour-shape pairs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,11 +80,8 @@ pub fn evaluate(
         for (s, shape) in SHAPES.iter().enumerate() {
             let held_out = ShapesDataset::is_held_out(c, s);
             let (mut n, mut good_colors, mut good_shapes) = (0, 0, 0);
-            for (background, _) in BACKGROUNDS {
-                let prompt = format!(
-                    "a {} {color} {shape} on a {background} background",
-                    SIZES[1]
-                );
+            for background in 0..BACKGROUNDS.len() {
+                let prompt = caption(LARGE, c, s, background);
                 for seed in 0..seeds {
                     let mut request = Request::new(&prompt);
                     request.steps = steps;

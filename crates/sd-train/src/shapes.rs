@@ -34,6 +34,15 @@ pub const HELD_OUT: [(&str, &str); 3] = [
     ("green", "square"),
 ];
 
+/// The caption grammar, from indices into [`SIZES`], [`COLORS`], [`SHAPES`]
+/// and [`BACKGROUNDS`]: "a {size} {color} {shape} on a {background} background".
+pub fn caption(size: usize, color: usize, shape: usize, background: usize) -> String {
+    format!(
+        "a {} {} {} on a {} background",
+        SIZES[size], COLORS[color].0, SHAPES[shape], BACKGROUNDS[background].0
+    )
+}
+
 /// One drawable scene.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scene {
@@ -54,13 +63,7 @@ pub struct Scene {
 impl Scene {
     /// "a {size} {color} {shape} on a {background} background".
     pub fn caption(&self) -> String {
-        format!(
-            "a {} {} {} on a {} background",
-            SIZES[self.size],
-            COLORS[self.color].0,
-            SHAPES[self.shape],
-            BACKGROUNDS[self.background].0
-        )
+        caption(self.size, self.color, self.shape, self.background)
     }
 
     /// Renders at `side` pixels, 4x4 supersampled edges.
