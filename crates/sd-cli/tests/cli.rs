@@ -173,6 +173,53 @@ fn fails_cleanly(args: &[&str], out: &Path, needle: &str) {
         .ends_with(".partial")));
 }
 
+/// A forced CPU kernel path: libtorch 2.11 refuses bf16 attention under
+/// `ATEN_CPU_CAPABILITY=avx2` or `default` on CPUs with AMX (Intel Sapphire
+/// Rapids) and runs it on others. Either way the user gets an image or one
+/// line naming the dtype and the variable, never a panic
+/// (sd_core::kernels; its unit test simulates the refusal on every CPU).
+#[test]
+fn a_forced_cpu_kernel_path_gives_an_image_or_one_line() {
+    let dir = scratch("capability");
+    let tiny = fixtures().join("tiny-sd1");
+    for capability in ["default", "avx2"] {
+        let out = dir.join(format!("{capability}.png"));
+        let run = Command::new(env!("CARGO_BIN_EXE_sd"))
+            .env("ATEN_CPU_CAPABILITY", capability)
+            .args([
+                "txt2img",
+                "--model",
+                tiny.to_str().unwrap(),
+                "--prompt",
+                "x",
+            ])
+            .args([
+                "--steps",
+                "2",
+                "--dtype",
+                "bf16",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .expect("sd runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        if run.status.success() {
+            assert!(out.exists(), "{capability}: {stderr}");
+            continue;
+        }
+        let expected = format!(
+            "error: libtorch cannot run bf16 attention on this CPU with \
+             ATEN_CPU_CAPABILITY={capability} ("
+        );
+        assert!(
+            stderr.lines().count() == 1 && stderr.starts_with(&expected),
+            "{capability}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// The README's main command (the same arguments) draws what it says.
 #[test]
 fn without_a_model_the_readme_command_draws_a_blue_triangle() {

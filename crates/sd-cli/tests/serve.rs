@@ -71,17 +71,23 @@ fn txt2img_has_the_pixels_of_sd_txt2img_and_a1111s_fields() {
         json!([7, 8]),
         "A1111: one seed up per image"
     );
-    // Same process settings, same kernels: the same bytes, not merely close.
-    assert_eq!(
-        first,
-        cli_pixels(&dir, 7, 6, "euler-a"),
-        "image 0 = sd txt2img --seed 7"
-    );
-    assert_eq!(
-        second,
-        cli_pixels(&dir, 8, 6, "euler-a"),
-        "image 1 = sd txt2img --seed 8"
-    );
+    let cli_7 = cli_pixels(&dir, 7, 6, "euler-a");
+    // Two images share the UNet batch: on CPUs whose GEMM blocking depends
+    // on the batch rows (AVX-512 Zen 5) that rounds otherwise, so each is
+    // held to the error model's pixel bound (1 level in f32), as batching is.
+    let bound = sd_testkit::parity::pixel_tolerance(tch::Kind::Float);
+    for (i, (image, seed)) in [(&first, 7), (&second, 8)].into_iter().enumerate() {
+        let cli = if seed == 7 {
+            cli_7.clone()
+        } else {
+            cli_pixels(&dir, seed, 6, "euler-a")
+        };
+        let worst = sd_testkit::parity::max_pixel_difference(image, &cli).expect("same size");
+        assert!(
+            worst <= bound,
+            "image {i} is {worst} levels from sd txt2img --seed {seed}"
+        );
+    }
     let parameters = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
     assert!(
         parameters.starts_with(PROMPT)
@@ -129,6 +135,17 @@ fn txt2img_has_the_pixels_of_sd_txt2img_and_a1111s_fields() {
     assert!(
         metrics.contains("sd_job_latency_seconds_count 1"),
         "{metrics}"
+    );
+
+    // One image: same process settings, same kernels and the same batch as
+    // the CLI's: the same bytes, not merely close.
+    let mut one = body.clone();
+    one["batch_size"] = json!(1);
+    let alone = server.post("/sdapi/v1/txt2img", &one);
+    assert_eq!(
+        image_of(&alone, 0).0,
+        cli_7,
+        "one image = sd txt2img --seed 7"
     );
 }
 

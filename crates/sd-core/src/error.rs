@@ -81,9 +81,34 @@ pub enum CoreError {
         message: String,
     },
 
+    /// A dtype whose attention kernel libtorch refuses on this CPU
+    /// ([`crate::kernels::check_attention`]).
+    #[error("{}", kernel_refusal(dtype, capability.as_deref(), reason))]
+    KernelUnavailable {
+        /// The dtype refused: f16 or bf16.
+        dtype: &'static str,
+        /// `ATEN_CPU_CAPABILITY` when it was set.
+        capability: Option<String>,
+        /// libtorch's own first line.
+        reason: String,
+    },
+
     /// An error libtorch reported.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+fn kernel_refusal(dtype: &str, capability: Option<&str>, reason: &str) -> String {
+    match capability {
+        Some(c) => format!(
+            "libtorch cannot run {dtype} attention on this CPU with ATEN_CPU_CAPABILITY={c} \
+             ({reason}): unset ATEN_CPU_CAPABILITY, or choose another dtype (f32 always runs)"
+        ),
+        None => format!(
+            "libtorch cannot run {dtype} attention on this CPU ({reason}): \
+             choose another dtype (f32 always runs)"
+        ),
+    }
 }
 
 impl CoreError {

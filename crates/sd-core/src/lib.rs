@@ -7,6 +7,7 @@
 //!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
 //! - [`nn`]: the basic layers (Linear, Conv2d, norms, Embedding), created uninitialised.
 //! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
+//! - [`kernels`]: whether libtorch can run attention in a dtype on this CPU.
 //! - [`rng`]: per-run seeded CPU generators that match `torch.Generator("cpu")`.
 //! - [`ffi`]: the Rust sides of the C++ shims: per-run CPU generators, GPU uploads,
 //!   CUDA graph capture/replay and peak GPU memory (the CUDA ones built when the
@@ -19,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod family;
 pub mod ffi;
+pub mod kernels;
 pub mod layers;
 pub mod load_report;
 pub mod model;

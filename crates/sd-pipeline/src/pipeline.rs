@@ -232,6 +232,12 @@ impl StableDiffusionBuilder {
                 format!("{:?} is not f32, f16 or bf16", self.dtype),
             ));
         }
+        // A dtype libtorch cannot run here is refused in one line now,
+        // rather than by a panic inside the first attention of a run.
+        let d = self.devices;
+        if self.low_memory || [d.text_encoder, d.unet, d.vae].contains(&Device::Cpu) {
+            sd_core::kernels::check_attention(self.dtype, Device::Cpu)?;
+        }
         let mut components = self.load_components()?;
         if self.channels_last {
             sd_core::nn::convs_to_channels_last(components.unet.var_store());

@@ -17,13 +17,14 @@
 //! (docs/reference.md).
 
 use sd_core::DiffusersModel;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use sd_pipeline::{Request, StableDiffusion, StableDiffusionBuilder};
+use sd_pipeline::{PipelineError, Request, StableDiffusion, StableDiffusionBuilder};
 use sd_testkit::parity::{
     assert_close, assert_image_matches, chain_tolerance_for, pixel_tolerance, read_tensors,
-    reference_dir, take, Tolerance,
+    reference_dir, skip_refused, take, Tolerance,
 };
 use serde_json::Value;
 use tch::Kind;
@@ -85,15 +86,18 @@ fn check_runs(
         let model = run["model"].as_str().unwrap_or(default_model).to_string();
         let dtype = run["dtype"].as_str().unwrap_or("f32");
         let kind = sd_core::device::parse_dtype(dtype).unwrap();
-        let pipeline = pipelines
-            .entry((model.clone(), dtype.to_string()))
-            .or_insert_with(|| {
-                setup(StableDiffusion::builder())
-                    .model_dir(fixtures().join(&model))
-                    .dtype(kind)
-                    .build()
-                    .unwrap()
-            });
+        let pipeline = match pipelines.entry((model.clone(), dtype.to_string())) {
+            Entry::Occupied(built) => built.into_mut(),
+            Entry::Vacant(slot) => match setup(StableDiffusion::builder())
+                .model_dir(fixtures().join(&model))
+                .dtype(kind)
+                .build()
+            {
+                Ok(pipeline) => slot.insert(pipeline),
+                Err(PipelineError::Core(error)) if skip_refused(key, &error) => continue,
+                Err(error) => panic!("{key}: {error}"),
+            },
+        };
         let new_scheduler = || match run["scheduler"].as_str() {
             Some(sampler) => pipeline.new_scheduler_of(sampler.parse().unwrap()),
             None => pipeline.new_scheduler(),

@@ -70,6 +70,21 @@ pub fn ulps_per_evaluation(kind: Kind) -> f64 {
     }
 }
 
+/// Whether a case refused by libtorch ([`sd_core::CoreError::KernelUnavailable`])
+/// is skipped rather than failed: only where the sweep (scripts/sweep.sh)
+/// forces a CPU kernel path with `SD_PARITY_SKIP_REFUSED=1`, since libtorch
+/// itself (and so diffusers) cannot run that dtype there. Prints the
+/// `parity: skipped` line the sweep collects. At the CPU's own kernel path
+/// a refusal is a failure like any other.
+pub fn skip_refused(case: &str, error: &CoreError) -> bool {
+    let refused = matches!(error, CoreError::KernelUnavailable { .. });
+    let allowed = std::env::var("SD_PARITY_SKIP_REFUSED").is_ok_and(|v| v == "1");
+    if refused && allowed {
+        println!("parity: skipped {case}: {error}");
+    }
+    refused && allowed
+}
+
 /// True when `SD_PARITY=exact`: references regenerated on this machine, so
 /// every comparison must be bit for bit.
 pub fn exact_mode() -> bool {
