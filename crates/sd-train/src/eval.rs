@@ -76,18 +76,23 @@ pub fn evaluate(
     guidance: f64,
 ) -> Result<Report> {
     let mut report = Report::default();
+    if seeds == 0 {
+        return Ok(report);
+    }
     for (c, (color, _)) in COLORS.iter().enumerate() {
         for (s, shape) in SHAPES.iter().enumerate() {
             let held_out = ShapesDataset::is_held_out(c, s);
             let (mut n, mut good_colors, mut good_shapes) = (0, 0, 0);
             for background in 0..BACKGROUNDS.len() {
-                let prompt = caption(LARGE, c, s, background);
-                for seed in 0..seeds {
-                    let mut request = Request::new(&prompt);
-                    request.steps = steps;
-                    request.guidance_scale = guidance;
-                    request.seed = Seed::Batch(seed);
-                    let a = analyze(&pipeline.generate(&request)?.images[0]);
+                // The seeds of one prompt as one batch, one generator per
+                // image: the noise of `--seed 0`, `--seed 1`, ... run alone.
+                let mut request = Request::new(caption(LARGE, c, s, background));
+                request.steps = steps;
+                request.guidance_scale = guidance;
+                request.num_images = seeds as usize;
+                request.seed = Seed::PerImage((0..seeds).collect());
+                for image in &pipeline.generate(&request)?.images {
+                    let a = analyze(image);
                     n += 1;
                     good_colors += usize::from(a.color == Some(c));
                     good_shapes += usize::from(a.shape == Some(s));
