@@ -75,6 +75,7 @@ mod tests {
 
     #[test]
     fn upload_to_cuda_equals_to_device_and_is_plain_elsewhere() {
+        let _rng = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
         assert_eq!(upload(&x, Device::Cpu).unwrap(), x);
         if tch::Cuda::is_available() {

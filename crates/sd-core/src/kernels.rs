@@ -15,7 +15,7 @@
 //! dtype and device, the same for every image size.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tch::{Device, Kind, Tensor};
 
@@ -34,15 +34,10 @@ pub fn check_attention(kind: Kind, device: Device) -> Result<()> {
     if kind == Kind::Float || device != Device::Cpu {
         return Ok(());
     }
-    static ANSWERS: OnceLock<Mutex<HashMap<&'static str, Option<String>>>> = OnceLock::new();
-    let answers = ANSWERS.get_or_init(Default::default);
-    let refusal = {
-        let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
-        answers
-            .entry(dtype_name(kind))
-            .or_insert_with(|| probe(kind, device).err().map(|e| e.to_string()))
-            .clone()
-    };
+    let refusal = answers()
+        .entry(dtype_name(kind))
+        .or_insert_with(|| probe(kind, device).err().map(|e| e.to_string()))
+        .clone();
     match refusal {
         None => Ok(()),
         Some(message) => Err(refusal_error(
@@ -51,6 +46,21 @@ pub fn check_attention(kind: Kind, device: Device) -> Result<()> {
             &message,
         )),
     }
+}
+
+/// For tests of what a refusal does, on CPUs where libtorch refuses
+/// nothing: from now on this process answers for `kind` as libtorch does
+/// when it refuses, with `libtorch_message` as its error.
+#[doc(hidden)]
+pub fn simulate_refusal(kind: Kind, libtorch_message: &str) {
+    answers().insert(dtype_name(kind), Some(libtorch_message.to_string()));
+}
+
+/// The probe's answers by dtype name: None where libtorch ran it.
+fn answers() -> MutexGuard<'static, HashMap<&'static str, Option<String>>> {
+    static ANSWERS: OnceLock<Mutex<HashMap<&'static str, Option<String>>>> = OnceLock::new();
+    let answers = ANSWERS.get_or_init(Default::default);
+    answers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One attention whose shapes make libtorch's CPU flash kernel take its

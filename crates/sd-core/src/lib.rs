@@ -31,4 +31,10 @@ pub mod weights;
 pub mod shared;
 
 pub use error::{CoreError, Result};
+
+/// Held by the unit tests that draw from libtorch's global generator: it is
+/// one per process, and the test harness runs tests on parallel threads (a
+/// seed set by one test was consumed by another's draw).
+#[cfg(test)]
+pub(crate) static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use model::DiffusersModel;

@@ -248,6 +248,7 @@ mod tests {
 
     #[test]
     fn channels_last_weights_keep_the_convolution_and_switch_its_layout() {
+        let _rng = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let conv = Conv2d::new(&vs.root(), 8, 16, 3, 1, 1);

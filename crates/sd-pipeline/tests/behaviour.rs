@@ -404,3 +404,49 @@ fn a_panic_inside_a_run_is_an_error_and_the_pipeline_lives_on() {
     let b = pipeline.generate(&r).unwrap().latents;
     assert_eq!(a, b);
 }
+
+/// libtorch's refusal of a dtype's attention (bf16 under a forced
+/// `ATEN_CPU_CAPABILITY` on CPUs with AMX), simulated so that every CPU runs
+/// this path: the build fails in one line naming the dtype, before any
+/// weights load; other dtypes still build. (No other test of this binary
+/// runs bf16: the simulated answer holds for the whole process.)
+#[test]
+fn a_dtype_libtorch_refuses_fails_the_build_in_one_line() {
+    use sd_core::CoreError;
+    use tch::Kind;
+    sd_core::kernels::simulate_refusal(
+        Kind::BFloat16,
+        "pack_vnni2 is only supported when avx512 is supported\n\
+         Exception raised from pack_vnni2 at /pytorch/aten/src/ATen/cpu/vec/vec_half.h:113\n\
+         frame #0: c10::Error::Error(...)",
+    );
+    let build = |folder: &str, kind| {
+        StableDiffusion::builder()
+            .model_dir(reference_dir().join("fixtures").join(folder))
+            .dtype(kind)
+            .build()
+    };
+    let error = build("tiny-sd1", Kind::BFloat16).err().expect("refused");
+    assert!(
+        matches!(
+            &error,
+            PipelineError::Core(CoreError::KernelUnavailable { dtype: "bf16", .. })
+        ),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        !text.contains('\n')
+            && text.starts_with("libtorch cannot run bf16 attention on this CPU")
+            && text.contains("(pack_vnni2 is only supported when avx512 is supported)")
+            && text.ends_with("choose another dtype (f32 always runs)"),
+        "{text}"
+    );
+    // Before the weights: a folder that is not there gets the same answer.
+    let error = build("not-a-model", Kind::BFloat16).err().expect("refused");
+    assert!(matches!(
+        error,
+        PipelineError::Core(CoreError::KernelUnavailable { .. })
+    ));
+    build("tiny-sd1", Kind::Float).unwrap();
+}

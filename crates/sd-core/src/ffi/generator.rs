@@ -139,6 +139,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_streams_are_independent() {
+        let _rng = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let mut a = CpuGenerator::new(5).unwrap();
         let mut b = CpuGenerator::new(5).unwrap();
         let a1 = a.randn(&[2, 8]).unwrap();
@@ -154,6 +155,7 @@ mod tests {
 
     #[test]
     fn matches_the_global_generator_with_the_same_seed() {
+        let _rng = crate::GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         // tch::manual_seed + randn is torch.manual_seed + torch.randn.
         tch::manual_seed(42);
         let global = Tensor::randn([1, 4, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
