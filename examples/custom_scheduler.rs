@@ -9,7 +9,7 @@
 use anyhow::Result;
 use sd_core::rng::CpuGenerator;
 use sd_scheduler::schedule::{self, BetaConfig, NoiseSchedule};
-use sd_scheduler::{NoiseSource, Scheduler, SchedulerError};
+use sd_scheduler::{NoiseSource, Scheduler, SchedulerConfig, SchedulerError};
 use tch::{Kind, Tensor};
 
 /// Euler steps over sigmas evenly spaced between the largest and smallest
@@ -22,15 +22,9 @@ struct UniformEuler {
 }
 
 impl UniformEuler {
-    fn new() -> Result<Self, SchedulerError> {
-        let schedule = NoiseSchedule::new(&BetaConfig {
-            num_train_timesteps: 1000,
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: sd_scheduler::config::BetaSchedule::ScaledLinear,
-            trained_betas: None,
-            rescale_betas_zero_snr: false,
-        })?;
+    /// For the training schedule a model's scheduler config describes.
+    fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        let schedule = NoiseSchedule::new(&BetaConfig::from_config(config))?;
         let training_sigmas = schedule.training_sigmas();
         let log_sigmas = training_sigmas.iter().map(|s| s.ln()).collect();
         Ok(UniformEuler {
@@ -104,9 +98,20 @@ impl Scheduler for UniformEuler {
 }
 
 fn main() -> Result<()> {
+    // The tiny random-weight demo model (its images are noise, but a run
+    // goes through every component); its scheduler config gives the betas.
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../reference/fixtures/tiny-sd1"
+    );
+    let pipeline = sd_pipeline::StableDiffusion::builder()
+        .model_dir(model)
+        .build()?;
+    let config = pipeline.scheduler_config();
+
     let mut generator = CpuGenerator::new(0)?;
     let clean = Tensor::linspace(-1.0, 1.0, 64, (Kind::Float, tch::Device::Cpu)).view([1, 4, 4, 4]);
-    let mut scheduler: Box<dyn Scheduler> = Box::new(UniformEuler::new()?);
+    let mut scheduler: Box<dyn Scheduler> = Box::new(UniformEuler::new(config)?);
     scheduler.set_timesteps(25)?;
     let mut x = generator.randn(&[1, 4, 4, 4])? * scheduler.init_noise_sigma() + &clean;
     for i in 0..scheduler.timesteps().len() {
@@ -119,19 +124,13 @@ fn main() -> Result<()> {
     let error = (&x - &clean).abs().max().double_value(&[]);
     println!("uniform-euler: 25 steps, max distance to the clean sample {error:.2e}");
 
-    // The same sampler in the pipeline (the tiny random-weight demo model:
-    // its images are noise, but the run goes through every component).
-    let model = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../reference/fixtures/tiny-sd1"
-    );
-    let pipeline = sd_pipeline::StableDiffusion::builder()
-        .model_dir(model)
-        .build()?;
+    // The same sampler in the pipeline.
     let mut request = sd_pipeline::Request::new("a large blue triangle on a white background");
     request.steps = 10;
-    let generation =
-        pipeline.generate_with(&request, Box::new(UniformEuler::new()?), &mut |info| {
+    let generation = pipeline.generate_with(
+        &request,
+        Box::new(UniformEuler::new(config)?),
+        &mut |info| {
             println!(
                 "step {}/{} at t = {:.1}",
                 info.step + 1,
@@ -139,7 +138,8 @@ fn main() -> Result<()> {
                 info.timestep
             );
             std::ops::ControlFlow::Continue(())
-        })?;
+        },
+    )?;
     println!(
         "pipeline with uniform-euler: {} image(s) of {:?}",
         generation.images.len(),

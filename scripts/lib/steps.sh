@@ -19,7 +19,7 @@ print_steps() {
   ((${#STEP_ROWS[@]})) || return 0
   echo
   printf '%s (%s, %s cores):\n' "$STEP_TITLE" "$(cpu_name)" "$(nproc)"
-  printf '  %-44s %8s  %s\n' step time result
+  printf '  %-44s %9s  %s\n' step time result
   for row in "${STEP_ROWS[@]}"; do
     IFS='|' read -r name secs status <<<"$row"
     total=$((total + secs))

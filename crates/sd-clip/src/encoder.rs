@@ -45,6 +45,12 @@ pub struct ClipTextModel {
     vs: VarStore,
 }
 
+// SAFETY: forward and the embedding lookups read the weights and allocate new tensors.
+// Tensors reached through `var_store()` share storage with the weights; writing them in
+// place while other threads run the model is a race libtorch's own handles allow,
+// outside what this marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for ClipTextModel {}
+
 impl std::fmt::Debug for ClipTextModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClipTextModel")

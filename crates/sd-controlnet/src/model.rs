@@ -23,6 +23,12 @@ pub struct ControlNetModel {
     vs: VarStore,
 }
 
+// SAFETY: forward reads the weights and allocates new tensors. Tensors reached through
+// `var_store()` share storage with the weights; writing them in place while other
+// threads run the model is a race libtorch's own handles allow, outside what this marker
+// promises.
+unsafe impl sd_core::shared::ReadOnlyShared for ControlNetModel {}
+
 impl std::fmt::Debug for ControlNetModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlNetModel")

@@ -113,6 +113,10 @@ pub struct Merged {
     originals: BTreeMap<(Component, String), Tensor>,
 }
 
+// SAFETY: its `&self` methods only count and measure the saved originals; merging and
+// restoring take `&mut self`.
+unsafe impl sd_core::shared::ReadOnlyShared for Merged {}
+
 impl Merged {
     /// Nothing merged yet.
     pub fn new() -> Self {

@@ -59,4 +59,15 @@ pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
 pub use sd_lora::ApplyReport;
-pub use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig, TimestepSpacing};
+// What an application and a sampler of its own need, without depending on
+// tch or sd-scheduler themselves.
+pub use sd_scheduler::{
+    schedule, NoiseSource, SamplerKind, Scheduler, SchedulerConfig, SchedulerError, TimestepSpacing,
+};
+pub use tch;
+
+// The README's Rust examples compile as doctests (only under rustdoc's
+// doctest cfg: the published crate embeds nothing outside its folder).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

@@ -433,6 +433,13 @@ impl StableDiffusion {
         self.unet.config().in_channels == 9
     }
 
+    /// The model's scheduler config (after any the builder was given): the
+    /// training schedule a sampler of your own needs
+    /// (`sd_scheduler::schedule::BetaConfig::from_config`).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
     /// A fresh scheduler of the configured sampler (each run owns one).
     pub fn new_scheduler(&self) -> Result<Box<dyn Scheduler>> {
         Ok(sd_scheduler::build(self.sampler, &self.scheduler_config)?)

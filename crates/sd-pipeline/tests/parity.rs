@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use sd_pipeline::{PipelineError, Request, StableDiffusion, StableDiffusionBuilder};
 use sd_testkit::parity::{
     assert_close, assert_image_matches, chain_tolerance_for, pixel_tolerance, read_tensors,
-    reference_dir, skip_refused, take, Tolerance,
+    reference_dir, simulate_refusal_from_env, skip_refused, take, Tolerance,
 };
 use serde_json::Value;
 use tch::Kind;
@@ -77,6 +77,7 @@ fn check_runs(
     bound: &dyn Fn(Kind, usize, &tch::Tensor) -> Tolerance,
     setup: &dyn Fn(StableDiffusionBuilder) -> StableDiffusionBuilder,
 ) {
+    simulate_refusal_from_env();
     let reference = read_tensors(fixtures().join(format!("outputs/{name}.safetensors"))).unwrap();
     // The reference ran single-threaded; so do we, for the same summation order.
     tch::set_num_threads(1);

@@ -39,6 +39,23 @@ pub struct BetaConfig {
     pub rescale_betas_zero_snr: bool,
 }
 
+impl BetaConfig {
+    /// The betas a model's scheduler config describes (what a sampler of
+    /// your own reads from `StableDiffusion::scheduler_config()`), with
+    /// diffusers' DDPM defaults for keys it lacks: 1000 steps, linear from
+    /// 0.0001 to 0.02.
+    pub fn from_config(config: &crate::SchedulerConfig) -> Self {
+        BetaConfig {
+            num_train_timesteps: config.num_train_timesteps.unwrap_or(1000),
+            beta_start: config.beta_start.unwrap_or(0.0001),
+            beta_end: config.beta_end.unwrap_or(0.02),
+            beta_schedule: config.beta_schedule.unwrap_or(BetaSchedule::Linear),
+            trained_betas: config.trained_betas.clone(),
+            rescale_betas_zero_snr: config.rescale_betas_zero_snr == Some(true),
+        }
+    }
+}
+
 impl NoiseSchedule {
     /// The training schedule of `config`.
     pub fn new(config: &BetaConfig) -> Result<Self> {

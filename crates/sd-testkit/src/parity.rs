@@ -85,6 +85,22 @@ pub fn skip_refused(case: &str, error: &CoreError) -> bool {
     refused && allowed
 }
 
+/// `SD_PARITY_SIMULATE_REFUSAL=bf16` (or f16) makes this process answer as
+/// libtorch does on a CPU that refuses that dtype's attention (Sapphire
+/// Rapids under a forced capability), so that the sweep's handling of it
+/// can be rehearsed on any CPU: `SD_PARITY_SIMULATE_REFUSAL=bf16
+/// SD_PARITY_SKIP_REFUSED=1 cargo test -p sd-pipeline --test parity`.
+pub fn simulate_refusal_from_env() {
+    if let Ok(dtype) = std::env::var("SD_PARITY_SIMULATE_REFUSAL") {
+        let kind =
+            sd_core::device::parse_dtype(&dtype).expect("SD_PARITY_SIMULATE_REFUSAL: f16 or bf16");
+        sd_core::kernels::simulate_refusal(
+            kind,
+            "pack_vnni2 is only supported when avx512 is supported (simulated)",
+        );
+    }
+}
+
 /// True when `SD_PARITY=exact`: references regenerated on this machine, so
 /// every comparison must be bit for bit.
 pub fn exact_mode() -> bool {

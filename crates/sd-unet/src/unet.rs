@@ -49,6 +49,12 @@ pub struct UNet2DConditionModel {
     vs: VarStore,
 }
 
+// SAFETY: its `&self` methods (forward, the encoder half, config) read the weights and
+// allocate new tensors. Tensors reached through `var_store()` share storage with the
+// weights; writing them in place while other threads run the model is a race libtorch's
+// own handles allow, outside what this marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for UNet2DConditionModel {}
+
 impl std::fmt::Debug for UNet2DConditionModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UNet2DConditionModel")

@@ -32,6 +32,13 @@ pub struct AutoencoderKL {
     f32_twin: OnceLock<Box<AutoencoderKL>>,
 }
 
+// SAFETY: encode/decode read the weights and allocate; the f32 twin for overflowing
+// half-precision decodes is built once behind a `OnceLock`. Tensors reached through
+// `var_store()` share storage with the weights; writing them in place while other
+// threads run the model is a race libtorch's own handles allow, outside what this marker
+// promises.
+unsafe impl sd_core::shared::ReadOnlyShared for AutoencoderKL {}
+
 impl std::fmt::Debug for AutoencoderKL {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AutoencoderKL")

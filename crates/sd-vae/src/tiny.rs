@@ -90,6 +90,12 @@ pub struct AutoencoderTiny {
     vs: VarStore,
 }
 
+// SAFETY: encode/decode read the weights and allocate new tensors. Tensors reached
+// through `var_store()` share storage with the weights; writing them in place while
+// other threads run the model is a race libtorch's own handles allow, outside what this
+// marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for AutoencoderTiny {}
+
 impl std::fmt::Debug for AutoencoderTiny {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AutoencoderTiny")
