@@ -306,7 +306,7 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         prompt: common.prompt.clone(),
         negative_prompt: common.negative_prompt.clone().unwrap_or_default(),
         steps: common.steps,
-        sampler: pipeline.sampler().name().to_string(),
+        sampler: pipeline.sampler(),
         guidance: common.guidance,
         seed,
         width,

@@ -72,6 +72,12 @@ fn txt2img_writes_images_metadata_and_latents() {
             text.contains(&("prompt".into(), "a cat".into())),
             "{text:?}"
         );
+        // A1111's sampler name in the infotext, as `sd serve` writes it.
+        let parameters = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+        assert!(
+            parameters.contains("Steps: 3, Sampler: Euler, CFG scale"),
+            "{parameters}"
+        );
     }
     // The saved latents are what the library computes for the same request.
     let saved = tch::Tensor::read_safetensors(&latents).unwrap();

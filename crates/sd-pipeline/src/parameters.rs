@@ -5,6 +5,7 @@
 use image::RgbImage;
 
 use crate::error::{PipelineError, Result};
+use sd_scheduler::SamplerKind;
 
 /// What made an image.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,8 +16,9 @@ pub struct GenerationParameters {
     pub negative_prompt: String,
     /// Denoising steps.
     pub steps: usize,
-    /// The sampler's name.
-    pub sampler: String,
+    /// The sampler: A1111's name in the infotext ("Euler a"), the CLI's in
+    /// its own chunk ("euler-a"), whichever frontend wrote the file.
+    pub sampler: SamplerKind,
     /// Classifier-free guidance scale.
     pub guidance: f64,
     /// This image's seed.
@@ -37,7 +39,7 @@ impl GenerationParameters {
             self.prompt,
             self.negative_prompt,
             self.steps,
-            self.sampler,
+            self.sampler.a1111_name(),
             self.guidance,
             self.seed,
             self.width,
@@ -52,7 +54,7 @@ impl GenerationParameters {
             ("prompt", self.prompt.clone()),
             ("negative_prompt", self.negative_prompt.clone()),
             ("steps", self.steps.to_string()),
-            ("sampler", self.sampler.clone()),
+            ("sampler", self.sampler.to_string()),
             ("guidance", self.guidance.to_string()),
             ("seed", self.seed.to_string()),
             ("size", format!("{}x{}", self.width, self.height)),

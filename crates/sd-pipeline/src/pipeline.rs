@@ -232,6 +232,23 @@ impl StableDiffusionBuilder {
                 format!("{:?} is not f32, f16 or bf16", self.dtype),
             ));
         }
+        let sources: Vec<&str> = [
+            ("model_dir", self.model_dir.is_some()),
+            ("single_file", self.single_file.is_some()),
+            ("hub_repo", self.hub_repo.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        if sources.len() > 1 {
+            return Err(PipelineError::request(
+                "model_dir",
+                format!(
+                    "{} are alternatives: give one model source",
+                    sources.join(" and ")
+                ),
+            ));
+        }
         // A dtype libtorch cannot run here is refused in one line now,
         // rather than by a panic inside the first attention of a run.
         let d = self.devices;

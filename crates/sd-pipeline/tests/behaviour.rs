@@ -454,3 +454,22 @@ fn a_dtype_libtorch_refuses_fails_the_build_in_one_line() {
     ));
     build("tiny-sd1", Kind::Float).unwrap();
 }
+
+/// Two model sources on one builder are refused, naming both, rather than
+/// one silently winning.
+#[test]
+fn two_model_sources_are_refused() {
+    let tiny = reference_dir().join("fixtures/tiny-sd1");
+    let Err(error) = StableDiffusion::builder()
+        .model_dir(&tiny)
+        .hub_repo("org/model")
+        .build()
+    else {
+        panic!("two sources were accepted");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("model_dir and hub_repo are alternatives"),
+        "{text}"
+    );
+}

@@ -281,13 +281,15 @@ fn write_images(
     batch: &[i64],
 ) -> Result<(JobOutput, Vec<String>), ApiError> {
     let (model, sampler) = shared.model_and_sampler();
-    let sampler = job.spec.sampler.unwrap_or(sampler).a1111_name();
+    let sampler = job.spec.sampler.unwrap_or(sampler);
     let mut output = JobOutput {
         id: job.id,
         pngs: Vec::new(),
         seeds: job.seeds.clone(),
         infotexts: Vec::new(),
-        parameters: job.spec.summary(&model.display().to_string(), sampler),
+        parameters: job
+            .spec
+            .summary(&model.display().to_string(), sampler.a1111_name()),
         batch: batch.to_vec(),
     };
     if let Some(first) = images.first() {
@@ -301,7 +303,7 @@ fn write_images(
             prompt: job.spec.prompt.clone(),
             negative_prompt: job.spec.negative_prompt.clone(),
             steps: job.spec.steps,
-            sampler: sampler.to_string(),
+            sampler,
             guidance: job.spec.cfg_scale,
             seed: *seed,
             width: image.width(),
