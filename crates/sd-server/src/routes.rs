@@ -26,9 +26,9 @@ type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.limits.max_body_bytes;
-    let mut router = Router::new()
+    // Every route but the health check sits behind the API key.
+    let guarded = Router::new()
         .route("/", get(page))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/sdapi/v1/txt2img", post(txt2img))
         .route("/sdapi/v1/img2img", post(img2img))
@@ -48,6 +48,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             crate::auth::require_key,
         ));
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(guarded);
     if !shared.config.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = shared
             .config
