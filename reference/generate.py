@@ -21,6 +21,8 @@ It writes, under reference/:
   fixtures/taesd/                 a random tiny autoencoder (diffusers folder and the original
                                   TAESD layout), with outputs/taesd.* from diffusers
                                   (harness_taesd.py)
+  fixtures/outputs/sizes.*        72x64 txt2img, img2img and ControlNet runs, and the UNets on
+                                  odd latent sizes (harness_sizes.py)
   manifests/{sd15,sd21,sdxl}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
@@ -58,6 +60,7 @@ import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
 import harness_single_file  # noqa: E402
+import harness_sizes  # noqa: E402
 import harness_taesd  # noqa: E402
 
 FIXTURES = HERE / "fixtures"
@@ -117,7 +120,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "schedulers", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -144,6 +147,8 @@ def main() -> None:
             harness_controlnet.write_controlnet(FIXTURES, outputs)
         if "taesd" in only:
             harness_taesd.write_taesd(FIXTURES, outputs)
+        if "sizes" in only:
+            harness_sizes.write_sizes(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
         if "manifests" in only:

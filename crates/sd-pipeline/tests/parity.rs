@@ -1,7 +1,8 @@
 //! Whole pipelines against diffusers' final latents (reference/harness_outputs.py):
 //! txt2img on the tiny SD1 model (five samplers in f32; all fourteen in f16
 //! and bf16), img2img and inpainting with 9- and 4-channel UNets, SD2
-//! (v-prediction) and SDXL, each in f32, f16 and bf16. Same seeds (CPU
+//! (v-prediction) and SDXL, each in f32, f16 and bf16, and 72x64 runs
+//! (reference/harness_sizes.py). Same seeds (CPU
 //! generators), on the CPU, single-threaded like the reference.
 //!
 //! Bounds follow the error model of `sd_testkit::parity` (docs/reference.md):
@@ -21,7 +22,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use sd_pipeline::{PipelineError, Request, StableDiffusion, StableDiffusionBuilder};
+use sd_pipeline::{Control, PipelineError, Request, StableDiffusion, StableDiffusionBuilder};
 use sd_testkit::parity::{
     assert_close, assert_image_matches, chain_tolerance_for, pixel_tolerance, read_tensors,
     reference_dir, simulate_refusal_from_env, skip_refused, take, Tolerance,
@@ -50,10 +51,13 @@ fn request(run: &Value) -> Request {
     r.seed = run["seed"].as_u64().unwrap().into();
     r.width = run["width"].as_u64().map(|v| v as u32);
     r.height = run["height"].as_u64().map(|v| v as u32);
+    let png = |name: &str| image::open(fixtures().join(name)).unwrap().to_rgb8();
+    if let Some(images) = run["control_images"].as_array() {
+        let images = images.iter().map(|p| png(p.as_str().unwrap())).collect();
+        r = r.with_control(Control::new(images));
+    }
     if let Some(strength) = run["strength"].as_f64() {
-        let image = image::open(fixtures().join("images/init.png"))
-            .unwrap()
-            .to_rgb8();
+        let image = png(run["init_image"].as_str().unwrap_or("images/init.png"));
         r = if run["key"].as_str().unwrap().contains("inpaint.") {
             let mask = image::open(fixtures().join("images/mask.png"))
                 .unwrap()
@@ -81,24 +85,33 @@ fn check_runs(
     let reference = read_tensors(fixtures().join(format!("outputs/{name}.safetensors"))).unwrap();
     // The reference ran single-threaded; so do we, for the same summation order.
     tch::set_num_threads(1);
-    let mut pipelines: HashMap<(String, String), StableDiffusion> = HashMap::new();
+    let mut pipelines: HashMap<(String, String, String), StableDiffusion> = HashMap::new();
     for run in runs(&format!("{name}.json")) {
         let key = run["key"].as_str().unwrap();
         let model = run["model"].as_str().unwrap_or(default_model).to_string();
         let dtype = run["dtype"].as_str().unwrap_or("f32");
         let kind = sd_core::device::parse_dtype(dtype).unwrap();
-        let pipeline = match pipelines.entry((model.clone(), dtype.to_string())) {
-            Entry::Occupied(built) => built.into_mut(),
-            Entry::Vacant(slot) => match setup(StableDiffusion::builder())
-                .model_dir(fixtures().join(&model))
-                .dtype(kind)
-                .build()
-            {
-                Ok(pipeline) => slot.insert(pipeline),
-                Err(PipelineError::Core(error)) if skip_refused(key, &error) => continue,
-                Err(error) => panic!("{key}: {error}"),
-            },
-        };
+        let controlnets: Vec<&str> = run["controlnets"]
+            .as_array()
+            .map(|nets| nets.iter().map(|n| n.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let pipeline =
+            match pipelines.entry((model.clone(), dtype.to_string(), controlnets.join(" "))) {
+                Entry::Occupied(built) => built.into_mut(),
+                Entry::Vacant(slot) => match controlnets
+                    .iter()
+                    .fold(setup(StableDiffusion::builder()), |b, net| {
+                        b.controlnet(fixtures().join(net))
+                    })
+                    .model_dir(fixtures().join(&model))
+                    .dtype(kind)
+                    .build()
+                {
+                    Ok(pipeline) => slot.insert(pipeline),
+                    Err(PipelineError::Core(error)) if skip_refused(key, &error) => continue,
+                    Err(error) => panic!("{key}: {error}"),
+                },
+            };
         let new_scheduler = || match run["scheduler"].as_str() {
             Some(sampler) => pipeline.new_scheduler_of(sampler.parse().unwrap()),
             None => pipeline.new_scheduler(),
@@ -181,6 +194,13 @@ fn sd2_matches_diffusers_in_every_dtype() {
 fn sdxl_matches_diffusers_in_every_dtype() {
     // (the VAE's force_upcast keeps it f32 in the half-precision runs)
     check_runs("sdxl", "tiny-sdxl", &model_bound, &as_is);
+}
+
+#[test]
+fn sizes_off_the_unet_grid_match_diffusers() {
+    // 72x64 (any multiple of 8 is a size diffusers takes): txt2img for SD1,
+    // SD2 and SDXL, img2img, ControlNet.
+    check_runs("sizes", "tiny-sd1", &model_bound, &as_is);
 }
 
 #[test]

@@ -109,8 +109,8 @@ impl UNetEncoder {
         &self.config
     }
 
-    /// Checks `sample` is (batch, in_channels, h, w) with h and w multiples
-    /// of the down path's factor; returns the batch size.
+    /// Checks `sample` is (batch, in_channels, h, w), not empty; returns the
+    /// batch size.
     pub fn check_sample(&self, sample: &Tensor, what: &str) -> Result<i64> {
         let (batch, channels, h, w) = sample.size4().map_err(|_| {
             UNetError::invalid(
@@ -130,11 +130,12 @@ impl UNetEncoder {
                 ),
             ));
         }
-        let factor = 1 << (self.config.block_out_channels.len() - 1);
-        if h % factor != 0 || w % factor != 0 {
+        // Any size: a stride-2 downsampler rounds up, and the up path
+        // upsamples to each skip's size (diffusers' forward_upsample_size).
+        if h < 1 || w < 1 {
             return Err(UNetError::invalid(
                 what,
-                format!("sample size {h}x{w} is not a multiple of {factor}"),
+                format!("sample size {h}x{w} is empty"),
             ));
         }
         Ok(batch)

@@ -52,3 +52,42 @@ fn unets_match_diffusers() {
         );
     }
 }
+
+/// Odd latent sizes (9x7): the up path upsamples to each skip's size, as
+/// diffusers does when a size is not a multiple of the downsampling
+/// (reference/harness_sizes.py). f32 CPU, within 1 ulp per evaluation.
+#[test]
+fn unets_match_diffusers_on_odd_sizes() {
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sizes.safetensors")).unwrap();
+    let _guard = tch::no_grad_guard();
+    for (name, folder) in [
+        ("sd1", "tiny-sd1"),
+        ("sd2", "tiny-sd2"),
+        ("sdxl", "tiny-sdxl"),
+    ] {
+        let t = |key: &str| take(&reference, &format!("unet.{name}.{key}"));
+        let unet = UNet2DConditionModel::from_folder(
+            fixtures.join(folder).join("unet"),
+            Device::Cpu,
+            Kind::Float,
+            None,
+        )
+        .unwrap();
+        let added = t("text_embeds").ok().map(|text_embeds| AddedConditions {
+            text_embeds,
+            time_ids: t("time_ids").unwrap(),
+        });
+        let sample = t("sample").unwrap();
+        assert_eq!(sample.size()[2..], [9, 7]);
+        let out = unet
+            .forward(
+                &sample,
+                &Tensor::from(500i64),
+                &t("encoder_hidden_states").unwrap(),
+                added.as_ref(),
+            )
+            .unwrap();
+        assert_matches(&format!("{name} 9x7"), &out, &t("out").unwrap(), 1);
+    }
+}

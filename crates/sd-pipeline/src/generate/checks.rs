@@ -106,10 +106,10 @@ impl StableDiffusion {
             request.width.unwrap_or(default_w),
             request.height.unwrap_or(default_h),
         );
-        let unit = 8.max(
-            self.vae_scale_factor() as u32
-                * (1 << (self.unet.config().block_out_channels.len() - 1)),
-        );
+        // diffusers' rule: any multiple of 8 (and of the VAE's factor). The
+        // UNet upsamples to each skip connection's size, so latents need not
+        // be multiples of its own downsampling (1920x1080 works).
+        let unit = 8.max(self.vae_scale_factor() as u32);
         for (field, value) in [("width", w), ("height", h)] {
             if value == 0 || value % unit != 0 {
                 return Err(PipelineError::request(
