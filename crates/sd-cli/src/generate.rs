@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sd_pipeline::front::{parse_sampler, Field, Limits, ModelSource, Parameters, Source};
 use sd_pipeline::{
-    ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, SamplerKind, Seed,
-    StableDiffusion, Task, TimestepSpacing,
+    ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, StableDiffusion, TimestepSpacing,
 };
 
 use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
@@ -136,183 +136,45 @@ pub enum Mode {
 
 pub fn run(common: &Common, mode: Mode) -> Result<()> {
     // 1. everything that can fail on bad input, before any work
-    let sampler = common
-        .scheduler
-        .as_deref()
-        .map(str::parse::<SamplerKind>)
-        .transpose()?;
-    let spacing = common
-        .timestep_spacing
-        .as_deref()
-        .map(str::parse::<TimestepSpacing>)
-        .transpose()
-        .context("--timestep-spacing")?;
-    for (field, value) in [("--width", common.width), ("--height", common.height)] {
-        if let Some(v) = value.filter(|v| v % 8 != 0 || *v == 0) {
-            bail!("{field} {v} is not a positive multiple of 8");
-        }
-    }
-    if common.num_images == 0 {
-        bail!("--num-images 0: at least 1 image");
-    }
-    let mut numbers = vec![
-        ("--guidance", common.guidance),
-        ("--guidance-rescale", common.guidance_rescale),
-        ("--eta", common.eta),
-    ];
-    if let Mode::Img2Img { strength, .. } | Mode::Inpaint { strength, .. } = &mode {
-        numbers.push(("--strength", *strength));
-    }
-    for (flag, value) in numbers {
-        if !value.is_finite() {
-            bail!("{flag} {value}: not a number");
-        }
-    }
     let format = ImageFormat::from_path(&common.out)?;
-    let device = sd_core::device::parse_device(&common.device)?;
-    let kind = sd_core::device::parse_dtype(&common.dtype)?;
-    let (prompt, loras) = lora_options(common)?;
-    let embeddings = embedding_options(&common.embeddings)?;
-    let control = common.control.parse()?;
-    common.preview.check()?;
-    let model = model_dir(common.model.as_deref())?;
-    let mut request = Request::new(&prompt);
-    request.negative_prompt = common.negative_prompt.clone();
-    request.steps = common.steps;
-    request.guidance_scale = common.guidance;
-    request.guidance_rescale = common.guidance_rescale;
-    request.eta = common.eta;
-    request.width = common.width;
-    request.height = common.height;
-    request.num_images = common.num_images;
-    request.prompt_options = PromptOptions {
-        clip_skip: common.clip_skip,
-        long_prompts: common.long_prompts,
-        weighting: common.prompt_weighting,
-    };
-    let seed = match common.seed {
-        Some(seed) => seed,
-        None => {
-            let seed = sd_pipeline::random_seed();
-            eprintln!("seed: {seed}");
-            seed
-        }
-    };
-    request.seed = Seed::Batch(seed);
-    request.control = control.control;
-    match &mode {
-        Mode::Txt2Img => {}
-        Mode::Img2Img { image, strength } => {
-            request.task = Task::ImageToImage {
-                image: read_rgb(image)?,
-                strength: *strength,
-            };
-        }
-        Mode::Inpaint {
-            image,
-            mask,
-            strength,
-        } => {
-            request.task = Task::Inpaint {
-                image: read_rgb(image)?,
-                mask: image::open(mask)
-                    .with_context(|| format!("cannot read mask {}", mask.display()))?
-                    .to_luma8(),
-                strength: *strength,
-            };
-        }
+    let checked = parameters(common, &mode)?
+        .check(&Limits::NONE, common.lora_dir.as_deref())
+        .map_err(name_the_option)?;
+    if common.seed.is_none() {
+        eprintln!("seed: {}", checked.seed());
     }
+    let embeddings = embedding_options(&common.embeddings)?;
+    let control_paths = common.control.parse()?.paths;
+    common.preview.check()?;
+    let source = model_source(common.model.as_deref())?;
 
     // 2. load the model
-    let mut builder = StableDiffusion::builder()
-        .device(device)
-        .dtype(kind)
-        .vae_tiling(common.vae_tiling)
-        .low_memory(common.low_memory)
-        .cuda_graphs(common.cuda_graphs)
-        .channels_last(common.channels_last);
-    let text = model.to_string_lossy();
-    let repo_like =
-        !model.exists() && text.matches('/').count() == 1 && !text.starts_with(['/', '.']);
-    builder = if model.is_file() {
-        builder.single_file(&model)
-    } else if repo_like {
-        builder.hub_repo(text.as_ref())
-    } else {
-        builder.model_dir(&model)
-    };
-    if let Some(dir) = &common.config_dir {
-        builder = builder.config_dir(dir);
+    let mut pipeline = load(common, &source)?;
+    for path in &control_paths {
+        pipeline.load_controlnet(path)?;
     }
-    if let Some(kind) = sampler {
-        builder = builder.scheduler(kind);
-    }
-    if let Some(spacing) = spacing {
-        builder = builder.timestep_spacing(spacing);
-    }
-    for path in &control.paths {
-        builder = builder.controlnet(path);
-    }
-    if let Some(dir) = &common.preview.vae_tiny {
-        builder = builder.tiny_vae(dir, sd_pipeline::TinyVaeUse::PreviewsAndDecode);
-    }
-    let mut pipeline = builder.build()?;
     for (path, token) in &embeddings {
         let tokens = pipeline.load_embedding(path, token.as_deref())?;
         if common.verbose {
             eprintln!("embedding {}: tokens {}", path.display(), tokens.join(" "));
         }
     }
-    for report in pipeline.set_loras(&loras)? {
+    for report in pipeline.set_loras(checked.loras())? {
         print_lora_report(&report, common.verbose);
     }
 
-    // 3. generate, with a progress bar on a terminal
-    let bar = ProgressBar::new(common.steps as u64);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")
-                .expect("valid template"),
-        );
-    } else {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    let scheduler = pipeline.scheduler_for(&request).map_err(name_the_option)?;
-    let mut preview_error = None;
-    let generation = pipeline
-        .generate_with(&request, scheduler, &mut |info| {
-            bar.set_length(info.total as u64);
-            bar.set_position(info.step as u64 + 1);
-            match common.preview.on_step(&pipeline, &info) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    preview_error = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
+    // 3. generate, then write every file or none
+    let [request] = checked
+        .requests()
+        .try_into()
+        .expect("one run: the CLI has no n_iter");
+    let generation = generate(common, &pipeline, &request)?;
+    let metadata: Vec<Metadata> = (0..generation.images.len())
+        .map(|i| {
+            let size = generation.images[i].dimensions();
+            checked.generation_parameters(i, size, pipeline.sampler(), &source.name())
         })
-        .map_err(|e| match preview_error.take() {
-            Some(preview) => preview,
-            None => name_the_option(e),
-        })?;
-    bar.finish_and_clear();
-    if let sd_pipeline::UNetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
-        eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");
-    }
-
-    // 4. write every file or none
-    let (width, height) = generation.images[0].dimensions();
-    let metadata = Metadata {
-        prompt: common.prompt.clone(),
-        negative_prompt: common.negative_prompt.clone().unwrap_or_default(),
-        steps: common.steps,
-        sampler: pipeline.sampler(),
-        guidance: common.guidance,
-        seed,
-        width,
-        height,
-        model: model.display().to_string(),
-    };
+        .collect();
     let paths = output_paths(&common.out, generation.images.len());
     write_outputs(
         &paths,
@@ -328,11 +190,125 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-/// --lora FILE[:SCALE] and the prompt's <lora:NAME:SCALE> tags (resolved
-/// in --lora-dir): the prompt without its tags, and every LoRA in order.
-fn lora_options(common: &Common) -> Result<(String, Vec<LoraSpec>)> {
+/// The command line as the request layer's parameters.
+fn parameters(common: &Common, mode: &Mode) -> Result<Parameters> {
+    let mut p = Parameters::new(&common.prompt);
+    p.negative_prompt = common.negative_prompt.clone().unwrap_or_default();
+    p.steps = common.steps;
+    p.guidance = common.guidance;
+    p.guidance_rescale = common.guidance_rescale;
+    p.eta = common.eta;
+    p.seed = common.seed;
+    p.width = common.width;
+    p.height = common.height;
+    p.sampler = parse_sampler(common.scheduler.as_deref(), None).map_err(name_the_option)?;
+    p.batch_size = common.num_images;
+    p.prompt_options = PromptOptions {
+        clip_skip: common.clip_skip,
+        long_prompts: common.long_prompts,
+        weighting: common.prompt_weighting,
+    };
+    p.loras = lora_options(&common.loras)?;
+    p.control = common.control.parse()?.control;
+    p.source = match mode {
+        Mode::Txt2Img => Source::Noise,
+        Mode::Img2Img { image, strength } => Source::Image {
+            image: read_rgb(image)?,
+            mask: None,
+            strength: *strength,
+        },
+        Mode::Inpaint {
+            image,
+            mask,
+            strength,
+        } => Source::Image {
+            image: read_rgb(image)?,
+            mask: Some(
+                image::open(mask)
+                    .with_context(|| format!("cannot read mask {}", mask.display()))?
+                    .to_luma8(),
+            ),
+            strength: *strength,
+        },
+    };
+    Ok(p)
+}
+
+/// The pipeline with the command line's loading options.
+fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
+    let device = sd_core::device::parse_device(&common.device)?;
+    let kind = sd_core::device::parse_dtype(&common.dtype)?;
+    let spacing = common
+        .timestep_spacing
+        .as_deref()
+        .map(str::parse::<TimestepSpacing>)
+        .transpose()
+        .context("--timestep-spacing")?;
+    let mut builder = StableDiffusion::builder()
+        .source(source)
+        .device(device)
+        .dtype(kind)
+        .vae_tiling(common.vae_tiling)
+        .low_memory(common.low_memory)
+        .cuda_graphs(common.cuda_graphs)
+        .channels_last(common.channels_last);
+    if let Some(dir) = &common.config_dir {
+        builder = builder.config_dir(dir);
+    }
+    if let Some(spacing) = spacing {
+        builder = builder.timestep_spacing(spacing);
+    }
+    if let Some(dir) = &common.preview.vae_tiny {
+        builder = builder.tiny_vae(dir, sd_pipeline::TinyVaeUse::PreviewsAndDecode);
+    }
+    builder.build().map_err(name_the_option)
+}
+
+/// Runs `request` with a progress bar on a terminal and the previews asked for.
+fn generate(
+    common: &Common,
+    pipeline: &StableDiffusion,
+    request: &Request,
+) -> Result<sd_pipeline::Generation> {
+    let bar = ProgressBar::new(request.steps as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let scheduler = pipeline.scheduler_for(request).map_err(name_the_option)?;
+    let mut preview_error = None;
+    let generation = pipeline
+        .generate_with(request, scheduler, &mut |info| {
+            bar.set_length(info.total as u64);
+            bar.set_position(info.step as u64 + 1);
+            match common.preview.on_step(pipeline, &info) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    preview_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })
+        .map_err(|e| match preview_error.take() {
+            Some(preview) => preview,
+            None => name_the_option(e),
+        })?;
+    bar.finish_and_clear();
+    if let sd_pipeline::UNetExecution::EagerAfterFailedCapture(why) = &generation.unet_execution {
+        eprintln!("note: --cuda-graphs: capture failed, the UNet ran eagerly ({why})");
+    }
+    Ok(generation)
+}
+
+/// --lora FILE[:SCALE] (the prompt's <lora:NAME:SCALE> tags are the
+/// request layer's, found in --lora-dir).
+fn lora_options(options: &[String]) -> Result<Vec<LoraSpec>> {
     let mut specs = Vec::new();
-    for option in &common.loras {
+    for option in options {
         let (path, scale) = file_option("--lora", option)?;
         let scale = match scale {
             Some(scale) => scale
@@ -344,19 +320,7 @@ fn lora_options(common: &Common) -> Result<(String, Vec<LoraSpec>)> {
         };
         specs.push(LoraSpec::new(path, scale));
     }
-    let (prompt, tags) = sd_lora::tags::take_tags(&common.prompt).context("--prompt")?;
-    if !tags.is_empty() {
-        let Some(dir) = &common.lora_dir else {
-            bail!("--prompt has <lora:...> tags: give --lora-dir, the folder of those files");
-        };
-        for tag in tags {
-            specs.push(LoraSpec::new(
-                sd_lora::tags::find_in(dir, &tag.name).context("--lora-dir")?,
-                tag.scale,
-            ));
-        }
-    }
-    Ok((prompt, specs))
+    Ok(specs)
 }
 
 /// --embedding FILE[:TOKEN].
@@ -411,9 +375,9 @@ fn print_lora_report(report: &ApplyReport, verbose: bool) {
     }
 }
 
-fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = model {
-        return Ok(dir.to_path_buf());
+fn model_source(model: Option<&Path>) -> Result<ModelSource> {
+    if let Some(text) = model {
+        return ModelSource::detect(&text.to_string_lossy()).map_err(name_the_option);
     }
     let dir = crate::shapes::folder()?;
     eprintln!(
@@ -421,31 +385,39 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
          \"a {{small|large}} {{red|green|blue|yellow|purple|orange}} {{circle|square|triangle}} on a \
          {{white|black|gray}} background\" and nothing else. Pass --model for SD1.5, SD2.1 or SDXL."
     );
-    Ok(dir)
+    Ok(ModelSource::Folder(dir))
 }
 
-/// A refused request, reported under the command-line option that set the
-/// field the library names.
+/// A refused request, reported under the command-line option that sets
+/// the field the library names.
 fn name_the_option(error: PipelineError) -> anyhow::Error {
-    let PipelineError::InvalidInput { context, message } = &error else {
+    let PipelineError::InvalidInput { field, message } = &error else {
         return error.into();
     };
-    let option = match context.as_str() {
-        "width" => "--width",
-        "height" => "--height",
-        "size" => "--width/--height",
-        "steps" => "--steps",
-        "guidance_scale" => "--guidance",
-        "guidance_rescale" => "--guidance-rescale",
-        "eta" => "--eta",
-        "num_images" => "--num-images",
-        "strength" => "--strength",
-        "seed" => "--seed",
-        "init_image" => "--init-image",
-        "mask" => "--mask",
-        "control" | "control.images" => "--control-image",
-        "control.scales" => "--controlnet",
-        "control.start" => "--control-start/--control-end",
+    let option = match field {
+        Field::Prompt => "--prompt",
+        Field::NegativePrompt => "--negative-prompt",
+        Field::Steps => "--steps",
+        Field::Guidance => "--guidance",
+        Field::GuidanceRescale => "--guidance-rescale",
+        Field::Eta => "--eta",
+        Field::Seed => "--seed",
+        Field::Width => "--width",
+        Field::Height => "--height",
+        Field::Size => "--width/--height",
+        Field::BatchSize => "--num-images",
+        Field::Strength => "--strength",
+        Field::InitImage => "--init-image",
+        Field::Mask => "--mask",
+        Field::ControlImages => "--control-image",
+        Field::ControlScales | Field::ControlNet => "--controlnet",
+        Field::ControlWindow => "--control-start/--control-end",
+        Field::Sampler | Field::SamplerSchedule => "--scheduler",
+        Field::ClipSkip => "--clip-skip",
+        Field::Lora => "--lora",
+        Field::Embedding => "--embedding",
+        Field::Model => "--model",
+        Field::Dtype => "--dtype",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

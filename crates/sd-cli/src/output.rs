@@ -63,13 +63,13 @@ pub fn write_outputs(
     paths: &[PathBuf],
     format: ImageFormat,
     images: &[RgbImage],
-    metadata: &Metadata,
+    metadata: &[Metadata],
     latents_path: Option<&Path>,
     latents: &Tensor,
 ) -> Result<()> {
     let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
-        for (path, image) in paths.iter().zip(images) {
+        for ((path, image), metadata) in paths.iter().zip(images).zip(metadata) {
             let temp = partial(path);
             match format {
                 ImageFormat::Png => write_png(&temp, image, metadata),

@@ -47,8 +47,8 @@ pub fn run(command: &Preprocess) -> Result<()> {
     let result = match command {
         Preprocess::Canny { low, high, .. } => {
             preprocess::canny(&image, *low, *high).map_err(|e| match e {
-                sd_pipeline::PipelineError::InvalidInput { context, message } => {
-                    anyhow::anyhow!("--{context}: {message}")
+                sd_pipeline::PipelineError::InvalidInput { message, .. } => {
+                    anyhow::anyhow!("--low/--high: {message}")
                 }
                 other => other.into(),
             })?

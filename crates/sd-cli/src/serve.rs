@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sd_pipeline::front::ModelSource;
 use sd_server::{Limits, Server, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -71,8 +72,8 @@ pub struct ServeArgs {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let model = match &args.model {
-        Some(model) => model.clone(),
-        None => crate::shapes::folder()?,
+        Some(model) => ModelSource::detect(&model.to_string_lossy())?,
+        None => ModelSource::Folder(crate::shapes::folder()?),
     };
     let data = args
         .data
@@ -89,9 +90,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         api_key,
         cors_origins: args.cors_origins.clone(),
         limits: Limits {
-            max_size: args.max_size,
-            max_steps: args.max_steps,
-            max_images: args.max_images,
+            request: request_limits(args),
             max_body_bytes: args.max_body_mb << 20,
             queue_capacity: args.queue_size,
             job_timeout: Duration::from_secs(args.job_timeout),
@@ -99,7 +98,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_batch_images: args.max_batch,
         device: sd_core::device::parse_device(&args.device)?,
         dtype: sd_core::device::parse_dtype(&args.dtype)?,
-        ..ServerConfig::new(&model, &data)
+        ..ServerConfig::new(model.clone(), &data)
     };
     let server = Server::start(config).context("sd serve")?;
     if server.recovered_jobs > 0 {
@@ -111,10 +110,19 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     println!(
         "listening on http://{} (model {}, data {})",
         server.local_addr(),
-        model.display(),
+        model.name(),
         data.display()
     );
     std::io::stdout().flush()?;
     server.run_until_ctrl_c().context("sd serve")?;
     Ok(())
+}
+
+/// The request layer's limits from --max-size, --max-steps, --max-images.
+fn request_limits(args: &ServeArgs) -> sd_pipeline::front::Limits {
+    let mut limits = sd_pipeline::front::Limits::default();
+    limits.max_size = args.max_size;
+    limits.max_steps = args.max_steps;
+    limits.max_images = args.max_images;
+    limits
 }

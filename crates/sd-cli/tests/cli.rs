@@ -274,7 +274,7 @@ fn bad_input_is_one_line_and_no_file() {
     fails_cleanly(
         &["txt2img", "--prompt", "x", "--width", "60", "--out", o],
         &out,
-        "--width 60",
+        "--width: 60 is not a positive multiple of 8",
     );
     fails_cleanly(
         &[
@@ -287,7 +287,7 @@ fn bad_input_is_one_line_and_no_file() {
             o,
         ],
         &out,
-        "unknown scheduler 'dpm3'",
+        "--scheduler: unknown sampler \"dpm3\"",
     );
     fails_cleanly(
         &[
@@ -384,8 +384,8 @@ fn typos_get_an_error_naming_the_option_before_any_step() {
         &["--width", "100000", "--height", "100000"],
         "--width/--height: 100000x100000 needs at least",
     );
-    check(&["--guidance", "nan"], "--guidance NaN: not a number");
-    check(&["--num-images", "0"], "--num-images 0");
+    check(&["--guidance", "nan"], "--guidance: NaN is not a number");
+    check(&["--num-images", "0"], "--num-images: 0: at least 1");
     check_with(&dir.join("x.bmp"), &[], "unknown image format '.bmp'");
     // A .jpg name gets JPEG bytes.
     let jpg = dir.join("x.jpg");

@@ -98,7 +98,11 @@ fn bad_lora_options_fail_with_one_line() {
             "a cat",
             "scale 'lots' is not a number",
         ),
-        (vec![], "a cat <lora:style:0.5>", "give --lora-dir"),
+        (
+            vec![],
+            "a cat <lora:style:0.5>",
+            "no LoRA folder (--lora-dir",
+        ),
         (
             vec!["--lora-dir".into(), lora_dir.display().to_string()],
             "a cat <lora:missing>",

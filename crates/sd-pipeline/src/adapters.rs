@@ -12,6 +12,7 @@ use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Target, Targets};
 use sd_unet::ldm::LdmUNetKeys;
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::pipeline::StableDiffusion;
 
 /// A LoRA file and the scale to merge it at (1.0 is the file's own
@@ -108,7 +109,7 @@ impl StableDiffusion {
         let mut reports = self.set_loras(&all)?;
         reports
             .pop()
-            .ok_or_else(|| PipelineError::request("lora", "nothing merged"))
+            .ok_or_else(|| PipelineError::request(Field::Lora, "nothing merged"))
     }
 
     /// Takes every LoRA out: the weights are the base model's again, bit

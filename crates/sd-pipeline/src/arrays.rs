@@ -9,6 +9,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::generate::Generation;
 
 /// An image as a (height, width, 3) array.
@@ -23,13 +24,13 @@ pub fn image_from_array(array: ArrayView3<'_, u8>) -> Result<RgbImage> {
     let (h, w, c) = array.dim();
     if c != 3 {
         return Err(PipelineError::request(
-            "image",
+            Field::Image,
             format!("array is {h}x{w}x{c}; an RGB image is (height, width, 3)"),
         ));
     }
     let bytes = array.iter().copied().collect();
     RgbImage::from_raw(w as u32, h as u32, bytes)
-        .ok_or_else(|| PipelineError::request("image", "array does not fit an image"))
+        .ok_or_else(|| PipelineError::request(Field::Image, "array does not fit an image"))
 }
 
 /// A mask as a (height, width) array.
@@ -43,7 +44,7 @@ pub fn mask_to_array(mask: &GrayImage) -> Array2<u8> {
 pub fn mask_from_array(array: ArrayView2<'_, u8>) -> Result<GrayImage> {
     let (h, w) = array.dim();
     GrayImage::from_raw(w as u32, h as u32, array.iter().copied().collect())
-        .ok_or_else(|| PipelineError::request("mask", "array does not fit an image"))
+        .ok_or_else(|| PipelineError::request(Field::Mask, "array does not fit an image"))
 }
 
 /// Latents (batch, channels, height, width) as an f32 tensor on the CPU,
@@ -78,6 +79,6 @@ impl Generation {
             .flatten(0, -1);
         let data = Vec::<f32>::try_from(&flat)?;
         Array4::from_shape_vec((b as usize, c as usize, h as usize, w as usize), data)
-            .map_err(|e| PipelineError::request("latents", e.to_string()))
+            .map_err(|e| PipelineError::request(Field::Latents, e.to_string()))
     }
 }

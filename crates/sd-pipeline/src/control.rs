@@ -15,6 +15,7 @@ use sd_unet::{AddedConditions, ControlResiduals};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::pipeline::StableDiffusion;
 
 /// A ControlNet the pipeline holds, and the file or folder it came from.
@@ -220,7 +221,7 @@ impl StableDiffusion {
         let Some(control) = control else {
             if loaded > 0 {
                 return Err(PipelineError::request(
-                    "control",
+                    Field::ControlImages,
                     format!("{loaded} ControlNet(s) are loaded: give one control image each"),
                 ));
             }
@@ -228,13 +229,13 @@ impl StableDiffusion {
         };
         if loaded == 0 {
             return Err(PipelineError::request(
-                "control",
+                Field::ControlImages,
                 "control images given but no ControlNet is loaded",
             ));
         }
         if control.images.len() != loaded {
             return Err(PipelineError::request(
-                "control.images",
+                Field::ControlImages,
                 format!(
                     "{} control images for {loaded} ControlNets",
                     control.images.len()
@@ -243,20 +244,20 @@ impl StableDiffusion {
         }
         if control.scales.len() != loaded {
             return Err(PipelineError::request(
-                "control.scales",
+                Field::ControlScales,
                 format!("{} scales for {loaded} ControlNets", control.scales.len()),
             ));
         }
         if let Some(s) = control.scales.iter().find(|s| !s.is_finite()) {
             return Err(PipelineError::request(
-                "control.scales",
+                Field::ControlScales,
                 format!("{s} is not a number"),
             ));
         }
         let (start, end) = (control.start, control.end);
         if !(0.0..=1.0).contains(&start) || !(0.0..=1.0).contains(&end) || start >= end {
             return Err(PipelineError::request(
-                "control.start",
+                Field::ControlWindow,
                 format!("start {start} and end {end}: need 0 <= start < end <= 1"),
             ));
         }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::front::Field;
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -15,12 +17,12 @@ pub enum PipelineError {
         message: String,
     },
 
-    /// A request value that cannot be used, with the field named.
-    /// The context is the request field (or builder option) at fault.
-    #[error("request: {context}: {message}")]
+    /// A request value that cannot be used, with the field named: each
+    /// frontend maps [`Field`] to its own option or JSON name.
+    #[error("request: {field}: {message}")]
     InvalidInput {
-        /// What the value was: a field, option or input name.
-        context: String,
+        /// The field (or builder option) at fault.
+        field: Field,
         /// What is wrong.
         message: String,
     },
@@ -66,9 +68,9 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
-    pub(crate) fn request(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn request(field: Field, message: impl Into<String>) -> Self {
         PipelineError::InvalidInput {
-            context: field.to_string(),
+            field,
             message: message.into(),
         }
     }

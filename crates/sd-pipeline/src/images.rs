@@ -5,6 +5,7 @@ use image::{GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 
 /// An RGB image as (1, 3, h, w) f32 in [-1, 1].
 ///
@@ -54,7 +55,7 @@ pub fn tensor_to_images(images: &Tensor) -> Result<Vec<RgbImage>> {
         .map(|i| {
             let bytes = Vec::<u8>::try_from(pixels.get(i).flatten(0, -1))?;
             RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| {
-                PipelineError::request("image", "decoded image has an unexpected size")
+                PipelineError::request(Field::Image, "decoded image has an unexpected size")
             })
         })
         .collect()

@@ -30,6 +30,7 @@ mod components;
 mod control;
 mod cow;
 pub mod error;
+pub mod front;
 mod generate;
 mod graph;
 pub mod hub;

@@ -5,6 +5,7 @@
 use image::RgbImage;
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use sd_scheduler::SamplerKind;
 
 /// What made an image.
@@ -66,10 +67,7 @@ impl GenerationParameters {
 
 /// `image` as PNG bytes with `parameters` in international text chunks.
 pub fn encode_png(image: &RgbImage, parameters: &GenerationParameters) -> Result<Vec<u8>> {
-    let fail = |e: png::EncodingError| PipelineError::InvalidInput {
-        context: "png".into(),
-        message: e.to_string(),
-    };
+    let fail = |e: png::EncodingError| PipelineError::request(Field::Output, e.to_string());
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
     encoder.set_color(png::ColorType::Rgb);

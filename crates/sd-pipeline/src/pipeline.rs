@@ -14,6 +14,7 @@ use tch::{Device, Kind};
 use crate::adapters::LoraSpec;
 use crate::components::{Components, Devices, TextTower};
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::model::{ModelFamily, ModelIndex};
 
 /// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
@@ -74,6 +75,13 @@ impl StableDiffusionBuilder {
     pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model_dir = Some(dir.into());
         self
+    }
+
+    /// The model `source` names (see [`ModelSource::detect`]).
+    ///
+    /// [`ModelSource::detect`]: crate::front::ModelSource::detect
+    pub fn source(self, source: &crate::front::ModelSource) -> Self {
+        source.apply(self)
     }
 
     /// A single-file checkpoint (CompVis/LDM layout .safetensors); SD1, SD2,
@@ -228,7 +236,7 @@ impl StableDiffusionBuilder {
     pub fn build(self) -> Result<StableDiffusion> {
         if !matches!(self.dtype, Kind::Float | Kind::Half | Kind::BFloat16) {
             return Err(PipelineError::request(
-                "dtype",
+                Field::Dtype,
                 format!("{:?} is not f32, f16 or bf16", self.dtype),
             ));
         }
@@ -242,7 +250,7 @@ impl StableDiffusionBuilder {
         .collect();
         if sources.len() > 1 {
             return Err(PipelineError::request(
-                "model_dir",
+                Field::Model,
                 format!(
                     "{} are alternatives: give one model source",
                     sources.join(" and ")
@@ -323,7 +331,7 @@ impl StableDiffusionBuilder {
             (None, Some(dir)) => dir.clone(),
             (None, None) => {
                 return Err(PipelineError::request(
-                    "model_dir",
+                    Field::Model,
                     "no model folder or single file given",
                 ))
             }

@@ -8,23 +8,24 @@
 use image::{imageops::FilterType, RgbImage};
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 
 /// White edges on black, as Canny ControlNets expect. Thresholds are edge
 /// strengths, `sqrt(dx^2 + dy^2)` of the Sobel gradients (up to about 1140);
 /// `low` must not exceed `high`.
 pub fn canny(image: &RgbImage, low: f32, high: f32) -> Result<RgbImage> {
-    for (field, value) in [("low", low), ("high", high)] {
+    for (name, value) in [("low", low), ("high", high)] {
         if !value.is_finite() || value < 0.0 {
             return Err(PipelineError::request(
-                field,
-                format!("{value} is not a threshold (0 or more)"),
+                Field::Thresholds,
+                format!("{name} {value} is not a threshold (0 or more)"),
             ));
         }
     }
     if low > high {
         return Err(PipelineError::request(
-            "low",
-            format!("{low} is above the high threshold {high}"),
+            Field::Thresholds,
+            format!("low {low} is above high {high}"),
         ));
     }
     let gray = image::imageops::grayscale(image);
@@ -49,7 +50,7 @@ pub fn invert(image: &RgbImage) -> RgbImage {
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(PipelineError::request(
-            "size",
+            Field::Size,
             format!("{width}x{height} has no pixels"),
         ));
     }

@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use sd_pipeline::front::Field;
 use sd_pipeline::{PipelineError, Request, Seed, StableDiffusion};
 use sd_testkit::parity::{assert_close, reference_dir, Tolerance};
 
@@ -142,7 +143,7 @@ fn combined_requests_match_their_single_runs() {
     wrong.num_images = 3;
     wrong.seed = Seed::Batch(0);
     match pipeline.generate(&wrong) {
-        Err(PipelineError::InvalidInput { context, .. }) => assert_eq!(context, "embeddings"),
+        Err(PipelineError::InvalidInput { field, .. }) => assert_eq!(field, Field::Embeddings),
         other => panic!("batch 2 for 3 images: {other:?}"),
     }
 }

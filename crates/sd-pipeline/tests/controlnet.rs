@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use image::RgbImage;
+use sd_pipeline::front::Field;
 use sd_pipeline::{Control, PipelineError, Request, StableDiffusion};
 use sd_testkit::parity::{
     assert_close, assert_image_matches, chain_tolerance_for, read_tensors, reference_dir, take,
@@ -139,13 +140,13 @@ fn bad_control_input_is_refused_before_any_step() {
     };
     let refuse =
         |request: Request,
-         field: &str,
+         field: Field,
          count: &mut dyn FnMut(sd_pipeline::StepInfo<'_>) -> std::ops::ControlFlow<()>| {
             let err = two
                 .generate_with(&request, two.new_scheduler().unwrap(), count)
                 .unwrap_err();
             assert!(
-                matches!(&err, PipelineError::InvalidInput { context, .. } if context == field),
+                matches!(&err, PipelineError::InvalidInput { field: f, .. } if *f == field),
                 "{field}: {err}"
             );
         };
@@ -153,15 +154,15 @@ fn bad_control_input_is_refused_before_any_step() {
     let mut one = request(&run);
     one.control =
         Some(Control::new(vec![png("controlnet/control-a.png")]).with_scales(vec![1.0, 1.0]));
-    refuse(one, "control.images", &mut count);
+    refuse(one, Field::ControlImages, &mut count);
     // No control images at all while ControlNets are loaded.
     let mut none = request(&run);
     none.control = None;
-    refuse(none, "control", &mut count);
+    refuse(none, Field::ControlImages, &mut count);
     // A window that is empty.
     let mut window = request(&run);
     window.control = window.control.map(|c| c.with_window(0.8, 0.2));
-    refuse(window, "control.start", &mut count);
+    refuse(window, Field::ControlWindow, &mut count);
     assert_eq!(steps, 0, "a step ran before the request was refused");
 
     // A ControlNet for another family (SDXL's on the SD1 model), and a

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sd_pipeline::front::{Limits as RequestLimits, ModelSource};
 use sd_pipeline::StableDiffusionBuilder;
 
 /// Everything `sd serve` takes.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The model served at start: a diffusers folder or a single file.
-    pub model: PathBuf,
+    /// The model served at start: a diffusers folder, a single file or a
+    /// hub repo id.
+    pub model: ModelSource,
     /// A folder of models (diffusers folders and `.safetensors` files) that
     /// `POST /sdapi/v1/options` may switch among.
     pub models_dir: Option<PathBuf>,
@@ -38,15 +40,12 @@ pub struct ServerConfig {
     pub dtype: tch::Kind,
 }
 
-/// What a request may ask for; past these it gets a 4xx naming the field.
+/// What a request may ask for (past these it gets a 4xx naming the
+/// field), and what the server takes on.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest width and height in pixels.
-    pub max_size: u32,
-    /// Most denoising steps.
-    pub max_steps: usize,
-    /// Most images per request (`batch_size * n_iter`).
-    pub max_images: usize,
+    /// Size, steps, images and guidance: the request layer's limits.
+    pub request: RequestLimits,
     /// Largest request body (base64 images included).
     pub max_body_bytes: usize,
     /// Jobs waiting or running; past it new jobs get 503 with Retry-After.
@@ -58,9 +57,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_size: 2048,
-            max_steps: 150,
-            max_images: 16,
+            request: RequestLimits::default(),
             max_body_bytes: 32 << 20,
             queue_capacity: 16,
             job_timeout: Duration::from_secs(600),
@@ -71,9 +68,9 @@ impl Default for Limits {
 impl ServerConfig {
     /// Serves `model` on 127.0.0.1:7860 with data in `data_dir` and the
     /// default limits.
-    pub fn new(model: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(model: ModelSource, data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
-            model: model.into(),
+            model,
             models_dir: None,
             lora_dir: None,
             data_dir: data_dir.into(),
@@ -88,15 +85,11 @@ impl ServerConfig {
     }
 
     /// The pipeline builder for `model` with this config's device and dtype.
-    pub(crate) fn builder(&self, model: &std::path::Path) -> StableDiffusionBuilder {
-        let builder = sd_pipeline::StableDiffusion::builder()
+    pub(crate) fn builder(&self, model: &ModelSource) -> StableDiffusionBuilder {
+        sd_pipeline::StableDiffusion::builder()
+            .source(model)
             .device(self.device)
-            .dtype(self.dtype);
-        if model.is_file() {
-            builder.single_file(model)
-        } else {
-            builder.model_dir(model)
-        }
+            .dtype(self.dtype)
     }
 }
 

@@ -155,7 +155,7 @@ impl Db {
         &self,
         kind: &str,
         model: &str,
-        parameters: &serde_json::Value,
+        parameters: &crate::job::JobParameters,
         seeds: &[u64],
     ) -> Result<i64, ServerError> {
         let conn = self.conn();
@@ -165,7 +165,7 @@ impl Db {
             params![
                 kind,
                 model,
-                parameters.to_string(),
+                serde_json::to_string(parameters).unwrap_or_default(),
                 serde_json::to_string(seeds).unwrap_or_default(),
                 now_ms()
             ],

@@ -80,6 +80,17 @@ impl ApiError {
         }
     }
 
+    /// A request the request layer refused: 422 naming A1111's JSON field.
+    pub fn from_request(error: &sd_pipeline::PipelineError) -> Self {
+        match error {
+            sd_pipeline::PipelineError::InvalidInput { field, message } => ApiError::field(
+                sd_pipeline::front::a1111::json_field(*field),
+                message.clone(),
+            ),
+            other => ApiError::status(500, "internal", other.to_string()),
+        }
+    }
+
     /// Any other status, with no field.
     pub fn status(status: u16, error: &'static str, detail: impl Into<String>) -> Self {
         ApiError {

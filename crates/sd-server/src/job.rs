@@ -1,91 +1,70 @@
-//! A job: what one request asked for ([`JobSpec`]), and the queued work
-//! with its seeds, cancellation flag, deadline and reply channel ([`Job`]).
+//! A job: a checked request of the request layer ([`Checked`]), what the
+//! server records and echoes of it ([`JobParameters`]), and the queued work
+//! with its seeds, cancellation flag and reply channel ([`Job`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use image::{GrayImage, RgbImage};
-use sd_pipeline::{LoraSpec, SamplerKind};
+use sd_pipeline::front::{BatchKey, Checked, Source};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 
-/// Where the latents start.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// txt2img.
-    Noise,
-    /// img2img, or inpainting with a mask.
-    Image {
-        image: RgbImage,
-        mask: Option<GrayImage>,
-        strength: f64,
-    },
-}
-
-/// A checked request.
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    /// As given, `<lora:...>` tags included (what the PNG records).
+/// The parameters as stored in the history and echoed in A1111's
+/// `parameters` (images left out), under A1111's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobParameters {
     pub prompt: String,
-    /// Without its LoRA tags: what the text encoder reads.
-    pub text_prompt: String,
-    /// The tags' LoRA files, merged for this job.
-    pub loras: Vec<LoraSpec>,
     pub negative_prompt: String,
     pub steps: usize,
     pub cfg_scale: f64,
-    /// `None`: random.
-    pub seed: Option<u64>,
+    /// `None`: the model's native size (until the images are made).
     pub width: Option<u32>,
     pub height: Option<u32>,
-    /// `None`: the model's own.
-    pub sampler: Option<SamplerKind>,
+    /// A1111's name of the sampler that runs.
+    pub sampler_name: String,
     pub batch_size: usize,
     pub n_iter: usize,
-    /// Text-encoder layers skipped from the last.
+    /// A1111's "Clip skip" (1: the last layer).
     pub clip_skip: usize,
-    pub source: Source,
+    /// img2img and inpainting only.
+    pub denoising_strength: Option<f64>,
+    /// The model's name (never its path).
+    pub model: String,
 }
 
-impl JobSpec {
-    /// The seeds of every image, A1111's way: the first, then one up per image.
-    pub fn seeds(&self) -> Vec<u64> {
-        let first = self.seed.unwrap_or_else(sd_pipeline::random_seed);
-        let count = (self.batch_size * self.n_iter) as u64;
-        (0..count).map(|i| first.wrapping_add(i)).collect()
-    }
-
-    /// `"txt2img"`, `"img2img"` or `"inpaint"`.
-    pub fn kind(&self) -> &'static str {
-        match &self.source {
-            Source::Noise => "txt2img",
-            Source::Image { mask: None, .. } => "img2img",
-            Source::Image { mask: Some(_), .. } => "inpaint",
+impl JobParameters {
+    /// What `checked` records, run by `sampler` (A1111 name) on `model`.
+    pub fn of(checked: &Checked, sampler: &str, model: &str) -> Self {
+        let p = checked.parameters();
+        JobParameters {
+            prompt: p.prompt.clone(),
+            negative_prompt: p.negative_prompt.clone(),
+            steps: p.steps,
+            cfg_scale: p.guidance,
+            width: p.width,
+            height: p.height,
+            sampler_name: sampler.to_string(),
+            batch_size: p.batch_size,
+            n_iter: p.n_iter,
+            clip_skip: p.prompt_options.clip_skip + 1,
+            denoising_strength: match &p.source {
+                Source::Image { strength, .. } => Some(*strength),
+                _ => None,
+            },
+            model: model.to_string(),
         }
     }
+}
 
-    /// The parameters as stored and echoed (images left out).
-    pub fn summary(&self, model: &str, sampler: &str) -> serde_json::Value {
-        let strength = match &self.source {
-            Source::Noise => None,
-            Source::Image { strength, .. } => Some(*strength),
-        };
-        serde_json::json!({
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "steps": self.steps,
-            "cfg_scale": self.cfg_scale,
-            "width": self.width,
-            "height": self.height,
-            "sampler_name": sampler,
-            "batch_size": self.batch_size,
-            "n_iter": self.n_iter,
-            "clip_skip": self.clip_skip + 1,
-            "denoising_strength": strength,
-            "model": model,
-        })
+/// `"txt2img"`, `"img2img"` or `"inpaint"`.
+pub fn kind(checked: &Checked) -> &'static str {
+    match &checked.parameters().source {
+        Source::Image { mask: Some(_), .. } => "inpaint",
+        Source::Image { mask: None, .. } => "img2img",
+        _ => "txt2img",
     }
 }
 
@@ -96,7 +75,7 @@ pub struct JobOutput {
     pub pngs: Vec<Vec<u8>>,
     pub seeds: Vec<u64>,
     pub infotexts: Vec<String>,
-    pub parameters: serde_json::Value,
+    pub parameters: JobParameters,
     /// The jobs that shared this job's UNet batch (itself included).
     pub batch: Vec<i64>,
 }
@@ -104,41 +83,18 @@ pub struct JobOutput {
 /// Queued work on the model's device.
 pub struct Job {
     pub id: i64,
-    pub spec: Box<JobSpec>,
+    pub checked: Box<Checked>,
+    /// The seed each image records.
     pub seeds: Vec<u64>,
     pub cancel: CancelFlag,
     pub queued_at: Instant,
     pub reply: oneshot::Sender<Result<JobOutput, ApiError>>,
 }
 
-/// What several queued jobs must agree on to share one UNet batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchKey {
-    width: Option<u32>,
-    height: Option<u32>,
-    steps: usize,
-    sampler: Option<SamplerKind>,
-    cfg_scale: u64,
-    clip_skip: usize,
-    loras: Vec<LoraSpec>,
-}
-
 impl Job {
     /// `None` for jobs that run alone (img2img, several iterations).
     pub fn batch_key(&self) -> Option<BatchKey> {
-        let spec = &self.spec;
-        if !matches!(spec.source, Source::Noise) || spec.n_iter != 1 {
-            return None;
-        }
-        Some(BatchKey {
-            width: spec.width,
-            height: spec.height,
-            steps: spec.steps,
-            sampler: spec.sampler,
-            cfg_scale: spec.cfg_scale.to_bits(),
-            clip_skip: spec.clip_skip,
-            loras: spec.loras.clone(),
-        })
+        self.checked.batch_key()
     }
 
     /// Images this job makes.

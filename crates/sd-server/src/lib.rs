@@ -18,7 +18,8 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), sd_server::ServerError> {
-//! let config = sd_server::ServerConfig::new("path/to/model", "path/to/data");
+//! let model = sd_pipeline::front::ModelSource::detect("path/to/model")?;
+//! let config = sd_server::ServerConfig::new(model, "path/to/data");
 //! let server = sd_server::Server::start(config)?;
 //! println!("listening on http://{}", server.local_addr());
 //! server.run_until_ctrl_c()

@@ -18,6 +18,15 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// The entry of a served model (a hub repo by its id).
+    pub fn of_source(source: &sd_pipeline::front::ModelSource) -> ModelEntry {
+        use sd_pipeline::front::ModelSource;
+        match source {
+            ModelSource::Folder(path) | ModelSource::SingleFile(path) => ModelEntry::of(path),
+            other => ModelEntry::of(Path::new(&other.name())),
+        }
+    }
+
     pub fn of(path: &Path) -> ModelEntry {
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
@@ -61,8 +70,8 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The served model first, then the folder's others.
-pub fn entries(current: &Path, dir: Option<&Path>) -> Vec<ModelEntry> {
-    let mut entries = vec![ModelEntry::of(current)];
+pub fn entries(current: &sd_pipeline::front::ModelSource, dir: Option<&Path>) -> Vec<ModelEntry> {
+    let mut entries = vec![ModelEntry::of_source(current)];
     for path in dir.map(list).unwrap_or_default() {
         let entry = ModelEntry::of(&path);
         if entry.title != entries[0].title {

@@ -14,11 +14,13 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::a1111::{parse_body, GenerateRequest, GenerateResponse};
+use crate::a1111::{parse_body, GenerateResponse};
 use crate::error::ApiError;
-use crate::job::{CancelFlag, Job, JobOutput, JobSpec};
+use crate::job::{CancelFlag, Job, JobOutput, JobParameters};
 use crate::queue::Cancelled;
 use crate::state::Shared;
+use sd_pipeline::front::a1111::GenerateRequest;
+use sd_pipeline::front::Checked;
 use sd_pipeline::SamplerKind;
 
 type App = State<Arc<Shared>>;
@@ -105,13 +107,17 @@ async fn generate(
     let bytes = body(bytes)?;
     let request: GenerateRequest = parse_body(&bytes)?;
     // Decoding base64 images takes a while: off the async threads.
-    let limits = shared.config.limits.clone();
+    let limits = shared.config.limits.request.clone();
     let lora_dir = shared.config.lora_dir.clone();
-    let spec =
-        tokio::task::spawn_blocking(move || request.to_spec(&limits, lora_dir.as_deref(), img2img))
-            .await
-            .map_err(|e| ApiError::status(500, "internal", e.to_string()))??;
-    let output = submit(&shared, spec).await?;
+    let checked = tokio::task::spawn_blocking(move || {
+        request
+            .parameters(img2img)?
+            .check(&limits, lora_dir.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::status(500, "internal", e.to_string()))?
+    .map_err(|e| ApiError::from_request(&e))?;
+    let output = submit(&shared, checked).await?;
     let images = output
         .pngs
         .iter()
@@ -120,22 +126,22 @@ async fn generate(
     let p = &output.parameters;
     let info = json!({
         "job_id": output.id,
-        "prompt": p["prompt"],
-        "all_prompts": vec![&p["prompt"]; output.seeds.len()],
-        "negative_prompt": p["negative_prompt"],
+        "prompt": p.prompt,
+        "all_prompts": vec![&p.prompt; output.seeds.len()],
+        "negative_prompt": p.negative_prompt,
         "seed": output.seeds.first(),
         "all_seeds": output.seeds,
-        "width": p["width"],
-        "height": p["height"],
-        "sampler_name": p["sampler_name"],
-        "cfg_scale": p["cfg_scale"],
-        "steps": p["steps"],
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": p.sampler_name,
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
         "infotexts": output.infotexts,
         "batch_job_ids": output.batch,
     });
     Ok(Json(GenerateResponse {
         images,
-        parameters: output.parameters,
+        parameters: serde_json::to_value(&output.parameters).unwrap_or_default(),
         info: info.to_string(),
     }))
 }
@@ -152,25 +158,28 @@ impl Drop for CancelOnDrop {
 }
 
 /// Records, queues and awaits a job.
-async fn submit(shared: &Arc<Shared>, spec: JobSpec) -> ApiResult<JobOutput> {
+async fn submit(shared: &Arc<Shared>, checked: Checked) -> ApiResult<JobOutput> {
     let queue = &shared.queue;
     if queue.depth() >= queue.capacity() {
         return Err(ApiError::queue_full(queue.capacity(), retry_after(shared)));
     }
-    let seeds = spec.seeds();
+    let seeds = checked.image_seeds();
     let (model, sampler) = shared.model_and_sampler();
-    let sampler = spec.sampler.unwrap_or(sampler).a1111_name();
-    let model = model.display().to_string();
-    let parameters = spec.summary(&model, sampler);
-    let id = shared
-        .db
-        .insert(spec.kind(), &model, &parameters, &seeds)
-        .map_err(|e| ApiError::status(500, "database", e.to_string()))?;
+    let sampler = checked.parameters().sampler.unwrap_or(sampler).a1111_name();
+    let model = model.name();
+    let parameters = JobParameters::of(&checked, sampler, &model);
+    // SQLite blocks: off the async threads.
+    let (kind, recorded, owner) = (crate::job::kind(&checked), seeds.clone(), shared.clone());
+    let id =
+        tokio::task::spawn_blocking(move || owner.db.insert(kind, &model, &parameters, &recorded))
+            .await
+            .map_err(|e| ApiError::status(500, "internal", e.to_string()))?
+            .map_err(|e| ApiError::status(500, "database", e.to_string()))?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let cancel = CancelFlag::default();
     let job = Job {
         id,
-        spec: Box::new(spec),
+        checked: Box::new(checked),
         seeds,
         cancel: cancel.clone(),
         queued_at: std::time::Instant::now(),
@@ -233,7 +242,7 @@ async fn loras(State(shared): App) -> Json<Vec<crate::models::LoraEntry>> {
 async fn options(State(shared): App) -> Json<Value> {
     let (model, _) = shared.model_and_sampler();
     Json(json!({
-        "sd_model_checkpoint": crate::models::ModelEntry::of(&model).title,
+        "sd_model_checkpoint": crate::models::ModelEntry::of_source(&model).title,
         "CLIP_stop_at_last_layers": 1,
         "samples_format": "png",
     }))

@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use image::RgbImage;
+use sd_pipeline::front::ModelSource;
 use sd_pipeline::SamplerKind;
 
 use crate::config::ServerConfig;
@@ -34,7 +35,7 @@ pub struct Shared {
     pub images_dir: PathBuf,
     progress: Mutex<Progress>,
     /// The served model and its default sampler.
-    model: Mutex<(PathBuf, SamplerKind)>,
+    model: Mutex<(ModelSource, SamplerKind)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,12 +55,12 @@ impl Shared {
         }
     }
 
-    pub fn model_and_sampler(&self) -> (PathBuf, SamplerKind) {
+    pub fn model_and_sampler(&self) -> (ModelSource, SamplerKind) {
         lock(&self.model).clone()
     }
 
-    pub fn set_model(&self, path: PathBuf, sampler: SamplerKind) {
-        *lock(&self.model) = (path, sampler);
+    pub fn set_model(&self, model: ModelSource, sampler: SamplerKind) {
+        *lock(&self.model) = (model, sampler);
     }
 
     pub fn progress(&self) -> Progress {

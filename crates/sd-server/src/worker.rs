@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+use sd_pipeline::front::ModelSource;
 use sd_pipeline::parameters::encode_png;
-use sd_pipeline::{GenerationParameters, PipelineError, Request, Seed, StableDiffusion, Task};
+use sd_pipeline::{PipelineError, Request, StableDiffusion};
 
 use crate::db::Status;
 use crate::error::ApiError;
-use crate::job::{Job, JobOutput, JobSpec, Source};
+use crate::job::{Job, JobOutput, JobParameters};
 use crate::queue::Work;
 use crate::state::Shared;
 
@@ -31,11 +32,12 @@ fn run(shared: &Shared, mut pipeline: StableDiffusion) {
         match work {
             Work::Generate(jobs) => generate(shared, &mut pipeline, jobs),
             Work::LoadModel { name, path, reply } => {
-                let loaded = shared.config.builder(&path).build();
+                let loaded = ModelSource::detect(&path.to_string_lossy())
+                    .and_then(|source| Ok((shared.config.builder(&source).build()?, source)));
                 let _ = reply.send(match loaded {
-                    Ok(new) => {
+                    Ok((new, source)) => {
                         pipeline = new;
-                        shared.set_model(path, pipeline.sampler());
+                        shared.set_model(source, pipeline.sampler());
                         Ok(())
                     }
                     Err(e) => Err(ApiError::field(
@@ -68,7 +70,7 @@ fn generate(shared: &Shared, pipeline: &mut StableDiffusion, jobs: Vec<Job>) {
     }
     let started = Instant::now();
     // Jobs of one batch share their LoRAs (the batch key has them).
-    let outcomes = match merge_loras(pipeline, &jobs[0].spec.loras) {
+    let outcomes = match merge_loras(pipeline, jobs[0].checked.loras()) {
         Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
         Ok(()) if jobs.len() == 1 => vec![run_alone(shared, pipeline, &jobs[0], started)],
         Ok(()) => run_batched(shared, pipeline, &jobs, started),
@@ -104,48 +106,10 @@ pub(crate) fn cancelled_error() -> ApiError {
     ApiError::status(409, "cancelled", "the job was cancelled")
 }
 
-/// The pipeline request for `spec`'s images with `seeds`.
-fn request(spec: &JobSpec, seeds: &[u64]) -> Request {
-    let mut request = Request::new(&spec.text_prompt);
-    request.negative_prompt = Some(spec.negative_prompt.clone()).filter(|n| !n.is_empty());
-    request.steps = spec.steps;
-    request.guidance_scale = spec.cfg_scale;
-    request.width = spec.width;
-    request.height = spec.height;
-    request.num_images = seeds.len();
-    request.seed = match seeds {
-        [one] => Seed::Batch(*one),
-        many => Seed::PerImage(many.to_vec()),
-    };
-    request.prompt_options.clip_skip = spec.clip_skip;
-    request.task = match &spec.source {
-        Source::Noise => Task::TextToImage,
-        Source::Image {
-            image,
-            mask: None,
-            strength,
-        } => Task::ImageToImage {
-            image: image.clone(),
-            strength: *strength,
-        },
-        Source::Image {
-            image,
-            mask: Some(mask),
-            strength,
-        } => Task::Inpaint {
-            image: image.clone(),
-            mask: mask.clone(),
-            strength: *strength,
-        },
-    };
-    request
-}
-
 /// One job, its `n_iter` iterations one after another.
 fn run_alone(shared: &Shared, pipeline: &StableDiffusion, job: &Job, started: Instant) -> Outcome {
     let mut images = Vec::new();
-    for seeds in job.seeds.chunks(job.spec.batch_size) {
-        let request = request(&job.spec, seeds);
+    for request in job.checked.requests() {
         images.extend(run_request(shared, pipeline, &request, &[job], started)?);
     }
     Ok(images)
@@ -159,7 +123,8 @@ fn run_batched(
     jobs: &[Job],
     started: Instant,
 ) -> Vec<Outcome> {
-    let requests: Vec<Request> = jobs.iter().map(|j| request(&j.spec, &j.seeds)).collect();
+    // (a job that shares a batch is one run: its batch key says so)
+    let requests: Vec<Request> = jobs.iter().flat_map(|j| j.checked.requests()).collect();
     let batch = match pipeline.combine_requests(&requests) {
         Ok(Some(batch)) => batch,
         // Prompts of different shapes (long prompts): one after another.
@@ -190,9 +155,8 @@ fn run_request(
     jobs: &[&Job],
     started: Instant,
 ) -> Outcome {
-    let sampler = jobs[0].spec.sampler.unwrap_or(pipeline.sampler());
     let scheduler = pipeline
-        .new_scheduler_of(sampler)
+        .scheduler_for(request)
         .map_err(|e| pipeline_error(&e))?;
     let limit = shared.config.limits.job_timeout;
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
@@ -232,16 +196,7 @@ fn time_limit(limit: Duration) -> ApiError {
 /// A refused request names the A1111 field; anything else is a 500.
 fn pipeline_error(error: &PipelineError) -> ApiError {
     match error {
-        PipelineError::InvalidInput { context, message } => {
-            let field = match context.as_str() {
-                "guidance_scale" => "cfg_scale",
-                "strength" => "denoising_strength",
-                "num_images" => "batch_size",
-                "image" | "init_image" => "init_images",
-                other => other,
-            };
-            ApiError::field(field, message.clone())
-        }
+        PipelineError::InvalidInput { .. } => ApiError::from_request(error),
         other => ApiError::status(500, "generation_failed", other.to_string()),
     }
 }
@@ -281,35 +236,25 @@ fn write_images(
     batch: &[i64],
 ) -> Result<(JobOutput, Vec<String>), ApiError> {
     let (model, sampler) = shared.model_and_sampler();
-    let sampler = job.spec.sampler.unwrap_or(sampler);
+    let model = model.name();
     let mut output = JobOutput {
         id: job.id,
         pngs: Vec::new(),
         seeds: job.seeds.clone(),
         infotexts: Vec::new(),
-        parameters: job
-            .spec
-            .summary(&model.display().to_string(), sampler.a1111_name()),
+        parameters: JobParameters::of(&job.checked, sampler.a1111_name(), &model),
         batch: batch.to_vec(),
     };
     if let Some(first) = images.first() {
         // The size the model chose when the request left it out.
-        output.parameters["width"] = first.width().into();
-        output.parameters["height"] = first.height().into();
+        output.parameters.width = Some(first.width());
+        output.parameters.height = Some(first.height());
     }
     let mut files = Vec::new();
-    for (i, (image, seed)) in images.iter().zip(&job.seeds).enumerate() {
-        let parameters = GenerationParameters {
-            prompt: job.spec.prompt.clone(),
-            negative_prompt: job.spec.negative_prompt.clone(),
-            steps: job.spec.steps,
-            sampler,
-            guidance: job.spec.cfg_scale,
-            seed: *seed,
-            width: image.width(),
-            height: image.height(),
-            model: model.display().to_string(),
-        };
+    for (i, image) in images.iter().enumerate() {
+        let parameters = job
+            .checked
+            .generation_parameters(i, image.dimensions(), sampler, &model);
         let png = encode_png(image, &parameters).map_err(|e| pipeline_error(&e))?;
         let file = format!("{}-{i}.png", job.id);
         write_atomically(&shared.images_dir.join(&file), &png)

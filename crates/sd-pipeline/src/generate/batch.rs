@@ -4,24 +4,15 @@
 //! and VAE once for all.
 
 use crate::error::Result;
-use crate::generate::request::{PromptEmbeddings, Request, Seed, Task};
+use crate::front::BatchKey;
+use crate::generate::request::{PromptEmbeddings, Request, Seed};
 use crate::pipeline::StableDiffusion;
 
-/// What requests must agree on to share a batch (prompts and seeds may differ).
+/// What requests must agree on to share a batch (prompts and seeds may
+/// differ): the request layer's batch key.
 fn agree(a: &Request, b: &Request) -> bool {
-    matches!((&a.task, &b.task), (Task::TextToImage, Task::TextToImage))
-        && a.width == b.width
-        && a.height == b.height
-        && a.steps == b.steps
-        && a.guidance_scale.to_bits() == b.guidance_scale.to_bits()
-        && a.guidance_rescale.to_bits() == b.guidance_rescale.to_bits()
-        && a.eta.to_bits() == b.eta.to_bits()
-        && a.prompt_options == b.prompt_options
-        && a.control.is_none()
-        && b.control.is_none()
-        && a.sdxl_original_size == b.sdxl_original_size
-        && a.sdxl_crop_top_left == b.sdxl_crop_top_left
-        && a.sdxl_target_size == b.sdxl_target_size
+    let key = |r| BatchKey::of(r, &[]);
+    key(a).is_some() && key(a) == key(b)
 }
 
 /// One seed per image: a per-image list, or one image's batch seed.

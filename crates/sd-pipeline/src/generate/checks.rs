@@ -2,6 +2,7 @@
 //! here, before any weights run, with the field named.
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::generate::request::{Request, Seed, Task};
 use crate::pipeline::StableDiffusion;
 use sd_core::DiffusersModel;
@@ -24,15 +25,18 @@ impl StableDiffusion {
         let (width, height) = self.output_size(request)?;
         let n = request.num_images;
         if n == 0 {
-            return Err(PipelineError::request("num_images", "at least 1 image"));
+            return Err(PipelineError::request(Field::BatchSize, "at least 1 image"));
         }
         if request.steps == 0 {
-            return Err(PipelineError::request("steps", "at least 1 step is needed"));
+            return Err(PipelineError::request(
+                Field::Steps,
+                "at least 1 step is needed",
+            ));
         }
         for (field, value) in [
-            ("guidance_scale", request.guidance_scale),
-            ("guidance_rescale", request.guidance_rescale),
-            ("eta", request.eta),
+            (Field::Guidance, request.guidance_scale),
+            (Field::GuidanceRescale, request.guidance_rescale),
+            (Field::Eta, request.eta),
         ] {
             if !value.is_finite() {
                 return Err(PipelineError::request(
@@ -44,7 +48,7 @@ impl StableDiffusion {
         if let Seed::PerImage(seeds) = &request.seed {
             if seeds.len() != n {
                 return Err(PipelineError::request(
-                    "seed",
+                    Field::Seed,
                     format!("{} seeds for {n} images", seeds.len()),
                 ));
             }
@@ -55,7 +59,7 @@ impl StableDiffusion {
         if let Some(strength) = request.task.strength() {
             if !(strength > 0.0 && strength <= 1.0) {
                 return Err(PipelineError::request(
-                    "strength",
+                    Field::Strength,
                     format!("{strength} is outside (0, 1]"),
                 ));
             }
@@ -64,7 +68,7 @@ impl StableDiffusion {
         if let Task::Inpaint { image, mask, .. } = &request.task {
             if mask.dimensions() != image.dimensions() {
                 return Err(PipelineError::request(
-                    "mask",
+                    Field::Mask,
                     format!(
                         "mask is {}x{}, the image {}x{}",
                         mask.width(),
@@ -76,7 +80,7 @@ impl StableDiffusion {
             }
         } else if self.is_inpainting_unet() {
             return Err(PipelineError::request(
-                "mask",
+                Field::Mask,
                 "this is an inpainting model: give an image and a mask",
             ));
         }
@@ -110,7 +114,7 @@ impl StableDiffusion {
         // UNet upsamples to each skip connection's size, so latents need not
         // be multiples of its own downsampling (1920x1080 works).
         let unit = 8.max(self.vae_scale_factor() as u32);
-        for (field, value) in [("width", w), ("height", h)] {
+        for (field, value) in [(Field::Width, w), (Field::Height, h)] {
             if value == 0 || value % unit != 0 {
                 return Err(PipelineError::request(
                     field,
@@ -121,7 +125,7 @@ impl StableDiffusion {
         if let Some(image) = request.task.image() {
             if image.dimensions() != (w, h) {
                 return Err(PipelineError::request(
-                    "init_image",
+                    Field::InitImage,
                     format!(
                         "image is {}x{}, the request asks for {w}x{h}",
                         image.width(),
@@ -166,7 +170,7 @@ impl StableDiffusion {
             if need > have {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 return Err(PipelineError::request(
-                    "size",
+                    Field::Size,
                     format!(
                         "{}x{} needs at least {:.1} GiB for the {what} on {}, which has \
                          {:.1} GiB free: ask for a smaller size{}",
@@ -204,7 +208,7 @@ fn check_embedding_batch(embeddings: &crate::PromptEmbeddings, n: usize) -> Resu
         let batch = tensor.size().first().copied().unwrap_or(0);
         if batch != 1 && batch != n as i64 {
             return Err(PipelineError::request(
-                "embeddings",
+                Field::Embeddings,
                 format!("batch {batch}: give 1 (one prompt) or num_images = {n} (one per image)"),
             ));
         }

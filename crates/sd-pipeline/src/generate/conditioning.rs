@@ -8,6 +8,7 @@ use sd_unet::AddedConditions;
 use tch::Tensor;
 
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::generate::checks::RunShape;
 use crate::generate::request::{Conditioning, PromptEmbeddings, Request};
 use crate::model::ModelFamily;
@@ -139,7 +140,7 @@ impl StableDiffusion {
         let ids = Tensor::from_slice(&ids).unsqueeze(0).repeat([n as i64, 1]);
         let pooled = |c: &Conditioning| -> Result<Tensor> {
             let p = c.pooled.as_ref().ok_or_else(|| {
-                PipelineError::request("embeddings", "SDXL needs pooled embeddings")
+                PipelineError::request(Field::Embeddings, "SDXL needs pooled embeddings")
             })?;
             Ok(per_image(p, n).to_device(device))
         };

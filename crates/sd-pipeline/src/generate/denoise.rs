@@ -12,6 +12,7 @@ use tch::Tensor;
 
 use crate::control::RunControl;
 use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::generate::latents::Prepared;
 use crate::generate::request::{Generation, Request, StepInfo};
 use crate::graph::{UNetExecution, UNetRunner};
@@ -23,27 +24,28 @@ use crate::pipeline::StableDiffusion;
 pub type StepCallback<'a> = &'a mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>;
 
 impl StableDiffusion {
-    /// Runs `request` with the pipeline's sampler.
+    /// Runs `request` with its sampler (else the pipeline's).
     pub fn generate(&self, request: &Request) -> Result<Generation> {
         self.generate_with(request, self.scheduler_for(request)?, &mut |_| {
             ControlFlow::Continue(())
         })
     }
 
-    /// The pipeline's sampler, with the request's DDIM eta applied.
+    /// The request's sampler (else the pipeline's), with its DDIM eta applied.
     pub fn scheduler_for(&self, request: &Request) -> Result<Box<dyn Scheduler>> {
+        let sampler = request.sampler.unwrap_or(self.sampler);
         if request.eta != 0.0 {
-            if self.sampler != sd_scheduler::SamplerKind::Ddim {
+            if sampler != sd_scheduler::SamplerKind::Ddim {
                 return Err(PipelineError::request(
-                    "eta",
-                    format!("eta applies to DDIM, the sampler is {}", self.sampler),
+                    Field::Eta,
+                    format!("eta applies to DDIM, the sampler is {sampler}"),
                 ));
             }
             return Ok(Box::new(
                 sd_scheduler::Ddim::new(&self.scheduler_config)?.with_eta(request.eta)?,
             ));
         }
-        self.new_scheduler()
+        self.new_scheduler_of(sampler)
     }
 
     /// Runs `request` with your own scheduler and a per-step callback;

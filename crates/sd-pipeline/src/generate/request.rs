@@ -27,6 +27,9 @@ pub struct Request {
     pub height: Option<u32>,
     /// Denoising steps (at least 1).
     pub steps: usize,
+    /// The sampler [`StableDiffusion::generate`](crate::StableDiffusion::generate)
+    /// runs; `None`: the pipeline's own.
+    pub sampler: Option<sd_scheduler::SamplerKind>,
     /// Classifier-free guidance; 1.0 (or less) skips the unconditional pass.
     pub guidance_scale: f64,
     /// diffusers' `guidance_rescale` (0 = off).
@@ -152,6 +155,7 @@ impl Request {
             width: None,
             height: None,
             steps: 50,
+            sampler: None,
             guidance_scale: 7.5,
             guidance_rescale: 0.0,
             eta: 0.0,

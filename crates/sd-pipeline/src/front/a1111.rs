@@ -1,0 +1,193 @@
+//! AUTOMATIC1111's request body (`/sdapi/v1/txt2img`, `/sdapi/v1/img2img`)
+//! as [`Parameters`]: the syntax `sd serve` and the Ray Serve app both
+//! speak, mapped in one place. Fields A1111 has and this project does not
+//! use (`restore_faces`, `alwayson_scripts`, ...) are accepted and ignored,
+//! so existing clients work unchanged.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+use crate::front::{parse_sampler, BatchSeeds, Field, Parameters, Source};
+
+/// A1111's txt2img/img2img body (img2img adds the image fields).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct GenerateRequest {
+    /// The prompt; `<lora:NAME:SCALE>` tags merge LoRAs from the LoRA folder.
+    pub prompt: String,
+    /// The negative prompt ("" for none).
+    pub negative_prompt: String,
+    /// Denoising steps (default 20).
+    pub steps: usize,
+    /// Classifier-free guidance (default 7).
+    pub cfg_scale: f64,
+    /// -1: a random seed.
+    pub seed: i64,
+    /// `None`: the model's native size.
+    pub width: Option<u32>,
+    /// As `width`.
+    pub height: Option<u32>,
+    /// A1111 names ("Euler a", "DPM++ 2M", ...) or this project's CLI names.
+    pub sampler_name: Option<String>,
+    /// "Automatic" or "Karras" (with DPM++ 2M).
+    pub scheduler: Option<String>,
+    /// Images per run (one UNet batch).
+    pub batch_size: usize,
+    /// Runs, one after another.
+    pub n_iter: usize,
+    /// A1111's "Clip skip": 1 (or 0) uses the last layer, 2 the one before.
+    pub clip_skip: Option<usize>,
+    /// A1111 sets clip skip here (`CLIP_stop_at_last_layers`).
+    pub override_settings: serde_json::Map<String, serde_json::Value>,
+    /// img2img: how much of the schedule runs, in (0, 1] (default 0.75).
+    pub denoising_strength: f64,
+    /// img2img: the image (base64, optionally as a data URL).
+    pub init_images: Vec<String>,
+    /// img2img: an inpainting mask (base64; white is repainted).
+    pub mask: Option<String>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.0,
+            seed: -1,
+            width: None,
+            height: None,
+            sampler_name: None,
+            scheduler: None,
+            batch_size: 1,
+            n_iter: 1,
+            clip_skip: None,
+            override_settings: Default::default(),
+            denoising_strength: 0.75,
+            init_images: Vec::new(),
+            mask: None,
+        }
+    }
+}
+
+/// The JSON field of A1111's body that sets `field` (what a 422 names).
+pub fn json_field(field: Field) -> &'static str {
+    match field {
+        Field::Guidance => "cfg_scale",
+        Field::Strength => "denoising_strength",
+        Field::BatchSize => "batch_size",
+        Field::Iterations => "n_iter",
+        Field::InitImage | Field::Image => "init_images",
+        Field::Sampler => "sampler_name",
+        Field::SamplerSchedule => "scheduler",
+        Field::Lora => "prompt",
+        Field::Model => "sd_model_checkpoint",
+        other => other.name(),
+    }
+}
+
+impl GenerateRequest {
+    /// The body as parameters (images decoded and, as A1111's "Just
+    /// resize", fitted to the requested size); `img2img` says which
+    /// endpoint it came to. Each image its own seed, A1111's way.
+    pub fn parameters(&self, img2img: bool) -> Result<Parameters> {
+        let mut p = Parameters::new(&self.prompt);
+        p.negative_prompt = self.negative_prompt.clone();
+        p.steps = self.steps;
+        p.guidance = self.cfg_scale;
+        p.seed = match self.seed {
+            -1 => None,
+            seed if seed >= 0 => Some(seed as u64),
+            seed => {
+                return Err(PipelineError::request(
+                    Field::Seed,
+                    format!("{seed}: use -1 (random) or a seed >= 0"),
+                ))
+            }
+        };
+        p.width = self.width;
+        p.height = self.height;
+        p.sampler = parse_sampler(self.sampler_name.as_deref(), self.scheduler.as_deref())?;
+        p.batch_size = self.batch_size;
+        p.n_iter = self.n_iter;
+        p.batch_seeds = BatchSeeds::Consecutive;
+        p.prompt_options.clip_skip = self.clip_skip()?;
+        if img2img {
+            p.source = self.image_source()?;
+            if let Source::Image { image, .. } = &p.source {
+                (p.width, p.height) = (Some(image.width()), Some(image.height()));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Layers to skip from the last: A1111's setting minus one.
+    fn clip_skip(&self) -> Result<usize> {
+        let from_settings = self.override_settings.get("CLIP_stop_at_last_layers");
+        let value = match (self.clip_skip, from_settings) {
+            (Some(v), _) => v,
+            (None, Some(v)) => v.as_u64().ok_or_else(|| {
+                PipelineError::request(
+                    Field::ClipSkip,
+                    format!(
+                        "override_settings.CLIP_stop_at_last_layers: {v} is not a whole number"
+                    ),
+                )
+            })? as usize,
+            (None, None) => 1,
+        };
+        Ok(value.saturating_sub(1))
+    }
+
+    /// The init image (and mask) at the requested size; without one, at
+    /// the image's own size in whole units of 8.
+    fn image_source(&self) -> Result<Source> {
+        let [init] = self.init_images.as_slice() else {
+            return Err(PipelineError::request(
+                Field::InitImage,
+                format!("give exactly one image ({} given)", self.init_images.len()),
+            ));
+        };
+        let image = decode_image(Field::InitImage, init)?;
+        let mask = match &self.mask {
+            Some(mask) => Some(decode_image(Field::Mask, mask)?),
+            None => None,
+        };
+        let size = (
+            self.width.unwrap_or(image.width() / 8 * 8),
+            self.height.unwrap_or(image.height() / 8 * 8),
+        );
+        Ok(Source::Image {
+            image: fit(image, size).to_rgb8(),
+            mask: mask.map(|m| fit(m, size).to_luma8()),
+            strength: self.denoising_strength,
+        })
+    }
+}
+
+/// `image` at `size` (Lanczos), or as it is when it has that size.
+fn fit(image: image::DynamicImage, (width, height): (u32, u32)) -> image::DynamicImage {
+    if image.width() == width && image.height() == height {
+        return image;
+    }
+    image.resize_exact(
+        width.max(1),
+        height.max(1),
+        image::imageops::FilterType::Lanczos3,
+    )
+}
+
+/// A base64 image (a `data:image/...;base64,` prefix allowed).
+fn decode_image(field: Field, text: &str) -> Result<image::DynamicImage> {
+    let data = match text.split_once(";base64,") {
+        Some((prefix, data)) if prefix.starts_with("data:") => data,
+        _ => text,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| PipelineError::request(field, format!("not base64: {e}")))?;
+    image::load_from_memory(&bytes)
+        .map_err(|e| PipelineError::request(field, format!("not an image this server reads: {e}")))
+}
