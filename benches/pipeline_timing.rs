@@ -62,7 +62,7 @@ fn main() -> Result<()> {
     let mut builder = StableDiffusion::builder();
     let sampler = arg(&args, "--sampler", "");
     if !sampler.is_empty() {
-        builder = builder.scheduler(sampler.parse().map_err(anyhow::Error::msg)?);
+        builder = builder.sampler(sampler.parse().map_err(anyhow::Error::msg)?);
     }
     let pipeline = builder
         .model_dir(&model)

@@ -9,6 +9,27 @@ __version__: str
 class Cancelled(Exception):
     """The callback returned False: the run stopped."""
 
+class InvalidRequest(ValueError):
+    """A request value or option that cannot be used."""
+
+    field: str
+    """The argument (or, from check_a1111, the A1111 JSON field) at fault."""
+
+class A1111Job:
+    """An A1111 txt2img/img2img body checked as `sd serve` checks it."""
+
+    @property
+    def batch_key(self) -> Optional[str]:
+        """Jobs with equal keys may share a UNet batch; None: it runs alone."""
+    @property
+    def seeds(self) -> list[int]: ...
+    @property
+    def images(self) -> int: ...
+
+def check_a1111(body: str, img2img: bool = False, lora_dir: Optional[str] = None) -> A1111Job:
+    """Parses and checks an A1111 JSON body with `sd serve`'s rules and
+    messages (its default limits); raises InvalidRequest naming the field."""
+
 class StableDiffusion:
     """A loaded model: a diffusers folder (SD1.x, SD2.x, SDXL) or a single
     .safetensors checkpoint. Thread-safe: runs release the GIL."""
@@ -20,17 +41,31 @@ class StableDiffusion:
         dtype: str = "f32",
         scheduler: Optional[str] = None,
         low_memory: bool = False,
+        loras: list[Tuple[str, float]] = [],
+        embeddings: list[str] = [],
+        controlnets: list[Tuple[str, float]] = [],
+        tiny_vae: Optional[str] = None,
+        lora_dir: Optional[str] = None,
     ) -> None:
-        """device: cpu, cuda or cuda:N; dtype: f32, f16 or bf16; scheduler:
-        ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m,
-        dpm++2m-karras, dpm++2m-sde, unipc, lcm (None: the model's own).
-        Raises ValueError for a bad option, RuntimeError for a model that
-        does not load."""
+        """model: a diffusers folder, a single .safetensors file or a hub
+        repo id (org/name); device: cpu, cuda or cuda:N; dtype: f32, f16 or
+        bf16; scheduler: ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm2,
+        dpm2-a, dpm++2m, dpm++2m-karras, dpm++2m-sde, unipc, lcm or an A1111
+        name (None: the model's own). loras: [(file, scale)] merged for calls
+        that name none; embeddings: textual-inversion files (token: the
+        file's own, or its name); controlnets: [(path, scale)], one control
+        image each per call; tiny_vae: a TAESD folder for the final decode;
+        lora_dir: where prompts' <lora:NAME:SCALE> tags are found. Raises
+        ValueError for a bad option, RuntimeError for a model that does not
+        load."""
 
     @property
     def scheduler(self) -> str: ...
     @property
     def default_size(self) -> Tuple[int, int]: ...
+    @property
+    def lora_reports(self) -> list[Tuple[str, int, list[Tuple[str, str]]]]:
+        """Each merged LoRA: (file, modules merged, [(key skipped, why)])."""
     def generate(
         self,
         prompt: str,
@@ -46,13 +81,20 @@ class StableDiffusion:
         mask: Optional[Image.Image] = None,
         callback: Optional[Callable[[int, int], Optional[bool]]] = None,
         scheduler: Optional[str] = None,
+        loras: Optional[list[Tuple[str, float]]] = None,
+        control_images: Optional[list[Image.Image]] = None,
+        clip_skip: int = 0,
     ) -> list[Image.Image]:
-        """Images (RGB). With init_image: image-to-image; with mask too:
-        inpainting (white is repainted). callback(step, total) after each
-        step; returning False raises Cancelled. ValueError names the field
-        of a request that cannot run; the same seed and parameters give the
-        pixels of `sd txt2img`. scheduler: this run's sampler (an A1111 or
-        CLI name; None: the pipeline's)."""
+        """Images (RGB), each with its PNG parameters text (A1111's
+        infotext) in image.info["parameters"]. With init_image:
+        image-to-image; with mask too: inpainting (white is repainted).
+        callback(step, total) after each step; returning False raises
+        Cancelled. InvalidRequest (a ValueError) names the field of a request
+        that cannot run; the same seed and parameters give the pixels and
+        the parameters text of `sd txt2img`. scheduler: this run's sampler
+        (an A1111 or CLI name; None: the pipeline's). loras: this call's
+        [(file, scale)] instead of the constructor's. control_images: one per
+        ControlNet. clip_skip: text-encoder layers skipped."""
 
     def generate_batch(
         self,
@@ -68,6 +110,11 @@ class StableDiffusion:
         """One image per prompt (image i from seeds[i]) as one UNet batch when
         they can share one, else one after another. Each equals `generate` with
         that prompt and seed up to the rounding of a larger batch."""
+
+    def run_a1111(self, jobs: list[A1111Job]) -> list[dict]:
+        """Checked A1111 jobs, those with one batch key as one UNet batch. For
+        each a dict: images (PNG bytes with the parameters text), seeds,
+        infotexts, batch_images; or error and field."""
 
 def sampler_name(name: str) -> str:
     """The CLI name of an A1111 or CLI sampler name ("Euler a" -> "euler-a");

@@ -87,8 +87,8 @@ def cluster(tmp_path_factory):
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def post(url: str, body: dict):
-    request = urllib.request.Request(f"{url}/sdapi/v1/txt2img", data=json.dumps(body).encode(),
+def post(url: str, body: dict, endpoint: str = "txt2img"):
+    request = urllib.request.Request(f"{url}/sdapi/v1/{endpoint}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
@@ -173,3 +173,28 @@ def test_a_replica_killed_mid_load_loses_no_request(cluster):
     assert statuses.count(200) == 16, f"retried onto the other replica: {statuses}"
     attempts = [json.loads(b["info"])["attempts"] for s, b in results if s == 200]
     assert max(attempts) >= 2, "the kill hit requests in flight, and they were retried"
+
+
+def test_img2img_and_refusals_speak_as_sd_serve(cluster, tmp_path):
+    """The request layer's A1111 rules through sd_rs: img2img with the CLI's
+    pixels and PNG parameters, and refusals naming sd serve's JSON field."""
+    init = Image.new("RGB", (32, 32), (30, 160, 90))
+    init.save(tmp_path / "init.png")
+    buffer = io.BytesIO()
+    init.save(buffer, format="PNG")
+    body = {"prompt": PROMPTS[0], "seed": 11, "steps": 8, "cfg_scale": 7,
+            "denoising_strength": 0.6, "init_images": [base64.b64encode(buffer.getvalue()).decode()]}
+    status, answer = post(cluster, body, "img2img")
+    assert status == 200, answer
+    out = tmp_path / "cli.png"
+    subprocess.run([SD, "img2img", "--prompt", PROMPTS[0], "--seed", "11", "--steps", "8",
+                    "--guidance", "7", "--init-image", str(tmp_path / "init.png"), "--strength", "0.6",
+                    "--out", str(out)], check=True, capture_output=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+    png = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    assert png.convert("RGB").tobytes() == Image.open(out).convert("RGB").tobytes()
+    assert png.info["parameters"] == Image.open(out).info["parameters"]
+    for bad, field in [({"steps": 0}, "steps"), ({"steps": "many"}, "steps"),
+                       ({"width": 30}, "width"), ({"sampler_name": "nope"}, "sampler_name")]:
+        status, answer = post(cluster, dict(body, **bad), "txt2img")
+        assert status == 422 and answer["field"] == field, (bad, answer)

@@ -60,7 +60,11 @@ fn cache_root() -> PathBuf {
 
 /// The shapes model as a folder, written out on first use.
 pub fn folder() -> Result<PathBuf> {
-    let dir = cache_root().join(format!("shapes-{:016x}", content_hash()));
+    // (named `shapes` inside a versioned folder: PNGs record a model by its
+    // folder's name)
+    let dir = cache_root()
+        .join(format!("shapes-{:016x}", content_hash()))
+        .join("shapes");
     if dir.join("model_index.json").is_file() {
         return Ok(dir);
     }

@@ -83,7 +83,7 @@ fn txt2img_writes_images_metadata_and_latents() {
     let saved = tch::Tensor::read_safetensors(&latents).unwrap();
     let pipeline = sd_pipeline::StableDiffusion::builder()
         .model_dir(fixtures().join("tiny-sd1"))
-        .scheduler(sd_pipeline::SamplerKind::Euler)
+        .sampler(sd_pipeline::SamplerKind::Euler)
         .build()
         .unwrap();
     let mut request = sd_pipeline::Request::new("a cat");

@@ -88,6 +88,7 @@ impl StableDiffusion {
         let merged = self.merged.get_mut();
         merged.restore(&targets)?;
         self.loras.clear();
+        self.lora_reports.clear();
         let mut reports = Vec::new();
         for (file, spec) in files.iter().zip(loras) {
             match merged.apply(file, spec.scale, &targets) {
@@ -99,6 +100,7 @@ impl StableDiffusion {
             }
         }
         self.loras = loras.to_vec();
+        self.lora_reports = reports.clone();
         Ok(reports)
     }
 
@@ -116,6 +118,12 @@ impl StableDiffusion {
     /// for bit.
     pub fn unload_loras(&mut self) -> Result<()> {
         self.set_loras(&[]).map(drop)
+    }
+
+    /// What merging each LoRA of [`loras`](Self::loras) did (modules
+    /// merged, keys skipped and why): also for those the builder merged.
+    pub fn lora_reports(&self) -> &[ApplyReport] {
+        &self.lora_reports
     }
 
     /// The LoRAs merged now, in order.

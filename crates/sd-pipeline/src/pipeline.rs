@@ -143,9 +143,16 @@ impl StableDiffusionBuilder {
 
     /// The sampler, configured from the folder's scheduler config (as
     /// diffusers' `Class.from_config`); by default the folder's own class.
-    pub fn scheduler(mut self, sampler: SamplerKind) -> Self {
+    /// [`StableDiffusion::sampler`] reads it back.
+    pub fn sampler(mut self, sampler: SamplerKind) -> Self {
         self.sampler = Some(sampler);
         self
+    }
+
+    /// The former name of [`sampler`](Self::sampler).
+    #[deprecated(since = "0.1.1", note = "renamed `sampler`, as the pipeline's getter")]
+    pub fn scheduler(self, sampler: SamplerKind) -> Self {
+        self.sampler(sampler)
     }
 
     /// Replaces the folder's scheduler config.
@@ -193,6 +200,7 @@ impl StableDiffusionBuilder {
     }
 
     /// Merge a LoRA at `scale` once loaded (repeatable; merged in order).
+    /// [`StableDiffusion::lora_reports`] says what each merged;
     /// [`StableDiffusion::set_loras`] swaps them later without a reload.
     pub fn lora(mut self, path: impl Into<PathBuf>, scale: f64) -> Self {
         self.loras.push(LoraSpec::new(path, scale));
@@ -296,6 +304,7 @@ impl StableDiffusionBuilder {
             channels_last: self.channels_last,
             merged: Frozen::new(sd_lora::Merged::new()),
             loras: Vec::new(),
+            lora_reports: Vec::new(),
             controlnets: Vec::new(),
             tiny_vae: None,
         };
@@ -407,6 +416,7 @@ pub struct StableDiffusion {
     /// Originals of the weights merged LoRAs changed.
     pub(crate) merged: Frozen<sd_lora::Merged>,
     pub(crate) loras: Vec<LoraSpec>,
+    pub(crate) lora_reports: Vec<sd_lora::ApplyReport>,
     pub(crate) controlnets: Vec<crate::control::LoadedControlNet>,
     pub(crate) tiny_vae: Option<(Frozen<sd_vae::AutoencoderTiny>, crate::preview::TinyVaeUse)>,
 }

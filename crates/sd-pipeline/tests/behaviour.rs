@@ -258,7 +258,7 @@ fn low_memory_mode_gives_the_same_images() {
 fn ddim_eta_is_stochastic_and_seeded() {
     let pipeline = StableDiffusion::builder()
         .model_dir(reference_dir().join("fixtures/tiny-sd1"))
-        .scheduler(sd_pipeline::SamplerKind::Ddim)
+        .sampler(sd_pipeline::SamplerKind::Ddim)
         .build()
         .unwrap();
     let mut r = quick("a cat", 2);

@@ -65,7 +65,7 @@ fn previews_come_from_the_callback_at_every_step() {
     let tiny = fixtures().join("tiny-sd1");
     let mut pipeline = StableDiffusion::builder()
         .model_dir(&tiny)
-        .scheduler(SamplerKind::Euler)
+        .sampler(SamplerKind::Euler)
         .build()
         .unwrap();
     let mut request = Request::new("a red circle").with_seed(3);

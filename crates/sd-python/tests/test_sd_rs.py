@@ -4,6 +4,7 @@ exceptions, the callback, and threads that overlap (the GIL is released).
 Run by scripts/test-python.sh (which builds the module and the CLI first):
 SD_BIN points at the `sd` binary, SD_SHAPES at the shapes model folder."""
 
+import json
 import os
 import subprocess
 import threading
@@ -147,3 +148,73 @@ def test_generate_batch_matches_single_runs_and_names_samplers(pipe):
     assert sd_rs.sampler_name("euler-a") == "euler-a"
     with pytest.raises(ValueError, match="Euler b"):
         sd_rs.sampler_name("Euler b")
+
+
+FIXTURES = Path(__file__).resolve().parents[3] / "reference" / "fixtures"
+
+
+def parameters_of(path: Path) -> str:
+    """The `parameters` text chunk of a PNG (A1111's infotext)."""
+    return Image.open(path).info["parameters"]
+
+
+def test_loras_embeddings_controlnets_and_tiny_vae_equal_the_cli(tmp_path):
+    """The constructor's and the call's options against the same CLI flags:
+    the same pixels and the same PNG parameters text. (Random tiny weights:
+    the images are noise; only their equality counts.)"""
+    model = str(FIXTURES / "tiny-sd1")
+    lora = FIXTURES / "lora" / "sd1-kohya.safetensors"
+    embedding = FIXTURES / "lora" / "shiny-style.safetensors"
+    net = FIXTURES / "controlnet" / "sd1-a"
+    taesd = FIXTURES / "taesd" / "tiny-taesd"
+    control = Image.open(FIXTURES / "controlnet" / "control-a.png").convert("RGB")
+    pipe = sd_rs.StableDiffusion(model, loras=[(str(lora), 0.7)], embeddings=[str(embedding)],
+                                 controlnets=[(str(net), 0.8)], tiny_vae=str(taesd))
+    assert pipe.lora_reports[0][1] > 0, "the LoRA merged modules"
+    prompt = "a red circle, shiny-style"
+    [image] = pipe.generate(prompt, steps=3, seed=4, width=64, height=64, control_images=[control],
+                            clip_skip=1)
+    control.save(tmp_path / "control.png")
+    expected = cli(tmp_path, "txt2img", "--model", model, "--prompt", prompt, "--steps", "3",
+                   "--seed", "4", "--guidance", "7.5", "--width", "64", "--height", "64",
+                   "--lora", f"{lora}:0.7", "--embedding", str(embedding),
+                   "--controlnet", f"{net}:0.8", "--control-image", str(tmp_path / "control.png"),
+                   "--vae-tiny", str(taesd), "--clip-skip", "1")
+    assert image.tobytes() == expected.tobytes()
+    assert image.info["parameters"] == parameters_of(tmp_path / "cli.png")
+    assert "Model: tiny-sd1" in image.info["parameters"], "a name, never a path"
+
+    # A call's own LoRAs replace the constructor's for that call only.
+    [without] = pipe.generate(prompt, steps=3, seed=4, width=64, height=64,
+                              control_images=[control], clip_skip=1, loras=[])
+    assert without.tobytes() != image.tobytes()
+    [again] = pipe.generate(prompt, steps=3, seed=4, width=64, height=64,
+                            control_images=[control], clip_skip=1)
+    assert again.tobytes() == image.tobytes()
+    with pytest.raises(sd_rs.InvalidRequest, match="control_images") as error:
+        pipe.generate(prompt, steps=3, seed=4)
+    assert error.value.field == "control_images"
+
+
+def test_a1111_bodies_are_checked_and_run_as_sd_serve_runs_them(pipe, tmp_path):
+    """What the Ray app does: the request layer's A1111 checks, batch key and
+    PNGs, equal to the CLI's for the same parameters."""
+    body = {"prompt": PROMPT, "seed": 8, "steps": 6, "cfg_scale": 7, "sampler_name": "Euler a"}
+    job = sd_rs.check_a1111(json.dumps(body))
+    other = sd_rs.check_a1111(json.dumps(dict(body, prompt="a small red circle on a black background")))
+    assert job.seeds == [8] and job.batch_key is not None and job.batch_key == other.batch_key
+    [answer] = pipe.run_a1111([job])
+    png = tmp_path / "a1111.png"
+    png.write_bytes(answer["images"][0])
+    expected = cli(tmp_path, "txt2img", "--prompt", PROMPT, "--steps", "6", "--seed", "8",
+                   "--guidance", "7", "--scheduler", "euler-a")
+    assert Image.open(png).convert("RGB").tobytes() == expected.tobytes()
+    assert parameters_of(png) == parameters_of(tmp_path / "cli.png") == answer["infotexts"][0]
+    for bad, field in [({"steps": 0}, "steps"), ({"cfg_scale": 500}, "cfg_scale"),
+                       ({"width": 30}, "width"), ({"sampler_name": "nope"}, "sampler_name"),
+                       ({"steps": "many"}, "steps"), ({"prompt": "<lora:x>"}, "prompt")]:
+        with pytest.raises(sd_rs.InvalidRequest) as error:
+            sd_rs.check_a1111(json.dumps(dict(body, **bad)))
+        assert error.value.field == field, (bad, str(error.value))
+    with pytest.raises(sd_rs.InvalidRequest, match="init_images"):
+        sd_rs.check_a1111(json.dumps(body), img2img=True)
