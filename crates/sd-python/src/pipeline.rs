@@ -27,6 +27,9 @@ pub struct StableDiffusion {
     control_scales: Vec<f64>,
 }
 
+/// A merged LoRA's file, modules merged, and keys skipped with why.
+type LoraReport = (PathBuf, usize, Vec<(String, String)>);
+
 /// Options of the constructor that load more than the model.
 struct Extras {
     loras: Vec<LoraSpec>,
@@ -105,7 +108,7 @@ impl StableDiffusion {
 
     /// What each merged LoRA did: (file, modules merged, keys skipped).
     #[getter]
-    fn lora_reports(&self) -> Vec<(PathBuf, usize, Vec<(String, String)>)> {
+    fn lora_reports(&self) -> Vec<LoraReport> {
         self.read()
             .lora_reports()
             .iter()
