@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
-use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Target, Targets};
+use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Merged, Target, Targets};
 use sd_unet::ldm::LdmUNetKeys;
 
 use crate::error::{PipelineError, Result};
@@ -31,6 +32,24 @@ impl LoraSpec {
         LoraSpec {
             path: path.into(),
             scale,
+        }
+    }
+}
+
+/// The merged LoRAs: the originals of the weights they changed, the
+/// files in order, and what merging each did.
+pub(crate) struct Adapters {
+    merged: Frozen<Merged>,
+    loras: Vec<LoraSpec>,
+    reports: Vec<ApplyReport>,
+}
+
+impl Default for Adapters {
+    fn default() -> Self {
+        Adapters {
+            merged: Frozen::new(Merged::new()),
+            loras: Vec::new(),
+            reports: Vec::new(),
         }
     }
 }
@@ -85,10 +104,11 @@ impl StableDiffusion {
             .map(|spec| LoraFile::open(&spec.path))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let targets = self.adapter_targets()?;
-        let merged = self.merged.get_mut();
+        let adapters = &mut self.adapters;
+        let merged = adapters.merged.get_mut();
         merged.restore(&targets)?;
-        self.loras.clear();
-        self.lora_reports.clear();
+        adapters.loras.clear();
+        adapters.reports.clear();
         let mut reports = Vec::new();
         for (file, spec) in files.iter().zip(loras) {
             match merged.apply(file, spec.scale, &targets) {
@@ -99,14 +119,14 @@ impl StableDiffusion {
                 }
             }
         }
-        self.loras = loras.to_vec();
-        self.lora_reports = reports.clone();
+        adapters.loras = loras.to_vec();
+        adapters.reports = reports.clone();
         Ok(reports)
     }
 
     /// Merges one more LoRA on top of those already merged.
     pub fn add_lora(&mut self, spec: LoraSpec) -> Result<ApplyReport> {
-        let mut all = self.loras.clone();
+        let mut all = self.adapters.loras.clone();
         all.push(spec);
         let mut reports = self.set_loras(&all)?;
         reports
@@ -123,17 +143,17 @@ impl StableDiffusion {
     /// What merging each LoRA of [`loras`](Self::loras) did (modules
     /// merged, keys skipped and why): also for those the builder merged.
     pub fn lora_reports(&self) -> &[ApplyReport] {
-        &self.lora_reports
+        &self.adapters.reports
     }
 
     /// The LoRAs merged now, in order.
     pub fn loras(&self) -> &[LoraSpec] {
-        &self.loras
+        &self.adapters.loras
     }
 
     /// Bytes held to undo the merged LoRAs (one copy of each touched weight).
     pub fn lora_undo_bytes(&self) -> usize {
-        self.merged.saved_bytes()
+        self.adapters.merged.saved_bytes()
     }
 
     /// Loads a textual-inversion embedding; `token` replaces the file's

@@ -37,6 +37,10 @@ impl LoadedControlNet {
     }
 }
 
+/// The pipeline's loaded ControlNets, in the order their images are given.
+#[derive(Default)]
+pub(crate) struct ControlNets(Vec<LoadedControlNet>);
+
 /// What a request asks of the loaded ControlNets.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -99,11 +103,7 @@ impl StableDiffusion {
     /// any step runs.
     pub fn load_controlnet(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let device = if self.low_memory {
-            Device::Cpu
-        } else {
-            self.devices.unet
-        };
+        let device = self.placement.home(self.devices().unet);
         let dtype = self.unet.var_store().kind();
         let model = if path.is_dir() {
             let dir = match path.join("controlnet").join("config.json").is_file() {
@@ -115,7 +115,7 @@ impl StableDiffusion {
             self.controlnet_from_file(path, device, dtype)?
         };
         self.check_controlnet(path, &model)?;
-        self.controlnets.push(LoadedControlNet {
+        self.controlnets.0.push(LoadedControlNet {
             path: path.to_path_buf(),
             model: Frozen::new(model),
         });
@@ -124,12 +124,22 @@ impl StableDiffusion {
 
     /// The loaded ControlNets, in the order their images are given.
     pub fn controlnets(&self) -> &[LoadedControlNet] {
-        &self.controlnets
+        &self.controlnets.0
+    }
+
+    /// The ControlNets on the UNet's device: temporary copies in low-memory mode.
+    pub(crate) fn controlnets_for_run(&self) -> Result<Vec<crate::cow::Cow<'_, ControlNetModel>>> {
+        let device = self.devices().unet;
+        self.controlnets
+            .0
+            .iter()
+            .map(|c| self.placement.for_run(c.model(), device, false))
+            .collect()
     }
 
     /// Unloads every ControlNet.
     pub fn clear_controlnets(&mut self) {
-        self.controlnets.clear();
+        self.controlnets.0.clear();
     }
 
     fn controlnet_from_file(
@@ -217,7 +227,7 @@ impl StableDiffusion {
 
     /// Stage 0 for control: counts, scales and the window.
     pub(crate) fn check_control(&self, control: Option<&Control>) -> Result<()> {
-        let loaded = self.controlnets.len();
+        let loaded = self.controlnets().len();
         let Some(control) = control else {
             if loaded > 0 {
                 return Err(PipelineError::request(

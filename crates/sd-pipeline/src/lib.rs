@@ -39,6 +39,7 @@ pub mod model;
 mod noise;
 pub mod parameters;
 mod pipeline;
+mod placement;
 #[cfg(feature = "preprocess")]
 pub mod preprocess;
 mod preview;

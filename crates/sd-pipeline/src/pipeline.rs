@@ -11,11 +11,14 @@ use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
-use crate::adapters::LoraSpec;
+use crate::adapters::{Adapters, LoraSpec};
 use crate::components::{Components, Devices, TextTower};
+use crate::control::ControlNets;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::model::{ModelFamily, ModelIndex};
+use crate::placement::Placement;
+use crate::preview::TinyVae;
 
 /// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
 #[derive(Debug, Clone)]
@@ -291,22 +294,11 @@ impl StableDiffusionBuilder {
             vae: Frozen::new(components.vae),
             scheduler_config,
             sampler,
-            devices: if self.low_memory {
-                Devices {
-                    text_encoder: Device::Cpu,
-                    ..self.devices
-                }
-            } else {
-                self.devices
-            },
-            low_memory: self.low_memory,
             cuda_graphs: self.cuda_graphs,
-            channels_last: self.channels_last,
-            merged: Frozen::new(sd_lora::Merged::new()),
-            loras: Vec::new(),
-            lora_reports: Vec::new(),
-            controlnets: Vec::new(),
-            tiny_vae: None,
+            placement: Placement::new(self.devices, self.low_memory, self.channels_last),
+            adapters: Adapters::default(),
+            controlnets: ControlNets::default(),
+            tiny_vae: TinyVae::default(),
         };
         if let Some((dir, usage)) = &self.tiny_vae {
             pipeline.load_tiny_vae(dir, *usage)?;
@@ -409,16 +401,12 @@ pub struct StableDiffusion {
     pub(crate) vae: Frozen<AutoencoderKL>,
     pub(crate) scheduler_config: SchedulerConfig,
     pub(crate) sampler: SamplerKind,
-    pub(crate) devices: Devices,
-    pub(crate) low_memory: bool,
     pub(crate) cuda_graphs: bool,
-    pub(crate) channels_last: bool,
-    /// Originals of the weights merged LoRAs changed.
-    pub(crate) merged: Frozen<sd_lora::Merged>,
-    pub(crate) loras: Vec<LoraSpec>,
-    pub(crate) lora_reports: Vec<sd_lora::ApplyReport>,
-    pub(crate) controlnets: Vec<crate::control::LoadedControlNet>,
-    pub(crate) tiny_vae: Option<(Frozen<sd_vae::AutoencoderTiny>, crate::preview::TinyVaeUse)>,
+    // Each feature's state, private to its module.
+    pub(crate) placement: Placement,
+    pub(crate) adapters: Adapters,
+    pub(crate) controlnets: ControlNets,
+    pub(crate) tiny_vae: TinyVae,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -507,48 +495,18 @@ impl StableDiffusion {
 
     /// Where each component runs.
     pub fn devices(&self) -> Devices {
-        self.devices
+        self.placement.devices()
     }
 
     /// The UNet on its compute device: a temporary copy in low-memory mode.
     pub(crate) fn unet_for_run(&self) -> Result<Cow<'_, UNet2DConditionModel>> {
-        Ok(if self.low_memory {
-            let copy = self.unet.copy_to(self.devices.unet)?;
-            if self.channels_last {
-                sd_core::nn::convs_to_channels_last(copy.var_store());
-            }
-            Cow::Owned(copy)
-        } else {
-            Cow::Borrowed(&self.unet)
-        })
-    }
-
-    /// The ControlNets on the UNet's device: temporary copies in low-memory mode.
-    pub(crate) fn controlnets_for_run(
-        &self,
-    ) -> Result<Vec<Cow<'_, sd_controlnet::ControlNetModel>>> {
-        self.controlnets
-            .iter()
-            .map(|c| {
-                Ok(if self.low_memory {
-                    Cow::Owned(c.model().copy_to(self.devices.unet)?)
-                } else {
-                    Cow::Borrowed(c.model())
-                })
-            })
-            .collect()
+        self.placement
+            .for_run(&*self.unet, self.placement.devices().unet, true)
     }
 
     /// The VAE on its compute device: a temporary copy in low-memory mode.
     pub(crate) fn vae_for_run(&self) -> Result<Cow<'_, AutoencoderKL>> {
-        Ok(if self.low_memory {
-            let copy = self.vae.copy_to(self.devices.vae)?;
-            if self.channels_last {
-                sd_core::nn::convs_to_channels_last(copy.var_store());
-            }
-            Cow::Owned(copy)
-        } else {
-            Cow::Borrowed(&self.vae)
-        })
+        self.placement
+            .for_run(&*self.vae, self.placement.devices().vae, true)
     }
 }

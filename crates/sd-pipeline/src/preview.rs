@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use image::RgbImage;
+use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
 use sd_vae::AutoencoderTiny;
 use tch::{Kind, Tensor};
@@ -48,30 +49,35 @@ pub enum TinyVaeUse {
     PreviewsAndDecode,
 }
 
+/// The pipeline's tiny autoencoder, if one is loaded, and its use.
+#[derive(Default)]
+pub(crate) struct TinyVae(Option<(Frozen<AutoencoderTiny>, TinyVaeUse)>);
+
 impl StableDiffusion {
     /// Loads a tiny autoencoder (a diffusers `AutoencoderTiny` folder, or a
     /// folder with the original `taesd_encoder`/`taesd_decoder` .safetensors;
     /// taesd for SD1/SD2, taesdxl for SDXL) onto the VAE's device, in the
     /// VAE's dtype.
     pub fn load_tiny_vae(&mut self, dir: impl AsRef<Path>, usage: TinyVaeUse) -> Result<()> {
-        let tiny = AutoencoderTiny::from_dir(dir.as_ref(), self.devices.vae, self.vae.dtype())?;
-        self.tiny_vae = Some((sd_core::shared::Frozen::new(tiny), usage));
+        let device = self.devices().vae;
+        let tiny = AutoencoderTiny::from_dir(dir.as_ref(), device, self.vae.dtype())?;
+        self.tiny_vae = TinyVae(Some((Frozen::new(tiny), usage)));
         Ok(())
     }
 
     /// The tiny autoencoder, if one is loaded.
     pub fn tiny_vae(&self) -> Option<&AutoencoderTiny> {
-        self.tiny_vae.as_ref().map(|(t, _)| &**t)
+        self.tiny_vae.0.as_ref().map(|(t, _)| &**t)
     }
 
     /// Drops the tiny autoencoder (previews fall back to the linear map).
     pub fn unload_tiny_vae(&mut self) {
-        self.tiny_vae = None;
+        self.tiny_vae = TinyVae(None);
     }
 
     /// The tiny autoencoder when it makes the final images.
     pub(crate) fn tiny_for_decode(&self) -> Option<&AutoencoderTiny> {
-        match &self.tiny_vae {
+        match &self.tiny_vae.0 {
             Some((tiny, TinyVaeUse::PreviewsAndDecode)) => Some(tiny),
             _ => None,
         }
@@ -83,7 +89,7 @@ impl StableDiffusion {
     /// (full size), else the linear map (one pixel per latent).
     pub fn preview(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
         let _guard = tch::no_grad_guard();
-        if let Some((tiny, _)) = &self.tiny_vae {
+        if let Some(tiny) = self.tiny_vae() {
             return decode_tiny(tiny, latents);
         }
         let (weights, bias) = match self.family() {

@@ -163,8 +163,8 @@ impl StableDiffusion {
         let vae_element = self.vae.dtype().elt_size_in_bytes() as u64;
         let vae_need = 3 * vae_batch * vae.block_out_channels[0] as u64 * pixels * vae_element;
         for (what, need, device) in [
-            ("UNet", unet_need, self.devices.unet),
-            ("VAE decode", vae_need, self.devices.vae),
+            ("UNet", unet_need, self.devices().unet),
+            ("VAE decode", vae_need, self.devices().vae),
         ] {
             let have = bytes(device);
             if need > have {

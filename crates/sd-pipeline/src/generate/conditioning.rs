@@ -23,7 +23,7 @@ impl StableDiffusion {
         shape: &RunShape,
     ) -> Result<(Tensor, Option<AddedConditions>)> {
         let (n, cfg) = (shape.n, shape.cfg);
-        let device = self.devices.unet;
+        let device = self.devices().unet;
         let dtype = self.unet.var_store().kind();
         let embeddings = match &request.embeddings {
             Some(e) => e.clone(),
@@ -132,7 +132,7 @@ impl StableDiffusion {
         if self.index.family != ModelFamily::StableDiffusionXl {
             return Ok(None);
         }
-        let device = self.devices.unet;
+        let device = self.devices().unet;
         let (oh, ow) = request.sdxl_original_size.unwrap_or((height, width));
         let (ct, cl) = request.sdxl_crop_top_left;
         let (th, tw) = request.sdxl_target_size.unwrap_or((height, width));

@@ -151,7 +151,7 @@ impl StableDiffusion {
             cfg,
             control,
         } = inputs;
-        let (device, dtype) = (self.devices.unet, unet.var_store().kind());
+        let (device, dtype) = (self.devices().unet, unet.var_store().kind());
         let mut latents = prepared.latents.to_device(device).to_kind(dtype);
         let timesteps = scheduler.timesteps().to_vec();
         // On the device once, so no step copies a timestep from the host.
@@ -234,7 +234,7 @@ impl StableDiffusion {
         }
         // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
         // VAE gets f32 latents to divide)
-        let z = latents.to_device(self.devices.vae).to_kind(vae.dtype());
+        let z = latents.to_device(self.devices().vae).to_kind(vae.dtype());
         let decoded = vae.decode(&vae.unscale_latents(&z))?;
         tensor_to_images(&decoded)
     }

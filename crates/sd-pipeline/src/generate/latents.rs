@@ -5,7 +5,7 @@
 use sd_core::rng::NoiseSource;
 use sd_core::DiffusersModel;
 use sd_scheduler::Scheduler;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::generate::checks::RunShape;
@@ -30,6 +30,24 @@ pub(crate) struct Blend {
     pub mask: Tensor,
 }
 
+/// The init image ready to encode: in the pipeline's dtype, then the
+/// encoder's, on the VAE's device.
+struct Encoding<'a> {
+    encoder: &'a sd_vae::AutoencoderKL,
+    image: Tensor,
+    /// The pipeline's dtype.
+    kind: Kind,
+}
+
+impl Encoding<'_> {
+    /// Latents of `x` in the pipeline's dtype, cast before scaling as
+    /// diffusers; they stay on the VAE's device, so the noise joins them there.
+    fn encode(&self, x: &Tensor, noise: &mut BatchNoise) -> Result<Tensor> {
+        let sample = self.encoder.encode(x)?.sample(noise.first())?;
+        Ok(sample.to_kind(self.kind) * self.encoder.config().scaling_factor)
+    }
+}
+
 impl StableDiffusion {
     /// Initial latents in diffusers' order of generator draws; `start` is
     /// where image-to-image and inpainting enter the schedule.
@@ -42,14 +60,12 @@ impl StableDiffusion {
         start: usize,
         noise: &mut BatchNoise,
     ) -> Result<Prepared> {
-        let (shape, cfg) = (&run.latent_shape, run.cfg);
-        let n = shape[0];
         // Drawn in the pipeline's dtype, as diffusers does: torch's f16/bf16
         // draws are other numbers than f32 ones, not their rounding.
         let kind = self.unet.var_store().kind();
         let Some(init) = request.task.image() else {
             // txt2img: pure noise at the first sigma
-            let latents = noise.randn_as(shape, kind)? * scheduler.init_noise_sigma();
+            let latents = noise.randn_as(&run.latent_shape, kind)? * scheduler.init_noise_sigma();
             return Ok(Prepared {
                 latents,
                 inpaint_channels: None,
@@ -63,83 +79,105 @@ impl StableDiffusion {
             self.index.family == ModelFamily::StableDiffusionXl && vae.config().force_upcast;
         let encoder = if xl_upcast { vae.upcast()? } else { vae };
         let image = image_to_tensor(init)
-            .to_device(self.devices.vae)
+            .to_device(self.devices().vae)
             .to_kind(kind)
             .to_kind(encoder.dtype());
-        // Latents in the pipeline's dtype, cast before scaling as diffusers;
-        // they stay on the VAE's device, so the noise joins them there.
-        let encode = |x: &Tensor, noise: &mut BatchNoise| -> Result<Tensor> {
-            let sample = encoder.encode(x)?.sample(noise.first())?;
-            Ok(sample.to_kind(kind) * encoder.config().scaling_factor)
+        let encoding = Encoding {
+            encoder,
+            image,
+            kind,
         };
-        // Batch copies as diffusers makes them: img2img concatenates (keeping
-        // the encoder's channels-last layout), inpainting repeats (contiguous);
-        // the UNet's first convolution rounds differently on the two layouts.
-        let repeat = |t: Tensor| t.repeat([n, 1, 1, 1]);
-        let Task::Inpaint {
-            mask: mask_image,
-            strength,
-            ..
-        } = &request.task
-        else {
-            // img2img: the image's latents noised to the start timestep
-            let one = encode(&image, noise)?;
-            let copies: Vec<Tensor> = (0..n).map(|_| one.shallow_clone()).collect();
-            let image_latents = Tensor::cat(&copies, 0);
-            let fresh = noise.randn_as(shape, kind)?.to_device(self.devices.vae);
-            let latents = scheduler.add_noise(&image_latents, &fresh, start)?;
-            return Ok(Prepared {
-                latents,
-                inpaint_channels: None,
-                blend: None,
-            });
-        };
-        // inpainting (diffusers' StableDiffusionInpaintPipeline)
-        let full_strength = *strength >= 1.0;
+        match &request.task {
+            Task::Inpaint { mask, strength, .. } => {
+                self.inpaint_latents(&encoding, mask, *strength, run, scheduler, start, noise)
+            }
+            _ => self.img2img_latents(&encoding, run, scheduler, start, noise),
+        }
+    }
+
+    /// img2img: the image's latents noised to the start timestep. Batch
+    /// copies concatenated as diffusers makes them (keeping the encoder's
+    /// channels-last layout: the UNet's first convolution rounds by layout).
+    fn img2img_latents(
+        &self,
+        encoding: &Encoding<'_>,
+        run: &RunShape,
+        scheduler: &dyn Scheduler,
+        start: usize,
+        noise: &mut BatchNoise,
+    ) -> Result<Prepared> {
+        let one = encoding.encode(&encoding.image, noise)?;
+        let copies: Vec<Tensor> = (0..run.latent_shape[0])
+            .map(|_| one.shallow_clone())
+            .collect();
+        let image_latents = Tensor::cat(&copies, 0);
+        let fresh = noise
+            .randn_as(&run.latent_shape, encoding.kind)?
+            .to_device(self.devices().vae);
+        Ok(Prepared {
+            latents: scheduler.add_noise(&image_latents, &fresh, start)?,
+            inpaint_channels: None,
+            blend: None,
+        })
+    }
+
+    /// Inpainting as diffusers' StableDiffusionInpaintPipeline: 9-channel
+    /// UNets get the mask and masked-image latents as channels, 4-channel
+    /// ones blend the kept area back each step. Batch copies repeat
+    /// (contiguous), as diffusers makes them.
+    #[allow(clippy::too_many_arguments)]
+    fn inpaint_latents(
+        &self,
+        encoding: &Encoding<'_>,
+        mask_image: &image::GrayImage,
+        strength: f64,
+        run: &RunShape,
+        scheduler: &dyn Scheduler,
+        start: usize,
+        noise: &mut BatchNoise,
+    ) -> Result<Prepared> {
+        let (shape, kind) = (&run.latent_shape, encoding.kind);
+        let repeat = |t: Tensor| t.repeat([shape[0], 1, 1, 1]);
+        let full_strength = strength >= 1.0;
         let plain_unet = !self.is_inpainting_unet();
         let image_latents = if plain_unet || !full_strength {
-            Some(repeat(encode(&image, noise)?))
+            Some(repeat(encoding.encode(&encoding.image, noise)?))
         } else {
             None
         };
-        let fresh = noise.randn_as(shape, kind)?.to_device(self.devices.vae);
+        let fresh = noise.randn_as(shape, kind)?.to_device(self.devices().vae);
         let latents = match (&image_latents, full_strength) {
             (Some(image_latents), false) => scheduler.add_noise(image_latents, &fresh, start)?,
             _ => &fresh * scheduler.init_noise_sigma(),
         };
+        let image = &encoding.image;
         let mask = mask_to_tensor(mask_image);
-        let masked_image = &image * mask.lt(0.5).to_kind(image.kind()).to_device(image.device());
-        let masked_latents = repeat(encode(&masked_image, noise)?);
+        let masked_image = image * mask.lt(0.5).to_kind(image.kind()).to_device(image.device());
+        let masked_latents = repeat(encoding.encode(&masked_image, noise)?);
         let small_mask = mask
             .upsample_nearest2d([shape[2], shape[3]], None, None)
-            .repeat([n, 1, 1, 1]);
-        let device = self.devices.unet;
-        let double = |t: &Tensor| {
-            if cfg {
-                Tensor::cat(&[t, t], 0)
-            } else {
-                t.shallow_clone()
-            }
-            .to_device(device)
-            .to_kind(kind)
+            .repeat([shape[0], 1, 1, 1]);
+        let device = self.devices().unet;
+        let on_unet = |t: &Tensor| t.to_device(device).to_kind(kind);
+        let double = |t: &Tensor| match run.cfg {
+            true => on_unet(&Tensor::cat(&[t, t], 0)),
+            false => on_unet(t),
         };
-        if plain_unet {
-            let image_latents = image_latents.expect("encoded above for plain UNets");
-            Ok(Prepared {
+        Ok(match image_latents {
+            Some(image_latents) if plain_unet => Prepared {
                 latents,
                 inpaint_channels: None,
                 blend: Some(Blend {
-                    image_latents: image_latents.to_device(device).to_kind(kind),
-                    noise: fresh.to_device(device).to_kind(kind),
-                    mask: small_mask.to_device(device).to_kind(kind),
+                    image_latents: on_unet(&image_latents),
+                    noise: on_unet(&fresh),
+                    mask: on_unet(&small_mask),
                 }),
-            })
-        } else {
-            Ok(Prepared {
+            },
+            _ => Prepared {
                 latents,
                 inpaint_channels: Some((double(&small_mask), double(&masked_latents))),
                 blend: None,
-            })
-        }
+            },
+        })
     }
 }

@@ -1,0 +1,71 @@
+//! Device placement: where each component computes, where its weights
+//! live between runs (the host, in low-memory mode), and their layout.
+
+use sd_core::DiffusersModel;
+use tch::Device;
+
+use crate::components::Devices;
+use crate::cow::Cow;
+use crate::error::{PipelineError, Result};
+
+/// Where the pipeline's components run and keep their weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement {
+    devices: Devices,
+    low_memory: bool,
+    channels_last: bool,
+}
+
+impl Placement {
+    /// Low-memory mode keeps weights on the host and runs the text
+    /// encoders there.
+    pub(crate) fn new(devices: Devices, low_memory: bool, channels_last: bool) -> Self {
+        let devices = match low_memory {
+            true => Devices {
+                text_encoder: Device::Cpu,
+                ..devices
+            },
+            false => devices,
+        };
+        Placement {
+            devices,
+            low_memory,
+            channels_last,
+        }
+    }
+
+    /// Where each component computes.
+    pub(crate) fn devices(&self) -> Devices {
+        self.devices
+    }
+
+    /// Where a model that computes on `device` keeps its weights.
+    pub(crate) fn home(&self, device: Device) -> Device {
+        match self.low_memory {
+            true => Device::Cpu,
+            false => device,
+        }
+    }
+
+    /// `model` on `device` for one run: itself, or in low-memory mode a
+    /// temporary copy (channels-last when `relayout` and the pipeline is).
+    pub(crate) fn for_run<'a, M>(
+        &self,
+        model: &'a M,
+        device: Device,
+        relayout: bool,
+    ) -> Result<Cow<'a, M>>
+    where
+        M: DiffusersModel,
+        PipelineError: From<M::Error>,
+    {
+        if !self.low_memory {
+            return Ok(Cow::Borrowed(model));
+        }
+        let copy = model.copy_to(device)?;
+        if relayout && self.channels_last {
+            sd_core::nn::convs_to_channels_last(copy.var_store());
+        }
+        Ok(Cow::Owned(copy))
+    }
+}
