@@ -90,9 +90,74 @@ async fn the_page_generates_shows_the_gallery_and_names_bad_fields() {
     }
 }
 
+/// The history shows prompt, size, seed and sampler, opens the full
+/// parameters, and links the stored PNG, which carries them.
+async fn check_history_entry(
+    browser: &fantoccini::Client,
+    wait: Duration,
+) -> Result<(), fantoccini::error::CmdError> {
+    let facts = browser.find(Locator::Css("#gallery .facts")).await?;
+    let start = Instant::now();
+    while !facts.text().await?.starts_with("32x32") {
+        assert!(start.elapsed() < wait, "size: {:?}", facts.text().await?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(facts.text().await?, "32x32, seed 5, DDIM");
+    let prompt = browser.find(Locator::Css("#gallery .prompt")).await?;
+    assert_eq!(prompt.text().await?, PROMPT);
+    browser
+        .find(Locator::Css("#gallery summary"))
+        .await?
+        .click()
+        .await?;
+    let text = browser
+        .find(Locator::Css("#gallery pre"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.starts_with(PROMPT)
+            && text.contains(
+                "Steps: 4, Sampler: DDIM, CFG scale: 7, Seed: 5, Size: 32x32, Model: shapes"
+            ),
+        "{text}"
+    );
+    let link = browser.find(Locator::Css("#gallery a[download]")).await?;
+    let href = link.attr("href").await?.unwrap_or_default();
+    let png = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(r => r.arrayBuffer())
+               .then(b => done(new TextDecoder('latin1').decode(b)));",
+            vec![serde_json::json!(href)],
+        )
+        .await?;
+    let png = png.as_str().unwrap_or_default();
+    assert!(
+        png.contains("IHDR") && png.contains("parameters") && png.contains("Seed: 5"),
+        "the stored PNG carries its parameters"
+    );
+    let download = browser.find(Locator::Id("result-download")).await?;
+    assert!(download.is_displayed().await?, "the result is downloadable");
+    Ok(())
+}
+
 async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini::error::CmdError> {
     browser.goto(url).await?;
     let wait = Duration::from_secs(120);
+
+    // 0. before any run: placeholders, no broken-image icons
+    for (image, placeholder) in [
+        ("preview", "preview-placeholder"),
+        ("result-image", "result-placeholder"),
+    ] {
+        let shown = |id| async move { browser.find(Locator::Id(id)).await?.is_displayed().await };
+        assert!(
+            !shown(image).await?,
+            "{image} hidden until it has a picture"
+        );
+        assert!(shown(placeholder).await?, "{placeholder} shown instead");
+    }
 
     // 1. a prompt, few steps, a fixed seed; Generate
     browser
@@ -130,6 +195,7 @@ async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini
         .execute("return document.getElementById('progress').value", vec![])
         .await?;
     assert_eq!(progress, serde_json::json!(1), "the bar ends full");
+    check_history_entry(browser, wait).await?;
 
     // 3. steps past the server's limit: the API's message beside "Steps"
     steps.clear().await?;

@@ -157,6 +157,19 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// `call` on the history database on a blocking thread (SQLite blocks;
+/// the async threads serve other requests meanwhile).
+async fn with_db<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    call: impl FnOnce(&crate::db::Db) -> Result<T, crate::ServerError> + Send + 'static,
+) -> ApiResult<T> {
+    let owner = shared.clone();
+    tokio::task::spawn_blocking(move || call(&owner.db))
+        .await
+        .map_err(|e| ApiError::status(500, "internal", e.to_string()))?
+        .map_err(|e| ApiError::status(500, "database", e.to_string()))
+}
+
 /// Records, queues and awaits a job.
 async fn submit(shared: &Arc<Shared>, checked: Checked) -> ApiResult<JobOutput> {
     let queue = &shared.queue;
@@ -168,13 +181,11 @@ async fn submit(shared: &Arc<Shared>, checked: Checked) -> ApiResult<JobOutput> 
     let sampler = checked.parameters().sampler.unwrap_or(sampler).a1111_name();
     let model = model.name();
     let parameters = JobParameters::of(&checked, sampler, &model);
-    // SQLite blocks: off the async threads.
-    let (kind, recorded, owner) = (crate::job::kind(&checked), seeds.clone(), shared.clone());
-    let id =
-        tokio::task::spawn_blocking(move || owner.db.insert(kind, &model, &parameters, &recorded))
-            .await
-            .map_err(|e| ApiError::status(500, "internal", e.to_string()))?
-            .map_err(|e| ApiError::status(500, "database", e.to_string()))?;
+    let (kind, recorded) = (crate::job::kind(&checked), seeds.clone());
+    let id = with_db(shared, move |db| {
+        db.insert(kind, &model, &parameters, &recorded)
+    })
+    .await?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let cancel = CancelFlag::default();
     let job = Job {
@@ -187,9 +198,11 @@ async fn submit(shared: &Arc<Shared>, checked: Checked) -> ApiResult<JobOutput> 
     };
     if let Err(job) = queue.push(job) {
         let detail = "refused: the queue was full";
-        let _ = shared
-            .db
-            .finish(job.id, crate::db::Status::Failed, Some(detail), &[]);
+        let id = job.id;
+        let _ = with_db(shared, move |db| {
+            db.finish(id, crate::db::Status::Failed, Some(detail), &[])
+        })
+        .await;
         return Err(ApiError::queue_full(queue.capacity(), retry_after(shared)));
     }
     let mut guard = CancelOnDrop(Some(cancel));
@@ -355,20 +368,15 @@ async fn history(
             format!("{} is outside 1..=500", page.limit),
         ));
     }
-    let (items, total) = shared
-        .db
-        .history(page.limit, page.offset)
-        .map_err(|e| ApiError::status(500, "database", e.to_string()))?;
+    let (items, total) = with_db(&shared, move |db| db.history(page.limit, page.offset)).await?;
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(total));
     Ok((headers, Json(items)).into_response())
 }
 
 async fn job(State(shared): App, Path(id): Path<i64>) -> ApiResult<Json<crate::db::HistoryItem>> {
-    shared
-        .db
-        .job(id)
-        .map_err(|e| ApiError::status(500, "database", e.to_string()))?
+    with_db(&shared, move |db| db.job(id))
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::status(404, "not_found", format!("no job {id}")))
 }
@@ -376,8 +384,14 @@ async fn job(State(shared): App, Path(id): Path<i64>) -> ApiResult<Json<crate::d
 async fn cancel(State(shared): App, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     match shared.queue.cancel(id) {
         Cancelled::Queued(job) => {
-            // Answered now, not when the worker would have reached it.
-            crate::worker::finish(&shared, *job, Err(crate::worker::cancelled_error()), &[id]);
+            // Answered now, not when the worker would have reached it (it
+            // writes the history: off the async threads).
+            let owner = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::worker::finish(&owner, *job, Err(crate::worker::cancelled_error()), &[id])
+            })
+            .await
+            .map_err(|e| ApiError::status(500, "internal", e.to_string()))?;
             Ok(Json(json!({"id": id, "was": "queued"})))
         }
         Cancelled::Running => Ok(Json(json!({"id": id, "was": "running"}))),
