@@ -245,29 +245,7 @@ impl StableDiffusionBuilder {
 
     /// Loads and checks everything; errors name what is missing or wrong.
     pub fn build(self) -> Result<StableDiffusion> {
-        if !matches!(self.dtype, Kind::Float | Kind::Half | Kind::BFloat16) {
-            return Err(PipelineError::request(
-                Field::Dtype,
-                format!("{:?} is not f32, f16 or bf16", self.dtype),
-            ));
-        }
-        let sources: Vec<&str> = [
-            ("model_dir", self.model_dir.is_some()),
-            ("single_file", self.single_file.is_some()),
-            ("hub_repo", self.hub_repo.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, given)| given.then_some(name))
-        .collect();
-        if sources.len() > 1 {
-            return Err(PipelineError::request(
-                Field::Model,
-                format!(
-                    "{} are alternatives: give one model source",
-                    sources.join(" and ")
-                ),
-            ));
-        }
+        self.check_options()?;
         // A dtype libtorch cannot run here is refused in one line now,
         // rather than by a panic inside the first attention of a run.
         let d = self.devices;
@@ -313,6 +291,41 @@ impl StableDiffusionBuilder {
             pipeline.set_loras(&self.loras)?;
         }
         Ok(pipeline)
+    }
+
+    /// Options that cannot be used, or not together: refused before any
+    /// file is read, naming both.
+    fn check_options(&self) -> Result<()> {
+        if !matches!(self.dtype, Kind::Float | Kind::Half | Kind::BFloat16) {
+            return Err(PipelineError::request(
+                Field::Dtype,
+                format!("{:?} is not f32, f16 or bf16", self.dtype),
+            ));
+        }
+        let sources: Vec<&str> = [
+            ("model_dir", self.model_dir.is_some()),
+            ("single_file", self.single_file.is_some()),
+            ("hub_repo", self.hub_repo.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        let conflict = if sources.len() > 1 {
+            Some(format!(
+                "{} are alternatives: give one model source",
+                sources.join(" and ")
+            ))
+        } else if self.config_dir.is_some() && self.single_file.is_none() {
+            Some("config_dir is for a single_file model: a folder has its own configs".into())
+        } else if self.variant.is_some() && self.single_file.is_some() {
+            Some("variant picks a folder's weight files: a single_file has one".into())
+        } else {
+            None
+        };
+        match conflict {
+            Some(message) => Err(PipelineError::request(Field::Model, message)),
+            None => Ok(()),
+        }
     }
 
     /// The model source: a single file, a hub repo or a folder. Low-memory

@@ -456,21 +456,40 @@ fn a_dtype_libtorch_refuses_fails_the_build_in_one_line() {
     build("tiny-sd1", Kind::Float).unwrap();
 }
 
-/// Two model sources on one builder are refused, naming both, rather than
-/// one silently winning.
+/// Conflicting builder options are refused, naming both, rather than one
+/// silently winning: two model sources, a config folder for a folder, a
+/// variant for a single file.
 #[test]
-fn two_model_sources_are_refused() {
+fn conflicting_builder_options_are_refused() {
     let tiny = reference_dir().join("fixtures/tiny-sd1");
-    let Err(error) = StableDiffusion::builder()
-        .model_dir(&tiny)
-        .hub_repo("org/model")
-        .build()
-    else {
-        panic!("two sources were accepted");
-    };
-    let text = error.to_string();
-    assert!(
-        text.contains("model_dir and hub_repo are alternatives"),
-        "{text}"
-    );
+    let file = reference_dir().join("fixtures/single-file/tiny-sd1.safetensors");
+    let cases = [
+        (
+            StableDiffusion::builder()
+                .model_dir(&tiny)
+                .hub_repo("org/model"),
+            "model_dir and hub_repo are alternatives",
+        ),
+        (
+            StableDiffusion::builder()
+                .model_dir(&tiny)
+                .config_dir(&tiny),
+            "config_dir is for a single_file model",
+        ),
+        (
+            StableDiffusion::builder()
+                .single_file(&file)
+                .variant("fp16"),
+            "variant picks a folder's weight files",
+        ),
+    ];
+    for (builder, needle) in cases {
+        match builder.build() {
+            Err(PipelineError::InvalidInput { field, message }) => {
+                assert_eq!(field, Field::Model);
+                assert!(message.contains(needle), "{message}");
+            }
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
 }
