@@ -38,29 +38,15 @@ pub struct Parsed {
 }
 
 impl ControlOptions {
-    /// Checks every option (files exist, counts agree, numbers are numbers)
-    /// and reads the control images.
+    /// Checks the options' syntax (files exist, one image per ControlNet,
+    /// scales are numbers) and reads the control images; the request layer
+    /// checks the rest (the start/end window).
     pub fn parse(&self) -> Result<Parsed> {
         if self.controlnets.len() != self.control_images.len() {
             bail!(
                 "--controlnet given {} times, --control-image {} times: give one image per ControlNet, in the same order",
                 self.controlnets.len(),
                 self.control_images.len()
-            );
-        }
-        for (flag, value) in [
-            ("--control-start", self.control_start),
-            ("--control-end", self.control_end),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                bail!("{flag} {value}: a fraction of the steps, from 0 to 1");
-            }
-        }
-        if self.control_start >= self.control_end {
-            bail!(
-                "--control-start {} is not before --control-end {}",
-                self.control_start,
-                self.control_end
             );
         }
         let mut paths = Vec::new();

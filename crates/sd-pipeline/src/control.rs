@@ -91,6 +91,26 @@ impl Control {
         self.guess_mode = on;
         self
     }
+
+    /// What needs no model: scales are numbers, and the window is
+    /// `0 <= start < end <= 1`. (The request layer checks it before any
+    /// work; a run checks it again with the loaded ControlNets.)
+    pub fn check(&self) -> Result<()> {
+        if let Some(s) = self.scales.iter().find(|s| !s.is_finite()) {
+            return Err(PipelineError::request(
+                Field::ControlScales,
+                format!("{s} is not a number"),
+            ));
+        }
+        let (start, end) = (self.start, self.end);
+        if !(0.0..=1.0).contains(&start) || !(0.0..=1.0).contains(&end) || start >= end {
+            return Err(PipelineError::request(
+                Field::ControlWindow,
+                format!("start {start} and end {end}: need 0 <= start < end <= 1"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl StableDiffusion {
@@ -258,20 +278,7 @@ impl StableDiffusion {
                 format!("{} scales for {loaded} ControlNets", control.scales.len()),
             ));
         }
-        if let Some(s) = control.scales.iter().find(|s| !s.is_finite()) {
-            return Err(PipelineError::request(
-                Field::ControlScales,
-                format!("{s} is not a number"),
-            ));
-        }
-        let (start, end) = (control.start, control.end);
-        if !(0.0..=1.0).contains(&start) || !(0.0..=1.0).contains(&end) || start >= end {
-            return Err(PipelineError::request(
-                Field::ControlWindow,
-                format!("start {start} and end {end}: need 0 <= start < end <= 1"),
-            ));
-        }
-        Ok(())
+        control.check()
     }
 }
 

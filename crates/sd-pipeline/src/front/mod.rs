@@ -19,3 +19,6 @@ pub use field::Field;
 pub use params::{BatchSeeds, Checked, Limits, Parameters, Source};
 pub use sampler::parse_sampler;
 pub use source::ModelSource;
+
+#[cfg(test)]
+mod tests;

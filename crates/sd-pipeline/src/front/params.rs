@@ -221,6 +221,9 @@ impl Parameters {
                 _ => {}
             }
         }
+        if let Some(control) = &self.control {
+            control.check()?;
+        }
         if let Source::Image { strength, .. } = &self.source {
             if !(*strength > 0.0 && *strength <= 1.0) {
                 return Err(PipelineError::request(
