@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::server::{decode_png, Served};
 use common::{scratch, sd};
 use serde_json::{json, Value};
@@ -108,7 +109,6 @@ fn txt2img_has_the_pixels_of_sd_txt2img_and_a1111s_fields() {
         .unwrap();
     let mut png = Vec::new();
     std::io::Read::read_to_end(&mut bytes.into_reader(), &mut png).unwrap();
-    use base64::Engine;
     assert_eq!(
         base64::engine::general_purpose::STANDARD.encode(&png),
         reply.body["images"][1].as_str().unwrap()
@@ -142,11 +142,19 @@ fn txt2img_has_the_pixels_of_sd_txt2img_and_a1111s_fields() {
     let mut one = body.clone();
     one["batch_size"] = json!(1);
     let alone = server.post("/sdapi/v1/txt2img", &one);
-    assert_eq!(
-        image_of(&alone, 0).0,
-        cli_7,
-        "one image = sd txt2img --seed 7"
-    );
+    let (pixels, chunks) = image_of(&alone, 0);
+    assert_eq!(pixels, cli_7, "one image = sd txt2img --seed 7");
+    // ... and the same PNG parameters text (the request layer writes both).
+    let cli_png = std::fs::read(dir.join("cli-7.png")).unwrap();
+    let (_, cli_chunks) = decode_png(&base64::engine::general_purpose::STANDARD.encode(cli_png));
+    let parameters = |chunks: &[(String, String)]| {
+        chunks
+            .iter()
+            .find(|(k, _)| k == "parameters")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(parameters(&chunks), parameters(&cli_chunks));
+    assert!(parameters(&chunks).unwrap().ends_with("Model: shapes"));
 }
 
 #[test]
@@ -701,7 +709,6 @@ fn cors_is_off_unless_an_origin_is_allowed() {
 
 #[test]
 fn img2img_and_inpainting_match_the_cli() {
-    use base64::Engine;
     let dir = scratch("serve", "img2img");
     let server = Served::start(&dir.join("data"), &[]);
     let init = dir.join("init.png");

@@ -75,6 +75,14 @@ impl PipelineError {
         }
     }
 
+    /// The first of `values` that is not a finite number, named.
+    pub(crate) fn require_finite(values: &[(Field, f64)]) -> Result<()> {
+        match values.iter().find(|(_, v)| !v.is_finite()) {
+            Some((field, value)) => Err(Self::request(*field, format!("{value} is not a number"))),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         PipelineError::Model {
             path: path.into(),

@@ -180,12 +180,11 @@ impl Parameters {
         if self.steps == 0 || self.steps > limits.max_steps {
             return Err(outside(Field::Steps, self.steps, 1, limits.max_steps));
         }
-        if !self.guidance.is_finite() {
-            return Err(PipelineError::request(
-                Field::Guidance,
-                format!("{} is not a number", self.guidance),
-            ));
-        }
+        PipelineError::require_finite(&[
+            (Field::Guidance, self.guidance),
+            (Field::GuidanceRescale, self.guidance_rescale),
+            (Field::Eta, self.eta),
+        ])?;
         if self.guidance < 0.0 || self.guidance > limits.max_guidance {
             let range = match limits.max_guidance.is_finite() {
                 true => format!("is outside 0..={}", limits.max_guidance),
@@ -195,17 +194,6 @@ impl Parameters {
                 Field::Guidance,
                 format!("{} {range}", self.guidance),
             ));
-        }
-        for (field, value) in [
-            (Field::GuidanceRescale, self.guidance_rescale),
-            (Field::Eta, self.eta),
-        ] {
-            if !value.is_finite() {
-                return Err(PipelineError::request(
-                    field,
-                    format!("{value} is not a number"),
-                ));
-            }
         }
         for (field, value) in [(Field::Width, self.width), (Field::Height, self.height)] {
             match value {

@@ -20,7 +20,8 @@ fn each_bad_value_is_refused_naming_its_field() {
         p
     };
     let server = Limits::default();
-    let cases: [(fn(&mut Parameters), Field); 12] = [
+    type Change = fn(&mut Parameters);
+    let cases: [(Change, Field); 12] = [
         (|p| p.steps = 0, Field::Steps),
         (|p| p.steps = 151, Field::Steps),
         (|p| p.guidance = f64::NAN, Field::Guidance),

@@ -33,18 +33,11 @@ impl StableDiffusion {
                 "at least 1 step is needed",
             ));
         }
-        for (field, value) in [
+        PipelineError::require_finite(&[
             (Field::Guidance, request.guidance_scale),
             (Field::GuidanceRescale, request.guidance_rescale),
             (Field::Eta, request.eta),
-        ] {
-            if !value.is_finite() {
-                return Err(PipelineError::request(
-                    field,
-                    format!("{value} is not a number"),
-                ));
-            }
-        }
+        ])?;
         if let Seed::PerImage(seeds) = &request.seed {
             if seeds.len() != n {
                 return Err(PipelineError::request(
