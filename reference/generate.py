@@ -23,6 +23,10 @@ It writes, under reference/:
                                   (harness_taesd.py)
   fixtures/outputs/sizes.*        72x64 txt2img, img2img and ControlNet runs, and the UNets on
                                   odd latent sizes (harness_sizes.py)
+  fixtures/sd3/, outputs/sd3_vae.*
+                                  SD3's 16-channel VAE, tiny and random (harness_sd3.py)
+  fixtures/outputs/flow_schedulers.*
+                                  flow-matching sampler traces (harness_flow.py)
   manifests/{sd15,sd21,sdxl}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
@@ -55,10 +59,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness_controlnet  # noqa: E402
+import harness_flow  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
+import harness_sd3  # noqa: E402
 import harness_single_file  # noqa: E402
 import harness_sizes  # noqa: E402
 import harness_taesd  # noqa: E402
@@ -120,7 +126,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "schedulers", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -149,8 +155,11 @@ def main() -> None:
             harness_taesd.write_taesd(FIXTURES, outputs)
         if "sizes" in only:
             harness_sizes.write_sizes(FIXTURES, outputs)
+        if "sd3" in only:
+            harness_sd3.write_sd3_vae(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
+            harness_flow.write_flow_traces(outputs)
         if "manifests" in only:
             harness_models.write_manifests(HERE / "manifests")
             harness_single_file.write_single_file_manifests(HERE / "manifests")

@@ -263,6 +263,12 @@ VAE_SD = dict(
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
 )
 
+# SD3 / SD3.5 (Medium and Large share it): 16 latent channels, a shift, no quant convs.
+VAE_SD35 = dict(
+    VAE_SD, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+    shift_factor=0.0609, scaling_factor=1.5305, force_upcast=True,
+)
+
 # transformers 4 (which saved the real SD repos) kept this buffer in the files.
 POSITION_IDS = {"text_model.embeddings.position_ids": [1, 77]}
 
@@ -320,6 +326,9 @@ def write_manifests(out: Path) -> None:
                                                       force_upcast=True))),
                 "controlnet": manifest(controlnet(UNET_SDXL)),
                 "taesd": manifest(AutoencoderTiny()),
+            },
+            "sd35": {
+                "vae": manifest(AutoencoderKL(**VAE_SD35)),
             },
         }
     for model, components in sets.items():

@@ -77,13 +77,18 @@ def variants(name: str):
         yield "clip_sample", {"clip_sample": True, "clip_sample_range": 1.0}, 10, {}
 
 
-def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtype = torch.float32) -> dict:
+def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtype = torch.float32,
+             set_kwargs: dict | None = None) -> dict:
     """A whole run with the stand-in model; in half precision the sample, the model
-    output and add_noise's inputs are drawn in that dtype, as a pipeline does."""
+    output and add_noise's inputs are drawn in that dtype, as a pipeline does.
+    `set_kwargs` go to set_timesteps (flow matching's `mu`)."""
+    set_kwargs = set_kwargs or {}
     scheduler = cls.from_config(config)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, **set_kwargs)
     gen = torch.Generator().manual_seed(SAMPLE_SEED)
-    sample = torch.randn(SHAPE, generator=gen, dtype=dtype) * scheduler.init_noise_sigma
+    # (flow-matching schedulers have neither init_noise_sigma nor scale_model_input)
+    init_noise_sigma = getattr(scheduler, "init_noise_sigma", 1.0)
+    sample = torch.randn(SHAPE, generator=gen, dtype=dtype) * init_noise_sigma
     fixed = torch.randn(SHAPE, generator=gen, dtype=dtype)
     step_gen = torch.Generator().manual_seed(STEP_SEED)
     timesteps = scheduler.timesteps.clone()
@@ -91,7 +96,7 @@ def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtyp
         step_kwargs = dict(step_kwargs, generator=step_gen)
     samples, inputs = [sample], []
     for t in timesteps:
-        x = scheduler.scale_model_input(sample, t)
+        x = scheduler.scale_model_input(sample, t) if hasattr(scheduler, "scale_model_input") else sample
         inputs.append(x)
         out = scheduler.step(fixed + 0.1 * x, t, sample, **step_kwargs)
         sample = out.prev_sample
@@ -100,13 +105,13 @@ def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtyp
         "timesteps": timesteps.to(torch.float64),
         "trace": torch.stack(samples),
         "model_inputs": torch.stack(inputs),
-        "init_noise_sigma": torch.tensor(float(scheduler.init_noise_sigma), dtype=torch.float64),
+        "init_noise_sigma": torch.tensor(float(init_noise_sigma), dtype=torch.float64),
     }
     if getattr(scheduler, "sigmas", None) is not None:
         result["sigmas"] = scheduler.sigmas.to(torch.float64)
     # add_noise at the third timestep (img2img's entry point), from a fresh scheduler.
     fresh = cls.from_config(config)
-    fresh.set_timesteps(steps)
+    fresh.set_timesteps(steps, **set_kwargs)
     if len(fresh.timesteps) > 2:
         original = torch.randn(SHAPE, generator=gen, dtype=dtype)
         noise = torch.randn(SHAPE, generator=gen, dtype=dtype)
@@ -115,7 +120,10 @@ def run_case(cls, config: dict, steps: int, step_kwargs: dict, dtype: torch.dtyp
             fresh.set_begin_index(2)
         result["add_noise.original"] = original
         result["add_noise.noise"] = noise
-        result["add_noise.noisy"] = fresh.add_noise(original, noise, t)
+        if hasattr(fresh, "scale_noise"):  # flow matching's forward process
+            result["add_noise.noisy"] = fresh.scale_noise(original, t, noise)
+        else:
+            result["add_noise.noisy"] = fresh.add_noise(original, noise, t)
     return result
 
 

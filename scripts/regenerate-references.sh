@@ -27,7 +27,7 @@ generate models --only tokenizer --only models
 generate outputs --only single-file --only outputs &
 lane_a=$!
 status=0
-generate adapters --only lora --only controlnet --only taesd --only sizes --only schedulers --only manifests || status=1
+generate adapters --only lora --only controlnet --only taesd --only sizes --only sd3 --only schedulers --only manifests || status=1
 wait "$lane_a" || status=1
 find "$dir" -name __pycache__ -prune -exec rm -rf {} +
 exit "$status"

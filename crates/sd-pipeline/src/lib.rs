@@ -26,6 +26,7 @@
 mod adapters;
 #[cfg(feature = "ndarray")]
 pub mod arrays;
+mod builder;
 mod components;
 mod control;
 mod cow;
@@ -46,6 +47,7 @@ mod preview;
 pub mod single_file;
 
 pub use adapters::LoraSpec;
+pub use builder::StableDiffusionBuilder;
 pub use components::{Components, Devices, TextTower};
 pub use control::{Control, LoadedControlNet};
 pub use error::{PipelineError, Result};
@@ -56,7 +58,7 @@ pub use generate::{
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
 pub use parameters::GenerationParameters;
-pub use pipeline::{StableDiffusion, StableDiffusionBuilder};
+pub use pipeline::StableDiffusion;
 pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;

@@ -493,3 +493,31 @@ fn conflicting_builder_options_are_refused() {
         }
     }
 }
+
+/// The flow-matching samplers are for SD3-like models: an SD1/SD2/SDXL
+/// pipeline refuses them at build and per request, naming the sampler.
+#[test]
+fn flow_matching_samplers_are_refused_for_noise_prediction_models() {
+    let tiny = reference_dir().join("fixtures/tiny-sd1");
+    let refused = |result: sd_pipeline::Result<()>| match result {
+        Err(PipelineError::InvalidInput { field, message }) => {
+            assert_eq!(field, Field::Sampler);
+            assert!(
+                message.contains("flow-euler is for flow-matching models"),
+                "{message}"
+            );
+        }
+        other => panic!("accepted: {other:?}"),
+    };
+    let built = StableDiffusion::builder()
+        .model_dir(&tiny)
+        .sampler(sd_pipeline::SamplerKind::FlowEuler)
+        .build();
+    refused(built.map(drop));
+    let pipeline = StableDiffusion::builder().model_dir(&tiny).build().unwrap();
+    refused(
+        pipeline
+            .new_scheduler_of(sd_pipeline::SamplerKind::FlowEuler)
+            .map(drop),
+    );
+}

@@ -227,6 +227,37 @@ pub struct SchedulerConfig {
     pub original_inference_steps: Option<usize>,
     /// LCM's timestep scaling for its boundary conditions.
     pub timestep_scaling: Option<f64>,
+    /// Flow matching: the sigma shift `shift * s / (1 + (shift - 1) * s)`
+    /// (3.0 for SD3).
+    pub shift: Option<f64>,
+    /// Flow matching: shift by the image's size (`mu`) instead of `shift`.
+    pub use_dynamic_shifting: Option<bool>,
+    /// Flow matching, dynamic shifting: `mu` at `base_image_seq_len`.
+    pub base_shift: Option<f64>,
+    /// Flow matching, dynamic shifting: `mu` at `max_image_seq_len`.
+    pub max_shift: Option<f64>,
+    /// Flow matching, dynamic shifting: the smaller reference size in patches.
+    pub base_image_seq_len: Option<usize>,
+    /// Flow matching, dynamic shifting: the larger reference size in patches.
+    pub max_image_seq_len: Option<usize>,
+    /// Flow matching: how `mu` shifts the sigmas.
+    pub time_shift_type: Option<TimeShiftType>,
+    /// Flow matching: stretch the schedule to end at this sigma.
+    pub shift_terminal: Option<f64>,
+    /// Flow matching: sigmas as `1 - sigma`.
+    pub invert_sigmas: Option<bool>,
+    /// Flow matching: each step re-noises its clean estimate.
+    pub stochastic_sampling: Option<bool>,
+}
+
+/// How flow matching's dynamic shift `mu` acts on a sigma `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeShiftType {
+    /// `e^mu / (e^mu + (1/t - 1))`.
+    Exponential,
+    /// `mu / (mu + (1/t - 1))`.
+    Linear,
 }
 
 impl SchedulerConfig {

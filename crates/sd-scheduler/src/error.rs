@@ -14,7 +14,7 @@ pub enum SchedulerError {
     },
 
     /// A sampler name that is not one of [`crate::SamplerKind::NAMES`].
-    #[error("unknown scheduler '{0}': expected one of {names}", names = crate::SamplerKind::NAMES.join(", "))]
+    #[error("unknown scheduler '{0}': expected one of {names}, flow-euler, flow-heun", names = crate::SamplerKind::NAMES.join(", "))]
     UnknownSampler(String),
 
     /// A request outside what the sampler accepts (step counts, strength, timesteps).

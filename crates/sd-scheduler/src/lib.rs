@@ -39,6 +39,9 @@ mod ddpm;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod flow;
+mod flow_euler;
+mod flow_heun;
 mod heun;
 mod kdpm2;
 mod lcm;
@@ -46,13 +49,15 @@ mod lms;
 mod pndm;
 mod unipc;
 
-pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{PredictionType, SchedulerConfig, TimeShiftType, TimestepSpacing};
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver::DpmSolverMultistep;
 pub use error::{Result, SchedulerError};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
+pub use flow_euler::FlowMatchEuler;
+pub use flow_heun::FlowMatchHeun;
 pub use heun::Heun;
 pub use kdpm2::Kdpm2;
 pub use lcm::Lcm;
@@ -74,6 +79,14 @@ pub trait Scheduler: Send {
 
     /// Prepares `num_inference_steps` steps and resets all per-run state.
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
+
+    /// The image's size in latent patches, for samplers whose schedule
+    /// depends on it (flow matching with `use_dynamic_shifting`: SD3.5's
+    /// and FLUX's `mu`); call it before [`set_timesteps`](Self::set_timesteps).
+    /// Others ignore it (the default).
+    fn set_image_seq_len(&mut self, seq_len: usize) {
+        let _ = seq_len;
+    }
 
     /// Prepares a custom, strictly descending list of training timesteps,
     /// for samplers that support one.
@@ -165,6 +178,10 @@ pub enum SamplerKind {
     UniPc,
     /// `lcm`: latent consistency (for LCM-distilled models).
     Lcm,
+    /// `flow-euler`: Euler for flow-matching models (SD3, SD3.5).
+    FlowEuler,
+    /// `flow-heun`: Heun for flow-matching models.
+    FlowHeun,
 }
 
 impl SamplerKind {
@@ -186,7 +203,11 @@ impl SamplerKind {
         SamplerKind::Lcm,
     ];
 
-    /// Their CLI names, in the same order.
+    /// The samplers of flow-matching models (SD3, SD3.5), which predict a
+    /// velocity on a sigma schedule from 1 to 0, not noise on a beta schedule.
+    pub const FLOW_MATCHING: [SamplerKind; 2] = [SamplerKind::FlowEuler, SamplerKind::FlowHeun];
+
+    /// Their CLI names (of [`ALL`](Self::ALL)), in the same order.
     pub const NAMES: [&'static str; 14] = [
         "ddim",
         "ddpm",
@@ -204,13 +225,24 @@ impl SamplerKind {
         "lcm",
     ];
 
-    /// The CLI name (`euler-a`, `dpm++2m`, ...).
+    /// The CLI name (`euler-a`, `dpm++2m`, `flow-euler`, ...).
     pub fn name(self) -> &'static str {
-        let index = Self::ALL
-            .iter()
-            .position(|&k| k == self)
-            .expect("every kind is listed");
-        Self::NAMES[index]
+        match self {
+            SamplerKind::FlowEuler => "flow-euler",
+            SamplerKind::FlowHeun => "flow-heun",
+            other => {
+                let index = Self::ALL
+                    .iter()
+                    .position(|&k| k == other)
+                    .expect("every noise-prediction kind is listed");
+                Self::NAMES[index]
+            }
+        }
+    }
+
+    /// Whether this is a flow-matching sampler (for SD3-like models).
+    pub fn is_flow_matching(self) -> bool {
+        Self::FLOW_MATCHING.contains(&self)
     }
 
     /// AUTOMATIC1111's names (its API's `sampler_name`), with the sampler
@@ -265,6 +297,8 @@ impl SamplerKind {
             "DPMSolverMultistepScheduler" => SamplerKind::DpmPlusPlus2M,
             "UniPCMultistepScheduler" => SamplerKind::UniPc,
             "LCMScheduler" => SamplerKind::Lcm,
+            "FlowMatchEulerDiscreteScheduler" => SamplerKind::FlowEuler,
+            "FlowMatchHeunDiscreteScheduler" => SamplerKind::FlowHeun,
             _ => return None,
         })
     }
@@ -274,10 +308,10 @@ impl std::str::FromStr for SamplerKind {
     type Err = SchedulerError;
 
     fn from_str(name: &str) -> Result<Self> {
-        Self::NAMES
-            .iter()
-            .position(|&n| n == name)
-            .map(|i| Self::ALL[i])
+        Self::ALL
+            .into_iter()
+            .chain(Self::FLOW_MATCHING)
+            .find(|kind| kind.name() == name)
             .ok_or_else(|| SchedulerError::UnknownSampler(name.to_string()))
     }
 }
@@ -319,6 +353,8 @@ pub fn build(kind: SamplerKind, config: &SchedulerConfig) -> Result<Box<dyn Sche
         }
         SamplerKind::UniPc => Box::new(UniPc::new(config)?),
         SamplerKind::Lcm => Box::new(Lcm::new(config)?),
+        SamplerKind::FlowEuler => Box::new(FlowMatchEuler::new(config)?),
+        SamplerKind::FlowHeun => Box::new(FlowMatchHeun::new(config)?),
     })
 }
 

@@ -137,3 +137,57 @@ fn real_config_files_load_by_class_name() {
         .to_string();
     assert!(missing.contains("nowhere.json"), "{missing}");
 }
+
+/// Flow matching: options diffusers lacks, or that exclude each other, and
+/// dynamic shifting without the image size are errors naming the field.
+#[test]
+fn flow_matching_options_it_cannot_run_are_refused_by_name() {
+    let flow = |json: &str| SchedulerConfig::from_json_str(json).unwrap();
+    let cases = [
+        (
+            SamplerKind::FlowEuler,
+            r#"{"shift": 3.0, "use_beta_sigmas": true}"#,
+            "use_beta_sigmas",
+        ),
+        (
+            SamplerKind::FlowEuler,
+            r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#,
+            "use_exponential_sigmas",
+        ),
+        (SamplerKind::FlowEuler, r#"{"shift": -1.0}"#, "shift"),
+        (
+            SamplerKind::FlowEuler,
+            r#"{"shift_terminal": 1.5}"#,
+            "shift_terminal",
+        ),
+        (
+            SamplerKind::FlowHeun,
+            r#"{"use_dynamic_shifting": true}"#,
+            "use_dynamic_shifting",
+        ),
+    ];
+    for (kind, json, field) in cases {
+        let Err(err) = build(kind, &flow(json)) else {
+            panic!("{kind} {json}: accepted");
+        };
+        assert!(
+            matches!(&err, SchedulerError::Config { field: f, .. } if f == field),
+            "{kind} {json}: {err}"
+        );
+    }
+    let mut dynamic = build(
+        SamplerKind::FlowEuler,
+        &flow(r#"{"use_dynamic_shifting": true}"#),
+    )
+    .unwrap();
+    let err = dynamic.set_timesteps(10).unwrap_err().to_string();
+    assert!(err.contains("mu"), "{err}");
+    dynamic.set_image_seq_len(1024);
+    dynamic.set_timesteps(10).unwrap();
+    let mut euler = build(SamplerKind::FlowEuler, &flow("{}")).unwrap();
+    assert!(euler
+        .set_timesteps(0)
+        .unwrap_err()
+        .to_string()
+        .contains("0 inference steps"));
+}

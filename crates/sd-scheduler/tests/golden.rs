@@ -1,4 +1,5 @@
-//! Every sampler against diffusers, case by case (reference/harness_schedulers.py):
+//! Every sampler against diffusers, case by case (reference/harness_schedulers.py,
+//! and harness_flow.py for flow matching):
 //! timesteps, sigmas, init_noise_sigma, the model input and the sample after
 //! every step of a whole run with the stand-in model eps(x) = FIXED + 0.1 x,
 //! and add_noise. Stochastic samplers draw from a CPU generator seeded 8,
@@ -32,13 +33,15 @@ struct Reference {
     cases: Vec<Value>,
 }
 
-fn reference() -> Reference {
+/// `outputs/<name>.{json,safetensors}`: `schedulers` (the 14 samplers of
+/// noise-prediction models) or `flow_schedulers` (flow matching).
+fn reference(name: &str) -> Reference {
     let dir = reference_dir().join("fixtures/outputs");
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("schedulers.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
             .unwrap();
     Reference {
-        tensors: read_tensors(dir.join("schedulers.safetensors")).unwrap(),
+        tensors: read_tensors(dir.join(format!("{name}.safetensors"))).unwrap(),
         cases: meta["cases"].as_array().unwrap().clone(),
     }
 }
@@ -46,10 +49,16 @@ fn reference() -> Reference {
 fn scheduler_for(case: &Value) -> sd_scheduler::Result<Box<dyn Scheduler>> {
     let config = SchedulerConfig::from_json_str(&case["config"].to_string())?;
     let kind: SamplerKind = case["sampler"].as_str().unwrap().parse()?;
-    match case["step_kwargs"].get("eta").and_then(Value::as_f64) {
-        Some(eta) => Ok(Box::new(Ddim::new(&config)?.with_eta(eta)?)),
-        None => build(kind, &config),
+    let mut scheduler: Box<dyn Scheduler> =
+        match case["step_kwargs"].get("eta").and_then(Value::as_f64) {
+            Some(eta) => Box::new(Ddim::new(&config)?.with_eta(eta)?),
+            None => build(kind, &config)?,
+        };
+    // flow matching's dynamic shift: mu from the image's size in patches
+    if let Some(seq_len) = case["image_seq_len"].as_u64() {
+        scheduler.set_image_seq_len(seq_len as usize);
     }
+    Ok(scheduler)
 }
 
 /// Runs one case; returns its largest max-abs error over every comparison,
@@ -174,9 +183,9 @@ fn run_case(reference: &Reference, case: &Value) -> Result<f64, String> {
 /// midpoint timestep 0, 0.0096 or NaN). Compared in exact mode only.
 const DISCONTINUOUS: [&str; 2] = ["dpm2-a.steps2", "dpm2-a.squaredcos_cap_v2"];
 
-#[test]
-fn every_sampler_matches_diffusers_traces() {
-    let reference = reference();
+/// Every case of `reference` (at least `min_cases` compared): diffusers'
+/// refusals refused here too, the rest within the error model.
+fn check_every_case(reference: &Reference, min_cases: usize) {
     let mut failures = Vec::new();
     let (mut compared, mut rejected, mut exact) = (0, 0, 0);
     let mut worst = (0f64, String::new());
@@ -202,7 +211,7 @@ fn every_sampler_matches_diffusers_traces() {
             }
             None => {
                 compared += 1;
-                match run_case(&reference, case) {
+                match run_case(reference, case) {
                     Ok(0.0) => exact += 1,
                     Ok(max_abs) if max_abs > worst.0 => worst = (max_abs, key.to_string()),
                     Ok(_) => {}
@@ -216,7 +225,7 @@ fn every_sampler_matches_diffusers_traces() {
          {rejected} rejections checked",
         worst.0, worst.1
     );
-    assert!(compared >= 249, "only {compared} cases compared");
+    assert!(compared >= min_cases, "only {compared} cases compared");
     assert!(
         failures.is_empty(),
         "{} of {compared} cases differ:\n{}",
@@ -226,8 +235,25 @@ fn every_sampler_matches_diffusers_traces() {
 }
 
 #[test]
+fn every_sampler_matches_diffusers_traces() {
+    check_every_case(&reference("schedulers"), 249);
+}
+
+/// Flow matching (reference/harness_flow.py): Euler with SD3's shift, shift
+/// 1 and 6, FLUX's dynamic shifting (exponential and linear `mu` from the
+/// image size), shift_terminal, Karras and exponential sigmas, inverted
+/// sigmas, stochastic sampling; Heun; both in f16 and bf16.
+#[test]
+fn flow_matching_samplers_match_diffusers_traces() {
+    check_every_case(&reference("flow_schedulers"), 23);
+}
+
+#[test]
 fn every_cli_name_round_trips() {
-    for kind in SamplerKind::ALL {
+    for kind in SamplerKind::ALL
+        .into_iter()
+        .chain(SamplerKind::FLOW_MATCHING)
+    {
         assert_eq!(kind.name().parse::<SamplerKind>().unwrap(), kind);
     }
     let err = "dpm3".parse::<SamplerKind>().unwrap_err().to_string();

@@ -1,4 +1,4 @@
-//! Full-size VAEs built from the real SD1.5, SD2.1 and SDXL configs have the
+//! Full-size VAEs built from the real SD1.5, SD2.1, SDXL and SD3.5 configs have the
 //! real weight names and shapes; files with the legacy attention names
 //! (query/key/value/proj_attn) load too.
 
@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn full_size_vaes_have_the_real_weight_names() {
-    for model in ["sd15", "sd21", "sdxl"] {
+    for model in ["sd15", "sd21", "sdxl", "sd35"] {
         let path = reference_dir().join(format!("manifests/{model}/vae.json"));
         let expected = Manifest::read(&path).unwrap();
         let value: serde_json::Value =

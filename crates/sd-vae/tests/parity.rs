@@ -121,3 +121,26 @@ fn half_precision_overflow_is_redone_in_f32() {
     );
     assert_eq!(image.kind(), Kind::Float);
 }
+
+/// SD3's 16-channel VAE (no quant convs, a shift factor; reference/harness_sd3.py):
+/// encode, a seeded sample, the pipeline's scaling `(z - shift) * scale`, and
+/// the decode of `latents / scale + shift`. f32 CPU, 1 ulp per evaluation.
+#[test]
+fn the_sd3_vae_matches_diffusers() {
+    let fixtures = reference_dir().join("fixtures");
+    tch::set_num_threads(1);
+    let reference = read_tensors(fixtures.join("outputs/sd3_vae.safetensors")).unwrap();
+    let t = |key: &str| take(&reference, key).unwrap();
+    let _guard = tch::no_grad_guard();
+    let vae = AutoencoderKL::from_folder(fixtures.join("sd3/vae"), Device::Cpu, Kind::Float, None)
+        .unwrap();
+    assert_eq!(vae.config().latent_channels, 16);
+    let dist = vae.encode(&t("image")).unwrap();
+    assert_matches("sd3 mean", &dist.mean, &t("mean"), 1);
+    assert_matches("sd3 std", &dist.std, &t("std"), 1);
+    let sample = dist.sample(&mut CpuGenerator::new(26).unwrap()).unwrap();
+    assert_matches("sd3 sample", &sample, &t("sample"), 1);
+    assert_matches("sd3 scaled", &vae.scale_latents(&sample), &t("scaled"), 1);
+    let decoded = vae.decode(&vae.unscale_latents(&t("latents"))).unwrap();
+    assert_matches("sd3 decode", &decoded, &t("decoded"), 1);
+}
