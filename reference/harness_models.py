@@ -263,6 +263,14 @@ VAE_SD = dict(
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
 )
 
+# SD3's text_encoder_3: google/t5-v1_1-xxl's encoder.
+T5_XXL = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+    layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+    tie_word_embeddings=False,
+)
+
 # SD3 / SD3.5 (Medium and Large share it): 16 latent channels, a shift, no quant convs.
 VAE_SD35 = dict(
     VAE_SD, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
@@ -291,6 +299,16 @@ def write_manifests(out: Path) -> None:
 
     def manifest(model, prefix: str = "", optional: dict | None = None) -> dict:
         return dict(manifest_of(model, prefix, optional), config=config_json(model))
+
+    def t5_manifest() -> dict:
+        """SD3's text_encoder_3 (T5 v1.1 XXL). Its files hold `shared.weight`;
+        `encoder.embed_tokens.weight` is the same tensor (tied), in the files
+        of some savers only."""
+        from transformers import T5Config, T5EncoderModel
+        model = T5EncoderModel(T5Config(**T5_XXL))
+        out = manifest(model)
+        out["optional"] = {"encoder.embed_tokens.weight": out["tensors"].pop("encoder.embed_tokens.weight")}
+        return out
 
     def controlnet(unet: dict) -> ControlNetModel:
         """The ControlNet releases of a family: the UNet's encoder config."""
@@ -329,6 +347,7 @@ def write_manifests(out: Path) -> None:
             },
             "sd35": {
                 "vae": manifest(AutoencoderKL(**VAE_SD35)),
+                "text_encoder_3": t5_manifest(),
             },
         }
     for model, components in sets.items():

@@ -36,3 +36,78 @@ def write_sd3_vae(fixtures: Path, outputs: Path) -> None:
         "image": image, "mean": dist.mean, "std": dist.std, "sample": sample, "scaled": scaled,
         "latents": latents, "decoded": decoded,
     }.items()}, outputs / "sd3_vae.safetensors")
+
+
+# --- T5 v1.1 (text_encoder_3, tokenizer_3) ------------------------------------
+
+T5_PROMPTS = [
+    "a red circle on a white background", "", "A Photo Of A CAT, highly detailed, 8k",
+    "Zoë café naïve résumé", "东京 🐱 emoji", "word " * 40,
+]
+T5_CORPUS = [
+    "a red circle on a white background", "a large blue triangle on a black background",
+    "a photo of a cat", "portrait of an astronaut, highly detailed, 8k", "a castle at sunset, oil painting",
+    "the quick brown fox jumps over the lazy dog", "small green square", "purple and orange shapes",
+]
+
+
+def t5_tokenizer(folder: Path):
+    """A tiny Unigram tokenizer in T5's layout (Metaspace, `</s>` appended),
+    saved by transformers as tokenizer.json only. Its vocabulary is built,
+    not trained (training is not reproducible byte for byte): the special
+    tokens, the corpus' words with and without the word-start mark, their
+    characters; longer pieces score higher."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    words = sorted({w for line in T5_CORPUS for w in line.replace(",", " ,").split()})
+    chars = sorted({c for w in words for c in w} | {"▁"})
+    pieces = [f"▁{w}" for w in words] + words + chars
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(p, -10.0 + len(p)) for p in dict.fromkeys(pieces)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0)
+    fast.save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)
+
+
+def write_t5(fixtures: Path, outputs: Path) -> None:
+    """A tiny T5EncoderModel (gated GELU, 3 blocks, 2 heads, the real 32
+    buckets up to distance 128) and tokenizer under fixtures/sd3/, with the
+    ids SD3's pipeline makes (padding to max_length, truncation) and the
+    hidden states in f32, f16 (transformers keeps `wo` in f32) and bf16,
+    also for a 160-token input (distances past max_distance)."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer(fixtures / "sd3" / "tokenizer_3")
+    config = T5Config(vocab_size=len(tokenizer), d_model=8, d_kv=4, d_ff=16, num_layers=3, num_heads=2,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                      tie_word_embeddings=False)
+    torch.manual_seed(6)
+    model = T5EncoderModel(config).eval()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("layer_norm"):
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=gen))
+    folder = fixtures / "sd3" / "text_encoder_3"
+    model.save_pretrained(folder)
+    tensors = {}
+    for max_length in (16, 32):
+        tensors[f"t5.ids{max_length}"] = tokenizer(T5_PROMPTS, padding="max_length", max_length=max_length,
+                                                   truncation=True, add_special_tokens=True,
+                                                   return_tensors="pt").input_ids
+    long_ids = torch.randint(0, len(tokenizer), (1, 160), generator=gen)
+    tensors["t5.long_ids"] = long_ids
+    for dtype_name, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        loaded = T5EncoderModel.from_pretrained(folder, torch_dtype=dtype).eval()
+        with torch.no_grad():
+            tensors[f"t5.{dtype_name}.hidden"] = loaded(tensors["t5.ids32"])[0]
+            tensors[f"t5.{dtype_name}.long_hidden"] = loaded(long_ids)[0]
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_t5.safetensors")
+    (outputs / "sd3_t5_prompts.json").write_text(__import__("json").dumps(T5_PROMPTS, ensure_ascii=False) + "\n")

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::builder::StableDiffusionBuilder;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
-use crate::builder::StableDiffusionBuilder;
 
 /// A model as a user names it: a diffusers folder, a single-file
 /// checkpoint, or a Hugging Face repo id (from the local hub cache, or

@@ -1,0 +1,116 @@
+//! transformers' `T5EncoderModel`: token embedding, encoder blocks sharing
+//! the first block's relative-position bias, final RMS norm.
+
+use std::path::Path;
+
+use sd_core::nn::Embedding;
+use sd_core::weights::KeyMap;
+use sd_core::DiffusersModel;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::T5Config;
+use crate::error::{Result, T5Error};
+use crate::layers::{Block, RmsNorm};
+
+/// The T5 encoder (SD3's `text_encoder_3`, T5 v1.1 XXL).
+pub struct T5EncoderModel {
+    config: T5Config,
+    shared: Embedding,
+    blocks: Vec<Block>,
+    final_norm: RmsNorm,
+    vs: VarStore,
+}
+
+impl std::fmt::Debug for T5EncoderModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("T5EncoderModel")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl T5EncoderModel {
+    /// The hidden states (batch, tokens, d_model) of `input_ids` (batch,
+    /// tokens, int64), every token attending to every other (SD3 passes no
+    /// attention mask). In f16 and bf16 the states come out in that dtype.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let size = input_ids.size();
+        if size.len() != 2 || input_ids.kind() != Kind::Int64 {
+            return Err(T5Error::Input(format!(
+                "input ids must be (batch, tokens) int64, got {size:?} {:?}",
+                input_ids.kind()
+            )));
+        }
+        let ids = input_ids.to_device(self.vs.device());
+        let mut hidden = self.shared.forward(&ids);
+        let bias = self.blocks[0]
+            .attention
+            .position_bias(&self.config, size[1])
+            .expect("block 0 holds the relative-position embedding");
+        for block in &self.blocks {
+            hidden = block.forward(&hidden, &bias);
+        }
+        Ok(self.final_norm.forward(&hidden))
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+impl DiffusersModel for T5EncoderModel {
+    type Config = T5Config;
+    type Error = T5Error;
+    const WEIGHTS_STEM: &'static str = "model";
+
+    fn read_config(path: &Path) -> Result<T5Config> {
+        T5Config::from_file(path)
+    }
+
+    /// In f16, the feed-forward blocks' `wo` stays f32, as transformers
+    /// keeps it (`_keep_in_fp32_modules`); in bf16 it is bf16 like the rest.
+    fn new_in(config: &T5Config, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let root = vs.root();
+        let wo_kind = if kind == Kind::Half {
+            Kind::Float
+        } else {
+            kind
+        };
+        let encoder = &root / "encoder";
+        let blocks = (0..config.num_layers)
+            .map(|i| Block::new(&(&encoder / "block" / i), config, i, wo_kind))
+            .collect();
+        Ok(T5EncoderModel {
+            shared: Embedding::new(&(&root / "shared"), config.vocab_size, config.d_model),
+            blocks,
+            final_norm: RmsNorm::new(
+                &(&encoder / "final_layer_norm"),
+                config.d_model,
+                config.layer_norm_epsilon,
+            ),
+            config: config.clone(),
+            vs,
+        })
+    }
+
+    fn config(&self) -> &T5Config {
+        &self.config
+    }
+
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// `encoder.embed_tokens` is `shared` (tied); files saved by older
+    /// transformers carry both, newer ones `shared` only.
+    fn folder_key(key: &str) -> KeyMap {
+        match key {
+            "encoder.embed_tokens.weight" => KeyMap::Skip,
+            other => KeyMap::To(other.to_string()),
+        }
+    }
+}
