@@ -158,6 +158,7 @@ def main() -> None:
         if "sd3" in only:
             harness_sd3.write_sd3_vae(FIXTURES, outputs)
             harness_sd3.write_t5(FIXTURES, outputs)
+            harness_sd3.write_mmdit(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

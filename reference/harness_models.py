@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import inspect
 
-from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # ---------------------------------------------------------------------------
@@ -263,6 +263,17 @@ VAE_SD = dict(
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
 )
 
+# SD3.5's transformers (their config.json files; Large Turbo has Large's).
+MMDIT_SD35_LARGE = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+    num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+    out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm",
+)
+MMDIT_SD35_MEDIUM = dict(
+    MMDIT_SD35_LARGE, num_layers=24, num_attention_heads=24, caption_projection_dim=1536,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)),
+)
+
 # SD3's text_encoder_3: google/t5-v1_1-xxl's encoder.
 T5_XXL = dict(
     vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24, num_heads=64,
@@ -348,6 +359,8 @@ def write_manifests(out: Path) -> None:
             "sd35": {
                 "vae": manifest(AutoencoderKL(**VAE_SD35)),
                 "text_encoder_3": t5_manifest(),
+                "transformer_medium": manifest(SD3Transformer2DModel(**MMDIT_SD35_MEDIUM)),
+                "transformer_large": manifest(SD3Transformer2DModel(**MMDIT_SD35_LARGE)),
             },
         }
     for model, components in sets.items():

@@ -111,3 +111,50 @@ def write_t5(fixtures: Path, outputs: Path) -> None:
             tensors[f"t5.{dtype_name}.long_hidden"] = loaded(long_ids)[0]
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_t5.safetensors")
     (outputs / "sd3_t5_prompts.json").write_text(__import__("json").dumps(T5_PROMPTS, ensure_ascii=False) + "\n")
+
+
+# --- the MMDiT (transformer/) ------------------------------------------------
+
+TINY_MMDIT = dict(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+                  num_attention_heads=2, joint_attention_dim=12, caption_projection_dim=16,
+                  pooled_projection_dim=10, out_channels=16, pos_embed_max_size=12)
+MMDITS = {
+    "sd3": TINY_MMDIT,  # SD3 Medium (3.0): no qk norm, no dual attention
+    "sd35-large": dict(TINY_MMDIT, num_layers=3, qk_norm="rms_norm"),
+    "sd35-medium": dict(TINY_MMDIT, num_layers=3, qk_norm="rms_norm", dual_attention_layers=(0, 1)),
+}
+
+
+def write_mmdit(fixtures: Path, outputs: Path) -> None:
+    """Tiny SD3Transformer2DModels in the three layouts (fixtures/sd3/transformer-*),
+    with their velocities for a 8x6 latent (4x3 patches, cropped from the 12x12
+    position table), two timesteps, in f32 and bf16, and with skip_layers."""
+    from diffusers import SD3Transformer2DModel
+
+    tensors = {}
+    gen = torch.Generator().manual_seed(8)
+    latents = torch.randn(2, 16, 8, 6, generator=gen)
+    context = torch.randn(2, 7, 12, generator=gen)
+    pooled = torch.randn(2, 10, generator=gen)
+    timestep = torch.tensor([972.5, 3.25])
+    tensors.update({"mmdit.latents": latents, "mmdit.context": context, "mmdit.pooled": pooled,
+                    "mmdit.timestep": timestep})
+    for seed, (name, config) in enumerate(MMDITS.items(), start=40):
+        torch.manual_seed(seed)
+        model = SD3Transformer2DModel(**config).eval()
+        norms = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if ".norm_" in key:  # qk RMS norms start at exactly 1
+                    param.copy_(1 + 0.1 * torch.randn(param.shape, generator=norms))
+        folder = fixtures / "sd3" / f"transformer-{name}"
+        model.save_pretrained(folder)
+        for dtype_name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+            loaded = SD3Transformer2DModel.from_pretrained(folder, torch_dtype=dtype).eval()
+            with torch.no_grad():
+                out = loaded(latents.to(dtype), context.to(dtype), pooled.to(dtype), timestep).sample
+                tensors[f"mmdit.{name}.{dtype_name}"] = out
+                if dtype_name == "f32":
+                    skipped = loaded(latents, context, pooled, timestep, skip_layers=[1]).sample
+                    tensors[f"mmdit.{name}.skip1"] = skipped
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_mmdit.safetensors")

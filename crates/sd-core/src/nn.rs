@@ -155,6 +155,41 @@ impl LayerNorm {
     }
 }
 
+/// RMS normalisation with a learned scale, as transformers' `T5LayerNorm`
+/// and diffusers' `RMSNorm` compute it: `x / sqrt(mean(x^2) + eps)` with the
+/// mean taken in f32, cast to the weight's dtype when that is f16/bf16,
+/// then scaled.
+#[derive(Debug)]
+pub struct RmsNorm {
+    /// The scale, under `weight`.
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// The norm under `vs`, uninitialised.
+    pub fn new(vs: &Path<'_>, dim: i64, eps: f64) -> Self {
+        RmsNorm {
+            weight: param(vs, "weight", &[dim]),
+            eps,
+        }
+    }
+
+    /// Applies the norm over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let variance = x
+            .to_kind(Kind::Float)
+            .pow_tensor_scalar(2)
+            .mean_dim(-1, true, None::<Kind>);
+        let normed = x * (variance + self.eps).rsqrt();
+        let normed = match self.weight.kind() {
+            kind @ (Kind::Half | Kind::BFloat16) => normed.to_kind(kind),
+            _ => normed,
+        };
+        normed * &self.weight
+    }
+}
+
 /// A lookup table of vectors.
 #[derive(Debug)]
 pub struct Embedding {

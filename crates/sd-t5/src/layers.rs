@@ -2,43 +2,12 @@
 //! f32), self-attention with a relative-position bias and no query scaling,
 //! and the (gated) feed-forward block.
 
-use sd_core::nn::{param, Embedding, Linear};
+pub use sd_core::nn::RmsNorm;
+use sd_core::nn::{Embedding, Linear};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use crate::config::{FeedForward, T5Config};
-
-/// transformers' `T5LayerNorm`: `weight * x / sqrt(mean(x^2) + eps)`, the
-/// mean taken in f32, the result cast to the weight's half precision.
-#[derive(Debug)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    /// The norm under `vs`, uninitialised.
-    pub fn new(vs: &Path<'_>, dim: i64, eps: f64) -> Self {
-        RmsNorm {
-            weight: param(vs, "weight", &[dim]),
-            eps,
-        }
-    }
-
-    /// Applies the norm.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let variance = x
-            .to_kind(Kind::Float)
-            .pow_tensor_scalar(2)
-            .mean_dim(-1, true, None::<Kind>);
-        let normed = x * (variance + self.eps).rsqrt();
-        let normed = match self.weight.kind() {
-            kind @ (Kind::Half | Kind::BFloat16) => normed.to_kind(kind),
-            _ => normed,
-        };
-        &self.weight * normed
-    }
-}
 
 /// `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, op by op
 /// as transformers writes it (PyTorch's fused tanh GELU rounds otherwise).

@@ -1,0 +1,272 @@
+//! The joint transformer block of SD3 (diffusers' `JointTransformerBlock`):
+//! AdaLayerNorm-Zero modulation from the timestep+text embedding, one
+//! attention over the image and text tokens together (`JointAttnProcessor2_0`),
+//! SD3.5's optional query/key RMS norms and Medium's second, image-only
+//! attention, and a tanh-GELU feed-forward for each stream.
+
+use sd_core::nn::{Linear, RmsNorm};
+use tch::nn::Path;
+use tch::Tensor;
+
+use crate::config::{MmditConfig, QkNorm};
+
+/// LayerNorm without affine parameters, eps 1e-6.
+pub(crate) fn plain_norm(x: &Tensor) -> Tensor {
+    let dim = *x.size().last().expect("a feature dimension");
+    x.layer_norm([dim], None::<Tensor>, None::<Tensor>, 1e-6, true)
+}
+
+/// `norm(x) * (1 + scale) + shift`, per sample.
+fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
+    normed * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1)
+}
+
+/// `linear(silu(temb))` split into `n` modulation vectors.
+#[derive(Debug)]
+pub(crate) struct Modulation {
+    linear: Linear,
+    n: i64,
+}
+
+impl Modulation {
+    fn new(vs: &Path<'_>, dim: i64, n: i64) -> Self {
+        Modulation {
+            linear: Linear::new(&(vs / "linear"), dim, n * dim, true),
+            n,
+        }
+    }
+
+    fn forward(&self, temb: &Tensor) -> Vec<Tensor> {
+        self.linear.forward(&temb.silu()).chunk(self.n, 1)
+    }
+}
+
+/// diffusers' `AdaLayerNormContinuous` (the last block's text norm and the
+/// output norm): `scale, shift` (in that order) from `linear(silu(temb))`.
+#[derive(Debug)]
+pub(crate) struct ContinuousNorm {
+    linear: Linear,
+}
+
+impl ContinuousNorm {
+    pub(crate) fn new(vs: &Path<'_>, dim: i64) -> Self {
+        ContinuousNorm {
+            linear: Linear::new(&(vs / "linear"), dim, 2 * dim, true),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, temb: &Tensor) -> Tensor {
+        let emb = self.linear.forward(&temb.silu().to_kind(x.kind()));
+        let parts = emb.chunk(2, 1);
+        modulate(&plain_norm(x), &parts[1], &parts[0])
+    }
+}
+
+/// Projections of one stream's tokens into heads, with optional RMS norms.
+#[derive(Debug)]
+struct Projections {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    norm_q: Option<RmsNorm>,
+    norm_k: Option<RmsNorm>,
+}
+
+impl Projections {
+    fn new(vs: &Path<'_>, names: [&str; 5], config: &MmditConfig) -> Self {
+        let dim = config.inner_dim();
+        let linear = |name: &str| Linear::new(&(vs / name), dim, dim, true);
+        let norm = |name: &str| {
+            config
+                .qk_norm
+                .map(|QkNorm::RmsNorm| RmsNorm::new(&(vs / name), config.attention_head_dim, 1e-6))
+        };
+        Projections {
+            q: linear(names[0]),
+            k: linear(names[1]),
+            v: linear(names[2]),
+            norm_q: norm(names[3]),
+            norm_k: norm(names[4]),
+        }
+    }
+
+    /// (q, k, v) as (batch, heads, tokens, head_dim).
+    fn forward(&self, x: &Tensor, heads: i64) -> [Tensor; 3] {
+        let b = x.size()[0];
+        let split = |t: Tensor| t.view([b, -1, heads, t.size()[2] / heads]).transpose(1, 2);
+        let norm = |t: Tensor, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(&t),
+            None => t,
+        };
+        [
+            norm(split(self.q.forward(x)), &self.norm_q),
+            norm(split(self.k.forward(x)), &self.norm_k),
+            split(self.v.forward(x)),
+        ]
+    }
+}
+
+/// diffusers' `Attention` with `JointAttnProcessor2_0`: image tokens, and
+/// (joint) text tokens appended after them.
+#[derive(Debug)]
+pub(crate) struct JointAttention {
+    image: Projections,
+    text: Option<Projections>,
+    to_out: Linear,
+    to_add_out: Option<Linear>,
+    heads: i64,
+}
+
+impl JointAttention {
+    /// `joint`: with the text stream (`add_*` projections); `text_out`:
+    /// with `to_add_out` (every block but the last).
+    fn new(vs: &Path<'_>, config: &MmditConfig, joint: bool, text_out: bool) -> Self {
+        let dim = config.inner_dim();
+        JointAttention {
+            image: Projections::new(vs, ["to_q", "to_k", "to_v", "norm_q", "norm_k"], config),
+            text: joint.then(|| {
+                let names = [
+                    "add_q_proj",
+                    "add_k_proj",
+                    "add_v_proj",
+                    "norm_added_q",
+                    "norm_added_k",
+                ];
+                Projections::new(vs, names, config)
+            }),
+            to_out: Linear::new(&(vs / "to_out" / 0), dim, dim, true),
+            to_add_out: text_out.then(|| Linear::new(&(vs / "to_add_out"), dim, dim, true)),
+            heads: config.num_attention_heads,
+        }
+    }
+
+    /// The image tokens' output and, when joint, the text tokens'.
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
+        let [mut q, mut k, mut v] = self.image.forward(x, self.heads);
+        if let (Some(text), Some(context)) = (&self.text, context) {
+            let [tq, tk, tv] = text.forward(context, self.heads);
+            q = Tensor::cat(&[q, tq], 2);
+            k = Tensor::cat(&[k, tk], 2);
+            v = Tensor::cat(&[v, tv], 2);
+        }
+        let (b, tokens) = (x.size()[0], x.size()[1]);
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, -1, out.size()[1] * out.size()[3]]);
+        let image = self.to_out.forward(&out.narrow(1, 0, tokens));
+        let text = context.map(|_| {
+            let rest = out.narrow(1, tokens, out.size()[1] - tokens);
+            match &self.to_add_out {
+                Some(linear) => linear.forward(&rest),
+                None => rest,
+            }
+        });
+        (image, text)
+    }
+}
+
+/// diffusers' `FeedForward` with `gelu-approximate`: `net.0.proj`, tanh
+/// GELU (PyTorch's), `net.2`.
+#[derive(Debug)]
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(vs: &Path<'_>, dim: i64) -> Self {
+        let net = vs / "net";
+        FeedForward {
+            proj: Linear::new(&(&net / 0 / "proj"), dim, 4 * dim, true),
+            out: Linear::new(&(&net / 2), 4 * dim, dim, true),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.out.forward(&self.proj.forward(x).gelu("tanh"))
+    }
+}
+
+/// The text stream's norm: AdaLayerNorm-Zero, or in the last block (whose
+/// text tokens only feed the attention) AdaLayerNorm-Continuous.
+#[derive(Debug)]
+enum TextNorm {
+    Zero(Modulation),
+    Continuous(ContinuousNorm),
+}
+
+/// diffusers' `JointTransformerBlock`.
+#[derive(Debug)]
+pub(crate) struct JointBlock {
+    norm1: Modulation,
+    norm1_context: TextNorm,
+    attn: JointAttention,
+    /// SD3.5 Medium's image-only second attention.
+    attn2: Option<JointAttention>,
+    ff: FeedForward,
+    /// Every block but the last.
+    ff_context: Option<FeedForward>,
+}
+
+impl JointBlock {
+    pub(crate) fn new(vs: &Path<'_>, config: &MmditConfig, index: i64) -> Self {
+        let dim = config.inner_dim();
+        let last = index == config.num_layers - 1;
+        let dual = config.dual_attention_layers.contains(&index);
+        JointBlock {
+            norm1: Modulation::new(&(vs / "norm1"), dim, if dual { 9 } else { 6 }),
+            norm1_context: match last {
+                true => TextNorm::Continuous(ContinuousNorm::new(&(vs / "norm1_context"), dim)),
+                false => TextNorm::Zero(Modulation::new(&(vs / "norm1_context"), dim, 6)),
+            },
+            attn: JointAttention::new(&(vs / "attn"), config, true, !last),
+            attn2: dual.then(|| JointAttention::new(&(vs / "attn2"), config, false, false)),
+            ff: FeedForward::new(&(vs / "ff"), dim),
+            ff_context: (!last).then(|| FeedForward::new(&(vs / "ff_context"), dim)),
+        }
+    }
+
+    /// (text tokens, or `None` after the last block; image tokens).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        temb: &Tensor,
+    ) -> (Option<Tensor>, Tensor) {
+        let m = self.norm1.forward(temb);
+        let normed = plain_norm(x);
+        let nx = modulate(&normed, &m[0], &m[1]);
+        let (nctx, cm) = match &self.norm1_context {
+            TextNorm::Continuous(norm) => (norm.forward(context, temb), None),
+            TextNorm::Zero(modulation) => {
+                let cm = modulation.forward(temb);
+                (modulate(&plain_norm(context), &cm[0], &cm[1]), Some(cm))
+            }
+        };
+        let (attn, text_attn) = self.attn.forward(&nx, Some(&nctx));
+        let mut x = x + m[2].unsqueeze(1) * attn;
+        if let Some(attn2) = &self.attn2 {
+            let nx2 = modulate(&normed, &m[6], &m[7]);
+            x = &x + m[8].unsqueeze(1) * attn2.forward(&nx2, None).0;
+        }
+        let ff = self.ff.forward(&modulate(&plain_norm(&x), &m[3], &m[4]));
+        let x = &x + m[5].unsqueeze(1) * ff;
+        let (Some(cm), Some(ff_context), Some(text_attn)) = (cm, &self.ff_context, text_attn)
+        else {
+            return (None, x);
+        };
+        let context = context + cm[2].unsqueeze(1) * text_attn;
+        let ff = ff_context.forward(&modulate(&plain_norm(&context), &cm[3], &cm[4]));
+        (Some(&context + cm[5].unsqueeze(1) * ff), x)
+    }
+}

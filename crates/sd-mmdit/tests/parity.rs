@@ -1,0 +1,61 @@
+//! The MMDiT against diffusers (reference/harness_sd3.py, write_mmdit): tiny
+//! SD3 (plain), SD3.5 Large-like (qk RMS norms) and SD3.5 Medium-like (qk
+//! norms and dual attention) transformers, a 8x6 latent cropped from the
+//! 12x12 position table, two timesteps, in f32 and bf16, and with block 1
+//! skipped (skip-layer guidance). Bounds: the error model's, one
+//! evaluation; bit for bit on the machine that made the references.
+
+use sd_core::DiffusersModel;
+use sd_mmdit::SD3Transformer2DModel;
+use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
+use tch::{Device, Kind};
+
+#[test]
+fn every_layout_matches_diffusers() {
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sd3_mmdit.safetensors")).unwrap();
+    let t = |key: &str| take(&reference, key).unwrap();
+    let timestep = t("mmdit.timestep");
+    for name in ["sd3", "sd35-large", "sd35-medium"] {
+        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+            let model = SD3Transformer2DModel::from_folder(
+                fixtures.join(format!("sd3/transformer-{name}")),
+                Device::Cpu,
+                kind,
+                None,
+            )
+            .unwrap();
+            let input = |key: &str| t(key).to_kind(kind);
+            let run = |skip: &[usize]| {
+                model
+                    .forward(
+                        &input("mmdit.latents"),
+                        &timestep,
+                        &input("mmdit.context"),
+                        &input("mmdit.pooled"),
+                        skip,
+                    )
+                    .unwrap()
+            };
+            let out = run(&[]);
+            assert_eq!(out.kind(), kind);
+            assert_matches(
+                &format!("{name} {dtype}"),
+                &out,
+                &t(&format!("mmdit.{name}.{dtype}")),
+                1,
+            );
+            if kind == Kind::Float {
+                let skipped = run(&[1]);
+                assert_matches(
+                    &format!("{name} skip 1"),
+                    &skipped,
+                    &t(&format!("mmdit.{name}.skip1")),
+                    1,
+                );
+            }
+        }
+    }
+}
