@@ -158,3 +158,66 @@ def write_mmdit(fixtures: Path, outputs: Path) -> None:
                     skipped = loaded(latents, context, pooled, timestep, skip_layers=[1]).sample
                     tensors[f"mmdit.{name}.skip1"] = skipped
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_mmdit.safetensors")
+
+
+# --- a whole tiny SD3 pipeline -----------------------------------------------
+
+PROMPT = "a red circle on a white background"
+
+
+def write_sd3_pipeline(fixtures: Path, outputs: Path) -> None:
+    """A tiny StableDiffusion3Pipeline folder (fixtures/sd3/pipeline: CLIP-L and
+    CLIP-G with projections, a 24-wide T5, a transformer whose joint width is
+    T5's, the 16-channel VAE, FlowMatchEuler with shift 3), saved by diffusers;
+    and what diffusers makes of it (outputs/sd3_pipeline.*): encode_prompt's
+    embeddings with T5 and without it (zeros of 77 tokens), and txt2img final
+    latents and images, 32x32, 4 steps, with and without T5. Random weights:
+    the images are noise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    from harness_models import TINY_CLIP_L, TINY_OPENCLIP_BIGG, text_encoder, tokenizer_folder
+
+    from harness_outputs import run_keeping_latents
+
+    folder = fixtures / "sd3" / "pipeline"
+    bpe = fixtures / "tokenizer"
+    tokenizer_folder(folder / "tokenizer", bpe, "<|endoftext|>", "json")
+    tokenizer_folder(folder / "tokenizer_2", bpe, "!", "json")
+    t5_tokenizer(folder / "tokenizer_3")
+    torch.manual_seed(9)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(T5TokenizerFast.from_pretrained(folder / "tokenizer_3")), d_model=24,
+                                 d_kv=4, d_ff=32, num_layers=2, num_heads=2, feed_forward_proj="gated-gelu",
+                                 is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)).eval()
+    torch.manual_seed(10)
+    transformer = SD3Transformer2DModel(**dict(TINY_MMDIT, sample_size=16, joint_attention_dim=24,
+                                               pooled_projection_dim=16)).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae(TINY_VAE_SD3, seed=11),
+        text_encoder=text_encoder(TINY_CLIP_L, projection=True, seed=12),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder_2=text_encoder(TINY_OPENCLIP_BIGG, projection=True, seed=13),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+        text_encoder_3=t5, tokenizer_3=T5TokenizerFast.from_pretrained(folder / "tokenizer_3"),
+    )
+    pipe.save_pretrained(folder)
+
+    tensors, runs = {}, []
+    for name, extra in [("t5", {}), ("no_t5", {"text_encoder_3": None, "tokenizer_3": None})]:
+        pipe = StableDiffusion3Pipeline.from_pretrained(folder, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+                PROMPT, PROMPT, PROMPT, negative_prompt="blurry", max_sequence_length=16)
+        tensors.update({f"cond.{name}.embeds": embeds, f"cond.{name}.negative": negative,
+                        f"cond.{name}.pooled": pooled, f"cond.{name}.negative_pooled": negative_pooled})
+        key = f"txt2img.{name}"
+        latents, image = run_keeping_latents(pipe, PROMPT, negative_prompt="blurry", num_inference_steps=4,
+                                             guidance_scale=5.0, height=32, width=32, max_sequence_length=16,
+                                             generator=torch.Generator("cpu").manual_seed(0))
+        tensors[key], tensors[f"{key}.image"] = latents, image
+        runs.append(dict(key=key, prompt=PROMPT, negative_prompt="blurry", steps=4, guidance_scale=5.0,
+                         height=32, width=32, max_sequence_length=16, seed=0, t5=name == "t5"))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_pipeline.safetensors")
+    (outputs / "sd3_pipeline.json").write_text(__import__("json").dumps(runs, indent=1) + "\n")

@@ -44,6 +44,7 @@ mod placement;
 #[cfg(feature = "preprocess")]
 pub mod preprocess;
 mod preview;
+pub mod sd3;
 pub mod single_file;
 
 pub use adapters::LoraSpec;

@@ -1,0 +1,100 @@
+//! Stable Diffusion 3's text conditioning, as diffusers'
+//! `StableDiffusion3Pipeline.encode_prompt` makes it: CLIP-L's and CLIP-G's
+//! penultimate hidden states side by side, padded with zeros to T5's width,
+//! then T5's states after them on the token axis; the two projected pooled
+//! embeddings side by side. Without T5 (a user without the memory for it),
+//! its states are zeros, as diffusers' are when `text_encoder_3` is None.
+//! (The SD3 pipeline itself is still to come: see docs/sd3.md.)
+
+use std::path::Path;
+
+use sd_clip::{encode, ClipTextModel, ClipTokenizer, EmbeddingLayer, PromptOptions};
+use sd_core::shared::Frozen;
+use sd_core::DiffusersModel;
+use sd_mmdit::MmditConfig;
+use sd_t5::{T5EncoderModel, T5Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+use crate::components::TextTower;
+use crate::error::{PipelineError, Result};
+use crate::generate::Conditioning;
+
+/// SD3's three text encoders (T5 optional).
+#[derive(Debug)]
+pub struct Sd3TextEncoders {
+    clip_l: TextTower,
+    clip_g: TextTower,
+    t5: Option<(T5Tokenizer, T5EncoderModel)>,
+    /// The transformer's text width (T5's d_model).
+    joint_dim: i64,
+}
+
+impl Sd3TextEncoders {
+    /// The encoders of the SD3 pipeline folder `dir` on `device` in `dtype`;
+    /// `with_t5: false` leaves T5 out (zeros in its place).
+    pub fn from_folder(dir: &Path, device: Device, dtype: Kind, with_t5: bool) -> Result<Self> {
+        let tower = |sub: &str| -> Result<TextTower> {
+            let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
+            let folder = dir.join(format!("text_encoder{sub}"));
+            let model = ClipTextModel::from_folder(folder, device, dtype, None)?;
+            Ok((tokenizer, Frozen::new(model)))
+        };
+        let transformer = dir.join("transformer/config.json");
+        let joint_dim = MmditConfig::from_file(&transformer)
+            .map_err(|e| PipelineError::model(&transformer, e.to_string()))?
+            .joint_attention_dim;
+        let t5 = match with_t5 {
+            true => {
+                let t5_error = |e: sd_t5::T5Error| {
+                    PipelineError::model(dir.join("text_encoder_3"), e.to_string())
+                };
+                let tokenizer =
+                    T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(t5_error)?;
+                let model =
+                    T5EncoderModel::from_folder(dir.join("text_encoder_3"), device, dtype, None)
+                        .map_err(t5_error)?;
+                Some((tokenizer, model))
+            }
+            false => None,
+        };
+        Ok(Sd3TextEncoders {
+            clip_l: tower("")?,
+            clip_g: tower("_2")?,
+            t5,
+            joint_dim,
+        })
+    }
+
+    /// One prompt's conditioning: hidden (1, 77 + max_sequence_length,
+    /// joint width) and pooled (1, CLIP-L's + CLIP-G's projection widths).
+    pub fn encode(&self, prompt: &str, max_sequence_length: usize) -> Result<Conditioning> {
+        let clip = |(tokenizer, model): &TextTower| {
+            let layer = EmbeddingLayer::Penultimate;
+            encode(tokenizer, model, prompt, layer, PromptOptions::default(), 1)
+        };
+        let (l, g) = (clip(&self.clip_l)?, clip(&self.clip_g)?);
+        let clip_states = Tensor::cat(&[&l.hidden, &g.hidden], -1);
+        let t5_states = match &self.t5 {
+            Some((tokenizer, model)) => {
+                let fail = |e: sd_t5::T5Error| {
+                    PipelineError::request(crate::front::Field::Prompt, e.to_string())
+                };
+                let ids = tokenizer
+                    .encode(prompt, max_sequence_length)
+                    .map_err(fail)?;
+                let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
+                model.forward(&ids).map_err(fail)?
+            }
+            None => Tensor::zeros(
+                [1, max_sequence_length as i64, self.joint_dim],
+                (clip_states.kind(), clip_states.device()),
+            ),
+        };
+        let pad = t5_states.size()[2] - clip_states.size()[2];
+        let clip_states = clip_states.constant_pad_nd([0, pad]);
+        Ok(Conditioning {
+            hidden: Tensor::cat(&[clip_states, t5_states.to_device(l.hidden.device())], 1),
+            pooled: Some(Tensor::cat(&[l.pooled, g.pooled], -1)),
+        })
+    }
+}
