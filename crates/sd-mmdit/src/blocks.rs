@@ -4,6 +4,7 @@
 //! SD3.5's optional query/key RMS norms and Medium's second, image-only
 //! attention, and a tanh-GELU feed-forward for each stream.
 
+use sd_core::layers::{attend, split_heads};
 use sd_core::nn::{Linear, RmsNorm};
 use tch::nn::Path;
 use tch::Tensor;
@@ -92,16 +93,14 @@ impl Projections {
 
     /// (q, k, v) as (batch, heads, tokens, head_dim).
     fn forward(&self, x: &Tensor, heads: i64) -> [Tensor; 3] {
-        let b = x.size()[0];
-        let split = |t: Tensor| t.view([b, -1, heads, t.size()[2] / heads]).transpose(1, 2);
         let norm = |t: Tensor, n: &Option<RmsNorm>| match n {
             Some(n) => n.forward(&t),
             None => t,
         };
         [
-            norm(split(self.q.forward(x)), &self.norm_q),
-            norm(split(self.k.forward(x)), &self.norm_k),
-            split(self.v.forward(x)),
+            norm(split_heads(&self.q.forward(x), heads), &self.norm_q),
+            norm(split_heads(&self.k.forward(x), heads), &self.norm_k),
+            split_heads(&self.v.forward(x), heads),
         ]
     }
 }
@@ -149,20 +148,8 @@ impl JointAttention {
             k = Tensor::cat(&[k, tk], 2);
             v = Tensor::cat(&[v, tv], 2);
         }
-        let (b, tokens) = (x.size()[0], x.size()[1]);
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let out = out
-            .transpose(1, 2)
-            .reshape([b, -1, out.size()[1] * out.size()[3]]);
+        let tokens = x.size()[1];
+        let out = attend(&q, &k, &v);
         let image = self.to_out.forward(&out.narrow(1, 0, tokens));
         let text = context.map(|_| {
             let rest = out.narrow(1, tokens, out.size()[1] - tokens);

@@ -108,29 +108,11 @@ impl Attention {
         }
         // 2. project and split heads: (batch, heads, tokens, dim_head)
         let context = context.map_or_else(|| x.shallow_clone(), Tensor::shallow_clone);
-        let split = |t: Tensor| {
-            let (b, n, inner) = t.size3().expect("linear output has three dims");
-            t.view([b, n, self.heads, inner / self.heads])
-                .transpose(1, 2)
-        };
-        let q = split(self.to_q.forward(&x));
-        let k = split(self.to_k.forward(&context));
-        let v = split(self.to_v.forward(&context));
+        let q = split_heads(&self.to_q.forward(&x), self.heads);
+        let k = split_heads(&self.to_k.forward(&context), self.heads);
+        let v = split_heads(&self.to_v.forward(&context), self.heads);
         // 3. softmax(q k^T / sqrt(d)) v, by the fused kernel where the device has one
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let (b, _, n, _) = out.size4().expect("attention output has four dims");
-        let out = self
-            .to_out
-            .forward(&out.transpose(1, 2).reshape([b, n, -1]));
+        let out = self.to_out.forward(&attend(&q, &k, &v));
         // 4. back to a feature map, residual, rescale
         let out = if spatial {
             out.transpose(1, 2).reshape(residual.size())
@@ -147,4 +129,20 @@ impl Attention {
         };
         out / self.rescale_output_factor
     }
+}
+
+/// (batch, tokens, heads x dim) viewed as (batch, heads, tokens, dim), as
+/// diffusers' processors split heads (`view` then `transpose`).
+pub fn split_heads(t: &Tensor, heads: i64) -> Tensor {
+    let (b, n, inner) = t.size3().expect("linear output has three dims");
+    t.view([b, n, heads, inner / heads]).transpose(1, 2)
+}
+
+/// PyTorch's fused attention (no mask, scale 1/sqrt(dim)) over heads
+/// (batch, heads, tokens, dim), merged back to (batch, tokens, heads x dim).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let out =
+        Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
+    let (b, _, n, _) = out.size4().expect("attention output has four dims");
+    out.transpose(1, 2).reshape([b, n, -1])
 }

@@ -5,7 +5,7 @@ mod attention;
 mod resnet;
 mod sampling;
 
-pub use attention::{Attention, AttentionConfig};
+pub use attention::{attend, split_heads, Attention, AttentionConfig};
 pub use resnet::{ResnetBlock2D, ResnetConfig};
 pub use sampling::{Downsample2D, Upsample2D};
 
