@@ -54,7 +54,6 @@ fn sd3_conditioning_matches_diffusers_with_and_without_t5() {
 /// A check of the parts before the pipeline itself lands (docs/sd3.md).
 #[test]
 fn the_sd3_parts_compose_into_diffusers_txt2img() {
-    use sd_core::rng::NoiseSource;
     use sd_core::DiffusersModel;
     use sd_pipeline::{SamplerKind, SchedulerConfig};
     use tch::Tensor;
