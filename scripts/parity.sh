@@ -30,7 +30,9 @@ SUITES=(
   "sd-clip tokenizer_parity"
   "sd-clip encoder_parity"
   "sd-clip conditioning"
+  "sd-t5 parity"
   "sd-unet parity"
+  "sd-mmdit parity"
   "sd-vae parity"
   "sd-vae tiny"
   "sd-scheduler golden"
@@ -39,6 +41,7 @@ SUITES=(
   "sd-pipeline lora"
   "sd-pipeline controlnet"
   "sd-pipeline previews"
+  "sd-pipeline sd3"
   "sd-train trained_model"
 )
 LOGS=target/parity
