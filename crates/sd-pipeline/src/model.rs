@@ -54,6 +54,13 @@ impl ModelIndex {
             "StableDiffusionXLPipeline"
             | "StableDiffusionXLImg2ImgPipeline"
             | "StableDiffusionXLInpaintPipeline" => ModelFamily::StableDiffusionXl,
+            // Its parts exist (sd-t5, sd-mmdit, flow matching); the pipeline not yet.
+            sd3 if sd3.starts_with("StableDiffusion3") => {
+                return Err(PipelineError::model(
+                    &path,
+                    format!("{sd3}: Stable Diffusion 3/3.5 cannot run here yet (see docs/sd3.md for what has landed)"),
+                ))
+            }
             other => {
                 return Err(PipelineError::model(
                     &path,

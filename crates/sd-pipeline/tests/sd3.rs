@@ -114,3 +114,21 @@ fn the_sd3_parts_compose_into_diffusers_txt2img() {
         );
     }
 }
+
+/// Until the SD3 pipeline lands, an SD3 folder is refused in one line that
+/// says so (not as an unknown pipeline class).
+#[test]
+fn an_sd3_folder_is_refused_in_one_line_until_the_pipeline_lands() {
+    let dir = reference_dir().join("fixtures/sd3/pipeline");
+    let error = sd_pipeline::StableDiffusion::builder()
+        .model_dir(&dir)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Stable Diffusion 3/3.5 cannot run here yet")
+            && error.contains("docs/sd3.md"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1);
+}
