@@ -137,14 +137,16 @@ pub enum Mode {
 pub fn run(common: &Common, mode: Mode) -> Result<()> {
     // 1. everything that can fail on bad input, before any work
     let format = ImageFormat::from_path(&common.out)?;
-    let checked = parameters(common, &mode)?
+    // (parsed once: it reads the control images)
+    let control = common.control.parse()?;
+    let checked = parameters(common, &mode, control.control)?
         .check(&Limits::NONE, common.lora_dir.as_deref())
         .map_err(name_the_option)?;
     if common.seed.is_none() {
         eprintln!("seed: {}", checked.seed());
     }
     let embeddings = embedding_options(&common.embeddings)?;
-    let control_paths = common.control.parse()?.paths;
+    let control_paths = control.paths;
     common.preview.check()?;
     let source = model_source(common.model.as_deref())?;
 
@@ -191,7 +193,11 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
 }
 
 /// The command line as the request layer's parameters.
-fn parameters(common: &Common, mode: &Mode) -> Result<Parameters> {
+fn parameters(
+    common: &Common,
+    mode: &Mode,
+    control: Option<sd_pipeline::Control>,
+) -> Result<Parameters> {
     let mut p = Parameters::new(&common.prompt);
     p.negative_prompt = common.negative_prompt.clone().unwrap_or_default();
     p.steps = common.steps;
@@ -209,7 +215,7 @@ fn parameters(common: &Common, mode: &Mode) -> Result<Parameters> {
         weighting: common.prompt_weighting,
     };
     p.loras = lora_options(&common.loras)?;
-    p.control = common.control.parse()?.control;
+    p.control = control;
     p.source = match mode {
         Mode::Txt2Img => Source::Noise,
         Mode::Img2Img { image, strength } => Source::Image {

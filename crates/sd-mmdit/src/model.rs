@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use sd_core::layers::{timestep_features, TimestepEmbedding};
 use sd_core::nn::{param, Conv2d, Linear};
 use sd_core::DiffusersModel;
-use sd_unet::embeddings::{timestep_features, TimestepEmbedding};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 

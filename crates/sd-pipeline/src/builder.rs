@@ -271,7 +271,7 @@ impl StableDiffusionBuilder {
             scheduler_config,
             sampler,
             cuda_graphs: self.cuda_graphs,
-            placement: Placement::new(self.devices, self.low_memory, self.channels_last),
+            placement: self.placement(),
             adapters: Adapters::default(),
             controlnets: ControlNets::default(),
             tiny_vae: TinyVae::default(),
@@ -326,14 +326,15 @@ impl StableDiffusionBuilder {
         }
     }
 
+    /// Where the components run and keep their weights.
+    fn placement(&self) -> Placement {
+        Placement::new(self.devices, self.low_memory, self.channels_last)
+    }
+
     /// The model source: a single file, a hub repo or a folder. Low-memory
     /// pipelines keep every weight in host memory.
     fn load_components(&self) -> Result<Components> {
-        let devices = if self.low_memory {
-            Devices::all(Device::Cpu)
-        } else {
-            self.devices
-        };
+        let devices = self.placement().homes();
         let variant = self.variant.as_deref();
         if let Some(file) = &self.single_file {
             return crate::single_file::load(file, self.config_dir.as_deref(), devices, self.dtype);

@@ -41,6 +41,21 @@ impl Devices {
 /// A tokenizer with its text encoder.
 pub type TextTower = (ClipTokenizer, Frozen<ClipTextModel>);
 
+/// `tokenizer{sub}/` and `text_encoder{sub}/` of the pipeline folder `dir`
+/// (`sub`: "" or "_2").
+pub(crate) fn load_tower(
+    dir: &Path,
+    sub: &str,
+    device: Device,
+    dtype: Kind,
+    variant: Option<&str>,
+) -> Result<TextTower> {
+    let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
+    let folder = dir.join(format!("text_encoder{sub}"));
+    let model = ClipTextModel::from_folder(folder, device, dtype, variant)?;
+    Ok((tokenizer, Frozen::new(model)))
+}
+
 /// Everything a pipeline holds, as loaded (before the builder's settings).
 #[non_exhaustive]
 pub struct Components {
@@ -70,16 +85,7 @@ impl Components {
         variant: Option<&str>,
     ) -> Result<Self> {
         let index = ModelIndex::read(dir)?;
-        let tower = |sub: &str| -> Result<TextTower> {
-            let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
-            let model = ClipTextModel::from_folder(
-                dir.join(format!("text_encoder{sub}")),
-                devices.text_encoder,
-                dtype,
-                variant,
-            )?;
-            Ok((tokenizer, Frozen::new(model)))
-        };
+        let tower = |sub: &str| load_tower(dir, sub, devices.text_encoder, dtype, variant);
         Ok(Components {
             source: dir.to_path_buf(),
             text: tower("")?,

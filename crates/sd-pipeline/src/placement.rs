@@ -47,6 +47,16 @@ impl Placement {
         }
     }
 
+    /// Where each component's weights are loaded and kept between runs.
+    pub(crate) fn homes(&self) -> Devices {
+        let d = self.devices;
+        Devices {
+            text_encoder: self.home(d.text_encoder),
+            unet: self.home(d.unet),
+            vae: self.home(d.vae),
+        }
+    }
+
     /// `model` on `device` for one run: itself, or in low-memory mode a
     /// temporary copy (channels-last when `relayout` and the pipeline is).
     pub(crate) fn for_run<'a, M>(

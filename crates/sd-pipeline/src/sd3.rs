@@ -8,14 +8,13 @@
 
 use std::path::Path;
 
-use sd_clip::{encode, ClipTextModel, ClipTokenizer, EmbeddingLayer, PromptOptions};
-use sd_core::shared::Frozen;
+use sd_clip::{encode, EmbeddingLayer, PromptOptions};
 use sd_core::DiffusersModel;
 use sd_mmdit::MmditConfig;
 use sd_t5::{T5EncoderModel, T5Tokenizer};
 use tch::{Device, Kind, Tensor};
 
-use crate::components::TextTower;
+use crate::components::{load_tower, TextTower};
 use crate::error::{PipelineError, Result};
 use crate::generate::Conditioning;
 
@@ -33,12 +32,7 @@ impl Sd3TextEncoders {
     /// The encoders of the SD3 pipeline folder `dir` on `device` in `dtype`;
     /// `with_t5: false` leaves T5 out (zeros in its place).
     pub fn from_folder(dir: &Path, device: Device, dtype: Kind, with_t5: bool) -> Result<Self> {
-        let tower = |sub: &str| -> Result<TextTower> {
-            let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
-            let folder = dir.join(format!("text_encoder{sub}"));
-            let model = ClipTextModel::from_folder(folder, device, dtype, None)?;
-            Ok((tokenizer, Frozen::new(model)))
-        };
+        let tower = |sub: &str| load_tower(dir, sub, device, dtype, None);
         let transformer = dir.join("transformer/config.json");
         let joint_dim = MmditConfig::from_file(&transformer)
             .map_err(|e| PipelineError::model(&transformer, e.to_string()))?

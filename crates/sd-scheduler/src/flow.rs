@@ -88,7 +88,9 @@ impl FlowRecipe {
             max_seq_len: config.max_image_seq_len.unwrap_or(4096),
             mu: None,
         });
-        if let Some(terminal) = config.shift_terminal.filter(|&t| t != 0.0) {
+        // (0 means none, as diffusers' falsy check reads it)
+        let shift_terminal = config.shift_terminal.filter(|&t| t != 0.0);
+        if let Some(terminal) = shift_terminal {
             if !(terminal > 0.0 && terminal < 1.0) {
                 return Err(SchedulerError::config(
                     "shift_terminal",
@@ -100,7 +102,7 @@ impl FlowRecipe {
             num_train_timesteps: config.num_train_timesteps.unwrap_or(1000),
             shift,
             dynamic,
-            shift_terminal: config.shift_terminal.filter(|&t| t != 0.0),
+            shift_terminal,
             spacing,
             invert: config.invert_sigmas == Some(true),
         })

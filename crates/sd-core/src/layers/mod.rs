@@ -1,13 +1,16 @@
-//! Blocks used by both the UNet and the VAE, named like diffusers' modules
-//! so that `VarStore` paths equal the keys of the official safetensors.
+//! Blocks shared by the UNet, the VAE and SD3's transformer, named like
+//! diffusers' modules so that `VarStore` paths equal the keys of the
+//! official safetensors.
 
 mod attention;
 mod resnet;
 mod sampling;
+mod timestep;
 
 pub use attention::{attend, split_heads, Attention, AttentionConfig};
 pub use resnet::{ResnetBlock2D, ResnetConfig};
 pub use sampling::{Downsample2D, Upsample2D};
+pub use timestep::{timestep_features, TimestepEmbedding};
 
 use tch::nn;
 

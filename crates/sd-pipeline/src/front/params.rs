@@ -328,13 +328,16 @@ impl Checked {
     /// The seed each image's PNG records, in order: its own (consecutive
     /// seeds), or its batch generator's.
     pub fn image_seeds(&self) -> Vec<u64> {
-        let batch = self.params.batch_size as u64;
-        (0..self.images() as u64)
-            .map(|i| match self.params.batch_seeds {
-                BatchSeeds::Consecutive => self.first_seed.wrapping_add(i),
-                BatchSeeds::OneGenerator => self.first_seed.wrapping_add(i / batch * batch),
-            })
-            .collect()
+        (0..self.images()).map(|i| self.image_seed(i)).collect()
+    }
+
+    /// The seed image `index` records (its batch generator's, or its own).
+    fn image_seed(&self, index: usize) -> u64 {
+        let (i, batch) = (index as u64, self.params.batch_size as u64);
+        match self.params.batch_seeds {
+            BatchSeeds::Consecutive => self.first_seed.wrapping_add(i),
+            BatchSeeds::OneGenerator => self.first_seed.wrapping_add(i / batch * batch),
+        }
     }
 
     /// One request per run (`n_iter` of them), each of `batch_size` images.
@@ -415,7 +418,7 @@ impl Checked {
             steps: self.params.steps,
             sampler: self.params.sampler.unwrap_or(sampler),
             guidance: self.params.guidance,
-            seed: self.image_seeds()[index],
+            seed: self.image_seed(index),
             width: size.0,
             height: size.1,
             model: model.to_string(),
