@@ -58,8 +58,11 @@ fn write_lora(pipeline: &StableDiffusion, path: &Path, rank: i64, seed: i64) -> 
         ".fc2.weight",
     ];
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let unet = pipeline
+        .unet()
+        .ok_or_else(|| anyhow::anyhow!("LoRA timing needs a UNet model"))?;
     let stores = [
-        ("lora_unet_", pipeline.unet().var_store(), &unet_kinds[..]),
+        ("lora_unet_", unet.var_store(), &unet_kinds[..]),
         (
             "lora_te_",
             pipeline.text_encoder().var_store(),

@@ -221,3 +221,66 @@ def write_sd3_pipeline(fixtures: Path, outputs: Path) -> None:
                          height=32, width=32, max_sequence_length=16, seed=0, t5=name == "t5"))
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_pipeline.safetensors")
     (outputs / "sd3_pipeline.json").write_text(__import__("json").dumps(runs, indent=1) + "\n")
+
+
+# --- whole SD3 runs through diffusers' three pipelines --------------------------
+
+SLG = dict(skip_guidance_layers=[1], skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.2,
+           skip_layer_guidance_stop=0.7)
+
+
+def write_sd3_runs(fixtures: Path, outputs: Path) -> None:
+    """What diffusers' StableDiffusion3Pipeline, -Img2ImgPipeline and
+    -InpaintPipeline make of the tiny folder (fixtures/sd3/pipeline), in f32
+    and bf16 (outputs/sd3_runs.*): txt2img two images from one generator at
+    48x32, with skip-layer guidance on layer 1 (steps 1 and 2 of 4), with no
+    negative prompt, without guidance; img2img at strength 0.6; inpainting at
+    strength 1 and 0.75 (the 16-channel blend; images/init-32.png,
+    mask-32.png). The final latents and the
+    first image of each. Random weights: the images are noise."""
+    from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
+    from PIL import Image
+
+    from harness_outputs import run_keeping_latents
+
+    folder = fixtures / "sd3" / "pipeline"
+    # 32x32 (the tiny VAE's factor is 2; its position table covers 24x24 latents)
+    init = Image.open(fixtures / "images" / "init.png").convert("RGB").resize((32, 32), Image.LANCZOS)
+    mask = Image.open(fixtures / "images" / "mask.png").convert("L").resize((32, 32), Image.NEAREST)
+    init.save(fixtures / "images" / "init-32.png")
+    mask.save(fixtures / "images" / "mask-32.png")
+    common = dict(num_inference_steps=4, max_sequence_length=16)
+    cases = [
+        ("txt2img", StableDiffusion3Pipeline, dict(negative_prompt="blurry", guidance_scale=5.0, height=32,
+                                                   width=48, num_images_per_prompt=2, seed=1)),
+        ("txt2img.slg", StableDiffusion3Pipeline, dict(negative_prompt="blurry", guidance_scale=5.0, height=32,
+                                                       width=48, seed=2, **SLG)),
+        ("txt2img.no_negative", StableDiffusion3Pipeline, dict(guidance_scale=4.0, height=32, width=32, seed=3)),
+        ("txt2img.no_cfg", StableDiffusion3Pipeline, dict(guidance_scale=1.0, height=32, width=32, seed=4)),
+        ("img2img", StableDiffusion3Img2ImgPipeline, dict(negative_prompt="blurry", guidance_scale=5.0,
+                                                          strength=0.6, height=32, width=32, seed=5)),
+        ("inpaint.s100", StableDiffusion3InpaintPipeline, dict(negative_prompt="blurry", guidance_scale=5.0,
+                                                               strength=1.0, height=32, width=32, seed=6)),
+        ("inpaint.s75", StableDiffusion3InpaintPipeline, dict(negative_prompt="blurry", guidance_scale=5.0,
+                                                              strength=0.75, height=32, width=32, seed=7)),
+    ]
+    tensors, runs = {}, []
+    for dtype_name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+        for name, cls, kwargs in cases:
+            pipe = cls.from_pretrained(folder, torch_dtype=dtype)
+            pipe.set_progress_bar_config(disable=True)
+            kwargs = dict(kwargs)
+            seed = kwargs.pop("seed")
+            images = {}
+            if cls is not StableDiffusion3Pipeline:
+                images["image"] = init
+            if cls is StableDiffusion3InpaintPipeline:
+                images["mask_image"] = mask
+            key = f"{dtype_name}.{name}"
+            latents, image = run_keeping_latents(pipe, PROMPT, generator=torch.Generator("cpu").manual_seed(seed),
+                                                 **common, **images, **kwargs)
+            tensors[key], tensors[f"{key}.image"] = latents, image
+            runs.append(dict(key=key, prompt=PROMPT, seed=seed, dtype=dtype_name, **common,
+                             **{k: v for k, v in kwargs.items()}))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_runs.safetensors")
+    (outputs / "sd3_runs.json").write_text(__import__("json").dumps(runs, indent=1) + "\n")

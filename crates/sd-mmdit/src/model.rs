@@ -28,6 +28,12 @@ pub struct SD3Transformer2DModel {
     vs: VarStore,
 }
 
+// SAFETY: its `&self` methods (forward, config) read the weights and allocate new
+// tensors. Tensors reached through `var_store()` share storage with the weights;
+// writing them in place while other threads run the model is a race libtorch's own
+// handles allow, outside what this marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for SD3Transformer2DModel {}
+
 impl std::fmt::Debug for SD3Transformer2DModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SD3Transformer2DModel")
@@ -56,9 +62,10 @@ impl SD3Transformer2DModel {
         // 1. patches plus the cropped position table
         let x = self.patch.forward(latents).flatten(2, -1).transpose(1, 2);
         let kind = x.kind();
-        let x = (x + self.cropped_pos_embed(h / p, w / p))
-            .to_kind(kind)
-            .contiguous();
+        // (no `.contiguous()`: with one image the sum keeps the patches'
+        // transposed layout, which diffusers' first linear reads as such, and
+        // a GEMM rounds by layout)
+        let x = (x + self.cropped_pos_embed(h / p, w / p)).to_kind(kind);
         // 2. timestep and pooled text, summed
         let features = timestep_features(&timestep.to_device(self.vs.device()), 256, true, 0.0);
         let temb = self

@@ -56,10 +56,10 @@ impl Default for Adapters {
 
 impl StableDiffusion {
     /// The models adapters may change, indexed by every name files use.
-    fn adapter_targets(&self) -> Result<Targets> {
-        let unet = self.unet.var_store();
+    fn adapter_targets(&self, unet: &sd_unet::UNet2DConditionModel) -> Result<Targets> {
         // SDXL files from kohya name the UNet's modules the LDM way.
-        let ldm = LdmUNetKeys::new(self.unet.config())?;
+        let ldm = LdmUNetKeys::new(unet.config())?;
+        let unet = unet.var_store();
         let aliases = unet
             .variables()
             .keys()
@@ -103,7 +103,19 @@ impl StableDiffusion {
             .iter()
             .map(|spec| LoraFile::open(&spec.path))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let targets = self.adapter_targets()?;
+        let Some(unet) = self.unet() else {
+            return match loras.first() {
+                None => Ok(Vec::new()),
+                Some(spec) => Err(PipelineError::request(
+                    Field::Lora,
+                    format!(
+                        "{}: LoRAs for SD3 are not supported yet",
+                        spec.path.display()
+                    ),
+                )),
+            };
+        };
+        let targets = self.adapter_targets(unet)?;
         let adapters = &mut self.adapters;
         let merged = adapters.merged.get_mut();
         merged.restore(&targets)?;

@@ -41,6 +41,7 @@ pub struct StableDiffusionBuilder {
     embeddings: Vec<(PathBuf, Option<String>)>,
     controlnets: Vec<PathBuf>,
     tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
+    t5: bool,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -57,6 +58,7 @@ impl Default for StableDiffusionBuilder {
             sampler: None,
             scheduler_config: None,
             timestep_spacing: None,
+            t5: true,
             vae_tiling: false,
             vae_slicing: false,
             low_memory: false,
@@ -235,6 +237,15 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// SD3: load the T5 encoder (the default when the model has one).
+    /// `false` leaves it out (about 10 GB in f16 for T5-XXL): its states
+    /// are zeros, as diffusers' with `text_encoder_3=None`; prompts then
+    /// reach the model through the two CLIP encoders only.
+    pub fn t5(mut self, on: bool) -> Self {
+        self.t5 = on;
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -251,12 +262,13 @@ impl StableDiffusionBuilder {
             sd_core::kernels::check_attention(self.dtype, Device::Cpu)?;
         }
         let mut components = self.load_components()?;
-        if self.channels_last {
-            sd_core::nn::convs_to_channels_last(components.unet.var_store());
+        if let (true, Some(unet)) = (self.channels_last, components.denoiser.unet()) {
+            sd_core::nn::convs_to_channels_last(unet.var_store());
         }
-        self.set_up_vae(&mut components.vae, components.index.family);
+        let family = components.index.family;
+        self.set_up_vae(&mut components.vae, family);
         let (sampler, scheduler_config) =
-            self.choose_sampler(&components.source, components.scheduler)?;
+            self.choose_sampler(&components.source, components.scheduler, family)?;
         if matches!(self.devices.unet, Device::Cuda(_)) {
             // Fixed shapes in the loop: let cuDNN pick its fastest kernels once.
             tch::Cuda::cudnn_set_benchmark(true);
@@ -266,7 +278,8 @@ impl StableDiffusionBuilder {
             index: components.index,
             text: components.text,
             text_2: components.text_2,
-            unet: Frozen::new(components.unet),
+            t5: components.t5,
+            denoiser: components.denoiser,
             vae: Frozen::new(components.vae),
             scheduler_config,
             sampler,
@@ -349,14 +362,14 @@ impl StableDiffusionBuilder {
                 ))
             }
         };
-        Components::from_folder(&dir, devices, self.dtype, variant)
+        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, self.t5)
     }
 
     /// The VAE's dtype, layout, tiling and slicing.
     fn set_up_vae(&self, vae: &mut AutoencoderKL, family: ModelFamily) {
-        if family == ModelFamily::StableDiffusion && vae.dtype() != self.dtype {
-            // diffusers' SD1/SD2 pipelines decode in the pipeline's dtype;
-            // only SDXL's honour force_upcast. (A half-precision decode that
+        if family != ModelFamily::StableDiffusionXl && vae.dtype() != self.dtype {
+            // diffusers' SD1/SD2/SD3 pipelines decode in the pipeline's
+            // dtype; only SDXL's honour force_upcast. (A half-precision decode that
             // overflows is redone in f32 here either way.)
             vae.set_dtype(self.dtype);
         }
@@ -375,6 +388,7 @@ impl StableDiffusionBuilder {
         &self,
         source: &Path,
         model_config: SchedulerConfig,
+        family: ModelFamily,
     ) -> Result<(SamplerKind, SchedulerConfig)> {
         let mut config = self.scheduler_config.clone().unwrap_or(model_config);
         if let Some(spacing) = self.timestep_spacing {
@@ -396,7 +410,7 @@ impl StableDiffusionBuilder {
                     )
                 })?,
         };
-        crate::pipeline::check_sampler_fits(sampler)?;
+        crate::pipeline::check_sampler_fits(sampler, family)?;
         sd_scheduler::build(sampler, &config)?;
         Ok((sampler, config))
     }

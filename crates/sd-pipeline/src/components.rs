@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use sd_clip::{ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
+use sd_mmdit::SD3Transformer2DModel;
 use sd_scheduler::SchedulerConfig;
+use sd_t5::{T5EncoderModel, T5Tokenizer};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
-use crate::error::Result;
+use crate::denoiser::Denoiser;
+use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
 
 /// Where each component runs. Text encoders may stay on the CPU while the
@@ -41,6 +44,28 @@ impl Devices {
 /// A tokenizer with its text encoder.
 pub type TextTower = (ClipTokenizer, Frozen<ClipTextModel>);
 
+/// SD3's T5 tokenizer with its encoder.
+pub type T5Tower = (T5Tokenizer, Frozen<T5EncoderModel>);
+
+/// `tokenizer_3/` and `text_encoder_3/` of the SD3 folder `dir`, named in
+/// errors by the folder that failed.
+pub(crate) fn load_t5(
+    dir: &Path,
+    device: Device,
+    dtype: Kind,
+    variant: Option<&str>,
+) -> Result<T5Tower> {
+    let named = |sub: &str| {
+        let path = dir.join(sub);
+        move |e: sd_t5::T5Error| PipelineError::model(&path, e.to_string())
+    };
+    let tokenizer =
+        T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(named("tokenizer_3"))?;
+    let model = T5EncoderModel::from_folder(dir.join("text_encoder_3"), device, dtype, variant)
+        .map_err(named("text_encoder_3"))?;
+    Ok((tokenizer, Frozen::new(model)))
+}
+
 /// `tokenizer{sub}/` and `text_encoder{sub}/` of the pipeline folder `dir`
 /// (`sub`: "" or "_2").
 pub(crate) fn load_tower(
@@ -63,12 +88,14 @@ pub struct Components {
     pub source: PathBuf,
     /// model_index.json (or what a single file implies).
     pub index: ModelIndex,
-    /// The first (SD) or CLIP-L (SDXL) tokenizer and text encoder.
+    /// The first (SD) or CLIP-L (SDXL, SD3) tokenizer and text encoder.
     pub text: TextTower,
-    /// SDXL's second tokenizer and OpenCLIP-bigG text encoder.
+    /// SDXL's and SD3's second tokenizer and OpenCLIP-bigG text encoder.
     pub text_2: Option<TextTower>,
-    /// The denoiser.
-    pub unet: UNet2DConditionModel,
+    /// SD3's T5 (None: left out, or not in the folder).
+    pub t5: Option<T5Tower>,
+    /// The UNet or SD3's transformer.
+    pub denoiser: Denoiser,
     /// The autoencoder.
     pub vae: AutoencoderKL,
     /// The scheduler config the model came with.
@@ -77,28 +104,59 @@ pub struct Components {
 
 impl Components {
     /// Loads a diffusers folder (model_index.json, tokenizer/, text_encoder/,
-    /// unet/, vae/, scheduler/, and SDXL's tokenizer_2/, text_encoder_2/).
+    /// unet/, vae/, scheduler/; SDXL's tokenizer_2/, text_encoder_2/; SD3's
+    /// transformer/ instead of unet/, and T5 when the folder has it).
     pub fn from_folder(
         dir: &Path,
         devices: Devices,
         dtype: Kind,
         variant: Option<&str>,
     ) -> Result<Self> {
+        Self::from_folder_with_t5(dir, devices, dtype, variant, true)
+    }
+
+    /// As [`Components::from_folder`]; `with_t5: false` leaves an SD3
+    /// folder's T5 unread (its states are zeros, as diffusers' are when
+    /// `text_encoder_3` is None).
+    pub fn from_folder_with_t5(
+        dir: &Path,
+        devices: Devices,
+        dtype: Kind,
+        variant: Option<&str>,
+        with_t5: bool,
+    ) -> Result<Self> {
         let index = ModelIndex::read(dir)?;
         let tower = |sub: &str| load_tower(dir, sub, devices.text_encoder, dtype, variant);
-        Ok(Components {
-            source: dir.to_path_buf(),
-            text: tower("")?,
-            text_2: match index.family {
-                ModelFamily::StableDiffusionXl => Some(tower("_2")?),
-                ModelFamily::StableDiffusion => None,
-            },
-            unet: UNet2DConditionModel::from_folder(
+        let family = index.family;
+        let denoiser = match family {
+            ModelFamily::StableDiffusion3 => {
+                Denoiser::Transformer(Frozen::new(SD3Transformer2DModel::from_folder(
+                    dir.join("transformer"),
+                    devices.unet,
+                    dtype,
+                    variant,
+                )?))
+            }
+            _ => Denoiser::UNet(Frozen::new(UNet2DConditionModel::from_folder(
                 dir.join("unet"),
                 devices.unet,
                 dtype,
                 variant,
-            )?,
+            )?)),
+        };
+        let has_t5 = dir.join("text_encoder_3").is_dir();
+        Ok(Components {
+            source: dir.to_path_buf(),
+            text: tower("")?,
+            text_2: match family {
+                ModelFamily::StableDiffusion => None,
+                _ => Some(tower("_2")?),
+            },
+            t5: match family.is_flow_matching() && with_t5 && has_t5 {
+                true => Some(load_t5(dir, devices.text_encoder, dtype, variant)?),
+                false => None,
+            },
+            denoiser,
             vae: AutoencoderKL::from_folder(dir.join("vae"), devices.vae, dtype, variant)?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             index,

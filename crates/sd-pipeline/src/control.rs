@@ -123,8 +123,9 @@ impl StableDiffusion {
     /// any step runs.
     pub fn load_controlnet(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
+        self.unet_for_controlnet(path)?;
         let device = self.placement.home(self.devices().unet);
-        let dtype = self.unet.var_store().kind();
+        let dtype = self.denoiser.dtype();
         let model = if path.is_dir() {
             let dir = match path.join("controlnet").join("config.json").is_file() {
                 true => path.join("controlnet"),
@@ -140,6 +141,17 @@ impl StableDiffusion {
             model: Frozen::new(model),
         });
         Ok(())
+    }
+
+    /// The UNet a ControlNet joins; SD3's transformer takes none here.
+    fn unet_for_controlnet(&self, path: &Path) -> Result<&sd_unet::UNet2DConditionModel> {
+        self.unet().ok_or_else(|| {
+            PipelineError::model(
+                path,
+                "ControlNets are for UNet models (SD1.x, SD2.x, SDXL); SD3 ControlNets are \
+                 not supported yet",
+            )
+        })
     }
 
     /// The loaded ControlNets, in the order their images are given.
@@ -182,7 +194,8 @@ impl StableDiffusion {
         let shapes = file.shapes()?;
         let files = [path.to_path_buf()];
         if ldm::is_ldm(&shapes) {
-            let config = ldm::config_from_shapes(&shapes, self.unet.config())?;
+            let unet = self.unet_for_controlnet(path)?;
+            let config = ldm::config_from_shapes(&shapes, unet.config())?;
             let keys = ldm::LdmControlNetKeys::new(&config, &shapes)?;
             return Ok(ControlNetModel::from_files(
                 &config,
@@ -214,7 +227,8 @@ impl StableDiffusion {
     /// The ControlNet's residuals must fit this UNet's skips and text width.
     fn check_controlnet(&self, path: &Path, model: &ControlNetModel) -> Result<()> {
         let theirs = model.config().cross_attention_dim()?;
-        let unet_blocks = self.unet.config().blocks()?;
+        let unet = self.unet_for_controlnet(path)?;
+        let unet_blocks = unet.config().blocks()?;
         let ours = unet_blocks[unet_blocks.len() - 1].cross_attention_dim;
         if theirs != ours {
             return Err(PipelineError::model(
@@ -230,7 +244,7 @@ impl StableDiffusion {
         let layers = |blocks: Vec<sd_unet::config::BlockSettings>| -> Vec<i64> {
             blocks.iter().map(|b| b.layers).collect()
         };
-        if theirs.block_out_channels != self.unet.config().block_out_channels
+        if theirs.block_out_channels != unet.config().block_out_channels
             || layers(theirs.blocks()?) != layers(unet_blocks)
         {
             return Err(PipelineError::model(
@@ -238,7 +252,7 @@ impl StableDiffusion {
                 format!(
                     "the ControlNet's blocks ({:?} channels) do not match the UNet's ({:?})",
                     theirs.block_out_channels,
-                    self.unet.config().block_out_channels
+                    unet.config().block_out_channels
                 ),
             ));
         }

@@ -42,6 +42,14 @@ pub enum PipelineError {
     #[error(transparent)]
     UNet(#[from] sd_unet::UNetError),
 
+    /// From SD3's T5 encoder or its tokenizer.
+    #[error(transparent)]
+    T5(#[from] sd_t5::T5Error),
+
+    /// From SD3's transformer.
+    #[error(transparent)]
+    Transformer(#[from] sd_mmdit::MmditError),
+
     /// From the VAE.
     #[error(transparent)]
     Vae(#[from] sd_vae::VaeError),

@@ -1,11 +1,11 @@
 //! Stable Diffusion pipelines: txt2img, img2img and inpainting for SD1.x,
-//! SD2.x and SDXL diffusers folders, with seeds that match diffusers.
+//! SD2.x, SDXL and SD3/SD3.5 diffusers folders, with seeds that match diffusers.
 //!
 //! ```
 //! use sd_pipeline::{Request, StableDiffusion};
 //! # fn main() -> sd_pipeline::Result<()> {
 //! # let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sd-cli/shapes");
-//! // `model_dir`: a diffusers folder (SD1.x, SD2.x, SDXL; here the project's small shapes model)
+//! // `model_dir`: a diffusers folder (SD1.x, SD2.x, SDXL, SD3; here the project's small shapes model)
 //! let pipeline = StableDiffusion::builder().model_dir(model_dir).build()?;
 //! let mut request = Request::new("a large blue triangle on a white background").with_seed(42);
 //! request.steps = 20;
@@ -30,6 +30,7 @@ mod builder;
 mod components;
 mod control;
 mod cow;
+mod denoiser;
 pub mod error;
 pub mod front;
 mod generate;
@@ -49,12 +50,13 @@ pub mod single_file;
 
 pub use adapters::LoraSpec;
 pub use builder::StableDiffusionBuilder;
-pub use components::{Components, Devices, TextTower};
+pub use components::{Components, Devices, T5Tower, TextTower};
 pub use control::{Control, LoadedControlNet};
+pub use denoiser::Denoiser;
 pub use error::{PipelineError, Result};
 pub use generate::{
-    guide, random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepCallback,
-    StepInfo, Task,
+    guide, random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed,
+    SkipLayerGuidance, StepCallback, StepInfo, Task,
 };
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};

@@ -6,13 +6,26 @@ use serde_json::Value;
 
 use crate::error::{PipelineError, Result};
 
-/// The families this pipeline runs; the conditioning differs between them.
+/// The families this pipeline runs; the conditioning and the denoiser
+/// differ between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ModelFamily {
     /// SD1.x and SD2.x: one CLIP encoder, last layer (after the final norm).
     StableDiffusion,
     /// SDXL: two encoders' penultimate layers, pooled text and size conditioning.
     StableDiffusionXl,
+    /// SD3 / SD3.5: CLIP-L, CLIP-G and (optional) T5 into a multimodal
+    /// diffusion transformer, sampled by flow matching.
+    StableDiffusion3,
+}
+
+impl ModelFamily {
+    /// Whether the denoiser is SD3's transformer (velocity, flow matching)
+    /// rather than a UNet (noise or v on a beta schedule).
+    pub fn is_flow_matching(self) -> bool {
+        self == ModelFamily::StableDiffusion3
+    }
 }
 
 /// What a folder's model_index.json says the pipeline is.
@@ -30,6 +43,17 @@ pub struct ModelIndex {
 pub const REQUIRED: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "scheduler"];
 /// The components SDXL folders have on top of SD ones.
 pub const REQUIRED_XL: [&str; 2] = ["tokenizer_2", "text_encoder_2"];
+/// The components every SD3 folder must have (T5's `tokenizer_3` and
+/// `text_encoder_3` are optional, as in diffusers).
+pub const REQUIRED_SD3: [&str; 7] = [
+    "tokenizer",
+    "text_encoder",
+    "tokenizer_2",
+    "text_encoder_2",
+    "transformer",
+    "vae",
+    "scheduler",
+];
 
 impl ModelIndex {
     /// Reads `dir/model_index.json`; errors name a missing component.
@@ -54,24 +78,21 @@ impl ModelIndex {
             "StableDiffusionXLPipeline"
             | "StableDiffusionXLImg2ImgPipeline"
             | "StableDiffusionXLInpaintPipeline" => ModelFamily::StableDiffusionXl,
-            // Its parts exist (sd-t5, sd-mmdit, flow matching); the pipeline not yet.
-            sd3 if sd3.starts_with("StableDiffusion3") => {
-                return Err(PipelineError::model(
-                    &path,
-                    format!("{sd3}: Stable Diffusion 3/3.5 cannot run here yet (see docs/sd3.md for what has landed)"),
-                ))
-            }
+            "StableDiffusion3Pipeline"
+            | "StableDiffusion3Img2ImgPipeline"
+            | "StableDiffusion3InpaintPipeline" => ModelFamily::StableDiffusion3,
             other => {
                 return Err(PipelineError::model(
                     &path,
-                    format!("\"_class_name\" {other} is not a Stable Diffusion 1/2/XL pipeline"),
+                    format!("\"_class_name\" {other} is not a Stable Diffusion 1/2/XL/3 pipeline"),
                 ))
             }
         };
-        let mut needed: Vec<&str> = REQUIRED.to_vec();
-        if family == ModelFamily::StableDiffusionXl {
-            needed.extend(REQUIRED_XL);
-        }
+        let needed: Vec<&str> = match family {
+            ModelFamily::StableDiffusion => REQUIRED.to_vec(),
+            ModelFamily::StableDiffusionXl => [&REQUIRED[..], &REQUIRED_XL[..]].concat(),
+            ModelFamily::StableDiffusion3 => REQUIRED_SD3.to_vec(),
+        };
         for component in needed {
             if !dir.join(component).is_dir() {
                 return Err(PipelineError::model(

@@ -4,21 +4,23 @@ use std::path::{Path, PathBuf};
 
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
+use sd_mmdit::SD3Transformer2DModel;
 use sd_scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 
 use crate::adapters::Adapters;
 use crate::builder::StableDiffusionBuilder;
-use crate::components::{Devices, TextTower};
+use crate::components::{Devices, T5Tower, TextTower};
 use crate::control::ControlNets;
 use crate::cow::Cow;
+use crate::denoiser::{Denoiser, RunDenoiser};
 use crate::error::Result;
 use crate::model::{ModelFamily, ModelIndex};
 use crate::placement::Placement;
 use crate::preview::TinyVae;
 
-/// A loaded Stable Diffusion 1.x / 2.x / XL pipeline. It is `Send + Sync`:
+/// A loaded Stable Diffusion 1.x / 2.x / XL / 3.x pipeline. It is `Send + Sync`:
 /// the weights are shared read-only, and every generation owns its
 /// scheduler and noise, so several threads may generate at once.
 pub struct StableDiffusion {
@@ -26,7 +28,8 @@ pub struct StableDiffusion {
     pub(crate) index: ModelIndex,
     pub(crate) text: TextTower,
     pub(crate) text_2: Option<TextTower>,
-    pub(crate) unet: Frozen<UNet2DConditionModel>,
+    pub(crate) t5: Option<T5Tower>,
+    pub(crate) denoiser: Denoiser,
     pub(crate) vae: Frozen<AutoencoderKL>,
     pub(crate) scheduler_config: SchedulerConfig,
     pub(crate) sampler: SamplerKind,
@@ -59,7 +62,7 @@ impl StableDiffusion {
         &self.dir
     }
 
-    /// SD (1.x, 2.x) or SDXL.
+    /// SD (1.x, 2.x), SDXL or SD3.
     pub fn family(&self) -> ModelFamily {
         self.index.family
     }
@@ -74,15 +77,22 @@ impl StableDiffusion {
         self.vae.config().downscale()
     }
 
-    /// The model's native image size: the UNet's sample_size x the VAE factor.
+    /// Pixels per step of the size grid: the VAE factor times the
+    /// transformer's patch (8 for SD1/SD2/SDXL, 16 for SD3).
+    pub fn size_unit(&self) -> u32 {
+        (8.max(self.vae_scale_factor()) * self.denoiser.latent_unit()) as u32
+    }
+
+    /// The model's native image size: the denoiser's sample_size x the VAE factor.
     pub fn default_size(&self) -> (u32, u32) {
-        let side = self.unet.config().sample_size.unwrap_or(64) * self.vae_scale_factor();
+        let side = self.denoiser.sample_size() * self.vae_scale_factor();
         (side as u32, side as u32)
     }
 
-    /// Whether the UNet takes 9 channels (latents, mask, masked image).
+    /// Whether the denoiser takes the mask and masked-image latents as
+    /// channels (9-channel UNets, 33-channel SD3 transformers).
     pub fn is_inpainting_unet(&self) -> bool {
-        self.unet.config().in_channels == 9
+        self.denoiser.in_channels() > self.vae.config().latent_channels
     }
 
     /// The model's scheduler config (after any the builder was given): the
@@ -99,21 +109,36 @@ impl StableDiffusion {
 
     /// A fresh scheduler of another sampler on the folder's config.
     pub fn new_scheduler_of(&self, sampler: SamplerKind) -> Result<Box<dyn Scheduler>> {
-        check_sampler_fits(sampler)?;
+        check_sampler_fits(sampler, self.family())?;
         Ok(sd_scheduler::build(sampler, &self.scheduler_config)?)
     }
 
-    /// The UNet.
-    pub fn unet(&self) -> &UNet2DConditionModel {
-        &self.unet
+    /// The denoiser: a UNet, or SD3's transformer.
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
     }
 
-    /// The (first) text encoder.
+    /// The UNet (SD1.x, SD2.x, SDXL; None for SD3).
+    pub fn unet(&self) -> Option<&UNet2DConditionModel> {
+        self.denoiser.unet()
+    }
+
+    /// SD3's transformer (None for UNet models).
+    pub fn transformer(&self) -> Option<&SD3Transformer2DModel> {
+        self.denoiser.transformer()
+    }
+
+    /// SD3's T5 encoder, when loaded.
+    pub fn text_encoder_3(&self) -> Option<&sd_t5::T5EncoderModel> {
+        self.t5.as_ref().map(|(_, e)| &**e)
+    }
+
+    /// The (first) text encoder: CLIP-L for SDXL and SD3.
     pub fn text_encoder(&self) -> &sd_clip::ClipTextModel {
         &self.text.1
     }
 
-    /// SDXL's second text encoder.
+    /// SDXL's and SD3's second text encoder (OpenCLIP bigG).
     pub fn text_encoder_2(&self) -> Option<&sd_clip::ClipTextModel> {
         self.text_2.as_ref().map(|(_, e)| &**e)
     }
@@ -128,10 +153,15 @@ impl StableDiffusion {
         self.placement.devices()
     }
 
-    /// The UNet on its compute device: a temporary copy in low-memory mode.
-    pub(crate) fn unet_for_run(&self) -> Result<Cow<'_, UNet2DConditionModel>> {
-        self.placement
-            .for_run(&*self.unet, self.placement.devices().unet, true)
+    /// The denoiser on its compute device: a temporary copy in low-memory mode.
+    pub(crate) fn denoiser_for_run(&self) -> Result<RunDenoiser<'_>> {
+        let device = self.placement.devices().unet;
+        Ok(match &self.denoiser {
+            Denoiser::UNet(m) => RunDenoiser::UNet(self.placement.for_run(&**m, device, true)?),
+            Denoiser::Transformer(m) => {
+                RunDenoiser::Transformer(self.placement.for_run(&**m, device, true)?)
+            }
+        })
     }
 
     /// The VAE on its compute device: a temporary copy in low-memory mode.
@@ -141,17 +171,29 @@ impl StableDiffusion {
     }
 }
 
-/// SD1.x, SD2.x and SDXL predict noise (or v) on a beta schedule: a
-/// flow-matching sampler (for SD3-like models) would run, and draw nonsense.
-pub(crate) fn check_sampler_fits(sampler: SamplerKind) -> Result<()> {
-    if sampler.is_flow_matching() {
-        return Err(crate::PipelineError::request(
-            crate::front::Field::Sampler,
+/// SD1.x, SD2.x and SDXL predict noise (or v) on a beta schedule, SD3
+/// velocity by flow matching: a sampler of the other kind would run, and
+/// draw nonsense.
+pub(crate) fn check_sampler_fits(sampler: SamplerKind, family: ModelFamily) -> Result<()> {
+    let message = match (sampler.is_flow_matching(), family.is_flow_matching()) {
+        (true, false) => format!(
+            "{sampler} is for flow-matching models (SD3); SD1.x, SD2.x and SDXL take the \
+             other samplers"
+        ),
+        (false, true) => {
+            let known: Vec<String> = SamplerKind::FLOW_MATCHING
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
             format!(
-                "{sampler} is for flow-matching models (SD3); SD1.x, SD2.x and SDXL take the \
-                 other samplers"
-            ),
-        ));
-    }
-    Ok(())
+                "{sampler} is for SD1.x/SD2.x/SDXL; SD3 samples by flow matching: {}",
+                known.join(", ")
+            )
+        }
+        _ => return Ok(()),
+    };
+    Err(crate::PipelineError::request(
+        crate::front::Field::Sampler,
+        message,
+    ))
 }

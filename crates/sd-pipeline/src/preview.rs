@@ -1,7 +1,7 @@
 //! The tiny autoencoder (TAESD) in the pipeline, and preview images of
 //! latents while a picture forms: decoded by TAESD when one is loaded, or
-//! by a fixed linear map from the 4 latent channels to RGB otherwise (a
-//! blurry eighth-size sketch, nearly free).
+//! by a fixed linear map from the latent channels (4, or SD3's 16) to RGB
+//! otherwise (a blurry eighth-size sketch, nearly free).
 
 use std::path::Path;
 
@@ -16,12 +16,14 @@ use crate::images::tensor_to_images;
 use crate::model::ModelFamily;
 use crate::pipeline::StableDiffusion;
 
-/// Latent channel -> RGB weights (rows: the 4 channels) and an RGB bias,
-/// least-squares fits of decoded colours on the UNet-scale latents, as
+/// Latent channel -> RGB weights (rows: the channels) and an RGB bias,
+/// least-squares fits of decoded colours on the denoiser-scale latents, as
 /// widely used for previews (ComfyUI's `latent_formats`). Approximate by
-/// nature; for SD1.x/SD2.x and for SDXL.
-const SD_RGB: ([[f64; 3]; 4], [f64; 3]) = (
-    [
+/// nature; for SD1.x/SD2.x, SDXL and SD3.
+type RgbMap = (&'static [[f64; 3]], [f64; 3]);
+
+const SD_RGB: RgbMap = (
+    &[
         [0.3512, 0.2297, 0.3227],
         [0.3250, 0.4974, 0.2350],
         [-0.2829, 0.1762, 0.2721],
@@ -29,14 +31,35 @@ const SD_RGB: ([[f64; 3]; 4], [f64; 3]) = (
     ],
     [0.0, 0.0, 0.0],
 );
-const SDXL_RGB: ([[f64; 3]; 4], [f64; 3]) = (
-    [
+const SDXL_RGB: RgbMap = (
+    &[
         [0.3651, 0.4232, 0.4341],
         [-0.2533, -0.0042, 0.1068],
         [0.1076, 0.1111, -0.0362],
         [-0.3165, -0.2492, -0.2188],
     ],
     [0.1084, -0.0175, -0.0011],
+);
+const SD3_RGB: RgbMap = (
+    &[
+        [-0.0922, -0.0175, 0.0749],
+        [0.0311, 0.0633, 0.0954],
+        [0.1994, 0.0927, 0.0458],
+        [0.0856, 0.0339, 0.0902],
+        [0.0587, 0.0272, -0.0496],
+        [-0.0006, 0.1104, 0.0309],
+        [0.0978, 0.0306, 0.0427],
+        [-0.0042, 0.1038, 0.1358],
+        [-0.0194, 0.0020, 0.0669],
+        [-0.0488, 0.0130, -0.0268],
+        [0.0922, 0.0988, 0.0951],
+        [-0.0278, 0.0524, -0.0542],
+        [0.0332, 0.0456, 0.0895],
+        [-0.0069, -0.0030, -0.0810],
+        [-0.0596, -0.0465, -0.0293],
+        [-0.1448, -0.1463, -0.1189],
+    ],
+    [0.2394, 0.2135, 0.1925],
 );
 
 /// What the tiny autoencoder is used for.
@@ -94,14 +117,15 @@ impl StableDiffusion {
         }
         let (weights, bias) = match self.family() {
             ModelFamily::StableDiffusionXl => SDXL_RGB,
-            ModelFamily::StableDiffusion => SD_RGB,
+            ModelFamily::StableDiffusion3 => SD3_RGB,
+            _ => SD_RGB,
         };
         let z = latents.to_kind(Kind::Float);
         let channels = z.size()[1];
-        let map = if channels == 4 {
-            Tensor::from_slice(&weights.concat()).view([4, 3])
+        let map = if channels == weights.len() as i64 {
+            Tensor::from_slice(&weights.concat()).view([channels, 3])
         } else {
-            // Not an SD latent space: show its first three channels.
+            // Not the family's latent space: show its first three channels.
             Tensor::eye_m(channels, 3, (Kind::Double, tch::Device::Cpu))
         };
         let map = map.to_kind(Kind::Float).to_device(z.device());

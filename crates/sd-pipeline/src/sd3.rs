@@ -4,17 +4,16 @@
 //! then T5's states after them on the token axis; the two projected pooled
 //! embeddings side by side. Without T5 (a user without the memory for it),
 //! its states are zeros, as diffusers' are when `text_encoder_3` is None.
-//! (The SD3 pipeline itself is still to come: see docs/sd3.md.)
+//! [`StableDiffusion`](crate::StableDiffusion) runs SD3 folders through
+//! [`encode_prompt`]; [`Sd3TextEncoders`] is the same without the rest.
 
 use std::path::Path;
 
 use sd_clip::{encode, EmbeddingLayer, PromptOptions};
-use sd_core::DiffusersModel;
 use sd_mmdit::MmditConfig;
-use sd_t5::{T5EncoderModel, T5Tokenizer};
 use tch::{Device, Kind, Tensor};
 
-use crate::components::{load_tower, TextTower};
+use crate::components::{load_t5, load_tower, T5Tower, TextTower};
 use crate::error::{PipelineError, Result};
 use crate::generate::Conditioning;
 
@@ -23,7 +22,7 @@ use crate::generate::Conditioning;
 pub struct Sd3TextEncoders {
     clip_l: TextTower,
     clip_g: TextTower,
-    t5: Option<(T5Tokenizer, T5EncoderModel)>,
+    t5: Option<T5Tower>,
     /// The transformer's text width (T5's d_model).
     joint_dim: i64,
 }
@@ -38,17 +37,7 @@ impl Sd3TextEncoders {
             .map_err(|e| PipelineError::model(&transformer, e.to_string()))?
             .joint_attention_dim;
         let t5 = match with_t5 {
-            true => {
-                let t5_error = |e: sd_t5::T5Error| {
-                    PipelineError::model(dir.join("text_encoder_3"), e.to_string())
-                };
-                let tokenizer =
-                    T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(t5_error)?;
-                let model =
-                    T5EncoderModel::from_folder(dir.join("text_encoder_3"), device, dtype, None)
-                        .map_err(t5_error)?;
-                Some((tokenizer, model))
-            }
+            true => Some(load_t5(dir, device, dtype, None)?),
             false => None,
         };
         Ok(Sd3TextEncoders {
@@ -62,33 +51,64 @@ impl Sd3TextEncoders {
     /// One prompt's conditioning: hidden (1, 77 + max_sequence_length,
     /// joint width) and pooled (1, CLIP-L's + CLIP-G's projection widths).
     pub fn encode(&self, prompt: &str, max_sequence_length: usize) -> Result<Conditioning> {
-        let clip = |(tokenizer, model): &TextTower| {
-            let layer = EmbeddingLayer::Penultimate;
-            encode(tokenizer, model, prompt, layer, PromptOptions::default(), 1)
+        let towers = Sd3Towers {
+            clip_l: &self.clip_l,
+            clip_g: &self.clip_g,
+            t5: self.t5.as_ref(),
+            joint_dim: self.joint_dim,
         };
-        let (l, g) = (clip(&self.clip_l)?, clip(&self.clip_g)?);
-        let clip_states = Tensor::cat(&[&l.hidden, &g.hidden], -1);
-        let t5_states = match &self.t5 {
-            Some((tokenizer, model)) => {
-                let fail = |e: sd_t5::T5Error| {
-                    PipelineError::request(crate::front::Field::Prompt, e.to_string())
-                };
-                let ids = tokenizer
-                    .encode(prompt, max_sequence_length)
-                    .map_err(fail)?;
-                let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
-                model.forward(&ids).map_err(fail)?
-            }
-            None => Tensor::zeros(
-                [1, max_sequence_length as i64, self.joint_dim],
-                (clip_states.kind(), clip_states.device()),
-            ),
-        };
-        let pad = t5_states.size()[2] - clip_states.size()[2];
-        let clip_states = clip_states.constant_pad_nd([0, pad]);
-        Ok(Conditioning {
-            hidden: Tensor::cat(&[clip_states, t5_states.to_device(l.hidden.device())], 1),
-            pooled: Some(Tensor::cat(&[l.pooled, g.pooled], -1)),
-        })
+        encode_prompt(
+            &towers,
+            prompt,
+            max_sequence_length,
+            PromptOptions::default(),
+        )
     }
+}
+
+/// The three encoders of an SD3 model, borrowed.
+pub(crate) struct Sd3Towers<'a> {
+    pub clip_l: &'a TextTower,
+    pub clip_g: &'a TextTower,
+    pub t5: Option<&'a T5Tower>,
+    /// The transformer's text width (T5's d_model).
+    pub joint_dim: i64,
+}
+
+/// One prompt through SD3's encoders, as diffusers' `encode_prompt` (the
+/// same prompt for all three; `options` reach the CLIP encoders: clip skip).
+pub(crate) fn encode_prompt(
+    towers: &Sd3Towers<'_>,
+    prompt: &str,
+    max_sequence_length: usize,
+    options: PromptOptions,
+) -> Result<Conditioning> {
+    let clip = |(tokenizer, model): &TextTower| {
+        let layer = EmbeddingLayer::Penultimate;
+        encode(tokenizer, model, prompt, layer, options, 1)
+    };
+    let (l, g) = (clip(towers.clip_l)?, clip(towers.clip_g)?);
+    let clip_states = Tensor::cat(&[&l.hidden, &g.hidden], -1);
+    let t5_states = match towers.t5 {
+        Some((tokenizer, model)) => {
+            let fail = |e: sd_t5::T5Error| {
+                PipelineError::request(crate::front::Field::Prompt, e.to_string())
+            };
+            let ids = tokenizer
+                .encode(prompt, max_sequence_length)
+                .map_err(fail)?;
+            let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
+            model.forward(&ids).map_err(fail)?
+        }
+        None => Tensor::zeros(
+            [1, max_sequence_length as i64, towers.joint_dim],
+            (clip_states.kind(), clip_states.device()),
+        ),
+    };
+    let pad = t5_states.size()[2] - clip_states.size()[2];
+    let clip_states = clip_states.constant_pad_nd([0, pad]);
+    Ok(Conditioning {
+        hidden: Tensor::cat(&[clip_states, t5_states.to_device(l.hidden.device())], 1),
+        pooled: Some(Tensor::cat(&[l.pooled, g.pooled], -1)),
+    })
 }

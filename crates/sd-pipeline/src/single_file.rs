@@ -269,7 +269,8 @@ pub(crate) fn load(
         },
         text: (tokenizer_1, text_encoder),
         text_2: second,
-        unet,
+        t5: None,
+        denoiser: crate::denoiser::Denoiser::UNet(sd_core::shared::Frozen::new(unet)),
         vae,
         scheduler: plan.configs.scheduler.clone(),
     })

@@ -224,6 +224,6 @@ fn channels_last_stays_within_rounding_of_diffusers() {
         .channels_last(true)
         .build()
         .unwrap();
-    let conv = &pipeline.unet().var_store().variables()["conv_in.weight"];
+    let conv = &pipeline.unet().unwrap().var_store().variables()["conv_in.weight"];
     assert!(sd_core::nn::is_channels_last(conv));
 }

@@ -4,7 +4,9 @@
 //! f32 CPU, single-threaded like the reference; bit for bit on its machine.
 
 use sd_pipeline::sd3::Sd3TextEncoders;
-use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
+use sd_testkit::parity::{
+    assert_matches, assert_matches_reordered, read_tensors, reference_dir, take,
+};
 use tch::{Device, Kind};
 
 #[test]
@@ -115,20 +117,158 @@ fn the_sd3_parts_compose_into_diffusers_txt2img() {
     }
 }
 
-/// Until the SD3 pipeline lands, an SD3 folder is refused in one line that
-/// says so (not as an unknown pipeline class).
+/// Whole SD3 runs through `StableDiffusion` against diffusers'
+/// StableDiffusion3Pipeline, -Img2ImgPipeline and -InpaintPipeline on the
+/// tiny folder (reference/harness_sd3.py, write_sd3_runs), in f32 and bf16:
+/// txt2img with two images from one generator at 48x32, skip-layer
+/// guidance, no negative prompt, no guidance; img2img; inpainting at
+/// strength 1 and 0.75. Final latents and the first image.
 #[test]
-fn an_sd3_folder_is_refused_in_one_line_until_the_pipeline_lands() {
+fn sd3_pipeline_runs_match_diffusers() {
+    use sd_pipeline::{Request, Seed, SkipLayerGuidance, StableDiffusion};
+
+    tch::set_num_threads(1);
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sd3_runs.safetensors")).unwrap();
+    let runs: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("outputs/sd3_runs.json")).unwrap(),
+    )
+    .unwrap();
+    let init = image::open(fixtures.join("images/init-32.png"))
+        .unwrap()
+        .to_rgb8();
+    let mask = image::open(fixtures.join("images/mask-32.png"))
+        .unwrap()
+        .to_luma8();
+    for (dtype_name, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+        let pipeline = StableDiffusion::builder()
+            .model_dir(fixtures.join("sd3/pipeline"))
+            .dtype(kind)
+            .build()
+            .unwrap();
+        for run in runs.iter().filter(|r| r["dtype"] == dtype_name) {
+            let key = run["key"].as_str().unwrap();
+            let number = |name: &str| run[name].as_f64();
+            let mut request = Request::new(run["prompt"].as_str().unwrap());
+            request.negative_prompt = run["negative_prompt"].as_str().map(str::to_string);
+            request.steps = run["num_inference_steps"].as_u64().unwrap() as usize;
+            request.guidance_scale = number("guidance_scale").unwrap();
+            request.max_sequence_length = run["max_sequence_length"].as_u64().unwrap() as usize;
+            request.num_images = run["num_images_per_prompt"].as_u64().unwrap_or(1) as usize;
+            request.seed = Seed::Batch(run["seed"].as_u64().unwrap());
+            request.width = number("width").map(|w| w as u32);
+            request.height = number("height").map(|h| h as u32);
+            let mut evaluations = request.steps;
+            if let Some(layers) = run["skip_guidance_layers"].as_array() {
+                let layers = layers
+                    .iter()
+                    .map(|l| l.as_u64().unwrap() as usize)
+                    .collect();
+                request.skip_layer_guidance = Some(
+                    SkipLayerGuidance::new(layers)
+                        .with_scale(number("skip_layer_guidance_scale").unwrap())
+                        .with_window(
+                            number("skip_layer_guidance_start").unwrap(),
+                            number("skip_layer_guidance_stop").unwrap(),
+                        ),
+                );
+                evaluations *= 2;
+            }
+            let strength = number("strength");
+            request = match (key.contains("img2img"), key.contains("inpaint")) {
+                (true, _) => request.image_to_image(init.clone(), strength.unwrap()),
+                (_, true) => request.inpaint(init.clone(), mask.clone(), strength.unwrap()),
+                _ => request,
+            };
+            let generation = pipeline.generate(&request).unwrap();
+            let expected = take(&reference, key).unwrap();
+            // A transformer pass over one image (no guidance; skip-layer
+            // guidance's extra pass) is not bit for bit even on the
+            // reference machine: libtorch's f32 linear layers on a single
+            // row round otherwise called from this process than from
+            // Python (same library, any ATen capability; cause not found,
+            // docs/sd3.md). The error model's bound there.
+            let one_image_pass = request.guidance_scale <= 1.0 || key.contains("slg");
+            match one_image_pass {
+                true => assert_matches_reordered(key, &generation.latents, &expected, evaluations),
+                false => assert_matches(key, &generation.latents, &expected, evaluations),
+            }
+            let decoded = pipeline.decode_latents(&expected).unwrap();
+            if key.contains("inpaint") {
+                // diffusers 0.42's SD3 inpainting decodes `latents /
+                // scaling_factor` without adding the VAE's shift_factor (its
+                // txt2img and img2img add it). Here every SD3 run decodes
+                // the same, correct way: the images are the decode of
+                // latents that are diffusers' bit for bit (docs/sd3.md).
+                let ours = &generation.images[0];
+                assert_eq!(ours.as_raw(), decoded[0].as_raw(), "{key}");
+                continue;
+            }
+            let ours = match one_image_pass {
+                true => &decoded[0],
+                false => &generation.images[0],
+            };
+            sd_testkit::parity::assert_image_matches(
+                key,
+                decoded[0].as_raw(),
+                ours.as_raw(),
+                &take(&reference, &format!("{key}.image")).unwrap(),
+                kind,
+            );
+        }
+    }
+}
+
+/// SD3's own refusals, each one line naming the field: a size off the
+/// 16-pixel grid, a UNet sampler, guidance rescale, a skip-layer block the
+/// transformer does not have, too many T5 tokens, a LoRA.
+#[test]
+fn bad_sd3_requests_are_refused_in_one_line_each() {
+    use sd_pipeline::{Request, SamplerKind, SkipLayerGuidance, StableDiffusion};
+
     let dir = reference_dir().join("fixtures/sd3/pipeline");
-    let error = sd_pipeline::StableDiffusion::builder()
-        .model_dir(&dir)
-        .build()
+    let mut pipeline = StableDiffusion::builder().model_dir(&dir).build().unwrap();
+    let base = || {
+        let mut r = Request::new("a circle");
+        r.steps = 1;
+        r
+    };
+    let refusal = |request: Request| -> String {
+        let error = pipeline.generate(&request).unwrap_err().to_string();
+        assert_eq!(error.lines().count(), 1, "{error}");
+        error
+    };
+    let mut r = base();
+    r.width = Some(40);
+    assert!(refusal(r).contains("width: 40 is not a positive multiple of 16"));
+    let mut r = base();
+    r.sampler = Some(SamplerKind::Euler);
+    assert!(refusal(r).contains("SD3 samples by flow matching"));
+    let mut r = base();
+    r.guidance_rescale = 0.7;
+    assert!(refusal(r).contains("guidance_rescale: SD3 has no guidance rescale"));
+    let mut r = base();
+    r.skip_layer_guidance = Some(SkipLayerGuidance::new(vec![7]));
+    assert!(refusal(r).contains("layer 7: the transformer has blocks 0..2"));
+    let mut r = base();
+    r.max_sequence_length = 600;
+    assert!(refusal(r).contains("max_sequence_length: 600 is outside 1..=512"));
+    let lora = reference_dir().join("fixtures/lora/sd1-peft.safetensors");
+    let error = pipeline
+        .set_loras(&[sd_pipeline::LoraSpec::new(&lora, 1.0)])
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("Stable Diffusion 3/3.5 cannot run here yet")
-            && error.contains("docs/sd3.md"),
+        error.contains("LoRAs for SD3 are not supported yet"),
         "{error}"
     );
-    assert_eq!(error.lines().count(), 1);
+    // A UNet model refuses SD3's options the other way round.
+    let sd1 = StableDiffusion::builder()
+        .model_dir(reference_dir().join("fixtures/tiny-sd1"))
+        .build()
+        .unwrap();
+    let mut r = base();
+    r.skip_layer_guidance = Some(SkipLayerGuidance::new(vec![0]));
+    let error = sd1.generate(&r).unwrap_err().to_string();
+    assert!(error.contains("skip-layer guidance is for SD3"), "{error}");
 }

@@ -358,13 +358,42 @@ pub fn build(kind: SamplerKind, config: &SchedulerConfig) -> Result<Box<dyn Sche
     })
 }
 
-/// Where img2img starts: diffusers' `get_timesteps`. With `strength` in
-/// (0, 1], the run skips the first `steps - floor(steps * strength)` steps;
-/// the returned index is into [`Scheduler::timesteps`] (times the order).
+/// How diffusers' `get_timesteps` rounds `steps * strength`: the UNet
+/// pipelines (SD1.x, SD2.x, SDXL) truncate the steps to run, the
+/// flow-matching ones (SD3, FLUX) truncate the steps to skip: 4 steps at
+/// strength 0.6 run 2 there and 3 here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StrengthRounding {
+    /// `init = int(steps * strength)`; skip `steps - init`.
+    RunSteps,
+    /// skip `int(steps - steps * strength)`.
+    SkipSteps,
+}
+
+/// Where img2img starts: diffusers' `get_timesteps` of the UNet pipelines.
+/// With `strength` in (0, 1], the run skips the first
+/// `steps - floor(steps * strength)` steps; the returned index is into
+/// [`Scheduler::timesteps`] (times the order).
 pub fn img2img_start_index(
     scheduler: &dyn Scheduler,
     num_inference_steps: usize,
     strength: f64,
+) -> Result<usize> {
+    img2img_start(
+        scheduler,
+        num_inference_steps,
+        strength,
+        StrengthRounding::RunSteps,
+    )
+}
+
+/// Where img2img starts, with `rounding` as the model's pipeline rounds.
+pub fn img2img_start(
+    scheduler: &dyn Scheduler,
+    num_inference_steps: usize,
+    strength: f64,
+    rounding: StrengthRounding,
 ) -> Result<usize> {
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(SchedulerError::request(
@@ -372,8 +401,14 @@ pub fn img2img_start_index(
             format!("strength {strength} is outside (0, 1]"),
         ));
     }
-    let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
-    let start = (num_inference_steps - init) * scheduler.order();
+    let steps = num_inference_steps as f64;
+    let skipped = match rounding {
+        StrengthRounding::RunSteps => {
+            num_inference_steps - ((steps * strength) as usize).min(num_inference_steps)
+        }
+        StrengthRounding::SkipSteps => (steps - (steps * strength).min(steps)) as usize,
+    };
+    let start = skipped * scheduler.order();
     if start >= scheduler.timesteps().len() {
         return Err(SchedulerError::request(
             scheduler.name(),

@@ -22,6 +22,12 @@ pub struct T5EncoderModel {
     vs: VarStore,
 }
 
+// SAFETY: its `&self` methods (forward, config) read the weights and allocate new
+// tensors. Tensors reached through `var_store()` share storage with the weights;
+// writing them in place while other threads run the model is a race libtorch's own
+// handles allow, outside what this marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for T5EncoderModel {}
+
 impl std::fmt::Debug for T5EncoderModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("T5EncoderModel")

@@ -70,6 +70,12 @@ pub enum Field {
     Thresholds,
     /// An encoded output file (PNG).
     Output,
+    /// SD3: T5's token count.
+    MaxSequenceLength,
+    /// SD3.5: skip-layer guidance (layers, scale, window).
+    SkipLayerGuidance,
+    /// SD3: the T5 encoder (loaded or left out).
+    T5,
 }
 
 impl Field {
@@ -108,6 +114,9 @@ impl Field {
             Field::Image => "image",
             Field::Thresholds => "thresholds",
             Field::Output => "output",
+            Field::MaxSequenceLength => "max_sequence_length",
+            Field::SkipLayerGuidance => "skip_layer_guidance",
+            Field::T5 => "t5",
         }
     }
 }

@@ -58,6 +58,7 @@ impl StableDiffusion {
             }
         }
         self.check_control(request.control.as_ref())?;
+        self.check_family_options(request)?;
         if let Task::Inpaint { image, mask, .. } = &request.task {
             if mask.dimensions() != image.dimensions() {
                 return Err(PipelineError::request(
@@ -103,10 +104,11 @@ impl StableDiffusion {
             request.width.unwrap_or(default_w),
             request.height.unwrap_or(default_h),
         );
-        // diffusers' rule: any multiple of 8 (and of the VAE's factor). The
-        // UNet upsamples to each skip connection's size, so latents need not
-        // be multiples of its own downsampling (1920x1080 works).
-        let unit = 8.max(self.vae_scale_factor() as u32);
+        // diffusers' rule: any multiple of 8 (and of the VAE's factor) for
+        // a UNet, which upsamples to each skip connection's size, so latents
+        // need not be multiples of its own downsampling (1920x1080 works);
+        // times the patch for SD3's transformer (16).
+        let unit = self.size_unit();
         for (field, value) in [(Field::Width, w), (Field::Height, h)] {
             if value == 0 || value % unit != 0 {
                 return Err(PipelineError::request(
@@ -137,10 +139,10 @@ impl StableDiffusion {
     /// block over one decoded slice (or tile).
     fn check_memory(&self, shape: &RunShape) -> Result<()> {
         let bytes = |device| sd_core::device::available_memory(device).unwrap_or(u64::MAX);
-        let element = self.unet.var_store().kind().elt_size_in_bytes() as u64;
+        let element = self.denoiser.dtype().elt_size_in_bytes() as u64;
         let [_, _, h, w] = shape.latent_shape.map(|v| v as u64);
         let unet_batch = shape.n as u64 * if shape.cfg { 2 } else { 1 };
-        let unet_channels = self.unet.config().block_out_channels[0] as u64;
+        let unet_channels = self.denoiser.activation_width() as u64;
         let unet_need = 3 * unet_batch * unet_channels * h * w * element;
         let vae = self.vae.config();
         let full = shape.width as u64 * shape.height as u64;
@@ -183,6 +185,56 @@ impl StableDiffusion {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl StableDiffusion {
+    /// Options one family has and the others do not.
+    fn check_family_options(&self, request: &Request) -> Result<()> {
+        let refuse = |field, message: String| Err(PipelineError::request(field, message));
+        let Some(transformer) = self.transformer() else {
+            if request.skip_layer_guidance.is_some() {
+                return refuse(
+                    Field::SkipLayerGuidance,
+                    "skip-layer guidance is for SD3 transformers, this model has a UNet".into(),
+                );
+            }
+            return Ok(());
+        };
+        if request.guidance_rescale != 0.0 {
+            return refuse(
+                Field::GuidanceRescale,
+                "SD3 has no guidance rescale (diffusers' SD3 pipelines take none)".into(),
+            );
+        }
+        let tokens = request.max_sequence_length;
+        if !(1..=512).contains(&tokens) {
+            return refuse(
+                Field::MaxSequenceLength,
+                format!("{tokens} is outside 1..=512 (T5's positions)"),
+            );
+        }
+        let Some(slg) = &request.skip_layer_guidance else {
+            return Ok(());
+        };
+        let blocks = transformer.config().num_layers as usize;
+        PipelineError::require_finite(&[(Field::SkipLayerGuidance, slg.scale)])?;
+        if let Some(layer) = slg.layers.iter().find(|&&l| l >= blocks) {
+            return refuse(
+                Field::SkipLayerGuidance,
+                format!("layer {layer}: the transformer has blocks 0..{blocks}"),
+            );
+        }
+        if !(0.0..=1.0).contains(&slg.start) || !(slg.start..=1.0).contains(&slg.stop) {
+            return refuse(
+                Field::SkipLayerGuidance,
+                format!(
+                    "window {}..{} is not within 0..1 in order",
+                    slg.start, slg.stop
+                ),
+            );
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! Stage 1, conditioning: the prompts through the text encoder(s), as
 //! diffusers' `encode_prompt`, batched for one CFG pass, and SDXL's added
-//! conditions.
+//! conditions or SD3's pooled text.
 
 use sd_clip::{encode, EmbeddingLayer};
 use sd_core::DiffusersModel;
 use sd_unet::AddedConditions;
 use tch::Tensor;
 
+use crate::denoiser::Extra;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::generate::checks::RunShape;
@@ -15,16 +16,17 @@ use crate::model::ModelFamily;
 use crate::pipeline::StableDiffusion;
 
 impl StableDiffusion {
-    /// The UNet's text context, [negative, positive] when guided, and
-    /// SDXL's added conditions, for the whole batch on the UNet's device.
+    /// The denoiser's text context, [negative, positive] when guided, and
+    /// SDXL's added conditions or SD3's pooled text, for the whole batch
+    /// on the denoiser's device.
     pub(crate) fn batch_conditioning(
         &self,
         request: &Request,
         shape: &RunShape,
-    ) -> Result<(Tensor, Option<AddedConditions>)> {
+    ) -> Result<(Tensor, Extra)> {
         let (n, cfg) = (shape.n, shape.cfg);
         let device = self.devices().unet;
-        let dtype = self.unet.var_store().kind();
+        let dtype = self.denoiser.dtype();
         let embeddings = match &request.embeddings {
             Some(e) => e.clone(),
             None => self.encode_prompts(request, cfg)?,
@@ -41,13 +43,67 @@ impl StableDiffusion {
         } else {
             repeat(&embeddings.positive.hidden)
         };
-        let added =
-            self.added_conditions(request, &embeddings, cfg, n, (shape.width, shape.height))?;
-        Ok((context, added))
+        let extra = match self.family() {
+            ModelFamily::StableDiffusionXl => Extra::Added(self.added_conditions(
+                request,
+                &embeddings,
+                cfg,
+                n,
+                (shape.width, shape.height),
+            )?),
+            ModelFamily::StableDiffusion3 => {
+                let pooled = |c: &Conditioning| -> Result<Tensor> {
+                    let p = c.pooled.as_ref().ok_or_else(|| {
+                        PipelineError::request(Field::Embeddings, "SD3 needs pooled embeddings")
+                    })?;
+                    Ok(repeat(p))
+                };
+                Extra::Pooled(match cfg {
+                    true => Tensor::cat(
+                        &[pooled(&embeddings.negative)?, pooled(&embeddings.positive)?],
+                        0,
+                    ),
+                    false => pooled(&embeddings.positive)?,
+                })
+            }
+            _ => Extra::None,
+        };
+        Ok((context, extra))
+    }
+
+    /// SD3's prompts, as diffusers' `StableDiffusion3Pipeline.encode_prompt`:
+    /// a missing negative prompt is "" (encoded, not zeros).
+    fn encode_prompts_sd3(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
+        let clip_g = self
+            .text_2
+            .as_ref()
+            .ok_or_else(|| PipelineError::model(&self.dir, "SD3 needs text_encoder_2 (CLIP-G)"))?;
+        let joint_dim = match self.transformer() {
+            Some(t) => t.config().joint_attention_dim,
+            None => return Err(PipelineError::model(&self.dir, "SD3 needs its transformer")),
+        };
+        let towers = crate::sd3::Sd3Towers {
+            clip_l: &self.text,
+            clip_g,
+            t5: self.t5.as_ref(),
+            joint_dim,
+        };
+        let (tokens, options) = (request.max_sequence_length, request.prompt_options);
+        let encode = |text: &str| crate::sd3::encode_prompt(&towers, text, tokens, options);
+        let positive = encode(&request.prompt)?;
+        let negative = match cfg {
+            true => encode(request.negative_prompt.as_deref().unwrap_or(""))?,
+            // diffusers makes none; the loop never reads it
+            false => positive.clone(),
+        };
+        Ok(PromptEmbeddings { positive, negative })
     }
 
     /// The prompts through the text encoder(s), as diffusers' `encode_prompt`.
     pub fn encode_prompts(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
+        if self.family() == ModelFamily::StableDiffusion3 {
+            return self.encode_prompts_sd3(request, cfg);
+        }
         let options = request.prompt_options;
         let negative_text = request.negative_prompt.clone().unwrap_or_default();
         let (tokenizer, text_encoder) = (&self.text.0, &self.text.1);
@@ -128,10 +184,7 @@ impl StableDiffusion {
         cfg: bool,
         n: usize,
         (width, height): (u32, u32),
-    ) -> Result<Option<AddedConditions>> {
-        if self.index.family != ModelFamily::StableDiffusionXl {
-            return Ok(None);
-        }
+    ) -> Result<AddedConditions> {
         let device = self.devices().unet;
         let (oh, ow) = request.sdxl_original_size.unwrap_or((height, width));
         let (ct, cl) = request.sdxl_crop_top_left;
@@ -155,10 +208,10 @@ impl StableDiffusion {
         } else {
             (pooled(&embeddings.positive)?, ids)
         };
-        Ok(Some(AddedConditions {
+        Ok(AddedConditions {
             text_embeds,
             time_ids: time_ids.to_device(device),
-        }))
+        })
     }
 }
 

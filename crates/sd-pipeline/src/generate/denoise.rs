@@ -4,13 +4,13 @@
 use std::ops::ControlFlow;
 
 use image::RgbImage;
-use sd_core::DiffusersModel;
-use sd_scheduler::{img2img_start_index, Scheduler};
-use sd_unet::{AddedConditions, UNet2DConditionModel};
+use sd_scheduler::{img2img_start, Scheduler, StrengthRounding};
+use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
 use crate::control::RunControl;
+use crate::denoiser::{velocity, Extra, RunDenoiser};
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::generate::latents::Prepared;
@@ -81,14 +81,24 @@ impl StableDiffusion {
         let _guard = tch::no_grad_guard();
         // 0. checks, before any weights run
         let shape = self.check(request)?;
-        let unet = self.unet_for_run()?;
+        let denoiser = self.denoiser_for_run()?;
         let vae = self.vae_for_run()?;
         // 1. conditioning, [negative, positive] for one batched CFG pass
-        let (context, added) = self.batch_conditioning(request, &shape)?;
-        // 2. timesteps, and where img2img/inpainting enters the schedule
+        let (context, extra) = self.batch_conditioning(request, &shape)?;
+        // 2. timesteps (flow matching's dynamic shift reads the token
+        //    count), and where img2img/inpainting enters the schedule
+        let [_, _, h, w] = shape.latent_shape;
+        let unit = self.denoiser.latent_unit();
+        scheduler.set_image_seq_len(((h / unit) * (w / unit)) as usize);
         scheduler.set_timesteps(request.steps)?;
         let start = match request.task.strength() {
-            Some(strength) => img2img_start_index(scheduler.as_ref(), request.steps, strength)?,
+            Some(strength) => {
+                let rounding = match self.family().is_flow_matching() {
+                    true => StrengthRounding::SkipSteps,
+                    false => StrengthRounding::RunSteps,
+                };
+                img2img_start(scheduler.as_ref(), request.steps, strength, rounding)?
+            }
             None => 0,
         };
         // 3. latents from the run's own generator(s)
@@ -108,21 +118,22 @@ impl StableDiffusion {
         };
         // 4. denoising loop
         let loop_inputs = LoopInputs {
-            unet: &unet,
+            denoiser: &denoiser,
             context: &context,
-            added: added.as_ref(),
+            extra: &extra,
             prepared: &prepared,
             start,
             guidance: (request.guidance_scale, request.guidance_rescale),
             cfg: shape.cfg,
             control: control.as_ref(),
+            skip_layers: request.skip_layer_guidance.as_ref(),
         };
         let (latents, unet_execution) =
             self.denoise(loop_inputs, scheduler.as_mut(), &mut noise, callback)?;
-        // 5. decode (in low-memory mode the UNet copy is freed first), after
-        //    handing the loop's freed activations back to the kernel
+        // 5. decode (in low-memory mode the denoiser's copy is freed first),
+        //    after handing the loop's freed activations back to the kernel
         //    (peak memory; sd_core::alloc)
-        drop(unet);
+        drop(denoiser);
         drop(control);
         drop(controlnets);
         sd_core::alloc::release_freed_memory();
@@ -133,7 +144,7 @@ impl StableDiffusion {
         })
     }
 
-    /// The denoising loop: UNet (CFG-batched), guidance, scheduler step.
+    /// The denoising loop: the denoiser (CFG-batched), guidance, scheduler step.
     fn denoise(
         &self,
         inputs: LoopInputs<'_>,
@@ -142,16 +153,13 @@ impl StableDiffusion {
         callback: StepCallback<'_>,
     ) -> Result<(Tensor, UNetExecution)> {
         let LoopInputs {
-            unet,
-            context,
-            added,
             prepared,
             start,
             guidance: (scale, rescale),
             cfg,
-            control,
+            ..
         } = inputs;
-        let (device, dtype) = (self.devices().unet, unet.var_store().kind());
+        let (device, dtype) = (self.devices().unet, self.denoiser.dtype());
         let mut latents = prepared.latents.to_device(device).to_kind(dtype);
         let timesteps = scheduler.timesteps().to_vec();
         // On the device once, so no step copies a timestep from the host.
@@ -168,36 +176,32 @@ impl StableDiffusion {
                 Some((mask, masked)) => Tensor::cat(&[&scaled, mask, masked], 1),
                 None => scaled.shallow_clone(),
             };
-            let t = timesteps_on_device.get(i as i64);
-            let prediction = match control {
-                // ControlNet runs are eager: the residuals change every step.
-                Some(control) => {
-                    let single = || Ok(scheduler.scale_model_input(&latents, i)?);
-                    let residuals = control.residuals(
-                        (step, total),
-                        &scaled,
-                        single,
-                        &t,
-                        context,
-                        added,
-                        cfg,
-                    )?;
-                    unet.forward_controlled(&input, &t, context, added, residuals.as_ref())?
+            let at = At {
+                step: (step, total),
+                index: i,
+                t: timesteps[i],
+                t_on_device: timesteps_on_device.get(i as i64),
+            };
+            let prediction = match inputs.denoiser {
+                RunDenoiser::UNet(unet) => {
+                    let step_inputs = (&input, &scaled, &latents);
+                    self.unet_prediction(unet, &inputs, &at, step_inputs, scheduler, &mut runner)?
                 }
-                None => {
-                    let runner = runner.get_or_insert_with(|| {
-                        UNetRunner::new(self.cuda_graphs, unet, &input, &t, context, added)
-                    });
-                    runner.run(unet, &input, &t, context, added)?
+                RunDenoiser::Transformer(model) => {
+                    let pooled = pooled(inputs.extra)?;
+                    velocity(model, &input, at.t, inputs.context, pooled, &[])?
                 }
             };
-            let guided = match cfg {
+            let mut guided = match cfg {
                 true => guide(&prediction, scale, rescale),
-                false => prediction,
+                false => prediction.shallow_clone(),
             };
+            if let Some(push) = skip_layer_push(&inputs, &at, &latents, &prediction)? {
+                guided = guided + push;
+            }
             latents = scheduler.step(&guided, i, &latents, noise)?;
-            // 4b. inpainting with a plain UNet: keep the unmasked part on the
-            //     image's own noisy trajectory
+            // 4b. inpainting with a plain denoiser: keep the unmasked part on
+            //     the image's own noisy trajectory
             if let Some(blend) = &prepared.blend {
                 let proper = match timesteps.get(i + 1) {
                     Some(_) => scheduler.add_noise(&blend.image_latents, &blend.noise, i + 1)?,
@@ -222,6 +226,34 @@ impl StableDiffusion {
         Ok((latents, execution))
     }
 
+    /// One UNet prediction: with ControlNet residuals (eager: they change
+    /// every step), or through the runner (a replayed CUDA graph when asked).
+    fn unet_prediction(
+        &self,
+        unet: &UNet2DConditionModel,
+        inputs: &LoopInputs<'_>,
+        at: &At,
+        (input, scaled, latents): (&Tensor, &Tensor, &Tensor),
+        scheduler: &dyn Scheduler,
+        runner: &mut Option<UNetRunner>,
+    ) -> Result<Tensor> {
+        let (context, added, t) = (inputs.context, inputs.extra.added(), &at.t_on_device);
+        match inputs.control {
+            Some(control) => {
+                let single = || Ok(scheduler.scale_model_input(latents, at.index)?);
+                let residuals =
+                    control.residuals(at.step, scaled, single, t, context, added, inputs.cfg)?;
+                Ok(unet.forward_controlled(input, t, context, added, residuals.as_ref())?)
+            }
+            None => {
+                let runner = runner.get_or_insert_with(|| {
+                    UNetRunner::new(self.cuda_graphs, unet, input, t, context, added)
+                });
+                runner.run(unet, input, t, context, added)
+            }
+        }
+    }
+
     /// Decodes final latents (as in [`Generation::latents`]) to 8-bit images,
     /// as the last step of a generation does.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
@@ -242,15 +274,63 @@ impl StableDiffusion {
 
 /// What the loop reads.
 struct LoopInputs<'a> {
-    unet: &'a UNet2DConditionModel,
+    denoiser: &'a RunDenoiser<'a>,
     context: &'a Tensor,
-    added: Option<&'a AddedConditions>,
+    extra: &'a Extra,
     prepared: &'a Prepared,
     start: usize,
     /// (scale, rescale)
     guidance: (f64, f64),
     cfg: bool,
     control: Option<&'a RunControl<'a>>,
+    skip_layers: Option<&'a crate::SkipLayerGuidance>,
+}
+
+/// Where the loop is: (step, steps this run makes), the index into the
+/// sampler's timesteps, and the timestep on the host and on the device.
+struct At {
+    step: (usize, usize),
+    index: usize,
+    t: f64,
+    t_on_device: Tensor,
+}
+
+/// SD3's pooled text, which a transformer run always has.
+fn pooled(extra: &Extra) -> Result<&Tensor> {
+    match extra {
+        Extra::Pooled(p) => Ok(p),
+        _ => Err(PipelineError::request(
+            Field::Embeddings,
+            "SD3 needs pooled embeddings",
+        )),
+    }
+}
+
+/// SD3.5's skip-layer guidance on the steps its window covers, as diffusers:
+/// the positive prompt once more with the chosen blocks left out, and
+/// `(text - skipped) * scale` to add to the guided prediction.
+fn skip_layer_push(
+    inputs: &LoopInputs<'_>,
+    at: &At,
+    latents: &Tensor,
+    prediction: &Tensor,
+) -> Result<Option<Tensor>> {
+    let (Some(slg), RunDenoiser::Transformer(model), true) =
+        (inputs.skip_layers, inputs.denoiser, inputs.cfg)
+    else {
+        return Ok(None);
+    };
+    let (step, total) = at.step;
+    if !slg.applies(step, total) {
+        return Ok(None);
+    }
+    // A fresh copy, not a view: a GEMM reading from the middle of the
+    // batch (not 64-byte aligned) may block its sums otherwise than on the
+    // positive prompt's own tensor, as diffusers has it.
+    let positive = |t: &Tensor| t.chunk(2, 0)[1].copy();
+    let (context, pooled) = (positive(inputs.context), positive(pooled(inputs.extra)?));
+    let skipped = velocity(model, latents, at.t, &context, &pooled, &slg.layers)?;
+    Ok(Some((positive(prediction) - skipped) * slg.scale))
 }
 
 /// Classifier-free guidance on a [uncond, text] batch, with diffusers'

@@ -41,10 +41,19 @@ struct Encoding<'a> {
 
 impl Encoding<'_> {
     /// Latents of `x` in the pipeline's dtype, cast before scaling as
-    /// diffusers; they stay on the VAE's device, so the noise joins them there.
+    /// diffusers (SD3's VAE shifts first); they stay on the VAE's device,
+    /// so the noise joins them there.
     fn encode(&self, x: &Tensor, noise: &mut BatchNoise) -> Result<Tensor> {
-        let sample = self.encoder.encode(x)?.sample(noise.first())?;
-        Ok(sample.to_kind(self.kind) * self.encoder.config().scaling_factor)
+        let sample = self
+            .encoder
+            .encode(x)?
+            .sample(noise.first())?
+            .to_kind(self.kind);
+        let config = self.encoder.config();
+        Ok(match config.shift_factor {
+            Some(shift) => (sample - shift) * config.scaling_factor,
+            None => sample * config.scaling_factor,
+        })
     }
 }
 
@@ -62,7 +71,7 @@ impl StableDiffusion {
     ) -> Result<Prepared> {
         // Drawn in the pipeline's dtype, as diffusers does: torch's f16/bf16
         // draws are other numbers than f32 ones, not their rounding.
-        let kind = self.unet.var_store().kind();
+        let kind = self.denoiser.dtype();
         let Some(init) = request.task.image() else {
             // txt2img: pure noise at the first sigma
             let latents = noise.randn_as(&run.latent_shape, kind)? * scheduler.init_noise_sigma();

@@ -19,5 +19,6 @@ mod request;
 
 pub use denoise::{guide, StepCallback};
 pub use request::{
-    random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, StepInfo, Task,
+    random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, SkipLayerGuidance,
+    StepInfo, Task,
 };

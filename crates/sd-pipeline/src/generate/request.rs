@@ -53,6 +53,60 @@ pub struct Request {
     pub sdxl_target_size: Option<(u32, u32)>,
     /// Control images and settings for the loaded ControlNets.
     pub control: Option<crate::control::Control>,
+    /// SD3: T5's token count (diffusers' `max_sequence_length`: 256 by
+    /// default, at most 512); also the length of the zeros without T5.
+    pub max_sequence_length: usize,
+    /// SD3.5: skip-layer guidance (None: off).
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
+}
+
+/// SD3.5's skip-layer guidance (diffusers' `skip_guidance_layers`): on the
+/// steps `i` with `start * steps < i < stop * steps`, one more pass of the
+/// positive prompt with these transformer blocks left out, and the guided
+/// prediction pushed away from it by `scale`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SkipLayerGuidance {
+    /// The transformer blocks to leave out (0-based).
+    pub layers: Vec<usize>,
+    /// diffusers' `skip_layer_guidance_scale`.
+    pub scale: f64,
+    /// diffusers' `skip_layer_guidance_start`, a fraction of the steps.
+    pub start: f64,
+    /// diffusers' `skip_layer_guidance_stop`, a fraction of the steps.
+    pub stop: f64,
+}
+
+impl SkipLayerGuidance {
+    /// `layers` with diffusers' defaults: scale 2.8, from 1% to 20% of the
+    /// steps. SD3.5 Medium's model card uses layers 7, 8 and 9.
+    pub fn new(layers: Vec<usize>) -> Self {
+        SkipLayerGuidance {
+            layers,
+            scale: 2.8,
+            start: 0.01,
+            stop: 0.2,
+        }
+    }
+
+    /// The same over another window of the steps (fractions).
+    pub fn with_window(mut self, start: f64, stop: f64) -> Self {
+        (self.start, self.stop) = (start, stop);
+        self
+    }
+
+    /// The same at another scale.
+    pub fn with_scale(mut self, scale: f64) -> Self {
+        self.scale = scale;
+        self
+    }
+
+    /// Whether step `i` of `steps` (those the run makes) skips layers,
+    /// diffusers' comparison exactly.
+    pub(crate) fn applies(&self, i: usize, steps: usize) -> bool {
+        let (i, steps) = (i as f64, steps as f64);
+        i > steps * self.start && i < steps * self.stop
+    }
 }
 
 /// The seeds of a run's CPU generators, as diffusers' `generator` argument.
@@ -167,6 +221,8 @@ impl Request {
             sdxl_crop_top_left: (0, 0),
             sdxl_target_size: None,
             control: None,
+            max_sequence_length: 256,
+            skip_layer_guidance: None,
         }
     }
 
