@@ -13,6 +13,8 @@ use crate::cow::Cow;
 use crate::error::Result;
 
 /// A pipeline's denoiser.
+// One per pipeline, never in a collection: boxing would only add a hop.
+#[allow(clippy::large_enum_variant)]
 #[non_exhaustive]
 pub enum Denoiser {
     /// SD1.x, SD2.x and SDXL.
@@ -88,6 +90,7 @@ impl Denoiser {
 }
 
 /// The denoiser on its compute device for one run.
+#[allow(clippy::large_enum_variant)] // one per run, as `Denoiser`
 pub(crate) enum RunDenoiser<'a> {
     UNet(Cow<'a, UNet2DConditionModel>),
     Transformer(Cow<'a, SD3Transformer2DModel>),

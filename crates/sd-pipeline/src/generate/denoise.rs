@@ -197,7 +197,8 @@ impl StableDiffusion {
                 false => prediction.shallow_clone(),
             };
             if let Some(push) = skip_layer_push(&inputs, &at, &latents, &prediction)? {
-                guided = guided + push;
+                // (not in place: without CFG `guided` shares the prediction)
+                guided = &guided + push;
             }
             latents = scheduler.step(&guided, i, &latents, noise)?;
             // 4b. inpainting with a plain denoiser: keep the unmasked part on
