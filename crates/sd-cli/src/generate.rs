@@ -16,7 +16,7 @@ use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
 
 #[derive(Args, Debug)]
 pub struct Common {
-    /// A diffusers model folder (SD1.x, SD2.x or SDXL), a single-file
+    /// A diffusers model folder (SD1.x, SD2.x, SDXL, SD3/SD3.5), a single-file
     /// checkpoint (.safetensors, CompVis layout), or a Hugging Face repo id
     /// (org/name, from the local hub cache or downloaded into it). Without
     /// it, the project's small shapes model is used (coloured circles,
@@ -41,13 +41,14 @@ pub struct Common {
     /// Without it a random seed is chosen and printed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Default: the model's native size. Multiples of 8.
+    /// Default: the model's native size. Multiples of 8 (16 for SD3).
     #[arg(long)]
     pub width: Option<u32>,
     #[arg(long)]
     pub height: Option<u32>,
     /// ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m,
-    /// dpm++2m-karras, dpm++2m-sde, unipc, lcm. Default: the model's own.
+    /// dpm++2m-karras, dpm++2m-sde, unipc, lcm; for SD3: flow-euler,
+    /// flow-heun. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<String>,
     /// leading, trailing or linspace: overrides the model's scheduler
@@ -87,6 +88,20 @@ pub struct Common {
     /// Tiled VAE decode (large images in bounded memory).
     #[arg(long)]
     pub vae_tiling: bool,
+    /// SD3: `none` leaves the T5 encoder out (T5-XXL is about 10 GB in
+    /// f16); its states are zeros, as diffusers' without text_encoder_3.
+    #[arg(long, value_name = "none")]
+    pub t5: Option<String>,
+    /// SD3: T5's token count (default 256, at most 512).
+    #[arg(long, value_name = "N")]
+    pub max_sequence_length: Option<usize>,
+    /// SD3.5: skip-layer guidance on these transformer blocks (SD3.5
+    /// Medium's model card: 7,8,9), from 1% to 20% of the steps.
+    #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
+    pub skip_layer_guidance: Vec<usize>,
+    /// The scale of --skip-layer-guidance.
+    #[arg(long, default_value_t = 2.8)]
+    pub skip_layer_scale: f64,
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
     /// Also write the final latents (before VAE decode) as tensor "latents", f32.
@@ -216,6 +231,13 @@ fn parameters(
     };
     p.loras = lora_options(&common.loras)?;
     p.control = control;
+    p.max_sequence_length = common.max_sequence_length;
+    if !common.skip_layer_guidance.is_empty() {
+        p.skip_layer_guidance = Some(
+            sd_pipeline::SkipLayerGuidance::new(common.skip_layer_guidance.clone())
+                .with_scale(common.skip_layer_scale),
+        );
+    }
     p.source = match mode {
         Mode::Txt2Img => Source::Noise,
         Mode::Img2Img { image, strength } => Source::Image {
@@ -256,6 +278,7 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
         .dtype(kind)
         .vae_tiling(common.vae_tiling)
         .low_memory(common.low_memory)
+        .t5(t5_wanted(common.t5.as_deref())?)
         .cuda_graphs(common.cuda_graphs)
         .channels_last(common.channels_last);
     if let Some(dir) = &common.config_dir {
@@ -268,6 +291,18 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
         builder = builder.tiny_vae(dir, sd_pipeline::TinyVaeUse::PreviewsAndDecode);
     }
     builder.build().map_err(name_the_option)
+}
+
+/// `--t5`: absent loads the model's T5, `none` leaves it out.
+fn t5_wanted(option: Option<&str>) -> Result<bool> {
+    match option {
+        None => Ok(true),
+        Some("none") => Ok(false),
+        Some(other) => bail!(
+            "--t5: {other:?}: give `none` to leave T5 out (separate T5 files come with SD3 \
+             single files, not supported yet)"
+        ),
+    }
 }
 
 /// Runs `request` with a progress bar on a terminal and the previews asked for.
@@ -424,6 +459,9 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::Embedding => "--embedding",
         Field::Model => "--model",
         Field::Dtype => "--dtype",
+        Field::MaxSequenceLength => "--max-sequence-length",
+        Field::SkipLayerGuidance => "--skip-layer-guidance",
+        Field::T5 => "--t5",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

@@ -491,3 +491,106 @@ fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
+
+/// An SD3 folder through the CLI: the latents of diffusers'
+/// StableDiffusion3Pipeline (two images from one generator at 48x32,
+/// reference/harness_sd3.py) within the error model (bit for bit on the
+/// reference machine), with the SD3 options; `--t5 none` runs without T5;
+/// SD3's refusals name their option.
+#[test]
+fn sd3_runs_through_the_cli() {
+    let dir = scratch("sd3");
+    let model = fixtures().join("sd3/pipeline");
+    let latents = dir.join("sd3.safetensors");
+    let out = dir.join("sd3.png");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "txt2img",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red circle on a white background",
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+            "--width",
+            "48",
+            "--height",
+            "32",
+            "--num-images",
+            "2",
+            "--seed",
+            "1",
+            "--max-sequence-length",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+            "--save-latents",
+            latents.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run_with = |extra: &[&str]| {
+        let owned = args(extra);
+        sd(&owned.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let run = run_with(&[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reference =
+        sd_testkit::parity::read_tensors(fixtures().join("outputs/sd3_runs.safetensors")).unwrap();
+    let ours = sd_testkit::parity::read_tensors(&latents).unwrap();
+    sd_testkit::parity::assert_matches(
+        "cli f32.txt2img",
+        &ours["latents"],
+        &reference["f32.txt2img"],
+        4,
+    );
+    let without = run_with(&["--t5", "none"]);
+    assert!(
+        without.status.success(),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    let no_t5 = sd_testkit::parity::read_tensors(&latents).unwrap();
+    let moved = (&no_t5["latents"] - &ours["latents"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        moved > 1e-3,
+        "without T5 the prompt's T5 states are zeros: {moved}"
+    );
+    for (extra, expected) in [
+        (
+            &["--guidance-rescale", "0.7"][..],
+            "--guidance-rescale: SD3 has no guidance rescale",
+        ),
+        (
+            &["--skip-layer-guidance", "9"][..],
+            "--skip-layer-guidance: layer 9",
+        ),
+        (&["--t5", "t5.safetensors"][..], "--t5: \"t5.safetensors\""),
+        (
+            &["--scheduler", "euler"][..],
+            "--scheduler: euler is for SD1.x/SD2.x/SDXL",
+        ),
+    ] {
+        let run = run_with(extra);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(expected),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

@@ -20,6 +20,8 @@ pub struct BatchKey {
     sdxl_original_size: Option<(u32, u32)>,
     sdxl_crop_top_left: (u32, u32),
     sdxl_target_size: Option<(u32, u32)>,
+    max_sequence_length: usize,
+    skip_layer_guidance: Option<crate::SkipLayerGuidance>,
     loras: Vec<LoraSpec>,
 }
 
@@ -45,6 +47,8 @@ impl BatchKey {
             sdxl_original_size: request.sdxl_original_size,
             sdxl_crop_top_left: request.sdxl_crop_top_left,
             sdxl_target_size: request.sdxl_target_size,
+            max_sequence_length: request.max_sequence_length,
+            skip_layer_guidance: request.skip_layer_guidance.clone(),
             loras: loras.to_vec(),
         })
     }

@@ -12,7 +12,7 @@ use crate::control::Control;
 use crate::error::{PipelineError, Result};
 use crate::front::BatchKey;
 use crate::front::Field;
-use crate::generate::{random_seed, Request, Seed, Task};
+use crate::generate::{random_seed, Request, Seed, SkipLayerGuidance, Task};
 use crate::parameters::GenerationParameters;
 
 /// Where the latents start.
@@ -122,6 +122,10 @@ pub struct Parameters {
     pub source: Source,
     /// Control images for the loaded ControlNets.
     pub control: Option<Control>,
+    /// SD3: T5's token count; `None`: 256, diffusers' default.
+    pub max_sequence_length: Option<usize>,
+    /// SD3.5: skip-layer guidance (`None`: off).
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
 }
 
 impl Parameters {
@@ -145,6 +149,8 @@ impl Parameters {
             loras: Vec::new(),
             source: Source::Noise,
             control: None,
+            max_sequence_length: None,
+            skip_layer_guidance: None,
         }
     }
 
@@ -367,6 +373,10 @@ impl Checked {
         };
         request.prompt_options = p.prompt_options;
         request.control = p.control.clone();
+        if let Some(tokens) = p.max_sequence_length {
+            request.max_sequence_length = tokens;
+        }
+        request.skip_layer_guidance = p.skip_layer_guidance.clone();
         request.task = match &p.source {
             Source::Noise => Task::TextToImage,
             Source::Image {
