@@ -47,6 +47,11 @@ pub struct GenerateRequest {
     pub init_images: Vec<String>,
     /// img2img: an inpainting mask (base64; white is repainted).
     pub mask: Option<String>,
+    /// SD3 (this project's, not A1111's): T5's token count (default 256).
+    pub max_sequence_length: Option<usize>,
+    /// SD3.5 (this project's): skip-layer guidance on these transformer
+    /// blocks at diffusers' defaults (scale 2.8, 1% to 20% of the steps).
+    pub skip_layer_guidance: Vec<usize>,
 }
 
 impl Default for GenerateRequest {
@@ -68,6 +73,8 @@ impl Default for GenerateRequest {
             denoising_strength: 0.75,
             init_images: Vec::new(),
             mask: None,
+            max_sequence_length: None,
+            skip_layer_guidance: Vec::new(),
         }
     }
 }
@@ -114,6 +121,12 @@ impl GenerateRequest {
         p.n_iter = self.n_iter;
         p.batch_seeds = BatchSeeds::Consecutive;
         p.prompt_options.clip_skip = self.clip_skip()?;
+        p.max_sequence_length = self.max_sequence_length;
+        if !self.skip_layer_guidance.is_empty() {
+            p.skip_layer_guidance = Some(crate::SkipLayerGuidance::new(
+                self.skip_layer_guidance.clone(),
+            ));
+        }
         if img2img {
             p.source = self.image_source()?;
             if let Source::Image { image, .. } = &p.source {

@@ -103,3 +103,25 @@ fn a_random_seed_is_fixed_once_and_recorded() {
         "{text}"
     );
 }
+
+#[test]
+fn sd3_options_reach_the_requests_and_keep_batches_apart() {
+    let body: a1111::GenerateRequest = serde_json::from_str(
+        r#"{"prompt": "a cat", "seed": 3, "max_sequence_length": 77, "skip_layer_guidance": [7, 8, 9]}"#,
+    )
+    .unwrap();
+    let checked = body
+        .parameters(false)
+        .unwrap()
+        .check(&Limits::NONE, None)
+        .unwrap();
+    let request = &checked.requests()[0];
+    assert_eq!(request.max_sequence_length, 77);
+    assert_eq!(
+        request.skip_layer_guidance,
+        Some(crate::SkipLayerGuidance::new(vec![7, 8, 9]))
+    );
+    let plain = Parameters::new("a cat").check(&Limits::NONE, None).unwrap();
+    assert_eq!(plain.requests()[0].max_sequence_length, 256);
+    assert_ne!(checked.batch_key(), plain.batch_key());
+}
