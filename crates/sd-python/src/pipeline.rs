@@ -43,7 +43,7 @@ impl StableDiffusion {
     #[new]
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
-        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None
+        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -58,6 +58,7 @@ impl StableDiffusion {
         controlnets: Vec<(PathBuf, f64)>,
         tiny_vae: Option<PathBuf>,
         lora_dir: Option<PathBuf>,
+        t5: bool,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -69,7 +70,8 @@ impl StableDiffusion {
             .source(&source)
             .device(device)
             .dtype(kind)
-            .low_memory(low_memory);
+            .low_memory(low_memory)
+            .t5(t5);
         if let Some(name) = scheduler {
             builder = builder.sampler(parse_sampler_name(name)?);
         }
@@ -120,14 +122,18 @@ impl StableDiffusion {
     /// (`strength` of the schedule), with `mask` too inpainting (white is
     /// repainted). `loras`: this call's [(file, scale)] instead of the
     /// constructor's; `<lora:NAME:SCALE>` tags in the prompt are found in
-    /// `lora_dir`. `control_images`: one per loaded ControlNet.
+    /// `lora_dir`. `control_images`: one per loaded ControlNet. SD3:
+    /// `max_sequence_length` (T5's tokens, default 256) and
+    /// `skip_layer_guidance` (transformer blocks, e.g. [7, 8, 9] for SD3.5
+    /// Medium, at diffusers' default scale and window).
     /// `callback(step, total)` runs after each step; returning `False`
     /// stops the run with `sd_rs.Cancelled`. Each image carries its PNG
     /// `parameters` text in `image.info`.
     #[pyo3(signature = (
         prompt, negative_prompt="", steps=20, guidance=7.5, seed=0, width=None, height=None,
         num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None,
-        loras=None, control_images=None, clip_skip=0
+        loras=None, control_images=None, clip_skip=0, max_sequence_length=None,
+        skip_layer_guidance=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -149,8 +155,12 @@ impl StableDiffusion {
         loras: Option<Vec<(PathBuf, f64)>>,
         control_images: Option<Vec<Bound<'py, PyAny>>>,
         clip_skip: usize,
+        max_sequence_length: Option<usize>,
+        skip_layer_guidance: Option<Vec<usize>>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let mut p = Parameters::new(prompt);
+        p.max_sequence_length = max_sequence_length;
+        p.skip_layer_guidance = skip_layer_guidance.map(sd_pipeline::SkipLayerGuidance::new);
         p.negative_prompt = negative_prompt.to_string();
         p.steps = steps;
         p.guidance = guidance;

@@ -218,3 +218,26 @@ def test_a1111_bodies_are_checked_and_run_as_sd_serve_runs_them(pipe, tmp_path):
         assert error.value.field == field, (bad, str(error.value))
     with pytest.raises(sd_rs.InvalidRequest, match="init_images"):
         sd_rs.check_a1111(json.dumps(body), img2img=True)
+
+
+SD3 = Path(__file__).resolve().parents[3] / "reference" / "fixtures" / "sd3" / "pipeline"
+
+
+@pytest.mark.parametrize("t5", [True, False])
+def test_sd3_options_equal_the_cli(tmp_path, t5):
+    """The tiny SD3 folder (random weights: the images are noise) with
+    skip-layer guidance and 16 T5 tokens, with T5 and without it: the CLI's
+    pixels; a block the transformer lacks is refused naming the argument."""
+    pipe = sd_rs.StableDiffusion(str(SD3), t5=t5)
+    kwargs = dict(steps=4, seed=2, guidance=5.0, width=48, height=32)
+    [image] = pipe.generate(PROMPT, negative_prompt="blurry", max_sequence_length=16,
+                            skip_layer_guidance=[1], **kwargs)
+    args = ["txt2img", "--model", str(SD3), "--prompt", PROMPT, "--negative-prompt", "blurry",
+            "--steps", "4", "--seed", "2", "--guidance", "5", "--width", "48", "--height", "32",
+            "--max-sequence-length", "16", "--skip-layer-guidance", "1"]
+    expected = cli(tmp_path, *args, *([] if t5 else ["--t5", "none"]))
+    assert image.tobytes() == expected.tobytes()
+    assert "Model: pipeline" in image.info["parameters"]
+    with pytest.raises(sd_rs.InvalidRequest) as refused:
+        pipe.generate(PROMPT, skip_layer_guidance=[5], **kwargs)
+    assert refused.value.field == "skip_layer_guidance"
