@@ -161,6 +161,7 @@ def main() -> None:
             harness_sd3.write_mmdit(FIXTURES, outputs)
             harness_sd3.write_sd3_pipeline(FIXTURES, outputs)
             harness_sd3.write_sd3_runs(FIXTURES, outputs)
+            harness_sd3.write_sd3_single_files(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)
@@ -168,6 +169,7 @@ def main() -> None:
             harness_models.write_manifests(HERE / "manifests")
             harness_single_file.write_single_file_manifests(HERE / "manifests")
             harness_controlnet.write_controlnet_manifests(HERE / "manifests")
+            harness_sd3.write_sd3_single_file_manifests(HERE / "manifests")
     print("reference fixtures written under", FIXTURES.relative_to(HERE.parent))
 
 

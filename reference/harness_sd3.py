@@ -284,3 +284,138 @@ def write_sd3_runs(fixtures: Path, outputs: Path) -> None:
                              **{k: v for k, v in kwargs.items()}))
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "sd3_runs.safetensors")
     (outputs / "sd3_runs.json").write_text(__import__("json").dumps(runs, indent=1) + "\n")
+
+
+# --- Stability's single-file layout ---------------------------------------------
+
+def mmdit_to_sai(state: dict, config: dict) -> dict:
+    """diffusers' SD3Transformer2DModel weights in Stability's layout
+    (`model.diffusion_model.*`): q/k/v fused into `qkv`, the final layer's and
+    the last context block's AdaLN rows as (shift, scale). The reverse of
+    diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`, written here."""
+    last = config["num_layers"] - 1
+    swap = lambda t: torch.cat(t.chunk(2, 0)[::-1], 0)  # noqa: E731
+    out = {"pos_embed": state["pos_embed.pos_embed"]}
+    top = {"pos_embed.proj": "x_embedder.proj", "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+           "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+           "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+           "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2", "context_embedder": "context_embedder",
+           "proj_out": "final_layer.linear"}
+    for ours, theirs in top.items():
+        for p in ("weight", "bias"):
+            out[f"{theirs}.{p}"] = state[f"{ours}.{p}"]
+    for p in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{p}"] = swap(state[f"norm_out.linear.{p}"])
+    for i in range(config["num_layers"]):
+        b, j = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        for p in ("weight", "bias"):
+            cat = lambda *names: torch.cat([state[f"{b}.{n}.{p}"] for n in names], 0)  # noqa: E731
+            out[f"{j}.x_block.attn.qkv.{p}"] = cat("attn.to_q", "attn.to_k", "attn.to_v")
+            out[f"{j}.context_block.attn.qkv.{p}"] = cat("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")
+            out[f"{j}.x_block.attn.proj.{p}"] = state[f"{b}.attn.to_out.0.{p}"]
+            out[f"{j}.x_block.adaLN_modulation.1.{p}"] = state[f"{b}.norm1.linear.{p}"]
+            context_ada = state[f"{b}.norm1_context.linear.{p}"]
+            out[f"{j}.context_block.adaLN_modulation.1.{p}"] = swap(context_ada) if i == last else context_ada
+            out[f"{j}.x_block.mlp.fc1.{p}"] = state[f"{b}.ff.net.0.proj.{p}"]
+            out[f"{j}.x_block.mlp.fc2.{p}"] = state[f"{b}.ff.net.2.{p}"]
+            if i != last:
+                out[f"{j}.context_block.attn.proj.{p}"] = state[f"{b}.attn.to_add_out.{p}"]
+                out[f"{j}.context_block.mlp.fc1.{p}"] = state[f"{b}.ff_context.net.0.proj.{p}"]
+                out[f"{j}.context_block.mlp.fc2.{p}"] = state[f"{b}.ff_context.net.2.{p}"]
+            if i in config.get("dual_attention_layers", ()):
+                out[f"{j}.x_block.attn2.qkv.{p}"] = cat("attn2.to_q", "attn2.to_k", "attn2.to_v")
+                out[f"{j}.x_block.attn2.proj.{p}"] = state[f"{b}.attn2.to_out.0.{p}"]
+        if config.get("qk_norm"):
+            for ours, theirs in [("attn.norm_q", "x_block.attn.ln_q"), ("attn.norm_k", "x_block.attn.ln_k"),
+                                 ("attn.norm_added_q", "context_block.attn.ln_q"),
+                                 ("attn.norm_added_k", "context_block.attn.ln_k"),
+                                 ("attn2.norm_q", "x_block.attn2.ln_q"), ("attn2.norm_k", "x_block.attn2.ln_k")]:
+                if f"{b}.{ours}.weight" in state:
+                    out[f"{j}.{theirs}.weight"] = state[f"{b}.{ours}.weight"]
+    return {"model.diffusion_model." + k: v for k, v in out.items()}
+
+
+def write_sd3_single_files(fixtures: Path, outputs: Path) -> None:
+    """Stability's single-file layout of the tiny SD3 pipeline
+    (fixtures/single-file/tiny-sd3.safetensors: transformer, VAE, CLIP-L,
+    CLIP-G and T5 under `text_encoders.*`; tiny-sd3-no-t5 without T5), and of
+    the tiny SD3.5-Medium-like and -Large-like transformers (dual attention,
+    qk norms; transformer-only files). Each is checked by diffusers' own
+    conversion back to the folder's tensors. Stability's files carry no CLIP-L
+    projection (diffusers loads an identity in its place), so the file's runs
+    are their own: diffusers' `StableDiffusion3Pipeline.from_single_file`
+    txt2img latents and image (outputs/sd3_single_file.safetensors), 48x32,
+    two images, as the folder's f32.txt2img run."""
+    from diffusers import StableDiffusion3Pipeline
+    from diffusers.loaders.single_file_utils import (convert_ldm_vae_checkpoint,
+                                                     convert_sd3_transformer_checkpoint_to_diffusers)
+    from safetensors.torch import load_file
+
+    from harness_single_file import same, vae_to_ldm
+
+    folder = fixtures / "sd3" / "pipeline"
+    out_dir = fixtures / "single-file"
+    load = lambda sub, name: load_file(folder / sub / name)  # noqa: E731
+    config = lambda sub: __import__("json").loads((folder / sub / "config.json").read_text())  # noqa: E731
+    transformer = load("transformer", "diffusion_pytorch_model.safetensors")
+    ckpt = mmdit_to_sai(transformer, config("transformer"))
+    same("sd3 transformer", transformer, convert_sd3_transformer_checkpoint_to_diffusers(dict(ckpt)))
+    vae_state = load("vae", "diffusion_pytorch_model.safetensors")
+    vae_ckpt = vae_to_ldm(vae_state, config("vae"))
+    same("sd3 vae", vae_state, convert_ldm_vae_checkpoint(dict(vae_ckpt), config("vae")))
+    ckpt.update(vae_ckpt)
+    for sub, name in [("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")]:
+        for k, v in load(sub, "model.safetensors").items():
+            # Stability's files have no CLIP-L projection: diffusers' loader
+            # puts an identity there (and so does ours)
+            if not (name == "clip_l" and k == "text_projection.weight"):
+                ckpt[f"text_encoders.{name}.transformer.{k}"] = v
+    no_t5 = dict(ckpt)
+    t5 = load("text_encoder_3", "model.safetensors")
+    # (both embedding names, as transformers 4 saved T5: diffusers' single-file
+    # loader does not tie them)
+    t5["encoder.embed_tokens.weight"] = t5["shared.weight"].clone()
+    for k, v in t5.items():
+        ckpt[f"text_encoders.t5xxl.transformer.{k}"] = v
+    save_file({k: v.contiguous() for k, v in sorted(ckpt.items())}, out_dir / "tiny-sd3.safetensors")
+    save_file({k: v.contiguous() for k, v in sorted(no_t5.items())}, out_dir / "tiny-sd3-no-t5.safetensors")
+    for name in ("sd35-medium", "sd35-large"):
+        sub = fixtures / "sd3" / f"transformer-{name}"
+        state = load_file(sub / "diffusion_pytorch_model.safetensors")
+        layout = __import__("json").loads((sub / "config.json").read_text())
+        file = mmdit_to_sai(state, layout)
+        same(f"{name} transformer", state, convert_sd3_transformer_checkpoint_to_diffusers(dict(file)))
+        save_file({k: v.contiguous() for k, v in sorted(file.items())}, out_dir / f"tiny-{name}-transformer.safetensors")
+
+    pipe = StableDiffusion3Pipeline.from_single_file(out_dir / "tiny-sd3.safetensors", config=str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers 0.42 leaves a single file's T5 in training mode (dropout on,
+    # a different result each call) with transformers 5: inference mode, as
+    # its folder loading does
+    for component in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        component.eval()
+    from harness_outputs import run_keeping_latents
+    latents, image = run_keeping_latents(pipe, PROMPT, negative_prompt="blurry", guidance_scale=5.0, height=32,
+                                         width=48, num_images_per_prompt=2, num_inference_steps=4,
+                                         max_sequence_length=16, generator=torch.Generator("cpu").manual_seed(1))
+    save_file({"f32.txt2img": latents, "f32.txt2img.image": image}, outputs / "sd3_single_file.safetensors")
+
+
+def write_sd3_single_file_manifests(manifests: Path) -> None:
+    """Every tensor name and shape of the transformer in Stability's SD3.5
+    Medium and Large single files (`model.diffusion_model.*`), made from the
+    diffusers manifests with `mmdit_to_sai` on shapes only (meta tensors),
+    checked by diffusers' own conversion back."""
+    import json
+
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    for name in ("medium", "large"):
+        source = json.loads((manifests / "sd35" / f"transformer_{name}.json").read_text())
+        state = {k: torch.empty(v, device="meta") for k, v in source["tensors"].items()}
+        file = mmdit_to_sai(state, source["config"])
+        back = convert_sd3_transformer_checkpoint_to_diffusers(dict(file))
+        assert {k: list(v.shape) for k, v in back.items()} == source["tensors"], name
+        tensors = {k: list(v.shape) for k, v in sorted(file.items())}
+        out = {"tensors": tensors, "optional": {}, "diffusers": f"transformer_{name}.json"}
+        (manifests / "sd35" / f"single_file_{name}.json").write_text(json.dumps(out, indent=1) + "\n")

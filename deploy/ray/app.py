@@ -50,6 +50,9 @@ class Txt2ImgBody(BaseModel):
     n_iter: Optional[int] = None
     clip_skip: Optional[int] = None
     override_settings: Optional[dict[str, Any]] = None
+    # SD3 (this project's extension fields, as `sd serve` takes them)
+    max_sequence_length: Optional[int] = None
+    skip_layer_guidance: Optional[list[int]] = None
 
 
 class Img2ImgBody(Txt2ImgBody):

@@ -60,6 +60,25 @@ impl std::fmt::Debug for ClipTextModel {
 }
 
 impl ClipTextModel {
+    /// Gives a model without `text_projection` an identity one (width x
+    /// width), as diffusers does for Stability's SD3 single files, whose
+    /// CLIP-L has none: the pooled output then goes through the same
+    /// product diffusers computes (a GEMM with an identity rounds as GEMMs
+    /// do, not always to its input). A model with a projection is left as is.
+    pub fn add_identity_projection(&mut self) {
+        if self.text_projection.is_some() {
+            return;
+        }
+        let h = self.config.hidden_size;
+        let linear = Linear::new(&(&self.vs.root() / "text_projection"), h, h, false);
+        let _guard = tch::no_grad_guard();
+        let eye = Tensor::eye(h, (linear.weight.kind(), linear.weight.device()));
+        linear.weight.shallow_clone().copy_(&eye);
+        self.text_projection = Some(linear);
+        self.config.architectures = Some(vec!["CLIPTextModelWithProjection".into()]);
+        self.config.projection_dim = Some(h);
+    }
+
     /// The architecture of `config` with uninitialised weights on `device` (f32).
     pub fn new(config: &ClipTextConfig, device: Device) -> Result<Self> {
         Self::new_in(config, device, Kind::Float)

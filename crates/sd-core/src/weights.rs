@@ -148,6 +148,31 @@ pub enum KeyMap {
     Transpose(String),
     /// Rows split into equal parts (a fused q/k/v projection), one per name.
     SplitRows(Vec<String>),
+    /// The two halves of the rows swapped: an AdaLN projection stored as
+    /// (shift, scale) for a model that reads (scale, shift).
+    SwapHalves(String),
+}
+
+impl KeyMap {
+    /// The variables a file tensor of `shape` fills, with the shapes it
+    /// gives them: what a manifest check compares without the tensors.
+    pub fn targets(&self, shape: &[i64]) -> Vec<(String, Vec<i64>)> {
+        match self {
+            KeyMap::Skip => vec![],
+            KeyMap::To(n) | KeyMap::SwapHalves(n) => vec![(n.clone(), shape.to_vec())],
+            KeyMap::Squeeze(n) if shape.len() == 4 => vec![(n.clone(), shape[..2].to_vec())],
+            KeyMap::Squeeze(n) => vec![(n.clone(), shape.to_vec())],
+            KeyMap::Transpose(n) if shape.len() == 2 => vec![(n.clone(), vec![shape[1], shape[0]])],
+            KeyMap::Transpose(n) => vec![(n.clone(), shape.to_vec())],
+            KeyMap::SplitRows(names) => {
+                let mut part = shape.to_vec();
+                if let Some(rows) = part.first_mut() {
+                    *rows /= names.len().max(1) as i64;
+                }
+                names.iter().map(|n| (n.clone(), part.clone())).collect()
+            }
+        }
+    }
 }
 
 /// Copies the tensors of `files` into the variables of `vs`.
@@ -207,7 +232,10 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
             let mapping = map(index, key);
             let targets: Vec<String> = match &mapping {
                 KeyMap::Skip => continue,
-                KeyMap::To(n) | KeyMap::Squeeze(n) | KeyMap::Transpose(n) => vec![n.clone()],
+                KeyMap::To(n)
+                | KeyMap::Squeeze(n)
+                | KeyMap::Transpose(n)
+                | KeyMap::SwapHalves(n) => vec![n.clone()],
                 KeyMap::SplitRows(names) => names.clone(),
             };
             for (part, name) in targets.into_iter().enumerate() {
@@ -269,9 +297,14 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
     Ok(report)
 }
 
-/// The file tensor as the variable wants it (views only, no copy).
+/// The file tensor as the variable wants it (views, but for the halves
+/// swapped).
 fn transform(raw: &Tensor, mapping: &KeyMap, part: usize) -> Tensor {
     match mapping {
+        KeyMap::SwapHalves(_) if raw.dim() >= 1 && raw.size()[0] % 2 == 0 => {
+            let half = raw.size()[0] / 2;
+            Tensor::cat(&[raw.narrow(0, half, half), raw.narrow(0, 0, half)], 0)
+        }
         KeyMap::Squeeze(_) if raw.dim() == 4 && raw.size()[2..] == [1, 1] => raw.flatten(1, -1),
         KeyMap::Transpose(_) if raw.dim() == 2 => raw.tr(),
         KeyMap::SplitRows(names) => {

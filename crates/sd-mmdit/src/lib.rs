@@ -10,6 +10,7 @@ mod blocks;
 pub mod config;
 pub mod error;
 mod model;
+pub mod sai;
 
 pub use config::{MmditConfig, QkNorm};
 pub use error::{MmditError, Result};

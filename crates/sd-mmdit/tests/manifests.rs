@@ -45,3 +45,44 @@ fn a_config_that_cannot_be_built_names_the_field() {
     .to_string();
     assert!(err.contains("dual_attention_layers"), "{err}");
 }
+
+/// Stability's single-file layout of the same two transformers
+/// (`manifests/sd35/single_file_*.json`, made with the harness's reverse
+/// mapping and checked by diffusers' conversion back): the config read from
+/// the file's shapes is the real config.json's, and every key maps to a
+/// weight of the diffusers manifest with its shape (q/k/v split, AdaLN
+/// halves swapped), none left over, none missing.
+#[test]
+fn stability_single_files_map_onto_the_real_weights() {
+    use std::collections::BTreeMap;
+    for name in ["medium", "large"] {
+        let dir = reference_dir().join("manifests/sd35");
+        let file = Manifest::read(dir.join(format!("single_file_{name}.json"))).unwrap();
+        let path = dir.join(format!("transformer_{name}.json"));
+        let expected = Manifest::read(&path).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let config = MmditConfig::parse(&value["config"].to_string(), &path).unwrap();
+        let shapes: BTreeMap<String, Vec<i64>> = file.tensors.clone().into_iter().collect();
+        assert_eq!(
+            sd_mmdit::sai::config_from_shapes(&shapes).unwrap(),
+            config,
+            "{name}"
+        );
+        let mut mapped = BTreeMap::new();
+        for (key, shape) in &file.tensors {
+            for (target, shape) in sd_mmdit::sai::map(key, config.num_layers).targets(shape) {
+                assert!(
+                    mapped.insert(target.clone(), shape).is_none(),
+                    "{name}: {target} twice"
+                );
+            }
+        }
+        let actual = Manifest {
+            tensors: mapped,
+            optional: BTreeMap::new(),
+        };
+        let diff = expected.diff(&actual);
+        assert!(diff.is_empty(), "{name}: {diff:?}");
+    }
+}

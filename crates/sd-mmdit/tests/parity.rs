@@ -59,3 +59,49 @@ fn every_layout_matches_diffusers() {
         }
     }
 }
+
+/// The tiny SD3.5-like transformers saved in Stability's single-file layout
+/// (reference/harness_sd3.py, write_sd3_single_files: fused qkv, swapped
+/// AdaLN halves, checked by diffusers' conversion back): the config read
+/// from the file's shapes is the folder's (but the default image size), and
+/// the loaded model gives the folder model's outputs, bit for bit (the same
+/// weights: any difference is a mapping error).
+#[test]
+fn stability_single_files_load_the_same_model() {
+    use sd_core::weights::MappedFile;
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sd3_mmdit.safetensors")).unwrap();
+    let t = |key: &str| take(&reference, key).unwrap();
+    for name in ["sd35-large", "sd35-medium"] {
+        let path = fixtures.join(format!("single-file/tiny-{name}-transformer.safetensors"));
+        let shapes = MappedFile::open(&path).unwrap().shapes().unwrap();
+        let mut config = sd_mmdit::sai::config_from_shapes(&shapes).unwrap();
+        let folder = fixtures.join(format!("sd3/transformer-{name}/config.json"));
+        let expected = sd_mmdit::MmditConfig::from_file(&folder).unwrap();
+        config.sample_size = expected.sample_size;
+        assert_eq!(config, expected, "{name}");
+        let layers = config.num_layers;
+        let model =
+            SD3Transformer2DModel::from_files(&config, &[path], Device::Cpu, Kind::Float, &|k| {
+                sd_mmdit::sai::map(k, layers)
+            })
+            .unwrap();
+        let out = model
+            .forward(
+                &t("mmdit.latents"),
+                &t("mmdit.timestep"),
+                &t("mmdit.context"),
+                &t("mmdit.pooled"),
+                &[],
+            )
+            .unwrap();
+        sd_testkit::parity::assert_close(
+            name,
+            &out,
+            &t(&format!("mmdit.{name}.f32")),
+            sd_testkit::parity::Tolerance::abs(0.0),
+        );
+    }
+}

@@ -350,7 +350,8 @@ impl StableDiffusionBuilder {
         let devices = self.placement().homes();
         let variant = self.variant.as_deref();
         if let Some(file) = &self.single_file {
-            return crate::single_file::load(file, self.config_dir.as_deref(), devices, self.dtype);
+            let config_dir = self.config_dir.as_deref();
+            return crate::single_file::load(file, config_dir, devices, self.dtype, self.t5);
         }
         let dir = match (&self.hub_repo, &self.model_dir) {
             (Some(repo), _) => crate::hub::resolve(repo, variant, &self.hub)?,

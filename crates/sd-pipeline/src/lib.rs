@@ -47,6 +47,7 @@ pub mod preprocess;
 mod preview;
 pub mod sd3;
 pub mod single_file;
+mod single_file_sd3;
 
 pub use adapters::LoraSpec;
 pub use builder::StableDiffusionBuilder;

@@ -200,14 +200,20 @@ fn configs(detected: Detected, config_dir: Option<&Path>) -> Result<Configs> {
     Ok(configs)
 }
 
-/// Loads every component of a single-file checkpoint.
+/// Loads every component of a single-file checkpoint (SD3's through
+/// `single_file_sd3`; `with_t5` is for those).
 pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
     dtype: Kind,
+    with_t5: bool,
 ) -> Result<Components> {
     let file = MappedFile::open(path)?;
+    if crate::single_file_sd3::is_sd3(&file.shapes()?) {
+        drop(file);
+        return crate::single_file_sd3::load(path, config_dir, devices, dtype, with_t5);
+    }
     let detected = detect(&file)?;
     drop(file);
     let plan = Plan::new(detected, config_dir)?;

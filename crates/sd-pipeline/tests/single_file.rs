@@ -340,18 +340,7 @@ fn real_single_file_layouts_map_onto_the_presets() {
         for (component, expected) in components {
             let mut mapped: BTreeMap<String, Vec<i64>> = BTreeMap::new();
             for (key, shape) in &single.tensors {
-                let targets: Vec<(String, Vec<i64>)> = match plan.map(component, key) {
-                    KeyMap::Skip => vec![],
-                    KeyMap::To(n) => vec![(n, shape.clone())],
-                    KeyMap::Squeeze(n) if shape.len() == 4 => vec![(n, shape[..2].to_vec())],
-                    KeyMap::Squeeze(n) => vec![(n, shape.clone())],
-                    KeyMap::Transpose(n) => vec![(n, vec![shape[1], shape[0]])],
-                    KeyMap::SplitRows(names) => {
-                        let mut s = shape.clone();
-                        s[0] /= names.len() as i64;
-                        names.into_iter().map(|n| (n, s.clone())).collect()
-                    }
-                };
+                let targets = plan.map(component, key).targets(shape);
                 mapped.extend(targets);
             }
             let diff = expected.diff(&Manifest {

@@ -1,0 +1,228 @@
+//! Stability's SD3/SD3.5 single files (`sd3.5_medium.safetensors`, ...):
+//! the transformer under `model.diffusion_model.*` (Stability's names,
+//! mapped at load time by `sd_mmdit::sai`), the VAE under
+//! `first_stage_model.*` (the LDM layout), and the text encoders under
+//! `text_encoders.{clip_l,clip_g,t5xxl}.transformer.*` (transformers'
+//! names) when the file has them. Configs come from `config_dir` (a
+//! diffusers SD3 folder) or the built-in SD3.5 presets, the transformer's
+//! from the file's shapes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use sd_core::shared::Frozen;
+use sd_core::weights::{KeyMap, MappedFile};
+use sd_core::DiffusersModel;
+use sd_mmdit::{sai, MmditConfig, SD3Transformer2DModel};
+use sd_scheduler::SchedulerConfig;
+use sd_t5::{T5Config, T5EncoderModel, T5Tokenizer};
+use sd_vae::{AutoencoderKL, VaeConfig};
+use serde_json::Value;
+use tch::Kind;
+
+use crate::components::{load_t5, Components, Devices, T5Tower, TextTower};
+use crate::denoiser::Denoiser;
+use crate::error::{PipelineError, Result};
+use crate::model::{ModelFamily, ModelIndex};
+
+const CLIP_L: &str = "text_encoders.clip_l.transformer.";
+const CLIP_G: &str = "text_encoders.clip_g.transformer.";
+const T5: &str = "text_encoders.t5xxl.transformer.";
+const VAE: &str = "first_stage_model.";
+
+/// Whether the file's tensors are an SD3/SD3.5 checkpoint in Stability's layout.
+pub(crate) fn is_sd3(shapes: &BTreeMap<String, Vec<i64>>) -> bool {
+    sai::is_sd3(shapes.keys())
+}
+
+/// Where the configs come from, and the one error for a missing part.
+struct Source<'a> {
+    path: &'a Path,
+    files: [PathBuf; 1],
+    shapes: BTreeMap<String, Vec<i64>>,
+    config_dir: Option<&'a Path>,
+    preset: Value,
+}
+
+impl Source<'_> {
+    fn has(&self, prefix: &str) -> bool {
+        self.shapes.keys().any(|k| k.starts_with(prefix))
+    }
+
+    /// `config_dir/{sub}/config.json`, or the preset's `sub`.
+    fn config_text(&self, sub: &str) -> Result<String> {
+        match self.config_dir {
+            Some(dir) => {
+                let path = dir.join(sub).join("config.json");
+                std::fs::read_to_string(&path)
+                    .map_err(|e| PipelineError::model(&path, format!("cannot read ({e})")))
+            }
+            None => Ok(self.preset[sub].to_string()),
+        }
+    }
+
+    /// A part the file lacks and no `config_dir` supplies.
+    fn missing(&self, what: &str) -> PipelineError {
+        PipelineError::model(
+            self.path,
+            format!(
+                "an SD3 single file without {what}: give config_dir, a diffusers SD3 folder \
+                 that has it"
+            ),
+        )
+    }
+}
+
+/// Loads every component of an SD3 single file; `with_t5: false` leaves T5
+/// out even when the file has it.
+pub(crate) fn load(
+    path: &Path,
+    config_dir: Option<&Path>,
+    devices: Devices,
+    dtype: Kind,
+    with_t5: bool,
+) -> Result<Components> {
+    let shapes = MappedFile::open(path)?.shapes()?;
+    let source = Source {
+        path,
+        files: [path.to_path_buf()],
+        shapes,
+        config_dir,
+        preset: serde_json::from_str(include_str!("presets/sd35.json"))
+            .expect("the embedded preset is valid JSON"),
+    };
+    if with_t5 && source.has(T5) && config_dir.is_none() {
+        return Err(PipelineError::model(
+            path,
+            "T5's tokenizer is not in single files: give config_dir (a diffusers SD3 folder \
+             with tokenizer_3/), or leave T5 out (t5 false, --t5 none)",
+        ));
+    }
+    let transformer_config = match config_dir {
+        Some(dir) => MmditConfig::from_file(dir.join("transformer/config.json"))?,
+        None => sai::config_from_shapes(&source.shapes)?,
+    };
+    let layers = transformer_config.num_layers;
+    let transformer = SD3Transformer2DModel::from_files(
+        &transformer_config,
+        &source.files,
+        devices.unet,
+        dtype,
+        &|k| sai::map(k, layers),
+    )?;
+    Ok(Components {
+        source: path.to_path_buf(),
+        index: ModelIndex {
+            class_name: "single-file Sd3".into(),
+            family: ModelFamily::StableDiffusion3,
+            force_zeros_for_empty_prompt: false,
+        },
+        text: clip(&source, CLIP_L, "", devices, dtype)?,
+        text_2: Some(clip(&source, CLIP_G, "_2", devices, dtype)?),
+        t5: match with_t5 {
+            true => t5(&source, devices, dtype)?,
+            false => None,
+        },
+        denoiser: Denoiser::Transformer(Frozen::new(transformer)),
+        vae: vae(&source, devices, dtype)?,
+        scheduler: match config_dir {
+            Some(dir) => SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+            None => SchedulerConfig::from_json_str(&source.preset["scheduler"].to_string())?,
+        },
+    })
+}
+
+/// CLIP-L (`sub` "") or CLIP-G ("_2") from the file, else from `config_dir`.
+/// Stability's files carry no CLIP-L projection: an identity takes its
+/// place, as in diffusers.
+fn clip(
+    source: &Source<'_>,
+    prefix: &str,
+    sub: &str,
+    devices: Devices,
+    dtype: Kind,
+) -> Result<TextTower> {
+    let tokenizer = match source.config_dir {
+        Some(dir) => ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?,
+        // SD3's CLIP-G pads with "!" (as SDXL's), CLIP-L with its end token
+        None if sub.is_empty() => ClipTokenizer::builtin(sd_clip::tokenizer::EOS)?,
+        None => ClipTokenizer::builtin("!")?,
+    };
+    let folder = format!("text_encoder{sub}");
+    if !source.has(prefix) {
+        let dir = source.config_dir.ok_or_else(|| source.missing(prefix))?;
+        let model =
+            ClipTextModel::from_folder(dir.join(&folder), devices.text_encoder, dtype, None)?;
+        return Ok((tokenizer, Frozen::new(model)));
+    }
+    let mut config = ClipTextConfig::from_json_str(&source.config_text(&folder)?)?;
+    let projected = source
+        .shapes
+        .contains_key(&format!("{prefix}text_projection.weight"));
+    if !projected {
+        config.architectures = Some(vec!["CLIPTextModel".into()]);
+    }
+    let mut model =
+        ClipTextModel::from_files(&config, &source.files, devices.text_encoder, dtype, &|k| {
+            sd_clip::ldm::map_hf(k, prefix)
+        })?;
+    if !projected {
+        model.add_identity_projection();
+    }
+    Ok((tokenizer, Frozen::new(model)))
+}
+
+/// T5 from the file (its tokenizer from `config_dir`: the files carry
+/// none), else from `config_dir`, else none (zeros in its place).
+fn t5(source: &Source<'_>, devices: Devices, dtype: Kind) -> Result<Option<T5Tower>> {
+    if !source.has(T5) {
+        return match source.config_dir {
+            Some(dir) if dir.join("text_encoder_3").is_dir() => {
+                Ok(Some(load_t5(dir, devices.text_encoder, dtype, None)?))
+            }
+            _ => Ok(None),
+        };
+    }
+    // (checked first thing in `load`)
+    let dir = source
+        .config_dir
+        .ok_or_else(|| source.missing("T5's tokenizer"))?;
+    let tokenizer_dir = dir.join("tokenizer_3");
+    let tokenizer = T5Tokenizer::from_folder(&tokenizer_dir)
+        .map_err(|e| PipelineError::model(&tokenizer_dir, e.to_string()))?;
+    let config = T5Config::parse(&source.config_text("text_encoder_3")?, source.path)?;
+    let model = T5EncoderModel::from_files(
+        &config,
+        &source.files,
+        devices.text_encoder,
+        dtype,
+        &|k| match k.strip_prefix(T5) {
+            Some(rest) => T5EncoderModel::folder_key(rest),
+            None => KeyMap::Skip,
+        },
+    )?;
+    Ok(Some((tokenizer, Frozen::new(model))))
+}
+
+/// The VAE from the file's `first_stage_model.*`, else from `config_dir`.
+fn vae(source: &Source<'_>, devices: Devices, dtype: Kind) -> Result<AutoencoderKL> {
+    if !source.has(VAE) {
+        let dir = source.config_dir.ok_or_else(|| source.missing(VAE))?;
+        return Ok(AutoencoderKL::from_folder(
+            dir.join("vae"),
+            devices.vae,
+            dtype,
+            None,
+        )?);
+    }
+    let config = VaeConfig::from_json_str(&source.config_text("vae")?)?;
+    let blocks = config.block_out_channels.len();
+    Ok(AutoencoderKL::from_files(
+        &config,
+        &source.files,
+        devices.vae,
+        dtype,
+        &|k| sd_vae::ldm::map(k, blocks),
+    )?)
+}
