@@ -280,7 +280,6 @@ fn a_truncated_checkpoint_names_the_missing_tensors() {
 /// over, every shape right after its transform.
 #[test]
 fn real_single_file_layouts_map_onto_the_presets() {
-    use sd_core::weights::KeyMap;
     use sd_pipeline::single_file::{Component, Plan};
     use sd_testkit::manifest::Manifest;
     use std::collections::BTreeMap;
