@@ -88,9 +88,10 @@ pub struct Common {
     /// Tiled VAE decode (large images in bounded memory).
     #[arg(long)]
     pub vae_tiling: bool,
-    /// SD3: `none` leaves the T5 encoder out (T5-XXL is about 10 GB in
-    /// f16); its states are zeros, as diffusers' without text_encoder_3.
-    #[arg(long, value_name = "none")]
+    /// SD3's T5 encoder: `none` leaves it out (T5-XXL is about 10 GB in
+    /// f16; its states are zeros, as diffusers' without text_encoder_3),
+    /// `required` refuses a model without one. Default: used when there.
+    #[arg(long, value_name = "none|required")]
     pub t5: Option<String>,
     /// SD3: T5's token count (default 256, at most 512).
     #[arg(long, value_name = "N")]
@@ -278,11 +279,13 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
         .dtype(kind)
         .vae_tiling(common.vae_tiling)
         .low_memory(common.low_memory)
-        .t5(t5_wanted(common.t5.as_deref())?)
         .cuda_graphs(common.cuda_graphs)
         .channels_last(common.channels_last);
     if let Some(dir) = &common.config_dir {
         builder = builder.config_dir(dir);
+    }
+    if let Some(t5) = t5_wanted(common.t5.as_deref())? {
+        builder = builder.t5(t5);
     }
     if let Some(spacing) = spacing {
         builder = builder.timestep_spacing(spacing);
@@ -293,14 +296,16 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
     builder.build().map_err(name_the_option)
 }
 
-/// `--t5`: absent loads the model's T5, `none` leaves it out.
-fn t5_wanted(option: Option<&str>) -> Result<bool> {
+/// `--t5`: absent uses the model's T5 when there, `none` leaves it out,
+/// `required` refuses a model without one.
+fn t5_wanted(option: Option<&str>) -> Result<Option<bool>> {
     match option {
-        None => Ok(true),
-        Some("none") => Ok(false),
+        None => Ok(None),
+        Some("none") => Ok(Some(false)),
+        Some("required") => Ok(Some(true)),
         Some(other) => bail!(
-            "--t5: {other:?}: give `none` to leave T5 out (separate T5 files come with SD3 \
-             single files, not supported yet)"
+            "--t5: {other:?}: give `none` (leave T5 out) or `required` (separate T5 files \
+             are not read yet)"
         ),
     }
 }

@@ -41,7 +41,7 @@ pub struct StableDiffusionBuilder {
     embeddings: Vec<(PathBuf, Option<String>)>,
     controlnets: Vec<PathBuf>,
     tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
-    t5: bool,
+    t5: Option<bool>,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -58,7 +58,7 @@ impl Default for StableDiffusionBuilder {
             sampler: None,
             scheduler_config: None,
             timestep_spacing: None,
-            t5: true,
+            t5: None,
             vae_tiling: false,
             vae_slicing: false,
             low_memory: false,
@@ -237,12 +237,13 @@ impl StableDiffusionBuilder {
         self
     }
 
-    /// SD3: load the T5 encoder (the default when the model has one).
-    /// `false` leaves it out (about 10 GB in f16 for T5-XXL): its states
-    /// are zeros, as diffusers' with `text_encoder_3=None`; prompts then
-    /// reach the model through the two CLIP encoders only.
+    /// SD3's T5 encoder. Unset: loaded when the model has one. `true`:
+    /// required (a model without one is refused). `false`: left out (about
+    /// 10 GB in f16 for T5-XXL); its states are zeros, as diffusers' with
+    /// `text_encoder_3=None`, and prompts reach the model through the two
+    /// CLIP encoders only.
     pub fn t5(mut self, on: bool) -> Self {
-        self.t5 = on;
+        self.t5 = Some(on);
         self
     }
 
@@ -262,6 +263,7 @@ impl StableDiffusionBuilder {
             sd_core::kernels::check_attention(self.dtype, Device::Cpu)?;
         }
         let mut components = self.load_components()?;
+        self.check_t5(&components)?;
         if let (true, Some(unet)) = (self.channels_last, components.denoiser.unet()) {
             sd_core::nn::convs_to_channels_last(unet.var_store());
         }
@@ -339,6 +341,22 @@ impl StableDiffusionBuilder {
         }
     }
 
+    /// T5 asked for (`.t5(true)`) but not there, or asked of a model that
+    /// takes none.
+    fn check_t5(&self, components: &Components) -> Result<()> {
+        let sd3 = components.index.family.is_flow_matching();
+        let message = match (self.t5, sd3, components.t5.is_some()) {
+            (Some(true), true, false) => format!(
+                "T5 was asked for, but {} has none (no text_encoder_3/; a single file without \
+                 text_encoders.t5xxl.* and no config_dir with one)",
+                components.source.display()
+            ),
+            (Some(_), false, _) => "T5 is SD3's third text encoder; this model has none".into(),
+            _ => return Ok(()),
+        };
+        Err(PipelineError::request(Field::T5, message))
+    }
+
     /// Where the components run and keep their weights.
     fn placement(&self) -> Placement {
         Placement::new(self.devices, self.low_memory, self.channels_last)
@@ -351,7 +369,8 @@ impl StableDiffusionBuilder {
         let variant = self.variant.as_deref();
         if let Some(file) = &self.single_file {
             let config_dir = self.config_dir.as_deref();
-            return crate::single_file::load(file, config_dir, devices, self.dtype, self.t5);
+            let with_t5 = self.t5 != Some(false);
+            return crate::single_file::load(file, config_dir, devices, self.dtype, with_t5);
         }
         let dir = match (&self.hub_repo, &self.model_dir) {
             (Some(repo), _) => crate::hub::resolve(repo, variant, &self.hub)?,
@@ -363,7 +382,8 @@ impl StableDiffusionBuilder {
                 ))
             }
         };
-        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, self.t5)
+        let with_t5 = self.t5 != Some(false);
+        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, with_t5)
     }
 
     /// The VAE's dtype, layout, tiling and slicing.

@@ -50,10 +50,18 @@ pub fn detect(file: &MappedFile) -> Result<Detected> {
     let shapes = file.shapes()?;
     let has = |prefix: &str| shapes.keys().any(|k| k.starts_with(prefix));
     if !has(sd_unet::ldm::PREFIX) {
-        return Err(PipelineError::model(
-            file.path(),
-            "no model.diffusion_model.* tensors: not a Stable Diffusion single-file checkpoint",
-        ));
+        let encoders_only = ["text_encoders.", "text_model.", "encoder.block.", "shared."];
+        let message = match encoders_only.iter().any(|p| has(p)) {
+            true => {
+                "only text encoders (CLIP or T5), no model.diffusion_model.*: give the model's \
+                     own file (or folder) as the model"
+            }
+            false => {
+                "no model.diffusion_model.* tensors: not a Stable Diffusion single-file \
+                      checkpoint"
+            }
+        };
+        return Err(PipelineError::model(file.path(), message));
     }
     let kind = if has(XL_TEXT_2) {
         CheckpointKind::Sdxl

@@ -128,3 +128,61 @@ fn sd3_single_files_say_what_they_lack_in_one_line() {
     );
     assert_eq!(error.lines().count(), 1, "{error}");
 }
+
+/// T5 asked for where there is none, or of a model that takes none; a file
+/// of text encoders only given as the model: one line each.
+#[test]
+fn t5_asked_for_and_encoder_only_files_are_refused_in_one_line() {
+    // An SD3 config folder without T5 (links to the tiny pipeline's parts).
+    let dir = sd_testkit::scratch_dir("sd3-no-t5-config");
+    let pipeline = fixtures().join("sd3/pipeline");
+    for part in [
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "transformer",
+        "vae",
+    ] {
+        let link = dir.join(part);
+        if !link.exists() {
+            std::os::unix::fs::symlink(pipeline.join(part), &link).unwrap();
+        }
+    }
+    let one_line = |error: sd_pipeline::PipelineError, expected: &str| {
+        let error = error.to_string();
+        assert!(error.contains(expected), "{error}");
+        assert_eq!(error.lines().count(), 1, "{error}");
+    };
+    let refused = StableDiffusion::builder()
+        .single_file(fixtures().join("single-file/tiny-sd3-no-t5.safetensors"))
+        .config_dir(&dir)
+        .t5(true)
+        .build()
+        .unwrap_err();
+    one_line(refused, "t5: T5 was asked for, but");
+    // Without asking, the same runs without T5.
+    let runs = StableDiffusion::builder()
+        .single_file(fixtures().join("single-file/tiny-sd3-no-t5.safetensors"))
+        .config_dir(&dir)
+        .build()
+        .unwrap();
+    assert!(runs.text_encoder_3().is_none());
+    let refused = StableDiffusion::builder()
+        .model_dir(fixtures().join("tiny-sd1"))
+        .t5(true)
+        .build()
+        .unwrap_err();
+    one_line(refused, "t5: T5 is SD3's third text encoder");
+    // ComfyUI's clip_l.safetensors-like file (transformers' names) as the model.
+    let clip = dir.join("clip_l.safetensors");
+    let weights = fixtures().join("sd3/pipeline/text_encoder/model.safetensors");
+    std::fs::copy(weights, &clip).unwrap();
+    let refused = StableDiffusion::builder()
+        .single_file(&clip)
+        .build()
+        .unwrap_err();
+    one_line(refused, "only text encoders (CLIP or T5)");
+}

@@ -43,7 +43,7 @@ impl StableDiffusion {
     #[new]
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
-        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=true
+        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -58,7 +58,7 @@ impl StableDiffusion {
         controlnets: Vec<(PathBuf, f64)>,
         tiny_vae: Option<PathBuf>,
         lora_dir: Option<PathBuf>,
-        t5: bool,
+        t5: Option<bool>,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -70,8 +70,10 @@ impl StableDiffusion {
             .source(&source)
             .device(device)
             .dtype(kind)
-            .low_memory(low_memory)
-            .t5(t5);
+            .low_memory(low_memory);
+        if let Some(t5) = t5 {
+            builder = builder.t5(t5);
+        }
         if let Some(name) = scheduler {
             builder = builder.sampler(parse_sampler_name(name)?);
         }
