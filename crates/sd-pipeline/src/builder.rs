@@ -17,6 +17,7 @@ use crate::model::ModelFamily;
 use crate::pipeline::StableDiffusion;
 use crate::placement::Placement;
 use crate::preview::TinyVae;
+use crate::t5::T5Loading;
 
 /// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
 #[derive(Debug, Clone)]
@@ -341,6 +342,15 @@ impl StableDiffusionBuilder {
         }
     }
 
+    /// T5 left out, held, or (low-memory pipelines) read a block at a time.
+    fn t5_loading(&self) -> T5Loading {
+        match (self.t5, self.low_memory) {
+            (Some(false), _) => T5Loading::Skip,
+            (_, true) => T5Loading::Streamed,
+            (_, false) => T5Loading::Resident,
+        }
+    }
+
     /// T5 asked for (`.t5(true)`) but not there, or asked of a model that
     /// takes none.
     fn check_t5(&self, components: &Components) -> Result<()> {
@@ -369,8 +379,13 @@ impl StableDiffusionBuilder {
         let variant = self.variant.as_deref();
         if let Some(file) = &self.single_file {
             let config_dir = self.config_dir.as_deref();
-            let with_t5 = self.t5 != Some(false);
-            return crate::single_file::load(file, config_dir, devices, self.dtype, with_t5);
+            return crate::single_file::load(
+                file,
+                config_dir,
+                devices,
+                self.dtype,
+                self.t5_loading(),
+            );
         }
         let dir = match (&self.hub_repo, &self.model_dir) {
             (Some(repo), _) => crate::hub::resolve(repo, variant, &self.hub)?,
@@ -382,8 +397,7 @@ impl StableDiffusionBuilder {
                 ))
             }
         };
-        let with_t5 = self.t5 != Some(false);
-        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, with_t5)
+        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, self.t5_loading())
     }
 
     /// The VAE's dtype, layout, tiling and slicing.

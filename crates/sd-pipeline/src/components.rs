@@ -9,14 +9,14 @@ use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
 use sd_mmdit::SD3Transformer2DModel;
 use sd_scheduler::SchedulerConfig;
-use sd_t5::{T5EncoderModel, T5Tokenizer};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
 use crate::denoiser::Denoiser;
-use crate::error::{PipelineError, Result};
+use crate::error::Result;
 use crate::model::{ModelFamily, ModelIndex};
+use crate::t5::{load_t5, T5Loading, T5Tower};
 
 /// Where each component runs. Text encoders may stay on the CPU while the
 /// UNet and VAE use a GPU.
@@ -43,28 +43,6 @@ impl Devices {
 
 /// A tokenizer with its text encoder.
 pub type TextTower = (ClipTokenizer, Frozen<ClipTextModel>);
-
-/// SD3's T5 tokenizer with its encoder.
-pub type T5Tower = (T5Tokenizer, Frozen<T5EncoderModel>);
-
-/// `tokenizer_3/` and `text_encoder_3/` of the SD3 folder `dir`, named in
-/// errors by the folder that failed.
-pub(crate) fn load_t5(
-    dir: &Path,
-    device: Device,
-    dtype: Kind,
-    variant: Option<&str>,
-) -> Result<T5Tower> {
-    let named = |sub: &str| {
-        let path = dir.join(sub);
-        move |e: sd_t5::T5Error| PipelineError::model(&path, e.to_string())
-    };
-    let tokenizer =
-        T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(named("tokenizer_3"))?;
-    let model = T5EncoderModel::from_folder(dir.join("text_encoder_3"), device, dtype, variant)
-        .map_err(named("text_encoder_3"))?;
-    Ok((tokenizer, Frozen::new(model)))
-}
 
 /// `tokenizer{sub}/` and `text_encoder{sub}/` of the pipeline folder `dir`
 /// (`sub`: "" or "_2").
@@ -112,18 +90,18 @@ impl Components {
         dtype: Kind,
         variant: Option<&str>,
     ) -> Result<Self> {
-        Self::from_folder_with_t5(dir, devices, dtype, variant, true)
+        Self::from_folder_with_t5(dir, devices, dtype, variant, T5Loading::Resident)
     }
 
-    /// As [`Components::from_folder`]; `with_t5: false` leaves an SD3
-    /// folder's T5 unread (its states are zeros, as diffusers' are when
+    /// As [`Components::from_folder`], with an SD3 folder's T5 loaded as
+    /// `t5` says (left out, its states are zeros, as diffusers' when
     /// `text_encoder_3` is None).
     pub fn from_folder_with_t5(
         dir: &Path,
         devices: Devices,
         dtype: Kind,
         variant: Option<&str>,
-        with_t5: bool,
+        t5: T5Loading,
     ) -> Result<Self> {
         let index = ModelIndex::read(dir)?;
         let tower = |sub: &str| load_tower(dir, sub, devices.text_encoder, dtype, variant);
@@ -152,8 +130,8 @@ impl Components {
                 ModelFamily::StableDiffusion => None,
                 _ => Some(tower("_2")?),
             },
-            t5: match family.is_flow_matching() && with_t5 && has_t5 {
-                true => Some(load_t5(dir, devices.text_encoder, dtype, variant)?),
+            t5: match family.is_flow_matching() && has_t5 {
+                true => load_t5(dir, t5, devices.text_encoder, dtype, variant)?,
                 false => None,
             },
             denoiser,

@@ -48,10 +48,11 @@ mod preview;
 pub mod sd3;
 pub mod single_file;
 mod single_file_sd3;
+mod t5;
 
 pub use adapters::LoraSpec;
 pub use builder::StableDiffusionBuilder;
-pub use components::{Components, Devices, T5Tower, TextTower};
+pub use components::{Components, Devices, TextTower};
 pub use control::{Control, LoadedControlNet};
 pub use denoiser::Denoiser;
 pub use error::{PipelineError, Result};
@@ -67,6 +68,7 @@ pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;
 pub use sd_lora::ApplyReport;
+pub use t5::{T5Encoder, T5Loading, T5Tower};
 // What an application and a sampler of its own need, without depending on
 // tch or sd-scheduler themselves.
 pub use sd_scheduler::{

@@ -11,7 +11,7 @@ use sd_vae::AutoencoderKL;
 
 use crate::adapters::Adapters;
 use crate::builder::StableDiffusionBuilder;
-use crate::components::{Devices, T5Tower, TextTower};
+use crate::components::{Devices, TextTower};
 use crate::control::ControlNets;
 use crate::cow::Cow;
 use crate::denoiser::{Denoiser, RunDenoiser};
@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::model::{ModelFamily, ModelIndex};
 use crate::placement::Placement;
 use crate::preview::TinyVae;
+use crate::t5::T5Tower;
 
 /// A loaded Stable Diffusion 1.x / 2.x / XL / 3.x pipeline. It is `Send + Sync`:
 /// the weights are shared read-only, and every generation owns its
@@ -128,9 +129,10 @@ impl StableDiffusion {
         self.denoiser.transformer()
     }
 
-    /// SD3's T5 encoder, when loaded.
-    pub fn text_encoder_3(&self) -> Option<&sd_t5::T5EncoderModel> {
-        self.t5.as_ref().map(|(_, e)| &**e)
+    /// SD3's T5 encoder, when loaded (held, or read as it runs in
+    /// low-memory pipelines).
+    pub fn text_encoder_3(&self) -> Option<&crate::t5::T5Encoder> {
+        self.t5.as_ref().map(|(_, e)| e)
     }
 
     /// The (first) text encoder: CLIP-L for SDXL and SD3.

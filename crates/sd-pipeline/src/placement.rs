@@ -58,7 +58,9 @@ impl Placement {
     }
 
     /// `model` on `device` for one run: itself, or in low-memory mode a
-    /// temporary copy (channels-last when `relayout` and the pipeline is).
+    /// temporary copy on an accelerator (channels-last when `relayout` and
+    /// the pipeline is). A model that computes where it lives (the CPU) is
+    /// never copied: a copy would only double its memory.
     pub(crate) fn for_run<'a, M>(
         &self,
         model: &'a M,
@@ -69,7 +71,7 @@ impl Placement {
         M: DiffusersModel,
         PipelineError: From<M::Error>,
     {
-        if !self.low_memory {
+        if !self.low_memory || device == self.home(device) {
             return Ok(Cow::Borrowed(model));
         }
         let copy = model.copy_to(device)?;

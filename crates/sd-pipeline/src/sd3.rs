@@ -13,9 +13,10 @@ use sd_clip::{encode, EmbeddingLayer, PromptOptions};
 use sd_mmdit::MmditConfig;
 use tch::{Device, Kind, Tensor};
 
-use crate::components::{load_t5, load_tower, T5Tower, TextTower};
+use crate::components::{load_tower, TextTower};
 use crate::error::{PipelineError, Result};
 use crate::generate::Conditioning;
+use crate::t5::{load_t5, T5Loading, T5Tower};
 
 /// SD3's three text encoders (T5 optional).
 #[derive(Debug)]
@@ -36,10 +37,11 @@ impl Sd3TextEncoders {
         let joint_dim = MmditConfig::from_file(&transformer)
             .map_err(|e| PipelineError::model(&transformer, e.to_string()))?
             .joint_attention_dim;
-        let t5 = match with_t5 {
-            true => Some(load_t5(dir, device, dtype, None)?),
-            false => None,
+        let loading = match with_t5 {
+            true => T5Loading::Resident,
+            false => T5Loading::Skip,
         };
+        let t5 = load_t5(dir, loading, device, dtype, None)?;
         Ok(Sd3TextEncoders {
             clip_l: tower("")?,
             clip_g: tower("_2")?,

@@ -209,18 +209,18 @@ fn configs(detected: Detected, config_dir: Option<&Path>) -> Result<Configs> {
 }
 
 /// Loads every component of a single-file checkpoint (SD3's through
-/// `single_file_sd3`; `with_t5` is for those).
+/// `single_file_sd3`, T5 as `t5` says).
 pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
     dtype: Kind,
-    with_t5: bool,
+    t5: crate::t5::T5Loading,
 ) -> Result<Components> {
     let file = MappedFile::open(path)?;
     if crate::single_file_sd3::is_sd3(&file.shapes()?) {
         drop(file);
-        return crate::single_file_sd3::load(path, config_dir, devices, dtype, with_t5);
+        return crate::single_file_sd3::load(path, config_dir, devices, dtype, t5);
     }
     let detected = detect(&file)?;
     drop(file);

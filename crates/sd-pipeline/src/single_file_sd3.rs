@@ -12,19 +12,20 @@ use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
-use sd_core::weights::{KeyMap, MappedFile};
+use sd_core::weights::MappedFile;
 use sd_core::DiffusersModel;
 use sd_mmdit::{sai, MmditConfig, SD3Transformer2DModel};
 use sd_scheduler::SchedulerConfig;
-use sd_t5::{T5Config, T5EncoderModel, T5Tokenizer};
+use sd_t5::{T5Config, T5Keys, T5Tokenizer};
 use sd_vae::{AutoencoderKL, VaeConfig};
 use serde_json::Value;
 use tch::Kind;
 
-use crate::components::{load_t5, Components, Devices, T5Tower, TextTower};
+use crate::components::{Components, Devices, TextTower};
 use crate::denoiser::Denoiser;
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
+use crate::t5::{load_t5, T5Encoder, T5Loading, T5Tower};
 
 const CLIP_L: &str = "text_encoders.clip_l.transformer.";
 const CLIP_G: &str = "text_encoders.clip_g.transformer.";
@@ -74,15 +75,15 @@ impl Source<'_> {
     }
 }
 
-/// Loads every component of an SD3 single file; `with_t5: false` leaves T5
-/// out even when the file has it.
+/// Loads every component of an SD3 single file, T5 as `t5` says.
 pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
     dtype: Kind,
-    with_t5: bool,
+    t5: T5Loading,
 ) -> Result<Components> {
+    let with_t5 = t5 != T5Loading::Skip;
     let shapes = MappedFile::open(path)?.shapes()?;
     let source = Source {
         path,
@@ -120,10 +121,7 @@ pub(crate) fn load(
         },
         text: clip(&source, CLIP_L, "", devices, dtype)?,
         text_2: Some(clip(&source, CLIP_G, "_2", devices, dtype)?),
-        t5: match with_t5 {
-            true => t5(&source, devices, dtype)?,
-            false => None,
-        },
+        t5: load_t5_part(&source, t5, devices, dtype)?,
         denoiser: Denoiser::Transformer(Frozen::new(transformer)),
         vae: vae(&source, devices, dtype)?,
         scheduler: match config_dir {
@@ -175,11 +173,19 @@ fn clip(
 
 /// T5 from the file (its tokenizer from `config_dir`: the files carry
 /// none), else from `config_dir`, else none (zeros in its place).
-fn t5(source: &Source<'_>, devices: Devices, dtype: Kind) -> Result<Option<T5Tower>> {
+fn load_t5_part(
+    source: &Source<'_>,
+    loading: T5Loading,
+    devices: Devices,
+    dtype: Kind,
+) -> Result<Option<T5Tower>> {
+    if loading == T5Loading::Skip {
+        return Ok(None);
+    }
     if !source.has(T5) {
         return match source.config_dir {
             Some(dir) if dir.join("text_encoder_3").is_dir() => {
-                Ok(Some(load_t5(dir, devices.text_encoder, dtype, None)?))
+                load_t5(dir, loading, devices.text_encoder, dtype, None)
             }
             _ => Ok(None),
         };
@@ -192,17 +198,10 @@ fn t5(source: &Source<'_>, devices: Devices, dtype: Kind) -> Result<Option<T5Tow
     let tokenizer = T5Tokenizer::from_folder(&tokenizer_dir)
         .map_err(|e| PipelineError::model(&tokenizer_dir, e.to_string()))?;
     let config = T5Config::parse(&source.config_text("text_encoder_3")?, source.path)?;
-    let model = T5EncoderModel::from_files(
-        &config,
-        &source.files,
-        devices.text_encoder,
-        dtype,
-        &|k| match k.strip_prefix(T5) {
-            Some(rest) => T5EncoderModel::folder_key(rest),
-            None => KeyMap::Skip,
-        },
-    )?;
-    Ok(Some((tokenizer, Frozen::new(model))))
+    let files = source.files.to_vec();
+    let keys = T5Keys::Prefixed(T5.into());
+    let encoder = T5Encoder::load(loading, &config, files, keys, (devices.text_encoder, dtype))?;
+    Ok(encoder.map(|e| (tokenizer, e)))
 }
 
 /// The VAE from the file's `first_stage_model.*`, else from `config_dir`.

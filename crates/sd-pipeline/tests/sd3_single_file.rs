@@ -81,7 +81,12 @@ fn same_weights_as_the_folder(single: &StableDiffusion) {
             p.vae().var_store().variables(),
             p.text_encoder().var_store().variables(),
             p.text_encoder_2().unwrap().var_store().variables(),
-            p.text_encoder_3().unwrap().var_store().variables(),
+            p.text_encoder_3()
+                .unwrap()
+                .resident()
+                .unwrap()
+                .var_store()
+                .variables(),
         ]
     };
     for (ours, theirs) in stores(single).iter().zip(stores(&folder)) {
@@ -185,4 +190,34 @@ fn t5_asked_for_and_encoder_only_files_are_refused_in_one_line() {
         .build()
         .unwrap_err();
     one_line(refused, "only text encoders (CLIP or T5)");
+}
+
+/// Low-memory SD3 pipelines read T5 a block at a time as it encodes
+/// (folders and single files alike): the same latents as T5 in memory.
+#[test]
+fn low_memory_streams_t5_with_the_same_result() {
+    tch::set_num_threads(1);
+    let folder = fixtures().join("sd3/pipeline");
+    let held = StableDiffusion::builder().model_dir(&folder).build().unwrap();
+    let streamed = StableDiffusion::builder()
+        .model_dir(&folder)
+        .low_memory(true)
+        .build()
+        .unwrap();
+    let t5 = streamed.text_encoder_3().unwrap();
+    assert!(t5.resident().is_none(), "low memory holds no T5");
+    let (a, b) = (
+        held.generate(&request()).unwrap().latents,
+        streamed.generate(&request()).unwrap().latents,
+    );
+    assert!(a.equal(&b));
+    let file = StableDiffusion::builder()
+        .single_file(fixtures().join("single-file/tiny-sd3.safetensors"))
+        .config_dir(&folder)
+        .low_memory(true)
+        .build()
+        .unwrap();
+    assert!(file.text_encoder_3().unwrap().resident().is_none());
+    let single = load("tiny-sd3.safetensors", true).generate(&request()).unwrap().latents;
+    assert!(file.generate(&request()).unwrap().latents.equal(&single));
 }

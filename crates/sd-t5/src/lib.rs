@@ -11,9 +11,11 @@ pub mod config;
 pub mod error;
 pub mod layers;
 mod model;
+mod streamed;
 mod tokenizer;
 
 pub use config::{FeedForward, T5Config};
 pub use error::{Result, T5Error};
 pub use model::T5EncoderModel;
+pub use streamed::{StreamedT5, T5Keys};
 pub use tokenizer::{T5Encoding, T5Tokenizer};

@@ -41,28 +41,60 @@ impl T5EncoderModel {
     /// tokens, int64), every token attending to every other (SD3 passes no
     /// attention mask). In f16 and bf16 the states come out in that dtype.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let size = input_ids.size();
-        if size.len() != 2 || input_ids.kind() != Kind::Int64 {
-            return Err(T5Error::Input(format!(
-                "input ids must be (batch, tokens) int64, got {size:?} {:?}",
-                input_ids.kind()
-            )));
-        }
-        let ids = input_ids.to_device(self.vs.device());
-        let mut hidden = self.shared.forward(&ids);
-        let bias = self.blocks[0]
-            .attention
-            .position_bias(&self.config, size[1])
-            .expect("block 0 holds the relative-position embedding");
-        for block in &self.blocks {
-            hidden = block.forward(&hidden, &bias);
-        }
+        let ids = check_ids(input_ids)?.to_device(self.vs.device());
+        let hidden = self.shared.forward(&ids);
+        let blocks = self.blocks.iter().map(Ok);
+        let hidden = run_blocks(&self.config, hidden, blocks)?;
         Ok(self.final_norm.forward(&hidden))
     }
 
     /// The device the weights are on.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+}
+
+/// `input_ids` if they are (batch, tokens) int64.
+pub(crate) fn check_ids(input_ids: &Tensor) -> Result<&Tensor> {
+    let size = input_ids.size();
+    if size.len() != 2 || input_ids.kind() != Kind::Int64 {
+        return Err(T5Error::Input(format!(
+            "input ids must be (batch, tokens) int64, got {size:?} {:?}",
+            input_ids.kind()
+        )));
+    }
+    Ok(input_ids)
+}
+
+/// The encoder blocks on the embedded tokens, in order, every block using
+/// the first block's relative-position bias; the blocks held or read one
+/// at a time (`StreamedT5`).
+pub(crate) fn run_blocks<B: std::ops::Deref<Target = Block>>(
+    config: &T5Config,
+    mut hidden: Tensor,
+    blocks: impl Iterator<Item = Result<B>>,
+) -> Result<Tensor> {
+    let tokens = hidden.size()[1];
+    let mut bias: Option<Tensor> = None;
+    for block in blocks {
+        let block = block?;
+        let bias = match &mut bias {
+            Some(bias) => bias,
+            empty => empty.insert(block.attention.position_bias(config, tokens).ok_or_else(
+                || T5Error::Input("block 0 has no relative-position embedding".into()),
+            )?),
+        };
+        hidden = block.forward(&hidden, bias);
+    }
+    Ok(hidden)
+}
+
+/// The kind the feed-forward `wo` is made in: f32 in f16 models, as
+/// transformers keeps it (`_keep_in_fp32_modules`).
+pub(crate) fn wo_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Half => Kind::Float,
+        other => other,
     }
 }
 
@@ -81,14 +113,9 @@ impl DiffusersModel for T5EncoderModel {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
-        let wo_kind = if kind == Kind::Half {
-            Kind::Float
-        } else {
-            kind
-        };
         let encoder = &root / "encoder";
         let blocks = (0..config.num_layers)
-            .map(|i| Block::new(&(&encoder / "block" / i), config, i, wo_kind))
+            .map(|i| Block::new(&(&encoder / "block" / i), config, i, wo_kind(kind)))
             .collect();
         Ok(T5EncoderModel {
             shared: Embedding::new(&(&root / "shared"), config.vocab_size, config.d_model),

@@ -80,3 +80,49 @@ fn bad_input_ids_are_an_error() {
     let err = model.forward(&floats).unwrap_err().to_string();
     assert!(err.contains("int64"), "{err}");
 }
+
+/// T5 streamed from its file a block at a time gives the resident model's
+/// states bit for bit, in every dtype (the same operations), and a file
+/// that does not fit its config is refused when the encoder is made.
+#[test]
+fn the_streamed_encoder_equals_the_resident_one() {
+    use sd_t5::{StreamedT5, T5Config, T5Keys};
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let dir = fixtures().join("sd3/text_encoder_3");
+    let config = T5Config::from_file(dir.join("config.json")).unwrap();
+    let files = vec![dir.join("model.safetensors")];
+    let ids = Tensor::from_slice(&[5i64, 9, 3, 17, 1, 0, 0, 0]).view([1, 8]);
+    for kind in [Kind::Float, Kind::Half, Kind::BFloat16] {
+        let resident = T5EncoderModel::from_folder(&dir, Device::Cpu, kind, None).unwrap();
+        let streamed = StreamedT5::new(
+            &config,
+            files.clone(),
+            T5Keys::Transformers,
+            Device::Cpu,
+            kind,
+        )
+        .unwrap();
+        let (a, b) = (
+            resident.forward(&ids).unwrap(),
+            streamed.forward(&ids).unwrap(),
+        );
+        assert_eq!(a.kind(), b.kind());
+        assert!(a.equal(&b), "{kind:?}");
+    }
+    let mut wider = config.clone();
+    wider.d_ff += 1;
+    let error = StreamedT5::new(
+        &wider,
+        files,
+        T5Keys::Transformers,
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("do not fit its config") && error.contains("model ["),
+        "{error}"
+    );
+}

@@ -1,0 +1,105 @@
+//! SD3's T5 in the pipeline: held in memory, or (low-memory pipelines)
+//! read from its files a block at a time on each encoding.
+
+use std::path::{Path, PathBuf};
+
+use sd_core::shared::Frozen;
+use sd_core::DiffusersModel;
+use sd_t5::{StreamedT5, T5Config, T5EncoderModel, T5Error, T5Keys, T5Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{PipelineError, Result};
+
+/// SD3's T5 tokenizer with its encoder.
+pub type T5Tower = (T5Tokenizer, T5Encoder);
+
+/// How SD3's T5 encoder is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum T5Loading {
+    /// Left out: zeros in its place.
+    Skip,
+    /// In memory, like every other component.
+    Resident,
+    /// Read from its files a block at a time on each encoding (low-memory
+    /// pipelines): at most one block of it in memory.
+    Streamed,
+}
+
+/// SD3's T5 encoder, in memory or read from its files as it runs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum T5Encoder {
+    /// Held in memory.
+    Resident(Frozen<T5EncoderModel>),
+    /// Read a block at a time (see [`T5Loading::Streamed`]).
+    Streamed(StreamedT5),
+}
+
+impl T5Encoder {
+    /// The hidden states of `input_ids` (batch, tokens).
+    pub fn forward(&self, input_ids: &Tensor) -> std::result::Result<Tensor, T5Error> {
+        match self {
+            T5Encoder::Resident(model) => model.forward(input_ids),
+            T5Encoder::Streamed(model) => model.forward(input_ids),
+        }
+    }
+
+    /// The model, when it is held in memory.
+    pub fn resident(&self) -> Option<&T5EncoderModel> {
+        match self {
+            T5Encoder::Resident(model) => Some(model),
+            T5Encoder::Streamed(_) => None,
+        }
+    }
+
+    /// T5 of `config` from `files` (keys named as `keys` says), as
+    /// `loading` asks.
+    pub(crate) fn load(
+        loading: T5Loading,
+        config: &T5Config,
+        files: Vec<PathBuf>,
+        keys: T5Keys,
+        (device, dtype): (Device, Kind),
+    ) -> std::result::Result<Option<Self>, T5Error> {
+        Ok(match loading {
+            T5Loading::Skip => None,
+            T5Loading::Resident => {
+                let map = |k: &str| keys.map(k);
+                let model = T5EncoderModel::from_files(config, &files, device, dtype, &map)?;
+                Some(T5Encoder::Resident(Frozen::new(model)))
+            }
+            T5Loading::Streamed => Some(T5Encoder::Streamed(StreamedT5::new(
+                config, files, keys, device, dtype,
+            )?)),
+        })
+    }
+}
+
+/// `tokenizer_3/` and `text_encoder_3/` of the SD3 folder `dir` as
+/// `loading` asks, named in errors by the folder that failed.
+pub(crate) fn load_t5(
+    dir: &Path,
+    loading: T5Loading,
+    device: Device,
+    dtype: Kind,
+    variant: Option<&str>,
+) -> Result<Option<T5Tower>> {
+    if loading == T5Loading::Skip {
+        return Ok(None);
+    }
+    let named = |sub: &str| {
+        let path = dir.join(sub);
+        move |e: T5Error| PipelineError::model(&path, e.to_string())
+    };
+    let tokenizer =
+        T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(named("tokenizer_3"))?;
+    let folder = dir.join("text_encoder_3");
+    let config =
+        T5Config::from_file(folder.join("config.json")).map_err(named("text_encoder_3"))?;
+    let files = sd_core::weights::component_files(&folder, T5EncoderModel::WEIGHTS_STEM, variant)?;
+    let keys = T5Keys::Transformers;
+    let encoder = T5Encoder::load(loading, &config, files, keys, (device, dtype))
+        .map_err(named("text_encoder_3"))?;
+    Ok(encoder.map(|e| (tokenizer, e)))
+}

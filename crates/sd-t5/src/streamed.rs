@@ -1,0 +1,146 @@
+//! T5 read from its files a part at a time while it encodes: the embedding,
+//! then each block, then the final norm, each dropped before the next is
+//! read. For low-memory pipelines: T5-XXL is about 9.5 GB in bf16, and this
+//! way at most one block (about 0.4 GB) of it is in memory, at the price of
+//! reading the weights (from the page cache, mostly) on every encoding. The
+//! same operations as [`T5EncoderModel`]: the same results, bit for bit.
+
+use std::path::PathBuf;
+
+use sd_core::nn::Embedding;
+use sd_core::weights::{load_mapped, KeyMap, MappedFile};
+use sd_core::DiffusersModel;
+use tch::nn::{Path, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::T5Config;
+use crate::error::{Result, T5Error};
+use crate::layers::{Block, RmsNorm};
+use crate::model::{check_ids, run_blocks, wo_kind, T5EncoderModel};
+
+/// How the files name T5's weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum T5Keys {
+    /// transformers' names (a `text_encoder_3/` folder, ComfyUI's
+    /// `t5xxl_*.safetensors`).
+    Transformers,
+    /// transformers' names under a prefix (Stability's single files:
+    /// `text_encoders.t5xxl.transformer.`).
+    Prefixed(String),
+}
+
+impl T5Keys {
+    /// The model's name (and transform) for the file's `key`.
+    pub fn map(&self, key: &str) -> KeyMap {
+        match self {
+            T5Keys::Transformers => T5EncoderModel::folder_key(key),
+            T5Keys::Prefixed(prefix) => match key.strip_prefix(prefix.as_str()) {
+                Some(rest) => T5EncoderModel::folder_key(rest),
+                None => KeyMap::Skip,
+            },
+        }
+    }
+}
+
+/// A T5 encoder whose weights stay in their files between encodings.
+#[derive(Debug)]
+pub struct StreamedT5 {
+    config: T5Config,
+    files: Vec<PathBuf>,
+    keys: T5Keys,
+    device: Device,
+    kind: Kind,
+}
+
+impl StreamedT5 {
+    /// The encoder of `config` in `files`, computing on `device` in `kind`.
+    /// Every weight's name and shape is checked now (from the files'
+    /// headers), so a bad file fails here, not at the first prompt.
+    pub fn new(
+        config: &T5Config,
+        files: Vec<PathBuf>,
+        keys: T5Keys,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let streamed = StreamedT5 {
+            config: config.clone(),
+            files,
+            keys,
+            device,
+            kind,
+        };
+        streamed.check_files()?;
+        Ok(streamed)
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &T5Config {
+        &self.config
+    }
+
+    /// As [`T5EncoderModel::forward`].
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let ids = check_ids(input_ids)?.to_device(self.device);
+        let (vocab, d) = (self.config.vocab_size, self.config.d_model);
+        let hidden = self.part(|root| Embedding::new(&(root / "shared"), vocab, d))?;
+        let hidden = hidden.forward(&ids);
+        let blocks = (0..self.config.num_layers)
+            .map(|i| self.part(|root| self.block(root, i)).map(Box::new));
+        let hidden = run_blocks(&self.config, hidden, blocks)?;
+        let eps = self.config.layer_norm_epsilon;
+        let norm =
+            self.part(|root| RmsNorm::new(&(root / "encoder" / "final_layer_norm"), d, eps))?;
+        Ok(norm.forward(&hidden))
+    }
+
+    fn block(&self, root: &Path<'_>, index: i64) -> Block {
+        let path = root / "encoder" / "block" / index;
+        Block::new(&path, &self.config, index, wo_kind(self.kind))
+    }
+
+    /// One part of the model, built under a var store of its own and filled
+    /// from the files (the rest of their tensors left unread).
+    fn part<T>(&self, build: impl FnOnce(&Path<'_>) -> T) -> Result<T> {
+        let mut vs = VarStore::new(self.device);
+        vs.set_kind(self.kind);
+        let part = build(&vs.root());
+        load_mapped(&vs, &self.files, &|k| self.keys.map(k), true)?;
+        Ok(part)
+    }
+
+    /// Every variable of the whole model has a tensor of its shape in the
+    /// files (shapes only: nothing is read).
+    fn check_files(&self) -> Result<()> {
+        let mut found = std::collections::HashMap::new();
+        for file in &self.files {
+            for (key, shape) in MappedFile::open(file)?.shapes()? {
+                found.extend(self.keys.map(&key).targets(&shape));
+            }
+        }
+        // The whole model uninitialised: address space, never touched.
+        let model = T5EncoderModel::new_in(&self.config, Device::Cpu, self.kind)?;
+        let mut bad: Vec<String> = model
+            .var_store()
+            .variables()
+            .into_iter()
+            .filter_map(|(name, tensor)| match found.get(&name) {
+                Some(shape) if *shape == tensor.size() => None,
+                Some(shape) => Some(format!("{name}: model {:?}, file {shape:?}", tensor.size())),
+                None => Some(format!("{name}: missing")),
+            })
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        bad.sort();
+        let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
+        Err(T5Error::Input(format!(
+            "{}: the T5 weights do not fit its config: {} ({} in all)",
+            files.join(", "),
+            bad[0],
+            bad.len()
+        )))
+    }
+}
