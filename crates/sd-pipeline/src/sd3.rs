@@ -85,32 +85,56 @@ pub(crate) fn encode_prompt(
     max_sequence_length: usize,
     options: PromptOptions,
 ) -> Result<Conditioning> {
-    let clip = |(tokenizer, model): &TextTower| {
-        let layer = EmbeddingLayer::Penultimate;
-        encode(tokenizer, model, prompt, layer, options, 1)
-    };
-    let (l, g) = (clip(towers.clip_l)?, clip(towers.clip_g)?);
-    let clip_states = Tensor::cat(&[&l.hidden, &g.hidden], -1);
+    let mut one = encode_prompts(towers, &[prompt], max_sequence_length, options)?;
+    one.pop()
+        .ok_or_else(|| PipelineError::request(crate::front::Field::Prompt, "no prompt"))
+}
+
+/// Several prompts (a prompt and its negative), each as [`encode_prompt`]
+/// encodes it; T5 runs them in one pass, so a streamed T5 reads its weights
+/// once.
+pub(crate) fn encode_prompts(
+    towers: &Sd3Towers<'_>,
+    prompts: &[&str],
+    max_sequence_length: usize,
+    options: PromptOptions,
+) -> Result<Vec<Conditioning>> {
+    let fail =
+        |e: sd_t5::T5Error| PipelineError::request(crate::front::Field::Prompt, e.to_string());
     let t5_states = match towers.t5 {
         Some((tokenizer, model)) => {
-            let fail = |e: sd_t5::T5Error| {
-                PipelineError::request(crate::front::Field::Prompt, e.to_string())
-            };
-            let ids = tokenizer
-                .encode(prompt, max_sequence_length)
-                .map_err(fail)?;
-            let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
-            model.forward(&ids).map_err(fail)?
+            let ids = prompts
+                .iter()
+                .map(|p| {
+                    let ids = tokenizer.encode(p, max_sequence_length).map_err(fail)?;
+                    Ok(Tensor::from_slice(&ids.ids).unsqueeze(0))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(model.forward_each(&ids).map_err(fail)?)
         }
-        None => Tensor::zeros(
-            [1, max_sequence_length as i64, towers.joint_dim],
-            (clip_states.kind(), clip_states.device()),
-        ),
+        None => None,
     };
-    let pad = t5_states.size()[2] - clip_states.size()[2];
-    let clip_states = clip_states.constant_pad_nd([0, pad]);
-    Ok(Conditioning {
-        hidden: Tensor::cat(&[clip_states, t5_states.to_device(l.hidden.device())], 1),
-        pooled: Some(Tensor::cat(&[l.pooled, g.pooled], -1)),
-    })
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let clip = |(tokenizer, model): &TextTower| {
+            let layer = EmbeddingLayer::Penultimate;
+            encode(tokenizer, model, prompt, layer, options, 1)
+        };
+        let (l, g) = (clip(towers.clip_l)?, clip(towers.clip_g)?);
+        let clip_states = Tensor::cat(&[&l.hidden, &g.hidden], -1);
+        let t5 = match &t5_states {
+            Some(states) => states[i].shallow_clone(),
+            None => Tensor::zeros(
+                [1, max_sequence_length as i64, towers.joint_dim],
+                (clip_states.kind(), clip_states.device()),
+            ),
+        };
+        let pad = t5.size()[2] - clip_states.size()[2];
+        let clip_states = clip_states.constant_pad_nd([0, pad]);
+        out.push(Conditioning {
+            hidden: Tensor::cat(&[clip_states, t5.to_device(l.hidden.device())], 1),
+            pooled: Some(Tensor::cat(&[l.pooled, g.pooled], -1)),
+        });
+    }
+    Ok(out)
 }

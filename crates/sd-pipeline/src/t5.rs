@@ -45,6 +45,15 @@ impl T5Encoder {
         }
     }
 
+    /// The hidden states of each input (a prompt and its negative), each on
+    /// its own; a streamed encoder reads its weights once for all of them.
+    pub fn forward_each(&self, input_ids: &[Tensor]) -> std::result::Result<Vec<Tensor>, T5Error> {
+        match self {
+            T5Encoder::Resident(model) => input_ids.iter().map(|ids| model.forward(ids)).collect(),
+            T5Encoder::Streamed(model) => model.forward_each(input_ids),
+        }
+    }
+
     /// The model, when it is held in memory.
     pub fn resident(&self) -> Option<&T5EncoderModel> {
         match self {

@@ -198,7 +198,10 @@ fn t5_asked_for_and_encoder_only_files_are_refused_in_one_line() {
 fn low_memory_streams_t5_with_the_same_result() {
     tch::set_num_threads(1);
     let folder = fixtures().join("sd3/pipeline");
-    let held = StableDiffusion::builder().model_dir(&folder).build().unwrap();
+    let held = StableDiffusion::builder()
+        .model_dir(&folder)
+        .build()
+        .unwrap();
     let streamed = StableDiffusion::builder()
         .model_dir(&folder)
         .low_memory(true)
@@ -218,6 +221,9 @@ fn low_memory_streams_t5_with_the_same_result() {
         .build()
         .unwrap();
     assert!(file.text_encoder_3().unwrap().resident().is_none());
-    let single = load("tiny-sd3.safetensors", true).generate(&request()).unwrap().latents;
+    let single = load("tiny-sd3.safetensors", true)
+        .generate(&request())
+        .unwrap()
+        .latents;
     assert!(file.generate(&request()).unwrap().latents.equal(&single));
 }

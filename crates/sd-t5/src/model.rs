@@ -44,7 +44,8 @@ impl T5EncoderModel {
         let ids = check_ids(input_ids)?.to_device(self.vs.device());
         let hidden = self.shared.forward(&ids);
         let blocks = self.blocks.iter().map(Ok);
-        let hidden = run_blocks(&self.config, hidden, blocks)?;
+        let [hidden] = <[Tensor; 1]>::try_from(run_blocks(&self.config, vec![hidden], blocks)?)
+            .map_err(|_| T5Error::Input("one input, one output".into()))?;
         Ok(self.final_norm.forward(&hidden))
     }
 
@@ -66,27 +67,30 @@ pub(crate) fn check_ids(input_ids: &Tensor) -> Result<&Tensor> {
     Ok(input_ids)
 }
 
-/// The encoder blocks on the embedded tokens, in order, every block using
-/// the first block's relative-position bias; the blocks held or read one
-/// at a time (`StreamedT5`).
+/// The encoder blocks on embedded tokens, in order, every block using the
+/// first block's relative-position bias; the blocks held or read one at a
+/// time (`StreamedT5`), each applied to every input in turn (each on its
+/// own: the same operations as one input alone).
 pub(crate) fn run_blocks<B: std::ops::Deref<Target = Block>>(
     config: &T5Config,
-    mut hidden: Tensor,
+    mut hiddens: Vec<Tensor>,
     blocks: impl Iterator<Item = Result<B>>,
-) -> Result<Tensor> {
-    let tokens = hidden.size()[1];
-    let mut bias: Option<Tensor> = None;
+) -> Result<Vec<Tensor>> {
+    let mut biases: Vec<Option<Tensor>> = hiddens.iter().map(|_| None).collect();
     for block in blocks {
         let block = block?;
-        let bias = match &mut bias {
-            Some(bias) => bias,
-            empty => empty.insert(block.attention.position_bias(config, tokens).ok_or_else(
-                || T5Error::Input("block 0 has no relative-position embedding".into()),
-            )?),
-        };
-        hidden = block.forward(&hidden, bias);
+        for (hidden, bias) in hiddens.iter_mut().zip(&mut biases) {
+            let tokens = hidden.size()[1];
+            let bias = match bias {
+                Some(bias) => bias,
+                empty => empty.insert(block.attention.position_bias(config, tokens).ok_or_else(
+                    || T5Error::Input("block 0 has no relative-position embedding".into()),
+                )?),
+            };
+            *hidden = block.forward(hidden, bias);
+        }
     }
-    Ok(hidden)
+    Ok(hiddens)
 }
 
 /// The kind the feed-forward `wo` is made in: f32 in f16 models, as

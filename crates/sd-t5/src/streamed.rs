@@ -82,17 +82,33 @@ impl StreamedT5 {
 
     /// As [`T5EncoderModel::forward`].
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let ids = check_ids(input_ids)?.to_device(self.device);
+        let mut states = self.forward_each(std::slice::from_ref(input_ids))?;
+        states
+            .pop()
+            .ok_or_else(|| T5Error::Input("one input, one output".into()))
+    }
+
+    /// Several inputs in one pass over the files (a prompt and its negative:
+    /// the weights read once), each computed on its own, as
+    /// [`StreamedT5::forward`] would.
+    pub fn forward_each(&self, input_ids: &[Tensor]) -> Result<Vec<Tensor>> {
+        let ids: Vec<Tensor> = input_ids
+            .iter()
+            .map(|ids| Ok(check_ids(ids)?.to_device(self.device)))
+            .collect::<Result<_>>()?;
         let (vocab, d) = (self.config.vocab_size, self.config.d_model);
-        let hidden = self.part(|root| Embedding::new(&(root / "shared"), vocab, d))?;
-        let hidden = hidden.forward(&ids);
+        let shared = self.part(|root| Embedding::new(&(root / "shared"), vocab, d))?;
+        let hiddens = ids.iter().map(|ids| shared.forward(ids)).collect();
+        drop(shared);
         let blocks = (0..self.config.num_layers)
             .map(|i| self.part(|root| self.block(root, i)).map(Box::new));
-        let hidden = run_blocks(&self.config, hidden, blocks)?;
+        let hiddens = run_blocks(&self.config, hiddens, blocks)?;
         let eps = self.config.layer_norm_epsilon;
-        let norm =
-            self.part(|root| RmsNorm::new(&(root / "encoder" / "final_layer_norm"), d, eps))?;
-        Ok(norm.forward(&hidden))
+        let norm = self.part(|root| {
+            let path = root / "encoder" / "final_layer_norm";
+            RmsNorm::new(&path, d, eps)
+        })?;
+        Ok(hiddens.iter().map(|h| norm.forward(h)).collect())
     }
 
     fn block(&self, root: &Path<'_>, index: i64) -> Block {

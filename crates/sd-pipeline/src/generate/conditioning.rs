@@ -89,13 +89,21 @@ impl StableDiffusion {
             joint_dim,
         };
         let (tokens, options) = (request.max_sequence_length, request.prompt_options);
-        let encode = |text: &str| crate::sd3::encode_prompt(&towers, text, tokens, options);
-        let positive = encode(&request.prompt)?;
-        let negative = match cfg {
-            true => encode(request.negative_prompt.as_deref().unwrap_or(""))?,
-            // diffusers makes none; the loop never reads it
-            false => positive.clone(),
+        let negative = request.negative_prompt.as_deref().unwrap_or("");
+        // diffusers encodes no negative without guidance; the loop never reads it
+        let prompts: Vec<&str> = match cfg {
+            true => vec![&request.prompt, negative],
+            false => vec![&request.prompt],
         };
+        let mut encoded = crate::sd3::encode_prompts(&towers, &prompts, tokens, options)?;
+        let negative = match cfg {
+            true => encoded.pop(),
+            false => None,
+        };
+        let positive = encoded
+            .pop()
+            .ok_or_else(|| PipelineError::request(Field::Prompt, "no prompt encoded"))?;
+        let negative = negative.unwrap_or_else(|| positive.clone());
         Ok(PromptEmbeddings { positive, negative })
     }
 
