@@ -23,11 +23,13 @@ It writes, under reference/:
                                   (harness_taesd.py)
   fixtures/outputs/sizes.*        72x64 txt2img, img2img and ControlNet runs, and the UNets on
                                   odd latent sizes (harness_sizes.py)
-  fixtures/sd3/, outputs/sd3_vae.*
-                                  SD3's 16-channel VAE, tiny and random (harness_sd3.py)
+  fixtures/sd3/, outputs/sd3_*.*, fixtures/single-file/tiny-sd3*.safetensors
+                                  SD3's parts (16-channel VAE, T5, transformers), a tiny SD3
+                                  pipeline and diffusers' runs of its three pipelines, and the
+                                  same in Stability's single-file layout (harness_sd3.py)
   fixtures/outputs/flow_schedulers.*
                                   flow-matching sampler traces (harness_flow.py)
-  manifests/{sd15,sd21,sdxl}/*.json
+  manifests/{sd15,sd21,sdxl,sd35}/*.json
                                   weight names and shapes of the full-size models, built from
                                   their configs on the meta device (no weights needed)
 
