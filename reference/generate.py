@@ -164,6 +164,7 @@ def main() -> None:
             harness_sd3.write_sd3_pipeline(FIXTURES, outputs)
             harness_sd3.write_sd3_runs(FIXTURES, outputs)
             harness_sd3.write_sd3_single_files(FIXTURES, outputs)
+            harness_sd3.write_sd3_lora(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

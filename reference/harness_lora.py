@@ -138,10 +138,16 @@ def peft_lora(pipe, folder: Path, name: str, seed: int, text: bool) -> Path:
         kwargs.update(text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
                       text_encoder_lora_adapter_metadata=te_config.to_dict())
     type(pipe).save_lora_weights(folder, weight_name=f"{name}.safetensors", **kwargs)
-    # peft keeps target_modules as a set: sort it, or each run writes
-    # another order (string hashing is randomised per process); and the
-    # model's path must not depend on where the repository is.
     path = folder / f"{name}.safetensors"
+    normalize_adapter_metadata(path, folder)
+    return path
+
+
+def normalize_adapter_metadata(path: Path, folder: Path) -> None:
+    """A saved LoRA's adapter metadata made reproducible: peft keeps
+    target_modules as a set: sort it, or each run writes another order
+    (string hashing is randomised per process); and the model's path must
+    not depend on where the repository is."""
     with safe_open(path, "pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     adapter = json.loads(metadata["lora_adapter_metadata"])
@@ -155,7 +161,6 @@ def peft_lora(pipe, folder: Path, name: str, seed: int, text: bool) -> Path:
     # so two entries come out in either order ("format": "pt" is not needed
     # to load a LoRA).
     save_file(tensors, path, metadata={"lora_adapter_metadata": json.dumps(adapter, indent=2, sort_keys=True)})
-    return path
 
 
 def lycoris(pipe, seed: int, kind: str) -> tuple[dict, dict]:

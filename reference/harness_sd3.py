@@ -419,3 +419,49 @@ def write_sd3_single_file_manifests(manifests: Path) -> None:
         tensors = {k: list(v.shape) for k, v in sorted(file.items())}
         out = {"tensors": tensors, "optional": {}, "diffusers": f"transformer_{name}.json"}
         (manifests / "sd35" / f"single_file_{name}.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+# --- LoRA on SD3 ------------------------------------------------------------------
+
+def write_sd3_lora(fixtures: Path, outputs: Path) -> None:
+    """A LoRA for the tiny SD3 pipeline as diffusers' SD3 training script saves
+    it (peft adapters with random non-zero B on the transformer's attention and
+    feed-forward projections, and on CLIP-L's q/v; `save_lora_weights`), in
+    fixtures/sd3/lora/sd3-peft.safetensors; and diffusers' txt2img with it fused at
+    0.8 (`load_lora_weights` + `fuse_lora`), f32, as the folder's f32.txt2img
+    run (outputs/sd3_lora.safetensors)."""
+    from diffusers import StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from harness_lora import normalize_adapter_metadata
+    from harness_outputs import run_keeping_latents
+
+    folder = fixtures / "sd3" / "pipeline"
+    # (its own folder: harness_lora clears fixtures/lora)
+    lora_dir = fixtures / "sd3" / "lora"
+    lora_dir.mkdir(exist_ok=True)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+    torch.manual_seed(30)
+    transformer_config = LoraConfig(r=4, lora_alpha=2, init_lora_weights=False, target_modules=[
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+        "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2"])
+    pipe.transformer.add_adapter(transformer_config)
+    te_config = LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=["q_proj", "v_proj"])
+    pipe.text_encoder.add_adapter(te_config)
+    StableDiffusion3Pipeline.save_lora_weights(
+        lora_dir, weight_name="sd3-peft.safetensors",
+        transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
+        transformer_lora_adapter_metadata=transformer_config.to_dict(),
+        text_encoder_lora_adapter_metadata=te_config.to_dict())
+    normalize_adapter_metadata(lora_dir / "sd3-peft.safetensors", lora_dir)
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(lora_dir, weight_name="sd3-peft.safetensors")
+    pipe.fuse_lora(lora_scale=0.8)
+    latents, image = run_keeping_latents(pipe, PROMPT, negative_prompt="blurry", guidance_scale=5.0, height=32,
+                                         width=48, num_images_per_prompt=2, num_inference_steps=4,
+                                         max_sequence_length=16, generator=torch.Generator("cpu").manual_seed(1))
+    save_file({"f32.txt2img": latents, "f32.txt2img.image": image}, outputs / "sd3_lora.safetensors")

@@ -32,6 +32,22 @@ pub enum LoraError {
         family: String,
     },
 
+    /// The file changes a denoiser the model does not have (a UNet LoRA on
+    /// SD3's transformer, or the other way round): only its text-encoder
+    /// part would merge, which is not what it was made for.
+    #[error(
+        "{path}: it changes a {component}, and this model has none (the file looks made \
+         for {family}); nothing was merged"
+    )]
+    OtherDenoiser {
+        /// The adapter file.
+        path: PathBuf,
+        /// The denoiser it was made for (`unet`, `transformer`).
+        component: &'static str,
+        /// The model family the file seems made for.
+        family: String,
+    },
+
     /// A module's adapter does not fit the weight it names.
     #[error(
         "{path}: '{key}' is {got:?}, which does not fit the model's {expected:?} weight; \

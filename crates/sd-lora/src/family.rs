@@ -20,6 +20,10 @@ pub fn guess(lora: &LoraFile) -> String {
     let unknown_like = |needle: &str| lora.unknown.iter().any(|(k, _)| k.contains(needle));
     match width {
         Some(w) => sd_core::family::describe_cross_attention(w),
+        None if has(Component::Transformer) => {
+            "a transformer model (SD3 or similar: diffusers' transformer.* names), not a UNet"
+                .into()
+        }
         None if has(Component::TextEncoder2) => "SDXL (it has a second text encoder)".into(),
         None if unknown_like("transformer") || unknown_like("double_blocks") => {
             "a transformer model (Flux, SD3 or similar), not a UNet".into()

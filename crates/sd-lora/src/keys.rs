@@ -7,7 +7,7 @@
 //!   encoders; parts `lora_down.weight`, `lora_up.weight`, `lora_mid.weight`,
 //!   `alpha`, `hada_*`, `lokr_*`, `diff`, `dora_scale`.
 //! - diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`
-//!   (and `text_encoder.`, `text_encoder_2.`), older diffusers'
+//!   (`transformer.` for SD3's, and `text_encoder.`, `text_encoder_2.`), older diffusers'
 //!   `.lora.down.weight`, `.lora_linear_layer.down.weight` and the
 //!   attention-processor form `<block>.processor.to_q_lora.down.weight`.
 
@@ -18,8 +18,10 @@ pub enum Component {
     Unet,
     /// The (first) text encoder: CLIP-L for SD1 and SDXL, OpenCLIP-H for SD2.
     TextEncoder,
-    /// SDXL's second text encoder (OpenCLIP-bigG).
+    /// SDXL's and SD3's second text encoder (OpenCLIP-bigG).
     TextEncoder2,
+    /// SD3's transformer (the denoiser where UNet models have a UNet).
+    Transformer,
 }
 
 impl Component {
@@ -29,6 +31,7 @@ impl Component {
             Component::Unet => "unet",
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
+            Component::Transformer => "transformer",
         }
     }
 }
@@ -135,8 +138,9 @@ const KOHYA_PARTS: [(&str, Part); 20] = [
     ("lora_magnitude_vector", Part::Dora),
 ];
 
-const DOTTED_PREFIXES: [(&str, Component); 3] = [
+const DOTTED_PREFIXES: [(&str, Component); 4] = [
     ("unet.", Component::Unet),
+    ("transformer.", Component::Transformer),
     ("text_encoder.", Component::TextEncoder),
     ("text_encoder_2.", Component::TextEncoder2),
 ];

@@ -138,16 +138,31 @@ impl Merged {
             skipped: lora.unknown.clone(),
             ..ApplyReport::default()
         };
+        // A UNet LoRA on SD3 (or the reverse) would merge its text-encoder
+        // part alone: refused instead.
+        let denoisers = [Component::Unet, Component::Transformer];
+        if let Some(missing) = lora
+            .modules
+            .iter()
+            .map(|m| m.component)
+            .find(|c| denoisers.contains(c) && !targets.variables.contains_key(c))
+        {
+            return Err(LoraError::OtherDenoiser {
+                path: lora.path.clone(),
+                component: missing.name(),
+                family: crate::family::guess(lora),
+            });
+        }
         let mut plan = Vec::new();
         for module in &lora.modules {
             let label = format!("{}:{}", module.component.name(), module.name.as_str());
             let Some((weight, variable)) = targets.resolve(module.component, &module.name) else {
                 let why = if targets.variables.contains_key(&module.component) {
-                    "no such module in this model"
+                    "no such module in this model".to_string()
                 } else {
-                    "this model has no such text encoder"
+                    format!("this model has no {}", module.component.name())
                 };
-                report.skipped.push((label, why.to_string()));
+                report.skipped.push((label, why));
                 continue;
             };
             let shape = variable.size();

@@ -12,6 +12,7 @@ use sd_core::DiffusersModel;
 use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Merged, Target, Targets};
 use sd_unet::ldm::LdmUNetKeys;
 
+use crate::denoiser::Denoiser;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::pipeline::StableDiffusion;
@@ -56,28 +57,40 @@ impl Default for Adapters {
 
 impl StableDiffusion {
     /// The models adapters may change, indexed by every name files use.
-    fn adapter_targets(&self, unet: &sd_unet::UNet2DConditionModel) -> Result<Targets> {
-        // SDXL files from kohya name the UNet's modules the LDM way.
-        let ldm = LdmUNetKeys::new(unet.config())?;
-        let unet = unet.var_store();
-        let aliases = unet
-            .variables()
-            .keys()
-            .filter_map(|name| {
-                let module = name.strip_suffix(".weight")?;
-                let alias = ldm.to_ldm(name)?;
-                Some((
-                    alias.strip_suffix(".weight")?.to_string(),
-                    module.to_string(),
-                ))
-            })
-            .collect();
-        let mut targets = vec![
-            Target {
-                component: Component::Unet,
-                store: unet,
-                aliases,
+    fn adapter_targets(&self) -> Result<Targets> {
+        let denoiser = match &self.denoiser {
+            Denoiser::UNet(unet) => {
+                let store = unet.var_store();
+                // SDXL files from kohya name the UNet's modules the LDM way.
+                let ldm = LdmUNetKeys::new(unet.config())?;
+                let aliases = store
+                    .variables()
+                    .keys()
+                    .filter_map(|name| {
+                        let module = name.strip_suffix(".weight")?;
+                        let alias = ldm.to_ldm(name)?;
+                        Some((
+                            alias.strip_suffix(".weight")?.to_string(),
+                            module.to_string(),
+                        ))
+                    })
+                    .collect();
+                Target {
+                    component: Component::Unet,
+                    store,
+                    aliases,
+                }
+            }
+            // diffusers' names only: kohya's SD3 files (Stability's names,
+            // fused qkv) are not read yet, and merge nothing (refused).
+            Denoiser::Transformer(transformer) => Target {
+                component: Component::Transformer,
+                store: transformer.var_store(),
+                aliases: vec![],
             },
+        };
+        let mut targets = vec![
+            denoiser,
             Target {
                 component: Component::TextEncoder,
                 store: self.text.1.var_store(),
@@ -103,19 +116,7 @@ impl StableDiffusion {
             .iter()
             .map(|spec| LoraFile::open(&spec.path))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let Some(unet) = self.unet() else {
-            return match loras.first() {
-                None => Ok(Vec::new()),
-                Some(spec) => Err(PipelineError::request(
-                    Field::Lora,
-                    format!(
-                        "{}: LoRAs for SD3 are not supported yet",
-                        spec.path.display()
-                    ),
-                )),
-            };
-        };
-        let targets = self.adapter_targets(unet)?;
+        let targets = self.adapter_targets()?;
         let adapters = &mut self.adapters;
         let merged = adapters.merged.get_mut();
         merged.restore(&targets)?;

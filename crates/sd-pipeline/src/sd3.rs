@@ -5,7 +5,7 @@
 //! embeddings side by side. Without T5 (a user without the memory for it),
 //! its states are zeros, as diffusers' are when `text_encoder_3` is None.
 //! [`StableDiffusion`](crate::StableDiffusion) runs SD3 folders through
-//! [`encode_prompt`]; [`Sd3TextEncoders`] is the same without the rest.
+//! the same code; [`Sd3TextEncoders`] is the encoders without the rest.
 
 use std::path::Path;
 
@@ -90,7 +90,7 @@ pub(crate) fn encode_prompt(
         .ok_or_else(|| PipelineError::request(crate::front::Field::Prompt, "no prompt"))
 }
 
-/// Several prompts (a prompt and its negative), each as [`encode_prompt`]
+/// Several prompts (a prompt and its negative), each as `encode_prompt`
 /// encodes it; T5 runs them in one pass, so a streamed T5 reads its weights
 /// once.
 pub(crate) fn encode_prompts(

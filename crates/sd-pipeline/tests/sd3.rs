@@ -221,7 +221,7 @@ fn sd3_pipeline_runs_match_diffusers() {
 
 /// SD3's own refusals, each one line naming the field: a size off the
 /// 16-pixel grid, a UNet sampler, guidance rescale, a skip-layer block the
-/// transformer does not have, too many T5 tokens, a LoRA.
+/// transformer does not have, too many T5 tokens, a UNet's LoRA.
 #[test]
 fn bad_sd3_requests_are_refused_in_one_line_each() {
     use sd_pipeline::{Request, SamplerKind, SkipLayerGuidance, StableDiffusion};
@@ -253,15 +253,14 @@ fn bad_sd3_requests_are_refused_in_one_line_each() {
     let mut r = base();
     r.max_sequence_length = 600;
     assert!(refusal(r).contains("max_sequence_length: 600 is outside 1..=512"));
-    let lora = reference_dir().join("fixtures/lora/sd1-peft.safetensors");
+    // A LoRA made for a UNet merges nothing here: refused, the model untouched.
+    let lora = reference_dir().join("fixtures/lora/sd1-kohya.safetensors");
     let error = pipeline
         .set_loras(&[sd_pipeline::LoraSpec::new(&lora, 1.0)])
         .unwrap_err()
         .to_string();
-    assert!(
-        error.contains("LoRAs for SD3 are not supported yet"),
-        "{error}"
-    );
+    assert!(error.contains("sd1-kohya.safetensors"), "{error}");
+    assert_eq!(error.lines().count(), 1, "{error}");
     // A UNet model refuses SD3's options the other way round.
     let sd1 = StableDiffusion::builder()
         .model_dir(reference_dir().join("fixtures/tiny-sd1"))
@@ -271,4 +270,61 @@ fn bad_sd3_requests_are_refused_in_one_line_each() {
     r.skip_layer_guidance = Some(SkipLayerGuidance::new(vec![0]));
     let error = sd1.generate(&r).unwrap_err().to_string();
     assert!(error.contains("skip-layer guidance is for SD3"), "{error}");
+}
+
+/// A LoRA in diffusers' SD3 format (peft adapters on the transformer's
+/// attention and feed-forward projections and on CLIP-L, written by
+/// `save_lora_weights`; reference/harness_sd3.py, write_sd3_lora) merged at
+/// 0.8: diffusers' run with `fuse_lora(lora_scale=0.8)`; unloading gives the
+/// base model back bit for bit.
+#[test]
+fn an_sd3_lora_matches_diffusers_fuse_lora() {
+    use sd_pipeline::{DiffusersModel, Request, Seed, StableDiffusion};
+    tch::set_num_threads(1);
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sd3_lora.safetensors")).unwrap();
+    let lora = fixtures.join("sd3/lora/sd3-peft.safetensors");
+    let folder = fixtures.join("sd3/pipeline");
+    let mut pipeline = StableDiffusion::builder()
+        .model_dir(&folder)
+        .lora(&lora, 0.8)
+        .build()
+        .unwrap();
+    let report = &pipeline.lora_reports()[0];
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert!(report.applied_total() > 20, "{report:?}");
+    let mut r = Request::new("a red circle on a white background");
+    r.negative_prompt = Some("blurry".into());
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
+    r.seed = Seed::Batch(1);
+    let generation = pipeline.generate(&r).unwrap();
+    let expected = take(&reference, "f32.txt2img").unwrap();
+    assert_matches("sd3 lora f32.txt2img", &generation.latents, &expected, 4);
+    pipeline.unload_loras().unwrap();
+    let base = StableDiffusion::builder()
+        .model_dir(&folder)
+        .build()
+        .unwrap();
+    let stores = |p: &StableDiffusion| {
+        [
+            p.transformer().unwrap().var_store().variables(),
+            p.text_encoder().var_store().variables(),
+        ]
+    };
+    for (after, original) in stores(&pipeline).iter().zip(stores(&base)) {
+        assert!(after.iter().all(|(k, v)| v.equal(&original[k])), "unloaded");
+    }
+    // On a UNet model it would merge its CLIP-L part alone: refused.
+    let error = StableDiffusion::builder()
+        .model_dir(fixtures.join("tiny-sd1"))
+        .lora(&lora, 1.0)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("it changes a transformer, and this model has none"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
 }
