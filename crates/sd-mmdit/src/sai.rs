@@ -130,6 +130,12 @@ pub fn config_from_shapes(shapes: &BTreeMap<String, Vec<i64>>) -> Result<MmditCo
     let (inner, in_channels, patch_size) = (patch[0], patch[1], patch[2]);
     let ln_q = shapes.get(&format!("{PREFIX}joint_blocks.0.x_block.attn.ln_q.weight"));
     let head_dim = ln_q.map_or(64, |s| s[0]);
+    if head_dim == 0 || inner % head_dim != 0 {
+        return Err(MmditError::Input(format!(
+            "a transformer {inner} wide is not made of {head_dim}-wide heads (every SD3 \
+             release's): its config must come from a diffusers folder (config_dir)"
+        )));
+    }
     let positions = shape("pos_embed")?[1];
     let side = (positions as f64).sqrt().round() as i64;
     let final_rows = shape("final_layer.linear.weight")?[0];

@@ -120,6 +120,15 @@ fn sd3_single_files_say_what_they_lack_in_one_line() {
         "{error}"
     );
     assert_eq!(error.lines().count(), 1, "{error}");
+    // Without a config folder, a transformer that is not SD3-shaped is named.
+    let error = StableDiffusion::builder()
+        .single_file(&file)
+        .t5(false)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not made of 64-wide heads"), "{error}");
+    assert_eq!(error.lines().count(), 1, "{error}");
     // A transformer-only file has no text encoders to fall back on.
     let error = StableDiffusion::builder()
         .single_file(fixtures().join("single-file/tiny-sd35-medium-transformer.safetensors"))
