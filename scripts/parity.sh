@@ -42,6 +42,7 @@ SUITES=(
   "sd-pipeline controlnet"
   "sd-pipeline previews"
   "sd-pipeline sd3"
+  "sd-pipeline sd3_single_file"
   "sd-train trained_model"
 )
 LOGS=target/parity
