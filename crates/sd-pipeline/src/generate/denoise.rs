@@ -325,10 +325,7 @@ fn skip_layer_push(
     if !slg.applies(step, total) {
         return Ok(None);
     }
-    // A fresh copy, not a view: a GEMM reading from the middle of the
-    // batch (not 64-byte aligned) may block its sums otherwise than on the
-    // positive prompt's own tensor, as diffusers has it.
-    let positive = |t: &Tensor| t.chunk(2, 0)[1].copy();
+    let positive = |t: &Tensor| t.chunk(2, 0)[1].shallow_clone();
     let (context, pooled) = (positive(inputs.context), positive(pooled(inputs.extra)?));
     let skipped = velocity(model, latents, at.t, &context, &pooled, &slg.layers)?;
     Ok(Some((positive(prediction) - skipped) * slg.scale))
