@@ -1,6 +1,7 @@
 //! Links libtorch for this package's tests, and compiles csrc/generator.cpp
 //! (a per-run CPU generator object, which tch does not expose) and
-//! csrc/transfer.cpp (host-to-GPU copies without a host wait) against it.
+//! csrc/transfer.cpp (host-to-GPU copies without a host wait) and csrc/mapped.cpp
+//! (tensors over a weight file's mapping that keep it alive) against it.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ fn main() {
     sd_build::link_libtorch();
     println!("cargo:rerun-if-changed=csrc/generator.cpp");
     println!("cargo:rerun-if-changed=csrc/transfer.cpp");
+    println!("cargo:rerun-if-changed=csrc/mapped.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -25,6 +27,7 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .file("csrc/generator.cpp")
         .file("csrc/transfer.cpp")
+        .file("csrc/mapped.cpp")
         .compile("sd_core_generator");
     cuda_graphs(&include);
 }

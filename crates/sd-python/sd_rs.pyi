@@ -1,6 +1,6 @@
 """Stable Diffusion in Rust (libtorch), from Python."""
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 from PIL import Image
 
@@ -46,6 +46,10 @@ class StableDiffusion:
         controlnets: list[Tuple[str, float]] = [],
         tiny_vae: Optional[str] = None,
         lora_dir: Optional[str] = None,
+        t5: Union[None, bool, str] = None,
+        clip_l: Optional[str] = None,
+        clip_g: Optional[str] = None,
+        config_dir: Optional[str] = None,
     ) -> None:
         """model: a diffusers folder, a single .safetensors file or a hub
         repo id (org/name); device: cpu, cuda or cuda:N; dtype: f32, f16 or
@@ -55,7 +59,11 @@ class StableDiffusion:
         that name none; embeddings: textual-inversion files (token: the
         file's own, or its name); controlnets: [(path, scale)], one control
         image each per call; tiny_vae: a TAESD folder for the final decode;
-        lora_dir: where prompts' <lora:NAME:SCALE> tags are found. Raises
+        lora_dir: where prompts' <lora:NAME:SCALE> tags are found. SD3:
+        t5 None (used when the model has it), False (left out), True
+        (required) or a T5 file (ComfyUI's t5xxl_fp16.safetensors); clip_l,
+        clip_g: those encoders from files of their own; config_dir: configs
+        and tokenizers for a single file (T5's tokenizer). Raises
         ValueError for a bad option, RuntimeError for a model that does not
         load."""
 

@@ -15,7 +15,7 @@ key, the request layer's, run as one UNet batch through `run_a1111`).
 import asyncio
 import base64
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import ray
 import sd_rs
@@ -86,8 +86,13 @@ class Generator:
     """One replica: one loaded model."""
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "f32",
-                 lora_dir: Optional[str] = None):
-        self.pipe = sd_rs.StableDiffusion(model, device=device, dtype=dtype, lora_dir=lora_dir)
+                 lora_dir: Optional[str] = None, t5: Union[None, bool, str] = None,
+                 clip_l: Optional[str] = None, clip_g: Optional[str] = None,
+                 config_dir: Optional[str] = None):
+        # t5/clip_l/clip_g/config_dir: SD3's encoders, as sd_rs.StableDiffusion takes them
+        self.pipe = sd_rs.StableDiffusion(model, device=device, dtype=dtype, lora_dir=lora_dir,
+                                          t5=t5, clip_l=clip_l, clip_g=clip_g,
+                                          config_dir=config_dir)
         self.lora_dir = lora_dir
         self.replica = serve.get_replica_context().replica_tag
         self.node = ray.get_runtime_context().get_node_id()
@@ -181,7 +186,8 @@ def app_builder(args: dict):
     model (required: a folder, a single file or a hub repo id), replicas
     (default 1), device (cpu), dtype (f32), lora_dir (where prompts'
     <lora:NAME:SCALE> tags are found), num_gpus (1 per replica when device is
-    cuda), num_cpus (1 otherwise), max_replicas (set: autoscale from 1 to it)."""
+    cuda), num_cpus (1 otherwise), max_replicas (set: autoscale from 1 to it);
+    SD3: t5 (none, required or a file), clip_l, clip_g, config_dir."""
     model = args["model"]
     device = args.get("device", "cpu")
     lora_dir = args.get("lora_dir")
@@ -196,5 +202,8 @@ def app_builder(args: dict):
         }
     else:
         options["num_replicas"] = int(args.get("replicas", 1))
-    generator = Generator.options(**options).bind(model, device, args.get("dtype", "f32"), lora_dir)
+    t5 = {"none": False, "required": True}.get(args.get("t5"), args.get("t5"))
+    encoders = {key: args.get(key) for key in ("clip_l", "clip_g", "config_dir")}
+    generator = Generator.options(**options).bind(model, device, args.get("dtype", "f32"), lora_dir,
+                                                  t5=t5, **encoders)
     return Api.bind(generator, lora_dir)

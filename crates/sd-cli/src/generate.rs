@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_pipeline::front::{parse_sampler, Field, Limits, ModelSource, Parameters, Source};
+use sd_pipeline::front::{
+    parse_sampler, EncoderChoice, Field, Limits, ModelSource, Parameters, Source,
+};
 use sd_pipeline::{
     ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, StableDiffusion, TimestepSpacing,
 };
@@ -66,6 +68,10 @@ pub struct Common {
     /// DDIM's eta (0 = deterministic); needs --scheduler ddim.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Print when the model is loaded, each step ends and the files are
+    /// written (seconds since start) to stderr.
+    #[arg(long)]
+    pub timings: bool,
     /// Keep weights in host memory; move the UNet and VAE to the device only
     /// while they run (and decode in tiles).
     #[arg(long)]
@@ -90,9 +96,16 @@ pub struct Common {
     pub vae_tiling: bool,
     /// SD3's T5 encoder: `none` leaves it out (T5-XXL is about 10 GB in
     /// f16; its states are zeros, as diffusers' without text_encoder_3),
-    /// `required` refuses a model without one. Default: used when there.
-    #[arg(long, value_name = "none|required")]
+    /// `required` refuses a model without one, a file (ComfyUI's
+    /// `t5xxl_fp16.safetensors`) supplies it. Default: used when there.
+    #[arg(long, value_name = "none|required|FILE")]
     pub t5: Option<String>,
+    /// CLIP-L from a file of its own (ComfyUI's `clip_l.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    pub clip_l: Option<PathBuf>,
+    /// CLIP-G from a file of its own (ComfyUI's `clip_g.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    pub clip_g: Option<PathBuf>,
     /// SD3: T5's token count (default 256, at most 512).
     #[arg(long, value_name = "N")]
     pub max_sequence_length: Option<usize>,
@@ -168,6 +181,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
 
     // 2. load the model
     let mut pipeline = load(common, &source)?;
+    if common.timings {
+        crate::timing("model loaded");
+    }
     for path in &control_paths {
         pipeline.load_controlnet(path)?;
     }
@@ -202,6 +218,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
         common.save_latents.as_deref(),
         &generation.latents,
     )?;
+    if common.timings {
+        crate::timing("written");
+    }
     for path in &paths {
         println!("{}", path.display());
     }
@@ -284,9 +303,13 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
     if let Some(dir) = &common.config_dir {
         builder = builder.config_dir(dir);
     }
-    if let Some(t5) = t5_wanted(common.t5.as_deref())? {
-        builder = builder.t5(t5);
-    }
+    let encoders = EncoderChoice::parse(
+        common.t5.as_deref(),
+        common.clip_l.as_deref(),
+        common.clip_g.as_deref(),
+    )
+    .map_err(name_the_option)?;
+    builder = encoders.apply(builder);
     if let Some(spacing) = spacing {
         builder = builder.timestep_spacing(spacing);
     }
@@ -294,20 +317,6 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
         builder = builder.tiny_vae(dir, sd_pipeline::TinyVaeUse::PreviewsAndDecode);
     }
     builder.build().map_err(name_the_option)
-}
-
-/// `--t5`: absent uses the model's T5 when there, `none` leaves it out,
-/// `required` refuses a model without one.
-fn t5_wanted(option: Option<&str>) -> Result<Option<bool>> {
-    match option {
-        None => Ok(None),
-        Some("none") => Ok(Some(false)),
-        Some("required") => Ok(Some(true)),
-        Some(other) => bail!(
-            "--t5: {other:?}: give `none` (leave T5 out) or `required` (separate T5 files \
-             are not read yet)"
-        ),
-    }
 }
 
 /// Runs `request` with a progress bar on a terminal and the previews asked for.
@@ -331,6 +340,9 @@ fn generate(
         .generate_with(request, scheduler, &mut |info| {
             bar.set_length(info.total as u64);
             bar.set_position(info.step as u64 + 1);
+            if common.timings {
+                crate::timing(&format!("step {}/{} done", info.step + 1, info.total));
+            }
             match common.preview.on_step(pipeline, &info) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(e) => {
@@ -467,6 +479,8 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::MaxSequenceLength => "--max-sequence-length",
         Field::SkipLayerGuidance => "--skip-layer-guidance",
         Field::T5 => "--t5",
+        Field::ClipL => "--clip-l",
+        Field::ClipG => "--clip-g",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

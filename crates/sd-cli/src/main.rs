@@ -97,8 +97,26 @@ enum Command {
     },
 }
 
+/// When `main` began, for `--timings`.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// `--timings`: one stderr line per milestone, seconds since `main` began
+/// and the wall clock (so a harness can line it up with its own clock).
+pub(crate) fn timing(what: &str) {
+    let since = STARTED.get_or_init(std::time::Instant::now).elapsed();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "timing: {what} at {:.3} s (unix {:.3})",
+        since.as_secs_f64(),
+        unix.as_secs_f64()
+    );
+}
+
 /// Errors print as one line (the library errors already carry their cause).
 fn main() -> std::process::ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     sd_core::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sd_pipeline::front::ModelSource;
+use sd_pipeline::front::{EncoderChoice, ModelSource};
 use sd_server::{Limits, Server, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -68,6 +68,19 @@ pub struct ServeArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Configs and tokenizers for single-file models (a diffusers folder of
+    /// the same family); SD3 single files need it for T5's tokenizer.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// SD3's T5: `none`, `required`, or a T5 file (as `sd txt2img --t5`).
+    #[arg(long, value_name = "none|required|FILE")]
+    pub t5: Option<String>,
+    /// CLIP-L from a file of its own.
+    #[arg(long, value_name = "FILE")]
+    pub clip_l: Option<PathBuf>,
+    /// CLIP-G from a file of its own.
+    #[arg(long, value_name = "FILE")]
+    pub clip_g: Option<PathBuf>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -98,6 +111,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_batch_images: args.max_batch,
         device: sd_core::device::parse_device(&args.device)?,
         dtype: sd_core::device::parse_dtype(&args.dtype)?,
+        config_dir: args.config_dir.clone(),
+        encoders: EncoderChoice::parse(
+            args.t5.as_deref(),
+            args.clip_l.as_deref(),
+            args.clip_g.as_deref(),
+        )?,
         ..ServerConfig::new(model.clone(), &data)
     };
     let server = Server::start(config).context("sd serve")?;

@@ -570,16 +570,31 @@ fn sd3_runs_through_the_cli() {
         moved > 1e-3,
         "without T5 the prompt's T5 states are zeros: {moved}"
     );
+    // T5 from a file of its own (here the folder's own weights): the same run
+    let t5_file = fixtures().join("sd3/pipeline/text_encoder_3/model.safetensors");
+    let t5_file = t5_file.to_str().unwrap();
+    let from_file = run_with(&["--t5", t5_file]);
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let again = sd_testkit::parity::read_tensors(&latents).unwrap();
+    assert!(again["latents"].equal(&ours["latents"]), "--t5 FILE");
     for (extra, expected) in [
         (
             &["--guidance-rescale", "0.7"][..],
             "--guidance-rescale: SD3 has no guidance rescale",
         ),
+        (&["--clip-l", t5_file][..], "not a CLIP text encoder"),
         (
             &["--skip-layer-guidance", "9"][..],
             "--skip-layer-guidance: layer 9",
         ),
-        (&["--t5", "t5.safetensors"][..], "--t5: \"t5.safetensors\""),
+        (
+            &["--t5", "t5.safetensors"][..],
+            "--t5: t5.safetensors: no such file",
+        ),
         (
             &["--scheduler", "euler"][..],
             "--scheduler: euler is for SD1.x/SD2.x/SDXL",

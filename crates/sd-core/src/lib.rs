@@ -5,6 +5,7 @@
 //! - [`model`]: [`DiffusersModel`], the loading shared by the CLIP, UNet and VAE models.
 //! - [`weights`]: loading diffusers-layout safetensors into a `tch` `VarStore`,
 //!   memory-mapped, with missing, unexpected and wrongly shaped tensors reported by name.
+//! - [`mapped`]: one mapped safetensors file, and CPU tensors that live in its bytes.
 //! - [`nn`]: the basic layers (Linear, Conv2d, norms, Embedding), created uninitialised.
 //! - [`layers`]: blocks used by both the UNet and the VAE (ResnetBlock2D, Attention).
 //! - [`kernels`]: whether libtorch can run attention in a dtype on this CPU.
@@ -23,6 +24,7 @@ pub mod ffi;
 pub mod kernels;
 pub mod layers;
 pub mod load_report;
+pub mod mapped;
 pub mod model;
 pub mod nn;
 pub mod rng;

@@ -1,21 +1,19 @@
 //! Loading diffusers-layout safetensors into a `tch` `VarStore`.
 //!
-//! The model is built first (its `VarStore` then holds every variable under
-//! its diffusers key name, on the target device and dtype); the files are
-//! memory-mapped and each tensor is copied straight into its variable, which
-//! converts dtype and moves it to the device on the way. No second full copy
-//! of the weights is made in host memory.
+//! The model is built first, uninitialised (its `VarStore` then holds every
+//! variable under its diffusers key name, on the target device and dtype);
+//! the files are memory-mapped. A CPU variable of the stored dtype then
+//! becomes a tensor over the file's own bytes (no copy, no new memory; see
+//! [`crate::mapped`]); any other is read and converted or moved on the way.
+//! No second full copy of the weights is made in host memory.
 //!
 //! Every problem is collected before failing, so one error lists all the
 //! missing, unexpected and wrongly shaped tensors by name.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Tensor};
 
 use crate::error::{CoreError, Result};
 
@@ -35,104 +33,8 @@ pub struct LoadOptions<'a> {
 }
 
 pub use crate::load_report::LoadReport;
-
-/// One memory-mapped safetensors file.
-pub struct MappedFile {
-    path: PathBuf,
-    file: File,
-    mmap: Mmap,
-}
-
-impl MappedFile {
-    /// Opens and memory-maps `path`; the header is checked when read.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| CoreError::io(&path, e))?;
-        // SAFETY: the map is read-only and lives as long as this value; a file
-        // changed underneath while loading is outside what any loader guards.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(&path, e))?;
-        let mapped = MappedFile { path, file, mmap };
-        mapped.tensors()?;
-        Ok(mapped)
-    }
-
-    /// The file this was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The parsed header: every tensor's name, dtype, shape and bytes.
-    pub fn tensors(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.mmap).map_err(|e| CoreError::SafeTensors {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })
-    }
-
-    /// The header's `__metadata__` strings (empty when it has none).
-    pub fn metadata(&self) -> Result<HashMap<String, String>> {
-        let (_, metadata) =
-            SafeTensors::read_metadata(&self.mmap).map_err(|e| CoreError::SafeTensors {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(metadata.metadata().clone().unwrap_or_default())
-    }
-
-    /// Names and shapes of every tensor in the file.
-    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<i64>>> {
-        Ok(self
-            .tensors()?
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().iter().map(|&d| d as i64).collect()))
-            .collect())
-    }
-
-    /// One tensor of the header, read from the file (not the map) into a
-    /// new CPU tensor in its stored dtype.
-    fn read_view(&self, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
-        let kind = kind_of(view.dtype()).ok_or_else(|| CoreError::UnsupportedDType {
-            path: self.path.clone(),
-            name: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
-        self.read_into(view, &tensor)?;
-        Ok(tensor)
-    }
-
-    /// Reads a tensor's bytes from the file straight into `target`, a
-    /// contiguous CPU tensor of exactly that many bytes (the caller checks).
-    fn read_into(&self, view: &safetensors::tensor::TensorView<'_>, target: &Tensor) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let data = view.data();
-        if data.is_empty() {
-            return Ok(());
-        }
-        // where the bytes are, from the header alone (no page is touched)
-        let offset = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
-        // SAFETY: `target` is a contiguous CPU tensor of exactly `data.len()`
-        // bytes (numel * element size, as the parser and the caller checked),
-        // and nothing else uses it while it is written.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, data.len()) };
-        self.file
-            .read_exact_at(bytes, offset as u64)
-            .map_err(|e| CoreError::io(&self.path, e))
-    }
-
-    /// Reads one tensor onto the CPU in its stored dtype (an owned copy).
-    pub fn read(&self, name: &str) -> Result<Tensor> {
-        let tensors = self.tensors()?;
-        let view = tensors.tensor(name).map_err(|e| CoreError::SafeTensors {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(view_to_tensor(&self.path, name, &view)?.f_detach_copy()?)
-    }
-}
+use crate::mapped::kind_of;
+pub use crate::mapped::MappedFile;
 
 /// How one file key becomes model variables (single-file checkpoints need
 /// more than a rename).
@@ -193,11 +95,11 @@ pub fn load_safetensors<P: AsRef<Path>>(
     load_mapped(vs, files, &map, options.allow_unexpected)
 }
 
-/// [`load_safetensors`] with a [`KeyMap`] per file key. Each tensor is read
-/// from the file into a buffer of its own (the map serves only the header:
-/// touching the mapped data would keep every page resident until the map
-/// drops, doubling the peak memory of a load), transformed as a view, and
-/// copied into its variable.
+/// [`load_safetensors`] with a [`KeyMap`] per file key. A CPU variable of
+/// the stored dtype takes the file's bytes in place (through the view its
+/// map makes, when contiguous); any other tensor is read from the file into
+/// a buffer of its own (touching the mapped data would keep its pages
+/// resident beside the converted copy), transformed, and copied.
 pub fn load_mapped<P: AsRef<Path>>(
     vs: &VarStore,
     files: &[P],
@@ -258,22 +160,22 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
         let view = headers[index]
             .tensor(&key)
             .map_err(|e| CoreError::SafeTensors {
-                path: mapped[index].path.clone(),
+                path: mapped[index].path().to_path_buf(),
                 message: e.to_string(),
             })?;
-        // Straight into the variable when nothing changes on the way (the
-        // usual case for a CPU model), else through a buffer of its own.
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if matches!(mapping, KeyMap::To(_))
-            && var.device() == tch::Device::Cpu
-            && kind_of(view.dtype()) == Some(var.kind())
-            && var.is_contiguous()
-            && shape == var.size()
-        {
-            mapped[index].read_into(&view, var)?;
-            continue;
-        }
-        let raw = mapped[index].read_view(&key, &view)?;
+        let file = &mapped[index];
+        // A CPU variable of the stored dtype becomes the file's bytes (or a
+        // view of them); anything else is read, then converted or moved.
+        let same_kind =
+            var.device() == tch::Device::Cpu && kind_of(view.dtype()) == Some(var.kind());
+        let raw = match same_kind {
+            true => file.in_place(&key, &view)?,
+            false => None,
+        };
+        let raw = match raw {
+            Some(raw) => raw,
+            None => file.read_view(&key, &view)?,
+        };
         let source = transform(&raw, &mapping, part);
         if source.size() != var.size() {
             report
@@ -281,7 +183,11 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
                 .push((name.clone(), var.size(), source.size()));
             continue;
         }
-        var.shallow_clone().f_copy_(&source)?;
+        if same_kind && source.is_contiguous() {
+            var.shallow_clone().set_data(&source);
+        } else {
+            var.shallow_clone().f_copy_(&source)?;
+        }
     }
     report.unexpected = available.into_keys().collect();
     report.unexpected.sort();
@@ -317,52 +223,6 @@ fn transform(raw: &Tensor, mapping: &KeyMap, part: usize) -> Tensor {
             }
         }
         _ => raw.shallow_clone(),
-    }
-}
-
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::F64 => Kind::Double,
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I8 => Kind::Int8,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::BOOL => Kind::Bool,
-        _ => return None,
-    })
-}
-
-/// A CPU tensor over the file's bytes. Aligned data is borrowed from the
-/// map without a copy; the caller copies it into its variable at once.
-fn view_to_tensor(
-    path: &Path,
-    name: &str,
-    view: &safetensors::tensor::TensorView<'_>,
-) -> Result<Tensor> {
-    let kind = kind_of(view.dtype()).ok_or_else(|| CoreError::UnsupportedDType {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        dtype: format!("{:?}", view.dtype()),
-    })?;
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let data = view.data();
-    let element = kind.elt_size_in_bytes();
-    if data.as_ptr() as usize % element == 0 {
-        let mut strides = vec![1i64; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * shape[i + 1];
-        }
-        // SAFETY: `data` holds exactly numel * element bytes (checked by the
-        // safetensors parser), is aligned for `kind`, and outlives the
-        // returned tensor's use: callers copy from it before the map drops.
-        // libtorch only reads it.
-        Ok(unsafe { Tensor::from_blob(data.as_ptr(), &shape, &strides, kind, tch::Device::Cpu) })
-    } else {
-        Ok(Tensor::f_from_data_size(data, &shape, kind)?)
     }
 }
 

@@ -157,3 +157,67 @@ fn mapped_file_lists_shapes_and_reads_owned_tensors() {
     drop(mapped);
     assert_eq!(tensor, weight());
 }
+
+/// The `/proc/self/maps` line of the mapping that holds `address`, if any.
+fn mapping_of(address: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .find(|line| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
+            let start = usize::from_str_radix(start, 16).unwrap_or(0);
+            let end = usize::from_str_radix(end, 16).unwrap_or(0);
+            (start..end).contains(&address)
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn weights_of_the_stored_dtype_live_in_the_file_and_writes_stay_private() {
+    let vs = model();
+    let file = write(
+        "in-place.safetensors",
+        &[
+            ("proj.weight", weight()),
+            ("proj.bias", Tensor::from_slice(&[0.5f32, -0.5])),
+        ],
+    );
+    load_safetensors(&vs, &[&file], &LoadOptions::default()).unwrap();
+    let mut loaded = vs.variables()["proj.weight"].shallow_clone();
+    let line = mapping_of(loaded.data_ptr() as usize).expect("the weight's address is mapped");
+    assert!(
+        line.ends_with("in-place.safetensors"),
+        "the weight is not in the file's mapping: {line}"
+    );
+
+    // a write (a fused LoRA) changes the model's copy, never the file
+    let before = std::fs::read(&file).unwrap();
+    tch::no_grad(|| {
+        let _ = loaded.g_add_scalar_(1.0);
+    });
+    assert_eq!(loaded, weight() + 1.0);
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    let again = model();
+    load_safetensors(&again, &[&file], &LoadOptions::default()).unwrap();
+    assert_eq!(again.variables()["proj.weight"], weight());
+}
+
+#[test]
+fn converted_weights_get_memory_of_their_own() {
+    let vs = model();
+    let file = write(
+        "converted.safetensors",
+        &[
+            ("proj.weight", weight().to_kind(Kind::Half)),
+            ("proj.bias", Tensor::from_slice(&[0.5f32, -0.5])),
+        ],
+    );
+    load_safetensors(&vs, &[&file], &LoadOptions::default()).unwrap();
+    let converted = &vs.variables()["proj.weight"];
+    let line = mapping_of(converted.data_ptr() as usize).unwrap_or_default();
+    assert!(!line.ends_with("converted.safetensors"), "{line}");
+    let same = &vs.variables()["proj.bias"];
+    assert!(mapping_of(same.data_ptr() as usize)
+        .unwrap_or_default()
+        .ends_with("converted.safetensors"));
+}

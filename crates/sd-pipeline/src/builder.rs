@@ -11,6 +11,7 @@ use tch::{Device, Kind};
 use crate::adapters::{Adapters, LoraSpec};
 use crate::components::{Components, Devices};
 use crate::control::ControlNets;
+use crate::encoder_files::EncoderFiles;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::model::ModelFamily;
@@ -43,6 +44,7 @@ pub struct StableDiffusionBuilder {
     controlnets: Vec<PathBuf>,
     tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
     t5: Option<bool>,
+    encoder_files: EncoderFiles,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -60,6 +62,7 @@ impl Default for StableDiffusionBuilder {
             scheduler_config: None,
             timestep_spacing: None,
             t5: None,
+            encoder_files: EncoderFiles::new(),
             vae_tiling: false,
             vae_slicing: false,
             low_memory: false,
@@ -248,6 +251,15 @@ impl StableDiffusionBuilder {
         self
     }
 
+    /// Text encoders from files of their own (ComfyUI's `clip_l`, `clip_g`,
+    /// `t5xxl` files), in place of the model's or where it has none: for
+    /// SD3 single files (Stability's hold no encoders) and diffusers folders.
+    /// A T5 file makes T5 required.
+    pub fn encoder_files(mut self, files: EncoderFiles) -> Self {
+        self.encoder_files = files;
+        self
+    }
+
     /// Decode a batch one image at a time.
     pub fn vae_slicing(mut self, on: bool) -> Self {
         self.vae_slicing = on;
@@ -333,6 +345,8 @@ impl StableDiffusionBuilder {
             Some("config_dir is for a single_file model: a folder has its own configs".into())
         } else if self.variant.is_some() && self.single_file.is_some() {
             Some("variant picks a folder's weight files: a single_file has one".into())
+        } else if self.t5 == Some(false) && self.encoder_files.t5.is_some() {
+            Some("T5 is left out (t5 false) but a T5 file was given".into())
         } else {
             None
         };
@@ -344,7 +358,7 @@ impl StableDiffusionBuilder {
 
     /// T5 left out, held, or (low-memory pipelines) read a block at a time.
     fn t5_loading(&self) -> T5Loading {
-        match (self.t5, self.low_memory) {
+        match (self.t5_wanted(), self.low_memory) {
             (Some(false), _) => T5Loading::Skip,
             (_, true) => T5Loading::Streamed,
             (_, false) => T5Loading::Resident,
@@ -354,8 +368,15 @@ impl StableDiffusionBuilder {
     /// T5 asked for (`.t5(true)`) but not there, or asked of a model that
     /// takes none.
     fn check_t5(&self, components: &Components) -> Result<()> {
-        let sd3 = components.index.family.is_flow_matching();
-        let message = match (self.t5, sd3, components.t5.is_some()) {
+        let family = components.index.family;
+        if family == ModelFamily::StableDiffusion && self.encoder_files.clip_g.is_some() {
+            return Err(PipelineError::request(
+                Field::Model,
+                "a CLIP-G file was given, but this SD1/SD2 model has one text encoder",
+            ));
+        }
+        let sd3 = family.is_flow_matching();
+        let message = match (self.t5_wanted(), sd3, components.t5.is_some()) {
             (Some(true), true, false) => format!(
                 "T5 was asked for, but {} has none (no text_encoder_3/; a single file without \
                  text_encoders.t5xxl.* and no config_dir with one)",
@@ -365,6 +386,14 @@ impl StableDiffusionBuilder {
             _ => return Ok(()),
         };
         Err(PipelineError::request(Field::T5, message))
+    }
+
+    /// `.t5(..)` as set, a T5 file counting as `true`.
+    fn t5_wanted(&self) -> Option<bool> {
+        match self.encoder_files.t5 {
+            Some(_) => Some(true),
+            None => self.t5,
+        }
     }
 
     /// Where the components run and keep their weights.
@@ -384,7 +413,7 @@ impl StableDiffusionBuilder {
                 config_dir,
                 devices,
                 self.dtype,
-                self.t5_loading(),
+                (self.t5_loading(), &self.encoder_files),
             );
         }
         let dir = match (&self.hub_repo, &self.model_dir) {
@@ -397,7 +426,8 @@ impl StableDiffusionBuilder {
                 ))
             }
         };
-        Components::from_folder_with_t5(&dir, devices, self.dtype, variant, self.t5_loading())
+        let encoders = (self.t5_loading(), &self.encoder_files);
+        Components::from_folder_with(&dir, devices, self.dtype, variant, encoders)
     }
 
     /// The VAE's dtype, layout, tiling and slicing.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sd_clip::{ClipTextModel, ClipTokenizer};
+use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
 use sd_mmdit::SD3Transformer2DModel;
@@ -14,6 +14,7 @@ use sd_vae::AutoencoderKL;
 use tch::{Device, Kind};
 
 use crate::denoiser::Denoiser;
+use crate::encoder_files::EncoderFiles;
 use crate::error::Result;
 use crate::model::{ModelFamily, ModelIndex};
 use crate::t5::{load_t5, T5Loading, T5Tower};
@@ -45,17 +46,23 @@ impl Devices {
 pub type TextTower = (ClipTokenizer, Frozen<ClipTextModel>);
 
 /// `tokenizer{sub}/` and `text_encoder{sub}/` of the pipeline folder `dir`
-/// (`sub`: "" or "_2").
+/// (`sub`: "" or "_2"); the encoder's weights from `file` when given.
 pub(crate) fn load_tower(
     dir: &Path,
     sub: &str,
-    device: Device,
-    dtype: Kind,
+    (device, dtype): (Device, Kind),
     variant: Option<&str>,
+    file: Option<&Path>,
 ) -> Result<TextTower> {
     let tokenizer = ClipTokenizer::from_folder(dir.join(format!("tokenizer{sub}")))?;
     let folder = dir.join(format!("text_encoder{sub}"));
-    let model = ClipTextModel::from_folder(folder, device, dtype, variant)?;
+    let model = match file {
+        Some(file) => {
+            let config = ClipTextConfig::from_file(folder.join("config.json"))?;
+            crate::encoder_files::load_clip(file, config, sub.is_empty(), (device, dtype))?
+        }
+        None => ClipTextModel::from_folder(folder, device, dtype, variant)?,
+    };
     Ok((tokenizer, Frozen::new(model)))
 }
 
@@ -90,21 +97,25 @@ impl Components {
         dtype: Kind,
         variant: Option<&str>,
     ) -> Result<Self> {
-        Self::from_folder_with_t5(dir, devices, dtype, variant, T5Loading::Resident)
+        let files = EncoderFiles::new();
+        Self::from_folder_with(dir, devices, dtype, variant, (T5Loading::Resident, &files))
     }
 
     /// As [`Components::from_folder`], with an SD3 folder's T5 loaded as
     /// `t5` says (left out, its states are zeros, as diffusers' when
-    /// `text_encoder_3` is None).
-    pub fn from_folder_with_t5(
+    /// `text_encoder_3` is None), and text encoders from `files` where given.
+    pub fn from_folder_with(
         dir: &Path,
         devices: Devices,
         dtype: Kind,
         variant: Option<&str>,
-        t5: T5Loading,
+        (t5, files): (T5Loading, &EncoderFiles),
     ) -> Result<Self> {
         let index = ModelIndex::read(dir)?;
-        let tower = |sub: &str| load_tower(dir, sub, devices.text_encoder, dtype, variant);
+        let encoder = (devices.text_encoder, dtype);
+        let tower = |sub: &str, file: &Option<PathBuf>| {
+            load_tower(dir, sub, encoder, variant, file.as_deref())
+        };
         let family = index.family;
         let denoiser = match family {
             ModelFamily::StableDiffusion3 => {
@@ -125,13 +136,13 @@ impl Components {
         let has_t5 = dir.join("text_encoder_3").is_dir();
         Ok(Components {
             source: dir.to_path_buf(),
-            text: tower("")?,
+            text: tower("", &files.clip_l)?,
             text_2: match family {
                 ModelFamily::StableDiffusion => None,
-                _ => Some(tower("_2")?),
+                _ => Some(tower("_2", &files.clip_g)?),
             },
-            t5: match family.is_flow_matching() && has_t5 {
-                true => load_t5(dir, t5, devices.text_encoder, dtype, variant)?,
+            t5: match family.is_flow_matching() && (has_t5 || files.t5.is_some()) {
+                true => load_t5(dir, t5, encoder, variant, files.t5.as_deref())?,
                 false => None,
             },
             denoiser,

@@ -31,6 +31,7 @@ mod components;
 mod control;
 mod cow;
 mod denoiser;
+mod encoder_files;
 pub mod error;
 pub mod front;
 mod generate;
@@ -55,6 +56,7 @@ pub use builder::StableDiffusionBuilder;
 pub use components::{Components, Devices, TextTower};
 pub use control::{Control, LoadedControlNet};
 pub use denoiser::Denoiser;
+pub use encoder_files::EncoderFiles;
 pub use error::{PipelineError, Result};
 pub use generate::{
     guide, random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed,

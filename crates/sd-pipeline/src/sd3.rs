@@ -32,7 +32,7 @@ impl Sd3TextEncoders {
     /// The encoders of the SD3 pipeline folder `dir` on `device` in `dtype`;
     /// `with_t5: false` leaves T5 out (zeros in its place).
     pub fn from_folder(dir: &Path, device: Device, dtype: Kind, with_t5: bool) -> Result<Self> {
-        let tower = |sub: &str| load_tower(dir, sub, device, dtype, None);
+        let tower = |sub: &str| load_tower(dir, sub, (device, dtype), None, None);
         let transformer = dir.join("transformer/config.json");
         let joint_dim = MmditConfig::from_file(&transformer)
             .map_err(|e| PipelineError::model(&transformer, e.to_string()))?
@@ -41,7 +41,7 @@ impl Sd3TextEncoders {
             true => T5Loading::Resident,
             false => T5Loading::Skip,
         };
-        let t5 = load_t5(dir, loading, device, dtype, None)?;
+        let t5 = load_t5(dir, loading, (device, dtype), None, None)?;
         Ok(Sd3TextEncoders {
             clip_l: tower("")?,
             clip_g: tower("_2")?,

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tch::Kind;
 
 use crate::components::{Components, Devices};
+use crate::encoder_files::EncoderFiles;
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
 
@@ -209,18 +210,26 @@ fn configs(detected: Detected, config_dir: Option<&Path>) -> Result<Configs> {
 }
 
 /// Loads every component of a single-file checkpoint (SD3's through
-/// `single_file_sd3`, T5 as `t5` says).
+/// `single_file_sd3`, with T5 and the encoders of their own files as
+/// `encoders` says).
 pub(crate) fn load(
     path: &Path,
     config_dir: Option<&Path>,
     devices: Devices,
     dtype: Kind,
-    t5: crate::t5::T5Loading,
+    encoders: (crate::t5::T5Loading, &EncoderFiles),
 ) -> Result<Components> {
     let file = MappedFile::open(path)?;
-    if crate::single_file_sd3::is_sd3(&file.shapes()?) {
+    let shapes = file.shapes()?;
+    if crate::single_file_sd3::is_sd3(&shapes) {
         drop(file);
-        return crate::single_file_sd3::load(path, config_dir, devices, dtype, t5);
+        return crate::single_file_sd3::load(path, shapes, config_dir, (devices, dtype), encoders);
+    }
+    if encoders.1.any() {
+        return Err(PipelineError::model(
+            path,
+            "text encoders from files of their own (--clip-l, --clip-g, --t5) are read for SD3              single files and diffusers folders; this checkpoint has its own",
+        ));
     }
     let detected = detect(&file)?;
     drop(file);

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
-use sd_core::weights::MappedFile;
 use sd_core::DiffusersModel;
 use sd_mmdit::{sai, MmditConfig, SD3Transformer2DModel};
 use sd_scheduler::SchedulerConfig;
@@ -23,6 +22,7 @@ use tch::Kind;
 
 use crate::components::{Components, Devices, TextTower};
 use crate::denoiser::Denoiser;
+use crate::encoder_files::{self, EncoderFiles};
 use crate::error::{PipelineError, Result};
 use crate::model::{ModelFamily, ModelIndex};
 use crate::t5::{load_t5, T5Encoder, T5Loading, T5Tower};
@@ -78,13 +78,12 @@ impl Source<'_> {
 /// Loads every component of an SD3 single file, T5 as `t5` says.
 pub(crate) fn load(
     path: &Path,
+    shapes: BTreeMap<String, Vec<i64>>,
     config_dir: Option<&Path>,
-    devices: Devices,
-    dtype: Kind,
-    t5: T5Loading,
+    (devices, dtype): (Devices, Kind),
+    (t5, files): (T5Loading, &EncoderFiles),
 ) -> Result<Components> {
     let with_t5 = t5 != T5Loading::Skip;
-    let shapes = MappedFile::open(path)?.shapes()?;
     let source = Source {
         path,
         files: [path.to_path_buf()],
@@ -93,7 +92,7 @@ pub(crate) fn load(
         preset: serde_json::from_str(include_str!("presets/sd35.json"))
             .expect("the embedded preset is valid JSON"),
     };
-    if with_t5 && source.has(T5) && config_dir.is_none() {
+    if with_t5 && (source.has(T5) || files.t5.is_some()) && config_dir.is_none() {
         return Err(PipelineError::model(
             path,
             "T5's tokenizer is not in single files: give config_dir (a diffusers SD3 folder \
@@ -119,9 +118,21 @@ pub(crate) fn load(
             family: ModelFamily::StableDiffusion3,
             force_zeros_for_empty_prompt: false,
         },
-        text: clip(&source, CLIP_L, "", devices, dtype)?,
-        text_2: Some(clip(&source, CLIP_G, "_2", devices, dtype)?),
-        t5: load_t5_part(&source, t5, devices, dtype)?,
+        text: clip(
+            &source,
+            (CLIP_L, files.clip_l.as_deref()),
+            "",
+            devices,
+            dtype,
+        )?,
+        text_2: Some(clip(
+            &source,
+            (CLIP_G, files.clip_g.as_deref()),
+            "_2",
+            devices,
+            dtype,
+        )?),
+        t5: load_t5_part(&source, (t5, files.t5.as_deref()), devices, dtype)?,
         denoiser: Denoiser::Transformer(Frozen::new(transformer)),
         vae: vae(&source, devices, dtype)?,
         scheduler: match config_dir {
@@ -131,12 +142,12 @@ pub(crate) fn load(
     })
 }
 
-/// CLIP-L (`sub` "") or CLIP-G ("_2") from the file, else from `config_dir`.
-/// Stability's files carry no CLIP-L projection: an identity takes its
-/// place, as in diffusers.
+/// CLIP-L (`sub` "") or CLIP-G ("_2") from a file of its own, else from
+/// the checkpoint, else from `config_dir`. Stability's files carry no
+/// CLIP-L projection: an identity takes its place, as in diffusers.
 fn clip(
     source: &Source<'_>,
-    prefix: &str,
+    (prefix, own_file): (&str, Option<&Path>),
     sub: &str,
     devices: Devices,
     dtype: Kind,
@@ -148,6 +159,12 @@ fn clip(
         None => ClipTokenizer::builtin("!")?,
     };
     let folder = format!("text_encoder{sub}");
+    if let Some(file) = own_file {
+        let config = ClipTextConfig::from_json_str(&source.config_text(&folder)?)?;
+        let encoder = (devices.text_encoder, dtype);
+        let model = encoder_files::load_clip(file, config, sub.is_empty(), encoder)?;
+        return Ok((tokenizer, Frozen::new(model)));
+    }
     if !source.has(prefix) {
         let dir = source.config_dir.ok_or_else(|| source.missing(prefix))?;
         let model =
@@ -171,21 +188,22 @@ fn clip(
     Ok((tokenizer, Frozen::new(model)))
 }
 
-/// T5 from the file (its tokenizer from `config_dir`: the files carry
-/// none), else from `config_dir`, else none (zeros in its place).
+/// T5 from a file of its own or the checkpoint (its tokenizer from
+/// `config_dir`: the files carry none), else from `config_dir`, else none
+/// (zeros in its place).
 fn load_t5_part(
     source: &Source<'_>,
-    loading: T5Loading,
+    (loading, own_file): (T5Loading, Option<&Path>),
     devices: Devices,
     dtype: Kind,
 ) -> Result<Option<T5Tower>> {
     if loading == T5Loading::Skip {
         return Ok(None);
     }
-    if !source.has(T5) {
+    if !source.has(T5) && own_file.is_none() {
         return match source.config_dir {
             Some(dir) if dir.join("text_encoder_3").is_dir() => {
-                load_t5(dir, loading, devices.text_encoder, dtype, None)
+                load_t5(dir, loading, (devices.text_encoder, dtype), None, None)
             }
             _ => Ok(None),
         };
@@ -198,8 +216,10 @@ fn load_t5_part(
     let tokenizer = T5Tokenizer::from_folder(&tokenizer_dir)
         .map_err(|e| PipelineError::model(&tokenizer_dir, e.to_string()))?;
     let config = T5Config::parse(&source.config_text("text_encoder_3")?, source.path)?;
-    let files = source.files.to_vec();
-    let keys = T5Keys::Prefixed(T5.into());
+    let (files, keys) = match own_file {
+        Some(file) => (vec![file.to_path_buf()], encoder_files::t5_keys(file)?),
+        None => (source.files.to_vec(), T5Keys::Prefixed(T5.into())),
+    };
     let encoder = T5Encoder::load(loading, &config, files, keys, (devices.text_encoder, dtype))?;
     Ok(encoder.map(|e| (tokenizer, e)))
 }

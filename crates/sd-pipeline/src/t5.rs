@@ -86,29 +86,48 @@ impl T5Encoder {
 }
 
 /// `tokenizer_3/` and `text_encoder_3/` of the SD3 folder `dir` as
-/// `loading` asks, named in errors by the folder that failed.
+/// `loading` asks, named in errors by the folder that failed; the
+/// encoder's weights from `file` when given (its config from
+/// `text_encoder_3/` when the folder has one, else SD3.5's).
 pub(crate) fn load_t5(
     dir: &Path,
     loading: T5Loading,
-    device: Device,
-    dtype: Kind,
+    (device, dtype): (Device, Kind),
     variant: Option<&str>,
+    file: Option<&Path>,
 ) -> Result<Option<T5Tower>> {
     if loading == T5Loading::Skip {
         return Ok(None);
     }
-    let named = |sub: &str| {
-        let path = dir.join(sub);
-        move |e: T5Error| PipelineError::model(&path, e.to_string())
-    };
-    let tokenizer =
-        T5Tokenizer::from_folder(dir.join("tokenizer_3")).map_err(named("tokenizer_3"))?;
+    let named = |path: PathBuf| move |e: T5Error| PipelineError::model(&path, e.to_string());
+    let tokenizer = T5Tokenizer::from_folder(dir.join("tokenizer_3"))
+        .map_err(named(dir.join("tokenizer_3")))?;
     let folder = dir.join("text_encoder_3");
-    let config =
-        T5Config::from_file(folder.join("config.json")).map_err(named("text_encoder_3"))?;
-    let files = sd_core::weights::component_files(&folder, T5EncoderModel::WEIGHTS_STEM, variant)?;
-    let keys = T5Keys::Transformers;
-    let encoder = T5Encoder::load(loading, &config, files, keys, (device, dtype))
-        .map_err(named("text_encoder_3"))?;
+    let config_file = folder.join("config.json");
+    let config = match (file, config_file.is_file()) {
+        (Some(file), false) => T5Config::parse(&preset_config(), file),
+        _ => T5Config::from_file(&config_file),
+    }
+    .map_err(named(folder.clone()))?;
+    let (files, keys) = match file {
+        Some(file) => (
+            vec![file.to_path_buf()],
+            crate::encoder_files::t5_keys(file)?,
+        ),
+        None => (
+            sd_core::weights::component_files(&folder, T5EncoderModel::WEIGHTS_STEM, variant)?,
+            T5Keys::Transformers,
+        ),
+    };
+    let weights = files[0].clone();
+    let encoder =
+        T5Encoder::load(loading, &config, files, keys, (device, dtype)).map_err(named(weights))?;
     Ok(encoder.map(|e| (tokenizer, e)))
+}
+
+/// T5-XXL's config as SD3.5 ships it (the embedded preset).
+pub(crate) fn preset_config() -> String {
+    let preset: serde_json::Value = serde_json::from_str(include_str!("presets/sd35.json"))
+        .expect("the embedded preset is valid JSON");
+    preset["text_encoder_3"].to_string()
 }

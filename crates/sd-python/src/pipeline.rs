@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use sd_pipeline::front::{Checked, Limits, ModelSource, Parameters, Source};
+use sd_pipeline::front::{Checked, EncoderChoice, Limits, ModelSource, Parameters, Source};
 use sd_pipeline::{
     Control, Generation, LoraSpec, Request, Result, StableDiffusion as Pipeline, TinyVaeUse,
 };
@@ -30,6 +30,13 @@ pub struct StableDiffusion {
 /// A merged LoRA's file, modules merged, and keys skipped with why.
 type LoraReport = (PathBuf, usize, Vec<(String, String)>);
 
+/// `t5=`: `True` (required), `False` (left out), or a T5 file's path.
+#[derive(FromPyObject)]
+enum T5Arg {
+    Flag(bool),
+    File(String),
+}
+
 /// Options of the constructor that load more than the model.
 struct Extras {
     loras: Vec<LoraSpec>,
@@ -43,7 +50,8 @@ impl StableDiffusion {
     #[new]
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
-        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None
+        embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None,
+        clip_l=None, clip_g=None, config_dir=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -58,7 +66,10 @@ impl StableDiffusion {
         controlnets: Vec<(PathBuf, f64)>,
         tiny_vae: Option<PathBuf>,
         lora_dir: Option<PathBuf>,
-        t5: Option<bool>,
+        t5: Option<T5Arg>,
+        clip_l: Option<PathBuf>,
+        clip_g: Option<PathBuf>,
+        config_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -71,8 +82,17 @@ impl StableDiffusion {
             .device(device)
             .dtype(kind)
             .low_memory(low_memory);
-        if let Some(t5) = t5 {
-            builder = builder.t5(t5);
+        let t5 = match t5 {
+            None => None,
+            Some(T5Arg::Flag(false)) => Some("none".to_string()),
+            Some(T5Arg::Flag(true)) => Some("required".to_string()),
+            Some(T5Arg::File(file)) => Some(file),
+        };
+        let encoders = EncoderChoice::parse(t5.as_deref(), clip_l.as_deref(), clip_g.as_deref())
+            .map_err(|e| value_error(&e))?;
+        builder = encoders.apply(builder);
+        if let Some(dir) = config_dir {
+            builder = builder.config_dir(dir);
         }
         if let Some(name) = scheduler {
             builder = builder.sampler(parse_sampler_name(name)?);

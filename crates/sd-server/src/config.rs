@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sd_pipeline::front::{Limits as RequestLimits, ModelSource};
+use sd_pipeline::front::{EncoderChoice, Limits as RequestLimits, ModelSource};
 use sd_pipeline::StableDiffusionBuilder;
 
 /// Everything `sd serve` takes.
@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub device: tch::Device,
     /// The weights' dtype.
     pub dtype: tch::Kind,
+    /// Configs and tokenizers for single-file models (`--config-dir`).
+    pub config_dir: Option<PathBuf>,
+    /// T5 wanted or not, and text encoders from files of their own (SD3).
+    pub encoders: EncoderChoice,
 }
 
 /// What a request may ask for (past these it gets a 4xx naming the
@@ -81,15 +85,23 @@ impl ServerConfig {
             max_batch_images: 8,
             device: tch::Device::Cpu,
             dtype: tch::Kind::Float,
+            config_dir: None,
+            encoders: EncoderChoice::default(),
         }
     }
 
-    /// The pipeline builder for `model` with this config's device and dtype.
+    /// The pipeline builder for `model` with this config's device, dtype
+    /// and text encoders (and `config_dir`, for a single file).
     pub(crate) fn builder(&self, model: &ModelSource) -> StableDiffusionBuilder {
-        sd_pipeline::StableDiffusion::builder()
+        let builder = sd_pipeline::StableDiffusion::builder()
             .source(model)
             .device(self.device)
-            .dtype(self.dtype)
+            .dtype(self.dtype);
+        let builder = match (&self.config_dir, model) {
+            (Some(dir), ModelSource::SingleFile(_)) => builder.config_dir(dir),
+            _ => builder,
+        };
+        self.encoders.apply(builder)
     }
 }
 

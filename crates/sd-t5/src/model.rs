@@ -142,11 +142,12 @@ impl DiffusersModel for T5EncoderModel {
         &self.vs
     }
 
-    /// `encoder.embed_tokens` is `shared` (tied); files saved by older
-    /// transformers carry both, newer ones `shared` only.
+    /// `encoder.embed_tokens` is `shared` (tied): files saved by older
+    /// transformers carry both, newer ones `shared` only, and some
+    /// converted files (ComfyUI's) only `encoder.embed_tokens`; either fills it.
     fn folder_key(key: &str) -> KeyMap {
         match key {
-            "encoder.embed_tokens.weight" => KeyMap::Skip,
+            "encoder.embed_tokens.weight" => KeyMap::To("shared.weight".into()),
             other => KeyMap::To(other.to_string()),
         }
     }

@@ -1,8 +1,9 @@
-//! The Rust sides of the four small C++ shims in `csrc/` (what `tch` does not
+//! The Rust sides of the five small C++ shims in `csrc/` (what `tch` does not
 //! expose), compiled by build.rs against the wheel's libtorch headers:
 //!
 //! - [`generator`]: per-run CPU generators (`torch.Generator("cpu")` streams).
 //! - [`transfer`]: host-to-GPU copies through pinned memory, without a host wait.
+//! - [`mapped`]: CPU tensors over a weight file's mapping, which they keep alive.
 //! - [`cuda_graph`]: CUDA graph capture and replay.
 //! - [`cuda_memory`]: the CUDA caching allocator's peak statistics.
 //!
@@ -13,6 +14,7 @@
 pub mod cuda_graph;
 pub mod cuda_memory;
 pub mod generator;
+pub mod mapped;
 pub mod transfer;
 
 use crate::error::CoreError;

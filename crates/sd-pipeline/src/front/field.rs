@@ -74,8 +74,12 @@ pub enum Field {
     MaxSequenceLength,
     /// SD3.5: skip-layer guidance (layers, scale, window).
     SkipLayerGuidance,
-    /// SD3: the T5 encoder (loaded or left out).
+    /// SD3: the T5 encoder (loaded, left out, or from a file of its own).
     T5,
+    /// CLIP-L from a file of its own.
+    ClipL,
+    /// CLIP-G from a file of its own.
+    ClipG,
 }
 
 impl Field {
@@ -117,6 +121,8 @@ impl Field {
             Field::MaxSequenceLength => "max_sequence_length",
             Field::SkipLayerGuidance => "skip_layer_guidance",
             Field::T5 => "t5",
+            Field::ClipL => "clip_l",
+            Field::ClipG => "clip_g",
         }
     }
 }

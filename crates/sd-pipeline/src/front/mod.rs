@@ -9,12 +9,14 @@
 
 pub mod a1111;
 mod batch;
+mod encoders;
 mod field;
 mod params;
 mod sampler;
 mod source;
 
 pub use batch::BatchKey;
+pub use encoders::EncoderChoice;
 pub use field::Field;
 pub use params::{BatchSeeds, Checked, Limits, Parameters, Source};
 pub use sampler::parse_sampler;
