@@ -67,6 +67,7 @@ import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
 import harness_schedulers  # noqa: E402
 import harness_sd3  # noqa: E402
+import harness_sd3_lora  # noqa: E402
 import harness_single_file  # noqa: E402
 import harness_sizes  # noqa: E402
 import harness_taesd  # noqa: E402
@@ -128,7 +129,8 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "schedulers", "manifests"]
+    parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
+             "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -164,7 +166,9 @@ def main() -> None:
             harness_sd3.write_sd3_pipeline(FIXTURES, outputs)
             harness_sd3.write_sd3_runs(FIXTURES, outputs)
             harness_sd3.write_sd3_single_files(FIXTURES, outputs)
-            harness_sd3.write_sd3_lora(FIXTURES, outputs)
+        if "sd3" in only or "sd3-lora" in only:
+            harness_sd3_lora.write_sd3_lora(FIXTURES, outputs)
+            harness_sd3_lora.write_sd3_kohya_lora(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

@@ -17,9 +17,14 @@ pub fn guess(lora: &LoraFile) -> String {
         }
     });
     let has = |c: Component| lora.modules.iter().any(|m| m.component == c);
+    let kohya_sd3 = lora
+        .modules
+        .iter()
+        .any(|m| m.name.as_str().starts_with("joint_blocks"));
     let unknown_like = |needle: &str| lora.unknown.iter().any(|(k, _)| k.contains(needle));
     match width {
         Some(w) => sd_core::family::describe_cross_attention(w),
+        None if kohya_sd3 => "SD3 (kohya's names for its transformer), not a UNet".into(),
         None if has(Component::Transformer) => {
             "a transformer model (SD3 or similar: diffusers' transformer.* names), not a UNet"
                 .into()
@@ -29,5 +34,18 @@ pub fn guess(lora: &LoraFile) -> String {
             "a transformer model (Flux, SD3 or similar), not a UNet".into()
         }
         None => "an unknown model".into(),
+    }
+}
+
+/// The kind of denoiser a file's modules change: SD3's transformer for
+/// diffusers' `transformer.` names and for kohya's Stability-named blocks
+/// (`lora_unet_joint_blocks_*`), else a UNet.
+pub fn denoiser(lora: &LoraFile) -> Component {
+    let transformer = lora.modules.iter().any(|m| {
+        m.component == Component::Transformer || m.name.as_str().starts_with("joint_blocks")
+    });
+    match transformer {
+        true => Component::Transformer,
+        false => Component::Unet,
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use sd_core::weights::KeyMap;
 use tch::{nn::VarStore, Tensor};
 
 use crate::error::{LoraError, Result};
@@ -24,18 +25,76 @@ pub struct Target<'a> {
     pub component: Component,
     /// Its variables.
     pub store: &'a VarStore,
-    /// Other dotted names of its modules (alias -> module), for files that
-    /// use them: the original LDM UNet names SDXL files often carry.
-    pub aliases: Vec<(String, String)>,
+    /// Other dotted names of its modules, for files that use them, each
+    /// with the weight variables its update goes to: the original LDM UNet
+    /// names SDXL files often carry (`KeyMap::To`), Stability's SD3 names
+    /// kohya's SD3 files carry (a fused q/k/v as `KeyMap::SplitRows`, an
+    /// AdaLN stored (shift, scale) as `KeyMap::SwapHalves`). Other maps are
+    /// not updates of a weight and are ignored.
+    pub aliases: Vec<(String, KeyMap)>,
+}
+
+/// Where a module's update goes: one weight, its rows spread over several
+/// (a fused projection), or one weight with the two halves of its rows
+/// swapped.
+#[derive(Debug, Clone, PartialEq)]
+enum Site {
+    One(String),
+    Rows(Vec<String>),
+    SwappedHalves(String),
+}
+
+impl Site {
+    fn of(map: &KeyMap) -> Option<Site> {
+        match map {
+            KeyMap::To(weight) => Some(Site::One(weight.clone())),
+            KeyMap::SplitRows(weights) => Some(Site::Rows(weights.clone())),
+            KeyMap::SwapHalves(weight) => Some(Site::SwappedHalves(weight.clone())),
+            _ => None,
+        }
+    }
+
+    fn weights(&self) -> &[String] {
+        match self {
+            Site::One(w) | Site::SwappedHalves(w) => std::slice::from_ref(w),
+            Site::Rows(ws) => ws,
+        }
+    }
+
+    /// The update of each weight, from the update of the module as the file
+    /// sees it.
+    fn parts(&self, delta: &Tensor, variables: &[Tensor]) -> Vec<Tensor> {
+        match self {
+            Site::One(_) => vec![delta.shallow_clone()],
+            Site::SwappedHalves(_) => {
+                let half = delta.size()[0] / 2;
+                vec![Tensor::cat(
+                    &[delta.narrow(0, half, half), delta.narrow(0, 0, half)],
+                    0,
+                )]
+            }
+            Site::Rows(_) => {
+                let mut start = 0;
+                variables
+                    .iter()
+                    .map(|v| {
+                        let rows = v.size()[0];
+                        start += rows;
+                        delta.narrow(0, start - rows, rows)
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// The modules of a pipeline's models, by every name files use for them.
 /// It holds the models' variables (handles sharing their storage), read
 /// once when it is made.
 pub struct Targets {
-    /// Per model: every name a file may use for a module -> its weight's
-    /// variable name.
-    index: HashMap<Component, HashMap<String, String>>,
+    /// Per model: every name a file may use for a module -> where its
+    /// update goes.
+    index: HashMap<Component, HashMap<String, Site>>,
     /// Per model: its variables by name.
     variables: HashMap<Component, HashMap<String, Tensor>>,
 }
@@ -48,33 +107,67 @@ impl Targets {
         let mut index = HashMap::new();
         let mut variables = HashMap::new();
         for target in targets {
-            let names: &mut HashMap<String, String> = index.entry(target.component).or_default();
-            let mut add = |name: &str, module: &str| {
-                let weight = format!("{module}.weight");
-                names.insert(name.to_string(), weight.clone());
-                names.insert(underscored(name), weight);
+            let names: &mut HashMap<String, Site> = index.entry(target.component).or_default();
+            let mut add = |name: &str, site: Site| {
+                names.insert(underscored(name), site.clone());
+                names.insert(name.to_string(), site);
             };
             let store = target.store.variables();
             for variable in store.keys() {
                 if let Some(module) = variable.strip_suffix(".weight") {
-                    add(module, module);
+                    add(module, Site::One(variable.clone()));
                     if let Some(short) = module.strip_prefix("text_model.") {
-                        add(short, module);
+                        add(short, Site::One(variable.clone()));
                     }
                 }
             }
-            for (alias, module) in &target.aliases {
-                add(alias, module);
+            for (alias, map) in &target.aliases {
+                let site =
+                    Site::of(map).filter(|s| s.weights().iter().all(|w| store.contains_key(w)));
+                if let Some(site) = site {
+                    add(alias, site);
+                }
             }
             variables.insert(target.component, store);
         }
         Targets { index, variables }
     }
 
-    /// The weight variable (and its name) a module name resolves to.
-    fn resolve(&self, component: Component, name: &ModuleName) -> Option<(&str, &Tensor)> {
-        let weight = self.index.get(&component)?.get(name.as_str())?;
-        Some((weight, self.variables.get(&component)?.get(weight)?))
+    /// Where a module's update goes, its variables, and the module's shape
+    /// as a file sees it (a fused module's: its parts' rows stacked).
+    fn resolve(
+        &self,
+        component: Component,
+        name: &ModuleName,
+    ) -> Option<(&Site, Vec<Tensor>, Vec<i64>)> {
+        let site = self.index.get(&component)?.get(name.as_str())?;
+        let store = self.variables.get(&component)?;
+        let variables: Vec<Tensor> = site
+            .weights()
+            .iter()
+            .map(|w| store.get(w).map(Tensor::shallow_clone))
+            .collect::<Option<_>>()?;
+        let mut shape = variables.first()?.size();
+        if let Site::Rows(_) = site {
+            if variables.iter().any(|v| v.size()[1..] != shape[1..]) {
+                return None;
+            }
+            shape[0] = variables.iter().map(|v| v.size()[0]).sum();
+        }
+        Some((site, variables, shape))
+    }
+
+    /// The model a file's component is merged into: kohya's `lora_unet_`
+    /// names the denoiser, which is SD3's transformer on a model without
+    /// a UNet.
+    fn denoiser_for(&self, component: Component) -> Component {
+        let has = |c| self.variables.contains_key(&c);
+        match component {
+            Component::Unet if !has(Component::Unet) && has(Component::Transformer) => {
+                Component::Transformer
+            }
+            other => other,
+        }
     }
 
     /// A weight variable by its name.
@@ -139,33 +232,43 @@ impl Merged {
             ..ApplyReport::default()
         };
         // A UNet LoRA on SD3 (or the reverse) would merge its text-encoder
-        // part alone: refused instead.
+        // part alone: refused when the model has no denoiser of the kind
+        // the file changes and none of its denoiser modules is in the model
+        // (kohya's `lora_unet_` names SD3's transformer too).
         let denoisers = [Component::Unet, Component::Transformer];
-        if let Some(missing) = lora
+        let kind = crate::family::denoiser(lora);
+        let mut denoiser_modules = lora
             .modules
             .iter()
-            .map(|m| m.component)
-            .find(|c| denoisers.contains(c) && !targets.variables.contains_key(c))
+            .filter(|m| denoisers.contains(&m.component))
+            .peekable();
+        if denoiser_modules.peek().is_some()
+            && !targets.variables.contains_key(&kind)
+            && !denoiser_modules.any(|m| {
+                targets
+                    .resolve(targets.denoiser_for(m.component), &m.name)
+                    .is_some()
+            })
         {
             return Err(LoraError::OtherDenoiser {
                 path: lora.path.clone(),
-                component: missing.name(),
+                component: kind.name(),
                 family: crate::family::guess(lora),
             });
         }
         let mut plan = Vec::new();
         for module in &lora.modules {
-            let label = format!("{}:{}", module.component.name(), module.name.as_str());
-            let Some((weight, variable)) = targets.resolve(module.component, &module.name) else {
-                let why = if targets.variables.contains_key(&module.component) {
+            let component = targets.denoiser_for(module.component);
+            let label = format!("{}:{}", component.name(), module.name.as_str());
+            let Some((site, variables, shape)) = targets.resolve(component, &module.name) else {
+                let why = if targets.variables.contains_key(&component) {
                     "no such module in this model".to_string()
                 } else {
-                    format!("this model has no {}", module.component.name())
+                    format!("this model has no {}", component.name())
                 };
                 report.skipped.push((label, why));
                 continue;
             };
-            let shape = variable.size();
             if let Err((part, got)) = module.adapter.check(&shape) {
                 return Err(LoraError::Shape {
                     path: lora.path.clone(),
@@ -175,22 +278,23 @@ impl Merged {
                     family: crate::family::guess(lora),
                 });
             }
-            plan.push((module, variable.shallow_clone(), weight.to_string()));
+            plan.push((module, component, site, variables, shape));
         }
         if plan.is_empty() {
             return Err(no_match(lora));
         }
         let _guard = tch::no_grad_guard();
-        for (module, mut variable, weight) in plan {
-            self.originals
-                .entry((module.component, weight))
-                .or_insert_with(|| variable.detach().copy());
+        for (module, component, site, variables, shape) in plan {
             let scale = module.adapter.alpha_scale(module.alpha) * scale;
-            let delta = module
-                .adapter
-                .delta(&variable.size(), scale, variable.device())?;
-            let _ = variable.f_add_(&delta.f_to_kind(variable.kind())?)?;
-            *report.applied.entry(module.component).or_default() += 1;
+            let delta = module.adapter.delta(&shape, scale, variables[0].device())?;
+            let parts = site.parts(&delta, &variables);
+            for ((weight, mut variable), part) in site.weights().iter().zip(variables).zip(parts) {
+                self.originals
+                    .entry((component, weight.clone()))
+                    .or_insert_with(|| variable.detach().copy());
+                let _ = variable.f_add_(&part.f_to_kind(variable.kind())?)?;
+            }
+            *report.applied.entry(component).or_default() += 1;
         }
         Ok(report)
     }

@@ -40,7 +40,7 @@ fn targets(unet: &VarStore, text: &VarStore) -> Targets {
             store: unet,
             aliases: vec![(
                 "input_blocks.1.1.attn2.to_k".into(),
-                "blocks.0.attn2.to_k".into(),
+                sd_core::weights::KeyMap::To("blocks.0.attn2.to_k.weight".into()),
             )],
         },
         Target {

@@ -41,6 +41,48 @@ pub fn map(key: &str, num_layers: i64) -> KeyMap {
     block_key(i, tail, i == num_layers - 1).unwrap_or_else(|| to(format!("(sd3) {rest}")))
 }
 
+/// Every linear module of a transformer of `num_layers` blocks under
+/// Stability's name (no prefix), with where its weight goes in diffusers'
+/// names: the modules kohya's SD3 LoRAs name (`lora_unet_joint_blocks_0_
+/// x_block_attn_qkv`, ...). Modules a model lacks (the second attention of
+/// blocks without it) are in the list; their weights are not in the model.
+pub fn linear_modules(num_layers: i64) -> Vec<(String, KeyMap)> {
+    const TOP: [&str; 8] = [
+        "x_embedder.proj",
+        "t_embedder.mlp.0",
+        "t_embedder.mlp.2",
+        "y_embedder.mlp.0",
+        "y_embedder.mlp.2",
+        "context_embedder",
+        "final_layer.linear",
+        "final_layer.adaLN_modulation.1",
+    ];
+    const BLOCK: [&str; 12] = [
+        "x_block.attn.qkv",
+        "x_block.attn.proj",
+        "x_block.attn2.qkv",
+        "x_block.attn2.proj",
+        "x_block.adaLN_modulation.1",
+        "x_block.mlp.fc1",
+        "x_block.mlp.fc2",
+        "context_block.attn.qkv",
+        "context_block.attn.proj",
+        "context_block.adaLN_modulation.1",
+        "context_block.mlp.fc1",
+        "context_block.mlp.fc2",
+    ];
+    let blocks =
+        (0..num_layers).flat_map(|i| BLOCK.iter().map(move |m| format!("joint_blocks.{i}.{m}")));
+    TOP.iter()
+        .map(|m| m.to_string())
+        .chain(blocks)
+        .map(|module| {
+            let map = map(&format!("{PREFIX}{module}.weight"), num_layers);
+            (module, map)
+        })
+        .collect()
+}
+
 /// Keys outside the blocks.
 fn top_level(rest: &str) -> Option<KeyMap> {
     if rest == "pos_embed" {

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use sd_core::shared::Frozen;
+use sd_core::weights::KeyMap;
 use sd_core::DiffusersModel;
 use sd_lora::{ApplyReport, Component, EmbeddingFile, LoraFile, Merged, Target, Targets};
 use sd_unet::ldm::LdmUNetKeys;
@@ -67,11 +68,11 @@ impl StableDiffusion {
                     .variables()
                     .keys()
                     .filter_map(|name| {
-                        let module = name.strip_suffix(".weight")?;
+                        name.strip_suffix(".weight")?;
                         let alias = ldm.to_ldm(name)?;
                         Some((
                             alias.strip_suffix(".weight")?.to_string(),
-                            module.to_string(),
+                            KeyMap::To(name.clone()),
                         ))
                     })
                     .collect();
@@ -81,12 +82,12 @@ impl StableDiffusion {
                     aliases,
                 }
             }
-            // diffusers' names only: kohya's SD3 files (Stability's names,
-            // fused qkv) are not read yet, and merge nothing (refused).
+            // kohya's SD3 files name the transformer's modules Stability's
+            // way (q/k/v fused)
             Denoiser::Transformer(transformer) => Target {
                 component: Component::Transformer,
                 store: transformer.var_store(),
-                aliases: vec![],
+                aliases: sd_mmdit::sai::linear_modules(transformer.config().num_layers),
             },
         };
         let mut targets = vec![

@@ -328,3 +328,66 @@ fn an_sd3_lora_matches_diffusers_fuse_lora() {
     );
     assert_eq!(error.lines().count(), 1, "{error}");
 }
+
+/// kohya sd-scripts' SD3 LoRA (Stability's module names, q/k/v fused, the
+/// (shift, scale) AdaLN rows) against its composed diffusers reference
+/// (reference/harness_sd3_lora.py): the update of each fused module split
+/// as diffusers' own single-file conversion splits the weights.
+#[test]
+fn a_kohya_sd3_lora_matches_its_composed_diffusers_run() {
+    use sd_pipeline::{DiffusersModel, Request, Seed, StableDiffusion};
+    tch::set_num_threads(1);
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/sd3_kohya_lora.safetensors")).unwrap();
+    let lora = fixtures.join("sd3/lora/sd3-kohya.safetensors");
+    let mut pipeline = StableDiffusion::builder()
+        .model_dir(fixtures.join("sd3/pipeline"))
+        .lora(&lora, 0.8)
+        .build()
+        .unwrap();
+    let report = &pipeline.lora_reports()[0];
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let applied = |c: sd_lora::Component| report.applied.get(&c).copied().unwrap_or(0);
+    assert_eq!(applied(sd_lora::Component::TextEncoder), 4, "{report:?}");
+    assert_eq!(applied(sd_lora::Component::Transformer), 19, "{report:?}");
+    let mut r = Request::new("a red circle on a white background");
+    r.negative_prompt = Some("blurry".into());
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
+    r.seed = Seed::Batch(1);
+    let generation = pipeline.generate(&r).unwrap();
+    let expected = take(&reference, "f32.txt2img").unwrap();
+    assert_matches(
+        "sd3 kohya lora f32.txt2img",
+        &generation.latents,
+        &expected,
+        4,
+    );
+    // taken out again: every split and swapped weight as it was
+    pipeline.unload_loras().unwrap();
+    let base = StableDiffusion::builder()
+        .model_dir(fixtures.join("sd3/pipeline"))
+        .build()
+        .unwrap();
+    let weights = |p: &StableDiffusion| p.transformer().unwrap().var_store().variables();
+    let original = weights(&base);
+    assert!(
+        weights(&pipeline)
+            .iter()
+            .all(|(k, v)| v.equal(&original[k])),
+        "unloaded"
+    );
+    // on a UNet model only its CLIP-L part would merge: refused
+    let error = StableDiffusion::builder()
+        .model_dir(fixtures.join("tiny-sd1"))
+        .lora(&lora, 1.0)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("sd3-kohya.safetensors: it changes a transformer, and this model has none")
+            && error.contains("SD3 (kohya's names"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
+}
