@@ -2,7 +2,8 @@
 and through `sd txt2img`, each run its own process under `/usr/bin/time -v`:
 wall, user and system time, peak resident memory, and when the model was
 loaded and the first and last steps ended (both sides print the wall clock
-at each; the script measures from its own spawn).
+at each; the script measures from its own spawn; "load" is diffusers'
+`from_pretrained` alone, after its imports).
 
     .venv/bin/python benches/whole_process.py --model sd15 --dtype f32 --steps 3   # issue 28's run
     .venv/bin/python benches/whole_process.py --model sd15 --dtype bf16 --steps 3
@@ -80,9 +81,10 @@ import sys, time
 print(f"timing: start at 0 s (unix {time.time():.3f})", file=sys.stderr)
 import torch
 import diffusers
+print(f"timing: imported at 0 s (unix {time.time():.3f})", file=sys.stderr)
 model, kind, steps, size, prompt, out = sys.argv[1:7]
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[kind]
-sd3 = "transformer" in open(model + "/model_index.json").read()
+sd3 = "StableDiffusion3Pipeline" in open(model + "/model_index.json").read()
 cls = diffusers.StableDiffusion3Pipeline if sd3 else diffusers.StableDiffusionPipeline
 pipe = cls.from_pretrained(model, torch_dtype=dtype)
 if not sd3:
@@ -120,6 +122,9 @@ def timed(command: list[str]) -> dict:
         "sys": number(r"System time \(seconds\)"),
         "rss": number(r"Maximum resident set size \(kbytes\)") / 2**20,
         "loaded": marks.get("model loaded", float("nan")),
+        # from_pretrained alone for diffusers (after its imports)
+        "load": marks.get("model loaded", float("nan")) - marks.get("imported", 0.0),
+        "tail": marks.get("written", float("nan")) - (marks[steps[-1]] if steps else float("nan")),
         "first": marks[steps[0]] if steps else float("nan"),
         "per_step": (marks[steps[-1]] - marks[steps[0]]) / max(len(steps) - 1, 1) if steps else float("nan"),
     }
@@ -127,9 +132,11 @@ def timed(command: list[str]) -> dict:
 
 def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
     size = str(args.size)
-    sd = [str(ROOT / "target/release/sd"), "txt2img", "--model", str(model), "--prompt", PROMPT,
+    sd = [args.sd, "txt2img", "--model", str(model), "--prompt", PROMPT,
           "--negative-prompt", "", "--steps", str(args.steps), "--guidance", "5", "--width", size,
-          "--height", size, "--dtype", args.dtype, "--seed", "0", "--timings", "--out", str(out / "sd.png")]
+          "--height", size, "--dtype", args.dtype, "--seed", "0", "--out", str(out / "sd.png")]
+    if not args.no_timings:
+        sd.append("--timings")
     if args.model == "sd15":
         sd += ["--scheduler", "euler"]
     if args.low_memory:
@@ -148,6 +155,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--only", choices=["sd", "diffusers"])
     parser.add_argument("--low-memory", action="store_true", help="sd with --low-memory")
+    parser.add_argument("--sd", default=str(ROOT / "target/release/sd"), help="the sd binary to time")
+    parser.add_argument("--no-timings", action="store_true", help="an sd binary older than --timings")
     args = parser.parse_args()
     if args.model == "sd15":
         sys.path.insert(0, str(ROOT / "benches"))
@@ -167,9 +176,10 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "all")
     print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, {args.steps} steps, CFG, "
           f"threads {threads}, median of {args.runs}")
-    keys = ["wall", "user", "sys", "rss", "loaded", "first", "per_step"]
-    print("| run | wall s | user s | sys s | peak RSS GiB | loaded at s | step 1 done at s | s/step |")
-    print("| --- | --: | --: | --: | --: | --: | --: | --: |")
+    keys = ["wall", "user", "sys", "rss", "load", "loaded", "first", "per_step", "tail"]
+    print("| run | wall s | user s | sys s | peak RSS GiB | load s | loaded at s | step 1 done at s | s/step "
+          "| last step to written s |")
+    print("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
     median = {side: {k: statistics.median(r[k] for r in runs) for k in keys} for side, runs in results.items()}
     for side, row in median.items():
         print(f"| {side} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_pipeline::front::{
-    parse_sampler, EncoderChoice, Field, Limits, ModelSource, Parameters, Source,
-};
+use sd_pipeline::front::{parse_sampler, Field, Limits, ModelSource, Parameters, Source};
 use sd_pipeline::{
     ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, StableDiffusion, TimestepSpacing,
 };
@@ -94,18 +92,8 @@ pub struct Common {
     /// Tiled VAE decode (large images in bounded memory).
     #[arg(long)]
     pub vae_tiling: bool,
-    /// SD3's T5 encoder: `none` leaves it out (T5-XXL is about 10 GB in
-    /// f16; its states are zeros, as diffusers' without text_encoder_3),
-    /// `required` refuses a model without one, a file (ComfyUI's
-    /// `t5xxl_fp16.safetensors`) supplies it. Default: used when there.
-    #[arg(long, value_name = "none|required|FILE")]
-    pub t5: Option<String>,
-    /// CLIP-L from a file of its own (ComfyUI's `clip_l.safetensors`).
-    #[arg(long, value_name = "FILE")]
-    pub clip_l: Option<PathBuf>,
-    /// CLIP-G from a file of its own (ComfyUI's `clip_g.safetensors`).
-    #[arg(long, value_name = "FILE")]
-    pub clip_g: Option<PathBuf>,
+    #[command(flatten)]
+    pub encoders: crate::encoders::EncoderArgs,
     /// SD3: T5's token count (default 256, at most 512).
     #[arg(long, value_name = "N")]
     pub max_sequence_length: Option<usize>,
@@ -303,12 +291,7 @@ fn load(common: &Common, source: &ModelSource) -> Result<StableDiffusion> {
     if let Some(dir) = &common.config_dir {
         builder = builder.config_dir(dir);
     }
-    let encoders = EncoderChoice::parse(
-        common.t5.as_deref(),
-        common.clip_l.as_deref(),
-        common.clip_g.as_deref(),
-    )
-    .map_err(name_the_option)?;
+    let encoders = common.encoders.choice().map_err(name_the_option)?;
     builder = encoders.apply(builder);
     if let Some(spacing) = spacing {
         builder = builder.timestep_spacing(spacing);

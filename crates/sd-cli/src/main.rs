@@ -2,6 +2,7 @@
 //! serve, eval-shapes, tokenize, doctor.
 
 mod control;
+mod encoders;
 mod generate;
 mod output;
 mod preprocess;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sd_pipeline::front::{EncoderChoice, ModelSource};
+use sd_pipeline::front::ModelSource;
 use sd_server::{Limits, Server, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -72,15 +72,8 @@ pub struct ServeArgs {
     /// the same family); SD3 single files need it for T5's tokenizer.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// SD3's T5: `none`, `required`, or a T5 file (as `sd txt2img --t5`).
-    #[arg(long, value_name = "none|required|FILE")]
-    pub t5: Option<String>,
-    /// CLIP-L from a file of its own.
-    #[arg(long, value_name = "FILE")]
-    pub clip_l: Option<PathBuf>,
-    /// CLIP-G from a file of its own.
-    #[arg(long, value_name = "FILE")]
-    pub clip_g: Option<PathBuf>,
+    #[command(flatten)]
+    pub encoders: crate::encoders::EncoderArgs,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -112,11 +105,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         device: sd_core::device::parse_device(&args.device)?,
         dtype: sd_core::device::parse_dtype(&args.dtype)?,
         config_dir: args.config_dir.clone(),
-        encoders: EncoderChoice::parse(
-            args.t5.as_deref(),
-            args.clip_l.as_deref(),
-            args.clip_g.as_deref(),
-        )?,
+        encoders: args.encoders.choice()?,
         ..ServerConfig::new(model.clone(), &data)
     };
     let server = Server::start(config).context("sd serve")?;

@@ -8,6 +8,22 @@
 
 use tch::{nn::Path, Kind, Tensor};
 
+/// Whether `kind` is one of the 8-bit float formats a weight may be kept in
+/// (an fp8 file's weights, used in place: `F8_E4M3`, `F8_E5M2`).
+pub fn is_fp8(kind: Kind) -> bool {
+    matches!(kind, Kind::Float8e4m3fn | Kind::Float8e5m2)
+}
+
+/// `weight` as a layer computes with it: one kept in 8 bits upcast to
+/// `kind` for this call (torch's own conversion, so bit for bit what
+/// `weight.to(kind)` gives), any other as it is.
+pub fn upcast(weight: &Tensor, kind: Kind) -> Tensor {
+    match is_fp8(weight.kind()) {
+        true => weight.to_kind(kind),
+        false => weight.shallow_clone(),
+    }
+}
+
 /// A new parameter `name` of `shape` under `vs`, on its device and dtype.
 pub fn param(vs: &Path<'_>, name: &str, shape: &[i64]) -> Tensor {
     vs.add(name, Tensor::empty(shape, (vs.kind(), vs.device())), true)
@@ -31,9 +47,18 @@ impl Linear {
         }
     }
 
-    /// Applies the layer.
+    /// Applies the layer (an 8-bit weight upcast to `x`'s dtype).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        x.linear(&upcast(&self.weight, x.kind()), self.bias.as_ref())
+    }
+
+    /// The dtype the layer computes in: its weight's, or for a weight kept
+    /// in 8 bits, `otherwise`.
+    pub fn compute_kind(&self, otherwise: Kind) -> Kind {
+        match is_fp8(self.weight.kind()) {
+            true => otherwise,
+            false => self.weight.kind(),
+        }
     }
 }
 
@@ -81,10 +106,10 @@ impl Conv2d {
         }
     }
 
-    /// Applies the layer.
+    /// Applies the layer (an 8-bit weight upcast to `x`'s dtype).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
-            &self.weight,
+            &upcast(&self.weight, x.kind()),
             self.bias.as_ref(),
             [self.stride; 2],
             [self.padding; 2],
@@ -195,6 +220,8 @@ impl RmsNorm {
 pub struct Embedding {
     /// The weight, under `weight`.
     pub weight: Tensor,
+    /// The dtype it was made in: what an 8-bit weight is upcast to.
+    kind: Kind,
 }
 
 impl Embedding {
@@ -202,12 +229,13 @@ impl Embedding {
     pub fn new(vs: &Path<'_>, count: i64, dim: i64) -> Self {
         Embedding {
             weight: param(vs, "weight", &[count, dim]),
+            kind: vs.kind(),
         }
     }
 
     /// Applies the layer.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, -1, false, false)
+        Tensor::embedding(&upcast(&self.weight, self.kind), ids, -1, false, false)
     }
 }
 

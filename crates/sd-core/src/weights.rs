@@ -164,11 +164,16 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
                 message: e.to_string(),
             })?;
         let file = &mapped[index];
+        let stored = kind_of(view.dtype());
         // A CPU variable of the stored dtype becomes the file's bytes (or a
-        // view of them); anything else is read, then converted or moved.
-        let same_kind =
-            var.device() == tch::Device::Cpu && kind_of(view.dtype()) == Some(var.kind());
-        let raw = match same_kind {
+        // view of them); so does a layer's weight stored in 8 bits, kept so
+        // and upcast by its layer on each use. Anything else is read, then
+        // converted or moved.
+        let keep_8bit =
+            stored.is_some_and(crate::nn::is_fp8) && name.ends_with(".weight") && var.dim() >= 2;
+        let on_cpu = var.device() == tch::Device::Cpu;
+        let same_kind = stored == Some(var.kind()) || keep_8bit;
+        let raw = match same_kind && on_cpu {
             true => file.in_place(&key, &view)?,
             false => None,
         };
@@ -184,7 +189,8 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
             continue;
         }
         if same_kind && source.is_contiguous() {
-            var.shallow_clone().set_data(&source);
+            var.shallow_clone()
+                .set_data(&source.f_to_device(var.device())?);
         } else {
             var.shallow_clone().f_copy_(&source)?;
         }

@@ -221,3 +221,36 @@ fn converted_weights_get_memory_of_their_own() {
         .unwrap_or_default()
         .ends_with("converted.safetensors"));
 }
+
+/// fp8 files: a layer's weight stays 8-bit, in the file's bytes, and is
+/// upcast on each use exactly as torch converts it; 1-d tensors (biases,
+/// norms) are converted at load.
+#[test]
+fn fp8_weights_stay_8_bit_in_place_and_upcast_per_use() {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(3);
+    let w = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)) * 3.0;
+    let b = Tensor::randn([2], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+    for kind in [Kind::Float8e4m3fn, Kind::Float8e5m2] {
+        let vs = VarStore::new(Device::Cpu);
+        let linear = sd_core::nn::Linear::new(&(vs.root() / "proj"), 3, 2, true);
+        let file = temp(&format!("fp8-{kind:?}.safetensors"));
+        let (w8, b8) = (w.to_kind(kind), b.to_kind(kind));
+        sd_testkit::files::write(
+            &file,
+            &[
+                ("proj.weight".into(), w8.shallow_clone()),
+                ("proj.bias".into(), b8.shallow_clone()),
+            ],
+        );
+        load_safetensors(&vs, &[&file], &LoadOptions::default()).unwrap();
+        assert_eq!(linear.weight.kind(), kind);
+        assert!(mapping_of(linear.weight.data_ptr() as usize)
+            .unwrap_or_default()
+            .ends_with(&format!("fp8-{kind:?}.safetensors")));
+        assert_eq!(linear.bias.as_ref().unwrap().kind(), Kind::Float);
+        let expected = x.linear(&w8.to_kind(Kind::Float), Some(&b8.to_kind(Kind::Float)));
+        assert!(linear.forward(&x).equal(&expected), "{kind:?}");
+    }
+}

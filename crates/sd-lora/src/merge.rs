@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use sd_core::weights::KeyMap;
-use tch::{nn::VarStore, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::error::{LoraError, Result};
 use crate::file::LoraFile;
@@ -97,6 +97,9 @@ pub struct Targets {
     index: HashMap<Component, HashMap<String, Site>>,
     /// Per model: its variables by name.
     variables: HashMap<Component, HashMap<String, Tensor>>,
+    /// Per model: the dtype it computes in (what a weight kept in 8 bits
+    /// becomes when an adapter is merged into it).
+    kinds: HashMap<Component, Kind>,
 }
 
 impl Targets {
@@ -106,6 +109,7 @@ impl Targets {
     pub fn new(targets: Vec<Target<'_>>) -> Self {
         let mut index = HashMap::new();
         let mut variables = HashMap::new();
+        let mut kinds = HashMap::new();
         for target in targets {
             let names: &mut HashMap<String, Site> = index.entry(target.component).or_default();
             let mut add = |name: &str, site: Site| {
@@ -128,9 +132,18 @@ impl Targets {
                     add(alias, site);
                 }
             }
+            let kind = store
+                .values()
+                .map(Tensor::kind)
+                .find(|k| matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double));
+            kinds.insert(target.component, kind.unwrap_or(Kind::Float));
             variables.insert(target.component, store);
         }
-        Targets { index, variables }
+        Targets {
+            index,
+            variables,
+            kinds,
+        }
     }
 
     /// Where a module's update goes, its variables, and the module's shape
@@ -292,6 +305,15 @@ impl Merged {
                 self.originals
                     .entry((component, weight.clone()))
                     .or_insert_with(|| variable.detach().copy());
+                // a weight kept in 8 bits takes the update at full width
+                if sd_core::nn::is_fp8(variable.kind()) {
+                    let kind = targets
+                        .kinds
+                        .get(&component)
+                        .copied()
+                        .unwrap_or(Kind::Float);
+                    variable.set_data(&variable.f_to_kind(kind)?);
+                }
                 let _ = variable.f_add_(&part.f_to_kind(variable.kind())?)?;
             }
             *report.applied.entry(component).or_default() += 1;
@@ -304,7 +326,11 @@ impl Merged {
         let _guard = tch::no_grad_guard();
         for ((component, weight), original) in &self.originals {
             if let Some(variable) = targets.variable(*component, weight) {
-                variable.shallow_clone().f_copy_(original)?;
+                match variable.kind() == original.kind() {
+                    true => variable.shallow_clone().f_copy_(original)?,
+                    // (an 8-bit weight widened by the merge: back to 8 bits)
+                    false => variable.shallow_clone().set_data(original),
+                }
             }
         }
         // only once all are back: a failed copy leaves them restorable

@@ -25,6 +25,8 @@ pub struct FeedForwardLayer {
     /// The gated form's linear half.
     wi_1: Option<Linear>,
     wo: Linear,
+    /// What `wo` computes in (its weight's kind, unless kept in 8 bits).
+    wo_kind: Kind,
 }
 
 impl FeedForwardLayer {
@@ -47,6 +49,7 @@ impl FeedForwardLayer {
             wi_0: Linear::new(&(&dense / if gated { "wi_0" } else { "wi" }), d, ff, false),
             wi_1: gated.then(|| Linear::new(&(&dense / "wi_1"), d, ff, false)),
             wo,
+            wo_kind,
         }
     }
 
@@ -58,7 +61,7 @@ impl FeedForwardLayer {
             None => self.wi_0.forward(&normed).relu(),
         };
         // transformers keeps `wo` in f32 for f16 models and casts its input
-        let hidden = hidden.to_kind(self.wo.weight.kind());
+        let hidden = hidden.to_kind(self.wo.compute_kind(self.wo_kind));
         x + self.wo.forward(&hidden)
     }
 }

@@ -6,7 +6,9 @@
 //! - [`manifest`]: every weight name and shape of the full-size models, to
 //!   check architectures whose real weights never appear here.
 //! - [`scratch`]: a fresh folder per call, safe for tests running in parallel.
+//! - [`files`]: safetensors files of any dtype, fp8 included (tch's writer has none).
 
+pub mod files;
 pub mod manifest;
 pub mod parity;
 pub mod scratch;
