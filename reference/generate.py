@@ -62,6 +62,7 @@ sys.path.insert(0, str(HERE))
 
 import harness_controlnet  # noqa: E402
 import harness_flow  # noqa: E402
+import harness_gguf  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
 import harness_outputs  # noqa: E402
@@ -130,7 +131,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
-             "manifests"]
+             "gguf", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -169,6 +170,8 @@ def main() -> None:
         if "sd3" in only or "sd3-lora" in only:
             harness_sd3_lora.write_sd3_lora(FIXTURES, outputs)
             harness_sd3_lora.write_sd3_kohya_lora(FIXTURES, outputs)
+        if "gguf" in only:
+            harness_gguf.write_gguf(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

@@ -241,3 +241,21 @@ def test_sd3_options_equal_the_cli(tmp_path, t5):
     with pytest.raises(sd_rs.InvalidRequest) as refused:
         pipe.generate(PROMPT, skip_layer_guidance=[5], **kwargs)
     assert refused.value.field == "skip_layer_guidance"
+
+
+def test_sd3_encoder_files_equal_the_cli(tmp_path):
+    """T5 from a file of its own (here the folder's own T5 weights): the CLI's
+    pixels with `--t5 FILE`; a missing file or a file that is not CLIP is a
+    ValueError naming it."""
+    t5_file = SD3 / "text_encoder_3" / "model.safetensors"
+    pipe = sd_rs.StableDiffusion(str(SD3), t5=str(t5_file))
+    kwargs = dict(steps=2, seed=2, guidance=5.0, width=48, height=32)
+    [image] = pipe.generate(PROMPT, max_sequence_length=16, **kwargs)
+    expected = cli(tmp_path, "txt2img", "--model", str(SD3), "--prompt", PROMPT, "--steps", "2", "--seed", "2",
+                   "--guidance", "5", "--width", "48", "--height", "32", "--max-sequence-length", "16",
+                   "--t5", str(t5_file))
+    assert image.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="nowhere.safetensors: no such file"):
+        sd_rs.StableDiffusion(str(SD3), t5=str(tmp_path / "nowhere.safetensors"))
+    with pytest.raises(RuntimeError, match="not a CLIP text encoder"):
+        sd_rs.StableDiffusion(str(SD3), clip_l=str(t5_file))

@@ -1,0 +1,17 @@
+//! GGUF files as stable-diffusion.cpp (`sd -M convert`) and city96's
+//! ComfyUI-GGUF converters write quantized UNets, transformers and T5
+//! encoders: the header, metadata and tensor directory read with every
+//! size and offset checked against the file ([`GgufFile`]), and the blocks
+//! of each type dequantized to f32 exactly as the `gguf` Python package's
+//! `gguf.quants.dequantize` computes them ([`dequantize`]).
+//!
+//! Pure Rust, no libtorch: the pipeline decides where the numbers go.
+#![warn(missing_docs)]
+
+mod error;
+mod quants;
+mod reader;
+
+pub use error::{GgufError, Result};
+pub use quants::{dequantize, GgmlType};
+pub use reader::{GgufFile, TensorInfo, Value};
