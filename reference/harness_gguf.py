@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# gguf quantizes none of the K-quants: their tensors are the raw random blocks only
+K_QUANTS = {"Q2_K": 80, "Q3_K": 108, "Q4_K": 0, "Q5_K": 0, "Q6_K": 208}
 
 
 def write_gguf(fixtures: Path, outputs: Path) -> None:
@@ -33,17 +35,20 @@ def write_gguf(fixtures: Path, outputs: Path) -> None:
     expected = {}
     for name in TYPES:
         qtype = getattr(Q, name)
-        quantized = gguf.quants.quantize(data, qtype)
-        # (bytes in, the type's element shape found from them)
-        writer.add_tensor(f"quantized.{name}", quantized.view(np.uint8), raw_dtype=qtype)
-        expected[f"quantized.{name}"] = gguf.quants.dequantize(quantized, qtype).reshape(data.shape)
+        if name not in K_QUANTS:
+            quantized = gguf.quants.quantize(data, qtype)
+            # (bytes in, the type's element shape found from them)
+            writer.add_tensor(f"quantized.{name}", quantized.view(np.uint8), raw_dtype=qtype)
+            expected[f"quantized.{name}"] = gguf.quants.dequantize(quantized, qtype).reshape(data.shape)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         if block == 1:
             continue
         raw = rng.integers(0, 256, size=(16, size), dtype=np.uint8)
-        # finite f16 scales (and minimums) at the front of each block
-        scales = 2 if name in ("Q4_0", "Q5_0", "Q8_0") else 4
-        raw[:, :scales] = rng.standard_normal((16, scales // 2)).astype(np.float16).view(np.uint8)
+        # finite f16 scales (and minimums): at the front of each block, or
+        # for the K-quants where K_QUANTS says (Q4_K/Q5_K: d and dmin first)
+        at = K_QUANTS.get(name, 0)
+        scales = 2 if name in ("Q4_0", "Q5_0", "Q8_0", "Q3_K", "Q6_K") else 4
+        raw[:, at:at + scales] = rng.standard_normal((16, scales // 2)).astype(np.float16).view(np.uint8)
         raw = raw.reshape(2, -1)
         shape = (2, 8 * block)
         writer.add_tensor(f"raw.{name}", raw, raw_dtype=qtype)

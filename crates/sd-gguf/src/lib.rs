@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod kquants;
 mod quants;
 mod reader;
 

@@ -9,6 +9,7 @@ use crate::error::{GgufError, Result};
 /// A GGML tensor type, by its number in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[allow(non_camel_case_types)] // ggml's names
 pub enum GgmlType {
     /// 32-bit float.
     F32,
@@ -26,12 +27,23 @@ pub enum GgmlType {
     Q5_1,
     /// Blocks of 32: an f16 scale, 32 signed bytes.
     Q8_0,
+    /// Super-blocks of 256: 2-bit values, 4-bit scales and minimums.
+    Q2_K,
+    /// Super-blocks of 256: 3-bit values, 6-bit scales.
+    Q3_K,
+    /// Super-blocks of 256: 4-bit values, 6-bit scales and minimums.
+    Q4_K,
+    /// Super-blocks of 256: 5-bit values, 6-bit scales and minimums.
+    Q5_K,
+    /// Super-blocks of 256: 6-bit values, 8-bit scales.
+    Q6_K,
     /// A type this reader knows the size of but does not dequantize.
     Other(u32),
 }
 
 /// The types [`dequantize`] takes, for messages.
-pub const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0";
+pub const SUPPORTED: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 impl GgmlType {
     /// The type of GGML number `id`, if the reader knows its block size.
@@ -44,9 +56,14 @@ impl GgmlType {
             6 => GgmlType::Q5_0,
             7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
-            // Q8_1, Q2_K..Q8_K: sizes known, dequantization to come
-            9..=15 => GgmlType::Other(id),
+            // Q8_1 and Q8_K (intermediate types): sizes known, not dequantized
+            9 | 15 => GgmlType::Other(id),
             _ => return None,
         })
     }
@@ -61,33 +78,27 @@ impl GgmlType {
             GgmlType::Q5_0 => (32, 22),
             GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
-            GgmlType::Other(id) => match id {
-                9 => (32, 36),
-                10 => (256, 84),
-                11 => (256, 110),
-                12 => (256, 144),
-                13 => (256, 176),
-                14 => (256, 210),
-                _ => (256, 292),
-            },
+            GgmlType::Q2_K => (256, 84),
+            GgmlType::Q3_K => (256, 110),
+            GgmlType::Q4_K => (256, 144),
+            GgmlType::Q5_K => (256, 176),
+            GgmlType::Q6_K => (256, 210),
+            GgmlType::Other(9) => (32, 36),
+            GgmlType::Other(_) => (256, 292),
         }
     }
 
     /// The type's name as gguf writes it.
     pub fn name(self) -> String {
         match self {
-            GgmlType::Other(id) => {
-                let names = ["Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"];
-                names
-                    .get(id.wrapping_sub(9) as usize)
-                    .map_or(format!("type {id}"), |n| n.to_string())
-            }
+            GgmlType::Other(9) => "Q8_1".into(),
+            GgmlType::Other(_) => "Q8_K".into(),
             other => format!("{other:?}"),
         }
     }
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
@@ -143,6 +154,12 @@ pub fn dequantize(kind: GgmlType, bytes: &[u8], tensor: &str) -> Result<Vec<f32>
                     None => d * f32::from(value(i) as i8 - 16),
                 }));
             }
+            GgmlType::Q2_K => out.extend(crate::kquants::q2_k(block)),
+            GgmlType::Q3_K => out.extend(crate::kquants::q3_k(block)),
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                out.extend(crate::kquants::q45_k(block, kind == GgmlType::Q5_K))
+            }
+            GgmlType::Q6_K => out.extend(crate::kquants::q6_k(block)),
             GgmlType::Other(_) => {
                 return Err(GgufError::Unsupported {
                     tensor: tensor.to_string(),

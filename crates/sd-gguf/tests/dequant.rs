@@ -44,6 +44,11 @@ fn every_type_dequantizes_to_the_gguf_package_bits() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
     ] {
         assert!(kinds.contains(&kind), "{kind:?} not covered");
     }
