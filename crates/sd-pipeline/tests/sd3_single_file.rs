@@ -382,3 +382,39 @@ fn wrong_encoder_files_are_refused_in_one_line() {
         .to_string();
     one_line(error, "has one text encoder");
 }
+
+/// ComfyUI's `t5xxl_fp8_e4m3fn.safetensors`-like file: T5's layer weights in
+/// 8 bits stay so (upcast per layer) and the run is that of the same
+/// weights dequantized ahead of time.
+#[test]
+fn an_fp8_t5_file_runs_as_its_dequantized_copy() {
+    tch::set_num_threads(1);
+    let dir = split_as_comfyui_keeps_it();
+    let t5 = Tensor::read_safetensors(dir.join("t5xxl.safetensors")).unwrap();
+    let narrow = |eight_bit: bool| -> Vec<(String, Tensor)> {
+        t5.iter()
+            .map(|(k, t)| match k.ends_with(".weight") && t.dim() >= 2 {
+                true if eight_bit => (k.clone(), t.to_kind(Kind::Float8e4m3fn)),
+                true => (
+                    k.clone(),
+                    t.to_kind(Kind::Float8e4m3fn).to_kind(Kind::Float),
+                ),
+                false => (k.clone(), t.shallow_clone()),
+            })
+            .collect()
+    };
+    let run = |eight_bit: bool| {
+        let file = dir.join(format!("t5xxl-fp8-{eight_bit}.safetensors"));
+        sd_testkit::files::write(&file, &narrow(eight_bit));
+        let pipeline = StableDiffusion::builder()
+            .model_dir(fixtures().join("sd3/pipeline"))
+            .encoder_files(sd_pipeline::EncoderFiles::new().t5(&file))
+            .build()
+            .unwrap();
+        let t5 = pipeline.text_encoder_3().unwrap().resident().unwrap();
+        let weight = &t5.var_store().variables()["encoder.block.0.layer.0.SelfAttention.q.weight"];
+        assert_eq!(weight.kind() == Kind::Float8e4m3fn, eight_bit);
+        pipeline.generate(&request()).unwrap().latents
+    };
+    assert_matches_reordered("fp8 T5", &run(true), &run(false), 4);
+}
