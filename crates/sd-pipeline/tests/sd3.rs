@@ -279,7 +279,7 @@ fn bad_sd3_requests_are_refused_in_one_line_each() {
 /// base model back bit for bit.
 #[test]
 fn an_sd3_lora_matches_diffusers_fuse_lora() {
-    use sd_pipeline::{DiffusersModel, Request, Seed, StableDiffusion};
+    use sd_pipeline::{DiffusersModel, StableDiffusion};
     tch::set_num_threads(1);
     let fixtures = reference_dir().join("fixtures");
     let reference = read_tensors(fixtures.join("outputs/sd3_lora.safetensors")).unwrap();
@@ -293,11 +293,7 @@ fn an_sd3_lora_matches_diffusers_fuse_lora() {
     let report = &pipeline.lora_reports()[0];
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     assert!(report.applied_total() > 20, "{report:?}");
-    let mut r = Request::new("a red circle on a white background");
-    r.negative_prompt = Some("blurry".into());
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
-    (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
-    r.seed = Seed::Batch(1);
+    let r = lora_run();
     let generation = pipeline.generate(&r).unwrap();
     let expected = take(&reference, "f32.txt2img").unwrap();
     assert_matches("sd3 lora f32.txt2img", &generation.latents, &expected, 4);
@@ -329,13 +325,23 @@ fn an_sd3_lora_matches_diffusers_fuse_lora() {
     assert_eq!(error.lines().count(), 1, "{error}");
 }
 
+/// The harness' LoRA runs: two images at 48x32, 4 steps, guidance 5.
+fn lora_run() -> sd_pipeline::Request {
+    let mut r = sd_pipeline::Request::new("a red circle on a white background");
+    r.negative_prompt = Some("blurry".into());
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
+    r.seed = sd_pipeline::Seed::Batch(1);
+    r
+}
+
 /// kohya sd-scripts' SD3 LoRA (Stability's module names, q/k/v fused, the
 /// (shift, scale) AdaLN rows) against its composed diffusers reference
 /// (reference/harness_sd3_lora.py): the update of each fused module split
 /// as diffusers' own single-file conversion splits the weights.
 #[test]
 fn a_kohya_sd3_lora_matches_its_composed_diffusers_run() {
-    use sd_pipeline::{DiffusersModel, Request, Seed, StableDiffusion};
+    use sd_pipeline::{DiffusersModel, StableDiffusion};
     tch::set_num_threads(1);
     let fixtures = reference_dir().join("fixtures");
     let reference = read_tensors(fixtures.join("outputs/sd3_kohya_lora.safetensors")).unwrap();
@@ -350,11 +356,7 @@ fn a_kohya_sd3_lora_matches_its_composed_diffusers_run() {
     let applied = |c: sd_lora::Component| report.applied.get(&c).copied().unwrap_or(0);
     assert_eq!(applied(sd_lora::Component::TextEncoder), 4, "{report:?}");
     assert_eq!(applied(sd_lora::Component::Transformer), 19, "{report:?}");
-    let mut r = Request::new("a red circle on a white background");
-    r.negative_prompt = Some("blurry".into());
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
-    (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
-    r.seed = Seed::Batch(1);
+    let r = lora_run();
     let generation = pipeline.generate(&r).unwrap();
     let expected = take(&reference, "f32.txt2img").unwrap();
     assert_matches(
