@@ -163,36 +163,9 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
                 path: mapped[index].path().to_path_buf(),
                 message: e.to_string(),
             })?;
-        let file = &mapped[index];
-        let stored = kind_of(view.dtype());
-        // A CPU variable of the stored dtype becomes the file's bytes (or a
-        // view of them); so does a layer's weight stored in 8 bits, kept so
-        // and upcast by its layer on each use. Anything else is read, then
-        // converted or moved.
-        let keep_8bit =
-            stored.is_some_and(crate::nn::is_fp8) && name.ends_with(".weight") && var.dim() >= 2;
-        let on_cpu = var.device() == tch::Device::Cpu;
-        let same_kind = stored == Some(var.kind()) || keep_8bit;
-        let raw = match same_kind && on_cpu {
-            true => file.in_place(&key, &view)?,
-            false => None,
-        };
-        let raw = match raw {
-            Some(raw) => raw,
-            None => file.read_view(&key, &view)?,
-        };
-        let source = transform(&raw, &mapping, part);
-        if source.size() != var.size() {
-            report
-                .mismatched
-                .push((name.clone(), var.size(), source.size()));
-            continue;
-        }
-        if same_kind && source.is_contiguous() {
-            var.shallow_clone()
-                .set_data(&source.f_to_device(var.device())?);
-        } else {
-            var.shallow_clone().f_copy_(&source)?;
+        let target = (name.as_str(), var);
+        if let Some(shape) = fill(target, &mapped[index], (&key, &view), &mapping, part)? {
+            report.mismatched.push((name.clone(), var.size(), shape));
         }
     }
     report.unexpected = available.into_keys().collect();
@@ -207,6 +180,44 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
         return Err(CoreError::Weights { files, report });
     }
     Ok(report)
+}
+
+/// Fills the variable `name` with the file tensor `key` (its `part` of it,
+/// as `mapping` says), or returns the tensor's shape where it does not fit.
+///
+/// A CPU variable of the stored dtype becomes the file's bytes (or a view of
+/// them); so does a layer's weight stored in 8 bits, kept so and upcast by
+/// its layer on each use. Anything else is read, then converted or moved.
+fn fill(
+    (name, var): (&str, &Tensor),
+    file: &MappedFile,
+    (key, view): (&str, &safetensors::tensor::TensorView<'_>),
+    mapping: &KeyMap,
+    part: usize,
+) -> Result<Option<Vec<i64>>> {
+    let stored = kind_of(view.dtype());
+    let keep_8bit =
+        stored.is_some_and(crate::nn::is_fp8) && name.ends_with(".weight") && var.dim() >= 2;
+    let same_kind = stored == Some(var.kind()) || keep_8bit;
+    let raw = match same_kind && var.device() == tch::Device::Cpu {
+        true => file.in_place(key, view)?,
+        false => None,
+    };
+    let raw = match raw {
+        Some(raw) => raw,
+        None => file.read_view(key, view)?,
+    };
+    let source = transform(&raw, mapping, part);
+    if source.size() != var.size() {
+        return Ok(Some(source.size()));
+    }
+    if same_kind && source.is_contiguous() {
+        var.shallow_clone()
+            .set_data(&source.f_to_device(var.device())?);
+    } else {
+        var.shallow_clone().f_copy_(&source)?;
+    }
+    Ok(None)
 }
 
 /// The file tensor as the variable wants it (views, but for the halves
