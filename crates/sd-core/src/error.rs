@@ -30,6 +30,15 @@ pub enum CoreError {
         message: String,
     },
 
+    /// A file that is not a GGUF file this reader takes.
+    #[error("{path}: not a valid GGUF file: {message}")]
+    Gguf {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+
     /// A tensor whose dtype libtorch cannot hold.
     #[error("{path}: tensor '{name}' has dtype {dtype}, which libtorch cannot hold")]
     UnsupportedDType {

@@ -27,6 +27,7 @@ pub mod load_report;
 pub mod mapped;
 pub mod model;
 pub mod nn;
+pub mod packed;
 pub mod rng;
 pub mod weights;
 

@@ -14,12 +14,19 @@ pub fn is_fp8(kind: Kind) -> bool {
     matches!(kind, Kind::Float8e4m3fn | Kind::Float8e5m2)
 }
 
+/// Whether `weight` is kept narrower than a layer computes in: in 8 bits
+/// (fp8) or in GGML's quantized blocks ([`crate::packed`]).
+pub fn is_kept_narrow(weight: &Tensor) -> bool {
+    is_fp8(weight.kind()) || crate::packed::is_packed(weight)
+}
+
 /// `weight` as a layer computes with it: one kept in 8 bits upcast to
 /// `kind` for this call (torch's own conversion, so bit for bit what
-/// `weight.to(kind)` gives), any other as it is.
+/// `weight.to(kind)` gives), one kept in GGML blocks decoded
+/// ([`crate::packed::unpack`]), any other as it is.
 pub fn upcast(weight: &Tensor, kind: Kind) -> Tensor {
-    match is_fp8(weight.kind()) {
-        true => weight.to_kind(kind),
+    match is_kept_narrow(weight) {
+        true => crate::packed::unpack(weight, kind),
         false => weight.shallow_clone(),
     }
 }
@@ -47,15 +54,15 @@ impl Linear {
         }
     }
 
-    /// Applies the layer (an 8-bit weight upcast to `x`'s dtype).
+    /// Applies the layer (a narrow weight upcast to `x`'s dtype).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&upcast(&self.weight, x.kind()), self.bias.as_ref())
     }
 
     /// The dtype the layer computes in: its weight's, or for a weight kept
-    /// in 8 bits, `otherwise`.
+    /// narrow (8 bits, GGML blocks), `otherwise`.
     pub fn compute_kind(&self, otherwise: Kind) -> Kind {
-        match is_fp8(self.weight.kind()) {
+        match is_kept_narrow(&self.weight) {
             true => otherwise,
             false => self.weight.kind(),
         }
@@ -106,7 +113,7 @@ impl Conv2d {
         }
     }
 
-    /// Applies the layer (an 8-bit weight upcast to `x`'s dtype).
+    /// Applies the layer (a narrow weight upcast to `x`'s dtype).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
             &upcast(&self.weight, x.kind()),

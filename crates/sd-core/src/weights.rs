@@ -1,4 +1,5 @@
-//! Loading diffusers-layout safetensors into a `tch` `VarStore`.
+//! Loading weight files (diffusers-layout safetensors, or GGUF) into a
+//! `tch` `VarStore`.
 //!
 //! The model is built first, uninitialised (its `VarStore` then holds every
 //! variable under its diffusers key name, on the target device and dtype);
@@ -33,8 +34,8 @@ pub struct LoadOptions<'a> {
 }
 
 pub use crate::load_report::LoadReport;
-use crate::mapped::kind_of;
-pub use crate::mapped::MappedFile;
+pub use crate::mapped::{Entry, MappedFile, Stored};
+use crate::packed;
 
 /// How one file key becomes model variables (single-file checkpoints need
 /// more than a rename).
@@ -122,15 +123,12 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
         .iter()
         .map(MappedFile::open)
         .collect::<Result<Vec<_>>>()?;
-    let headers = mapped
-        .iter()
-        .map(MappedFile::tensors)
-        .collect::<Result<Vec<_>>>()?;
 
     // Model name -> (file index, key in that file, transform, part).
     let mut available: HashMap<String, (usize, String, KeyMap, usize)> = HashMap::new();
-    for (index, header) in headers.iter().enumerate() {
-        for key in header.names() {
+    for (index, file) in mapped.iter().enumerate() {
+        for entry in file.entries() {
+            let key = entry.name.as_str();
             let mapping = map(index, key);
             let targets: Vec<String> = match &mapping {
                 KeyMap::Skip => continue,
@@ -157,14 +155,9 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
             report.missing.push(name.clone());
             continue;
         };
-        let view = headers[index]
-            .tensor(&key)
-            .map_err(|e| CoreError::SafeTensors {
-                path: mapped[index].path().to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let target = (name.as_str(), var);
-        if let Some(shape) = fill(target, &mapped[index], (&key, &view), &mapping, part)? {
+        let file = &mapped[index];
+        let entry = file.entry(&key).expect("keys come from this file's entries");
+        if let Some(shape) = fill((name.as_str(), var), file, entry, &mapping, part)? {
             report.mismatched.push((name.clone(), var.size(), shape));
         }
     }
@@ -182,38 +175,56 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
     Ok(report)
 }
 
-/// Fills the variable `name` with the file tensor `key` (its `part` of it,
+/// Fills the variable `name` with the file tensor `entry` (its `part` of it,
 /// as `mapping` says), or returns the tensor's shape where it does not fit.
 ///
 /// A CPU variable of the stored dtype becomes the file's bytes (or a view of
-/// them); so does a layer's weight stored in 8 bits, kept so and upcast by
-/// its layer on each use. Anything else is read, then converted or moved.
+/// them); so does a layer's weight stored narrow (in 8 bits, or in GGML
+/// blocks moved or split by rows only), kept so and upcast by its layer on
+/// each use. Anything else is read, then decoded, converted or moved.
 fn fill(
     (name, var): (&str, &Tensor),
     file: &MappedFile,
-    (key, view): (&str, &safetensors::tensor::TensorView<'_>),
+    entry: &Entry,
     mapping: &KeyMap,
     part: usize,
 ) -> Result<Option<Vec<i64>>> {
-    let stored = kind_of(view.dtype());
-    let keep_8bit =
-        stored.is_some_and(crate::nn::is_fp8) && name.ends_with(".weight") && var.dim() >= 2;
-    let same_kind = stored == Some(var.kind()) || keep_8bit;
-    let raw = match same_kind && var.device() == tch::Device::Cpu {
-        true => file.in_place(key, view)?,
+    let layer_weight = name.ends_with(".weight") && var.dim() >= 2;
+    let keep = match &entry.stored {
+        Stored::Torch(kind) => *kind == var.kind() || (crate::nn::is_fp8(*kind) && layer_weight),
+        Stored::Ggml(_) => {
+            let by_rows = matches!(
+                mapping,
+                KeyMap::To(_) | KeyMap::SplitRows(_) | KeyMap::SwapHalves(_)
+            );
+            layer_weight && by_rows
+        }
+        _ => false,
+    };
+    let raw = match keep && var.device() == tch::Device::Cpu {
+        true => file.in_place(entry)?,
         false => None,
     };
     let raw = match raw {
         Some(raw) => raw,
-        None => file.read_view(key, view)?,
+        None => file.read_entry(entry)?,
+    };
+    let raw = match (keep, &entry.stored) {
+        (false, Stored::Ggml(_)) => packed::unpack(&raw, tch::Kind::Float),
+        _ => raw,
     };
     let source = transform(&raw, mapping, part);
-    if source.size() != var.size() {
-        return Ok(Some(source.size()));
+    let shape = packed::logical_size(&source);
+    if shape != var.size() {
+        return Ok(Some(shape));
     }
-    if same_kind && source.is_contiguous() {
-        var.shallow_clone()
-            .set_data(&source.f_to_device(var.device())?);
+    if keep && source.is_contiguous() {
+        let mut var = var.shallow_clone();
+        if packed::is_packed(&source) {
+            // (bytes take no gradient; these models are not trained)
+            let _ = var.set_requires_grad(false);
+        }
+        var.f_set_data(&source.f_to_device(var.device())?)?;
     } else {
         var.shallow_clone().f_copy_(&source)?;
     }

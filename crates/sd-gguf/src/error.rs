@@ -32,6 +32,18 @@ pub enum GgufError {
         /// The types that can.
         supported: &'static str,
     },
+    /// Bytes and values that are not whole blocks of each other.
+    #[error("{tensor}: {bytes} bytes of {kind} are not the blocks of {values} values")]
+    Length {
+        /// The tensor.
+        tensor: String,
+        /// The bytes given.
+        bytes: usize,
+        /// The values asked for.
+        values: usize,
+        /// The type's name.
+        kind: String,
+    },
 }
 
 /// The crate's result.

@@ -14,5 +14,5 @@ mod quants;
 mod reader;
 
 pub use error::{GgufError, Result};
-pub use quants::{dequantize, GgmlType};
-pub use reader::{GgufFile, TensorInfo, Value};
+pub use quants::{dequantize, dequantize_into, GgmlType, QUANTIZED};
+pub use reader::{is_gguf, Directory, GgufFile, TensorInfo, Value};

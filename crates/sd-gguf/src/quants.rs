@@ -41,6 +41,21 @@ pub enum GgmlType {
     Other(u32),
 }
 
+/// The block-quantized types [`dequantize`] takes (their block sizes in
+/// bytes all differ).
+pub const QUANTIZED: [GgmlType; 10] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 /// The types [`dequantize`] takes, for messages.
 pub const SUPPORTED: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
@@ -66,6 +81,18 @@ impl GgmlType {
             9 | 15 => GgmlType::Other(id),
             _ => return None,
         })
+    }
+
+    /// The quantized type whose blocks are `bytes` long: every quantized
+    /// type this crate dequantizes has a block size of its own, so a packed
+    /// weight kept as (.., blocks, block bytes) says its type by its shape.
+    pub fn from_block_bytes(bytes: u64) -> Option<GgmlType> {
+        QUANTIZED.into_iter().find(|t| t.block().1 == bytes)
+    }
+
+    /// Whether values are stored in blocks with scales (not plain floats).
+    pub fn is_quantized(self) -> bool {
+        QUANTIZED.contains(&self)
     }
 
     /// (values per block, bytes per block).
@@ -106,68 +133,100 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// the length is a multiple of the block size); `tensor` names errors.
 pub fn dequantize(kind: GgmlType, bytes: &[u8], tensor: &str) -> Result<Vec<f32>> {
     let (values, size) = kind.block();
+    let mut out = vec![0f32; bytes.len() / size as usize * values as usize];
+    dequantize_into(kind, bytes, &mut out, tensor)?;
+    Ok(out)
+}
+
+/// [`dequantize`] into `out`, which holds exactly the values of `bytes`'
+/// whole blocks (a layer dequantizing its weight on each use writes into
+/// memory it already has).
+pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> Result<()> {
+    let (values, size) = kind.block();
     let (values, size) = (values as usize, size as usize);
-    let mut out = Vec::with_capacity(bytes.len() / size * values);
-    for block in bytes.chunks_exact(size) {
-        match kind {
-            GgmlType::F32 => out.push(f32::from_le_bytes([block[0], block[1], block[2], block[3]])),
-            GgmlType::F16 => out.push(f16_at(block, 0)),
-            GgmlType::BF16 => out.push(f32::from_bits(
-                u32::from(u16::from_le_bytes([block[0], block[1]])) << 16,
-            )),
-            GgmlType::Q8_0 => {
-                let d = f16_at(block, 0);
-                out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
-            }
-            GgmlType::Q4_0 | GgmlType::Q4_1 => {
-                let d = f16_at(block, 0);
-                let (m, qs) = match kind {
-                    GgmlType::Q4_1 => (Some(f16_at(block, 2)), &block[4..]),
-                    _ => (None, &block[2..]),
-                };
-                let nibble = |i: usize| match i < 16 {
+    if bytes.len() % size != 0 || bytes.len() / size * values != out.len() {
+        return Err(GgufError::Length {
+            tensor: tensor.to_string(),
+            bytes: bytes.len(),
+            values: out.len(),
+            kind: kind.name(),
+        });
+    }
+    for (block, out) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(values)) {
+        block_into(kind, block, out, tensor)?;
+    }
+    Ok(())
+}
+
+/// One block's values into `out` (exactly one block's worth).
+fn block_into(kind: GgmlType, block: &[u8], out: &mut [f32], tensor: &str) -> Result<()> {
+    let fill = |out: &mut [f32], values: &mut dyn Iterator<Item = f32>| {
+        out.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+    };
+    match kind {
+        GgmlType::F32 => out[0] = f32::from_le_bytes([block[0], block[1], block[2], block[3]]),
+        GgmlType::F16 => out[0] = f16_at(block, 0),
+        GgmlType::BF16 => {
+            out[0] = f32::from_bits(u32::from(u16::from_le_bytes([block[0], block[1]])) << 16)
+        }
+        GgmlType::Q8_0 => {
+            let d = f16_at(block, 0);
+            fill(out, &mut block[2..].iter().map(|&q| f32::from(q as i8) * d));
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let d = f16_at(block, 0);
+            let (m, qs) = match kind {
+                GgmlType::Q4_1 => (Some(f16_at(block, 2)), &block[4..]),
+                _ => (None, &block[2..]),
+            };
+            let nibble = |i: usize| match i < 16 {
+                true => qs[i] & 0x0F,
+                false => qs[i - 16] >> 4,
+            };
+            fill(
+                out,
+                &mut (0..32).map(|i| match m {
+                    Some(m) => d * f32::from(nibble(i)) + m,
+                    None => d * f32::from(nibble(i) as i8 - 8),
+                }),
+            );
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let d = f16_at(block, 0);
+            let (m, rest) = match kind {
+                GgmlType::Q5_1 => (Some(f16_at(block, 2)), &block[4..]),
+                _ => (None, &block[2..]),
+            };
+            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let qs = &rest[4..];
+            let value = |i: usize| {
+                let low = match i < 16 {
                     true => qs[i] & 0x0F,
                     false => qs[i - 16] >> 4,
                 };
-                out.extend((0..32).map(|i| match m {
-                    Some(m) => d * f32::from(nibble(i)) + m,
-                    None => d * f32::from(nibble(i) as i8 - 8),
-                }));
-            }
-            GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                let d = f16_at(block, 0);
-                let (m, rest) = match kind {
-                    GgmlType::Q5_1 => (Some(f16_at(block, 2)), &block[4..]),
-                    _ => (None, &block[2..]),
-                };
-                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                let qs = &rest[4..];
-                let value = |i: usize| {
-                    let low = match i < 16 {
-                        true => qs[i] & 0x0F,
-                        false => qs[i - 16] >> 4,
-                    };
-                    low | ((((qh >> i) & 1) as u8) << 4)
-                };
-                out.extend((0..32).map(|i| match m {
+                low | ((((qh >> i) & 1) as u8) << 4)
+            };
+            fill(
+                out,
+                &mut (0..32).map(|i| match m {
                     Some(m) => d * f32::from(value(i)) + m,
                     None => d * f32::from(value(i) as i8 - 16),
-                }));
-            }
-            GgmlType::Q2_K => out.extend(crate::kquants::q2_k(block)),
-            GgmlType::Q3_K => out.extend(crate::kquants::q3_k(block)),
-            GgmlType::Q4_K | GgmlType::Q5_K => {
-                out.extend(crate::kquants::q45_k(block, kind == GgmlType::Q5_K))
-            }
-            GgmlType::Q6_K => out.extend(crate::kquants::q6_k(block)),
-            GgmlType::Other(_) => {
-                return Err(GgufError::Unsupported {
-                    tensor: tensor.to_string(),
-                    kind: kind.name(),
-                    supported: SUPPORTED,
-                })
-            }
+                }),
+            );
+        }
+        GgmlType::Q2_K => fill(out, &mut crate::kquants::q2_k(block)),
+        GgmlType::Q3_K => fill(out, &mut crate::kquants::q3_k(block)),
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            fill(out, &mut crate::kquants::q45_k(block, kind == GgmlType::Q5_K))
+        }
+        GgmlType::Q6_K => fill(out, &mut crate::kquants::q6_k(block)),
+        GgmlType::Other(_) => {
+            return Err(GgufError::Unsupported {
+                tensor: tensor.to_string(),
+                kind: kind.name(),
+                supported: SUPPORTED,
+            })
         }
     }
-    Ok(out)
+    Ok(())
 }

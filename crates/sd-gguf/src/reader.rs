@@ -175,6 +175,30 @@ impl GgufFile {
     }
 }
 
+/// A GGUF file's metadata and tensor directory, read from its bytes (for a
+/// caller that maps the file itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Directory {
+    /// The metadata, by key.
+    pub metadata: BTreeMap<String, Value>,
+    /// The tensors, in file order, every one checked to lie inside `bytes`.
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl Directory {
+    /// Reads the header of a whole GGUF file's `bytes`; the error says what
+    /// is wrong and where (without the file's name, which the caller has).
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Directory, String> {
+        let (metadata, tensors) = parse(bytes)?;
+        Ok(Directory { metadata, tensors })
+    }
+}
+
+/// Whether `bytes` start as a GGUF file does.
+pub fn is_gguf(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"GGUF")
+}
+
 type Parsed = (BTreeMap<String, Value>, Vec<TensorInfo>);
 
 fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {

@@ -160,9 +160,11 @@ impl Targets {
             .iter()
             .map(|w| store.get(w).map(Tensor::shallow_clone))
             .collect::<Option<_>>()?;
-        let mut shape = variables.first()?.size();
+        // (a weight kept in GGML blocks has the shape of its values)
+        let size = sd_core::packed::logical_size;
+        let mut shape = size(variables.first()?);
         if let Site::Rows(_) = site {
-            if variables.iter().any(|v| v.size()[1..] != shape[1..]) {
+            if variables.iter().any(|v| size(v)[1..] != shape[1..]) {
                 return None;
             }
             shape[0] = variables.iter().map(|v| v.size()[0]).sum();
@@ -305,14 +307,15 @@ impl Merged {
                 self.originals
                     .entry((component, weight.clone()))
                     .or_insert_with(|| variable.detach().copy());
-                // a weight kept in 8 bits takes the update at full width
-                if sd_core::nn::is_fp8(variable.kind()) {
+                // a weight kept narrow (8 bits, GGML blocks) takes the
+                // update at full width
+                if sd_core::nn::is_kept_narrow(&variable) {
                     let kind = targets
                         .kinds
                         .get(&component)
                         .copied()
                         .unwrap_or(Kind::Float);
-                    variable.set_data(&variable.f_to_kind(kind)?);
+                    variable.f_set_data(&sd_core::nn::upcast(&variable, kind))?;
                 }
                 let _ = variable.f_add_(&part.f_to_kind(variable.kind())?)?;
             }
@@ -328,8 +331,8 @@ impl Merged {
             if let Some(variable) = targets.variable(*component, weight) {
                 match variable.kind() == original.kind() {
                     true => variable.shallow_clone().f_copy_(original)?,
-                    // (an 8-bit weight widened by the merge: back to 8 bits)
-                    false => variable.shallow_clone().set_data(original),
+                    // (a narrow weight widened by the merge: back as it was)
+                    false => variable.shallow_clone().f_set_data(original)?,
                 }
             }
         }
