@@ -172,6 +172,7 @@ def main() -> None:
             harness_sd3_lora.write_sd3_kohya_lora(FIXTURES, outputs)
         if "gguf" in only:
             harness_gguf.write_gguf(FIXTURES, outputs)
+            harness_gguf.write_gguf_models(FIXTURES, outputs, Path(tmp))
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

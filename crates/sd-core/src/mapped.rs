@@ -248,12 +248,12 @@ impl MappedFile {
     /// GGML blocks (a 1-d byte tensor) laid out as a packed weight.
     fn packed(&self, entry: &Entry, bytes: Tensor) -> Result<Tensor> {
         match entry.stored {
-            Stored::Ggml(kind) => packed::pack(&bytes, &entry.shape, kind).ok_or_else(|| {
-                CoreError::Gguf {
+            Stored::Ggml(kind) => {
+                packed::pack(&bytes, &entry.shape, kind).ok_or_else(|| CoreError::Gguf {
                     path: self.path.clone(),
                     message: format!("{}: blocks do not fit {:?}", entry.name, entry.shape),
-                }
-            }),
+                })
+            }
             _ => Ok(bytes),
         }
     }

@@ -156,7 +156,9 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
             continue;
         };
         let file = &mapped[index];
-        let entry = file.entry(&key).expect("keys come from this file's entries");
+        let entry = file
+            .entry(&key)
+            .expect("keys come from this file's entries");
         if let Some(shape) = fill((name.as_str(), var), file, entry, &mapping, part)? {
             report.mismatched.push((name.clone(), var.size(), shape));
         }

@@ -66,7 +66,10 @@ fn other_variables_take_decoded_values_at_load() {
             };
             load_mapped(&vs, &[file.path()], &map, false).unwrap();
             assert_eq!(table.kind(), kind, "{name}");
-            assert!(table.equal(&expected[name].to_kind(kind)), "{name} {kind:?}");
+            assert!(
+                table.equal(&expected[name].to_kind(kind)),
+                "{name} {kind:?}"
+            );
         }
         // and read on its own, as f32 values
         assert!(file.read(name).unwrap().equal(&expected[name]), "{name}");

@@ -216,9 +216,10 @@ fn block_into(kind: GgmlType, block: &[u8], out: &mut [f32], tensor: &str) -> Re
         }
         GgmlType::Q2_K => fill(out, &mut crate::kquants::q2_k(block)),
         GgmlType::Q3_K => fill(out, &mut crate::kquants::q3_k(block)),
-        GgmlType::Q4_K | GgmlType::Q5_K => {
-            fill(out, &mut crate::kquants::q45_k(block, kind == GgmlType::Q5_K))
-        }
+        GgmlType::Q4_K | GgmlType::Q5_K => fill(
+            out,
+            &mut crate::kquants::q45_k(block, kind == GgmlType::Q5_K),
+        ),
         GgmlType::Q6_K => fill(out, &mut crate::kquants::q6_k(block)),
         GgmlType::Other(_) => {
             return Err(GgufError::Unsupported {

@@ -111,28 +111,44 @@ impl Components {
         variant: Option<&str>,
         (t5, files): (T5Loading, &EncoderFiles),
     ) -> Result<Self> {
+        let denoiser = |family: ModelFamily| -> Result<Denoiser> {
+            Ok(match family {
+                ModelFamily::StableDiffusion3 => {
+                    Denoiser::Transformer(Frozen::new(SD3Transformer2DModel::from_folder(
+                        dir.join("transformer"),
+                        devices.unet,
+                        dtype,
+                        variant,
+                    )?))
+                }
+                _ => Denoiser::UNet(Frozen::new(UNet2DConditionModel::from_folder(
+                    dir.join("unet"),
+                    devices.unet,
+                    dtype,
+                    variant,
+                )?)),
+            })
+        };
+        Self::from_folder_parts(dir, devices, dtype, variant, (t5, files), &denoiser)
+    }
+
+    /// As [`Components::from_folder_with`], with the denoiser made by
+    /// `denoiser` for the folder's family (from a file of its own).
+    pub(crate) fn from_folder_parts(
+        dir: &Path,
+        devices: Devices,
+        dtype: Kind,
+        variant: Option<&str>,
+        (t5, files): (T5Loading, &EncoderFiles),
+        denoiser: &dyn Fn(ModelFamily) -> Result<Denoiser>,
+    ) -> Result<Self> {
         let index = ModelIndex::read(dir)?;
         let encoder = (devices.text_encoder, dtype);
         let tower = |sub: &str, file: &Option<PathBuf>| {
             load_tower(dir, sub, encoder, variant, file.as_deref())
         };
         let family = index.family;
-        let denoiser = match family {
-            ModelFamily::StableDiffusion3 => {
-                Denoiser::Transformer(Frozen::new(SD3Transformer2DModel::from_folder(
-                    dir.join("transformer"),
-                    devices.unet,
-                    dtype,
-                    variant,
-                )?))
-            }
-            _ => Denoiser::UNet(Frozen::new(UNet2DConditionModel::from_folder(
-                dir.join("unet"),
-                devices.unet,
-                dtype,
-                variant,
-            )?)),
-        };
+        let denoiser = denoiser(family)?;
         let has_t5 = dir.join("text_encoder_3").is_dir();
         Ok(Components {
             source: dir.to_path_buf(),

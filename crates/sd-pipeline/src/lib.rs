@@ -31,6 +31,7 @@ mod components;
 mod control;
 mod cow;
 mod denoiser;
+mod denoiser_file;
 mod encoder_files;
 pub mod error;
 pub mod front;

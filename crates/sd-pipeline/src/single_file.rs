@@ -220,15 +220,22 @@ pub(crate) fn load(
     encoders: (crate::t5::T5Loading, &EncoderFiles),
 ) -> Result<Components> {
     let file = MappedFile::open(path)?;
-    let shapes = file.shapes()?;
+    let (shapes, prefix) = crate::denoiser_file::with_prefix(file.shapes()?);
     if crate::single_file_sd3::is_sd3(&shapes) {
         drop(file);
-        return crate::single_file_sd3::load(path, shapes, config_dir, (devices, dtype), encoders);
+        let (shapes, placement) = ((shapes, prefix), (devices, dtype));
+        return crate::single_file_sd3::load(path, shapes, config_dir, placement, encoders);
+    }
+    if crate::denoiser_file::is_unet_only(&shapes) {
+        drop(file);
+        let placement = (devices, dtype);
+        return crate::denoiser_file::load_unet_only(path, prefix, config_dir, placement, encoders);
     }
     if encoders.1.any() {
         return Err(PipelineError::model(
             path,
-            "text encoders from files of their own (--clip-l, --clip-g, --t5) are read for SD3              single files and diffusers folders; this checkpoint has its own",
+            "text encoders from files of their own (--clip-l, --clip-g, --t5) are read for SD3 \
+             single files, UNet-only files and diffusers folders; this checkpoint has its own",
         ));
     }
     let detected = detect(&file)?;

@@ -75,10 +75,11 @@ impl Source<'_> {
     }
 }
 
-/// Loads every component of an SD3 single file, T5 as `t5` says.
+/// Loads every component of an SD3 single file, T5 as `t5` says; `prefix`
+/// makes a file key a checkpoint key (a transformer-only file may lack it).
 pub(crate) fn load(
     path: &Path,
-    shapes: BTreeMap<String, Vec<i64>>,
+    (shapes, prefix): (BTreeMap<String, Vec<i64>>, &str),
     config_dir: Option<&Path>,
     (devices, dtype): (Devices, Kind),
     (t5, files): (T5Loading, &EncoderFiles),
@@ -109,7 +110,7 @@ pub(crate) fn load(
         &source.files,
         devices.unet,
         dtype,
-        &|k| sai::map(k, layers),
+        &|k| sai::map(&format!("{prefix}{k}"), layers),
     )?;
     Ok(Components {
         source: path.to_path_buf(),
