@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SD_RS_CACHE", Path.home() / ".cache" / "sd-rs"))
 SD35 = CACHE / "sd35-medium-random"
+SDXL = CACHE / "sdxl-random"
 PROMPT = "a photo of a red fox in the snow, detailed"
 
 
@@ -74,6 +75,42 @@ def make_sd35() -> None:
     index = json.loads((ROOT / "reference/fixtures/sd3/pipeline/model_index.json").read_text())
     (SD35 / "model_index.json").write_text(json.dumps(index, indent=1))
 
+
+def make_sdxl() -> None:
+    """SDXL base's architecture, every component drawn in bf16 (7 GB)."""
+    if (SDXL / "model_index.json").exists():
+        return
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    sys.path.insert(0, str(ROOT / "reference"))
+    import harness_models
+
+    preset = json.loads((ROOT / "crates/sd-pipeline/src/presets/sdxl.json").read_text())
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    for sub, build in [
+        ("unet", lambda: UNet2DConditionModel(**strip(preset["unet"]))),
+        ("vae", lambda: AutoencoderKL(**strip(preset["vae"]))),
+        ("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(**preset["text_encoder"]))),
+        ("text_encoder_2", lambda: CLIPTextModelWithProjection(CLIPTextConfig(**preset["text_encoder_2"]))),
+    ]:
+        model = build()
+        model.save_pretrained(SDXL / sub, max_shard_size="20GB")
+        del model
+    torch.set_default_dtype(torch.float32)
+    EulerDiscreteScheduler(**strip(preset["scheduler"])).save_pretrained(SDXL / "scheduler")
+    tokenizer = ROOT / "reference" / "fixtures" / "tokenizer"
+    harness_models.tokenizer_folder(SDXL / "tokenizer", tokenizer, "<|endoftext|>")
+    harness_models.tokenizer_folder(SDXL / "tokenizer_2", tokenizer, "!")
+    harness_models.write_model_index(SDXL, "StableDiffusionXLPipeline", {
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    })
 
 
 DIFFUSERS = """

@@ -1,6 +1,6 @@
 """GGUF blocks of every type the Rust reader dequantizes, written by the `gguf`
 package's own writer (fixtures/gguf/blocks.gguf), with `gguf.quants.dequantize`'s
-f32 values (outputs/gguf_dequant.safetensors). Two tensors per type: values
+f32 values and the values they were quantized from (outputs/gguf_dequant.safetensors). Two tensors per type: values
 quantized by `gguf.quants.quantize` from seeded data with edge rows (zeros,
 one large value, tiny values, negatives), and raw random blocks (any bytes
 are a block; their f16 scales drawn finite) so every bit pattern of the
@@ -57,6 +57,8 @@ def write_gguf(fixtures: Path, outputs: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    # the values the "quantized.*" tensors were made from (for the quantizer's test)
+    expected["source"] = data
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in expected.items()},
               outputs / "gguf_dequant.safetensors")
 

@@ -43,11 +43,18 @@ fn packed(pipeline: &StableDiffusion) -> usize {
 fn gguf_models_run_as_diffusers_on_their_dequantized_weights() {
     tch::set_num_threads(1);
     let reference = read_tensors(fixtures().join("outputs/gguf_sd1.safetensors")).unwrap();
-    for (file, key) in [("tiny-sd1-unet.gguf", "unet-only"), ("tiny-sd1.gguf", "whole")] {
+    for (file, key) in [
+        ("tiny-sd1-unet.gguf", "unet-only"),
+        ("tiny-sd1.gguf", "whole"),
+    ] {
         let pipeline = load(file).unwrap();
         // every linear and attention weight of the tiny UNet (2+ dims, rows
         // of whole blocks): the rest are convolutions (F16, decoded at load)
-        assert!(packed(&pipeline) >= 20, "{file}: {} packed", packed(&pipeline));
+        assert!(
+            packed(&pipeline) >= 20,
+            "{file}: {} packed",
+            packed(&pipeline)
+        );
         let latents = pipeline.generate(&request()).unwrap().latents;
         assert_matches(file, &latents, &take(&reference, key).unwrap(), 4);
     }
