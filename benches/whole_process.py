@@ -8,6 +8,7 @@ at each; the script measures from its own spawn; "load" is diffusers'
     .venv/bin/python benches/whole_process.py --model sd15 --dtype f32 --steps 3   # issue 28's run
     .venv/bin/python benches/whole_process.py --model sd15 --dtype bf16 --steps 3
     .venv/bin/python benches/whole_process.py --model sd35 --dtype bf16 --steps 4 --low-memory
+    .venv/bin/python benches/whole_process.py --model sdxl --dtype bf16 --steps 2 --size 512 --only sd --gguf q8_0
 
 --runs N alternates the two sides N times and reports medians. Needs
 `bash scripts/setup.sh --reference` and `cargo build --release -p sd-cli`.
@@ -15,7 +16,9 @@ The models: SD1.5's architecture (benches/side_by_side.py writes it to
 ~/.cache/sd-rs/sd15-random, 4 GB f32) and SD3.5 Medium's with T5-XXL
 (~/.cache/sd-rs/sd35-medium-random, 16 GB bf16; its tokenizers are stand-ins:
 the project's CLIP vocabulary, the tiny test T5 vocabulary, so token ids
-differ from the real model's, the work does not). Random weights draw noise.
+differ from the real model's, the work does not), SDXL base's
+(~/.cache/sd-rs/sdxl-random, 7 GB bf16; --gguf runs its UNet from a GGUF
+file `sd convert` makes beside it). Random weights draw noise.
 """
 
 from __future__ import annotations
@@ -121,8 +124,10 @@ import diffusers
 print(f"timing: imported at 0 s (unix {time.time():.3f})", file=sys.stderr)
 model, kind, steps, size, prompt, out = sys.argv[1:7]
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[kind]
-sd3 = "StableDiffusion3Pipeline" in open(model + "/model_index.json").read()
-cls = diffusers.StableDiffusion3Pipeline if sd3 else diffusers.StableDiffusionPipeline
+index = open(model + "/model_index.json").read()
+sd3 = "StableDiffusion3Pipeline" in index
+cls = (diffusers.StableDiffusion3Pipeline if sd3 else diffusers.StableDiffusionXLPipeline
+       if "StableDiffusionXLPipeline" in index else diffusers.StableDiffusionPipeline)
 pipe = cls.from_pretrained(model, torch_dtype=dtype)
 if not sd3:
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -167,14 +172,25 @@ def timed(command: list[str]) -> dict:
     }
 
 
+def gguf_unet(args: argparse.Namespace, model: Path) -> Path:
+    """The folder's UNet as a GGUF file of `--gguf`'s type, made by `sd convert` once."""
+    path = CACHE / f"{model.name}-unet-{args.gguf}.gguf"
+    if not path.exists():
+        subprocess.run([args.sd, "convert", str(model), str(path), "--type", args.gguf], check=True)
+    return path
+
+
 def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
     size = str(args.size)
-    sd = [args.sd, "txt2img", "--model", str(model), "--prompt", PROMPT,
+    source = ["--model", str(model)]
+    if args.gguf:
+        source = ["--model", str(gguf_unet(args, model)), "--config-dir", str(model)]
+    sd = [args.sd, "txt2img", *source, "--prompt", PROMPT,
           "--negative-prompt", "", "--steps", str(args.steps), "--guidance", "5", "--width", size,
           "--height", size, "--dtype", args.dtype, "--seed", "0", "--out", str(out / "sd.png")]
     if not args.no_timings:
         sd.append("--timings")
-    if args.model == "sd15":
+    if args.model in ("sd15", "sdxl"):
         sd += ["--scheduler", "euler"]
     if args.low_memory:
         sd.append("--low-memory")
@@ -185,7 +201,9 @@ def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["sd15", "sd35"], default="sd15")
+    parser.add_argument("--model", choices=["sd15", "sdxl", "sd35"], default="sd15")
+    parser.add_argument("--gguf", choices=["q8_0", "q5_1", "q5_0", "q4_1", "q4_0"],
+                        help="sd runs the UNet from a GGUF file of this type (made by `sd convert`)")
     parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--size", type=int, default=256)
@@ -201,6 +219,9 @@ def main() -> None:
 
         side_by_side.make_model()
         model = side_by_side.MODEL
+    elif args.model == "sdxl":
+        make_sdxl()
+        model = SDXL
     else:
         make_sd35()
         model = SD35

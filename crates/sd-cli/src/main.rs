@@ -2,6 +2,7 @@
 //! serve, eval-shapes, tokenize, doctor.
 
 mod control;
+mod convert;
 mod encoders;
 mod generate;
 mod output;
@@ -90,6 +91,11 @@ enum Command {
         #[command(flatten)]
         args: serve::ServeArgs,
     },
+    /// Convert weights: into GGUF of a chosen type (q8_0, q4_0, ...), or GGUF back into safetensors.
+    Convert {
+        #[command(flatten)]
+        args: convert::ConvertArgs,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -132,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device } => doctor(device.as_deref()),
         Command::Train { args } => train::run(&args),
+        Command::Convert { args } => convert::run(&args),
         Command::Serve { args } => serve::run(&args),
         Command::Preprocess { command } => preprocess::run(&command),
         Command::EvalShapes {

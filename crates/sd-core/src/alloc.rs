@@ -37,3 +37,34 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Asks the kernel to take back the pages of `vs`'s CPU weights
+/// (`madvise(MADV_PAGEOUT)`). Weights used in place from a file are clean
+/// file pages: the kernel drops them from the process and faults them back
+/// from the page cache (or the file) on their next use. Memory of the
+/// process's own is never lost: it is swapped out where there is swap,
+/// left as it is where there is none. Between the phases of a low-memory
+/// generation, so the text encoders' pages do not add to the denoiser's at
+/// the peak, nor the denoiser's to the decode's. A no-op on other platforms
+/// and where the kernel does not know the advice.
+pub fn page_out(vs: &tch::nn::VarStore) {
+    #[cfg(target_os = "linux")]
+    for (_, tensor) in vs.variables() {
+        if tensor.device() != tch::Device::Cpu || !tensor.is_contiguous() {
+            continue;
+        }
+        let page = 4096usize;
+        let start = tensor.data_ptr() as usize;
+        let end = start + tensor.numel() * tensor.kind().elt_size_in_bytes();
+        // whole pages inside the tensor only: its neighbours are untouched
+        let (first, last) = (start.div_ceil(page) * page, end / page * page);
+        if last > first {
+            // SAFETY: the range lies inside the tensor's own memory, which
+            // stays mapped; MADV_PAGEOUT only reclaims pages, never changes
+            // what reading them gives.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_PAGEOUT);
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! Layers decode it with [`unpack`] each time they use it (through
 //! [`crate::nn::upcast`]), so resident memory follows the file's size.
 
+use half::{bf16, f16};
 use sd_gguf::GgmlType;
 use tch::{Device, Kind, Tensor};
 
@@ -58,48 +59,101 @@ pub fn pack(bytes: &Tensor, shape: &[i64], kind: GgmlType) -> Option<Tensor> {
 }
 
 /// A packed weight's values in `kind`: decoded to f32 exactly as
-/// `gguf.quants.dequantize` does, then converted (torch's rounding), on the
-/// weight's device. On the CPU the blocks are decoded by `sd_gguf` over
-/// libtorch's threads; elsewhere they are decoded on the host and moved.
-/// Any other tensor is converted to `kind`.
+/// `gguf.quants.dequantize` does, then rounded to f16/bf16 to nearest even
+/// (torch's conversion), on the weight's device. On the CPU the blocks are
+/// decoded by `sd_gguf` over libtorch's threads, a few blocks at a time
+/// into a small buffer and rounded from there (no f32 copy of the whole
+/// weight); elsewhere they are decoded on the host and moved. Any other
+/// tensor is converted to `kind`.
 pub fn unpack(t: &Tensor, kind: Kind) -> Tensor {
     let Some(ggml) = ggml_type(t) else {
         return t.to_kind(kind);
     };
     let bytes = t.to_device(Device::Cpu).contiguous();
-    let values = Tensor::empty(logical_size(t), (Kind::Float, Device::Cpu));
-    let len = bytes.numel();
-    // SAFETY: both tensors are contiguous CPU tensors made or checked here,
-    // `len` bytes and `values.numel()` f32s long, and nothing else holds
-    // `values` yet.
-    let (input, output) = unsafe {
-        (
-            std::slice::from_raw_parts(bytes.data_ptr() as *const u8, len),
-            std::slice::from_raw_parts_mut(values.data_ptr() as *mut f32, values.numel()),
-        )
-    };
-    decode(ggml, input, output);
+    let direct = matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16);
+    let out_kind = if direct { kind } else { Kind::Float };
+    let values = Tensor::empty(logical_size(t), (out_kind, Device::Cpu));
+    // SAFETY: `bytes` is a contiguous CPU tensor of `numel` bytes; `values`
+    // a new contiguous CPU tensor of `numel` elements of `out_kind` that
+    // nothing else holds yet.
+    let input = unsafe { std::slice::from_raw_parts(bytes.data_ptr() as *const u8, bytes.numel()) };
+    let (ptr, n) = (values.data_ptr(), values.numel());
+    unsafe {
+        match out_kind {
+            Kind::Half => decode(
+                ggml,
+                input,
+                std::slice::from_raw_parts_mut(ptr as *mut f16, n),
+            ),
+            Kind::BFloat16 => decode(
+                ggml,
+                input,
+                std::slice::from_raw_parts_mut(ptr as *mut bf16, n),
+            ),
+            _ => decode(
+                ggml,
+                input,
+                std::slice::from_raw_parts_mut(ptr as *mut f32, n),
+            ),
+        }
+    }
     let values = values.to_device(t.device());
-    match kind {
-        Kind::Float => values,
-        other => values.to_kind(other),
+    match direct {
+        true => values,
+        false => values.to_kind(kind),
     }
 }
 
-/// Decodes whole blocks on up to libtorch's intra-op thread count.
-fn decode(kind: GgmlType, input: &[u8], output: &mut [f32]) {
+/// A value type a packed weight decodes into, rounded from f32 as torch
+/// rounds it (to nearest even).
+trait Value: Copy + Send {
+    fn from_f32(value: f32) -> Self;
+}
+
+impl Value for f32 {
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl Value for f16 {
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+}
+
+impl Value for bf16 {
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+}
+
+/// Decodes whole blocks on up to libtorch's intra-op thread count, each
+/// thread a few blocks at a time through a buffer that stays in cache.
+fn decode<T: Value>(kind: GgmlType, input: &[u8], output: &mut [T]) {
     let (per_block, block_bytes) = kind.block();
     let (per_block, block_bytes) = (per_block as usize, block_bytes as usize);
     let blocks = input.len() / block_bytes;
     let threads = (tch::get_num_threads().max(1) as usize).min(blocks.div_ceil(64).max(1));
     let chunk = blocks.div_ceil(threads).max(1);
+    // blocks decoded per round: 4096 values or one super-block
+    let round = (4096 / per_block).max(1);
     std::thread::scope(|scope| {
         let parts = (input.chunks(chunk * block_bytes)).zip(output.chunks_mut(chunk * per_block));
         for (input, output) in parts {
             scope.spawn(move || {
-                // lengths are whole blocks of a quantized type (pack checked)
-                let decoded = sd_gguf::dequantize_into(kind, input, output, "packed weight");
-                debug_assert!(decoded.is_ok(), "{decoded:?}");
+                let mut buffer = vec![0f32; round * per_block];
+                let rounds =
+                    (input.chunks(round * block_bytes)).zip(output.chunks_mut(round * per_block));
+                for (input, output) in rounds {
+                    let buffer = &mut buffer[..output.len()];
+                    // lengths are whole blocks of a quantized type (pack checked)
+                    let decoded = sd_gguf::dequantize_into(kind, input, buffer, "packed weight");
+                    debug_assert!(decoded.is_ok(), "{decoded:?}");
+                    for (o, &v) in output.iter_mut().zip(buffer.iter()) {
+                        *o = T::from_f32(v);
+                    }
+                }
             });
         }
     });

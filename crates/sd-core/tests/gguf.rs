@@ -44,6 +44,9 @@ fn packed_layer_weights_decode_per_use_as_gguf_does() {
         let x = x.to_kind(Kind::BFloat16);
         let rounded = x.linear::<Tensor>(&want.to_kind(Kind::BFloat16), None);
         assert!(linear.forward(&x).equal(&rounded), "{} bf16", entry.name);
+        let x = x.to_kind(Kind::Half);
+        let rounded = x.linear::<Tensor>(&want.to_kind(Kind::Half), None);
+        assert!(linear.forward(&x).equal(&rounded), "{} f16", entry.name);
         packed += 1;
     }
     // every quantized type, as quantized values and raw blocks

@@ -3,7 +3,8 @@
 //! `sd3.5_medium.safetensors` hold only the transformer and the VAE):
 //! `clip_l.safetensors`, `clip_g.safetensors`, `t5xxl_fp16.safetensors`.
 //! Each file's layout is found from its keys, under whatever prefix it
-//! uses: transformers' CLIP or OpenCLIP's, transformers' T5.
+//! uses: transformers' CLIP or OpenCLIP's, transformers' T5 or llama.cpp's
+//! (city96's GGUF T5 encoders).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,12 +112,16 @@ pub(crate) fn load_clip(
 /// The key names of a T5 encoder file of its own.
 pub(crate) fn t5_keys(path: &Path) -> Result<T5Keys> {
     let shapes = MappedFile::open(path)?.shapes()?;
+    if shapes.contains_key("enc.blk.0.attn_q.weight") {
+        return Ok(T5Keys::Llama);
+    }
     match prefix_before(&shapes, "encoder.block.0.layer.0.SelfAttention.q.weight") {
         Some(prefix) if prefix.is_empty() => Ok(T5Keys::Transformers),
         Some(prefix) => Ok(T5Keys::Prefixed(prefix)),
         None => Err(PipelineError::model(
             path,
-            "not a T5 encoder: no encoder.block.0.layer.0.SelfAttention.q.weight",
+            "not a T5 encoder: no encoder.block.0.layer.0.SelfAttention.q.weight \
+             (transformers) nor enc.blk.0.attn_q.weight (llama.cpp, GGUF)",
         )),
     }
 }

@@ -29,6 +29,7 @@ pub mod arrays;
 mod builder;
 mod components;
 mod control;
+pub mod convert;
 mod cow;
 mod denoiser;
 mod denoiser_file;

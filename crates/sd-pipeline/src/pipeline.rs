@@ -156,6 +156,26 @@ impl StableDiffusion {
     }
 
     /// The denoiser on its compute device: a temporary copy in low-memory mode.
+    /// The end of a run's encoding phase (see [`Placement::done_with`]).
+    pub(crate) fn encoders_done(&self) {
+        let device = self.placement.devices().text_encoder;
+        for tower in std::iter::once(&self.text).chain(&self.text_2) {
+            self.placement.done_with(&*tower.1, device);
+        }
+        if let Some(crate::t5::T5Encoder::Resident(t5)) = self.t5.as_ref().map(|t| &t.1) {
+            self.placement.done_with(&**t5, device);
+        }
+    }
+
+    /// The end of a run's denoising phase (see [`Placement::done_with`]).
+    pub(crate) fn denoiser_done(&self) {
+        let device = self.placement.devices().unet;
+        match &self.denoiser {
+            Denoiser::UNet(m) => self.placement.done_with(&**m, device),
+            Denoiser::Transformer(m) => self.placement.done_with(&**m, device),
+        }
+    }
+
     pub(crate) fn denoiser_for_run(&self) -> Result<RunDenoiser<'_>> {
         let device = self.placement.devices().unet;
         Ok(match &self.denoiser {

@@ -57,6 +57,16 @@ impl Placement {
         }
     }
 
+    /// In low-memory mode, hands the pages of a model that computes on the
+    /// CPU back to the kernel once its phase of a run is over
+    /// ([`sd_core::alloc::page_out`]): its weights are read again from the
+    /// page cache when next used.
+    pub(crate) fn done_with<M: DiffusersModel>(&self, model: &M, device: Device) {
+        if self.low_memory && device == Device::Cpu {
+            sd_core::alloc::page_out(model.var_store());
+        }
+    }
+
     /// `model` on `device` for one run: itself, or in low-memory mode a
     /// temporary copy on an accelerator (channels-last when `relayout` and
     /// the pipeline is). A model that computes where it lives (the CPU) is

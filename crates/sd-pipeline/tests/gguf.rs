@@ -71,3 +71,172 @@ fn a_unet_alone_needs_a_folder_for_the_rest() {
     assert!(error.contains("tiny-sd1-unet.gguf"), "{error}");
     assert!(error.contains("holds a UNet alone"), "{error}");
 }
+
+fn scratch(name: &str) -> PathBuf {
+    sd_testkit::scratch_dir("gguf-convert").join(name)
+}
+
+fn folder_run() -> tch::Tensor {
+    let folder = StableDiffusion::builder()
+        .model_dir(fixtures().join("tiny-sd1"))
+        .build()
+        .unwrap();
+    folder.generate(&request()).unwrap().latents
+}
+
+/// A folder's UNet converted to GGUF under LDM names runs beside the folder:
+/// in F32 as the folder itself (the same values), in Q8_0 as the file
+/// converted back to safetensors (the same decoded values), near the folder.
+#[test]
+fn a_folder_converts_to_gguf_and_back() {
+    use sd_pipeline::convert::{convert, Target};
+    use sd_testkit::parity::assert_matches_reordered;
+    tch::set_num_threads(1);
+    let folder = fixtures().join("tiny-sd1");
+    let exact = folder_run();
+
+    let f32_file = scratch("unet-f32.gguf");
+    let done = convert(
+        &folder,
+        &f32_file,
+        Target::Gguf(sd_pipeline::convert::GgmlType::F32),
+        false,
+    )
+    .unwrap();
+    assert_eq!((done.quantized, done.dropped.len()), (0, 0));
+    let run = StableDiffusion::builder()
+        .single_file(&f32_file)
+        .config_dir(&folder)
+        .build()
+        .unwrap();
+    let f32_run = run.generate(&request()).unwrap().latents;
+    assert_matches_reordered("F32 GGUF", &f32_run, &exact, 4);
+
+    let q8 = scratch("unet-q8.gguf");
+    let done = convert(
+        &folder,
+        &q8,
+        Target::Gguf(sd_pipeline::convert::GgmlType::Q8_0),
+        false,
+    )
+    .unwrap();
+    // the tiny UNet's weights of more than 1024 values (city96's threshold)
+    assert_eq!(done.quantized, 10, "{done:?}");
+    let back = scratch("unet-q8.safetensors");
+    convert(&q8, &back, Target::SafeTensors(tch::Kind::Float), false).unwrap();
+    let (gguf, safetensors) = (load_file(&q8), load_file(&back));
+    assert_eq!(packed(&gguf), done.quantized);
+    let (a, b) = (
+        gguf.generate(&request()).unwrap().latents,
+        safetensors.generate(&request()).unwrap().latents,
+    );
+    assert_matches_reordered("Q8_0 GGUF vs its safetensors", &a, &b, 4);
+    // Q8_0 keeps 8 bits a value: the run stays near the f32 one
+    let drift = (&a - &exact).abs().max().double_value(&[]);
+    let scale = exact.abs().max().double_value(&[]);
+    assert!(drift < 0.05 * scale, "drift {drift} of {scale}");
+}
+
+fn load_file(file: &std::path::Path) -> StableDiffusion {
+    StableDiffusion::builder()
+        .single_file(file)
+        .config_dir(fixtures().join("tiny-sd1"))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn conversions_that_cannot_be_are_refused_in_one_line() {
+    use sd_pipeline::convert::{convert, Target};
+    let q8 = Target::Gguf(sd_pipeline::convert::GgmlType::Q8_0);
+    let sd3 = fixtures().join("sd3/pipeline");
+    let error = convert(&sd3, &scratch("sd3.gguf"), q8, false)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("an SD3 folder"), "{error}");
+    let k = Target::Gguf(sd_pipeline::convert::GgmlType::Q4_K);
+    let single = fixtures().join("single-file/tiny-sd1.safetensors");
+    let error = convert(&single, &scratch("k.gguf"), k, true)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Q4_K"), "{error}");
+    let same = convert(&single, &single, q8, false)
+        .unwrap_err()
+        .to_string();
+    assert!(same.contains("is the input"), "{same}");
+}
+
+/// llama.cpp's name of a transformers T5 encoder key (city96's GGUF T5s).
+fn llama_name(key: &str) -> String {
+    let parts = [
+        (
+            "layer.0.SelfAttention.relative_attention_bias",
+            "attn_rel_b",
+        ),
+        ("layer.0.SelfAttention.q", "attn_q"),
+        ("layer.0.SelfAttention.k", "attn_k"),
+        ("layer.0.SelfAttention.v", "attn_v"),
+        ("layer.0.SelfAttention.o", "attn_o"),
+        ("layer.0.layer_norm", "attn_norm"),
+        ("layer.1.DenseReluDense.wi_0", "ffn_gate"),
+        ("layer.1.DenseReluDense.wi_1", "ffn_up"),
+        ("layer.1.DenseReluDense.wo", "ffn_down"),
+        ("layer.1.layer_norm", "ffn_norm"),
+    ];
+    let key = key
+        .replace("encoder.block.", "enc.blk.")
+        .replace("encoder.final_layer_norm", "enc.output_norm")
+        .replace("shared.weight", "token_embd.weight");
+    parts.iter().fold(key, |k, (from, to)| k.replace(from, to))
+}
+
+/// A GGUF T5 encoder in llama.cpp's names (weights in Q8_0 where rows are
+/// whole blocks, the rest F32) through `--t5 FILE` runs as the same file
+/// converted to safetensors (the decoded values, the same names).
+#[test]
+fn a_llama_named_gguf_t5_runs_as_its_decoded_copy() {
+    use sd_pipeline::convert::{convert, GgmlType, Target};
+    use sd_testkit::parity::assert_matches_reordered;
+    tch::set_num_threads(1);
+    let pipeline_dir = fixtures().join("sd3/pipeline");
+    let source = pipeline_dir.join("text_encoder_3/model.safetensors");
+    let tensors = tch::Tensor::read_safetensors(&source).unwrap();
+    let plans: Vec<sd_gguf::TensorPlan> = (tensors.iter())
+        .map(|(k, t)| sd_gguf::TensorPlan {
+            name: llama_name(k),
+            shape: t.size().iter().map(|&d| d as u64).collect(),
+            kind: match t.dim() >= 2 && t.size()[t.dim() - 1] % 32 == 0 {
+                true => GgmlType::Q8_0,
+                false => GgmlType::F32,
+            },
+        })
+        .collect();
+    let gguf = scratch("t5-llama-q8.gguf");
+    let mut data = |i: usize| {
+        let values = Vec::<f32>::try_from(&tensors[i].1.flatten(0, -1)).unwrap();
+        sd_gguf::quantize(plans[i].kind, &values, &plans[i].name)
+    };
+    sd_gguf::write(&gguf, &[], &plans, &mut data).unwrap();
+    assert!(plans.iter().any(|p| p.kind == GgmlType::Q8_0));
+    let decoded = scratch("t5-llama-q8.safetensors");
+    convert(
+        &gguf,
+        &decoded,
+        Target::SafeTensors(tch::Kind::Float),
+        false,
+    )
+    .unwrap();
+    let run = |t5: &std::path::Path| {
+        let pipeline = StableDiffusion::builder()
+            .model_dir(&pipeline_dir)
+            .encoder_files(sd_pipeline::EncoderFiles::new().t5(t5))
+            .build()
+            .unwrap();
+        let mut r = Request::new("a red circle on a white background");
+        (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+        (r.width, r.height) = (Some(48), Some(32));
+        r.seed = 1.into();
+        pipeline.generate(&r).unwrap().latents
+    };
+    assert_matches_reordered("GGUF T5", &run(&gguf), &run(&decoded), 4);
+}

@@ -28,6 +28,9 @@ pub enum T5Keys {
     /// transformers' names under a prefix (Stability's single files:
     /// `text_encoders.t5xxl.transformer.`).
     Prefixed(String),
+    /// llama.cpp's names (`enc.blk.0.attn_q.weight`, `token_embd.weight`):
+    /// city96's GGUF T5 encoders (`t5-v1_1-xxl-encoder-Q8_0.gguf`).
+    Llama,
 }
 
 impl T5Keys {
@@ -39,8 +42,37 @@ impl T5Keys {
                 Some(rest) => T5EncoderModel::folder_key(rest),
                 None => KeyMap::Skip,
             },
+            // (unknown names stay recognisable, to be reported as unexpected)
+            T5Keys::Llama => {
+                KeyMap::To(from_llama(key).unwrap_or_else(|| format!("(llama.cpp) {key}")))
+            }
         }
     }
+}
+
+/// transformers' name of a T5 encoder weight named as llama.cpp names it.
+fn from_llama(key: &str) -> Option<String> {
+    match key {
+        "token_embd.weight" => return Some("shared.weight".into()),
+        "enc.output_norm.weight" => return Some("encoder.final_layer_norm.weight".into()),
+        _ => {}
+    }
+    let (block, rest) = key.strip_prefix("enc.blk.")?.split_once('.')?;
+    let (part, tail) = rest.split_once('.')?;
+    let module = match part {
+        "attn_q" => "layer.0.SelfAttention.q",
+        "attn_k" => "layer.0.SelfAttention.k",
+        "attn_v" => "layer.0.SelfAttention.v",
+        "attn_o" => "layer.0.SelfAttention.o",
+        "attn_rel_b" => "layer.0.SelfAttention.relative_attention_bias",
+        "attn_norm" => "layer.0.layer_norm",
+        "ffn_gate" => "layer.1.DenseReluDense.wi_0",
+        "ffn_up" => "layer.1.DenseReluDense.wi_1",
+        "ffn_down" => "layer.1.DenseReluDense.wo",
+        "ffn_norm" => "layer.1.layer_norm",
+        _ => return None,
+    };
+    Some(format!("encoder.block.{block}.{module}.{tail}"))
 }
 
 /// A T5 encoder whose weights stay in their files between encodings.

@@ -85,6 +85,7 @@ impl StableDiffusion {
         let vae = self.vae_for_run()?;
         // 1. conditioning, [negative, positive] for one batched CFG pass
         let (context, extra) = self.batch_conditioning(request, &shape)?;
+        self.encoders_done();
         // 2. timesteps (flow matching's dynamic shift reads the token
         //    count), and where img2img/inpainting enters the schedule
         let [_, _, h, w] = shape.latent_shape;
@@ -136,6 +137,7 @@ impl StableDiffusion {
         drop(denoiser);
         drop(control);
         drop(controlnets);
+        self.denoiser_done();
         sd_core::alloc::release_freed_memory();
         Ok(Generation {
             images: self.decode_with(&vae, &latents)?,
