@@ -127,3 +127,10 @@ class StableDiffusion:
 def sampler_name(name: str) -> str:
     """The CLI name of an A1111 or CLI sampler name ("Euler a" -> "euler-a");
     ValueError for an unknown one."""
+
+def convert(input: str, output: str, type: Optional[str] = None, denoiser_only: bool = False) -> dict:
+    """Weights as `sd convert` writes them: a diffusers folder (its UNet), a
+    single file or a .gguf into `output`: .gguf of `type` (q8_0, q5_1, q5_0,
+    q4_1, q4_0, f16, bf16, f32; default q8_0) or .safetensors (f32, f16,
+    bf16; default f32). Returns {"tensors", "quantized", "dropped"};
+    RuntimeError naming the file or type when it cannot be."""

@@ -609,3 +609,85 @@ fn sd3_runs_through_the_cli() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+/// `sd convert` writes the tiny folder's UNet as Q8_0 GGUF; `--model FILE
+/// --config-dir FOLDER` runs it as the library does; a type a format cannot
+/// hold is one line and no file.
+#[test]
+fn convert_writes_a_gguf_that_runs_as_the_library_runs_it() {
+    let dir = scratch("convert");
+    let tiny = fixtures().join("tiny-sd1");
+    let gguf = dir.join("unet-q8_0.gguf");
+    let run = sd(&[
+        "convert",
+        tiny.to_str().unwrap(),
+        gguf.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("10 quantized"), "{stdout}");
+    let latents = dir.join("q8.safetensors");
+    let run = sd(&[
+        "txt2img",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--config-dir",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--seed",
+        "7",
+        "--scheduler",
+        "euler",
+        "--out",
+        dir.join("q8.png").to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let saved = tch::Tensor::read_safetensors(&latents).unwrap();
+    let pipeline = sd_pipeline::StableDiffusion::builder()
+        .single_file(&gguf)
+        .config_dir(&tiny)
+        .sampler(sd_pipeline::SamplerKind::Euler)
+        .build()
+        .unwrap();
+    let mut request = sd_pipeline::Request::new("a cat");
+    request.steps = 3;
+    request.seed = 7.into();
+    let expected = pipeline.generate(&request).unwrap().latents;
+    sd_testkit::parity::assert_close(
+        "cli GGUF latents",
+        &saved[0].1,
+        &expected,
+        sd_testkit::parity::Tolerance::abs(1e-5),
+    );
+    let back = dir.join("back.safetensors");
+    let args = ["convert", gguf.to_str().unwrap(), back.to_str().unwrap()];
+    fails_cleanly(
+        &[&args[..], &["--type", "q4_0"]].concat(),
+        &back,
+        "type q4_0",
+    );
+    let k = dir.join("k.gguf");
+    let args = [
+        "convert",
+        tiny.to_str().unwrap(),
+        k.to_str().unwrap(),
+        "--type",
+        "q4_k",
+    ];
+    fails_cleanly(&args, &k, "type q4_k: not one of");
+}

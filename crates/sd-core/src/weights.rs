@@ -126,9 +126,13 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
 
     // Model name -> (file index, key in that file, transform, part).
     let mut available: HashMap<String, (usize, String, KeyMap, usize)> = HashMap::new();
+    let scales: Vec<Scales> = mapped.iter().map(scaled_fp8).collect();
     for (index, file) in mapped.iter().enumerate() {
         for entry in file.entries() {
             let key = entry.name.as_str();
+            if scales[index].hides(key) {
+                continue;
+            }
             let mapping = map(index, key);
             let targets: Vec<String> = match &mapping {
                 KeyMap::Skip => continue,
@@ -159,7 +163,12 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
         let entry = file
             .entry(&key)
             .expect("keys come from this file's entries");
-        if let Some(shape) = fill((name.as_str(), var), file, entry, &mapping, part)? {
+        let scale = match scales[index].weights.get(&key) {
+            Some(scale) => Some(file.read(scale)?),
+            None => None,
+        };
+        let source = (entry, scale);
+        if let Some(shape) = fill((name.as_str(), var), file, source, &mapping, part)? {
             report.mismatched.push((name.clone(), var.size(), shape));
         }
     }
@@ -187,22 +196,25 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
 fn fill(
     (name, var): (&str, &Tensor),
     file: &MappedFile,
-    entry: &Entry,
+    (entry, scale): (&Entry, Option<Tensor>),
     mapping: &KeyMap,
     part: usize,
 ) -> Result<Option<Vec<i64>>> {
     let layer_weight = name.ends_with(".weight") && var.dim() >= 2;
-    let keep = match &entry.stored {
-        Stored::Torch(kind) => *kind == var.kind() || (crate::nn::is_fp8(*kind) && layer_weight),
-        Stored::Ggml(_) => {
-            let by_rows = matches!(
-                mapping,
-                KeyMap::To(_) | KeyMap::SplitRows(_) | KeyMap::SwapHalves(_)
-            );
-            layer_weight && by_rows
-        }
-        _ => false,
-    };
+    let keep = scale.is_none()
+        && match &entry.stored {
+            Stored::Torch(kind) => {
+                *kind == var.kind() || (crate::nn::is_fp8(*kind) && layer_weight)
+            }
+            Stored::Ggml(_) => {
+                let by_rows = matches!(
+                    mapping,
+                    KeyMap::To(_) | KeyMap::SplitRows(_) | KeyMap::SwapHalves(_)
+                );
+                layer_weight && by_rows
+            }
+            _ => false,
+        };
     let raw = match keep && var.device() == tch::Device::Cpu {
         true => file.in_place(entry)?,
         false => None,
@@ -211,8 +223,12 @@ fn fill(
         Some(raw) => raw,
         None => file.read_entry(entry)?,
     };
-    let raw = match (keep, &entry.stored) {
-        (false, Stored::Ggml(_)) => packed::unpack(&raw, tch::Kind::Float),
+    let raw = match (keep, &entry.stored, scale) {
+        (false, Stored::Ggml(_), _) => packed::unpack(&raw, tch::Kind::Float),
+        // (in f32, then rounded once to the variable's dtype)
+        (_, _, Some(scale)) => {
+            raw.f_to_kind(tch::Kind::Float)? * scale.f_to_kind(tch::Kind::Float)?
+        }
         _ => raw,
     };
     let source = transform(&raw, mapping, part);
@@ -231,6 +247,52 @@ fn fill(
         var.shallow_clone().f_copy_(&source)?;
     }
     Ok(None)
+}
+
+/// ComfyUI's scaled fp8 files (`t5xxl_fp8_e4m3fn_scaled.safetensors`, the
+/// `*_fp8_scaled` models): a layer's fp8 `X.weight` stands for its values
+/// times a scalar beside it, `X.scale_weight` (with a `scaled_fp8` marker
+/// tensor) or, in ComfyUI's newer form, `X.weight_scale`. Such a weight is
+/// scaled at load into the model's dtype (not kept in 8 bits). Input
+/// scales (`X.scale_input`, `X.input_scale`) serve fp8 matrix products,
+/// which are not used here.
+#[derive(Default)]
+struct Scales {
+    /// Weight key -> its scale's key.
+    weights: HashMap<String, String>,
+    /// Keys no model variable takes: the scales and the marker.
+    hidden: std::collections::HashSet<String>,
+}
+
+impl Scales {
+    fn hides(&self, key: &str) -> bool {
+        self.hidden.contains(key)
+    }
+}
+
+fn scaled_fp8(file: &MappedFile) -> Scales {
+    let mut scales = Scales::default();
+    let is_fp8 = |key: &str| match file.entry(key).map(|e| &e.stored) {
+        Some(Stored::Torch(kind)) => crate::nn::is_fp8(*kind),
+        _ => false,
+    };
+    for entry in file.entries() {
+        let name = entry.name.as_str();
+        let layer =
+            (name.strip_suffix(".scale_weight")).or_else(|| name.strip_suffix(".weight_scale"));
+        if let Some(layer) = layer {
+            let weight = format!("{layer}.weight");
+            if is_fp8(&weight) && entry.shape.iter().product::<i64>() == 1 {
+                scales.weights.insert(weight, name.to_string());
+                scales.hidden.insert(name.to_string());
+            }
+        }
+        let input_scale = name.ends_with(".scale_input") || name.ends_with(".input_scale");
+        if name == "scaled_fp8" || input_scale {
+            scales.hidden.insert(name.to_string());
+        }
+    }
+    scales
 }
 
 /// The file tensor as the variable wants it (views, but for the halves

@@ -254,3 +254,45 @@ fn fp8_weights_stay_8_bit_in_place_and_upcast_per_use() {
         assert!(linear.forward(&x).equal(&expected), "{kind:?}");
     }
 }
+
+/// ComfyUI's scaled fp8 files, in both forms (`scale_weight` with the
+/// `scaled_fp8` marker; the newer `weight_scale`): a weight is its fp8
+/// values times its scalar, taken at load in f32 and rounded once to the
+/// model's dtype; the scales, input scales and marker are no variables'.
+#[test]
+fn scaled_fp8_weights_are_scaled_at_load() {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(4);
+    // (within e4m3's range once divided by the scale: 448)
+    let w = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)) * 3.0;
+    let b = Tensor::randn([2], (Kind::Float, Device::Cpu));
+    let scale = Tensor::from_slice(&[0.0625f32]).view([]);
+    let w8 = (&w / 0.0625).to_kind(Kind::Float8e4m3fn);
+    let expected = w8.to_kind(Kind::Float) * 0.0625;
+    for (form, scale_key, extra) in [
+        ("old", "proj.scale_weight", "scaled_fp8"),
+        ("new", "proj.weight_scale", "proj.input_scale"),
+    ] {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let mut vs = VarStore::new(Device::Cpu);
+            vs.set_kind(kind);
+            let linear = sd_core::nn::Linear::new(&(vs.root() / "proj"), 3, 2, true);
+            let file = temp(&format!("scaled-{form}.safetensors"));
+            sd_testkit::files::write(
+                &file,
+                &[
+                    ("proj.weight".into(), w8.shallow_clone()),
+                    ("proj.bias".into(), b.shallow_clone()),
+                    (scale_key.into(), scale.shallow_clone()),
+                    (extra.into(), Tensor::from_slice(&[1.0f32]).view([])),
+                ],
+            );
+            load_safetensors(&vs, &[&file], &LoadOptions::default()).unwrap();
+            assert_eq!(linear.weight.kind(), kind, "{form}");
+            assert!(
+                linear.weight.equal(&expected.to_kind(kind)),
+                "{form} {kind:?}"
+            );
+        }
+    }
+}

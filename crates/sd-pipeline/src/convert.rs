@@ -39,6 +39,53 @@ pub enum Target {
     SafeTensors(Kind),
 }
 
+/// The type names [`Target::for_output`] takes (`sd convert --type`,
+/// `sd_rs.convert(type=)`).
+pub const TYPE_NAMES: &str = "q8_0, q5_1, q5_0, q4_1, q4_0, f16, bf16, f32";
+
+impl Target {
+    /// What `output` holds, by its extension (`.gguf` or `.safetensors`),
+    /// in the type `name` (by default Q8_0 in a GGUF file, f32 values in
+    /// safetensors); one line naming the file or type when it cannot be.
+    pub fn for_output(output: &Path, name: Option<&str>) -> Result<Target> {
+        let gguf = match output.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => true,
+            Some("safetensors") => false,
+            _ => {
+                return Err(PipelineError::model(
+                    output,
+                    "name the output .gguf or .safetensors",
+                ))
+            }
+        };
+        let name = name.unwrap_or(if gguf { "q8_0" } else { "f32" });
+        let kind = match name.to_ascii_lowercase().as_str() {
+            "q8_0" => Q8_0,
+            "q5_1" => Q5_1,
+            "q5_0" => Q5_0,
+            "q4_1" => Q4_1,
+            "q4_0" => Q4_0,
+            "f16" => F16,
+            "bf16" => BF16,
+            "f32" => F32,
+            _ => {
+                let message = format!("type {name}: not one of {TYPE_NAMES}");
+                return Err(PipelineError::model(output, message));
+            }
+        };
+        match (gguf, kind) {
+            (true, kind) => Ok(Target::Gguf(kind)),
+            (false, F32) => Ok(Target::SafeTensors(Kind::Float)),
+            (false, F16) => Ok(Target::SafeTensors(Kind::Half)),
+            (false, BF16) => Ok(Target::SafeTensors(Kind::BFloat16)),
+            (false, _) => Err(PipelineError::model(
+                output,
+                format!("type {name}: a .safetensors file holds f32, f16 or bf16 values"),
+            )),
+        }
+    }
+}
+
 /// What [`convert`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]

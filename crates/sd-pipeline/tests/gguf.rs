@@ -240,3 +240,33 @@ fn a_llama_named_gguf_t5_runs_as_its_decoded_copy() {
     };
     assert_matches_reordered("GGUF T5", &run(&gguf), &run(&decoded), 4);
 }
+
+/// Stability's SD3 single file converted to a transformer-only GGUF
+/// (ComfyUI-GGUF's form: `--denoiser-only`, keys without the prefix) runs
+/// beside the SD3 folder as its own safetensors copy does (the same file
+/// converted back: the decoded values, the same prefix-less names).
+#[test]
+fn a_transformer_only_gguf_runs_beside_an_sd3_folder() {
+    use sd_pipeline::convert::{convert, GgmlType, Target};
+    use sd_testkit::parity::assert_matches_reordered;
+    tch::set_num_threads(1);
+    let single = fixtures().join("single-file/tiny-sd3.safetensors");
+    let gguf = scratch("sd3-transformer-q8.gguf");
+    let done = convert(&single, &gguf, Target::Gguf(GgmlType::Q8_0), true).unwrap();
+    assert!(done.quantized > 0, "{done:?}");
+    let back = scratch("sd3-transformer-q8.safetensors");
+    convert(&gguf, &back, Target::SafeTensors(tch::Kind::Float), false).unwrap();
+    let run = |file: &std::path::Path| {
+        let pipeline = StableDiffusion::builder()
+            .single_file(file)
+            .config_dir(fixtures().join("sd3/pipeline"))
+            .build()
+            .unwrap();
+        let mut r = Request::new("a red circle on a white background");
+        (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+        (r.width, r.height) = (Some(48), Some(32));
+        r.seed = 1.into();
+        pipeline.generate(&r).unwrap().latents
+    };
+    assert_matches_reordered("SD3 GGUF", &run(&gguf), &run(&back), 4);
+}

@@ -95,11 +95,38 @@ fn sampler_name(name: &str) -> PyResult<&'static str> {
     parse_sampler_name(name).map(SamplerKind::name)
 }
 
+/// Converts weights as `sd convert` does: a diffusers folder, single file
+/// or .gguf into `output` (.gguf of `type`, default q8_0; or .safetensors of
+/// f32/f16/bf16 values). Returns a dict: tensors, quantized, dropped.
+#[pyfunction]
+#[pyo3(signature = (input, output, r#type = None, denoiser_only = false))]
+fn convert<'py>(
+    py: Python<'py>,
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+    r#type: Option<String>,
+    denoiser_only: bool,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    use sd_pipeline::convert::{convert, Target};
+    let done = py
+        .detach(|| {
+            let target = Target::for_output(&output, r#type.as_deref())?;
+            convert(&input, &output, target, denoiser_only)
+        })
+        .map_err(to_py)?;
+    let out = pyo3::types::PyDict::new(py);
+    out.set_item("tensors", done.tensors)?;
+    out.set_item("quantized", done.quantized)?;
+    out.set_item("dropped", done.dropped)?;
+    Ok(out)
+}
+
 #[pymodule]
 fn sd_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::StableDiffusion>()?;
     m.add_class::<a1111::A1111Job>()?;
     m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
+    m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(a1111::check_a1111, m)?)?;
     m.add("Cancelled", m.py().get_type::<Cancelled>())?;
     m.add("InvalidRequest", m.py().get_type::<InvalidRequest>())?;

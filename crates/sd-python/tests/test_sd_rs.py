@@ -259,3 +259,18 @@ def test_sd3_encoder_files_equal_the_cli(tmp_path):
         sd_rs.StableDiffusion(str(SD3), t5=str(tmp_path / "nowhere.safetensors"))
     with pytest.raises(RuntimeError, match="not a CLIP text encoder"):
         sd_rs.StableDiffusion(str(SD3), clip_l=str(t5_file))
+
+
+def test_convert_writes_a_gguf_that_loads_as_the_cli_runs_it(tmp_path):
+    tiny = FIXTURES / "tiny-sd1"
+    gguf = tmp_path / "unet-q4_0.gguf"
+    done = sd_rs.convert(str(tiny), str(gguf), type="q4_0")
+    assert done == {"tensors": 304, "quantized": 10, "dropped": []}
+    pipe = sd_rs.StableDiffusion(str(gguf), config_dir=str(tiny))
+    [image] = pipe.generate("a cat", steps=3, seed=5)
+    expected = cli(tmp_path, "txt2img", "--model", str(gguf), "--config-dir", str(tiny), "--prompt", "a cat",
+                   "--steps", "3", "--seed", "5")
+    assert image.tobytes() == expected.tobytes()
+    with pytest.raises(RuntimeError, match="type q4_k: not one of"):
+        sd_rs.convert(str(tiny), str(tmp_path / "k.gguf"), type="q4_k")
+    assert not (tmp_path / "k.gguf").exists()
