@@ -28,6 +28,7 @@ pub mod mapped;
 pub mod model;
 pub mod nn;
 pub mod packed;
+mod packed_ops;
 pub mod rng;
 pub mod weights;
 

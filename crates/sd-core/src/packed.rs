@@ -63,12 +63,18 @@ pub fn pack(bytes: &Tensor, shape: &[i64], kind: GgmlType) -> Option<Tensor> {
 /// (torch's conversion), on the weight's device. On the CPU the blocks are
 /// decoded by `sd_gguf` over libtorch's threads, a few blocks at a time
 /// into a small buffer and rounded from there (no f32 copy of the whole
-/// weight); elsewhere they are decoded on the host and moved. Any other
-/// tensor is converted to `kind`.
+/// weight); on an accelerator by torch operations where the weight is
+/// ([`crate::packed_ops`]: the legacy types; the K-quants are decoded on the
+/// host and moved). Any other tensor is converted to `kind`.
 pub fn unpack(t: &Tensor, kind: Kind) -> Tensor {
     let Some(ggml) = ggml_type(t) else {
         return t.to_kind(kind);
     };
+    if t.device() != Device::Cpu {
+        if let Some(values) = crate::packed_ops::decode(ggml, t) {
+            return values.reshape(logical_size(t)).to_kind(kind);
+        }
+    }
     let bytes = t.to_device(Device::Cpu).contiguous();
     let direct = matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16);
     let out_kind = if direct { kind } else { Kind::Float };
@@ -123,8 +129,18 @@ impl Value for f16 {
 }
 
 impl Value for bf16 {
+    /// c10's `round_to_nearest_even`, written so that it vectorises: NaN
+    /// becomes 0x7FC0, anything else rounds to nearest even.
+    #[inline(always)]
     fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
+        let bits = value.to_bits();
+        let rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+        let bits = if value.is_nan() {
+            0x7FC0
+        } else {
+            rounded as u16
+        };
+        bf16::from_bits(bits)
     }
 }
 
@@ -157,4 +173,12 @@ fn decode<T: Value>(kind: GgmlType, input: &[u8], output: &mut [T]) {
             });
         }
     });
+}
+
+/// The torch-operation decoder, on any device (the one an accelerator's
+/// weights take): `None` for the types it does not decode (the K-quants).
+/// Public for tests that check it against [`unpack`]'s on the CPU.
+pub fn unpack_with_torch_ops(t: &Tensor, kind: Kind) -> Option<Tensor> {
+    let values = crate::packed_ops::decode(ggml_type(t)?, t)?;
+    Some(values.reshape(logical_size(t)).to_kind(kind))
 }

@@ -93,3 +93,28 @@ fn a_packed_weight_of_the_wrong_shape_is_reported_by_name() {
     assert!(message.contains("layer.weight"), "{message}");
     assert!(message.contains("[6, 64]"), "{message}");
 }
+
+/// The torch-operation decoder (what a weight on an accelerator uses) gives
+/// the same bits as the host's for every legacy type; the K-quants are left
+/// to the host.
+#[test]
+fn torch_op_decoding_equals_the_host_decoding() {
+    let _guard = tch::no_grad_guard();
+    let (file, expected) = (blocks(), expected());
+    let mut checked = 0;
+    for entry in file.entries() {
+        let Stored::Ggml(ggml) = entry.stored else {
+            continue;
+        };
+        let packed = file.read_entry(entry).unwrap();
+        match sd_core::packed::unpack_with_torch_ops(&packed, Kind::Float) {
+            Some(values) => {
+                assert!(values.equal(&expected[&entry.name]), "{}", entry.name);
+                checked += 1;
+            }
+            None => assert!(entry.name.contains("_K"), "{} ({ggml:?})", entry.name),
+        }
+    }
+    // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: quantized values and raw blocks
+    assert_eq!(checked, 10);
+}

@@ -152,27 +152,29 @@ pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &s
             kind: kind.name(),
         });
     }
-    let mut each = |decode: fn(&[u8], &mut [f32])| {
-        for (block, out) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(values)) {
-            decode(block, out);
-        }
-    };
+    let sizes = (size, values);
     match kind {
-        GgmlType::F32 => each(|b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        GgmlType::F16 => each(|b, o| o[0] = f16_at(b, 0)),
-        GgmlType::BF16 => {
-            each(|b, o| o[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-        }
-        GgmlType::Q8_0 => each(q8_0),
-        GgmlType::Q4_0 => each(q4_0),
-        GgmlType::Q4_1 => each(q4_1),
-        GgmlType::Q5_0 => each(q5_0),
-        GgmlType::Q5_1 => each(q5_1),
-        GgmlType::Q2_K => each(|b, o| fill(o, crate::kquants::q2_k(b))),
-        GgmlType::Q3_K => each(|b, o| fill(o, crate::kquants::q3_k(b))),
-        GgmlType::Q4_K => each(|b, o| fill(o, crate::kquants::q45_k(b, false))),
-        GgmlType::Q5_K => each(|b, o| fill(o, crate::kquants::q45_k(b, true))),
-        GgmlType::Q6_K => each(|b, o| fill(o, crate::kquants::q6_k(b))),
+        GgmlType::F32 => each_block(bytes, out, sizes, |b, o| {
+            o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }),
+        GgmlType::F16 => each_block(bytes, out, sizes, |b, o| o[0] = f16_at(b, 0)),
+        GgmlType::BF16 => each_block(bytes, out, sizes, |b, o| {
+            o[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+        }),
+        GgmlType::Q8_0 => each_block(bytes, out, sizes, q8_0),
+        GgmlType::Q4_0 => each_block(bytes, out, sizes, q4_0),
+        GgmlType::Q4_1 => each_block(bytes, out, sizes, q4_1),
+        GgmlType::Q5_0 => each_block(bytes, out, sizes, q5_0),
+        GgmlType::Q5_1 => each_block(bytes, out, sizes, q5_1),
+        GgmlType::Q2_K => each_block(bytes, out, sizes, |b, o| fill(o, crate::kquants::q2_k(b))),
+        GgmlType::Q3_K => each_block(bytes, out, sizes, |b, o| fill(o, crate::kquants::q3_k(b))),
+        GgmlType::Q4_K => each_block(bytes, out, sizes, |b, o| {
+            fill(o, crate::kquants::q45_k(b, false))
+        }),
+        GgmlType::Q5_K => each_block(bytes, out, sizes, |b, o| {
+            fill(o, crate::kquants::q45_k(b, true))
+        }),
+        GgmlType::Q6_K => each_block(bytes, out, sizes, |b, o| fill(o, crate::kquants::q6_k(b))),
         GgmlType::Other(_) => {
             return Err(GgufError::Unsupported {
                 tensor: tensor.to_string(),
@@ -182,6 +184,19 @@ pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &s
         }
     }
     Ok(())
+}
+
+/// Runs `decode` over every block (generic, so each type's loop is its own
+/// and the decoder inlines into it).
+fn each_block<F: Fn(&[u8], &mut [f32])>(
+    bytes: &[u8],
+    out: &mut [f32],
+    (size, values): (usize, usize),
+    decode: F,
+) {
+    for (block, out) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(values)) {
+        decode(block, out);
+    }
 }
 
 // The decoders below are the inner loops of every layer that decodes its

@@ -270,3 +270,41 @@ fn a_transformer_only_gguf_runs_beside_an_sd3_folder() {
     };
     assert_matches_reordered("SD3 GGUF", &run(&gguf), &run(&back), 4);
 }
+
+/// A LoRA merges into quantized weights at the model's width (the same
+/// run as on the decoded weights) and unloading puts the blocks back.
+#[test]
+fn a_lora_merges_into_gguf_weights_and_unloads_to_blocks() {
+    use sd_pipeline::convert::{convert, Target};
+    use sd_testkit::parity::assert_matches_reordered;
+    tch::set_num_threads(1);
+    let gguf = fixtures().join("gguf/tiny-sd1-unet.gguf");
+    let decoded = scratch("tiny-sd1-unet-decoded.safetensors");
+    convert(
+        &gguf,
+        &decoded,
+        Target::SafeTensors(tch::Kind::Float),
+        false,
+    )
+    .unwrap();
+    let lora = sd_pipeline::LoraSpec::new(fixtures().join("lora/sd1-kohya.safetensors"), 0.5);
+    let mut packed_model = load("tiny-sd1-unet.gguf").unwrap();
+    let mut wide = load_file(&decoded);
+    let blocks = packed(&packed_model);
+    let before = packed_model.generate(&request()).unwrap().latents;
+    packed_model.set_loras(std::slice::from_ref(&lora)).unwrap();
+    wide.set_loras(&[lora]).unwrap();
+    assert!(packed(&packed_model) < blocks);
+    let (a, b) = (
+        packed_model.generate(&request()).unwrap().latents,
+        wide.generate(&request()).unwrap().latents,
+    );
+    assert_matches_reordered("LoRA on GGUF", &a, &b, 4);
+    packed_model.unload_loras().unwrap();
+    assert_eq!(packed(&packed_model), blocks);
+    assert!(packed_model
+        .generate(&request())
+        .unwrap()
+        .latents
+        .equal(&before));
+}
