@@ -18,7 +18,7 @@ mod reader;
 mod writer;
 
 pub use error::{GgufError, Result};
-pub use quantize::{quantize, WRITABLE};
+pub use quantize::{quantize, WRITABLE, WRITABLE_NAMES};
 pub use quants::{dequantize, dequantize_into, GgmlType, QUANTIZED};
 pub use reader::{is_gguf, Directory, GgufFile, TensorInfo, Value};
 pub use writer::{write, TensorPlan};

@@ -8,8 +8,20 @@ use half::{bf16, f16};
 use crate::error::{GgufError, Result};
 use crate::quants::GgmlType;
 
-/// The types [`quantize`] writes, for messages.
-pub const WRITABLE: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0";
+/// The types [`quantize`] writes.
+pub const WRITABLE: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
+/// [`WRITABLE`]'s names, for messages.
+pub const WRITABLE_NAMES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0";
 
 /// `values` (whole blocks of `kind`) as `kind`'s bytes; `tensor` names
 /// errors.
@@ -37,7 +49,7 @@ pub fn quantize(kind: GgmlType, values: &[f32], tensor: &str) -> Result<Vec<u8>>
                 return Err(GgufError::Unsupported {
                     tensor: tensor.to_string(),
                     kind: kind.name(),
-                    supported: WRITABLE,
+                    supported: WRITABLE_NAMES,
                 })
             }
         }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use safetensors::SafeTensors;
-use sd_gguf::{quantize, GgmlType, GgufFile, TensorPlan, Value};
+use sd_gguf::{quantize, GgmlType, GgufFile, TensorPlan, Value, WRITABLE};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../reference/fixtures")
@@ -21,17 +21,6 @@ fn source() -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
-
-const WRITABLE: [GgmlType; 8] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-];
 
 #[test]
 fn values_quantize_to_the_gguf_package_bytes() {

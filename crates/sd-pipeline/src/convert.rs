@@ -123,12 +123,11 @@ pub fn convert(
         ));
     }
     if let Target::Gguf(kind) = target {
-        let writable = [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0];
-        if !writable.contains(&kind) {
+        if !sd_gguf::WRITABLE.contains(&kind) {
             let message = format!(
                 "{}: not a type written here (types: {})",
                 kind.name(),
-                sd_gguf::WRITABLE
+                sd_gguf::WRITABLE_NAMES
             );
             return Err(PipelineError::model(output, message));
         }

@@ -166,6 +166,16 @@ fn conversions_that_cannot_be_are_refused_in_one_line() {
     assert!(same.contains("is the input"), "{same}");
 }
 
+/// The tiny SD3 run the SD3 tests here compare, from `builder`'s model.
+fn sd3_latents(builder: sd_pipeline::StableDiffusionBuilder) -> tch::Tensor {
+    let pipeline = builder.build().unwrap();
+    let mut r = Request::new("a red circle on a white background");
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.width, r.height) = (Some(48), Some(32));
+    r.seed = 1.into();
+    pipeline.generate(&r).unwrap().latents
+}
+
 /// llama.cpp's name of a transformers T5 encoder key (city96's GGUF T5s).
 fn llama_name(key: &str) -> String {
     let parts = [
@@ -227,16 +237,12 @@ fn a_llama_named_gguf_t5_runs_as_its_decoded_copy() {
     )
     .unwrap();
     let run = |t5: &std::path::Path| {
-        let pipeline = StableDiffusion::builder()
-            .model_dir(&pipeline_dir)
-            .encoder_files(sd_pipeline::EncoderFiles::new().t5(t5))
-            .build()
-            .unwrap();
-        let mut r = Request::new("a red circle on a white background");
-        (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
-        (r.width, r.height) = (Some(48), Some(32));
-        r.seed = 1.into();
-        pipeline.generate(&r).unwrap().latents
+        let files = sd_pipeline::EncoderFiles::new().t5(t5);
+        sd3_latents(
+            StableDiffusion::builder()
+                .model_dir(&pipeline_dir)
+                .encoder_files(files),
+        )
     };
     assert_matches_reordered("GGUF T5", &run(&gguf), &run(&decoded), 4);
 }
@@ -257,16 +263,12 @@ fn a_transformer_only_gguf_runs_beside_an_sd3_folder() {
     let back = scratch("sd3-transformer-q8.safetensors");
     convert(&gguf, &back, Target::SafeTensors(tch::Kind::Float), false).unwrap();
     let run = |file: &std::path::Path| {
-        let pipeline = StableDiffusion::builder()
-            .single_file(file)
-            .config_dir(fixtures().join("sd3/pipeline"))
-            .build()
-            .unwrap();
-        let mut r = Request::new("a red circle on a white background");
-        (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
-        (r.width, r.height) = (Some(48), Some(32));
-        r.seed = 1.into();
-        pipeline.generate(&r).unwrap().latents
+        let folder = fixtures().join("sd3/pipeline");
+        sd3_latents(
+            StableDiffusion::builder()
+                .single_file(file)
+                .config_dir(folder),
+        )
     };
     assert_matches_reordered("SD3 GGUF", &run(&gguf), &run(&back), 4);
 }
