@@ -64,7 +64,7 @@ pub fn pack(bytes: &Tensor, shape: &[i64], kind: GgmlType) -> Option<Tensor> {
 /// decoded by `sd_gguf` over libtorch's threads, a few blocks at a time
 /// into a small buffer and rounded from there (no f32 copy of the whole
 /// weight); on an accelerator by torch operations where the weight is
-/// ([`crate::packed_ops`]: the legacy types; the K-quants are decoded on the
+/// (`packed_ops`: the legacy types; the K-quants are decoded on the
 /// host and moved). Any other tensor is converted to `kind`.
 pub fn unpack(t: &Tensor, kind: Kind) -> Tensor {
     let Some(ggml) = ggml_type(t) else {
