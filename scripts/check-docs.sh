@@ -12,3 +12,7 @@ for crate in sd-core sd-clip sd-t5 sd-unet sd-mmdit sd-vae sd-lora sd-controlnet
     cargo doc --quiet --no-deps -p "$crate" --features doc-only --target-dir target/doc-only
   echo "check-docs: $crate documents without libtorch"
 done
+# sd-gguf needs no libtorch at all (no doc-only feature to ask for)
+LIBTORCH="$empty" RUSTDOCFLAGS="-D warnings" \
+  cargo doc --quiet --no-deps -p sd-gguf --target-dir target/doc-only
+echo "check-docs: sd-gguf documents without libtorch"

@@ -5,7 +5,7 @@
 //! of each type dequantized to f32 exactly as the `gguf` Python package's
 //! `gguf.quants.dequantize` computes them ([`dequantize`]); and the other
 //! way, values quantized as `gguf.quants.quantize` does ([`quantize`]) into
-//! a GGUF v3 file written one tensor at a time ([`write`]).
+//! a GGUF v3 file written one tensor at a time ([`write()`]).
 //!
 //! Pure Rust, no libtorch: the pipeline decides where the numbers go.
 #![warn(missing_docs)]
