@@ -4,64 +4,13 @@
 //! SD3.5's optional query/key RMS norms and Medium's second, image-only
 //! attention, and a tanh-GELU feed-forward for each stream.
 
+use sd_core::layers::dit::{modulate, plain_norm, ContinuousNorm, FeedForward, Modulation};
 use sd_core::layers::{attend, split_heads};
 use sd_core::nn::{Linear, RmsNorm};
 use tch::nn::Path;
 use tch::Tensor;
 
 use crate::config::{MmditConfig, QkNorm};
-
-/// LayerNorm without affine parameters, eps 1e-6.
-pub(crate) fn plain_norm(x: &Tensor) -> Tensor {
-    let dim = *x.size().last().expect("a feature dimension");
-    x.layer_norm([dim], None::<Tensor>, None::<Tensor>, 1e-6, true)
-}
-
-/// `norm(x) * (1 + scale) + shift`, per sample.
-fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
-    normed * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1)
-}
-
-/// `linear(silu(temb))` split into `n` modulation vectors.
-#[derive(Debug)]
-pub(crate) struct Modulation {
-    linear: Linear,
-    n: i64,
-}
-
-impl Modulation {
-    fn new(vs: &Path<'_>, dim: i64, n: i64) -> Self {
-        Modulation {
-            linear: Linear::new(&(vs / "linear"), dim, n * dim, true),
-            n,
-        }
-    }
-
-    fn forward(&self, temb: &Tensor) -> Vec<Tensor> {
-        self.linear.forward(&temb.silu()).chunk(self.n, 1)
-    }
-}
-
-/// diffusers' `AdaLayerNormContinuous` (the last block's text norm and the
-/// output norm): `scale, shift` (in that order) from `linear(silu(temb))`.
-#[derive(Debug)]
-pub(crate) struct ContinuousNorm {
-    linear: Linear,
-}
-
-impl ContinuousNorm {
-    pub(crate) fn new(vs: &Path<'_>, dim: i64) -> Self {
-        ContinuousNorm {
-            linear: Linear::new(&(vs / "linear"), dim, 2 * dim, true),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, temb: &Tensor) -> Tensor {
-        let emb = self.linear.forward(&temb.silu().to_kind(x.kind()));
-        let parts = emb.chunk(2, 1);
-        modulate(&plain_norm(x), &parts[1], &parts[0])
-    }
-}
 
 /// Projections of one stream's tokens into heads, with optional RMS norms.
 #[derive(Debug)]
@@ -159,28 +108,6 @@ impl JointAttention {
             }
         });
         (image, text)
-    }
-}
-
-/// diffusers' `FeedForward` with `gelu-approximate`: `net.0.proj`, tanh
-/// GELU (PyTorch's), `net.2`.
-#[derive(Debug)]
-struct FeedForward {
-    proj: Linear,
-    out: Linear,
-}
-
-impl FeedForward {
-    fn new(vs: &Path<'_>, dim: i64) -> Self {
-        let net = vs / "net";
-        FeedForward {
-            proj: Linear::new(&(&net / 0 / "proj"), dim, 4 * dim, true),
-            out: Linear::new(&(&net / 2), 4 * dim, dim, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.out.forward(&self.proj.forward(x).gelu("tanh"))
     }
 }
 

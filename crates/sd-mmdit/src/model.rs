@@ -10,9 +10,10 @@ use sd_core::DiffusersModel;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::blocks::{ContinuousNorm, JointBlock};
+use crate::blocks::JointBlock;
 use crate::config::MmditConfig;
 use crate::error::{MmditError, Result};
+use sd_core::layers::dit::ContinuousNorm;
 
 /// The multimodal diffusion transformer of SD3 / SD3.5 (`transformer/`).
 pub struct SD3Transformer2DModel {

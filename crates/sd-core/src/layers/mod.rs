@@ -1,8 +1,9 @@
-//! Blocks shared by the UNet, the VAE and SD3's transformer, named like
+//! Blocks shared by the UNet, the VAE and the diffusion transformers, named like
 //! diffusers' modules so that `VarStore` paths equal the keys of the
 //! official safetensors.
 
 mod attention;
+pub mod dit;
 mod resnet;
 mod sampling;
 mod timestep;
