@@ -62,6 +62,7 @@ sys.path.insert(0, str(HERE))
 
 import harness_controlnet  # noqa: E402
 import harness_flow  # noqa: E402
+import harness_flux  # noqa: E402
 import harness_gguf  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
@@ -131,7 +132,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
-             "gguf", "manifests"]
+             "gguf", "flux", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -173,6 +174,8 @@ def main() -> None:
         if "gguf" in only:
             harness_gguf.write_gguf(FIXTURES, outputs)
             harness_gguf.write_gguf_models(FIXTURES, outputs, Path(tmp))
+        if "flux" in only:
+            harness_flux.write_flux_transformer(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

@@ -1,0 +1,52 @@
+"""FLUX.1 (issue 29): tiny FluxTransformer2DModels, one like [dev] (guidance
+embedding) and one like [schnell] (none), in fixtures/flux/transformer-*, with
+their velocities (outputs/flux_transformer.safetensors) for two images of 12
+packed latent tokens (a 8x6 latent: 4x3 tokens of 2x2 patches, ids from
+diffusers' own `FluxPipeline._prepare_latent_image_ids`), 5 text tokens, two
+timesteps, in f32 and bf16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+CONFIG = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+              num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6))
+FLUXES = {"dev": dict(CONFIG, guidance_embeds=True), "schnell": dict(CONFIG, guidance_embeds=False)}
+
+
+def write_flux_transformer(fixtures: Path, outputs: Path) -> None:
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    gen = torch.Generator().manual_seed(29)
+    latents = torch.randn(2, 12, 16, generator=gen)
+    context = torch.randn(2, 5, 24, generator=gen)
+    pooled = torch.randn(2, 12, generator=gen)
+    timestep = torch.tensor([0.8125, 0.03125])
+    guidance = torch.tensor([3.5, 1.25])
+    img_ids = FluxPipeline._prepare_latent_image_ids(2, 4, 3, "cpu", torch.float32)
+    txt_ids = torch.zeros(5, 3)
+    tensors = {"flux.latents": latents, "flux.context": context, "flux.pooled": pooled,
+               "flux.timestep": timestep, "flux.guidance": guidance, "flux.img_ids": img_ids,
+               "flux.txt_ids": txt_ids}
+    for seed, (name, config) in enumerate(FLUXES.items(), start=290):
+        torch.manual_seed(seed)
+        model = FluxTransformer2DModel(**config).eval()
+        norms = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if ".norm_" in key:  # the per-head RMS norms start at exactly 1
+                    param.copy_(1 + 0.1 * torch.randn(param.shape, generator=norms))
+        folder = fixtures / "flux" / f"transformer-{name}"
+        model.save_pretrained(folder)
+        for dtype_name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+            loaded = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=dtype).eval()
+            with torch.no_grad():
+                out = loaded(hidden_states=latents.to(dtype), encoder_hidden_states=context.to(dtype),
+                             pooled_projections=pooled.to(dtype), timestep=timestep.to(dtype),
+                             img_ids=img_ids, txt_ids=txt_ids,
+                             guidance=guidance.to(dtype) if config["guidance_embeds"] else None).sample
+            tensors[f"flux.{name}.{dtype_name}"] = out
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_transformer.safetensors")
