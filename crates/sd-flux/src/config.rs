@@ -38,7 +38,7 @@ pub struct FluxConfig {
     /// Width of the pooled CLIP-L embedding (768).
     #[serde(default = "clip_width")]
     pub pooled_projection_dim: i64,
-    /// Distilled guidance as an input ([dev]); absent in [schnell].
+    /// Distilled guidance as an input (FLUX.1-dev); absent in FLUX.1-schnell.
     #[serde(default)]
     pub guidance_embeds: bool,
     /// Rotary widths of the three position axes (16, 56, 56); they sum to

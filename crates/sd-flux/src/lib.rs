@@ -2,7 +2,7 @@
 //! double-stream blocks (image and text weights of their own, one joint
 //! attention), single-stream blocks (one fused pass), three-axis rotary
 //! positions over text and image ids, the distilled-guidance embedding of
-//! [dev] and its absence in [schnell]. Loads through
+//! FLUX.1-dev and its absence in FLUX.1-schnell. Loads through
 //! `sd_core::DiffusersModel`, reporting missing, unexpected and misshapen
 //! tensors. (The pipeline, files and LoRAs are issue 29's next steps.)
 #![warn(missing_docs)]

@@ -1,5 +1,5 @@
 //! diffusers' `FluxTransformer2DModel`: packed latent tokens and T5 states
-//! embedded, the timestep (and [dev]'s distilled guidance) and pooled
+//! embedded, the timestep (and FLUX.1-dev's distilled guidance) and pooled
 //! CLIP-L summed into one conditioning vector, rotary positions over
 //! (text, image) ids, double- then single-stream blocks, the output norm.
 
@@ -64,12 +64,12 @@ pub struct FluxInputs<'a> {
     pub img_ids: &'a Tensor,
     /// Text token positions (text tokens, 3).
     pub txt_ids: &'a Tensor,
-    /// [dev]'s distilled guidance scale (batch,); `None` for [schnell].
+    /// FLUX.1-dev's distilled guidance scale (batch,); `None` for FLUX.1-schnell.
     pub guidance: Option<&'a Tensor>,
 }
 
 impl<'a> FluxInputs<'a> {
-    /// The inputs without guidance (set `guidance` for [dev] models).
+    /// The inputs without guidance (set `guidance` for FLUX.1-dev models).
     pub fn new(
         hidden_states: &'a Tensor,
         encoder_hidden_states: &'a Tensor,
@@ -128,7 +128,7 @@ impl FluxTransformer2DModel {
         };
         let mut temb = embed(inputs.timestep, &self.timestep_embedder);
         match (&self.guidance_embedder, inputs.guidance) {
-            (Some(embedder), Some(guidance)) => temb = temb + embed(guidance, embedder),
+            (Some(embedder), Some(guidance)) => temb += embed(guidance, embedder),
             (Some(_), None) => {
                 return Err(FluxError::Input(
                     "this model takes distilled guidance ([dev]): give a guidance scale".into(),
