@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
@@ -39,6 +40,9 @@ def variants(name: str):
     yield "exponential", {"use_exponential_sigmas": True}, 10, None
     yield "invert_sigmas", {"invert_sigmas": True}, 10, None
     yield "stochastic", {"stochastic_sampling": True}, 10, None
+    # FLUX's pipelines pass sigmas of their own (linspace(1, 1/n, n)) with mu
+    yield "flux_sigmas4", dict(DYNAMIC, _flux_sigmas=True), 4, 1024
+    yield "flux_sigmas28", dict(DYNAMIC, _flux_sigmas=True), 28, 4096
 
 
 def write_flow_traces(outputs: Path) -> None:
@@ -49,6 +53,8 @@ def write_flow_traces(outputs: Path) -> None:
                 for suffix, overrides, steps, seq in variants(name)]
         runs += [(f"{dtype_name}.default", {}, 10, None, dtype_name, dtype) for dtype_name, dtype in half]
         for suffix, overrides, steps, seq, dtype_name, dtype in runs:
+            overrides = dict(overrides)
+            flux_sigmas = overrides.pop("_flux_sigmas", False)
             config = dict(SD3, **overrides)
             case = {"key": f"{name}.{suffix}", "sampler": name, "class": cls.__name__,
                     "config": config, "steps": steps, "step_kwargs": {}}
@@ -57,6 +63,9 @@ def write_flow_traces(outputs: Path) -> None:
                 case["image_seq_len"] = seq
                 set_kwargs["mu"] = calculate_shift(seq, config["base_image_seq_len"], config["max_image_seq_len"],
                                                    config["base_shift"], config["max_shift"])
+            if flux_sigmas:
+                case["custom_sigmas"] = "flux"
+                set_kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
             if dtype_name != "f32":
                 case["dtype"] = dtype_name
             result = run_case(cls, config, steps, {}, dtype, set_kwargs)

@@ -21,6 +21,9 @@ pub(crate) struct FlowRecipe {
     shift_terminal: Option<f64>,
     spacing: SigmaSpacing,
     invert: bool,
+    /// Sigmas given by the pipeline (FLUX's `linspace(1, 1/n, n)`), as
+    /// diffusers holds them: rounded to float32.
+    custom: Option<Vec<f32>>,
 }
 
 /// Resolution-dependent shifting: `mu` from the image's size in patches,
@@ -105,7 +108,15 @@ impl FlowRecipe {
             shift_terminal,
             spacing,
             invert: config.invert_sigmas == Some(true),
+            custom: None,
         })
+    }
+
+    /// Sigmas for the next run (diffusers' `set_timesteps(sigmas=...)`):
+    /// shifted as the config says, in float32 as diffusers computes them
+    /// from a given list.
+    pub(crate) fn set_custom_sigmas(&mut self, sigmas: &[f64]) {
+        self.custom = Some(sigmas.iter().map(|&s| s as f32).collect());
     }
 
     /// Sets dynamic shifting's `mu` (ignored without it).
@@ -147,6 +158,9 @@ impl FlowRecipe {
     pub(crate) fn steps(&self, sampler: &'static str, num_steps: usize) -> Result<FlowSteps> {
         // (diffusers takes more steps than training timesteps here; so do we)
         crate::check_steps(sampler, num_steps, usize::MAX)?;
+        if let Some(custom) = &self.custom {
+            return self.custom_steps(sampler, custom, num_steps);
+        }
         let n = self.num_train_timesteps as f64;
         let (sigma_max, sigma_min) = self.training_extremes();
         let mut sigmas: Vec<f64> = linspace(sigma_max * n, sigma_min * n, num_steps)
@@ -184,15 +198,82 @@ impl FlowRecipe {
             SigmaSpacing::Karras => karras_sigmas(last, first, num_steps),
             SigmaSpacing::Exponential => exponential_sigmas(last, first, num_steps),
         };
-        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        Ok(self.finish(sigmas.into_iter().map(|s| s as f32).collect()))
+    }
+
+    /// [`FlowRecipe::steps`] from sigmas the pipeline gave: diffusers holds
+    /// them as a float32 array, so the shift is computed in float32 (its
+    /// Python floats meet the array as float32 numbers).
+    fn custom_steps(
+        &self,
+        sampler: &'static str,
+        custom: &[f32],
+        num_steps: usize,
+    ) -> Result<FlowSteps> {
+        if custom.len() != num_steps {
+            let message = format!("{} custom sigmas for {num_steps} steps", custom.len());
+            return Err(SchedulerError::request(sampler, message));
+        }
+        let mut sigmas = custom.to_vec();
+        match &self.dynamic {
+            Some(d) => {
+                let mu = d.mu.ok_or_else(|| {
+                    SchedulerError::request(
+                        sampler,
+                        "use_dynamic_shifting needs mu (or the image size)",
+                    )
+                })?;
+                let (e, m) = (mu.exp() as f32, mu as f32);
+                sigmas.iter_mut().for_each(|s| {
+                    *s = match d.kind {
+                        TimeShiftType::Exponential => e / (e + (1.0 / *s - 1.0)),
+                        TimeShiftType::Linear => m / (m + (1.0 / *s - 1.0)),
+                    }
+                });
+            }
+            None => {
+                let shift = self.shift as f32;
+                let less = (self.shift - 1.0) as f32;
+                sigmas
+                    .iter_mut()
+                    .for_each(|s| *s = shift * *s / (1.0 + less * *s));
+            }
+        }
+        if let Some(terminal) = self.shift_terminal {
+            let scale = (1.0 - sigmas[sigmas.len() - 1]) / (1.0 - terminal as f32);
+            sigmas
+                .iter_mut()
+                .for_each(|s| *s = 1.0 - (1.0 - *s) / scale);
+        }
+        let (first, last) = (sigmas[0] as f64, sigmas[sigmas.len() - 1] as f64);
+        let sigmas = match self.spacing {
+            SigmaSpacing::Linear => sigmas,
+            SigmaSpacing::Karras => to_f32(karras_sigmas(last, first, num_steps)),
+            SigmaSpacing::Exponential => to_f32(exponential_sigmas(last, first, num_steps)),
+        };
+        Ok(self.finish(sigmas))
+    }
+
+    /// Inverted if asked, the timesteps from the sigmas, the final sigma.
+    fn finish(&self, mut sigmas: Vec<f32>) -> FlowSteps {
         let train = self.num_train_timesteps as f32;
         if self.invert {
             sigmas.iter_mut().for_each(|s| *s = 1.0 - *s);
         }
         let timesteps = sigmas.iter().map(|&s| (s * train) as f64).collect();
         sigmas.push(if self.invert { 1.0 } else { 0.0 });
-        Ok(FlowSteps { timesteps, sigmas })
+        FlowSteps { timesteps, sigmas }
     }
+}
+
+fn to_f32(values: Vec<f64>) -> Vec<f32> {
+    values.into_iter().map(|v| v as f32).collect()
+}
+
+/// The sigmas diffusers' FLUX pipelines give the scheduler for `steps`
+/// steps: numpy's `linspace(1.0, 1 / steps, steps)`.
+pub fn flux_sigmas(steps: usize) -> Vec<f64> {
+    linspace(1.0, 1.0 / steps.max(1) as f64, steps)
 }
 
 /// diffusers' `time_shift` with its `sigma` argument 1.

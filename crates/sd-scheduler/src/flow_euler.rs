@@ -56,6 +56,11 @@ impl Scheduler for FlowMatchEuler {
         self.recipe.set_image_seq_len(seq_len);
     }
 
+    fn set_custom_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        self.recipe.set_custom_sigmas(sigmas);
+        Ok(())
+    }
+
     fn timesteps(&self) -> &[f64] {
         &self.steps.timesteps
     }

@@ -56,6 +56,7 @@ pub use dpm_solver::DpmSolverMultistep;
 pub use error::{Result, SchedulerError};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
+pub use flow::flux_sigmas;
 pub use flow_euler::FlowMatchEuler;
 pub use flow_heun::FlowMatchHeun;
 pub use heun::Heun;
@@ -95,6 +96,17 @@ pub trait Scheduler: Send {
         Err(SchedulerError::request(
             self.name(),
             "custom timesteps are not supported",
+        ))
+    }
+
+    /// Sigmas for the next [`set_timesteps`](Self::set_timesteps) (as many
+    /// as its steps), for samplers that take them: diffusers'
+    /// `set_timesteps(sigmas=...)`, FLUX's `linspace(1, 1/n, n)`.
+    fn set_custom_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        let _ = sigmas;
+        Err(SchedulerError::request(
+            self.name(),
+            "custom sigmas are not supported",
         ))
     }
 

@@ -58,6 +58,11 @@ fn scheduler_for(case: &Value) -> sd_scheduler::Result<Box<dyn Scheduler>> {
     if let Some(seq_len) = case["image_seq_len"].as_u64() {
         scheduler.set_image_seq_len(seq_len as usize);
     }
+    // FLUX's pipelines give sigmas of their own
+    if case["custom_sigmas"] == "flux" {
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        scheduler.set_custom_sigmas(&sd_scheduler::flux_sigmas(steps))?;
+    }
     Ok(scheduler)
 }
 
@@ -245,7 +250,7 @@ fn every_sampler_matches_diffusers_traces() {
 /// sigmas, stochastic sampling; Heun; both in f16 and bf16.
 #[test]
 fn flow_matching_samplers_match_diffusers_traces() {
-    check_every_case(&reference("flow_schedulers"), 23);
+    check_every_case(&reference("flow_schedulers"), 25);
 }
 
 #[test]
