@@ -3,7 +3,8 @@ embedding) and one like [schnell] (none), in fixtures/flux/transformer-*, with
 their velocities (outputs/flux_transformer.safetensors) for two images of 12
 packed latent tokens (a 8x6 latent: 4x3 tokens of 2x2 patches, ids from
 diffusers' own `FluxPipeline._prepare_latent_image_ids`), 5 text tokens, two
-timesteps, in f32 and bf16."""
+timesteps, in f32 and bf16; and the pipeline's packing of a latent into 2x2
+patches, back, and its image ids."""
 
 from __future__ import annotations
 
@@ -49,4 +50,11 @@ def write_flux_transformer(fixtures: Path, outputs: Path) -> None:
                              img_ids=img_ids, txt_ids=txt_ids,
                              guidance=guidance.to(dtype) if config["guidance_embeds"] else None).sample
             tensors[f"flux.{name}.{dtype_name}"] = out
+    # the pipeline's packing: a (2, 16, 10, 6) latent (an 80x48 image) packed
+    # into 2x2 patches and back, with its ids
+    latent = torch.randn(2, 16, 10, 6, generator=gen)
+    packed = FluxPipeline._pack_latents(latent, 2, 16, 10, 6)
+    tensors.update({"pack.latent": latent, "pack.packed": packed,
+                    "pack.unpacked": FluxPipeline._unpack_latents(packed, 80, 48, 8),
+                    "pack.img_ids": FluxPipeline._prepare_latent_image_ids(2, 5, 3, "cpu", torch.float32)})
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_transformer.safetensors")

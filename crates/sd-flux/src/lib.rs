@@ -11,6 +11,7 @@ mod blocks;
 pub mod config;
 pub mod error;
 mod model;
+pub mod packing;
 pub mod rope;
 
 pub use config::FluxConfig;

@@ -69,3 +69,20 @@ fn guidance_and_shapes_are_checked_in_one_line() {
     let error = schnell.forward(&bad).unwrap_err().to_string();
     assert!(error.contains("hidden_states [1, 12, 17]"), "{error}");
 }
+
+/// The pipeline's packing into 2x2 patches, unpacking and image ids equal
+/// diffusers' `FluxPipeline` static methods (a 10x6 latent: an 80x48 image).
+#[test]
+fn packing_and_ids_match_diffusers() {
+    use sd_flux::packing::{image_ids, pack, text_ids, unpack};
+    let outputs = reference_dir().join("fixtures/outputs/flux_transformer.safetensors");
+    let reference = read_tensors(outputs).unwrap();
+    let t = |key: &str| take(&reference, key).unwrap();
+    let packed = pack(&t("pack.latent"));
+    assert!(packed.equal(&t("pack.packed")));
+    assert!(unpack(&packed, 10, 6).equal(&t("pack.unpacked")));
+    assert!(unpack(&packed, 10, 6).equal(&t("pack.latent")));
+    assert!(image_ids(5, 3, Device::Cpu).equal(&t("pack.img_ids")));
+    assert!(image_ids(4, 3, Device::Cpu).equal(&t("flux.img_ids")));
+    assert!(text_ids(5, Device::Cpu).equal(&t("flux.txt_ids")));
+}
