@@ -176,6 +176,7 @@ def main() -> None:
             harness_gguf.write_gguf_models(FIXTURES, outputs, Path(tmp))
         if "flux" in only:
             harness_flux.write_flux_transformer(FIXTURES, outputs)
+            harness_flux.write_flux_pipeline(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

@@ -58,3 +58,59 @@ def write_flux_transformer(fixtures: Path, outputs: Path) -> None:
                     "pack.unpacked": FluxPipeline._unpack_latents(packed, 80, 48, 8),
                     "pack.img_ids": FluxPipeline._prepare_latent_image_ids(2, 5, 3, "cpu", torch.float32)})
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_transformer.safetensors")
+
+
+def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
+    """Tiny FluxPipelines (fixtures/flux/pipeline-{dev,schnell}): tiny-sd1's CLIP-L
+    (a CLIPTextModel, pooled output only), the SD3 fixture's T5 and 16-channel
+    VAE, a one-double-block, one-single-block transformer, FLUX's scheduler
+    config; and their txt2img runs (outputs/flux_pipeline.safetensors: the final
+    packed latents), two images from one generator at 48x32, 3 steps, 16 T5
+    tokens, distilled guidance 3.5 for dev, in f32 and bf16."""
+    import shutil
+
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+                           FluxTransformer2DModel)
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from harness_outputs import run_keeping_latents
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096)
+    tensors = {}
+    for seed, guided in [(300, True), (301, False)]:
+        name = "dev" if guided else "schnell"
+        folder = fixtures / "flux" / f"pipeline-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=8, guidance_embeds=guided,
+            axes_dims_rope=(4, 6, 6)).eval()
+        norms = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, param in transformer.named_parameters():
+                if ".norm_" in key:
+                    param.copy_(1 + 0.1 * torch.randn(param.shape, generator=norms))
+        sd3 = fixtures / "sd3" / "pipeline"
+        pipe = FluxPipeline(
+            scheduler=scheduler,
+            vae=AutoencoderKL.from_pretrained(sd3 / "vae"),
+            text_encoder=CLIPTextModel.from_pretrained(fixtures / "tiny-sd1" / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(sd3 / "tokenizer"),
+            text_encoder_2=T5EncoderModel.from_pretrained(sd3 / "text_encoder_3"),
+            tokenizer_2=T5TokenizerFast.from_pretrained(sd3 / "tokenizer_3"),
+            transformer=transformer,
+        )
+        pipe.save_pretrained(folder)
+        for dtype_name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+            run = FluxPipeline.from_pretrained(folder, torch_dtype=dtype)
+            run.text_encoder_2.eval()
+            run.set_progress_bar_config(disable=True)
+            latents, _ = run_keeping_latents(
+                run, "a red circle on a white background", height=32, width=48, num_inference_steps=3,
+                guidance_scale=3.5, max_sequence_length=16, num_images_per_prompt=2,
+                generator=torch.Generator("cpu").manual_seed(0))
+            tensors[f"{name}.{dtype_name}"] = latents
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_pipeline.safetensors")

@@ -89,6 +89,12 @@ impl StableDiffusion {
                 store: transformer.var_store(),
                 aliases: sd_mmdit::sai::linear_modules(transformer.config().num_layers),
             },
+            // (diffusers' names only, so far: issue 29's LoRA formats are to come)
+            Denoiser::Flux(transformer) => Target {
+                component: Component::Transformer,
+                store: transformer.var_store(),
+                aliases: vec![],
+            },
         };
         let mut targets = vec![
             denoiser,

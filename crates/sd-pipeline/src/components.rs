@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sd_clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
+use sd_flux::FluxTransformer2DModel;
 use sd_mmdit::SD3Transformer2DModel;
 use sd_scheduler::SchedulerConfig;
 use sd_unet::UNet2DConditionModel;
@@ -121,6 +122,14 @@ impl Components {
                         variant,
                     )?))
                 }
+                ModelFamily::Flux => {
+                    Denoiser::Flux(Frozen::new(FluxTransformer2DModel::from_folder(
+                        dir.join("transformer"),
+                        devices.unet,
+                        dtype,
+                        variant,
+                    )?))
+                }
                 _ => Denoiser::UNet(Frozen::new(UNet2DConditionModel::from_folder(
                     dir.join("unet"),
                     devices.unet,
@@ -149,17 +158,21 @@ impl Components {
         };
         let family = index.family;
         let denoiser = denoiser(family)?;
-        let has_t5 = dir.join("text_encoder_3").is_dir();
+        let t5_suffix = family.t5_suffix();
+        let has_t5 = t5_suffix.is_some_and(|s| dir.join(format!("text_encoder{s}")).is_dir());
         Ok(Components {
             source: dir.to_path_buf(),
             text: tower("", &files.clip_l)?,
             text_2: match family {
-                ModelFamily::StableDiffusion => None,
+                // (FLUX's `_2` is T5)
+                ModelFamily::StableDiffusion | ModelFamily::Flux => None,
                 _ => Some(tower("_2", &files.clip_g)?),
             },
-            t5: match family.is_flow_matching() && (has_t5 || files.t5.is_some()) {
-                true => load_t5(dir, t5, encoder, variant, files.t5.as_deref())?,
-                false => None,
+            t5: match t5_suffix {
+                Some(suffix) if has_t5 || files.t5.is_some() => {
+                    load_t5((dir, suffix), t5, encoder, variant, files.t5.as_deref())?
+                }
+                _ => None,
             },
             denoiser,
             vae: AutoencoderKL::from_folder(dir.join("vae"), devices.vae, dtype, variant)?,

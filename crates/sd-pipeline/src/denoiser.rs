@@ -5,6 +5,7 @@
 
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
+use sd_flux::FluxTransformer2DModel;
 use sd_mmdit::SD3Transformer2DModel;
 use sd_unet::{AddedConditions, UNet2DConditionModel};
 use tch::{Kind, Tensor};
@@ -21,6 +22,8 @@ pub enum Denoiser {
     UNet(Frozen<UNet2DConditionModel>),
     /// SD3 and SD3.5.
     Transformer(Frozen<SD3Transformer2DModel>),
+    /// FLUX.1.
+    Flux(Frozen<FluxTransformer2DModel>),
 }
 
 impl Denoiser {
@@ -29,6 +32,7 @@ impl Denoiser {
         match self {
             Denoiser::UNet(m) => m.var_store().kind(),
             Denoiser::Transformer(m) => m.var_store().kind(),
+            Denoiser::Flux(m) => m.var_store().kind(),
         }
     }
 
@@ -38,6 +42,8 @@ impl Denoiser {
         match self {
             Denoiser::UNet(m) => m.config().in_channels,
             Denoiser::Transformer(m) => m.config().in_channels,
+            // (a packed token holds a 2x2 patch of the latent's channels)
+            Denoiser::Flux(m) => m.config().in_channels / 4,
         }
     }
 
@@ -47,6 +53,7 @@ impl Denoiser {
         match self {
             Denoiser::UNet(_) => 1,
             Denoiser::Transformer(m) => m.config().patch_size,
+            Denoiser::Flux(_) => 2,
         }
     }
 
@@ -55,6 +62,8 @@ impl Denoiser {
         match self {
             Denoiser::UNet(m) => m.config().sample_size.unwrap_or(64),
             Denoiser::Transformer(m) => m.config().sample_size,
+            // (diffusers' FluxPipeline.default_sample_size: 1024 px)
+            Denoiser::Flux(_) => 128,
         }
     }
 
@@ -62,15 +71,23 @@ impl Denoiser {
     pub fn unet(&self) -> Option<&UNet2DConditionModel> {
         match self {
             Denoiser::UNet(m) => Some(m),
-            Denoiser::Transformer(_) => None,
+            _ => None,
         }
     }
 
     /// The transformer, for SD3 models.
     pub fn transformer(&self) -> Option<&SD3Transformer2DModel> {
         match self {
-            Denoiser::UNet(_) => None,
             Denoiser::Transformer(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The transformer, for FLUX models.
+    pub fn flux(&self) -> Option<&FluxTransformer2DModel> {
+        match self {
+            Denoiser::Flux(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -85,6 +102,7 @@ impl Denoiser {
                 let per_token = c.num_attention_heads * c.attention_head_dim;
                 (per_token / (c.patch_size * c.patch_size)).max(1)
             }
+            Denoiser::Flux(m) => (m.config().inner_dim() / 4).max(1),
         }
     }
 }
@@ -94,6 +112,7 @@ impl Denoiser {
 pub(crate) enum RunDenoiser<'a> {
     UNet(Cow<'a, UNet2DConditionModel>),
     Transformer(Cow<'a, SD3Transformer2DModel>),
+    Flux(Cow<'a, FluxTransformer2DModel>),
 }
 
 /// The transformer's velocity for `input` at timestep `t`, given per batch
@@ -110,6 +129,35 @@ pub(crate) fn velocity(
 ) -> Result<Tensor> {
     let timestep = Tensor::full([input.size()[0]], t, (Kind::Float, input.device()));
     Ok(model.forward(input, &timestep, context, pooled, skip_layers)?)
+}
+
+/// FLUX's velocity for the latents (batch, 16, h, w) at timestep `t`
+/// (`sigma * 1000`, f32): packed into 2x2 patches with their ids, the
+/// timestep given as diffusers' pipeline gives it (`t` in the latents'
+/// dtype, divided by 1000), [dev]'s distilled `guidance` (f32), the output
+/// unpacked. (The sampler steps the unpacked latents: its step works value
+/// by value, so packing before or after it changes nothing.)
+pub(crate) fn flux_velocity(
+    model: &FluxTransformer2DModel,
+    latents: &Tensor,
+    t: f64,
+    (context, pooled): (&Tensor, &Tensor),
+    guidance: Option<f64>,
+) -> Result<Tensor> {
+    use sd_flux::packing::{image_ids, pack, text_ids, unpack};
+    let (b, _, h, w) = latents.size4()?;
+    let device = latents.device();
+    let timestep = Tensor::full([b], t, (Kind::Float, device)).to_kind(latents.kind()) / 1000.0;
+    let guidance = guidance.map(|g| Tensor::full([b], g, (Kind::Float, device)));
+    let (img_ids, txt_ids) = (
+        image_ids(h / 2, w / 2, device),
+        text_ids(context.size()[1], device),
+    );
+    let tokens = pack(latents);
+    let mut inputs =
+        sd_flux::FluxInputs::new(&tokens, context, pooled, &timestep, (&img_ids, &txt_ids));
+    inputs.guidance = guidance.as_ref();
+    Ok(unpack(&model.forward(&inputs)?, h, w))
 }
 
 /// SDXL's added conditions, or SD3's pooled text: the second input the

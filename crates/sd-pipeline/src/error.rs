@@ -50,6 +50,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Transformer(#[from] sd_mmdit::MmditError),
 
+    /// From FLUX's transformer.
+    #[error(transparent)]
+    Flux(#[from] sd_flux::FluxError),
+
     /// From the VAE.
     #[error(transparent)]
     Vae(#[from] sd_vae::VaeError),

@@ -18,13 +18,26 @@ pub enum ModelFamily {
     /// SD3 / SD3.5: CLIP-L, CLIP-G and (optional) T5 into a multimodal
     /// diffusion transformer, sampled by flow matching.
     StableDiffusion3,
+    /// FLUX.1 ([dev], [schnell]): CLIP-L's pooled output and T5 into a
+    /// rectified-flow transformer over packed 2x2 latent patches.
+    Flux,
 }
 
 impl ModelFamily {
-    /// Whether the denoiser is SD3's transformer (velocity, flow matching)
-    /// rather than a UNet (noise or v on a beta schedule).
+    /// Whether the denoiser is a transformer sampled by flow matching
+    /// (velocity) rather than a UNet (noise or v on a beta schedule).
     pub fn is_flow_matching(self) -> bool {
-        self == ModelFamily::StableDiffusion3
+        matches!(self, ModelFamily::StableDiffusion3 | ModelFamily::Flux)
+    }
+
+    /// The suffix of T5's folders (`tokenizer_3`/`text_encoder_3` in SD3,
+    /// `_2` in FLUX); `None` for families without T5.
+    pub fn t5_suffix(self) -> Option<&'static str> {
+        match self {
+            ModelFamily::StableDiffusion3 => Some("_3"),
+            ModelFamily::Flux => Some("_2"),
+            _ => None,
+        }
     }
 }
 
@@ -46,6 +59,17 @@ pub const REQUIRED_XL: [&str; 2] = ["tokenizer_2", "text_encoder_2"];
 /// The components every SD3 folder must have (T5's `tokenizer_3` and
 /// `text_encoder_3` are optional, as in diffusers).
 pub const REQUIRED_SD3: [&str; 7] = [
+    "tokenizer",
+    "text_encoder",
+    "tokenizer_2",
+    "text_encoder_2",
+    "transformer",
+    "vae",
+    "scheduler",
+];
+
+/// The components every FLUX folder must have.
+pub const REQUIRED_FLUX: [&str; 7] = [
     "tokenizer",
     "text_encoder",
     "tokenizer_2",
@@ -81,17 +105,19 @@ impl ModelIndex {
             "StableDiffusion3Pipeline"
             | "StableDiffusion3Img2ImgPipeline"
             | "StableDiffusion3InpaintPipeline" => ModelFamily::StableDiffusion3,
-            other => {
-                return Err(PipelineError::model(
-                    &path,
-                    format!("\"_class_name\" {other} is not a Stable Diffusion 1/2/XL/3 pipeline"),
-                ))
-            }
+            "FluxPipeline" => ModelFamily::Flux,
+            other => return Err(PipelineError::model(
+                &path,
+                format!(
+                    "\"_class_name\" {other} is not a Stable Diffusion 1/2/XL/3 or FLUX pipeline"
+                ),
+            )),
         };
         let needed: Vec<&str> = match family {
             ModelFamily::StableDiffusion => REQUIRED.to_vec(),
             ModelFamily::StableDiffusionXl => [&REQUIRED[..], &REQUIRED_XL[..]].concat(),
             ModelFamily::StableDiffusion3 => REQUIRED_SD3.to_vec(),
+            ModelFamily::Flux => REQUIRED_FLUX.to_vec(),
         };
         for component in needed {
             if !dir.join(component).is_dir() {

@@ -173,6 +173,7 @@ impl StableDiffusion {
         match &self.denoiser {
             Denoiser::UNet(m) => self.placement.done_with(&**m, device),
             Denoiser::Transformer(m) => self.placement.done_with(&**m, device),
+            Denoiser::Flux(m) => self.placement.done_with(&**m, device),
         }
     }
 
@@ -183,6 +184,7 @@ impl StableDiffusion {
             Denoiser::Transformer(m) => {
                 RunDenoiser::Transformer(self.placement.for_run(&**m, device, true)?)
             }
+            Denoiser::Flux(m) => RunDenoiser::Flux(self.placement.for_run(&**m, device, true)?),
         })
     }
 

@@ -41,7 +41,7 @@ impl Sd3TextEncoders {
             true => T5Loading::Resident,
             false => T5Loading::Skip,
         };
-        let t5 = load_t5(dir, loading, (device, dtype), None, None)?;
+        let t5 = load_t5((dir, "_3"), loading, (device, dtype), None, None)?;
         Ok(Sd3TextEncoders {
             clip_l: tower("")?,
             clip_g: tower("_2")?,

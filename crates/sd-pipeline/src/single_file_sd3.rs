@@ -203,9 +203,13 @@ fn load_t5_part(
     }
     if !source.has(T5) && own_file.is_none() {
         return match source.config_dir {
-            Some(dir) if dir.join("text_encoder_3").is_dir() => {
-                load_t5(dir, loading, (devices.text_encoder, dtype), None, None)
-            }
+            Some(dir) if dir.join("text_encoder_3").is_dir() => load_t5(
+                (dir, "_3"),
+                loading,
+                (devices.text_encoder, dtype),
+                None,
+                None,
+            ),
             _ => Ok(None),
         };
     }

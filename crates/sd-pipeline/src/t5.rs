@@ -85,12 +85,12 @@ impl T5Encoder {
     }
 }
 
-/// `tokenizer_3/` and `text_encoder_3/` of the SD3 folder `dir` as
-/// `loading` asks, named in errors by the folder that failed; the
-/// encoder's weights from `file` when given (its config from
-/// `text_encoder_3/` when the folder has one, else SD3.5's).
+/// `tokenizer{suffix}/` and `text_encoder{suffix}/` of the folder `dir`
+/// (`_3` in SD3's, `_2` in FLUX's) as `loading` asks, named in errors by
+/// the folder that failed; the encoder's weights from `file` when given
+/// (its config from the folder when it has one, else SD3.5's T5-XXL's).
 pub(crate) fn load_t5(
-    dir: &Path,
+    (dir, suffix): (&Path, &str),
     loading: T5Loading,
     (device, dtype): (Device, Kind),
     variant: Option<&str>,
@@ -100,9 +100,9 @@ pub(crate) fn load_t5(
         return Ok(None);
     }
     let named = |path: PathBuf| move |e: T5Error| PipelineError::model(&path, e.to_string());
-    let tokenizer = T5Tokenizer::from_folder(dir.join("tokenizer_3"))
-        .map_err(named(dir.join("tokenizer_3")))?;
-    let folder = dir.join("text_encoder_3");
+    let tokenizer_dir = dir.join(format!("tokenizer{suffix}"));
+    let tokenizer = T5Tokenizer::from_folder(&tokenizer_dir).map_err(named(tokenizer_dir))?;
+    let folder = dir.join(format!("text_encoder{suffix}"));
     let config_file = folder.join("config.json");
     let config = match (file, config_file.is_file()) {
         (Some(file), false) => T5Config::parse(&preset_config(), file),

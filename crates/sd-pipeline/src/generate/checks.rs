@@ -4,6 +4,7 @@
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::generate::request::{Request, Seed, Task};
+use crate::model::ModelFamily;
 use crate::pipeline::StableDiffusion;
 use sd_core::DiffusersModel;
 
@@ -83,7 +84,8 @@ impl StableDiffusion {
             width,
             height,
             n,
-            cfg: request.guidance_scale > 1.0,
+            // (FLUX's guidance is distilled: one pass, the scale an input)
+            cfg: request.guidance_scale > 1.0 && self.family() != ModelFamily::Flux,
             latent_shape: [
                 n as i64,
                 self.vae.config().latent_channels,
@@ -194,6 +196,9 @@ impl StableDiffusion {
     /// Options one family has and the others do not.
     fn check_family_options(&self, request: &Request) -> Result<()> {
         let refuse = |field, message: String| Err(PipelineError::request(field, message));
+        if self.family() == ModelFamily::Flux {
+            return self.check_flux_options(request);
+        }
         let Some(transformer) = self.transformer() else {
             if request.skip_layer_guidance.is_some() {
                 return refuse(
@@ -235,6 +240,34 @@ impl StableDiffusion {
                     slg.start, slg.stop
                 ),
             );
+        }
+        Ok(())
+    }
+}
+
+impl StableDiffusion {
+    /// What FLUX runs take so far: txt2img, distilled guidance, up to 512
+    /// T5 tokens.
+    fn check_flux_options(&self, request: &Request) -> Result<()> {
+        let refuse = |field, message: &str| Err(PipelineError::request(field, message));
+        if request.task.image().is_some() {
+            return refuse(
+                Field::InitImage,
+                "FLUX img2img and inpainting are not here yet: txt2img only",
+            );
+        }
+        if request.skip_layer_guidance.is_some() {
+            return refuse(
+                Field::SkipLayerGuidance,
+                "skip-layer guidance is for SD3 transformers",
+            );
+        }
+        if request.guidance_rescale != 0.0 {
+            return refuse(Field::GuidanceRescale, "FLUX has no guidance rescale");
+        }
+        let tokens = request.max_sequence_length;
+        if !(1..=512).contains(&tokens) {
+            return refuse(Field::MaxSequenceLength, "outside 1..=512 (T5's positions)");
         }
         Ok(())
     }

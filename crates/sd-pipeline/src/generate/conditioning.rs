@@ -51,10 +51,13 @@ impl StableDiffusion {
                 n,
                 (shape.width, shape.height),
             )?),
-            ModelFamily::StableDiffusion3 => {
+            ModelFamily::StableDiffusion3 | ModelFamily::Flux => {
                 let pooled = |c: &Conditioning| -> Result<Tensor> {
                     let p = c.pooled.as_ref().ok_or_else(|| {
-                        PipelineError::request(Field::Embeddings, "SD3 needs pooled embeddings")
+                        PipelineError::request(
+                            Field::Embeddings,
+                            "the model needs pooled embeddings",
+                        )
                     })?;
                     Ok(repeat(p))
                 };
@@ -107,10 +110,46 @@ impl StableDiffusion {
         Ok(PromptEmbeddings { positive, negative })
     }
 
+    /// FLUX's prompt, as diffusers' `FluxPipeline.encode_prompt`: CLIP-L's
+    /// pooled output (77 tokens) and T5's states (`max_sequence_length`
+    /// tokens, padded). No negative: the guidance is distilled.
+    fn encode_prompts_flux(&self, request: &Request) -> Result<PromptEmbeddings> {
+        let (tokenizer, t5) = self
+            .t5
+            .as_ref()
+            .ok_or_else(|| PipelineError::model(&self.dir, "FLUX needs its T5 (text_encoder_2)"))?;
+        let fail = |e: sd_t5::T5Error| PipelineError::request(Field::Prompt, e.to_string());
+        let ids = tokenizer
+            .encode(&request.prompt, request.max_sequence_length)
+            .map_err(fail)?;
+        let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
+        let states = t5.forward_each(&[ids]).map_err(fail)?.remove(0);
+        let (clip_tokenizer, clip) = (&self.text.0, &self.text.1);
+        let layer = EmbeddingLayer::Final;
+        let clip = encode(
+            clip_tokenizer,
+            clip,
+            &request.prompt,
+            layer,
+            request.prompt_options,
+            1,
+        )?;
+        let positive = Conditioning {
+            hidden: states.to_device(clip.hidden.device()),
+            pooled: Some(clip.pooled),
+        };
+        Ok(PromptEmbeddings {
+            negative: positive.clone(),
+            positive,
+        })
+    }
+
     /// The prompts through the text encoder(s), as diffusers' `encode_prompt`.
     pub fn encode_prompts(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
-        if self.family() == ModelFamily::StableDiffusion3 {
-            return self.encode_prompts_sd3(request, cfg);
+        match self.family() {
+            ModelFamily::StableDiffusion3 => return self.encode_prompts_sd3(request, cfg),
+            ModelFamily::Flux => return self.encode_prompts_flux(request),
+            _ => {}
         }
         let options = request.prompt_options;
         let negative_text = request.negative_prompt.clone().unwrap_or_default();

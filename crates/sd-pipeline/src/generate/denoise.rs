@@ -10,15 +10,17 @@ use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
 use crate::control::RunControl;
-use crate::denoiser::{velocity, Extra, RunDenoiser};
+use crate::denoiser::{flux_velocity, velocity, Extra, RunDenoiser};
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 use crate::generate::latents::Prepared;
 use crate::generate::request::{Generation, Request, StepInfo};
 use crate::graph::{UNetExecution, UNetRunner};
 use crate::images::tensor_to_images;
+use crate::model::ModelFamily;
 use crate::noise::BatchNoise;
 use crate::pipeline::StableDiffusion;
+use sd_core::DiffusersModel;
 
 /// A per-step callback; `ControlFlow::Break` cancels the run.
 pub type StepCallback<'a> = &'a mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>;
@@ -91,6 +93,10 @@ impl StableDiffusion {
         let [_, _, h, w] = shape.latent_shape;
         let unit = self.denoiser.latent_unit();
         scheduler.set_image_seq_len(((h / unit) * (w / unit)) as usize);
+        if self.family() == ModelFamily::Flux {
+            // FLUX's pipelines give the sampler sigmas of their own
+            scheduler.set_custom_sigmas(&sd_scheduler::flux_sigmas(request.steps))?;
+        }
         scheduler.set_timesteps(request.steps)?;
         let start = match request.task.strength() {
             Some(strength) => {
@@ -192,6 +198,11 @@ impl StableDiffusion {
                 RunDenoiser::Transformer(model) => {
                     let pooled = pooled(inputs.extra)?;
                     velocity(model, &input, at.t, inputs.context, pooled, &[])?
+                }
+                RunDenoiser::Flux(model) => {
+                    let text = (inputs.context, pooled(inputs.extra)?);
+                    let guidance = model.config().guidance_embeds.then_some(scale);
+                    flux_velocity(model, &input, at.t, text, guidance)?
                 }
             };
             let mut guided = match cfg {
