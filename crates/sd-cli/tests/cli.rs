@@ -691,3 +691,49 @@ fn convert_writes_a_gguf_that_runs_as_the_library_runs_it() {
     ];
     fails_cleanly(&args, &k, "type q4_k: not one of");
 }
+
+/// A FLUX.1-dev folder through `sd txt2img`: `--guidance` is the distilled
+/// guidance; the latents are diffusers' FluxPipeline's (packed as it keeps
+/// them).
+#[test]
+fn flux_runs_through_the_cli() {
+    let dir = scratch("flux");
+    let model = fixtures().join("flux/pipeline-dev");
+    let latents = dir.join("flux.safetensors");
+    let run = sd(&[
+        "txt2img",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a red circle on a white background",
+        "--steps",
+        "3",
+        "--guidance",
+        "3.5",
+        "--width",
+        "48",
+        "--height",
+        "32",
+        "--num-images",
+        "2",
+        "--seed",
+        "0",
+        "--max-sequence-length",
+        "16",
+        "--out",
+        dir.join("flux.png").to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reference =
+        sd_testkit::parity::read_tensors(fixtures().join("outputs/flux_pipeline.safetensors"))
+            .unwrap();
+    let ours = sd_testkit::parity::read_tensors(&latents).unwrap();
+    let packed = sd_flux::packing::pack(&ours["latents"]);
+    sd_testkit::parity::assert_matches("cli flux dev", &packed, &reference["dev.f32"], 3);
+}

@@ -106,12 +106,14 @@ impl ModelIndex {
             | "StableDiffusion3Img2ImgPipeline"
             | "StableDiffusion3InpaintPipeline" => ModelFamily::StableDiffusion3,
             "FluxPipeline" => ModelFamily::Flux,
-            other => return Err(PipelineError::model(
-                &path,
-                format!(
+            other => {
+                return Err(PipelineError::model(
+                    &path,
+                    format!(
                     "\"_class_name\" {other} is not a Stable Diffusion 1/2/XL/3 or FLUX pipeline"
                 ),
-            )),
+                ))
+            }
         };
         let needed: Vec<&str> = match family {
             ModelFamily::StableDiffusion => REQUIRED.to_vec(),

@@ -40,3 +40,32 @@ fn dev_and_schnell_txt2img_match_diffusers() {
         }
     }
 }
+
+/// A1111-style bodies (`sd serve`, the Ray app) carry FLUX.1-dev's
+/// guidance as Forge names it, `distilled_cfg_scale`, over `cfg_scale`.
+#[test]
+fn distilled_cfg_scale_is_the_guidance() {
+    use sd_pipeline::front::a1111::GenerateRequest;
+    let body = r#"{"prompt": "a fox", "cfg_scale": 1.0, "distilled_cfg_scale": 3.5}"#;
+    let request: GenerateRequest = serde_json::from_str(body).unwrap();
+    assert_eq!(request.parameters(false).unwrap().guidance, 3.5);
+    let plain: GenerateRequest = serde_json::from_str(r#"{"prompt": "a fox"}"#).unwrap();
+    assert_eq!(plain.parameters(false).unwrap().guidance, 7.0);
+}
+
+/// What FLUX does not take yet is refused in one line naming the field.
+#[test]
+fn flux_refusals_name_the_field() {
+    let pipeline = StableDiffusion::builder()
+        .model_dir(fixtures().join("flux/pipeline-schnell"))
+        .build()
+        .unwrap();
+    let image = image::RgbImage::new(48, 32);
+    let img2img = request().image_to_image(image, 0.6);
+    let error = pipeline.generate(&img2img).unwrap_err().to_string();
+    assert!(error.contains("FLUX img2img"), "{error}");
+    let mut long = request();
+    long.max_sequence_length = 513;
+    let error = pipeline.generate(&long).unwrap_err().to_string();
+    assert!(error.contains("max_sequence_length"), "{error}");
+}

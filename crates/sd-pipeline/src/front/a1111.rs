@@ -52,6 +52,9 @@ pub struct GenerateRequest {
     /// SD3.5 (this project's): skip-layer guidance on these transformer
     /// blocks at diffusers' defaults (scale 2.8, 1% to 20% of the steps).
     pub skip_layer_guidance: Vec<usize>,
+    /// FLUX.1-dev's distilled guidance (Forge's name); when given it is the
+    /// guidance the run uses, in place of `cfg_scale` (FLUX takes no CFG).
+    pub distilled_cfg_scale: Option<f64>,
 }
 
 impl Default for GenerateRequest {
@@ -75,6 +78,7 @@ impl Default for GenerateRequest {
             mask: None,
             max_sequence_length: None,
             skip_layer_guidance: Vec::new(),
+            distilled_cfg_scale: None,
         }
     }
 }
@@ -103,7 +107,7 @@ impl GenerateRequest {
         let mut p = Parameters::new(&self.prompt);
         p.negative_prompt = self.negative_prompt.clone();
         p.steps = self.steps;
-        p.guidance = self.cfg_scale;
+        p.guidance = self.distilled_cfg_scale.unwrap_or(self.cfg_scale);
         p.seed = match self.seed {
             -1 => None,
             seed if seed >= 0 => Some(seed as u64),
