@@ -177,6 +177,7 @@ def main() -> None:
         if "flux" in only:
             harness_flux.write_flux_transformer(FIXTURES, outputs)
             harness_flux.write_flux_pipeline(FIXTURES, outputs)
+            harness_flux.write_flux_single_files(FIXTURES)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

@@ -8,6 +8,7 @@ patches, back, and its image ids."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -114,3 +115,86 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
                 generator=torch.Generator("cpu").manual_seed(0))
             tensors[f"{name}.{dtype_name}"] = latents
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_pipeline.safetensors")
+
+
+def to_bfl(state: dict, num_layers: int, num_single_layers: int) -> dict:
+    """A diffusers FLUX transformer's weights under Black Forest Labs' names
+    (flux1-dev.safetensors' layout): the inverse of diffusers'
+    `convert_flux_transformer_checkpoint_to_diffusers`, written here."""
+    out = {}
+    pairs = [("x_embedder", "img_in"), ("context_embedder", "txt_in"),
+             ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+             ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+             ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+             ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+             ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+             ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+             ("proj_out", "final_layer.linear")]
+    for ours, theirs in pairs:
+        for p in ("weight", "bias"):
+            if f"{ours}.{p}" in state:
+                out[f"{theirs}.{p}"] = state[f"{ours}.{p}"]
+    for p in ("weight", "bias"):
+        shift_scale = state[f"norm_out.linear.{p}"].chunk(2, dim=0)
+        out[f"final_layer.adaLN_modulation.1.{p}"] = torch.cat([shift_scale[1], shift_scale[0]], dim=0)
+    for i in range(num_layers):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        for p in ("weight", "bias"):
+            out[f"{b}.img_mod.lin.{p}"] = state[f"{d}.norm1.linear.{p}"]
+            out[f"{b}.txt_mod.lin.{p}"] = state[f"{d}.norm1_context.linear.{p}"]
+            out[f"{b}.img_attn.qkv.{p}"] = torch.cat([state[f"{d}.attn.to_{x}.{p}"] for x in "qkv"])
+            out[f"{b}.txt_attn.qkv.{p}"] = torch.cat([state[f"{d}.attn.add_{x}_proj.{p}"] for x in "qkv"])
+            out[f"{b}.img_attn.proj.{p}"] = state[f"{d}.attn.to_out.0.{p}"]
+            out[f"{b}.txt_attn.proj.{p}"] = state[f"{d}.attn.to_add_out.{p}"]
+            out[f"{b}.img_mlp.0.{p}"] = state[f"{d}.ff.net.0.proj.{p}"]
+            out[f"{b}.img_mlp.2.{p}"] = state[f"{d}.ff.net.2.{p}"]
+            out[f"{b}.txt_mlp.0.{p}"] = state[f"{d}.ff_context.net.0.proj.{p}"]
+            out[f"{b}.txt_mlp.2.{p}"] = state[f"{d}.ff_context.net.2.{p}"]
+        out[f"{b}.img_attn.norm.query_norm.scale"] = state[f"{d}.attn.norm_q.weight"]
+        out[f"{b}.img_attn.norm.key_norm.scale"] = state[f"{d}.attn.norm_k.weight"]
+        out[f"{b}.txt_attn.norm.query_norm.scale"] = state[f"{d}.attn.norm_added_q.weight"]
+        out[f"{b}.txt_attn.norm.key_norm.scale"] = state[f"{d}.attn.norm_added_k.weight"]
+    for i in range(num_single_layers):
+        d, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        for p in ("weight", "bias"):
+            out[f"{b}.linear1.{p}"] = torch.cat([state[f"{d}.attn.to_{x}.{p}"] for x in "qkv"]
+                                                + [state[f"{d}.proj_mlp.{p}"]])
+            out[f"{b}.linear2.{p}"] = state[f"{d}.proj_out.{p}"]
+            out[f"{b}.modulation.lin.{p}"] = state[f"{d}.norm.linear.{p}"]
+        out[f"{b}.norm.query_norm.scale"] = state[f"{d}.attn.norm_q.weight"]
+        out[f"{b}.norm.key_norm.scale"] = state[f"{d}.attn.norm_k.weight"]
+    return out
+
+
+def diffusers_conversion(inner_dim: int):
+    """diffusers' own `convert_flux_transformer_checkpoint_to_diffusers`, its
+    hard-coded full-size width (3072) set to `inner_dim` for a tiny model."""
+    import inspect
+
+    from diffusers.loaders import single_file_utils
+
+    source = inspect.getsource(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers)
+    assert "inner_dim = 3072" in source
+    namespace = dict(single_file_utils.__dict__)
+    exec(source.replace("inner_dim = 3072", f"inner_dim = {inner_dim}"), namespace)
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]
+
+
+def write_flux_single_files(fixtures: Path) -> None:
+    """The tiny [dev] pipeline's transformer as a BFL single file
+    (fixtures/flux/single-file/tiny-flux-dev.safetensors), checked by
+    converting it back with diffusers' own conversion: every tensor equal."""
+    from safetensors.torch import load_file
+
+    folder = fixtures / "flux" / "pipeline-dev" / "transformer"
+    state = load_file(folder / "diffusion_pytorch_model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    bfl = to_bfl(state, config["num_layers"], config["num_single_layers"])
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    back = diffusers_conversion(inner)(dict(bfl))
+    assert set(back) == set(state), sorted(set(back) ^ set(state))
+    for key, value in state.items():
+        assert torch.equal(back[key], value), key
+    out = fixtures / "flux" / "single-file"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in bfl.items()}, out / "tiny-flux-dev.safetensors")

@@ -51,6 +51,9 @@ pub enum KeyMap {
     Transpose(String),
     /// Rows split into equal parts (a fused q/k/v projection), one per name.
     SplitRows(Vec<String>),
+    /// Rows split into parts of the given row counts, in order (FLUX's
+    /// fused q/k/v and MLP input), one per name.
+    SplitRowsBy(Vec<(String, i64)>),
     /// The two halves of the rows swapped: an AdaLN projection stored as
     /// (shift, scale) for a model that reads (scale, shift).
     SwapHalves(String),
@@ -74,6 +77,16 @@ impl KeyMap {
                 }
                 names.iter().map(|n| (n.clone(), part.clone())).collect()
             }
+            KeyMap::SplitRowsBy(parts) => parts
+                .iter()
+                .map(|(n, rows)| {
+                    let mut part = shape.to_vec();
+                    if let Some(first) = part.first_mut() {
+                        *first = *rows;
+                    }
+                    (n.clone(), part)
+                })
+                .collect(),
         }
     }
 }
@@ -141,6 +154,7 @@ pub fn load_mapped_per_file<P: AsRef<Path>>(
                 | KeyMap::Transpose(n)
                 | KeyMap::SwapHalves(n) => vec![n.clone()],
                 KeyMap::SplitRows(names) => names.clone(),
+                KeyMap::SplitRowsBy(parts) => parts.iter().map(|(n, _)| n.clone()).collect(),
             };
             for (part, name) in targets.into_iter().enumerate() {
                 available.insert(name, (index, key.to_string(), mapping.clone(), part));
@@ -209,7 +223,10 @@ fn fill(
             Stored::Ggml(_) => {
                 let by_rows = matches!(
                     mapping,
-                    KeyMap::To(_) | KeyMap::SplitRows(_) | KeyMap::SwapHalves(_)
+                    KeyMap::To(_)
+                        | KeyMap::SplitRows(_)
+                        | KeyMap::SplitRowsBy(_)
+                        | KeyMap::SwapHalves(_)
                 );
                 layer_weight && by_rows
             }
@@ -312,6 +329,14 @@ fn transform(raw: &Tensor, mapping: &KeyMap, part: usize) -> Tensor {
                 raw.narrow(0, part as i64 * rows / n, rows / n)
             } else {
                 raw.shallow_clone()
+            }
+        }
+        KeyMap::SplitRowsBy(parts) => {
+            let start: i64 = parts[..part].iter().map(|(_, r)| r).sum();
+            let total: i64 = parts.iter().map(|(_, r)| r).sum();
+            match raw.dim() >= 1 && raw.size()[0] == total {
+                true => raw.narrow(0, start, parts[part].1),
+                false => raw.shallow_clone(),
             }
         }
         _ => raw.shallow_clone(),

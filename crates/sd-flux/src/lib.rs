@@ -7,6 +7,7 @@
 //! tensors. (The pipeline, files and LoRAs are issue 29's next steps.)
 #![warn(missing_docs)]
 
+pub mod bfl;
 mod blocks;
 pub mod config;
 pub mod error;

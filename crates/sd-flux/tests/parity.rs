@@ -86,3 +86,50 @@ fn packing_and_ids_match_diffusers() {
     assert!(image_ids(4, 3, Device::Cpu).equal(&t("flux.img_ids")));
     assert!(text_ids(5, Device::Cpu).equal(&t("flux.txt_ids")));
 }
+
+/// Black Forest Labs' layout (reference/harness_flux.py writes the tiny
+/// [dev] pipeline's transformer so, checked there by diffusers' own conversion back):
+/// every weight loads equal to the folder's, with or without ComfyUI's
+/// `model.diffusion_model.` prefix; the config is read from the shapes of
+/// full-size files (heads of 128) and refused for others in one line.
+#[test]
+fn bfl_single_files_load_the_folders_weights() {
+    use sd_flux::bfl;
+    let _guard = tch::no_grad_guard();
+    let dir = reference_dir().join("fixtures/flux/pipeline-dev/transformer");
+    let folder = FluxTransformer2DModel::from_folder(dir, Device::Cpu, Kind::Float, None).unwrap();
+    let config = folder.config().clone();
+    let file = reference_dir().join("fixtures/flux/single-file/tiny-flux-dev.safetensors");
+    let prefixed = std::env::temp_dir().join(format!(
+        "sd-flux-prefixed-{}.safetensors",
+        std::process::id()
+    ));
+    let tensors = Tensor::read_safetensors(&file).unwrap();
+    let renamed: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (format!("{}{k}", bfl::PREFIX), t.shallow_clone()))
+        .collect();
+    Tensor::write_safetensors(&renamed, &prefixed).unwrap();
+    for path in [&file, &prefixed] {
+        let single = FluxTransformer2DModel::from_files(
+            &config,
+            &[path.clone()],
+            Device::Cpu,
+            Kind::Float,
+            &|k| bfl::map(k, &config),
+        )
+        .unwrap();
+        let theirs = folder.var_store().variables();
+        for (name, ours) in single.var_store().variables() {
+            assert!(ours.equal(&theirs[&name]), "{name}");
+        }
+    }
+    let shapes = sd_core::weights::MappedFile::open(&file)
+        .unwrap()
+        .shapes()
+        .unwrap();
+    assert!(bfl::is_flux(shapes.keys()));
+    let error = bfl::config_from_shapes(&shapes).unwrap_err().to_string();
+    assert!(error.contains("heads of 16"), "{error}");
+    std::fs::remove_file(prefixed).unwrap();
+}

@@ -49,6 +49,9 @@ impl Site {
         match map {
             KeyMap::To(weight) => Some(Site::One(weight.clone())),
             KeyMap::SplitRows(weights) => Some(Site::Rows(weights.clone())),
+            KeyMap::SplitRowsBy(parts) => {
+                Some(Site::Rows(parts.iter().map(|(w, _)| w.clone()).collect()))
+            }
             KeyMap::SwapHalves(weight) => Some(Site::SwappedHalves(weight.clone())),
             _ => None,
         }

@@ -265,6 +265,7 @@ fn architecture(items: &[Item]) -> &'static str {
     let has = |part: &str| items.iter().any(|i| i.name.contains(part));
     match () {
         _ if has("joint_blocks.") => "sd3",
+        _ if has("double_blocks.") => "flux",
         _ if has("label_emb.") => "sdxl",
         _ if has("input_blocks.") => "sd1",
         _ => "sd-rs",

@@ -1,6 +1,6 @@
-//! Files that hold a denoiser alone: a UNet (LDM layout) or an SD3
-//! transformer (Stability's layout), with or without the checkpoint's
-//! `model.diffusion_model.` prefix. ComfyUI-GGUF's converters write them
+//! Files that hold a denoiser alone: a UNet (LDM layout), an SD3
+//! transformer (Stability's layout) or a FLUX transformer (Black Forest
+//! Labs'), with or without the checkpoint's `model.diffusion_model.` prefix. ComfyUI-GGUF's converters write them
 //! without it (city96's `*-Q4_K_M.gguf` files), ComfyUI's "UNet loader"
 //! users keep safetensors the same way. The other parts (text encoders,
 //! VAE, tokenizers, scheduler) come from a diffusers folder, as diffusers'
@@ -11,6 +11,7 @@ use std::path::Path;
 
 use sd_core::shared::Frozen;
 use sd_core::DiffusersModel;
+use sd_flux::{FluxConfig, FluxTransformer2DModel};
 use sd_unet::{ldm::LdmUNetKeys, UNet2DConditionModel, UNetConfig};
 
 use crate::components::{Components, Devices};
@@ -23,8 +24,8 @@ use crate::t5::T5Loading;
 /// The checkpoint prefix every denoiser key has in a whole checkpoint.
 pub(crate) const PREFIX: &str = "model.diffusion_model.";
 
-/// Roots of a denoiser's keys without the prefix: a UNet's, SD3's.
-const ROOTS: [&str; 2] = ["input_blocks.", "joint_blocks."];
+/// Roots of a denoiser's keys without the prefix: a UNet's, SD3's, FLUX's.
+const ROOTS: [&str; 3] = ["input_blocks.", "joint_blocks.", "double_blocks."];
 
 /// Whether the file's keys are a denoiser's without [`PREFIX`].
 pub(crate) fn is_unprefixed(shapes: &BTreeMap<String, Vec<i64>>) -> bool {
@@ -55,6 +56,19 @@ pub(crate) fn is_unet_only(shapes: &BTreeMap<String, Vec<i64>>) -> bool {
         && shapes.contains_key(&format!("{PREFIX}input_blocks.0.0.weight"))
 }
 
+/// The diffusers folder that supplies what a denoiser-only file lacks.
+fn folder_for<'a>(path: &Path, config_dir: Option<&'a Path>, what: &str) -> Result<&'a Path> {
+    config_dir
+        .filter(|dir| dir.join("model_index.json").is_file())
+        .ok_or_else(|| {
+            let message = format!(
+                "holds {what} alone (no text encoder, no VAE): give config_dir (--config-dir), \
+                 a diffusers folder of the same family, for the other parts"
+            );
+            PipelineError::model(path, message)
+        })
+}
+
 /// A pipeline from a UNet-only file and the rest of `config_dir`'s
 /// diffusers folder; `prefix` makes the file's keys checkpoint keys.
 pub(crate) fn load_unet_only(
@@ -64,24 +78,14 @@ pub(crate) fn load_unet_only(
     (devices, dtype): (Devices, tch::Kind),
     encoders: (T5Loading, &EncoderFiles),
 ) -> Result<Components> {
-    let folder = config_dir
-        .filter(|dir| dir.join("model_index.json").is_file())
-        .ok_or_else(|| {
-            PipelineError::model(
-                path,
-                "holds a UNet alone (no text encoder, no VAE): give config_dir (--config-dir), \
-                 a diffusers folder of the same family, for the other parts",
-            )
-        })?;
+    let folder = folder_for(path, config_dir, "a UNet")?;
     let unet = |family: ModelFamily| -> Result<Denoiser> {
-        if family == ModelFamily::StableDiffusion3 {
-            return Err(PipelineError::model(
-                path,
-                format!(
-                    "holds a UNet, and {} is an SD3 folder (a transformer model)",
-                    folder.display()
-                ),
-            ));
+        if family.is_flow_matching() {
+            let message = format!(
+                "holds a UNet, and {} is a transformer model's folder",
+                folder.display()
+            );
+            return Err(PipelineError::model(path, message));
         }
         let config = UNetConfig::from_file(folder.join("unet/config.json"))?;
         let keys = LdmUNetKeys::new(&config)?;
@@ -96,6 +100,40 @@ pub(crate) fn load_unet_only(
     };
     let mut components =
         Components::from_folder_parts(folder, devices, dtype, None, encoders, &unet)?;
+    components.source = path.to_path_buf();
+    Ok(components)
+}
+
+/// A pipeline from a FLUX transformer in Black Forest Labs' layout
+/// (`flux1-dev.safetensors`, its fp8 and GGUF forms) and the rest of
+/// `config_dir`'s FLUX folder; the transformer's config from the folder.
+pub(crate) fn load_flux_transformer(
+    path: &Path,
+    config_dir: Option<&Path>,
+    (devices, dtype): (Devices, tch::Kind),
+    encoders: (T5Loading, &EncoderFiles),
+) -> Result<Components> {
+    let folder = folder_for(path, config_dir, "a FLUX transformer")?;
+    let transformer = |family: ModelFamily| -> Result<Denoiser> {
+        if family != ModelFamily::Flux {
+            let message = format!(
+                "holds a FLUX transformer, and {} is not a FLUX folder",
+                folder.display()
+            );
+            return Err(PipelineError::model(path, message));
+        }
+        let config = FluxConfig::from_file(folder.join("transformer/config.json"))?;
+        let model = FluxTransformer2DModel::from_files(
+            &config,
+            &[path.to_path_buf()],
+            devices.unet,
+            dtype,
+            &|k| sd_flux::bfl::map(k, &config),
+        )?;
+        Ok(Denoiser::Flux(Frozen::new(model)))
+    };
+    let mut components =
+        Components::from_folder_parts(folder, devices, dtype, None, encoders, &transformer)?;
     components.source = path.to_path_buf();
     Ok(components)
 }

@@ -226,6 +226,11 @@ pub(crate) fn load(
         let (shapes, placement) = ((shapes, prefix), (devices, dtype));
         return crate::single_file_sd3::load(path, shapes, config_dir, placement, encoders);
     }
+    if sd_flux::bfl::is_flux(shapes.keys()) {
+        drop(file);
+        let placement = (devices, dtype);
+        return crate::denoiser_file::load_flux_transformer(path, config_dir, placement, encoders);
+    }
     if crate::denoiser_file::is_unet_only(&shapes) {
         drop(file);
         let placement = (devices, dtype);
