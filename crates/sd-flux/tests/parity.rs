@@ -113,7 +113,7 @@ fn bfl_single_files_load_the_folders_weights() {
     for path in [&file, &prefixed] {
         let single = FluxTransformer2DModel::from_files(
             &config,
-            &[path.clone()],
+            std::slice::from_ref(path),
             Device::Cpu,
             Kind::Float,
             &|k| bfl::map(k, &config),
