@@ -67,11 +67,13 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
     VAE, a one-double-block, one-single-block transformer, FLUX's scheduler
     config; and their txt2img runs (outputs/flux_pipeline.safetensors: the final
     packed latents), two images from one generator at 48x32, 3 steps, 16 T5
-    tokens, distilled guidance 3.5 for dev, in f32 and bf16."""
+    tokens, distilled guidance 3.5 for dev, in f32 and bf16; and img2img
+    (FluxImg2ImgPipeline) at strength 0.6, 4 steps, on images/init-32.png."""
     import shutil
 
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline,
                            FluxTransformer2DModel)
+    from PIL import Image
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     from harness_outputs import run_keeping_latents
@@ -114,6 +116,15 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
                 guidance_scale=3.5, max_sequence_length=16, num_images_per_prompt=2,
                 generator=torch.Generator("cpu").manual_seed(0))
             tensors[f"{name}.{dtype_name}"] = latents
+            # img2img (FluxImg2ImgPipeline) at strength 0.6 on images/init-32.png
+            img2img = FluxImg2ImgPipeline.from_pretrained(folder, torch_dtype=dtype)
+            img2img.set_progress_bar_config(disable=True)
+            init = Image.open(fixtures / "images" / "init-32.png").convert("RGB")
+            latents, _ = run_keeping_latents(
+                img2img, "a red circle on a white background", image=init, strength=0.6, height=32,
+                width=32, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=16,
+                generator=torch.Generator("cpu").manual_seed(5))
+            tensors[f"{name}.{dtype_name}.img2img"] = latents
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_pipeline.safetensors")
 
 

@@ -22,6 +22,33 @@ fn request() -> Request {
     r
 }
 
+/// FluxImg2ImgPipeline: init-32.png at strength 0.6, 4 steps (the first
+/// skipped: diffusers' SD3-style rounding), seed 5.
+#[test]
+fn dev_and_schnell_img2img_match_diffusers() {
+    tch::set_num_threads(1);
+    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
+    let init = image::open(fixtures().join("images/init-32.png"))
+        .unwrap()
+        .to_rgb8();
+    for name in ["dev", "schnell"] {
+        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+            let pipeline = StableDiffusion::builder()
+                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
+                .dtype(kind)
+                .build()
+                .unwrap();
+            let mut r = request().image_to_image(init.clone(), 0.6);
+            (r.steps, r.width, r.height, r.num_images) = (4, Some(32), Some(32), 1);
+            r.seed = Seed::Batch(5);
+            let latents = pipeline.generate(&r).unwrap().latents;
+            let packed = sd_flux::packing::pack(&latents);
+            let want = take(&reference, &format!("{name}.{dtype}.img2img")).unwrap();
+            assert_matches(&format!("{name} {dtype} img2img"), &packed, &want, 3);
+        }
+    }
+}
+
 #[test]
 fn dev_and_schnell_txt2img_match_diffusers() {
     tch::set_num_threads(1);
@@ -60,10 +87,10 @@ fn flux_refusals_name_the_field() {
         .model_dir(fixtures().join("flux/pipeline-schnell"))
         .build()
         .unwrap();
-    let image = image::RgbImage::new(48, 32);
-    let img2img = request().image_to_image(image, 0.6);
-    let error = pipeline.generate(&img2img).unwrap_err().to_string();
-    assert!(error.contains("FLUX img2img"), "{error}");
+    let (image, mask) = (image::RgbImage::new(48, 32), image::GrayImage::new(48, 32));
+    let inpaint = request().inpaint(image, mask, 0.6);
+    let error = pipeline.generate(&inpaint).unwrap_err().to_string();
+    assert!(error.contains("FLUX inpainting"), "{error}");
     let mut long = request();
     long.max_sequence_length = 513;
     let error = pipeline.generate(&long).unwrap_err().to_string();
