@@ -68,10 +68,12 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
     config; and their txt2img runs (outputs/flux_pipeline.safetensors: the final
     packed latents), two images from one generator at 48x32, 3 steps, 16 T5
     tokens, distilled guidance 3.5 for dev, in f32 and bf16; and img2img
-    (FluxImg2ImgPipeline) at strength 0.6, 4 steps, on images/init-32.png."""
+    (FluxImg2ImgPipeline) at strength 0.6, 4 steps, on images/init-32.png;
+    inpainting (FluxInpaintPipeline) with images/mask-32.png at 1.0 and 0.75."""
     import shutil
 
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline,
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxInpaintPipeline,
+                           FluxPipeline,
                            FluxTransformer2DModel)
     from PIL import Image
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -125,6 +127,16 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
                 width=32, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=16,
                 generator=torch.Generator("cpu").manual_seed(5))
             tensors[f"{name}.{dtype_name}.img2img"] = latents
+            # inpainting (FluxInpaintPipeline: the 16-channel blend) at 1.0 and 0.75
+            inpaint = FluxInpaintPipeline.from_pretrained(folder, torch_dtype=dtype)
+            inpaint.set_progress_bar_config(disable=True)
+            mask = Image.open(fixtures / "images" / "mask-32.png").convert("L")
+            for strength, seed in [(1.0, 6), (0.75, 7)]:
+                latents, _ = run_keeping_latents(
+                    inpaint, "a red circle on a white background", image=init, mask_image=mask,
+                    strength=strength, height=32, width=32, num_inference_steps=4, guidance_scale=3.5,
+                    max_sequence_length=16, generator=torch.Generator("cpu").manual_seed(seed))
+                tensors[f"{name}.{dtype_name}.inpaint{int(strength * 100)}"] = latents
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "flux_pipeline.safetensors")
 
 

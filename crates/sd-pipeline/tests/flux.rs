@@ -23,14 +23,15 @@ fn request() -> Request {
 }
 
 /// FluxImg2ImgPipeline: init-32.png at strength 0.6, 4 steps (the first
-/// skipped: diffusers' SD3-style rounding), seed 5.
+/// skipped: diffusers' SD3-style rounding), seed 5; FluxInpaintPipeline
+/// with mask-32.png at 1.0 (seed 6) and 0.75 (seed 7).
 #[test]
-fn dev_and_schnell_img2img_match_diffusers() {
+fn dev_and_schnell_img2img_and_inpainting_match_diffusers() {
     tch::set_num_threads(1);
     let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
-    let init = image::open(fixtures().join("images/init-32.png"))
-        .unwrap()
-        .to_rgb8();
+    let images = fixtures().join("images");
+    let init = image::open(images.join("init-32.png")).unwrap().to_rgb8();
+    let mask = image::open(images.join("mask-32.png")).unwrap().to_luma8();
     for name in ["dev", "schnell"] {
         for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
             let pipeline = StableDiffusion::builder()
@@ -38,13 +39,27 @@ fn dev_and_schnell_img2img_match_diffusers() {
                 .dtype(kind)
                 .build()
                 .unwrap();
-            let mut r = request().image_to_image(init.clone(), 0.6);
-            (r.steps, r.width, r.height, r.num_images) = (4, Some(32), Some(32), 1);
-            r.seed = Seed::Batch(5);
-            let latents = pipeline.generate(&r).unwrap().latents;
-            let packed = sd_flux::packing::pack(&latents);
-            let want = take(&reference, &format!("{name}.{dtype}.img2img")).unwrap();
-            assert_matches(&format!("{name} {dtype} img2img"), &packed, &want, 3);
+            let cases = [
+                ("img2img", request().image_to_image(init.clone(), 0.6), 5),
+                (
+                    "inpaint100",
+                    request().inpaint(init.clone(), mask.clone(), 1.0),
+                    6,
+                ),
+                (
+                    "inpaint75",
+                    request().inpaint(init.clone(), mask.clone(), 0.75),
+                    7,
+                ),
+            ];
+            for (case, mut r, seed) in cases {
+                (r.steps, r.width, r.height, r.num_images) = (4, Some(32), Some(32), 1);
+                r.seed = Seed::Batch(seed);
+                let latents = pipeline.generate(&r).unwrap().latents;
+                let packed = sd_flux::packing::pack(&latents);
+                let want = take(&reference, &format!("{name}.{dtype}.{case}")).unwrap();
+                assert_matches(&format!("{name} {dtype} {case}"), &packed, &want, 4);
+            }
         }
     }
 }
@@ -87,10 +102,10 @@ fn flux_refusals_name_the_field() {
         .model_dir(fixtures().join("flux/pipeline-schnell"))
         .build()
         .unwrap();
-    let (image, mask) = (image::RgbImage::new(48, 32), image::GrayImage::new(48, 32));
-    let inpaint = request().inpaint(image, mask, 0.6);
-    let error = pipeline.generate(&inpaint).unwrap_err().to_string();
-    assert!(error.contains("FLUX inpainting"), "{error}");
+    let mut rescaled = request();
+    rescaled.guidance_rescale = 0.7;
+    let error = pipeline.generate(&rescaled).unwrap_err().to_string();
+    assert!(error.contains("guidance_rescale"), "{error}");
     let mut long = request();
     long.max_sequence_length = 513;
     let error = pipeline.generate(&long).unwrap_err().to_string();

@@ -246,16 +246,9 @@ impl StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// What FLUX runs take so far: txt2img and img2img, distilled guidance,
-    /// up to 512 T5 tokens.
+    /// What FLUX runs take: distilled guidance, up to 512 T5 tokens.
     fn check_flux_options(&self, request: &Request) -> Result<()> {
         let refuse = |field, message: &str| Err(PipelineError::request(field, message));
-        if let Task::Inpaint { .. } = request.task {
-            return refuse(
-                Field::Mask,
-                "FLUX inpainting is not here yet: txt2img and img2img",
-            );
-        }
         if request.skip_layer_guidance.is_some() {
             return refuse(
                 Field::SkipLayerGuidance,
