@@ -221,3 +221,38 @@ def write_flux_single_files(fixtures: Path) -> None:
     out = fixtures / "flux" / "single-file"
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in bfl.items()}, out / "tiny-flux-dev.safetensors")
+
+
+# FLUX.1 [dev]'s and [schnell]'s transformer configs (black-forest-labs/FLUX.1-*/transformer/config.json)
+FULL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+            axes_dims_rope=[16, 56, 56])
+
+
+def write_flux_manifests(manifests: Path) -> None:
+    """Every weight name and shape of the full-size FLUX.1 [dev] and [schnell]
+    transformers, in diffusers' layout (the model built on the meta device)
+    and in Black Forest Labs' (to_bfl on shapes only), the latter checked by
+    diffusers' own conversion back (at its real width, 3072)."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    out = manifests / "flux"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, guided in [("dev", True), ("schnell", False)]:
+        config = dict(FULL, guidance_embeds=guided)
+        with torch.device("meta"):
+            model = FluxTransformer2DModel(**config)
+        state = dict(model.state_dict())
+        tensors = {k: list(v.shape) for k, v in sorted(state.items())}
+        saved = json.loads(model.to_json_string())
+        for volatile in ("_diffusers_version", "_name_or_path", "_use_default_values"):
+            saved.pop(volatile, None)
+        (out / f"transformer_{name}.json").write_text(
+            json.dumps({"config": saved, "optional": {}, "tensors": tensors}, indent=1) + "\n")
+        bfl = to_bfl(state, config["num_layers"], config["num_single_layers"])
+        back = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+        assert {k: list(v.shape) for k, v in back.items()} == tensors, name
+        single = {"tensors": {k: list(v.shape) for k, v in sorted(bfl.items())}, "optional": {},
+                  "diffusers": f"transformer_{name}.json"}
+        (out / f"single_file_{name}.json").write_text(json.dumps(single, indent=1) + "\n")

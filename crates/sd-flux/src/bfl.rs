@@ -172,7 +172,7 @@ pub fn config_from_shapes(shapes: &BTreeMap<String, Vec<i64>>) -> Result<FluxCon
     Ok(FluxConfig {
         patch_size: 1,
         in_channels,
-        out_channels: Some(get("final_layer.linear.weight")?[0]),
+        out_channels: Some(get("final_layer.linear.weight")?[0]).filter(|&o| o != in_channels),
         num_layers: count("double_blocks."),
         num_single_layers: count("single_blocks."),
         attention_head_dim: head_dim,
