@@ -67,7 +67,8 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
     VAE, a one-double-block, one-single-block transformer, FLUX's scheduler
     config; and their txt2img runs (outputs/flux_pipeline.safetensors: the final
     packed latents), two images from one generator at 48x32, 3 steps, 16 T5
-    tokens, distilled guidance 3.5 for dev, in f32 and bf16; and img2img
+    tokens, distilled guidance 3.5 for dev, in f32 and bf16 (and one image with
+    true CFG: negative prompt "blurry", true_cfg_scale 4, seed 3); and img2img
     (FluxImg2ImgPipeline) at strength 0.6, 4 steps, on images/init-32.png;
     inpainting (FluxInpaintPipeline) with images/mask-32.png at 1.0 and 0.75."""
     import shutil
@@ -118,6 +119,12 @@ def write_flux_pipeline(fixtures: Path, outputs: Path) -> None:
                 guidance_scale=3.5, max_sequence_length=16, num_images_per_prompt=2,
                 generator=torch.Generator("cpu").manual_seed(0))
             tensors[f"{name}.{dtype_name}"] = latents
+            # true CFG: a negative prompt through the model too, at 4.0
+            latents, _ = run_keeping_latents(
+                run, "a red circle on a white background", negative_prompt="blurry", true_cfg_scale=4.0,
+                height=32, width=48, num_inference_steps=3, guidance_scale=3.5, max_sequence_length=16,
+                generator=torch.Generator("cpu").manual_seed(3))
+            tensors[f"{name}.{dtype_name}.true_cfg"] = latents
             # img2img (FluxImg2ImgPipeline) at strength 0.6 on images/init-32.png
             img2img = FluxImg2ImgPipeline.from_pretrained(folder, torch_dtype=dtype)
             img2img.set_progress_bar_config(disable=True)

@@ -92,6 +92,9 @@ class StableDiffusion:
         loras: Optional[list[Tuple[str, float]]] = None,
         control_images: Optional[list[Image.Image]] = None,
         clip_skip: int = 0,
+        max_sequence_length: Optional[int] = None,
+        skip_layer_guidance: Optional[list[int]] = None,
+        true_cfg_scale: Optional[float] = None,
     ) -> list[Image.Image]:
         """Images (RGB), each with its PNG parameters text (A1111's
         infotext) in image.info["parameters"]. With init_image:
@@ -102,7 +105,10 @@ class StableDiffusion:
         the parameters text of `sd txt2img`. scheduler: this run's sampler
         (an A1111 or CLI name; None: the pipeline's). loras: this call's
         [(file, scale)] instead of the constructor's. control_images: one per
-        ControlNet. clip_skip: text-encoder layers skipped."""
+        ControlNet. clip_skip: text-encoder layers skipped. SD3/FLUX:
+        max_sequence_length (T5's tokens); SD3.5: skip_layer_guidance (blocks);
+        FLUX: guidance is the distilled guidance, true_cfg_scale with a
+        negative prompt runs true CFG."""
 
     def generate_batch(
         self,

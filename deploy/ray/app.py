@@ -53,6 +53,9 @@ class Txt2ImgBody(BaseModel):
     # SD3 (this project's extension fields, as `sd serve` takes them)
     max_sequence_length: Optional[int] = None
     skip_layer_guidance: Optional[list[int]] = None
+    # FLUX (Forge's and diffusers' names)
+    distilled_cfg_scale: Optional[float] = None
+    true_cfg_scale: Optional[float] = None
 
 
 class Img2ImgBody(Txt2ImgBody):

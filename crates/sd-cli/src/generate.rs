@@ -94,9 +94,15 @@ pub struct Common {
     pub vae_tiling: bool,
     #[command(flatten)]
     pub encoders: crate::encoders::EncoderArgs,
-    /// SD3: T5's token count (default 256, at most 512).
+    /// SD3 and FLUX: T5's token count (default 256, at most 512; diffusers
+    /// uses 512 for FLUX.1-dev).
     #[arg(long, value_name = "N")]
     pub max_sequence_length: Option<usize>,
+    /// FLUX: true CFG with the negative prompt, at this scale (diffusers'
+    /// `true_cfg_scale`; a second pass per step). `--guidance` stays the
+    /// distilled guidance.
+    #[arg(long, value_name = "SCALE")]
+    pub true_cfg_scale: Option<f64>,
     /// SD3.5: skip-layer guidance on these transformer blocks (SD3.5
     /// Medium's model card: 7,8,9), from 1% to 20% of the steps.
     #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
@@ -240,6 +246,7 @@ fn parameters(
     p.loras = lora_options(&common.loras)?;
     p.control = control;
     p.max_sequence_length = common.max_sequence_length;
+    p.true_cfg_scale = common.true_cfg_scale;
     if !common.skip_layer_guidance.is_empty() {
         p.skip_layer_guidance = Some(
             sd_pipeline::SkipLayerGuidance::new(common.skip_layer_guidance.clone())

@@ -95,6 +95,30 @@ fn distilled_cfg_scale_is_the_guidance() {
     assert_eq!(plain.parameters(false).unwrap().guidance, 7.0);
 }
 
+/// True CFG (diffusers' `true_cfg_scale` 4 with the negative prompt
+/// "blurry"): the negative's own pass, bit for bit.
+#[test]
+fn true_cfg_matches_diffusers() {
+    tch::set_num_threads(1);
+    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
+    for name in ["dev", "schnell"] {
+        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+            let pipeline = StableDiffusion::builder()
+                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
+                .dtype(kind)
+                .build()
+                .unwrap();
+            let mut r = request();
+            (r.num_images, r.seed, r.true_cfg_scale) = (1, Seed::Batch(3), 4.0);
+            r.negative_prompt = Some("blurry".into());
+            let latents = pipeline.generate(&r).unwrap().latents;
+            let packed = sd_flux::packing::pack(&latents);
+            let want = take(&reference, &format!("{name}.{dtype}.true_cfg")).unwrap();
+            assert_matches(&format!("{name} {dtype} true CFG"), &packed, &want, 3);
+        }
+    }
+}
+
 /// What FLUX does not take yet is refused in one line naming the field.
 #[test]
 fn flux_refusals_name_the_field() {
@@ -184,4 +208,21 @@ fn fp8_and_gguf_flux_files_run_as_their_decoded_copies() {
     assert!(done.quantized > 0, "{done:?}");
     convert(&gguf, &decoded, Target::SafeTensors(Kind::Float), false).unwrap();
     assert_matches_reordered("Q8_0 BFL", &run(&gguf), &run(&decoded), 3);
+}
+
+/// The request layer carries `true_cfg_scale` from A1111 bodies (and so
+/// `sd serve` and the Ray app) into the run.
+#[test]
+fn true_cfg_reaches_the_request_from_a1111_bodies() {
+    use sd_pipeline::front::a1111::GenerateRequest;
+    let body = r#"{"prompt": "a fox", "negative_prompt": "blurry", "true_cfg_scale": 4.0}"#;
+    let request: GenerateRequest = serde_json::from_str(body).unwrap();
+    let checked = request
+        .parameters(false)
+        .unwrap()
+        .check(&Default::default(), None)
+        .unwrap();
+    let runs = checked.requests();
+    assert_eq!(runs[0].true_cfg_scale, 4.0);
+    assert_eq!(runs[0].negative_prompt.as_deref(), Some("blurry"));
 }

@@ -147,7 +147,9 @@ impl StableDiffusion {
     /// `lora_dir`. `control_images`: one per loaded ControlNet. SD3:
     /// `max_sequence_length` (T5's tokens, default 256) and
     /// `skip_layer_guidance` (transformer blocks, e.g. [7, 8, 9] for SD3.5
-    /// Medium, at diffusers' default scale and window).
+    /// Medium, at diffusers' default scale and window). FLUX: `guidance` is
+    /// the distilled guidance; `true_cfg_scale` with a negative prompt runs
+    /// true CFG.
     /// `callback(step, total)` runs after each step; returning `False`
     /// stops the run with `sd_rs.Cancelled`. Each image carries its PNG
     /// `parameters` text in `image.info`.
@@ -155,7 +157,7 @@ impl StableDiffusion {
         prompt, negative_prompt="", steps=20, guidance=7.5, seed=0, width=None, height=None,
         num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None,
         loras=None, control_images=None, clip_skip=0, max_sequence_length=None,
-        skip_layer_guidance=None
+        skip_layer_guidance=None, true_cfg_scale=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -179,8 +181,10 @@ impl StableDiffusion {
         clip_skip: usize,
         max_sequence_length: Option<usize>,
         skip_layer_guidance: Option<Vec<usize>>,
+        true_cfg_scale: Option<f64>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let mut p = Parameters::new(prompt);
+        p.true_cfg_scale = true_cfg_scale;
         p.max_sequence_length = max_sequence_length;
         p.skip_layer_guidance = skip_layer_guidance.map(sd_pipeline::SkipLayerGuidance::new);
         p.negative_prompt = negative_prompt.to_string();

@@ -55,6 +55,8 @@ pub struct GenerateRequest {
     /// FLUX.1-dev's distilled guidance (Forge's name); when given it is the
     /// guidance the run uses, in place of `cfg_scale` (FLUX takes no CFG).
     pub distilled_cfg_scale: Option<f64>,
+    /// FLUX (diffusers' name): true CFG with the negative prompt.
+    pub true_cfg_scale: Option<f64>,
 }
 
 impl Default for GenerateRequest {
@@ -79,6 +81,7 @@ impl Default for GenerateRequest {
             max_sequence_length: None,
             skip_layer_guidance: Vec::new(),
             distilled_cfg_scale: None,
+            true_cfg_scale: None,
         }
     }
 }
@@ -126,6 +129,7 @@ impl GenerateRequest {
         p.batch_seeds = BatchSeeds::Consecutive;
         p.prompt_options.clip_skip = self.clip_skip()?;
         p.max_sequence_length = self.max_sequence_length;
+        p.true_cfg_scale = self.true_cfg_scale;
         if !self.skip_layer_guidance.is_empty() {
             p.skip_layer_guidance = Some(crate::SkipLayerGuidance::new(
                 self.skip_layer_guidance.clone(),

@@ -15,7 +15,7 @@ pub struct BatchKey {
     height: Option<u32>,
     steps: usize,
     sampler: Option<SamplerKind>,
-    numbers: [u64; 3],
+    numbers: [u64; 4],
     prompt_options: PromptOptions,
     sdxl_original_size: Option<(u32, u32)>,
     sdxl_crop_top_left: (u32, u32),
@@ -41,6 +41,7 @@ impl BatchKey {
                 request.guidance_scale,
                 request.guidance_rescale,
                 request.eta,
+                request.true_cfg_scale,
             ]
             .map(f64::to_bits),
             prompt_options: request.prompt_options,

@@ -126,6 +126,9 @@ pub struct Parameters {
     pub max_sequence_length: Option<usize>,
     /// SD3.5: skip-layer guidance (`None`: off).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
+    /// FLUX: true CFG with the negative prompt (`None`: off; see
+    /// [`Request::true_cfg_scale`](crate::Request::true_cfg_scale)).
+    pub true_cfg_scale: Option<f64>,
 }
 
 impl Parameters {
@@ -151,6 +154,7 @@ impl Parameters {
             control: None,
             max_sequence_length: None,
             skip_layer_guidance: None,
+            true_cfg_scale: None,
         }
     }
 
@@ -377,6 +381,9 @@ impl Checked {
             request.max_sequence_length = tokens;
         }
         request.skip_layer_guidance = p.skip_layer_guidance.clone();
+        if let Some(scale) = p.true_cfg_scale {
+            request.true_cfg_scale = scale;
+        }
         request.task = match &p.source {
             Source::Noise => Task::TextToImage,
             Source::Image {

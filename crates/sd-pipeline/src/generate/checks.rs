@@ -84,8 +84,12 @@ impl StableDiffusion {
             width,
             height,
             n,
-            // (FLUX's guidance is distilled: one pass, the scale an input)
-            cfg: request.guidance_scale > 1.0 && self.family() != ModelFamily::Flux,
+            cfg: match self.family() {
+                ModelFamily::Flux => {
+                    request.true_cfg_scale > 1.0 && request.negative_prompt.is_some()
+                }
+                _ => request.guidance_scale > 1.0,
+            },
             latent_shape: [
                 n as i64,
                 self.vae.config().latent_channels,

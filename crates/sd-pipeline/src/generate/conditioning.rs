@@ -110,45 +110,49 @@ impl StableDiffusion {
         Ok(PromptEmbeddings { positive, negative })
     }
 
-    /// FLUX's prompt, as diffusers' `FluxPipeline.encode_prompt`: CLIP-L's
+    /// FLUX's prompts, as diffusers' `FluxPipeline.encode_prompt`: CLIP-L's
     /// pooled output (77 tokens) and T5's states (`max_sequence_length`
-    /// tokens, padded). No negative: the guidance is distilled.
-    fn encode_prompts_flux(&self, request: &Request) -> Result<PromptEmbeddings> {
+    /// tokens, padded). The negative is encoded only for true CFG (`cfg`).
+    fn encode_prompts_flux(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
         let (tokenizer, t5) = self
             .t5
             .as_ref()
             .ok_or_else(|| PipelineError::model(&self.dir, "FLUX needs its T5 (text_encoder_2)"))?;
         let fail = |e: sd_t5::T5Error| PipelineError::request(Field::Prompt, e.to_string());
-        let ids = tokenizer
-            .encode(&request.prompt, request.max_sequence_length)
-            .map_err(fail)?;
-        let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
-        let states = t5.forward_each(&[ids]).map_err(fail)?.remove(0);
-        let (clip_tokenizer, clip) = (&self.text.0, &self.text.1);
-        let layer = EmbeddingLayer::Final;
-        let clip = encode(
-            clip_tokenizer,
-            clip,
-            &request.prompt,
-            layer,
-            request.prompt_options,
-            1,
-        )?;
-        let positive = Conditioning {
-            hidden: states.to_device(clip.hidden.device()),
-            pooled: Some(clip.pooled),
+        let one = |prompt: &str| -> Result<Conditioning> {
+            let ids = tokenizer
+                .encode(prompt, request.max_sequence_length)
+                .map_err(fail)?;
+            let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
+            let states = t5.forward_each(&[ids]).map_err(fail)?.remove(0);
+            let (clip_tokenizer, clip) = (&self.text.0, &self.text.1);
+            let options = request.prompt_options;
+            let clip = encode(
+                clip_tokenizer,
+                clip,
+                prompt,
+                EmbeddingLayer::Final,
+                options,
+                1,
+            )?;
+            Ok(Conditioning {
+                hidden: states.to_device(clip.hidden.device()),
+                pooled: Some(clip.pooled),
+            })
         };
-        Ok(PromptEmbeddings {
-            negative: positive.clone(),
-            positive,
-        })
+        let positive = one(&request.prompt)?;
+        let negative = match (cfg, &request.negative_prompt) {
+            (true, Some(negative)) => one(negative)?,
+            _ => positive.clone(),
+        };
+        Ok(PromptEmbeddings { positive, negative })
     }
 
     /// The prompts through the text encoder(s), as diffusers' `encode_prompt`.
     pub fn encode_prompts(&self, request: &Request, cfg: bool) -> Result<PromptEmbeddings> {
         match self.family() {
             ModelFamily::StableDiffusion3 => return self.encode_prompts_sd3(request, cfg),
-            ModelFamily::Flux => return self.encode_prompts_flux(request),
+            ModelFamily::Flux => return self.encode_prompts_flux(request, cfg),
             _ => {}
         }
         let options = request.prompt_options;

@@ -132,6 +132,7 @@ impl StableDiffusion {
             start,
             guidance: (request.guidance_scale, request.guidance_rescale),
             cfg: shape.cfg,
+            true_cfg: request.true_cfg_scale,
             control: control.as_ref(),
             skip_layers: request.skip_layer_guidance.as_ref(),
         };
@@ -190,22 +191,29 @@ impl StableDiffusion {
                 t: timesteps[i],
                 t_on_device: timesteps_on_device.get(i as i64),
             };
-            let prediction = match inputs.denoiser {
+            let (prediction, guided_in_model) = match inputs.denoiser {
                 RunDenoiser::UNet(unet) => {
                     let step_inputs = (&input, &scaled, &latents);
-                    self.unet_prediction(unet, &inputs, &at, step_inputs, scheduler, &mut runner)?
+                    let p = self.unet_prediction(
+                        unet,
+                        &inputs,
+                        &at,
+                        step_inputs,
+                        scheduler,
+                        &mut runner,
+                    )?;
+                    (p, false)
                 }
                 RunDenoiser::Transformer(model) => {
                     let pooled = pooled(inputs.extra)?;
-                    velocity(model, &input, at.t, inputs.context, pooled, &[])?
+                    (
+                        velocity(model, &input, at.t, inputs.context, pooled, &[])?,
+                        false,
+                    )
                 }
-                RunDenoiser::Flux(model) => {
-                    let text = (inputs.context, pooled(inputs.extra)?);
-                    let guidance = model.config().guidance_embeds.then_some(scale);
-                    flux_velocity(model, &input, at.t, text, guidance)?
-                }
+                RunDenoiser::Flux(model) => (flux_prediction(model, &input, at.t, &inputs)?, true),
             };
-            let mut guided = match cfg {
+            let mut guided = match cfg && !guided_in_model {
                 true => guide(&prediction, scale, rescale),
                 false => prediction.shallow_clone(),
             };
@@ -296,6 +304,8 @@ struct LoopInputs<'a> {
     /// (scale, rescale)
     guidance: (f64, f64),
     cfg: bool,
+    /// FLUX's true CFG scale (its `guidance` is the distilled one).
+    true_cfg: f64,
     control: Option<&'a RunControl<'a>>,
     skip_layers: Option<&'a crate::SkipLayerGuidance>,
 }
@@ -342,6 +352,31 @@ fn skip_layer_push(
     let (context, pooled) = (positive(inputs.context), positive(pooled(inputs.extra)?));
     let skipped = velocity(model, latents, at.t, &context, &pooled, &slg.layers)?;
     Ok(Some((positive(prediction) - skipped) * slg.scale))
+}
+
+/// FLUX's prediction: one pass with the distilled guidance, or with true
+/// CFG the prompt's pass and the negative's one after the other, as
+/// diffusers runs them (`input` and the text doubled, [negative, prompt]),
+/// combined as `negative + true_cfg * (prompt - negative)`.
+fn flux_prediction(
+    model: &sd_flux::FluxTransformer2DModel,
+    input: &Tensor,
+    t: f64,
+    inputs: &LoopInputs<'_>,
+) -> Result<Tensor> {
+    let (context, pooled) = (inputs.context, pooled(inputs.extra)?);
+    let guidance = model.config().guidance_embeds.then_some(inputs.guidance.0);
+    if !inputs.cfg {
+        return flux_velocity(model, input, t, (context, pooled), guidance);
+    }
+    let n = input.size()[0] / 2;
+    let half = |x: &Tensor, i: i64| x.narrow(0, i * n, n);
+    let pass = |i: i64| {
+        let text = (&half(context, i), &half(pooled, i));
+        flux_velocity(model, &half(input, i), t, text, guidance)
+    };
+    let (prompt, negative) = (pass(1)?, pass(0)?);
+    Ok(&negative + (&prompt - &negative) * inputs.true_cfg)
 }
 
 /// Classifier-free guidance on a [uncond, text] batch, with diffusers'

@@ -34,6 +34,11 @@ pub struct Request {
     pub guidance_scale: f64,
     /// diffusers' `guidance_rescale` (0 = off).
     pub guidance_rescale: f64,
+    /// FLUX: diffusers' `true_cfg_scale`. Above 1, with a negative prompt,
+    /// the negative also runs through the model (a second pass) and the
+    /// prediction is guided by it; `guidance_scale` stays the distilled
+    /// guidance. Other models ignore it (their CFG is `guidance_scale`).
+    pub true_cfg_scale: f64,
     /// DDIM's eta (0 = deterministic); used when the pipeline's sampler is DDIM.
     pub eta: f64,
     /// Clip skip, long prompts, prompt weighting.
@@ -212,6 +217,7 @@ impl Request {
             sampler: None,
             guidance_scale: 7.5,
             guidance_rescale: 0.0,
+            true_cfg_scale: 1.0,
             eta: 0.0,
             prompt_options: PromptOptions::default(),
             num_images: 1,
