@@ -22,77 +22,70 @@ fn request() -> Request {
     r
 }
 
+/// The tiny [dev] and [schnell] pipelines in f32 and bf16, each with the
+/// prefix of its reference keys ("dev.f32", ...).
+fn pipelines() -> Vec<(String, StableDiffusion)> {
+    let mut out = Vec::new();
+    for name in ["dev", "schnell"] {
+        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
+            let pipeline = StableDiffusion::builder()
+                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
+                .dtype(kind)
+                .build()
+                .unwrap();
+            out.push((format!("{name}.{dtype}"), pipeline));
+        }
+    }
+    out
+}
+
+/// The run's final latents, packed as diffusers keeps them, against the
+/// reference `key` (one error-model evaluation per step).
+fn assert_run(pipeline: &StableDiffusion, request: &Request, key: &str) {
+    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
+    let latents = pipeline.generate(request).unwrap().latents;
+    let packed = sd_flux::packing::pack(&latents);
+    let want = take(&reference, key).unwrap();
+    assert_matches(key, &packed, &want, request.steps);
+}
+
+#[test]
+fn dev_and_schnell_txt2img_match_diffusers() {
+    tch::set_num_threads(1);
+    for (key, pipeline) in pipelines() {
+        assert_run(&pipeline, &request(), &key);
+    }
+}
+
 /// FluxImg2ImgPipeline: init-32.png at strength 0.6, 4 steps (the first
 /// skipped: diffusers' SD3-style rounding), seed 5; FluxInpaintPipeline
 /// with mask-32.png at 1.0 (seed 6) and 0.75 (seed 7).
 #[test]
 fn dev_and_schnell_img2img_and_inpainting_match_diffusers() {
     tch::set_num_threads(1);
-    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
     let images = fixtures().join("images");
     let init = image::open(images.join("init-32.png")).unwrap().to_rgb8();
     let mask = image::open(images.join("mask-32.png")).unwrap().to_luma8();
-    for name in ["dev", "schnell"] {
-        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
-            let pipeline = StableDiffusion::builder()
-                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
-                .dtype(kind)
-                .build()
-                .unwrap();
-            let cases = [
-                ("img2img", request().image_to_image(init.clone(), 0.6), 5),
-                (
-                    "inpaint100",
-                    request().inpaint(init.clone(), mask.clone(), 1.0),
-                    6,
-                ),
-                (
-                    "inpaint75",
-                    request().inpaint(init.clone(), mask.clone(), 0.75),
-                    7,
-                ),
-            ];
-            for (case, mut r, seed) in cases {
-                (r.steps, r.width, r.height, r.num_images) = (4, Some(32), Some(32), 1);
-                r.seed = Seed::Batch(seed);
-                let latents = pipeline.generate(&r).unwrap().latents;
-                let packed = sd_flux::packing::pack(&latents);
-                let want = take(&reference, &format!("{name}.{dtype}.{case}")).unwrap();
-                assert_matches(&format!("{name} {dtype} {case}"), &packed, &want, 4);
-            }
+    for (key, pipeline) in pipelines() {
+        let cases = [
+            ("img2img", request().image_to_image(init.clone(), 0.6), 5),
+            (
+                "inpaint100",
+                request().inpaint(init.clone(), mask.clone(), 1.0),
+                6,
+            ),
+            (
+                "inpaint75",
+                request().inpaint(init.clone(), mask.clone(), 0.75),
+                7,
+            ),
+        ];
+        for (case, mut r, seed) in cases {
+            (r.steps, r.width, r.height, r.num_images) = (4, Some(32), Some(32), 1);
+            r.seed = Seed::Batch(seed);
+            assert_run(&pipeline, &r, &format!("{key}.{case}"));
         }
     }
-}
-
-#[test]
-fn dev_and_schnell_txt2img_match_diffusers() {
-    tch::set_num_threads(1);
-    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
-    for name in ["dev", "schnell"] {
-        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
-            let pipeline = StableDiffusion::builder()
-                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
-                .dtype(kind)
-                .build()
-                .unwrap();
-            let latents = pipeline.generate(&request()).unwrap().latents;
-            let packed = sd_flux::packing::pack(&latents);
-            let want = take(&reference, &format!("{name}.{dtype}")).unwrap();
-            assert_matches(&format!("{name} {dtype}"), &packed, &want, 3);
-        }
-    }
-}
-
-/// A1111-style bodies (`sd serve`, the Ray app) carry FLUX.1-dev's
-/// guidance as Forge names it, `distilled_cfg_scale`, over `cfg_scale`.
-#[test]
-fn distilled_cfg_scale_is_the_guidance() {
-    use sd_pipeline::front::a1111::GenerateRequest;
-    let body = r#"{"prompt": "a fox", "cfg_scale": 1.0, "distilled_cfg_scale": 3.5}"#;
-    let request: GenerateRequest = serde_json::from_str(body).unwrap();
-    assert_eq!(request.parameters(false).unwrap().guidance, 3.5);
-    let plain: GenerateRequest = serde_json::from_str(r#"{"prompt": "a fox"}"#).unwrap();
-    assert_eq!(plain.parameters(false).unwrap().guidance, 7.0);
 }
 
 /// True CFG (diffusers' `true_cfg_scale` 4 with the negative prompt
@@ -100,22 +93,11 @@ fn distilled_cfg_scale_is_the_guidance() {
 #[test]
 fn true_cfg_matches_diffusers() {
     tch::set_num_threads(1);
-    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
-    for name in ["dev", "schnell"] {
-        for (dtype, kind) in [("f32", Kind::Float), ("bf16", Kind::BFloat16)] {
-            let pipeline = StableDiffusion::builder()
-                .model_dir(fixtures().join(format!("flux/pipeline-{name}")))
-                .dtype(kind)
-                .build()
-                .unwrap();
-            let mut r = request();
-            (r.num_images, r.seed, r.true_cfg_scale) = (1, Seed::Batch(3), 4.0);
-            r.negative_prompt = Some("blurry".into());
-            let latents = pipeline.generate(&r).unwrap().latents;
-            let packed = sd_flux::packing::pack(&latents);
-            let want = take(&reference, &format!("{name}.{dtype}.true_cfg")).unwrap();
-            assert_matches(&format!("{name} {dtype} true CFG"), &packed, &want, 3);
-        }
+    for (key, pipeline) in pipelines() {
+        let mut r = request();
+        (r.num_images, r.seed, r.true_cfg_scale) = (1, Seed::Batch(3), 4.0);
+        r.negative_prompt = Some("blurry".into());
+        assert_run(&pipeline, &r, &format!("{key}.true_cfg"));
     }
 }
 
@@ -225,4 +207,16 @@ fn true_cfg_reaches_the_request_from_a1111_bodies() {
     let runs = checked.requests();
     assert_eq!(runs[0].true_cfg_scale, 4.0);
     assert_eq!(runs[0].negative_prompt.as_deref(), Some("blurry"));
+}
+
+/// A1111-style bodies (`sd serve`, the Ray app) carry FLUX.1-dev's
+/// guidance as Forge names it, `distilled_cfg_scale`, over `cfg_scale`.
+#[test]
+fn distilled_cfg_scale_is_the_guidance() {
+    use sd_pipeline::front::a1111::GenerateRequest;
+    let body = r#"{"prompt": "a fox", "cfg_scale": 1.0, "distilled_cfg_scale": 3.5}"#;
+    let request: GenerateRequest = serde_json::from_str(body).unwrap();
+    assert_eq!(request.parameters(false).unwrap().guidance, 3.5);
+    let plain: GenerateRequest = serde_json::from_str(r#"{"prompt": "a fox"}"#).unwrap();
+    assert_eq!(plain.parameters(false).unwrap().guidance, 7.0);
 }
