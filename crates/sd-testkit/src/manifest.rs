@@ -51,6 +51,25 @@ impl Manifest {
     }
 
     /// The names and shapes of every variable in a built model.
+    /// This file manifest's tensors as the model variables `map` makes of
+    /// each key (a single file's layout onto diffusers'); panics when two
+    /// keys fill the same variable.
+    pub fn mapped(&self, map: &dyn Fn(&str) -> sd_core::weights::KeyMap) -> Manifest {
+        let mut tensors = BTreeMap::new();
+        for (key, shape) in &self.tensors {
+            for (target, shape) in map(key).targets(shape) {
+                assert!(
+                    tensors.insert(target.clone(), shape).is_none(),
+                    "{target} twice"
+                );
+            }
+        }
+        Manifest {
+            tensors,
+            optional: BTreeMap::new(),
+        }
+    }
+
     pub fn of_var_store(vs: &VarStore) -> Self {
         let tensors = vs
             .variables()
