@@ -134,7 +134,7 @@ pub(crate) fn velocity(
 /// FLUX's velocity for the latents (batch, 16, h, w) at timestep `t`
 /// (`sigma * 1000`, f32): packed into 2x2 patches with their ids, the
 /// timestep given as diffusers' pipeline gives it (`t` in the latents'
-/// dtype, divided by 1000), [dev]'s distilled `guidance` (f32), the output
+/// dtype, divided by 1000), FLUX.1-dev's distilled `guidance` (f32), the output
 /// unpacked. (The sampler steps the unpacked latents: its step works value
 /// by value, so packing before or after it changes nothing.)
 pub(crate) fn flux_velocity(

@@ -18,7 +18,7 @@ pub enum ModelFamily {
     /// SD3 / SD3.5: CLIP-L, CLIP-G and (optional) T5 into a multimodal
     /// diffusion transformer, sampled by flow matching.
     StableDiffusion3,
-    /// FLUX.1 ([dev], [schnell]): CLIP-L's pooled output and T5 into a
+    /// FLUX.1 (dev, schnell): CLIP-L's pooled output and T5 into a
     /// rectified-flow transformer over packed 2x2 latent patches.
     Flux,
 }
