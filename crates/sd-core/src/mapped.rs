@@ -68,6 +68,17 @@ pub struct Entry {
     bytes: (usize, usize),
 }
 
+impl Entry {
+    /// The shape of the tensor its bytes make before any layout: its own,
+    /// or for GGML blocks, the 1-d bytes (laid out by [`crate::packed::pack`]).
+    fn storage_shape(&self) -> Vec<i64> {
+        match self.stored {
+            Stored::Ggml(_) => vec![self.bytes.1 as i64],
+            _ => self.shape.clone(),
+        }
+    }
+}
+
 /// One memory-mapped weight file: safetensors or GGUF, told apart by the
 /// GGUF magic.
 pub struct MappedFile {
@@ -231,10 +242,7 @@ impl MappedFile {
             return Ok(None);
         }
         let owner = Box::new(Arc::clone(&self.map));
-        let shape = match entry.stored {
-            Stored::Ggml(_) => vec![len as i64],
-            _ => entry.shape.clone(),
-        };
+        let shape = entry.storage_shape();
         // SAFETY: the bytes lie inside the private writable map (the header
         // was checked against the file's length), aligned for `kind`; the
         // tensor holds the map alive, and writes through it only touch
@@ -264,11 +272,7 @@ impl MappedFile {
     /// pages untouched (touched, they would stay resident as long as the map).
     pub fn read_entry(&self, entry: &Entry) -> Result<Tensor> {
         let kind = self.kind(entry)?;
-        let shape = match entry.stored {
-            Stored::Ggml(_) => vec![entry.bytes.1 as i64],
-            _ => entry.shape.clone(),
-        };
-        let tensor = Tensor::f_empty(shape, (kind, tch::Device::Cpu))?;
+        let tensor = Tensor::f_empty(entry.storage_shape(), (kind, tch::Device::Cpu))?;
         self.read_into(entry.bytes, &tensor)?;
         self.packed(entry, tensor)
     }

@@ -71,8 +71,8 @@ pub fn unpack(t: &Tensor, kind: Kind) -> Tensor {
         return t.to_kind(kind);
     };
     if t.device() != Device::Cpu {
-        if let Some(values) = crate::packed_ops::decode(ggml, t) {
-            return values.reshape(logical_size(t)).to_kind(kind);
+        if let Some(values) = unpack_with_torch_ops(t, kind) {
+            return values;
         }
     }
     let bytes = t.to_device(Device::Cpu).contiguous();

@@ -68,16 +68,9 @@ pub const REQUIRED_SD3: [&str; 7] = [
     "scheduler",
 ];
 
-/// The components every FLUX folder must have.
-pub const REQUIRED_FLUX: [&str; 7] = [
-    "tokenizer",
-    "text_encoder",
-    "tokenizer_2",
-    "text_encoder_2",
-    "transformer",
-    "vae",
-    "scheduler",
-];
+/// The components every FLUX folder must have: SD3's folder names (with
+/// T5 as `text_encoder_2`, and no third encoder).
+pub const REQUIRED_FLUX: [&str; 7] = REQUIRED_SD3;
 
 impl ModelIndex {
     /// Reads `dir/model_index.json`; errors name a missing component.

@@ -169,18 +169,7 @@ fn fp8_and_gguf_flux_files_run_as_their_decoded_copies() {
         pipeline.generate(&request()).unwrap().latents
     };
     let tensors = tch::Tensor::read_safetensors(&bfl).unwrap();
-    let narrow = |eight_bit: bool| -> Vec<(String, tch::Tensor)> {
-        (tensors.iter())
-            .map(|(k, t)| match k.ends_with(".weight") && t.dim() >= 2 {
-                true if eight_bit => (k.clone(), t.to_kind(Kind::Float8e4m3fn)),
-                true => (
-                    k.clone(),
-                    t.to_kind(Kind::Float8e4m3fn).to_kind(Kind::Float),
-                ),
-                false => (k.clone(), t.shallow_clone()),
-            })
-            .collect()
-    };
+    let narrow = |eight_bit| sd_testkit::files::fp8_copy(&tensors, Kind::Float8e4m3fn, eight_bit);
     let (fp8, wide) = (dir.join("fp8.safetensors"), dir.join("wide.safetensors"));
     sd_testkit::files::write(&fp8, &narrow(true));
     sd_testkit::files::write(&wide, &narrow(false));

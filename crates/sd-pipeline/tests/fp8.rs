@@ -34,17 +34,9 @@ fn tiny_sd1_with_fp8_unet(kind: Kind, eight_bit: bool) -> PathBuf {
         dir.join("unet/config.json"),
     )
     .unwrap();
-    let weights = Tensor::read_safetensors(source.join("unet/diffusion_pytorch_model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(
-            |(name, t)| match name.ends_with(".weight") && t.dim() >= 2 {
-                true if eight_bit => (name, t.to_kind(kind)),
-                true => (name, t.to_kind(kind).to_kind(Kind::Float)),
-                false => (name, t),
-            },
-        )
-        .collect::<Vec<_>>();
+    let unet =
+        Tensor::read_safetensors(source.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let weights = sd_testkit::files::fp8_copy(&unet, kind, eight_bit);
     sd_testkit::files::write(
         &dir.join("unet/diffusion_pytorch_model.safetensors"),
         &weights,

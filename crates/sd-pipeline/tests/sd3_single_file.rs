@@ -391,18 +391,7 @@ fn an_fp8_t5_file_runs_as_its_dequantized_copy() {
     tch::set_num_threads(1);
     let dir = split_as_comfyui_keeps_it();
     let t5 = Tensor::read_safetensors(dir.join("t5xxl.safetensors")).unwrap();
-    let narrow = |eight_bit: bool| -> Vec<(String, Tensor)> {
-        t5.iter()
-            .map(|(k, t)| match k.ends_with(".weight") && t.dim() >= 2 {
-                true if eight_bit => (k.clone(), t.to_kind(Kind::Float8e4m3fn)),
-                true => (
-                    k.clone(),
-                    t.to_kind(Kind::Float8e4m3fn).to_kind(Kind::Float),
-                ),
-                false => (k.clone(), t.shallow_clone()),
-            })
-            .collect()
-    };
+    let narrow = |eight_bit| sd_testkit::files::fp8_copy(&t5, Kind::Float8e4m3fn, eight_bit);
     let run = |eight_bit: bool| {
         let file = dir.join(format!("t5xxl-fp8-{eight_bit}.safetensors"));
         sd_testkit::files::write(&file, &narrow(eight_bit));

@@ -43,3 +43,21 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)]) {
         .collect();
     safetensors::serialize_to_file(views, None, path).expect("the file is written");
 }
+
+/// `tensors` with every layer weight (`*.weight` of 2+ dims) rounded to the
+/// 8-bit float `kind`: kept in it (`eight_bit`, as an fp8 checkpoint stores
+/// them) or converted back to f32 (the same values at full width, the
+/// copy an fp8 run is compared with); other tensors as they are.
+pub fn fp8_copy(
+    tensors: &[(String, Tensor)],
+    kind: Kind,
+    eight_bit: bool,
+) -> Vec<(String, Tensor)> {
+    (tensors.iter())
+        .map(|(k, t)| match k.ends_with(".weight") && t.dim() >= 2 {
+            true if eight_bit => (k.clone(), t.to_kind(kind)),
+            true => (k.clone(), t.to_kind(kind).to_kind(Kind::Float)),
+            false => (k.clone(), t.shallow_clone()),
+        })
+        .collect()
+}
