@@ -63,6 +63,7 @@ sys.path.insert(0, str(HERE))
 import harness_controlnet  # noqa: E402
 import harness_flow  # noqa: E402
 import harness_flux  # noqa: E402
+import harness_flux_lora  # noqa: E402
 import harness_gguf  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
@@ -132,7 +133,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
-             "gguf", "flux", "manifests"]
+             "gguf", "flux", "flux-lora", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -178,6 +179,8 @@ def main() -> None:
             harness_flux.write_flux_transformer(FIXTURES, outputs)
             harness_flux.write_flux_pipeline(FIXTURES, outputs)
             harness_flux.write_flux_single_files(FIXTURES)
+        if "flux" in only or "flux-lora" in only:
+            harness_flux_lora.write_flux_loras(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)

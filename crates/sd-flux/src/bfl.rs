@@ -25,120 +25,201 @@ pub fn is_flux<'a>(mut names: impl Iterator<Item = &'a String>) -> bool {
     names.any(|k| strip(k).starts_with("double_blocks.0.img_attn.qkv."))
 }
 
+/// How a BFL module's output rows spread over diffusers' modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rows {
+    /// One module, the same rows.
+    Whole,
+    /// One module, the two halves of its rows swapped (the output norm's
+    /// (shift, scale) stored as (scale, shift)).
+    SwappedHalves,
+    /// Equal parts (a fused q/k/v).
+    Equal,
+    /// A single block's input: q, k and v of `dim` rows each, then the MLP's
+    /// `4 * dim` (FLUX.1's MLP ratio).
+    SingleInput,
+}
+
+impl Rows {
+    /// Each part's rows, for a fused module of `total` rows.
+    pub fn split(self, parts: usize, total: i64) -> Vec<i64> {
+        match self {
+            Rows::SingleInput => {
+                let dim = total / 7;
+                vec![dim, dim, dim, 4 * dim]
+            }
+            _ => vec![total / parts.max(1) as i64; parts],
+        }
+    }
+}
+
+/// The linear modules outside the blocks: BFL's name, diffusers'.
+const TOP: [(&str, &str, Rows); 10] = [
+    ("img_in", "x_embedder", Rows::Whole),
+    ("txt_in", "context_embedder", Rows::Whole),
+    (
+        "time_in.in_layer",
+        "time_text_embed.timestep_embedder.linear_1",
+        Rows::Whole,
+    ),
+    (
+        "time_in.out_layer",
+        "time_text_embed.timestep_embedder.linear_2",
+        Rows::Whole,
+    ),
+    (
+        "vector_in.in_layer",
+        "time_text_embed.text_embedder.linear_1",
+        Rows::Whole,
+    ),
+    (
+        "vector_in.out_layer",
+        "time_text_embed.text_embedder.linear_2",
+        Rows::Whole,
+    ),
+    (
+        "guidance_in.in_layer",
+        "time_text_embed.guidance_embedder.linear_1",
+        Rows::Whole,
+    ),
+    (
+        "guidance_in.out_layer",
+        "time_text_embed.guidance_embedder.linear_2",
+        Rows::Whole,
+    ),
+    ("final_layer.linear", "proj_out", Rows::Whole),
+    (
+        "final_layer.adaLN_modulation.1",
+        "norm_out.linear",
+        Rows::SwappedHalves,
+    ),
+];
+
+/// A double block's linear modules: BFL's part, diffusers' parts.
+const DOUBLE: [(&str, &[&str], Rows); 10] = [
+    (
+        "img_attn.qkv",
+        &["attn.to_q", "attn.to_k", "attn.to_v"],
+        Rows::Equal,
+    ),
+    (
+        "txt_attn.qkv",
+        &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+        Rows::Equal,
+    ),
+    ("img_attn.proj", &["attn.to_out.0"], Rows::Whole),
+    ("txt_attn.proj", &["attn.to_add_out"], Rows::Whole),
+    ("img_mlp.0", &["ff.net.0.proj"], Rows::Whole),
+    ("img_mlp.2", &["ff.net.2"], Rows::Whole),
+    ("txt_mlp.0", &["ff_context.net.0.proj"], Rows::Whole),
+    ("txt_mlp.2", &["ff_context.net.2"], Rows::Whole),
+    ("img_mod.lin", &["norm1.linear"], Rows::Whole),
+    ("txt_mod.lin", &["norm1_context.linear"], Rows::Whole),
+];
+
+/// A single block's linear modules.
+const SINGLE: [(&str, &[&str], Rows); 3] = [
+    (
+        "linear1",
+        &["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"],
+        Rows::SingleInput,
+    ),
+    ("linear2", &["proj_out"], Rows::Whole),
+    ("modulation.lin", &["norm.linear"], Rows::Whole),
+];
+
+/// A BFL linear module (`double_blocks.0.img_attn.qkv`, `img_in`, ...,
+/// without its parameter): the diffusers modules its rows go to, and how.
+/// `None` for anything else. LoRA files name these modules too.
+pub fn linear_module(module: &str) -> Option<(Vec<String>, Rows)> {
+    if let Some((_, name, rows)) = TOP.iter().find(|(bfl, _, _)| *bfl == module) {
+        return Some((vec![name.to_string()], *rows));
+    }
+    let (block, i, part) = block_part(module)?;
+    let table: &[(&str, &[&str], Rows)] = match block {
+        "transformer_blocks" => &DOUBLE,
+        _ => &SINGLE,
+    };
+    let (_, parts, rows) = table.iter().find(|(bfl, _, _)| *bfl == part)?;
+    Some((
+        parts.iter().map(|p| format!("{block}.{i}.{p}")).collect(),
+        *rows,
+    ))
+}
+
+/// Every BFL linear module of a model of `double` and `single` blocks.
+pub fn linear_modules(double: usize, single: usize) -> Vec<String> {
+    let top = TOP.iter().map(|(bfl, _, _)| bfl.to_string());
+    let double = (0..double).flat_map(|i| {
+        DOUBLE
+            .iter()
+            .map(move |(p, _, _)| format!("double_blocks.{i}.{p}"))
+    });
+    let single = (0..single).flat_map(|i| {
+        SINGLE
+            .iter()
+            .map(move |(p, _, _)| format!("single_blocks.{i}.{p}"))
+    });
+    top.chain(double).chain(single).collect()
+}
+
+/// `double_blocks.{i}.{part}` / `single_blocks.{i}.{part}`: diffusers'
+/// block list, the index and the part.
+fn block_part(module: &str) -> Option<(&'static str, &str, &str)> {
+    let (block, rest) = if let Some(rest) = module.strip_prefix("double_blocks.") {
+        ("transformer_blocks", rest)
+    } else {
+        (
+            "single_transformer_blocks",
+            module.strip_prefix("single_blocks.")?,
+        )
+    };
+    let (i, part) = rest.split_once('.')?;
+    Some((block, i, part))
+}
+
 /// The diffusers name (and transform) of the file's `key` for a model of
 /// `config`; keys outside the transformer (a VAE, text encoders) are
 /// skipped, unknown ones keep a name to be reported as unexpected.
 pub fn map(key: &str, config: &FluxConfig) -> KeyMap {
     let key = strip(key);
-    let to = |name: String| KeyMap::To(name);
-    let (module, param) = match key.rsplit_once('.') {
-        Some(split) => split,
-        None => return to(format!("(bfl) {key}")),
+    let Some((module, param)) = key.rsplit_once('.') else {
+        return KeyMap::To(format!("(bfl) {key}"));
     };
-    let fixed = [
-        ("img_in", "x_embedder"),
-        ("txt_in", "context_embedder"),
-        (
-            "time_in.in_layer",
-            "time_text_embed.timestep_embedder.linear_1",
-        ),
-        (
-            "time_in.out_layer",
-            "time_text_embed.timestep_embedder.linear_2",
-        ),
-        (
-            "vector_in.in_layer",
-            "time_text_embed.text_embedder.linear_1",
-        ),
-        (
-            "vector_in.out_layer",
-            "time_text_embed.text_embedder.linear_2",
-        ),
-        (
-            "guidance_in.in_layer",
-            "time_text_embed.guidance_embedder.linear_1",
-        ),
-        (
-            "guidance_in.out_layer",
-            "time_text_embed.guidance_embedder.linear_2",
-        ),
-        ("final_layer.linear", "proj_out"),
-    ];
-    if let Some((_, name)) = fixed.iter().find(|(bfl, _)| *bfl == module) {
-        return to(format!("{name}.{param}"));
+    if let Some((names, rows)) = linear_module(module) {
+        let mut names = names.into_iter().map(|n| format!("{n}.{param}"));
+        return match rows {
+            Rows::Whole => KeyMap::To(names.next().unwrap_or_default()),
+            Rows::SwappedHalves => KeyMap::SwapHalves(names.next().unwrap_or_default()),
+            Rows::Equal => KeyMap::SplitRows(names.collect()),
+            Rows::SingleInput => {
+                let dim = config.inner_dim();
+                KeyMap::SplitRowsBy(names.zip(Rows::SingleInput.split(4, 7 * dim)).collect())
+            }
+        };
     }
-    if module == "final_layer.adaLN_modulation.1" {
-        return KeyMap::SwapHalves(format!("norm_out.linear.{param}"));
-    }
-    if let Some(rest) = module.strip_prefix("double_blocks.") {
-        if let Some(mapped) = double(rest, param) {
-            return mapped;
-        }
-    }
-    if let Some(rest) = module.strip_prefix("single_blocks.") {
-        if let Some(mapped) = single(rest, param, config) {
-            return mapped;
-        }
+    if let Some(norm) = norm_scale(module, param) {
+        return KeyMap::To(norm);
     }
     match key.starts_with("vae.") || key.starts_with("text_encoders.") {
         true => KeyMap::Skip,
-        false => to(format!("(bfl) {key}")),
+        false => KeyMap::To(format!("(bfl) {key}")),
     }
 }
 
-/// A double block's module `{i}.{part}` (diffusers' `transformer_blocks`).
-fn double(rest: &str, param: &str) -> Option<KeyMap> {
-    let (i, part) = rest.split_once('.')?;
-    let b = format!("transformer_blocks.{i}");
-    let one = |name: &str| Some(KeyMap::To(format!("{b}.{name}")));
-    let scale = param == "scale";
-    match part {
-        "img_mod.lin" => one(&format!("norm1.linear.{param}")),
-        "txt_mod.lin" => one(&format!("norm1_context.linear.{param}")),
-        "img_attn.qkv" => Some(KeyMap::SplitRows(
-            ["to_q", "to_k", "to_v"]
-                .map(|n| format!("{b}.attn.{n}.{param}"))
-                .to_vec(),
-        )),
-        "txt_attn.qkv" => Some(KeyMap::SplitRows(
-            ["add_q_proj", "add_k_proj", "add_v_proj"]
-                .map(|n| format!("{b}.attn.{n}.{param}"))
-                .to_vec(),
-        )),
-        "img_attn.proj" => one(&format!("attn.to_out.0.{param}")),
-        "txt_attn.proj" => one(&format!("attn.to_add_out.{param}")),
-        "img_mlp.0" => one(&format!("ff.net.0.proj.{param}")),
-        "img_mlp.2" => one(&format!("ff.net.2.{param}")),
-        "txt_mlp.0" => one(&format!("ff_context.net.0.proj.{param}")),
-        "txt_mlp.2" => one(&format!("ff_context.net.2.{param}")),
-        "img_attn.norm.query_norm" if scale => one("attn.norm_q.weight"),
-        "img_attn.norm.key_norm" if scale => one("attn.norm_k.weight"),
-        "txt_attn.norm.query_norm" if scale => one("attn.norm_added_q.weight"),
-        "txt_attn.norm.key_norm" if scale => one("attn.norm_added_k.weight"),
-        _ => None,
-    }
-}
-
-/// A single block's module `{i}.{part}` (`single_transformer_blocks`):
-/// `linear1` holds q, k, v and the MLP's input, stacked by rows.
-fn single(rest: &str, param: &str, config: &FluxConfig) -> Option<KeyMap> {
-    let (i, part) = rest.split_once('.')?;
-    let b = format!("single_transformer_blocks.{i}");
-    let one = |name: &str| Some(KeyMap::To(format!("{b}.{name}")));
-    let dim = config.inner_dim();
-    match part {
-        "linear1" => Some(KeyMap::SplitRowsBy(vec![
-            (format!("{b}.attn.to_q.{param}"), dim),
-            (format!("{b}.attn.to_k.{param}"), dim),
-            (format!("{b}.attn.to_v.{param}"), dim),
-            (format!("{b}.proj_mlp.{param}"), 4 * dim),
-        ])),
-        "linear2" => one(&format!("proj_out.{param}")),
-        "modulation.lin" => one(&format!("norm.linear.{param}")),
-        "norm.query_norm" if param == "scale" => one("attn.norm_q.weight"),
-        "norm.key_norm" if param == "scale" => one("attn.norm_k.weight"),
-        _ => None,
-    }
+/// The per-head RMS norms' `scale` (diffusers' `norm_q`/`norm_k`/... `weight`).
+fn norm_scale(module: &str, param: &str) -> Option<String> {
+    let (block, i, part) = block_part(module)?;
+    let name = match (part, block == "transformer_blocks") {
+        _ if param != "scale" => return None,
+        ("img_attn.norm.query_norm", true) | ("norm.query_norm", false) => "attn.norm_q",
+        ("img_attn.norm.key_norm", true) | ("norm.key_norm", false) => "attn.norm_k",
+        ("txt_attn.norm.query_norm", true) => "attn.norm_added_q",
+        ("txt_attn.norm.key_norm", true) => "attn.norm_added_k",
+        _ => return None,
+    };
+    Some(format!("{block}.{i}.{name}.weight"))
 }
 
 /// The config of the transformer in a BFL file, from its shapes: blocks

@@ -22,8 +22,13 @@ pub fn guess(lora: &LoraFile) -> String {
         .iter()
         .any(|m| m.name.as_str().starts_with("joint_blocks"));
     let unknown_like = |needle: &str| lora.unknown.iter().any(|(k, _)| k.contains(needle));
+    let flux = lora
+        .modules
+        .iter()
+        .any(|m| m.name.as_str().starts_with("single_transformer_blocks"));
     match width {
         Some(w) => sd_core::family::describe_cross_attention(w),
+        None if flux => "FLUX.1 (it has single-stream blocks)".into(),
         None if kohya_sd3 => "SD3 (kohya's names for its transformer), not a UNet".into(),
         None if has(Component::Transformer) => {
             "a transformer model (SD3 or similar: diffusers' transformer.* names), not a UNet"

@@ -46,21 +46,27 @@ impl LoraFile {
         let file = MappedFile::open(path)?;
         let metadata = file.metadata()?;
         let peft = PeftAlphas::from_metadata(path, &metadata)?;
-        let mut groups: BTreeMap<(Component, ModuleName), BTreeMap<Part, Tensor>> = BTreeMap::new();
-        let mut unknown = Vec::new();
+        let mut tensors = crate::flux::Tensors::new();
         for name in file.tensors()?.names() {
-            match parse(name) {
+            tensors.insert(name.to_string(), file.read(name)?);
+        }
+        let mut unknown = Vec::new();
+        // FLUX LoRAs in other tools' names are first rewritten as diffusers'
+        if let Some(layout) = crate::flux::layout(tensors.keys()) {
+            let (converted, skipped) = crate::flux::to_diffusers(path, layout, tensors)?;
+            tensors = converted;
+            unknown.extend(skipped);
+        }
+        let mut groups: BTreeMap<(Component, ModuleName), BTreeMap<Part, Tensor>> = BTreeMap::new();
+        for (name, tensor) in tensors {
+            match parse(&name) {
                 Some(key) => {
-                    let tensor = file.read(name)?;
                     groups
                         .entry((key.component, key.module))
                         .or_default()
                         .insert(key.part, tensor);
                 }
-                None => unknown.push((
-                    name.to_string(),
-                    "not a key of any known adapter format".into(),
-                )),
+                None => unknown.push((name, "not a key of any known adapter format".into())),
             }
         }
         let mut modules = Vec::new();

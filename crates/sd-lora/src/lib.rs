@@ -1,5 +1,6 @@
 //! Adapters for Stable Diffusion models: LoRA in every common file format
-//! (kohya/A1111, diffusers/PEFT, older diffusers), LyCORIS' LoCon (with
+//! (kohya/A1111, diffusers/PEFT, older diffusers; for FLUX.1 also ComfyUI's,
+//! XLabs' and Black Forest Labs' names), LyCORIS' LoCon (with
 //! Tucker cores), LoHa and LoKr, merged into the weights and taken out
 //! again exactly; and textual-inversion embeddings (diffusers, A1111 and
 //! SDXL files).
@@ -25,6 +26,7 @@ pub mod embedding;
 pub mod error;
 mod family;
 pub mod file;
+mod flux;
 pub mod keys;
 pub mod merge;
 pub mod tags;

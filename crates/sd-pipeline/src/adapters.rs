@@ -89,7 +89,8 @@ impl StableDiffusion {
                 store: transformer.var_store(),
                 aliases: sd_mmdit::sai::linear_modules(transformer.config().num_layers),
             },
-            // (diffusers' names only, so far: issue 29's LoRA formats are to come)
+            // (other tools' FLUX LoRAs are rewritten in diffusers' names as
+            // the file is read: sd_lora's flux module)
             Denoiser::Flux(transformer) => Target {
                 component: Component::Transformer,
                 store: transformer.var_store(),
