@@ -15,7 +15,8 @@ loaded and fused by diffusers (`load_lora_weights` + `fuse_lora(lora_scale=0.8)`
   to each part of a fused projection and B split by rows, and diffusers loads that).
 
 The reference (outputs/flux_lora.safetensors) is every weight diffusers' fuse changed,
-`{format}.{transformer|text_encoder}.{name}`, and the kohya LoRA's whole txt2img run.
+`{format}.{transformer|text_encoder}.{name}`, in f32, and for `kohya-bf16` (the kohya file in
+bf16, as such files usually are) in the bf16 pipeline; and the kohya LoRA's whole f32 txt2img run.
 
 diffusers' kohya converter is written for the full-size model (19 + 38 blocks, a single
 block's fused input split as 3072/3072/3072/12288): for the tiny model the harness runs
@@ -190,10 +191,10 @@ def write_flux_loras(fixtures: Path, outputs: Path) -> None:
     lora_dir = fixtures / "flux" / "lora"
     shutil.rmtree(lora_dir, ignore_errors=True)
     lora_dir.mkdir()
-    base = FluxPipeline.from_pretrained(folder)
-    transformer = base.transformer
+    reference = FluxPipeline.from_pretrained(folder)
+    transformer = reference.transformer
     inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    clip_weights = base.text_encoder.state_dict()
+    clip_weights = reference.text_encoder.state_dict()
 
     files = {"peft": write_peft(FluxPipeline.from_pretrained(folder), lora_dir, True, 40),
              "ai-toolkit": write_peft(FluxPipeline.from_pretrained(folder), lora_dir, False, 41)}
@@ -206,14 +207,20 @@ def write_flux_loras(fixtures: Path, outputs: Path) -> None:
     save_file(bfl, lora_dir / "flux-bfl.safetensors")
     files.update({f: lora_dir / f"flux-{f}.safetensors" for f in ("kohya", "comfyui", "xlabs")})
 
+    # bf16, as kohya files usually are (alphas too), into the bf16 pipeline
+    save_file({k: v.to(torch.bfloat16) for k, v in kohya.items()}, lora_dir / "flux-kohya-bf16.safetensors")
+    files["kohya-bf16"] = lora_dir / "flux-kohya-bf16.safetensors"
+
     lora_pipeline._convert_kohya_flux_lora_to_diffusers = tiny_kohya_converter(inner)
-    base_weights = {"transformer": transformer.state_dict(), "text_encoder": clip_weights}
     tensors = {}
     sources = {"peft": files["peft"], "ai-toolkit": files["ai-toolkit"], "bfl": bfl_as_diffusers,
-               **{f: converted(FluxPipeline, files[f]) for f in ("kohya", "comfyui", "xlabs")}}
+               **{f: converted(FluxPipeline, files[f]) for f in ("kohya", "comfyui", "xlabs", "kohya-bf16")}}
     for name, source in sources.items():
-        pipe = FluxPipeline.from_pretrained(folder)
+        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
+        pipe = FluxPipeline.from_pretrained(folder, torch_dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
+        base = {c: {k: v.clone() for k, v in getattr(pipe, c).state_dict().items()}
+                for c in ("transformer", "text_encoder")}
         if isinstance(source, dict):
             pipe.load_lora_weights(source)
         else:
@@ -224,7 +231,7 @@ def write_flux_loras(fixtures: Path, outputs: Path) -> None:
         changed = 0
         for component in ("transformer", "text_encoder"):
             for key, value in getattr(pipe, component).state_dict().items():
-                if not torch.equal(value, base_weights[component][key]):
+                if not torch.equal(value, base[component][key]):
                     tensors[f"{name}.{component}.{key}"] = value.contiguous()
                     changed += 1
         assert changed > 0, f"{name}: diffusers changed no weight"

@@ -10,9 +10,19 @@ use std::path::PathBuf;
 use sd_core::DiffusersModel;
 use sd_pipeline::{Denoiser, LoraSpec, Request, Seed, StableDiffusion};
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
-use tch::{nn::VarStore, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
-const FORMATS: [&str; 6] = ["peft", "ai-toolkit", "kohya", "comfyui", "xlabs", "bfl"];
+/// Each format's file, merged into the f32 pipeline; `kohya-bf16` (the kohya
+/// file in bf16) into the bf16 pipeline.
+const FORMATS: [&str; 7] = [
+    "peft",
+    "ai-toolkit",
+    "kohya",
+    "comfyui",
+    "xlabs",
+    "bfl",
+    "kohya-bf16",
+];
 
 fn fixtures() -> PathBuf {
     reference_dir().join("fixtures")
@@ -22,9 +32,10 @@ fn lora(format: &str) -> PathBuf {
     fixtures().join(format!("flux/lora/flux-{format}.safetensors"))
 }
 
-fn dev() -> StableDiffusion {
+fn dev(kind: Kind) -> StableDiffusion {
     StableDiffusion::builder()
         .model_dir(fixtures().join("flux/pipeline-dev"))
+        .dtype(kind)
         .build()
         .unwrap()
 }
@@ -54,9 +65,13 @@ fn weights(pipeline: &StableDiffusion) -> Vec<(String, Tensor)> {
 fn every_flux_lora_format_merges_as_diffusers_fuses_it() {
     tch::set_num_threads(1);
     let reference = read_tensors(fixtures().join("outputs/flux_lora.safetensors")).unwrap();
-    let mut pipeline = dev();
-    let base: HashMap<String, Tensor> = weights(&pipeline).into_iter().collect();
     for format in FORMATS {
+        let kind = match format.ends_with("bf16") {
+            true => Kind::BFloat16,
+            false => Kind::Float,
+        };
+        let mut pipeline = dev(kind);
+        let base: HashMap<String, Tensor> = weights(&pipeline).into_iter().collect();
         let reports = pipeline
             .set_loras(&[LoraSpec::new(lora(format), 0.8)])
             .unwrap();
@@ -84,10 +99,10 @@ fn every_flux_lora_format_merges_as_diffusers_fuses_it() {
             .filter(|k| k.starts_with(&format!("{format}.")));
         let expected = expected.filter(|k| !k.ends_with("txt2img")).count();
         assert_eq!(changed, expected, "{format}: weights diffusers changed");
-    }
-    pipeline.unload_loras().unwrap();
-    for (name, tensor) in weights(&pipeline) {
-        assert!(tensor.equal(&base[&name]), "{name} not restored");
+        pipeline.unload_loras().unwrap();
+        for (name, tensor) in weights(&pipeline) {
+            assert!(tensor.equal(&base[&name]), "{format}: {name} not restored");
+        }
     }
 }
 
@@ -95,7 +110,7 @@ fn every_flux_lora_format_merges_as_diffusers_fuses_it() {
 fn a_kohya_flux_lora_run_matches_diffusers() {
     tch::set_num_threads(1);
     let reference = read_tensors(fixtures().join("outputs/flux_lora.safetensors")).unwrap();
-    let mut pipeline = dev();
+    let mut pipeline = dev(Kind::Float);
     pipeline
         .set_loras(&[LoraSpec::new(lora("kohya"), 0.8)])
         .unwrap();
@@ -119,7 +134,7 @@ fn a_kohya_flux_lora_run_matches_diffusers() {
 
 #[test]
 fn loras_for_other_families_are_refused_in_one_line() {
-    let mut flux = dev();
+    let mut flux = dev(Kind::Float);
     let sd1 = fixtures().join("lora/sd1-kohya.safetensors");
     let error = flux
         .set_loras(&[LoraSpec::new(&sd1, 1.0)])
