@@ -212,8 +212,9 @@ def diffusers_conversion(inner_dim: int):
 
 def write_flux_single_files(fixtures: Path) -> None:
     """The tiny [dev] pipeline's transformer as a BFL single file
-    (fixtures/flux/single-file/tiny-flux-dev.safetensors), checked by
-    converting it back with diffusers' own conversion: every tensor equal."""
+    (fixtures/flux/single-file/tiny-flux-dev.safetensors) and its VAE as BFL's
+    `ae.safetensors`, each checked by converting it back with diffusers' own
+    conversion: every tensor equal."""
     from safetensors.torch import load_file
 
     folder = fixtures / "flux" / "pipeline-dev" / "transformer"
@@ -228,6 +229,22 @@ def write_flux_single_files(fixtures: Path) -> None:
     out = fixtures / "flux" / "single-file"
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in bfl.items()}, out / "tiny-flux-dev.safetensors")
+
+    # BFL's separate ae.safetensors: the VAE in LDM names without a prefix, checked by
+    # diffusers' own conversion back
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from harness_single_file import vae_to_ldm
+
+    vae_folder = fixtures / "flux" / "pipeline-dev" / "vae"
+    vae = load_file(vae_folder / "diffusion_pytorch_model.safetensors")
+    vae_config = json.loads((vae_folder / "config.json").read_text())
+    ae = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae, vae_config).items()}
+    back = convert_ldm_vae_checkpoint(dict(ae), vae_config)
+    assert set(back) == set(vae), sorted(set(back) ^ set(vae))
+    for key, value in vae.items():
+        assert torch.equal(back[key], value), key
+    save_file({k: v.contiguous() for k, v in ae.items()}, out / "ae.safetensors")
 
 
 # FLUX.1 [dev]'s and [schnell]'s transformer configs (black-forest-labs/FLUX.1-*/transformer/config.json)

@@ -50,6 +50,7 @@ class StableDiffusion:
         clip_l: Optional[str] = None,
         clip_g: Optional[str] = None,
         config_dir: Optional[str] = None,
+        vae: Optional[str] = None,
     ) -> None:
         """model: a diffusers folder, a single .safetensors file or a hub
         repo id (org/name); device: cpu, cuda or cuda:N; dtype: f32, f16 or
@@ -63,7 +64,8 @@ class StableDiffusion:
         t5 None (used when the model has it), False (left out), True
         (required) or a T5 file (ComfyUI's t5xxl_fp16.safetensors); clip_l,
         clip_g: those encoders from files of their own; config_dir: configs
-        and tokenizers for a single file (T5's tokenizer). Raises
+        and tokenizers for a single file (T5's tokenizer); vae: the VAE from
+        a file of its own (BFL's ae.safetensors, A1111's VAE files). Raises
         ValueError for a bad option, RuntimeError for a model that does not
         load."""
 

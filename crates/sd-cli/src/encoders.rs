@@ -1,5 +1,5 @@
-//! `--t5`, `--clip-l`, `--clip-g`: the text-encoder options `sd txt2img`
-//! (and img2img, inpaint) and `sd serve` share.
+//! `--t5`, `--clip-l`, `--clip-g`, `--vae`: the options for parts in files
+//! of their own that `sd txt2img` (and img2img, inpaint) and `sd serve` share.
 
 use std::path::PathBuf;
 
@@ -21,6 +21,11 @@ pub struct EncoderArgs {
     /// CLIP-G from a file of its own (ComfyUI's `clip_g.safetensors`).
     #[arg(long, value_name = "FILE")]
     pub clip_g: Option<PathBuf>,
+    /// The VAE from a file of its own (BFL's `ae.safetensors` for FLUX,
+    /// A1111's `vae-ft-mse-840000-ema-pruned.safetensors`; diffusers' or
+    /// the LDM names); its config comes from the model.
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
 }
 
 impl EncoderArgs {
@@ -30,6 +35,7 @@ impl EncoderArgs {
             self.t5.as_deref(),
             self.clip_l.as_deref(),
             self.clip_g.as_deref(),
-        )
+        )?
+        .with_vae(self.vae.as_deref())
     }
 }

@@ -11,7 +11,7 @@ use sd_flux::FluxTransformer2DModel;
 use sd_mmdit::SD3Transformer2DModel;
 use sd_scheduler::SchedulerConfig;
 use sd_unet::UNet2DConditionModel;
-use sd_vae::AutoencoderKL;
+use sd_vae::{AutoencoderKL, VaeConfig};
 use tch::{Device, Kind};
 
 use crate::denoiser::Denoiser;
@@ -175,7 +175,13 @@ impl Components {
                 _ => None,
             },
             denoiser,
-            vae: AutoencoderKL::from_folder(dir.join("vae"), devices.vae, dtype, variant)?,
+            vae: match &files.vae {
+                Some(file) => {
+                    let config = VaeConfig::from_file(dir.join("vae/config.json"))?;
+                    crate::encoder_files::load_vae(file, &config, (devices.vae, dtype))?
+                }
+                None => AutoencoderKL::from_folder(dir.join("vae"), devices.vae, dtype, variant)?,
+            },
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             index,
         })

@@ -236,7 +236,8 @@ pub(crate) fn load(
         let placement = (devices, dtype);
         return crate::denoiser_file::load_unet_only(path, prefix, config_dir, placement, encoders);
     }
-    if encoders.1.any() {
+    let own = encoders.1;
+    if own.clip_l.is_some() || own.clip_g.is_some() || own.t5.is_some() {
         return Err(PipelineError::model(
             path,
             "text encoders from files of their own (--clip-l, --clip-g, --t5) are read for SD3 \
@@ -280,9 +281,12 @@ pub(crate) fn load(
         UNet2DConditionModel::from_files(&configs.unet, &files, devices.unet, dtype, &|k| {
             plan.map(Component::UNet, k)
         })?;
-    let vae = AutoencoderKL::from_files(&configs.vae, &files, devices.vae, dtype, &|k| {
-        plan.map(Component::Vae, k)
-    })?;
+    let vae = match &own.vae {
+        Some(file) => crate::encoder_files::load_vae(file, &configs.vae, (devices.vae, dtype))?,
+        None => AutoencoderKL::from_files(&configs.vae, &files, devices.vae, dtype, &|k| {
+            plan.map(Component::Vae, k)
+        })?,
+    };
     let family = match detected.kind {
         CheckpointKind::Sdxl => ModelFamily::StableDiffusionXl,
         _ => ModelFamily::StableDiffusion,

@@ -135,7 +135,7 @@ pub(crate) fn load(
         )?),
         t5: load_t5_part(&source, (t5, files.t5.as_deref()), devices, dtype)?,
         denoiser: Denoiser::Transformer(Frozen::new(transformer)),
-        vae: vae(&source, devices, dtype)?,
+        vae: vae(&source, files.vae.as_deref(), devices, dtype)?,
         scheduler: match config_dir {
             Some(dir) => SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             None => SchedulerConfig::from_json_str(&source.preset["scheduler"].to_string())?,
@@ -229,8 +229,18 @@ fn load_t5_part(
     Ok(encoder.map(|e| (tokenizer, e)))
 }
 
-/// The VAE from the file's `first_stage_model.*`, else from `config_dir`.
-fn vae(source: &Source<'_>, devices: Devices, dtype: Kind) -> Result<AutoencoderKL> {
+/// The VAE from a file of its own, else the file's `first_stage_model.*`, else
+/// `config_dir`'s.
+fn vae(
+    source: &Source<'_>,
+    own: Option<&Path>,
+    devices: Devices,
+    dtype: Kind,
+) -> Result<AutoencoderKL> {
+    if let Some(file) = own {
+        let config = VaeConfig::from_json_str(&source.config_text("vae")?)?;
+        return crate::encoder_files::load_vae(file, &config, (devices.vae, dtype));
+    }
     if !source.has(VAE) {
         let dir = source.config_dir.ok_or_else(|| source.missing(VAE))?;
         return Ok(AutoencoderKL::from_folder(

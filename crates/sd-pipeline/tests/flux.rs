@@ -149,6 +149,58 @@ fn a_bfl_transformer_file_runs_beside_its_folder() {
     assert!(alone.contains("holds a FLUX transformer alone"), "{alone}");
 }
 
+/// FLUX as ComfyUI users keep it: BFL's transformer file, `ae.safetensors`
+/// (the VAE in LDM names: reference/harness_flux.py), `clip_l.safetensors`
+/// and a T5 file, beside a folder of configs and tokenizers only: the
+/// folder's run.
+#[test]
+fn bfl_ae_clip_and_t5_files_run_beside_a_folder_of_configs() {
+    tch::set_num_threads(1);
+    let folder = fixtures().join("flux/pipeline-dev");
+    let configs = sd_testkit::scratch_dir("flux-configs-only");
+    sd_testkit::scratch::copy_dir(&folder, &configs);
+    for part in ["transformer", "vae"] {
+        std::fs::remove_file(
+            configs
+                .join(part)
+                .join("diffusion_pytorch_model.safetensors"),
+        )
+        .unwrap();
+    }
+    for part in ["text_encoder", "text_encoder_2"] {
+        std::fs::remove_file(configs.join(part).join("model.safetensors")).unwrap();
+    }
+    let single = fixtures().join("flux/single-file");
+    let files = sd_pipeline::EncoderFiles::new()
+        .clip_l(folder.join("text_encoder/model.safetensors"))
+        .t5(folder.join("text_encoder_2/model.safetensors"));
+    let build = |files: sd_pipeline::EncoderFiles| {
+        StableDiffusion::builder()
+            .single_file(single.join("tiny-flux-dev.safetensors"))
+            .config_dir(&configs)
+            .encoder_files(files)
+            .build()
+    };
+    let pipeline = build(files.clone().vae(single.join("ae.safetensors"))).unwrap();
+    let reference = read_tensors(fixtures().join("outputs/flux_pipeline.safetensors")).unwrap();
+    let latents = pipeline.generate(&request()).unwrap().latents;
+    let want = take(&reference, "dev.f32").unwrap();
+    // (split q/k/v are views of the fused rows: docs/development.md)
+    let packed = sd_flux::packing::pack(&latents);
+    sd_testkit::parity::assert_matches_reordered("ComfyUI's FLUX files", &packed, &want, 3);
+    let error = build(files.clone())
+        .err()
+        .expect("no VAE weights")
+        .to_string();
+    assert!(error.contains("vae"), "{error}");
+    let error = build(files.vae(single.join("tiny-flux-dev.safetensors")));
+    let error = error.err().expect("not a VAE").to_string();
+    assert!(
+        error.contains("not a VAE: no decoder.conv_in.weight"),
+        "{error}"
+    );
+}
+
 /// The BFL file in fp8 (as `flux1-dev-fp8.safetensors`: layer weights in
 /// `F8_E4M3`, kept in 8 bits) and as Q8_0 GGUF (`sd convert`) run as their
 /// decoded copies.

@@ -345,6 +345,8 @@ fn wrong_encoder_files_are_refused_in_one_line() {
     );
     let error = EncoderChoice::parse(None, Some(&missing), None).unwrap_err();
     one_line(error.to_string(), "clip_l: ");
+    let error = EncoderChoice::default().with_vae(Some(&missing)).unwrap_err();
+    one_line(error.to_string(), "vae: ");
 
     let build = |files: sd_pipeline::EncoderFiles| {
         StableDiffusion::builder()

@@ -350,3 +350,40 @@ fn real_single_file_layouts_map_onto_the_presets() {
         }
     }
 }
+
+/// A VAE from a file of its own (`--vae`), as A1111 users keep one beside a
+/// checkpoint: in the LDM names without a prefix (`vae-ft-mse-840000-ema-pruned`'s
+/// layout, here the checkpoint's own VAE cut out) and in diffusers' names (the
+/// folder's file) both decode as the checkpoint's own VAE, weight for weight.
+#[test]
+fn a_vae_file_of_its_own_replaces_the_checkpoints() {
+    let checkpoint = fixtures().join("single-file/tiny-sd1.safetensors");
+    let build = |vae: Option<&std::path::Path>| {
+        let mut files = sd_pipeline::EncoderFiles::new();
+        if let Some(vae) = vae {
+            files = files.vae(vae);
+        }
+        (StableDiffusion::builder().single_file(&checkpoint))
+            .config_dir(fixtures().join("tiny-sd1"))
+            .encoder_files(files)
+            .build()
+            .unwrap()
+    };
+    let own = build(None);
+    let dir = sd_testkit::scratch_dir("vae-file");
+    let ldm: Vec<(String, Tensor)> = Tensor::read_safetensors(&checkpoint)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix("first_stage_model.")?.to_string(), t)))
+        .collect();
+    let ldm_file = dir.join("vae-ldm.safetensors");
+    Tensor::write_safetensors(&ldm, &ldm_file).unwrap();
+    let diffusers_file = fixtures().join("tiny-sd1/vae/diffusion_pytorch_model.safetensors");
+    for file in [&ldm_file, &diffusers_file] {
+        let other = build(Some(file));
+        let theirs = other.vae().var_store().variables();
+        for (name, tensor) in own.vae().var_store().variables() {
+            assert!(tensor.equal(&theirs[&name]), "{}: {name}", file.display());
+        }
+    }
+}

@@ -51,7 +51,7 @@ impl StableDiffusion {
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
         embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None,
-        clip_l=None, clip_g=None, config_dir=None
+        clip_l=None, clip_g=None, config_dir=None, vae=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -70,6 +70,7 @@ impl StableDiffusion {
         clip_l: Option<PathBuf>,
         clip_g: Option<PathBuf>,
         config_dir: Option<PathBuf>,
+        vae: Option<PathBuf>,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -89,6 +90,7 @@ impl StableDiffusion {
             Some(T5Arg::File(file)) => Some(file),
         };
         let encoders = EncoderChoice::parse(t5.as_deref(), clip_l.as_deref(), clip_g.as_deref())
+            .and_then(|choice| choice.with_vae(vae.as_deref()))
             .map_err(|e| value_error(&e))?;
         builder = encoders.apply(builder);
         if let Some(dir) = config_dir {

@@ -1,6 +1,6 @@
-//! Which text encoders a pipeline loads, as every frontend takes it:
-//! `--t5 none|required|FILE`, `--clip-l FILE`, `--clip-g FILE` (the CLI and
-//! `sd serve`), `t5=`, `clip_l=`, `clip_g=` (sd_rs).
+//! Which text encoders (and VAE) a pipeline loads, as every frontend takes
+//! it: `--t5 none|required|FILE`, `--clip-l FILE`, `--clip-g FILE`, `--vae
+//! FILE` (the CLI and `sd serve`), `t5=`, `clip_l=`, `clip_g=`, `vae=` (sd_rs).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use crate::encoder_files::EncoderFiles;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
 
-/// T5 wanted or not, and encoders from files of their own.
+/// T5 wanted or not, and encoders (and the VAE) from files of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EncoderChoice {
@@ -38,6 +38,14 @@ impl EncoderChoice {
             choice.files.clip_g = Some(existing(Field::ClipG, file)?);
         }
         Ok(choice)
+    }
+
+    /// The VAE from `file` (BFL's `ae.safetensors`, A1111's VAE files).
+    pub fn with_vae(mut self, file: Option<&Path>) -> Result<Self> {
+        if let Some(file) = file {
+            self.files.vae = Some(existing(Field::Vae, file)?);
+        }
+        Ok(self)
     }
 
     /// `builder` with these choices.

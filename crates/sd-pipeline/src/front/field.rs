@@ -80,6 +80,8 @@ pub enum Field {
     ClipL,
     /// CLIP-G from a file of its own.
     ClipG,
+    /// The VAE from a file of its own.
+    Vae,
 }
 
 impl Field {
@@ -123,6 +125,7 @@ impl Field {
             Field::T5 => "t5",
             Field::ClipL => "clip_l",
             Field::ClipG => "clip_g",
+            Field::Vae => "vae",
         }
     }
 }
