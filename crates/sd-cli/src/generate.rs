@@ -31,10 +31,13 @@ pub struct Common {
     pub prompt: String,
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Default: the model's own (FLUX.1-dev 28, FLUX.1-schnell 4), else 30.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The guidance scale; FLUX.1-dev's distilled guidance. Default: the
+    /// model's own (FLUX.1-dev 3.5), else 7.5.
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// diffusers' guidance_rescale (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub guidance_rescale: f64,
@@ -157,6 +160,10 @@ pub enum Mode {
     },
 }
 
+/// Steps and guidance for models without defaults of their own.
+const DEFAULT_STEPS: usize = 30;
+const DEFAULT_GUIDANCE: f64 = 7.5;
+
 pub fn run(common: &Common, mode: Mode) -> Result<()> {
     // 1. everything that can fail on bad input, before any work
     let format = ImageFormat::from_path(&common.out)?;
@@ -178,6 +185,16 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     if common.timings {
         crate::timing("model loaded");
     }
+    let checked = match pipeline.model_defaults() {
+        Some(d) => checked
+            .with_model_defaults(
+                common.steps.map_or(Some(d.steps), |_| None),
+                common.guidance.map_or(Some(d.guidance), |_| None),
+                &Limits::NONE,
+            )
+            .map_err(name_the_option)?,
+        None => checked,
+    };
     for path in &control_paths {
         pipeline.load_controlnet(path)?;
     }
@@ -229,8 +246,8 @@ fn parameters(
 ) -> Result<Parameters> {
     let mut p = Parameters::new(&common.prompt);
     p.negative_prompt = common.negative_prompt.clone().unwrap_or_default();
-    p.steps = common.steps;
-    p.guidance = common.guidance;
+    p.steps = common.steps.unwrap_or(DEFAULT_STEPS);
+    p.guidance = common.guidance.unwrap_or(DEFAULT_GUIDANCE);
     p.guidance_rescale = common.guidance_rescale;
     p.eta = common.eta;
     p.seed = common.seed;

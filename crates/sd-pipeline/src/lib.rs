@@ -67,7 +67,7 @@ pub use generate::{
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};
 pub use parameters::GenerationParameters;
-pub use pipeline::StableDiffusion;
+pub use pipeline::{ModelDefaults, StableDiffusion};
 pub use preview::TinyVaeUse;
 pub use sd_clip::PromptOptions;
 pub use sd_core::DiffusersModel;

@@ -84,6 +84,41 @@ impl StableDiffusion {
         (8.max(self.vae_scale_factor()) * self.denoiser.latent_unit()) as u32
     }
 
+    /// T5's token count when a request gives none: diffusers' `FluxPipeline`
+    /// default, 512, for FLUX.1-dev (a guidance embedding); 256 for
+    /// FLUX.1-schnell (its training length) and SD3 (diffusers' default).
+    pub fn default_max_sequence_length(&self) -> usize {
+        match &self.denoiser {
+            Denoiser::Flux(flux) if flux.config().guidance_embeds => 512,
+            _ => 256,
+        }
+    }
+
+    /// The request's T5 token count, or the model's default.
+    pub(crate) fn max_sequence_length(&self, request: &crate::Request) -> usize {
+        (request.max_sequence_length).unwrap_or_else(|| self.default_max_sequence_length())
+    }
+
+    /// Steps and guidance for frontends to use when the user gives none,
+    /// where the model has its own: FLUX.1-dev 28 steps at distilled
+    /// guidance 3.5 (diffusers' `FluxPipeline` defaults), FLUX.1-schnell 4
+    /// steps (its model card; guidance unused). `None` for the other
+    /// families: no one default holds for them (A1111 takes 20 steps at 7,
+    /// diffusers 50 at 7.5), so each frontend keeps its own.
+    pub fn model_defaults(&self) -> Option<ModelDefaults> {
+        match &self.denoiser {
+            Denoiser::Flux(flux) if flux.config().guidance_embeds => Some(ModelDefaults {
+                steps: 28,
+                guidance: 3.5,
+            }),
+            Denoiser::Flux(_) => Some(ModelDefaults {
+                steps: 4,
+                guidance: 0.0,
+            }),
+            _ => None,
+        }
+    }
+
     /// The model's native image size: the denoiser's sample_size x the VAE factor.
     pub fn default_size(&self) -> (u32, u32) {
         let side = self.denoiser.sample_size() * self.vae_scale_factor();
@@ -220,4 +255,14 @@ pub(crate) fn check_sampler_fits(sampler: SamplerKind, family: ModelFamily) -> R
         crate::front::Field::Sampler,
         message,
     ))
+}
+
+/// A model's own steps and guidance ([`StableDiffusion::model_defaults`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct ModelDefaults {
+    /// Denoising steps.
+    pub steps: usize,
+    /// The guidance scale (FLUX.1-dev's distilled guidance).
+    pub guidance: f64,
 }

@@ -16,7 +16,7 @@ fn fixtures() -> PathBuf {
 
 fn request() -> Request {
     let mut r = Request::new("a red circle on a white background");
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (3, 3.5, 16);
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (3, 3.5, Some(16));
     (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
     r.seed = Seed::Batch(0);
     r
@@ -113,7 +113,7 @@ fn flux_refusals_name_the_field() {
     let error = pipeline.generate(&rescaled).unwrap_err().to_string();
     assert!(error.contains("guidance_rescale"), "{error}");
     let mut long = request();
-    long.max_sequence_length = 513;
+    long.max_sequence_length = Some(513);
     let error = pipeline.generate(&long).unwrap_err().to_string();
     assert!(error.contains("max_sequence_length"), "{error}");
 }
@@ -260,4 +260,36 @@ fn distilled_cfg_scale_is_the_guidance() {
     assert_eq!(request.parameters(false).unwrap().guidance, 3.5);
     let plain: GenerateRequest = serde_json::from_str(r#"{"prompt": "a fox"}"#).unwrap();
     assert_eq!(plain.parameters(false).unwrap().guidance, 7.0);
+}
+
+/// What a request or frontend leaves unset takes FLUX.1's own defaults:
+/// 512 T5 tokens, 28 steps at distilled guidance 3.5 for [dev]; 256 tokens
+/// and 4 steps for [schnell]; none of their own for the other families.
+#[test]
+fn flux_models_have_their_own_defaults() {
+    let load = |dir: &str| {
+        StableDiffusion::builder()
+            .model_dir(fixtures().join(dir))
+            .build()
+            .unwrap()
+    };
+    let (dev, schnell) = (load("flux/pipeline-dev"), load("flux/pipeline-schnell"));
+    assert_eq!(dev.default_max_sequence_length(), 512);
+    assert_eq!(schnell.default_max_sequence_length(), 256);
+    let d = dev.model_defaults().unwrap();
+    assert_eq!((d.steps, d.guidance), (28, 3.5));
+    assert_eq!(schnell.model_defaults().unwrap().steps, 4);
+    assert_eq!(load("tiny-sd1").model_defaults(), None);
+    let checked = sd_pipeline::front::Parameters::new("a cat")
+        .check(&sd_pipeline::front::Limits::NONE, None)
+        .unwrap()
+        .with_model_defaults(
+            Some(d.steps),
+            Some(d.guidance),
+            &sd_pipeline::front::Limits::NONE,
+        )
+        .unwrap();
+    let request = &checked.requests()[0];
+    assert_eq!((request.steps, request.guidance_scale), (28, 3.5));
+    assert_eq!(request.max_sequence_length, None);
 }

@@ -119,7 +119,7 @@ fn a_kohya_flux_lora_run_matches_diffusers() {
         request.steps,
         request.guidance_scale,
         request.max_sequence_length,
-    ) = (3, 3.5, 16);
+    ) = (3, 3.5, Some(16));
     (request.width, request.height, request.num_images) = (Some(48), Some(32), 2);
     request.seed = Seed::Batch(0);
     let latents = pipeline.generate(&request).unwrap().latents;

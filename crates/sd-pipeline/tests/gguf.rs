@@ -170,7 +170,7 @@ fn conversions_that_cannot_be_are_refused_in_one_line() {
 fn sd3_latents(builder: sd_pipeline::StableDiffusionBuilder) -> tch::Tensor {
     let pipeline = builder.build().unwrap();
     let mut r = Request::new("a red circle on a white background");
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, Some(16));
     (r.width, r.height) = (Some(48), Some(32));
     r.seed = 1.into();
     pipeline.generate(&r).unwrap().latents

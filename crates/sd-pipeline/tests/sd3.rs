@@ -153,7 +153,7 @@ fn sd3_pipeline_runs_match_diffusers() {
             request.negative_prompt = run["negative_prompt"].as_str().map(str::to_string);
             request.steps = run["num_inference_steps"].as_u64().unwrap() as usize;
             request.guidance_scale = number("guidance_scale").unwrap();
-            request.max_sequence_length = run["max_sequence_length"].as_u64().unwrap() as usize;
+            request.max_sequence_length = run["max_sequence_length"].as_u64().map(|n| n as usize);
             request.num_images = run["num_images_per_prompt"].as_u64().unwrap_or(1) as usize;
             request.seed = Seed::Batch(run["seed"].as_u64().unwrap());
             request.width = number("width").map(|w| w as u32);
@@ -251,7 +251,7 @@ fn bad_sd3_requests_are_refused_in_one_line_each() {
     r.skip_layer_guidance = Some(SkipLayerGuidance::new(vec![7]));
     assert!(refusal(r).contains("layer 7: the transformer has blocks 0..2"));
     let mut r = base();
-    r.max_sequence_length = 600;
+    r.max_sequence_length = Some(600);
     assert!(refusal(r).contains("max_sequence_length: 600 is outside 1..=512"));
     // A LoRA made for a UNet merges nothing here: refused, the model untouched.
     let lora = reference_dir().join("fixtures/lora/sd1-kohya.safetensors");
@@ -329,7 +329,7 @@ fn an_sd3_lora_matches_diffusers_fuse_lora() {
 fn lora_run() -> sd_pipeline::Request {
     let mut r = sd_pipeline::Request::new("a red circle on a white background");
     r.negative_prompt = Some("blurry".into());
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, Some(16));
     (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
     r.seed = sd_pipeline::Seed::Batch(1);
     r

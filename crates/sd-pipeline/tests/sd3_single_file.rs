@@ -18,7 +18,7 @@ fn fixtures() -> std::path::PathBuf {
 fn request() -> Request {
     let mut r = Request::new("a red circle on a white background");
     r.negative_prompt = Some("blurry".into());
-    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, 16);
+    (r.steps, r.guidance_scale, r.max_sequence_length) = (4, 5.0, Some(16));
     (r.width, r.height, r.num_images) = (Some(48), Some(32), 2);
     r.seed = Seed::Batch(1);
     r
@@ -345,7 +345,9 @@ fn wrong_encoder_files_are_refused_in_one_line() {
     );
     let error = EncoderChoice::parse(None, Some(&missing), None).unwrap_err();
     one_line(error.to_string(), "clip_l: ");
-    let error = EncoderChoice::default().with_vae(Some(&missing)).unwrap_err();
+    let error = EncoderChoice::default()
+        .with_vae(Some(&missing))
+        .unwrap_err();
     one_line(error.to_string(), "vae: ");
 
     let build = |files: sd_pipeline::EncoderFiles| {

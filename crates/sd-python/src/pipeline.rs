@@ -147,16 +147,17 @@ impl StableDiffusion {
     /// repainted). `loras`: this call's [(file, scale)] instead of the
     /// constructor's; `<lora:NAME:SCALE>` tags in the prompt are found in
     /// `lora_dir`. `control_images`: one per loaded ControlNet. SD3:
-    /// `max_sequence_length` (T5's tokens, default 256) and
+    /// `max_sequence_length` (T5's tokens; default 256, FLUX.1-dev 512) and
     /// `skip_layer_guidance` (transformer blocks, e.g. [7, 8, 9] for SD3.5
     /// Medium, at diffusers' default scale and window). FLUX: `guidance` is
     /// the distilled guidance; `true_cfg_scale` with a negative prompt runs
-    /// true CFG.
+    /// true CFG. `steps` and `guidance` default to the model's own
+    /// (FLUX.1-dev 28 at 3.5, FLUX.1-schnell 4), else 20 at 7.5.
     /// `callback(step, total)` runs after each step; returning `False`
     /// stops the run with `sd_rs.Cancelled`. Each image carries its PNG
     /// `parameters` text in `image.info`.
     #[pyo3(signature = (
-        prompt, negative_prompt="", steps=20, guidance=7.5, seed=0, width=None, height=None,
+        prompt, negative_prompt="", steps=None, guidance=None, seed=0, width=None, height=None,
         num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None,
         loras=None, control_images=None, clip_skip=0, max_sequence_length=None,
         skip_layer_guidance=None, true_cfg_scale=None
@@ -167,8 +168,8 @@ impl StableDiffusion {
         py: Python<'py>,
         prompt: &str,
         negative_prompt: &str,
-        steps: usize,
-        guidance: f64,
+        steps: Option<usize>,
+        guidance: Option<f64>,
         seed: u64,
         width: Option<u32>,
         height: Option<u32>,
@@ -190,8 +191,10 @@ impl StableDiffusion {
         p.max_sequence_length = max_sequence_length;
         p.skip_layer_guidance = skip_layer_guidance.map(sd_pipeline::SkipLayerGuidance::new);
         p.negative_prompt = negative_prompt.to_string();
-        p.steps = steps;
-        p.guidance = guidance;
+        // (the model's own defaults, FLUX.1's, else 20 steps at 7.5)
+        let defaults = self.read().model_defaults();
+        p.steps = steps.or(defaults.map(|d| d.steps)).unwrap_or(20);
+        p.guidance = guidance.or(defaults.map(|d| d.guidance)).unwrap_or(7.5);
         p.seed = Some(seed);
         (p.width, p.height) = (width, height);
         p.batch_size = num_images;

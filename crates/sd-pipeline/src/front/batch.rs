@@ -20,7 +20,7 @@ pub struct BatchKey {
     sdxl_original_size: Option<(u32, u32)>,
     sdxl_crop_top_left: (u32, u32),
     sdxl_target_size: Option<(u32, u32)>,
-    max_sequence_length: usize,
+    max_sequence_length: Option<usize>,
     skip_layer_guidance: Option<crate::SkipLayerGuidance>,
     loras: Vec<LoraSpec>,
 }

@@ -122,7 +122,8 @@ pub struct Parameters {
     pub source: Source,
     /// Control images for the loaded ControlNets.
     pub control: Option<Control>,
-    /// SD3: T5's token count; `None`: 256, diffusers' default.
+    /// SD3 and FLUX: T5's token count; `None`: the model's default (256;
+    /// 512 for FLUX.1-dev).
     pub max_sequence_length: Option<usize>,
     /// SD3.5: skip-layer guidance (`None`: off).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
@@ -315,6 +316,21 @@ impl Checked {
         &self.params
     }
 
+    /// The same with the steps and guidance a frontend left to the model
+    /// (`Some`: [`StableDiffusion::model_defaults`](crate::StableDiffusion::model_defaults)'s),
+    /// checked against `limits` as [`Parameters::check`] checks them.
+    pub fn with_model_defaults(
+        mut self,
+        steps: Option<usize>,
+        guidance: Option<f64>,
+        limits: &Limits,
+    ) -> Result<Self> {
+        self.params.steps = steps.unwrap_or(self.params.steps);
+        self.params.guidance = guidance.unwrap_or(self.params.guidance);
+        self.params.check_numbers(limits)?;
+        Ok(self)
+    }
+
     /// The prompt without its LoRA tags (what the text encoder reads).
     pub fn text_prompt(&self) -> &str {
         &self.text_prompt
@@ -377,9 +393,7 @@ impl Checked {
         };
         request.prompt_options = p.prompt_options;
         request.control = p.control.clone();
-        if let Some(tokens) = p.max_sequence_length {
-            request.max_sequence_length = tokens;
-        }
+        request.max_sequence_length = p.max_sequence_length;
         request.skip_layer_guidance = p.skip_layer_guidance.clone();
         if let Some(scale) = p.true_cfg_scale {
             request.true_cfg_scale = scale;

@@ -116,12 +116,12 @@ fn sd3_options_reach_the_requests_and_keep_batches_apart() {
         .check(&Limits::NONE, None)
         .unwrap();
     let request = &checked.requests()[0];
-    assert_eq!(request.max_sequence_length, 77);
+    assert_eq!(request.max_sequence_length, Some(77));
     assert_eq!(
         request.skip_layer_guidance,
         Some(crate::SkipLayerGuidance::new(vec![7, 8, 9]))
     );
     let plain = Parameters::new("a cat").check(&Limits::NONE, None).unwrap();
-    assert_eq!(plain.requests()[0].max_sequence_length, 256);
+    assert_eq!(plain.requests()[0].max_sequence_length, None);
     assert_ne!(checked.batch_key(), plain.batch_key());
 }

@@ -218,7 +218,7 @@ impl StableDiffusion {
                 "SD3 has no guidance rescale (diffusers' SD3 pipelines take none)".into(),
             );
         }
-        let tokens = request.max_sequence_length;
+        let tokens = self.max_sequence_length(request);
         if !(1..=512).contains(&tokens) {
             return refuse(
                 Field::MaxSequenceLength,
@@ -262,7 +262,7 @@ impl StableDiffusion {
         if request.guidance_rescale != 0.0 {
             return refuse(Field::GuidanceRescale, "FLUX has no guidance rescale");
         }
-        let tokens = request.max_sequence_length;
+        let tokens = self.max_sequence_length(request);
         if !(1..=512).contains(&tokens) {
             return refuse(Field::MaxSequenceLength, "outside 1..=512 (T5's positions)");
         }

@@ -91,7 +91,7 @@ impl StableDiffusion {
             t5: self.t5.as_ref(),
             joint_dim,
         };
-        let (tokens, options) = (request.max_sequence_length, request.prompt_options);
+        let (tokens, options) = (self.max_sequence_length(request), request.prompt_options);
         let negative = request.negative_prompt.as_deref().unwrap_or("");
         // diffusers encodes no negative without guidance; the loop never reads it
         let prompts: Vec<&str> = match cfg {
@@ -121,7 +121,7 @@ impl StableDiffusion {
         let fail = |e: sd_t5::T5Error| PipelineError::request(Field::Prompt, e.to_string());
         let one = |prompt: &str| -> Result<Conditioning> {
             let ids = tokenizer
-                .encode(prompt, request.max_sequence_length)
+                .encode(prompt, self.max_sequence_length(request))
                 .map_err(fail)?;
             let ids = Tensor::from_slice(&ids.ids).unsqueeze(0);
             let states = t5.forward_each(&[ids]).map_err(fail)?.remove(0);

@@ -58,9 +58,10 @@ pub struct Request {
     pub sdxl_target_size: Option<(u32, u32)>,
     /// Control images and settings for the loaded ControlNets.
     pub control: Option<crate::control::Control>,
-    /// SD3: T5's token count (diffusers' `max_sequence_length`: 256 by
-    /// default, at most 512); also the length of the zeros without T5.
-    pub max_sequence_length: usize,
+    /// SD3 and FLUX: T5's token count (diffusers' `max_sequence_length`, at
+    /// most 512; also the length of SD3's zeros without T5). `None`: the
+    /// model's default, [`StableDiffusion::default_max_sequence_length`](crate::StableDiffusion::default_max_sequence_length).
+    pub max_sequence_length: Option<usize>,
     /// SD3.5: skip-layer guidance (None: off).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
 }
@@ -227,7 +228,7 @@ impl Request {
             sdxl_crop_top_left: (0, 0),
             sdxl_target_size: None,
             control: None,
-            max_sequence_length: 256,
+            max_sequence_length: None,
             skip_layer_guidance: None,
         }
     }
