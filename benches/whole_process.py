@@ -9,6 +9,7 @@ at each; the script measures from its own spawn; "load" is diffusers'
     .venv/bin/python benches/whole_process.py --model sd15 --dtype bf16 --steps 3
     .venv/bin/python benches/whole_process.py --model sd35 --dtype bf16 --steps 4 --low-memory
     .venv/bin/python benches/whole_process.py --model sdxl --dtype bf16 --steps 2 --size 512 --only sd --gguf q8_0
+    .venv/bin/python benches/whole_process.py --model flux --dtype bf16 --steps 2 --low-memory   # issue 29's run
 
 --runs N alternates the two sides N times and reports medians. Needs
 `bash scripts/setup.sh --reference` and `cargo build --release -p sd-cli`.
@@ -18,7 +19,11 @@ The models: SD1.5's architecture (benches/side_by_side.py writes it to
 the project's CLIP vocabulary, the tiny test T5 vocabulary, so token ids
 differ from the real model's, the work does not), SDXL base's
 (~/.cache/sd-rs/sdxl-random, 7 GB bf16; --gguf runs its UNet from a GGUF
-file `sd convert` makes beside it). Random weights draw noise.
+file `sd convert` makes beside it), FLUX.1-schnell's (~/.cache/sd-rs/flux-schnell-random:
+the transformer in fp8 both as BFL's single file, `flux1-schnell-fp8.safetensors`, which sd
+runs, and as a diffusers folder, which diffusers loads with `torch_dtype=float8_e4m3fn` and
+`enable_layerwise_casting` (its T5 too, once loaded): the 24 GB bf16 transformer does not
+fit this 24 GiB machine; 36 GB on disk in all). Random weights draw noise.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SD_RS_CACHE", Path.home() / ".cache" / "sd-rs"))
 SD35 = CACHE / "sd35-medium-random"
 SDXL = CACHE / "sdxl-random"
+FLUX = CACHE / "flux-schnell-random"
 PROMPT = "a photo of a red fox in the snow, detailed"
 
 
@@ -116,6 +122,98 @@ def make_sdxl() -> None:
     })
 
 
+def make_flux() -> None:
+    """FLUX.1-schnell's architecture: CLIP-L, T5-XXL and the VAE in bf16, the transformer
+    drawn tensor by tensor (layer weights in fp8, the rest in bf16) as a diffusers folder,
+    then under BFL's names as `flux1-schnell-fp8.safetensors`."""
+    if (FLUX / "model_index.json").exists():
+        return
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    sys.path.insert(0, str(ROOT / "reference"))
+    import harness_flux
+    import harness_models
+
+    preset = json.loads((ROOT / "crates/sd-pipeline/src/presets/sd35.json").read_text())
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    vae = dict(strip(preset["vae"]), scaling_factor=0.3611, shift_factor=0.1159)
+    clip = dict(preset["text_encoder"], architectures=["CLIPTextModel"])
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    for sub, build in [("vae", lambda: AutoencoderKL(**vae)),
+                       ("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(**clip))),
+                       ("text_encoder_2", lambda: T5EncoderModel(T5Config(**preset["text_encoder_3"])))]:
+        model = build()
+        model.save_pretrained(FLUX / sub, max_shard_size="20GB")
+        del model
+    torch.set_default_dtype(torch.float32)
+    config = dict(harness_flux.FULL, guidance_embeds=False)
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**config)
+    model.save_config(FLUX / "transformer")
+    state = {}
+    for name, param in model.state_dict().items():
+        value = torch.randn(param.shape, dtype=torch.bfloat16) * 0.02
+        state[name] = value.to(torch.float8_e4m3fn) if value.ndim >= 2 else value
+    del model
+    save_file(state, FLUX / "transformer" / "diffusion_pytorch_model.safetensors")
+    bfl = harness_flux.to_bfl(state, config["num_layers"], config["num_single_layers"])
+    del state
+    save_file({k: v.contiguous() for k, v in bfl.items()}, FLUX / "flux1-schnell-fp8.safetensors")
+    del bfl
+    with safe_open(FLUX / "flux1-schnell-fp8.safetensors", "pt") as f:
+        assert f.get_slice("double_blocks.0.img_attn.qkv.weight").get_dtype() == "F8_E4M3"
+    FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+                                    base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(
+        FLUX / "scheduler")
+    harness_models.tokenizer_folder(FLUX / "tokenizer", ROOT / "reference/fixtures/tokenizer", "<|endoftext|>",
+                                    "json")
+    shutil.copytree(ROOT / "reference/fixtures/sd3/tokenizer_3", FLUX / "tokenizer_2", dirs_exist_ok=True)
+    index = json.loads((ROOT / "reference/fixtures/flux/pipeline-schnell/model_index.json").read_text())
+    (FLUX / "model_index.json").write_text(json.dumps(index, indent=1))
+
+
+DIFFUSERS_FLUX = """
+import os, sys, threading, time
+print(f"timing: start at 0 s (unix {time.time():.3f})", file=sys.stderr)
+import torch
+import diffusers
+from transformers import T5EncoderModel
+print(f"timing: imported at 0 s (unix {time.time():.3f})", file=sys.stderr)
+model, kind, steps, size, prompt, out, limit = sys.argv[1:8]
+def watch():  # a clean refusal rather than the kernel's OOM killer
+    while True:
+        rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+        if rss > float(limit):
+            print(f"diffusers: over {limit} GiB resident ({rss:.1f}), stopped", file=sys.stderr)
+            os._exit(3)
+        time.sleep(0.2)
+threading.Thread(target=watch, daemon=True).start()
+bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
+t5 = T5EncoderModel.from_pretrained(model + "/text_encoder_2", torch_dtype=bf16)
+diffusers.hooks.apply_layerwise_casting(t5, storage_dtype=fp8, compute_dtype=bf16)
+transformer = diffusers.FluxTransformer2DModel.from_pretrained(model + "/transformer", torch_dtype=fp8)
+transformer.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=bf16)
+pipe = diffusers.FluxPipeline.from_pretrained(model, transformer=transformer, text_encoder_2=t5, torch_dtype=bf16)
+pipe.set_progress_bar_config(disable=True)
+print(f"timing: model loaded at 0 s (unix {time.time():.3f})", file=sys.stderr)
+def on_step(p, i, t, kw):
+    print(f"timing: step {i + 1}/{steps} done at 0 s (unix {time.time():.3f})", file=sys.stderr)
+    return kw
+image = pipe(prompt, num_inference_steps=int(steps), guidance_scale=0.0, max_sequence_length=256,
+             height=int(size), width=int(size), generator=torch.Generator("cpu").manual_seed(0),
+             callback_on_step_end=on_step).images[0]
+image.save(out)
+print(f"timing: written at 0 s (unix {time.time():.3f})", file=sys.stderr)
+"""
+
+
 DIFFUSERS = """
 import sys, time
 print(f"timing: start at 0 s (unix {time.time():.3f})", file=sys.stderr)
@@ -149,9 +247,14 @@ def timed(command: list[str]) -> dict:
     /usr/bin/time -v, and its milestones in seconds since it was spawned."""
     spawned = time.time()
     result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} failed:\n{result.stderr[-3000:]}")
     text = result.stderr
+    if result.returncode != 0:
+        # (recorded, not fatal: a side that cannot run is a result too)
+        print(f"{command[0]} failed (exit {result.returncode}):\n{text[-1500:]}", file=sys.stderr)
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        nan = float("nan")
+        return {k: nan for k in ["wall", "user", "sys", "loaded", "load", "tail", "first", "per_step"]} | {
+            "rss": int(rss.group(1)) / 2**20 if rss else nan}
     wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", text)
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
     number = lambda label: float(re.search(label + r": ([\d.]+)", text).group(1))  # noqa: E731
@@ -183,6 +286,8 @@ def gguf_unet(args: argparse.Namespace, model: Path) -> Path:
 def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
     size = str(args.size)
     source = ["--model", str(model)]
+    if args.model == "flux":
+        source = ["--model", str(model / "flux1-schnell-fp8.safetensors"), "--config-dir", str(model)]
     if args.gguf:
         source = ["--model", str(gguf_unet(args, model)), "--config-dir", str(model)]
     sd = [args.sd, "txt2img", *source, "--prompt", PROMPT,
@@ -196,12 +301,18 @@ def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
         sd.append("--low-memory")
     diffusers = [sys.executable, "-c", DIFFUSERS, str(model), args.dtype, str(args.steps), size, PROMPT,
                  str(out / "diffusers.png")]
+    if args.model == "flux":
+        sd[sd.index("--guidance") + 1] = "0"
+        diffusers[2] = DIFFUSERS_FLUX
+        diffusers.append(str(args.limit_gib))
     return {"sd": sd, "diffusers": diffusers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["sd15", "sdxl", "sd35"], default="sd15")
+    parser.add_argument("--model", choices=["sd15", "sdxl", "sd35", "flux"], default="sd15")
+    parser.add_argument("--limit-gib", type=float, default=21.0,
+                        help="flux: diffusers stops itself above this resident size")
     parser.add_argument("--gguf", choices=["q8_0", "q5_1", "q5_0", "q4_1", "q4_0"],
                         help="sd runs the UNet from a GGUF file of this type (made by `sd convert`)")
     parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
@@ -222,6 +333,9 @@ def main() -> None:
     elif args.model == "sdxl":
         make_sdxl()
         model = SDXL
+    elif args.model == "flux":
+        make_flux()
+        model = FLUX
     else:
         make_sd35()
         model = SD35

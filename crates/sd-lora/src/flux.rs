@@ -73,7 +73,7 @@ pub(crate) fn layout<'a>(mut names: impl Iterator<Item = &'a String> + Clone) ->
 
 /// Rewrites `tensors` of `layout` as diffusers' adapters.
 pub(crate) fn to_diffusers(path: &Path, layout: Layout, tensors: Tensors) -> Result<Converted> {
-    match layout {
+    let converted = match layout {
         Layout::Kohya => kohya(tensors, Vec::new()),
         Layout::ComfyUi => {
             let (renamed, skipped) = comfyui_to_kohya(tensors);
@@ -81,7 +81,16 @@ pub(crate) fn to_diffusers(path: &Path, layout: Layout, tensors: Tensors) -> Res
         }
         Layout::XLabs => xlabs(tensors),
         Layout::Bfl => bfl_named(path, tensors),
-    }
+    };
+    // (errors name the file)
+    converted.map_err(|e| match e {
+        LoraError::InvalidInput { context, message }
+            if !context.contains(&*path.to_string_lossy()) =>
+        {
+            LoraError::invalid(path.display().to_string(), format!("{context}: {message}"))
+        }
+        other => other,
+    })
 }
 
 /// `down` and `up` with `alpha / rank` folded in as diffusers' kohya FLUX
@@ -94,7 +103,7 @@ fn fold(
     alpha: Option<&Tensor>,
     fused: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let rank = down.size()[0];
+    let rank = rows_of(down)?;
     let scale = match alpha {
         None => 1.0,
         Some(a) if fused => a
@@ -111,10 +120,19 @@ fn fold(
     Ok((down.f_mul_scalar(scale_down)?, up.f_mul_scalar(scale_up)?))
 }
 
+/// A factor's rows (its rank, or its outputs); a scalar has none.
+fn rows_of(factor: &Tensor) -> Result<i64> {
+    factor
+        .size()
+        .first()
+        .copied()
+        .ok_or_else(|| LoraError::invalid("a FLUX LoRA factor", "a scalar where a matrix belongs"))
+}
+
 /// One adapter per diffusers module of a BFL module: `down` copied to each,
 /// `up` split by rows (or its halves swapped), under `transformer.` names.
 fn emit(out: &mut Tensors, parts: &[String], rows: Rows, down: &Tensor, up: &Tensor) -> Result<()> {
-    let total = up.size()[0];
+    let total = rows_of(up)?;
     let ups = match rows {
         Rows::SwappedHalves => {
             let half = total / 2;
@@ -253,34 +271,45 @@ fn comfyui_to_kohya(tensors: Tensors) -> Converted {
     (out, skipped)
 }
 
-/// XLabs' processor LoRAs (no alpha: scale 1): the double blocks' image (1)
-/// and text (2) q/k/v and output projections, the single blocks' q/k/v and
-/// output.
-fn xlabs(mut tensors: Tensors) -> Result<Converted> {
+/// A file of unscaled `down`/`up` pairs (`{module}{down}`, `{module}{up}`),
+/// each module's diffusers modules found by `target` (without ComfyUI's
+/// `diffusion_model.`); what it finds no place for is reported with `what`.
+fn pairs(
+    mut tensors: Tensors,
+    (down_suffix, up_suffix): (&str, &str),
+    target: impl Fn(&str) -> Option<(Vec<String>, Rows)>,
+    what: &str,
+) -> Result<Converted> {
     let mut out = Tensors::new();
     let mut skipped = Vec::new();
-    let downs: Vec<String> = tensors
-        .keys()
-        .filter(|k| k.ends_with(".down.weight"))
+    let downs: Vec<String> = (tensors.keys())
+        .filter(|k| k.ends_with(down_suffix))
         .cloned()
         .collect();
     for key in downs {
-        let module = key.trim_end_matches(".down.weight");
-        let target = xlabs_module(module.strip_prefix("diffusion_model.").unwrap_or(module));
-        let up = tensors.remove(&format!("{module}.up.weight"));
+        let module = key.trim_end_matches(down_suffix);
+        let place = target(module.strip_prefix("diffusion_model.").unwrap_or(module));
+        let up = tensors.remove(&format!("{module}{up_suffix}"));
         let down = tensors.remove(&key);
-        let (Some((parts, rows)), Some(down), Some(up)) = (target, down, up) else {
-            skipped.push((key, "not a module of an XLabs FLUX LoRA".into()));
+        let (Some((parts, rows)), Some(down), Some(up)) = (place, down, up) else {
+            skipped.push((key, format!("not a module of {what}")));
             continue;
         };
         emit(&mut out, &parts, rows, &down, &up)?;
     }
-    skipped.extend(
-        tensors
-            .into_keys()
-            .map(|k| (k, "not a key of an XLabs FLUX LoRA".to_string())),
-    );
+    let unknown = tensors
+        .into_keys()
+        .map(|k| (k, format!("not a key of {what}")));
+    skipped.extend(unknown);
     Ok((out, skipped))
+}
+
+/// XLabs' processor LoRAs (no alpha: scale 1): the double blocks' image (1)
+/// and text (2) q/k/v and output projections, the single blocks' q/k/v and
+/// output.
+fn xlabs(tensors: Tensors) -> Result<Converted> {
+    let suffixes = (".down.weight", ".up.weight");
+    pairs(tensors, suffixes, xlabs_module, "an XLabs FLUX LoRA")
 }
 
 /// An XLabs module (`double_blocks.0.processor.qkv_lora1`): its diffusers modules.
@@ -306,11 +335,8 @@ fn xlabs_module(module: &str) -> Option<(Vec<String>, Rows)> {
 /// BFL's names with `lora_A`/`lora_B` (no alpha). A Control LoRA (BFL's
 /// Canny/Depth LoRAs: they also carry norm scales and biases, and widen the
 /// input for a control image) is refused.
-fn bfl_named(path: &Path, mut tensors: Tensors) -> Result<Converted> {
-    if let Some(key) = tensors
-        .keys()
-        .find(|k| k.ends_with(".scale") || k.ends_with(".bias"))
-    {
+fn bfl_named(path: &Path, tensors: Tensors) -> Result<Converted> {
+    if let Some(key) = (tensors.keys()).find(|k| k.ends_with(".scale") || k.ends_with(".bias")) {
         return Err(LoraError::invalid(
             path.display().to_string(),
             format!(
@@ -319,30 +345,13 @@ fn bfl_named(path: &Path, mut tensors: Tensors) -> Result<Converted> {
             ),
         ));
     }
-    let mut out = Tensors::new();
-    let mut skipped = Vec::new();
-    let downs: Vec<String> = tensors
-        .keys()
-        .filter(|k| k.ends_with(".lora_A.weight"))
-        .cloned()
-        .collect();
-    for key in downs {
-        let module = key.trim_end_matches(".lora_A.weight");
-        let target = bfl::linear_module(module.strip_prefix("diffusion_model.").unwrap_or(module));
-        let up = tensors.remove(&format!("{module}.lora_B.weight"));
-        let down = tensors.remove(&key);
-        let (Some((parts, rows)), Some(down), Some(up)) = (target, down, up) else {
-            skipped.push((key, "not a linear module of FLUX.1's transformer".into()));
-            continue;
-        };
-        emit(&mut out, &parts, rows, &down, &up)?;
-    }
-    skipped.extend(
-        tensors
-            .into_keys()
-            .map(|k| (k, "not a key of a FLUX LoRA".to_string())),
-    );
-    Ok((out, skipped))
+    let suffixes = (".lora_A.weight", ".lora_B.weight");
+    pairs(
+        tensors,
+        suffixes,
+        bfl::linear_module,
+        "a FLUX LoRA in BFL's names",
+    )
 }
 
 #[cfg(test)]
@@ -411,6 +420,29 @@ mod tests {
         assert_eq!(value(&d), 0.66796875);
         let (d, _) = fold(&ones(3).0, &ones(3).1, Some(&Tensor::from(2.0f32)), false).unwrap();
         assert_eq!(value(&d), (2.0f64 / 3.0) as f32 as f64);
+    }
+
+    #[test]
+    fn a_scalar_factor_is_an_error_naming_the_file() {
+        let t = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+        let tensors: Tensors = [
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+                t(&[]),
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+                t(&[96, 2]),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let error = to_diffusers(Path::new("x.safetensors"), Layout::Kohya, tensors).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "x.safetensors: a LoRA factor: a scalar where a matrix belongs"
+        );
     }
 
     #[test]
