@@ -441,7 +441,7 @@ mod tests {
         let error = to_diffusers(Path::new("x.safetensors"), Layout::Kohya, tensors).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "x.safetensors: a LoRA factor: a scalar where a matrix belongs"
+            "x.safetensors: a FLUX LoRA factor: a scalar where a matrix belongs"
         );
     }
 
