@@ -54,6 +54,14 @@ impl T5Encoder {
         }
     }
 
+    /// The width of its states (`d_model`).
+    pub fn width(&self) -> i64 {
+        match self {
+            T5Encoder::Resident(model) => model.config().d_model,
+            T5Encoder::Streamed(model) => model.config().d_model,
+        }
+    }
+
     /// The model, when it is held in memory.
     pub fn resident(&self) -> Option<&T5EncoderModel> {
         match self {

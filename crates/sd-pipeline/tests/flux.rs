@@ -293,3 +293,45 @@ fn flux_models_have_their_own_defaults() {
     assert_eq!((request.steps, request.guidance_scale), (28, 3.5));
     assert_eq!(request.max_sequence_length, None);
 }
+
+/// A T5 of another width than the transformer's text input is refused when
+/// the pipeline is built, in one line naming the option (not by a shape error
+/// inside the first step).
+#[test]
+fn a_t5_of_the_wrong_width_is_refused_at_load() {
+    let dir = sd_testkit::scratch_dir("flux-narrow-t5");
+    sd_testkit::scratch::copy_dir(&fixtures().join("flux/pipeline-dev"), &dir);
+    let t5 = dir.join("text_encoder_2");
+    // the tiny T5 at width 16 instead of 24 (no other dimension is 24)
+    let tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(t5.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let shape: Vec<i64> = t
+                    .size()
+                    .iter()
+                    .map(|&d| if d == 24 { 16 } else { d })
+                    .collect();
+                (
+                    k,
+                    tch::Tensor::zeros(shape.as_slice(), (t.kind(), tch::Device::Cpu)),
+                )
+            })
+            .collect();
+    tch::Tensor::write_safetensors(&tensors, t5.join("model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(t5.join("config.json")).unwrap();
+    let config = config.replace("\"d_model\": 24", "\"d_model\": 16");
+    std::fs::write(t5.join("config.json"), config).unwrap();
+    let error = StableDiffusion::builder()
+        .model_dir(&dir)
+        .build()
+        .err()
+        .expect("refused");
+    let error = error.to_string();
+    assert!(
+        error.contains("t5: a T5 of width 16; this transformer takes text states of width 24"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
+}
