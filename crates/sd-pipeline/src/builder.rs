@@ -11,7 +11,6 @@ use tch::{Device, Kind};
 use crate::adapters::{Adapters, LoraSpec};
 use crate::components::{Components, Devices};
 use crate::control::ControlNets;
-use crate::denoiser::Denoiser;
 use crate::encoder_files::EncoderFiles;
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
@@ -377,7 +376,7 @@ impl StableDiffusionBuilder {
             ));
         }
         let sd3 = family.is_flow_matching();
-        check_text_widths(components)?;
+        components.check_text_widths()?;
         let message = match (self.t5_wanted(), sd3, components.t5.is_some()) {
             (Some(true), true, false) => format!(
                 "T5 was asked for, but {} has none (no text_encoder_3/; a single file without \
@@ -481,39 +480,4 @@ impl StableDiffusionBuilder {
         sd_scheduler::build(sampler, &config)?;
         Ok((sampler, config))
     }
-}
-
-/// The text encoders' widths against what a FLUX or SD3 transformer takes:
-/// a T5 or CLIP-L of another width would fail inside the first step.
-fn check_text_widths(components: &Components) -> Result<()> {
-    // (T5's width; FLUX's pooled vector is CLIP-L's alone, SD3's two CLIPs')
-    let (text_width, pooled) = match &components.denoiser {
-        Denoiser::Flux(flux) => {
-            let config = flux.config();
-            (
-                config.joint_attention_dim,
-                Some(config.pooled_projection_dim),
-            )
-        }
-        Denoiser::Transformer(sd3) => (sd3.config().joint_attention_dim, None),
-        Denoiser::UNet(_) => return Ok(()),
-    };
-    if let Some(width) = (components.t5.as_ref()).map(|(_, t5)| t5.width()) {
-        if width != text_width {
-            let message = format!(
-                "a T5 of width {width}; this transformer takes text states of width \
-                 {text_width} (FLUX.1 and SD3 use T5-XXL, 4096)"
-            );
-            return Err(PipelineError::request(Field::T5, message));
-        }
-    }
-    let clip_width = components.text.1.config().hidden_size;
-    if let Some(pooled) = pooled.filter(|&p| p != clip_width) {
-        let message = format!(
-            "a CLIP-L of width {clip_width}; this transformer takes a pooled text vector of \
-             width {pooled}"
-        );
-        return Err(PipelineError::request(Field::ClipL, message));
-    }
-    Ok(())
 }

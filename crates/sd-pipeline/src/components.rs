@@ -16,7 +16,8 @@ use tch::{Device, Kind};
 
 use crate::denoiser::Denoiser;
 use crate::encoder_files::EncoderFiles;
-use crate::error::Result;
+use crate::error::{PipelineError, Result};
+use crate::front::Field;
 use crate::model::{ModelFamily, ModelIndex};
 use crate::t5::{load_t5, T5Loading, T5Tower};
 
@@ -185,5 +186,42 @@ impl Components {
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             index,
         })
+    }
+}
+
+impl Components {
+    /// The text encoders' widths against what a FLUX or SD3 transformer takes:
+    /// a T5 or CLIP-L of another width would fail inside the first step.
+    pub(crate) fn check_text_widths(&self) -> Result<()> {
+        // (T5's width; FLUX's pooled vector is CLIP-L's alone, SD3's two CLIPs')
+        let (text_width, pooled) = match &self.denoiser {
+            Denoiser::Flux(flux) => {
+                let config = flux.config();
+                (
+                    config.joint_attention_dim,
+                    Some(config.pooled_projection_dim),
+                )
+            }
+            Denoiser::Transformer(sd3) => (sd3.config().joint_attention_dim, None),
+            Denoiser::UNet(_) => return Ok(()),
+        };
+        if let Some(width) = (self.t5.as_ref()).map(|(_, t5)| t5.width()) {
+            if width != text_width {
+                let message = format!(
+                    "a T5 of width {width}; this transformer takes text states of width \
+                     {text_width} (FLUX.1 and SD3 use T5-XXL, 4096)"
+                );
+                return Err(PipelineError::request(Field::T5, message));
+            }
+        }
+        let clip_width = self.text.1.config().hidden_size;
+        if let Some(pooled) = pooled.filter(|&p| p != clip_width) {
+            let message = format!(
+                "a CLIP-L of width {clip_width}; this transformer takes a pooled text vector of \
+                 width {pooled}"
+            );
+            return Err(PipelineError::request(Field::ClipL, message));
+        }
+        Ok(())
     }
 }
