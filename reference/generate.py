@@ -64,6 +64,7 @@ import harness_controlnet  # noqa: E402
 import harness_flow  # noqa: E402
 import harness_flux  # noqa: E402
 import harness_flux_lora  # noqa: E402
+import harness_upscale  # noqa: E402
 import harness_gguf  # noqa: E402
 import harness_lora  # noqa: E402
 import harness_models  # noqa: E402
@@ -133,7 +134,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
-             "gguf", "flux", "flux-lora", "manifests"]
+             "gguf", "flux", "flux-lora", "upscale", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -181,6 +182,8 @@ def main() -> None:
             harness_flux.write_flux_single_files(FIXTURES)
         if "flux" in only or "flux-lora" in only:
             harness_flux_lora.write_flux_loras(FIXTURES, outputs)
+        if "upscale" in only:
+            harness_upscale.write_upscalers(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)
