@@ -197,9 +197,16 @@ def watch():  # a clean refusal rather than the kernel's OOM killer
 threading.Thread(target=watch, daemon=True).start()
 bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
 t5 = T5EncoderModel.from_pretrained(model + "/text_encoder_2", torch_dtype=bf16)
-diffusers.hooks.apply_layerwise_casting(t5, storage_dtype=fp8, compute_dtype=bf16)
+# (T5's feed-forward casts its input to `wo`'s dtype: `wo` stays bf16)
+skip = diffusers.hooks.layerwise_casting.DEFAULT_SKIP_MODULES_PATTERN + ("wo",)
+diffusers.hooks.apply_layerwise_casting(t5, storage_dtype=fp8, compute_dtype=bf16, skip_modules_pattern=skip)
 transformer = diffusers.FluxTransformer2DModel.from_pretrained(model + "/transformer", torch_dtype=fp8)
-transformer.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=bf16)
+# (every layer: loading in fp8 made the norms fp8 too, so none may be skipped)
+transformer.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=bf16, skip_modules_pattern=("^none$",))
+# (the pipeline takes its dtypes from the models' parameters, fp8 now, and torch cannot
+# draw or divide in fp8: the two models report their compute dtype instead)
+for m in (transformer, t5):
+    m.__class__ = type(type(m).__name__, (type(m),), {"dtype": property(lambda self: bf16)})
 pipe = diffusers.FluxPipeline.from_pretrained(model, transformer=transformer, text_encoder_2=t5, torch_dtype=bf16)
 pipe.set_progress_bar_config(disable=True)
 print(f"timing: model loaded at 0 s (unix {time.time():.3f})", file=sys.stderr)

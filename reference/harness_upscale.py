@@ -10,6 +10,11 @@ key layouts people's files use, and spandrel's outputs on a test image
 - `esrgan-plus-x2`: ESRGAN+ (`conv1x1` paths), 2x, original layout;
 - `compact-x4`: Real-ESRGAN's SRVGGNetCompact (PReLU), 4x.
 
+`esrgan-x4.pth` and `realesrgan-x2.pth` are the same weights as `torch.save` writes them
+(the zip checkpoint; the latter as BasicSR's `{"params_ema": ...}`); `malicious.pth` is a
+checkpoint whose unpickling would run a shell command (`os.system`), which sd-core's reader
+must refuse without running.
+
 Each file is loaded back through spandrel's `ModelLoader` (so its detection is the
 reference's), and run on images/init-32.png (0..1, f32; `esrgan-x4` also bf16) through
 the descriptor's call (spandrel's padding and clamping). `esrgan-x4.tiled` is the same model
@@ -104,6 +109,39 @@ def tiled(model, x: torch.Tensor, scale: int, size: int, overlap: int) -> torch.
     return (total / weights).clamp(0, 1)
 
 
+def save_pth(obj, path: Path, check: bool = True) -> None:
+    """`torch.save`'s zip checkpoint (the `.pth` upscalers are distributed as), written
+    again with a fixed serialization id and dates so that the fixture is the same each run;
+    torch.load reads it back equal."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith(".data/serialization_id"):
+                data = b"0" * len(data)
+            # the archive's folder is the file's stem, as torch.save names it
+            name = path.stem + info.filename[info.filename.index("/"):]
+            out.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
+    if check:
+        back = torch.load(path, weights_only=True)
+        flat, original = back.get("params_ema", back), obj.get("params_ema", obj)
+        assert all(torch.equal(flat[k], original[k]) for k in original), path
+
+
+class Evil:
+    """What a malicious checkpoint holds: unpickling it runs a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/sd-rs-pickle-ran",))
+
+
 def write_upscalers(fixtures: Path, outputs: Path) -> None:
     from spandrel import ModelLoader
     from spandrel.architectures.Compact import Compact
@@ -140,6 +178,10 @@ def write_upscalers(fixtures: Path, outputs: Path) -> None:
             blocks = model.hyperparameters["num_blocks"]
             state = esrgan_to_basicsr(state, blocks, prefix, names)
         save_file(state, out / f"{name}.safetensors")
+        if name in ("esrgan-x4", "realesrgan-x2"):
+            # as released: a plain state dict, and BasicSR's {"params_ema": state}
+            plain = {k.removeprefix("params_ema."): v for k, v in state.items()}
+            save_pth(plain if name == "esrgan-x4" else {"params_ema": plain}, out / f"{name}.pth")
         loaded = {k.removeprefix("params_ema."): v for k, v in state.items()}
         descriptor = ModelLoader().load_from_state_dict(loaded).eval()
         assert descriptor.scale in (2, 4), (name, descriptor.scale)
@@ -150,3 +192,5 @@ def write_upscalers(fixtures: Path, outputs: Path) -> None:
                 descriptor.model.to(torch.bfloat16)
                 tensors[f"{name}.bf16"] = descriptor(x.to(torch.bfloat16))
     save_file(tensors, outputs / "upscale.safetensors")
+    # a checkpoint that would run a command under torch.load (weights_only=False)
+    save_pth({"conv_first.weight": torch.zeros(1), "hook": Evil()}, out / "malicious.pth", check=False)

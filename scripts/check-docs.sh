@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 empty=$(mktemp -d)
 trap 'rm -rf "$empty"' EXIT
-for crate in sd-core sd-clip sd-t5 sd-unet sd-mmdit sd-flux sd-vae sd-lora sd-controlnet sd-scheduler sd-pipeline sd-train sd-server; do
+for crate in sd-core sd-clip sd-t5 sd-unet sd-mmdit sd-flux sd-upscale sd-vae sd-lora sd-controlnet sd-scheduler sd-pipeline sd-train sd-server; do
   LIBTORCH="$empty" RUSTDOCFLAGS="-D warnings" \
     cargo doc --quiet --no-deps -p "$crate" --features doc-only --target-dir target/doc-only
   echo "check-docs: $crate documents without libtorch"

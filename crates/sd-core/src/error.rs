@@ -30,6 +30,15 @@ pub enum CoreError {
         message: String,
     },
 
+    /// A PyTorch checkpoint (a pickle) this reader refuses or cannot read.
+    #[error("{path}: {message}")]
+    Checkpoint {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A file that is not a GGUF file this reader takes.
     #[error("{path}: not a valid GGUF file: {message}")]
     Gguf {

@@ -29,6 +29,7 @@ pub mod model;
 pub mod nn;
 pub mod packed;
 mod packed_ops;
+pub mod pickle;
 pub mod rng;
 pub mod weights;
 

@@ -188,13 +188,15 @@ fn bfl_ae_clip_and_t5_files_run_beside_a_folder_of_configs() {
     // (split q/k/v are views of the fused rows: docs/development.md)
     let packed = sd_flux::packing::pack(&latents);
     sd_testkit::parity::assert_matches_reordered("ComfyUI's FLUX files", &packed, &want, 3);
-    let error = build(files.clone())
-        .err()
-        .expect("no VAE weights")
-        .to_string();
+    let Err(error) = build(files.clone()) else {
+        panic!("built without VAE weights")
+    };
+    let error = error.to_string();
     assert!(error.contains("vae"), "{error}");
-    let error = build(files.vae(single.join("tiny-flux-dev.safetensors")));
-    let error = error.err().expect("not a VAE").to_string();
+    let Err(error) = build(files.vae(single.join("tiny-flux-dev.safetensors"))) else {
+        panic!("built with a transformer file as its VAE")
+    };
+    let error = error.to_string();
     assert!(
         error.contains("not a VAE: no decoder.conv_in.weight"),
         "{error}"
@@ -323,11 +325,9 @@ fn a_t5_of_the_wrong_width_is_refused_at_load() {
     let config = std::fs::read_to_string(t5.join("config.json")).unwrap();
     let config = config.replace("\"d_model\": 24", "\"d_model\": 16");
     std::fs::write(t5.join("config.json"), config).unwrap();
-    let error = StableDiffusion::builder()
-        .model_dir(&dir)
-        .build()
-        .err()
-        .expect("refused");
+    let Err(error) = StableDiffusion::builder().model_dir(&dir).build() else {
+        panic!("built with a T5 of the wrong width")
+    };
     let error = error.to_string();
     assert!(
         error.contains("t5: a T5 of width 16; this transformer takes text states of width 24"),

@@ -22,7 +22,7 @@ fn conv3(vs: &Path<'_>, input: i64, output: i64) -> Conv2d {
 /// Five convolutions over the growing concatenation of their inputs.
 #[derive(Debug)]
 struct DenseBlock {
-    convs: Vec<Conv2d>,
+    convs: [Conv2d; 5],
     /// ESRGAN+'s 1x1 path (`conv1x1`), added after the second and fourth.
     plus: Option<Conv2d>,
 }
@@ -30,40 +30,33 @@ struct DenseBlock {
 impl DenseBlock {
     fn new(vs: &Path<'_>, nf: i64, plus: bool) -> Self {
         const GROWTH: i64 = 32;
-        let convs = (0..5)
-            .map(|i| {
-                let output = if i == 4 { nf } else { GROWTH };
-                conv3(
-                    &(vs / format!("conv{}", i + 1) / 0),
-                    nf + i * GROWTH,
-                    output,
-                )
-            })
-            .collect();
+        let convs = [0, 1, 2, 3, 4].map(|i| {
+            let output = if i == 4 { nf } else { GROWTH };
+            conv3(
+                &(vs / format!("conv{}", i + 1) / 0),
+                nf + i * GROWTH,
+                output,
+            )
+        });
         let plus = plus.then(|| Conv2d::no_bias(&(vs / "conv1x1"), nf, GROWTH, 1, 1, 0));
         DenseBlock { convs, plus }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut features = vec![x.shallow_clone()];
-        let mut second = None;
-        for (i, conv) in self.convs.iter().enumerate() {
-            let mut out = conv.forward(&Tensor::cat(&features, 1));
-            if i == 4 {
-                return out * 0.2 + x;
-            }
-            out = leaky_relu(&out, 0.2);
-            match (&self.plus, i) {
-                (Some(p), 1) => out = out + p.forward(x),
-                (Some(_), 3) => out = out + second.as_ref().expect("set at the second"),
-                _ => {}
-            }
-            if i == 1 {
-                second = Some(out.shallow_clone());
-            }
-            features.push(out);
+        let c = &self.convs;
+        let act = |t: Tensor| leaky_relu(&t, 0.2);
+        let x1 = act(c[0].forward(x));
+        let mut x2 = act(c[1].forward(&Tensor::cat(&[x, &x1], 1)));
+        if let Some(plus) = &self.plus {
+            x2 += plus.forward(x);
         }
-        unreachable!("five convolutions")
+        let x3 = act(c[2].forward(&Tensor::cat(&[x, &x1, &x2], 1)));
+        let mut x4 = act(c[3].forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)));
+        if self.plus.is_some() {
+            x4 += &x2;
+        }
+        let x5 = c[4].forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1));
+        x5 * 0.2 + x
     }
 }
 

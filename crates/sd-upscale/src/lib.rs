@@ -3,8 +3,10 @@
 //! (original, BasicSR/Real-ESRGAN, BSRGAN; 1x/2x/4x/8x; Real-ESRGAN's x2/x1
 //! with pixel unshuffle; ESRGAN+) and Real-ESRGAN's SRVGGNetCompact
 //! (`realesr-general-x4v3`, `realesr-animevideov3`), the architecture and
-//! scale read off the weights as spandrel reads them; whole or in
-//! overlapping tiles; in f32, f16 or bf16.
+//! scale read off the weights as spandrel reads them; from `.safetensors` or
+//! from the `.pth` checkpoints most upscalers are distributed as (read
+//! without running their code); whole or in overlapping tiles; in f32, f16
+//! or bf16.
 //!
 //! ```no_run
 //! # fn main() -> sd_upscale::Result<()> {
@@ -47,14 +49,21 @@ pub struct Upscaler {
 }
 
 impl Upscaler {
-    /// Loads `.safetensors` weights, detecting the architecture.
+    /// Loads weights from `.safetensors` or from a PyTorch `.pth` checkpoint
+    /// (read without running it: `sd_core::pickle`), detecting the architecture.
     pub fn open(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
         let path = path.as_ref();
-        let file = MappedFile::open(path)?;
-        let mut tensors = BTreeMap::new();
-        for name in file.tensors()?.names() {
-            tensors.insert(name.to_string(), file.read(name)?);
-        }
+        let tensors = match is_zip(path) {
+            true => sd_core::pickle::read_checkpoint(path)?,
+            false => {
+                let file = MappedFile::open(path)?;
+                let mut tensors = BTreeMap::new();
+                for name in file.tensors()?.names() {
+                    tensors.insert(name.to_string(), file.read(name)?);
+                }
+                tensors
+            }
+        };
         Self::from_tensors(path, tensors, device, kind)
     }
 
@@ -150,6 +159,14 @@ impl Upscaler {
             Net::Compact(net) => net.forward(&image),
         }
     }
+}
+
+/// Whether `path` starts as a zip archive does (`torch.save`'s checkpoints).
+fn is_zip(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    read.is_ok() && magic == *b"PK\x03\x04"
 }
 
 /// BasicSR saves `{"params_ema": state}` (or `params`); as tensors those keys

@@ -111,3 +111,32 @@ fn bad_files_and_inputs_are_refused_in_one_line() {
     );
     assert!(Tiling::new(16, 8).is_err());
 }
+
+/// The `.pth` checkpoints (`torch.save`'s zip format: a plain state dict, and
+/// BasicSR's `{"params_ema": ...}`) give the `.safetensors` files' results.
+#[test]
+fn pth_checkpoints_load_as_their_safetensors() {
+    tch::set_num_threads(1);
+    for name in ["esrgan-x4", "realesrgan-x2"] {
+        let path = fixtures().join(format!("upscale/{name}.pth"));
+        let pth = Upscaler::open(path, Device::Cpu, Kind::Float).unwrap();
+        let out = pth.upscale(&image(), None).unwrap();
+        let want = open(name, Kind::Float).upscale(&image(), None).unwrap();
+        assert!(out.equal(&want), "{name}");
+    }
+}
+
+/// A checkpoint whose unpickling would run `os.system` (what `torch.load`
+/// without `weights_only` does) is refused, naming the call, and nothing runs.
+#[test]
+fn a_malicious_checkpoint_is_refused_without_running() {
+    let marker = std::path::Path::new("/tmp/sd-rs-pickle-ran");
+    let _ = std::fs::remove_file(marker);
+    let path = fixtures().join("upscale/malicious.pth");
+    let error = Upscaler::open(&path, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("it would call 'posix.system'"), "{error}");
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(!marker.exists());
+}
