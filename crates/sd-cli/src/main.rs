@@ -11,6 +11,7 @@ mod preview;
 mod serve;
 mod shapes;
 mod train;
+mod upscale;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -96,6 +97,11 @@ enum Command {
         #[command(flatten)]
         args: convert::ConvertArgs,
     },
+    /// Enlarge an image with an upscaler model (ESRGAN, Real-ESRGAN; .safetensors or .pth).
+    Upscale {
+        #[command(flatten)]
+        args: upscale::UpscaleArgs,
+    },
     /// Print what this build of libtorch can use (CPU threads, CUDA devices, cuDNN).
     Doctor {
         /// Also run a small convolution and attention on this device (cpu, cuda, cuda:N).
@@ -139,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Doctor { device } => doctor(device.as_deref()),
         Command::Train { args } => train::run(&args),
         Command::Convert { args } => convert::run(&args),
+        Command::Upscale { args } => upscale::run(&args),
         Command::Serve { args } => serve::run(&args),
         Command::Preprocess { command } => preprocess::run(&command),
         Command::EvalShapes {

@@ -27,6 +27,7 @@ pub mod tile;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use image::RgbImage;
 use sd_core::weights::MappedFile;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -133,6 +134,28 @@ impl Upscaler {
             Some(tiling) => tile::run_tiled(image, self.scale(), tiling, &|t| self.run(t))?,
         };
         Ok(out.clamp(0.0, 1.0))
+    }
+
+    /// An 8-bit RGB image enlarged: `x / 255` in, `round(255 * x)` out, as
+    /// spandrel's callers (A1111, ComfyUI) and diffusers write images.
+    pub fn upscale_rgb(&self, image: &RgbImage, tiling: Option<Tiling>) -> Result<RgbImage> {
+        let (w, h) = image.dimensions();
+        let x = Tensor::from_slice(image.as_raw())
+            .reshape([h as i64, w as i64, 3])
+            .permute([2, 0, 1])
+            .unsqueeze(0)
+            .to_kind(Kind::Float)
+            / 255.0;
+        let out = self.upscale(&x, tiling)?;
+        let (oh, ow) = (out.size()[2], out.size()[3]);
+        let pixels = (out * 255.0)
+            .round()
+            .to_kind(Kind::Uint8)
+            .squeeze_dim(0)
+            .permute([1, 2, 0]);
+        let bytes = Vec::<u8>::try_from(pixels.contiguous().flatten(0, -1))?;
+        RgbImage::from_raw(ow as u32, oh as u32, bytes)
+            .ok_or_else(|| UpscaleError::Input("the model's output is no RGB image".into()))
     }
 
     /// An image batch of the channels the model takes, 2x2 at least.
