@@ -488,6 +488,7 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::T5 => "--t5",
         Field::ClipL => "--clip-l",
         Field::ClipG => "--clip-g",
+        Field::Vae => "--vae",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// and its subfolders); also listed by /sdapi/v1/loras.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// Upscaler models (.safetensors, .pth: ESRGAN, Real-ESRGAN) for
+    /// /sdapi/v1/upscalers and /sdapi/v1/extra-single-image (the folder and
+    /// its subfolders).
+    #[arg(long, value_name = "DIR")]
+    pub upscalers_dir: Option<PathBuf>,
     /// Any address but a loopback one needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -92,6 +97,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let config = ServerConfig {
         models_dir: args.models_dir.clone(),
         lora_dir: args.lora_dir.clone(),
+        upscalers_dir: args.upscalers_dir.clone(),
         address: SocketAddr::new(args.host, args.port),
         api_key,
         cors_origins: args.cors_origins.clone(),

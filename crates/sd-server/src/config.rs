@@ -20,6 +20,9 @@ pub struct ServerConfig {
     /// Where `<lora:NAME:SCALE>` prompt tags find `NAME.safetensors` (the
     /// folder and its subfolders); `None`: tags are refused.
     pub lora_dir: Option<PathBuf>,
+    /// Upscaler models (`.safetensors`, `.pth`) for `/sdapi/v1/upscalers` and
+    /// `/sdapi/v1/extra-single-image` (the folder and its subfolders).
+    pub upscalers_dir: Option<PathBuf>,
     /// The database (`history.sqlite`) and the images (`images/`).
     pub data_dir: PathBuf,
     /// Where to listen; port 0 picks a free one.
@@ -77,6 +80,7 @@ impl ServerConfig {
             model,
             models_dir: None,
             lora_dir: None,
+            upscalers_dir: None,
             data_dir: data_dir.into(),
             address: SocketAddr::from(([127, 0, 0, 1], 7860)),
             api_key: None,

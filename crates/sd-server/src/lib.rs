@@ -4,7 +4,8 @@
 //!   responses; base64 PNGs with the parameters in their text chunk);
 //!   `GET /sdapi/v1/samplers`, `/sd-models`, `/options` (POST switches the
 //!   model among `--models-dir`), `/progress` (with a preview image),
-//!   `POST /sdapi/v1/interrupt`.
+//!   `POST /sdapi/v1/interrupt`; `GET /sdapi/v1/upscalers` and
+//!   `POST /sdapi/v1/extra-single-image` (upscaler models of `--upscalers-dir`).
 //! - `GET /api/v1/history` (newest first, `?limit=&offset=`, total in
 //!   `X-Total-Count`), `GET /api/v1/jobs/{id}`, `POST /api/v1/jobs/{id}/cancel`,
 //!   `GET /api/v1/images/{file}`.
@@ -33,6 +34,7 @@ mod auth;
 pub mod config;
 mod db;
 pub mod error;
+mod extras;
 mod job;
 mod metrics;
 mod models;

@@ -98,8 +98,9 @@ pub struct LoraEntry {
     pub path: String,
 }
 
-/// The `.safetensors` files in `dir` and its subfolders, by name.
-pub fn loras(dir: Option<&Path>) -> Vec<LoraEntry> {
+/// The files in `dir` and its subfolders with one of `extensions`, each
+/// with its name (the file name without the extension), sorted by name.
+fn files(dir: Option<&Path>, extensions: &[&str]) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
     let mut folders: Vec<PathBuf> = dir.into_iter().map(Path::to_path_buf).collect();
     while let Some(folder) = folders.pop() {
@@ -110,19 +111,75 @@ pub fn loras(dir: Option<&Path>) -> Vec<LoraEntry> {
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 folders.push(path);
-            } else if let Some(name) = path
-                .file_name()
+                continue;
+            }
+            let extension = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or_default();
+            let stem = path
+                .file_stem()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".safetensors"))
-            {
-                found.push(LoraEntry {
-                    name: name.to_string(),
-                    alias: name.to_string(),
-                    path: path.display().to_string(),
-                });
+                .map(str::to_string);
+            if let (true, Some(stem)) = (extensions.contains(&extension), stem) {
+                found.push((stem, path));
             }
         }
     }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found.sort();
     found
+}
+
+/// The `.safetensors` files in `dir` and its subfolders, by name.
+pub fn loras(dir: Option<&Path>) -> Vec<LoraEntry> {
+    let entry = |(name, path): (String, PathBuf)| LoraEntry {
+        alias: name.clone(),
+        name,
+        path: path.display().to_string(),
+    };
+    files(dir, &["safetensors"])
+        .into_iter()
+        .map(entry)
+        .collect()
+}
+
+/// One entry of `/sdapi/v1/upscalers`, in A1111's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpscalerEntry {
+    /// What `upscaler_1` / `hr_upscaler` call it.
+    pub name: String,
+    /// The architecture (`ESRGAN`, `RealESRGAN Compact`); `None` for the
+    /// built-in resizers.
+    pub model_name: Option<String>,
+    pub model_path: Option<String>,
+    pub model_url: Option<String>,
+    pub scale: Option<i64>,
+}
+
+/// Upscalers that are no model: A1111's built-in resizers.
+pub const BUILT_IN: [&str; 3] = ["None", "Lanczos", "Nearest"];
+
+/// The built-in resizers, then the upscaler models in `dir` (and its
+/// subfolders) whose weights make a known architecture.
+pub fn upscalers(dir: Option<&Path>) -> Vec<UpscalerEntry> {
+    let built_in = BUILT_IN.iter().map(|name| UpscalerEntry {
+        name: name.to_string(),
+        model_name: None,
+        model_path: None,
+        model_url: None,
+        scale: None,
+    });
+    let models = files(dir, &["safetensors", "pth", "pt"])
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let architecture = sd_upscale::Upscaler::describe(&path).ok()?;
+            Some(UpscalerEntry {
+                name,
+                model_name: Some(architecture.name().to_string()),
+                model_path: Some(path.display().to_string()),
+                model_url: None,
+                scale: Some(architecture.scale()),
+            })
+        });
+    built_in.chain(models).collect()
 }

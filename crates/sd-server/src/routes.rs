@@ -37,6 +37,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/loras", get(loras))
+        .route("/sdapi/v1/upscalers", get(crate::extras::list))
+        .route(
+            "/sdapi/v1/extra-single-image",
+            post(crate::extras::single_image),
+        )
         .route("/sdapi/v1/options", get(options).post(set_options))
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
@@ -75,7 +80,7 @@ async fn page() -> Html<&'static str> {
 }
 
 /// The body, or a 413/400 naming it.
-fn body(bytes: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+pub(crate) fn body(bytes: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     bytes.map_err(|rejection| {
         let status = rejection.status().as_u16();
         ApiError {

@@ -82,13 +82,8 @@ impl Upscaler {
             message,
         };
         let tensors = unwrap_ema(tensors);
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let renamed = arch::esrgan_original_names(&names);
-        let shapes = renamed
-            .iter()
-            .map(|(ours, theirs)| (ours.clone(), tensors[theirs].size()))
-            .collect();
-        let architecture = arch::detect(&shapes).map_err(fail)?;
+        let shapes = tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+        let (architecture, renamed) = identify(shapes).map_err(fail)?;
         let vs = VarStore::new(device);
         let net = match architecture {
             Architecture::Esrgan(c) => Net::Esrgan(esrgan::RrdbNet::new(&vs.root(), c)),
@@ -102,6 +97,22 @@ impl Upscaler {
         };
         upscaler.vs.set_kind(kind);
         Ok(upscaler)
+    }
+
+    /// The architecture of the weights in `path` (`.safetensors` or `.pth`),
+    /// from their names and shapes alone: cheap enough for listing a folder.
+    pub fn describe(path: impl AsRef<Path>) -> Result<Architecture> {
+        let path = path.as_ref();
+        let shapes = match is_zip(path) {
+            true => sd_core::pickle::read_shapes(path)?,
+            false => MappedFile::open(path)?.shapes()?,
+        };
+        let shapes = unwrap_ema(shapes);
+        let fail = |message: String| UpscaleError::Model {
+            path: PathBuf::from(path),
+            message,
+        };
+        Ok(identify(shapes).map_err(fail)?.0)
     }
 
     /// What it is, with its sizes.
@@ -192,9 +203,22 @@ fn is_zip(path: &Path) -> bool {
     read.is_ok() && magic == *b"PK\x03\x04"
 }
 
+/// The architecture of weights of these names and shapes, and the file's
+/// name of each of the model's variables.
+fn identify(
+    shapes: BTreeMap<String, Vec<i64>>,
+) -> std::result::Result<(Architecture, BTreeMap<String, String>), String> {
+    let names: Vec<String> = shapes.keys().cloned().collect();
+    let renamed = arch::esrgan_original_names(&names);
+    let ours = (renamed.iter())
+        .map(|(ours, theirs)| (ours.clone(), shapes[theirs].clone()))
+        .collect();
+    Ok((arch::detect(&ours)?, renamed))
+}
+
 /// BasicSR saves `{"params_ema": state}` (or `params`); as tensors those keys
 /// carry the prefix. The EMA weights are the ones to use, as spandrel does.
-fn unwrap_ema(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+fn unwrap_ema<T>(tensors: BTreeMap<String, T>) -> BTreeMap<String, T> {
     for prefix in ["params_ema.", "params."] {
         if tensors.keys().any(|k| k.starts_with(prefix)) {
             return (tensors.into_iter())

@@ -80,8 +80,38 @@ fn bad(path: &Path, message: impl Into<String>) -> CoreError {
     }
 }
 
+/// Every tensor's shape in the zip-format checkpoint at `path`, by dotted
+/// path: the pickle alone is read, not the storages.
+pub fn read_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    let (_, _, refs) = open_checkpoint(path)?;
+    Ok(refs.into_iter().map(|(name, t)| (name, t.size)).collect())
+}
+
+/// The archive, the folder its entries are under, and the tensors its pickle describes.
+type Opened = (
+    zip::ZipArchive<std::fs::File>,
+    String,
+    Vec<(String, TensorRef)>,
+);
+
 /// Every tensor of the zip-format checkpoint at `path`, by dotted path.
 pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let (mut archive, prefix, refs) = open_checkpoint(path)?;
+    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (name, t) in refs {
+        if !storages.contains_key(&t.storage) {
+            let bytes = read_entry(&mut archive, &format!("{prefix}data/{}", t.storage), path)?;
+            storages.insert(t.storage.clone(), bytes);
+        }
+        let tensor =
+            build(&storages[&t.storage], &t).map_err(|m| bad(path, format!("'{name}': {m}")))?;
+        out.insert(name, tensor);
+    }
+    Ok(out)
+}
+
+fn open_checkpoint(path: &Path) -> Result<Opened> {
     let file = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
         bad(
@@ -111,19 +141,7 @@ pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let value = Machine::new(path).run(&program)?;
     let mut refs = Vec::new();
     flatten(String::new(), &value, 0, &mut refs);
-    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for (name, t) in refs {
-        if !storages.contains_key(&t.storage) {
-            let bytes = read_entry(&mut archive, &format!("{prefix}data/{}", t.storage), path)?;
-            storages.insert(t.storage.clone(), bytes);
-        }
-        out.insert(
-            name.clone(),
-            build(&storages[&t.storage], &t).map_err(|m| bad(path, format!("'{name}': {m}")))?,
-        );
-    }
-    Ok(out)
+    Ok((archive, prefix, refs))
 }
 
 fn read_entry<R: std::io::Read + std::io::Seek>(

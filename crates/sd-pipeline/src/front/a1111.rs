@@ -201,7 +201,7 @@ fn fit(image: image::DynamicImage, (width, height): (u32, u32)) -> image::Dynami
 }
 
 /// A base64 image (a `data:image/...;base64,` prefix allowed).
-fn decode_image(field: Field, text: &str) -> Result<image::DynamicImage> {
+pub(crate) fn decode_image(field: Field, text: &str) -> Result<image::DynamicImage> {
     let data = match text.split_once(";base64,") {
         Some((prefix, data)) if prefix.starts_with("data:") => data,
         _ => text,

@@ -82,6 +82,12 @@ pub enum Field {
     ClipG,
     /// The VAE from a file of its own.
     Vae,
+    /// Extras: the upscaler by name.
+    Upscaler,
+    /// Extras: the factor or size of the result.
+    UpscalingResize,
+    /// Extras: by factor or to a size.
+    ResizeMode,
 }
 
 impl Field {
@@ -126,6 +132,9 @@ impl Field {
             Field::ClipL => "clip_l",
             Field::ClipG => "clip_g",
             Field::Vae => "vae",
+            Field::Upscaler => "upscaler_1",
+            Field::UpscalingResize => "upscaling_resize",
+            Field::ResizeMode => "resize_mode",
         }
     }
 }

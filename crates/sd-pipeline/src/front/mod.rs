@@ -10,6 +10,7 @@
 pub mod a1111;
 mod batch;
 mod encoders;
+pub mod extras;
 mod field;
 mod params;
 mod sampler;
