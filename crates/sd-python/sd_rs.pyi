@@ -137,6 +137,14 @@ def sampler_name(name: str) -> str:
     """The CLI name of an A1111 or CLI sampler name ("Euler a" -> "euler-a");
     ValueError for an unknown one."""
 
+def upscale(image: Image.Image, model: str, tile: int = 192, overlap: int = 8, device: str = "cpu",
+            dtype: str = "f32") -> Image.Image:
+    """The image enlarged by an upscaler model as `sd upscale` does it (ESRGAN,
+    Real-ESRGAN, SRVGGNetCompact; .safetensors or .pth, read without running
+    it), in tiles of `tile` pixels sharing `overlap` (0: the whole image).
+    ValueError for a bad option, RuntimeError for a model that does not load
+    (a .pth that would run code is refused, naming the call)."""
+
 def convert(input: str, output: str, type: Optional[str] = None, denoiser_only: bool = False) -> dict:
     """Weights as `sd convert` writes them: a diffusers folder (its UNet), a
     single file or a .gguf into `output`: .gguf of `type` (q8_0, q5_1, q5_0,

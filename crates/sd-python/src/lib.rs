@@ -121,12 +121,49 @@ fn convert<'py>(
     Ok(out)
 }
 
+/// An image enlarged by an upscaler model as `sd upscale` does it (ESRGAN,
+/// Real-ESRGAN, SRVGGNetCompact; `.safetensors` or `.pth`, read without
+/// running it), in tiles of `tile` pixels sharing `overlap` (`tile=0`: whole).
+/// Returns a PIL image; ValueError for a bad option, RuntimeError for a
+/// model that does not load.
+#[pyfunction]
+#[pyo3(signature = (image, model, tile = 192, overlap = 8, device = "cpu", dtype = "f32"))]
+fn upscale<'py>(
+    py: Python<'py>,
+    image: &Bound<'py, PyAny>,
+    model: std::path::PathBuf,
+    tile: i64,
+    overlap: i64,
+    device: &str,
+    dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let value_error =
+        |e: &dyn std::fmt::Display| pyo3::exceptions::PyValueError::new_err(e.to_string());
+    let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
+    let kind = sd_core::device::parse_dtype(dtype).map_err(|e| value_error(&e))?;
+    let tiling = match tile {
+        0 => None,
+        size => Some(sd_upscale::Tiling::new(size, overlap).map_err(|e| value_error(&e))?),
+    };
+    let rgb = pil::to_rgb(image, "image")?;
+    let runtime =
+        |e: sd_upscale::UpscaleError| pyo3::exceptions::PyRuntimeError::new_err(e.to_string());
+    let out = py
+        .detach(|| {
+            let upscaler = sd_upscale::Upscaler::open(&model, device, kind)?;
+            upscaler.upscale_rgb(&rgb, tiling)
+        })
+        .map_err(runtime)?;
+    pil::from_rgb(py, &out, None)
+}
+
 #[pymodule]
 fn sd_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::StableDiffusion>()?;
     m.add_class::<a1111::A1111Job>()?;
     m.add_function(wrap_pyfunction!(sampler_name, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
+    m.add_function(wrap_pyfunction!(upscale, m)?)?;
     m.add_function(wrap_pyfunction!(a1111::check_a1111, m)?)?;
     m.add("Cancelled", m.py().get_type::<Cancelled>())?;
     m.add("InvalidRequest", m.py().get_type::<InvalidRequest>())?;

@@ -274,3 +274,19 @@ def test_convert_writes_a_gguf_that_loads_as_the_cli_runs_it(tmp_path):
     with pytest.raises(RuntimeError, match="type q4_k: not one of"):
         sd_rs.convert(str(tiny), str(tmp_path / "k.gguf"), type="q4_k")
     assert not (tmp_path / "k.gguf").exists()
+
+
+def test_upscale_gives_the_clis_pixels(tmp_path):
+    image = Image.open(FIXTURES / "images" / "init-32.png").convert("RGB")
+    model = FIXTURES / "upscale" / "realesrgan-x2.pth"
+    big = sd_rs.upscale(image, str(model), tile=16, overlap=4)
+    assert big.size == (64, 64)
+    out = tmp_path / "big.png"
+    run = subprocess.run([SD, "upscale", str(FIXTURES / "images" / "init-32.png"), str(out), "--model", str(model),
+                          "--tile", "16", "--overlap", "4"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert big.tobytes() == Image.open(out).convert("RGB").tobytes()
+    with pytest.raises(RuntimeError, match="posix.system"):
+        sd_rs.upscale(image, str(FIXTURES / "upscale" / "malicious.pth"))
+    with pytest.raises(ValueError, match="overlap under half"):
+        sd_rs.upscale(image, str(model), tile=16, overlap=8)
