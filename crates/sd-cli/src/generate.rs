@@ -31,6 +31,21 @@ pub struct Common {
     pub prompt: String,
     #[arg(long)]
     pub negative_prompt: Option<String>,
+    /// Hires fix: generate at the size asked, enlarge by this factor, and
+    /// denoise again at the large size (A1111's hr_scale).
+    #[arg(long, value_name = "FACTOR")]
+    pub hires_scale: Option<f64>,
+    /// Hires fix's enlargement: latent (bilinear), latent-antialiased,
+    /// latent-bicubic, latent-bicubic-antialiased, latent-nearest,
+    /// latent-nearest-exact, lanczos, nearest, or an upscaler model FILE.
+    #[arg(long, value_name = "MODE|FILE", default_value = "latent")]
+    pub hires_upscaler: String,
+    /// Hires fix's second-pass steps (default: --steps).
+    #[arg(long)]
+    pub hires_steps: Option<usize>,
+    /// How much of the second pass's schedule runs.
+    #[arg(long, default_value_t = 0.7)]
+    pub hires_strength: f64,
     /// Default: the model's own (FLUX.1-dev 28, FLUX.1-schnell 4), else 30.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -264,6 +279,7 @@ fn parameters(
     p.control = control;
     p.max_sequence_length = common.max_sequence_length;
     p.true_cfg_scale = common.true_cfg_scale;
+    p.hires = hires(common)?;
     if !common.skip_layer_guidance.is_empty() {
         p.skip_layer_guidance = Some(
             sd_pipeline::SkipLayerGuidance::new(common.skip_layer_guidance.clone())
@@ -489,9 +505,29 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::ClipL => "--clip-l",
         Field::ClipG => "--clip-g",
         Field::Vae => "--vae",
+        Field::Hires => "--hires-scale/--hires-upscaler/--hires-steps/--hires-strength",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")
+}
+
+/// `--hires-*` as the request layer's hires fix.
+fn hires(common: &Common) -> Result<Option<sd_pipeline::HiresFix>> {
+    use sd_pipeline::{HiresFix, HiresSize, HiresUpscaler};
+    let Some(scale) = common.hires_scale else {
+        return Ok(None);
+    };
+    let name = &common.hires_upscaler;
+    let upscaler = match HiresUpscaler::parse(name) {
+        Some(upscaler) => upscaler,
+        None if Path::new(name).is_file() => HiresUpscaler::Model(name.into()),
+        None => anyhow::bail!(
+            "--hires-upscaler: {name:?} is neither a mode (latent, lanczos, ...) nor a file"
+        ),
+    };
+    let mut hires = HiresFix::new(HiresSize::Scale(scale), upscaler);
+    (hires.steps, hires.strength) = (common.hires_steps, common.hires_strength);
+    Ok(Some(hires))
 }
 
 fn read_rgb(path: &Path) -> Result<image::RgbImage> {

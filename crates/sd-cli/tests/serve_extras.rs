@@ -86,3 +86,76 @@ fn extras_upscale_as_the_cli_does() {
         unknown.body
     );
 }
+
+/// A1111's hires-fix fields (`enable_hr`, `hr_scale`, `hr_upscaler` naming a
+/// listed model, `denoising_strength`) give `sd txt2img --hires-*`'s pixels.
+#[test]
+fn hires_fix_over_http_is_the_clis() {
+    let fixtures = fixtures();
+    let tiny = fixtures.join("tiny-sd1");
+    let upscalers = fixtures.join("upscale");
+    let dir = scratch("serve-extras", "hires");
+    let server = Served::start(
+        &dir.join("data"),
+        &[
+            "--model",
+            tiny.to_str().unwrap(),
+            "--upscalers-dir",
+            upscalers.to_str().unwrap(),
+        ],
+    );
+    let prompt = "a red circle on a white background";
+    let reply = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": prompt, "steps": 4, "seed": 3, "width": 32, "height": 32, "cfg_scale": 7.5,
+                "sampler_name": "Euler", "enable_hr": true, "hr_scale": 2, "hr_upscaler": "realesrgan-x2",
+                "denoising_strength": 0.6}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let (pixels, _) = decode_png(reply.body["images"][0].as_str().unwrap());
+    let out = dir.join("cli.png");
+    let model = upscalers.join("realesrgan-x2.safetensors");
+    let run = common::sd(&[
+        "txt2img",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "4",
+        "--scheduler",
+        "euler",
+        "--seed",
+        "3",
+        "--guidance",
+        "7.5",
+        "--hires-scale",
+        "2",
+        "--hires-upscaler",
+        model.to_str().unwrap(),
+        "--hires-strength",
+        "0.6",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(pixels, image::open(&out).unwrap().to_rgb8().into_raw());
+    let unknown = server.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": prompt, "steps": 4, "enable_hr": true, "hr_upscaler": "4x-nothing"}),
+    );
+    assert_eq!(unknown.status, 422, "{:?}", unknown.body);
+    assert!(
+        unknown.body.to_string().contains("4x-nothing"),
+        "{:?}",
+        unknown.body
+    );
+}

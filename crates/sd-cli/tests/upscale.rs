@@ -66,3 +66,86 @@ fn upscale_writes_spandrels_pixels() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!bad.exists());
 }
+
+/// `sd txt2img --hires-scale 2 --hires-upscaler latent`: the second pass's
+/// latents are the composed diffusers reference's (reference/harness_hires.py).
+#[test]
+fn hires_fix_through_the_cli_matches_its_reference() {
+    let fixtures = reference_dir().join("fixtures");
+    let dir = sd_testkit::scratch_dir("cli-hires");
+    let latents = dir.join("latents.safetensors");
+    let tiny = fixtures.join("tiny-sd1");
+    let run = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args([
+            "txt2img",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--prompt",
+            "a red circle on a white background",
+        ])
+        .args([
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--steps",
+            "4",
+            "--scheduler",
+            "euler",
+            "--seed",
+            "3",
+        ])
+        .args([
+            "--guidance",
+            "7.5",
+            "--hires-scale",
+            "2",
+            "--hires-upscaler",
+            "latent",
+            "--hires-strength",
+            "0.6",
+        ])
+        .args([
+            "--out",
+            dir.join("hires.png").to_str().unwrap(),
+            "--save-latents",
+            latents.to_str().unwrap(),
+        ])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        image::open(dir.join("hires.png"))
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (64, 64)
+    );
+    let ours = read_tensors(&latents).unwrap();
+    let ours = ours.values().next().unwrap();
+    let reference = read_tensors(fixtures.join("outputs/hires.safetensors")).unwrap();
+    sd_testkit::parity::assert_matches("cli hires", ours, &take(&reference, "latent").unwrap(), 8);
+    let bad = sd(&[
+        "txt2img",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--hires-scale",
+        "2",
+        "--hires-upscaler",
+        "bilinear-ish",
+        "--out",
+        dir.join("no.png").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("--hires-upscaler: \"bilinear-ish\""),
+        "{stderr}"
+    );
+}

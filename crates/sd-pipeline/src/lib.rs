@@ -61,8 +61,8 @@ pub use denoiser::Denoiser;
 pub use encoder_files::EncoderFiles;
 pub use error::{PipelineError, Result};
 pub use generate::{
-    guide, random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed,
-    SkipLayerGuidance, StepCallback, StepInfo, Task,
+    guide, random_seed, Conditioning, Generation, HiresFix, HiresSize, HiresUpscaler, LatentResize,
+    PromptEmbeddings, Request, Seed, SkipLayerGuidance, StepCallback, StepInfo, Task,
 };
 pub use graph::UNetExecution;
 pub use model::{ModelFamily, ModelIndex};

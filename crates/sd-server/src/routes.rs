@@ -114,9 +114,18 @@ async fn generate(
     // Decoding base64 images takes a while: off the async threads.
     let limits = shared.config.limits.request.clone();
     let lora_dir = shared.config.lora_dir.clone();
+    let upscalers_dir = shared.config.upscalers_dir.clone();
     let checked = tokio::task::spawn_blocking(move || {
+        // hires fix's `hr_upscaler` names a listed model, never a path
+        let find = |name: &str| {
+            let listed = crate::models::upscalers(upscalers_dir.as_deref());
+            let entry = listed.into_iter().find(|u| u.name == name);
+            entry
+                .and_then(|u| u.model_path)
+                .map(std::path::PathBuf::from)
+        };
         request
-            .parameters(img2img)?
+            .parameters_with_upscalers(img2img, &find)?
             .check(&limits, lora_dir.as_deref())
     })
     .await

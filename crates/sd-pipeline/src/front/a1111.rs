@@ -57,6 +57,26 @@ pub struct GenerateRequest {
     pub distilled_cfg_scale: Option<f64>,
     /// FLUX (diffusers' name): true CFG with the negative prompt.
     pub true_cfg_scale: Option<f64>,
+    /// txt2img: hires fix (a second pass at a larger size; its strength is
+    /// `denoising_strength`).
+    pub enable_hr: bool,
+    /// Hires fix: the factor (default 2), unless `hr_resize_x`/`_y` are set.
+    pub hr_scale: f64,
+    /// Hires fix: the width (0: from `hr_scale`, or from the height's ratio).
+    pub hr_resize_x: u32,
+    /// Hires fix: the height (0: as `hr_resize_x`).
+    pub hr_resize_y: u32,
+    /// Hires fix: `Latent` (default), `Latent (nearest-exact)`, ...,
+    /// `Lanczos`, `Nearest`, or a model of `/sdapi/v1/upscalers`.
+    pub hr_upscaler: String,
+    /// Hires fix: the second pass's steps (0: `steps`).
+    pub hr_second_pass_steps: usize,
+    /// Hires fix: the second pass's prompt ("": the prompt).
+    pub hr_prompt: String,
+    /// Hires fix: the second pass's negative prompt ("": the negative prompt).
+    pub hr_negative_prompt: String,
+    /// Hires fix: the second pass's sampler (none: the run's).
+    pub hr_sampler_name: Option<String>,
 }
 
 impl Default for GenerateRequest {
@@ -82,6 +102,15 @@ impl Default for GenerateRequest {
             skip_layer_guidance: Vec::new(),
             distilled_cfg_scale: None,
             true_cfg_scale: None,
+            enable_hr: false,
+            hr_scale: 2.0,
+            hr_resize_x: 0,
+            hr_resize_y: 0,
+            hr_upscaler: "Latent".into(),
+            hr_second_pass_steps: 0,
+            hr_prompt: String::new(),
+            hr_negative_prompt: String::new(),
+            hr_sampler_name: None,
         }
     }
 }
@@ -107,7 +136,21 @@ impl GenerateRequest {
     /// resize", fitted to the requested size); `img2img` says which
     /// endpoint it came to. Each image its own seed, A1111's way.
     pub fn parameters(&self, img2img: bool) -> Result<Parameters> {
+        self.parameters_with_upscalers(img2img, &|_| None)
+    }
+
+    /// [`parameters`](Self::parameters), with `upscaler` finding the model
+    /// file of an `hr_upscaler` name (a server's listed upscalers; a name is
+    /// never joined to a path here).
+    pub fn parameters_with_upscalers(
+        &self,
+        img2img: bool,
+        upscaler: &dyn Fn(&str) -> Option<std::path::PathBuf>,
+    ) -> Result<Parameters> {
         let mut p = Parameters::new(&self.prompt);
+        if self.enable_hr && !img2img {
+            p.hires = Some(self.hires(upscaler)?);
+        }
         p.negative_prompt = self.negative_prompt.clone();
         p.steps = self.steps;
         p.guidance = self.distilled_cfg_scale.unwrap_or(self.cfg_scale);
@@ -142,6 +185,45 @@ impl GenerateRequest {
             }
         }
         Ok(p)
+    }
+
+    /// Hires fix as A1111's fields describe it.
+    fn hires(
+        &self,
+        upscaler: &dyn Fn(&str) -> Option<std::path::PathBuf>,
+    ) -> Result<crate::HiresFix> {
+        use crate::{HiresFix, HiresSize, HiresUpscaler};
+        let name = self.hr_upscaler.as_str();
+        let kind = HiresUpscaler::parse(name)
+            .or_else(|| upscaler(name).map(HiresUpscaler::Model))
+            .ok_or_else(|| {
+                let message = format!(
+                    "{name:?} is neither a Latent mode, Lanczos, Nearest nor a listed upscaler"
+                );
+                PipelineError::request(Field::Hires, message)
+            })?;
+        let size = match (
+            self.hr_resize_x,
+            self.hr_resize_y,
+            self.width.zip(self.height),
+        ) {
+            (0, 0, _) => HiresSize::Scale(self.hr_scale),
+            (x, y, _) if x > 0 && y > 0 => HiresSize::Size(x, y),
+            // one side given: the other from the first pass's ratio, as A1111
+            (x, 0, Some((w, h))) => HiresSize::Size(x, (x as f64 * h as f64 / w as f64) as u32),
+            (0, y, Some((w, h))) => HiresSize::Size((y as f64 * w as f64 / h as f64) as u32, y),
+            _ => {
+                let message = "hr_resize_x or _y alone needs width and height".to_string();
+                return Err(PipelineError::request(Field::Hires, message));
+            }
+        };
+        let mut hires = HiresFix::new(size, kind);
+        hires.strength = self.denoising_strength;
+        hires.steps = Some(self.hr_second_pass_steps).filter(|&s| s > 0);
+        hires.prompt = Some(self.hr_prompt.clone()).filter(|p| !p.is_empty());
+        hires.negative_prompt = Some(self.hr_negative_prompt.clone()).filter(|p| !p.is_empty());
+        hires.sampler = parse_sampler(self.hr_sampler_name.as_deref(), None)?;
+        Ok(hires)
     }
 
     /// Layers to skip from the last: A1111's setting minus one.

@@ -88,6 +88,8 @@ pub enum Field {
     UpscalingResize,
     /// Extras: by factor or to a size.
     ResizeMode,
+    /// Hires fix (its size, upscaler, steps or strength).
+    Hires,
 }
 
 impl Field {
@@ -135,6 +137,7 @@ impl Field {
             Field::Upscaler => "upscaler_1",
             Field::UpscalingResize => "upscaling_resize",
             Field::ResizeMode => "resize_mode",
+            Field::Hires => "hires",
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct Parameters {
     /// FLUX: true CFG with the negative prompt (`None`: off; see
     /// [`Request::true_cfg_scale`](crate::Request::true_cfg_scale)).
     pub true_cfg_scale: Option<f64>,
+    /// Hires fix: a second pass at a larger size (`None`: off).
+    pub hires: Option<crate::HiresFix>,
 }
 
 impl Parameters {
@@ -156,6 +158,7 @@ impl Parameters {
             max_sequence_length: None,
             skip_layer_guidance: None,
             true_cfg_scale: None,
+            hires: None,
         }
     }
 
@@ -165,6 +168,7 @@ impl Parameters {
     pub fn check(self, limits: &Limits, lora_dir: Option<&Path>) -> Result<Checked> {
         self.check_numbers(limits)?;
         self.check_counts(limits)?;
+        self.check_hires(limits)?;
         let (text_prompt, tagged) = lora_tags(&self.prompt, lora_dir)?;
         let mut loras = self.loras.clone();
         loras.extend(tagged);
@@ -185,6 +189,37 @@ impl Parameters {
             loras,
             first_seed,
         })
+    }
+
+    /// Hires fix's numbers: a scale in (0, 8], a size within the limits,
+    /// a strength in (0, 1], steps within the limits.
+    fn check_hires(&self, limits: &Limits) -> Result<()> {
+        let Some(hires) = &self.hires else {
+            return Ok(());
+        };
+        let refuse = |message: String| Err(PipelineError::request(Field::Hires, message));
+        if let crate::HiresSize::Scale(s) = hires.size {
+            if !(s > 0.0 && s <= 8.0) {
+                return refuse(format!("scale {s} is outside (0, 8]"));
+            }
+        }
+        // (with the first pass's size unknown here, the model's default, the
+        // second pass's is checked when it runs)
+        let first = self.width.zip(self.height);
+        if let Some((w, h)) = first.map(|size| hires.size_after(size)) {
+            if w.max(h) > limits.max_size || w.min(h) == 0 {
+                return refuse(format!("{w}x{h} is outside 1..={} a side", limits.max_size));
+            }
+        }
+        if !(hires.strength > 0.0 && hires.strength <= 1.0) {
+            return refuse(format!("strength {} is outside (0, 1]", hires.strength));
+        }
+        match hires.steps {
+            Some(steps) if steps == 0 || steps > limits.max_steps => {
+                refuse(format!("steps {steps} is outside 1..={}", limits.max_steps))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check_numbers(&self, limits: &Limits) -> Result<()> {
@@ -395,6 +430,7 @@ impl Checked {
         request.control = p.control.clone();
         request.max_sequence_length = p.max_sequence_length;
         request.skip_layer_guidance = p.skip_layer_guidance.clone();
+        request.hires = p.hires.clone();
         if let Some(scale) = p.true_cfg_scale {
             request.true_cfg_scale = scale;
         }

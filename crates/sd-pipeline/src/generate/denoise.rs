@@ -61,7 +61,10 @@ impl StableDiffusion {
         scheduler: Box<dyn Scheduler>,
         callback: StepCallback<'_>,
     ) -> Result<Generation> {
-        let run = std::panic::AssertUnwindSafe(|| self.run(request, scheduler, callback));
+        let run = std::panic::AssertUnwindSafe(|| match &request.hires {
+            Some(hires) => self.run_hires(request, hires, scheduler, callback),
+            None => self.run(request, scheduler, callback, None),
+        });
         std::panic::catch_unwind(run).unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<String>()
@@ -74,11 +77,14 @@ impl StableDiffusion {
         })
     }
 
-    fn run(
+    /// One pass; `init` is hires fix's second pass: latents to start from
+    /// (scaled, at the request's size) and the strength to noise them to.
+    pub(crate) fn run(
         &self,
         request: &Request,
         mut scheduler: Box<dyn Scheduler>,
         callback: StepCallback<'_>,
+        init: Option<(&Tensor, f64)>,
     ) -> Result<Generation> {
         let _guard = tch::no_grad_guard();
         // 0. checks, before any weights run
@@ -98,7 +104,7 @@ impl StableDiffusion {
             scheduler.set_custom_sigmas(&sd_scheduler::flux_sigmas(request.steps))?;
         }
         scheduler.set_timesteps(request.steps)?;
-        let start = match request.task.strength() {
+        let start = match init.map(|(_, s)| s).or(request.task.strength()) {
             Some(strength) => {
                 let rounding = match self.family().is_flow_matching() {
                     true => StrengthRounding::SkipSteps,
@@ -110,8 +116,14 @@ impl StableDiffusion {
         };
         // 3. latents from the run's own generator(s)
         let mut noise = BatchNoise::new(&request.seed)?;
-        let prepared =
-            self.prepare_latents(request, &shape, &vae, scheduler.as_ref(), start, &mut noise)?;
+        let prepared = match init {
+            Some((latents, _)) => {
+                self.noised_latents(latents, &shape, scheduler.as_ref(), start, &mut noise)?
+            }
+            None => {
+                self.prepare_latents(request, &shape, &vae, scheduler.as_ref(), start, &mut noise)?
+            }
+        };
         let controlnets = self.controlnets_for_run()?;
         let control = match &request.control {
             Some(control) => Some(RunControl::new(

@@ -104,6 +104,28 @@ impl StableDiffusion {
         }
     }
 
+    /// Given latents noised to the start timestep, as diffusers' img2img
+    /// takes a 4-channel `image` (hires fix's second pass): no encoding, so
+    /// the noise is the generator's first draw.
+    pub(crate) fn noised_latents(
+        &self,
+        latents: &Tensor,
+        run: &RunShape,
+        scheduler: &dyn Scheduler,
+        start: usize,
+        noise: &mut BatchNoise,
+    ) -> Result<Prepared> {
+        let kind = self.denoiser.dtype();
+        let device = self.devices().vae;
+        let fresh = noise.randn_as(&run.latent_shape, kind)?.to_device(device);
+        let latents = latents.to_device(device).to_kind(kind);
+        Ok(Prepared {
+            latents: scheduler.add_noise(&latents, &fresh, start)?,
+            inpaint_channels: None,
+            blend: None,
+        })
+    }
+
     /// img2img: the image's latents noised to the start timestep. Batch
     /// copies concatenated as diffusers makes them (keeping the encoder's
     /// channels-last layout: the UNet's first convolution rounds by layout).

@@ -14,10 +14,12 @@ mod batch;
 mod checks;
 mod conditioning;
 mod denoise;
+mod hires;
 mod latents;
 mod request;
 
 pub use denoise::{guide, StepCallback};
+pub use hires::{HiresFix, HiresSize, HiresUpscaler, LatentResize};
 pub use request::{
     random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, SkipLayerGuidance,
     StepInfo, Task,

@@ -64,6 +64,8 @@ pub struct Request {
     pub max_sequence_length: Option<usize>,
     /// SD3.5: skip-layer guidance (None: off).
     pub skip_layer_guidance: Option<SkipLayerGuidance>,
+    /// Hires fix: a second pass at a larger size (text-to-image only).
+    pub hires: Option<crate::generate::hires::HiresFix>,
 }
 
 /// SD3.5's skip-layer guidance (diffusers' `skip_guidance_layers`): on the
@@ -230,6 +232,7 @@ impl Request {
             control: None,
             max_sequence_length: None,
             skip_layer_guidance: None,
+            hires: None,
         }
     }
 

@@ -1,0 +1,64 @@
+"""Hires fix references composed from diffusers, as A1111 runs it: the tiny SD1 pipeline's
+txt2img at 32x32 (`output_type="latent"`, or the decoded image), enlarged to 64x64 the way
+each `hr_upscaler` does it (torch's `interpolate` on the latents for the "Latent" modes;
+spandrel's Real-ESRGAN x2 on the decoded image, written as 8-bit, for an upscaler model),
+then diffusers' `StableDiffusionImg2ImgPipeline` given those latents (a 4-channel `image`)
+or that image, at strength 0.6, with a generator seeded again with the run's seed. Euler,
+4 steps in each pass, guidance 7.5, seed 3 (outputs/hires.safetensors: the second pass's
+final latents per mode). Random weights draw noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+PROMPT = "a red circle on a white background"
+RUN = dict(num_inference_steps=4, guidance_scale=7.5)
+SEED, STRENGTH = 3, 0.6
+LATENT_MODES = {
+    "latent": dict(mode="bilinear", antialias=False),
+    "latent-nearest-exact": dict(mode="nearest-exact"),
+    "latent-bicubic-antialiased": dict(mode="bicubic", antialias=True),
+}
+
+
+def write_hires(fixtures: Path, outputs: Path) -> None:
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from PIL import Image
+    from spandrel import ModelLoader
+
+    pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+
+    def first(output_type):
+        return pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
+                    output_type=output_type, **RUN).images
+
+    def second(image):
+        return img2img(PROMPT, image=image, strength=STRENGTH, generator=torch.Generator().manual_seed(SEED),
+                       output_type="latent", **RUN).images
+
+    tensors = {}
+    latents = first("latent")
+    for name, mode in LATENT_MODES.items():
+        size = (64 // pipe.vae_scale_factor,) * 2
+        tensors[name] = second(torch.nn.functional.interpolate(latents, size=size, **mode))
+
+    # an upscaler model on the decoded image (Real-ESRGAN x2: 32 -> 64, no resize after)
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("params_ema."): v for k, v in
+             load_file(fixtures / "upscale" / "realesrgan-x2.safetensors").items()}
+    upscaler = ModelLoader().load_from_state_dict(state).eval()
+    [image] = first("pil")
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
+    with torch.no_grad():
+        big = (upscaler(x) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    tensors["model"] = second(Image.fromarray(big))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
