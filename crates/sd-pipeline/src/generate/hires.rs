@@ -191,9 +191,9 @@ impl StableDiffusion {
             }
             other => self.enlarge_images(&generation.images, (width, height), other)?,
         };
-        let [image] = <[image::RgbImage; 1]>::try_from(upscaled).or_else(|_| {
+        let [image] = <[image::RgbImage; 1]>::try_from(upscaled).map_err(|_| {
             let message = "hires fix with an image upscaler takes one image a run".to_string();
-            Err(PipelineError::request(Field::BatchSize, message))
+            PipelineError::request(Field::BatchSize, message)
         })?;
         second.task = Task::ImageToImage {
             image,
