@@ -97,6 +97,10 @@ class StableDiffusion:
         max_sequence_length: Optional[int] = None,
         skip_layer_guidance: Optional[list[int]] = None,
         true_cfg_scale: Optional[float] = None,
+        hires_scale: Optional[float] = None,
+        hires_upscaler: str = "latent",
+        hires_steps: Optional[int] = None,
+        hires_strength: float = 0.7,
     ) -> list[Image.Image]:
         """Images (RGB), each with its PNG parameters text (A1111's
         infotext) in image.info["parameters"]. With init_image:
@@ -110,7 +114,10 @@ class StableDiffusion:
         ControlNet. clip_skip: text-encoder layers skipped. SD3/FLUX:
         max_sequence_length (T5's tokens); SD3.5: skip_layer_guidance (blocks);
         FLUX: guidance is the distilled guidance, true_cfg_scale with a
-        negative prompt runs true CFG. steps, guidance: None takes the
+        negative prompt runs true CFG. hires_scale: hires fix (generate, enlarge
+        by this factor with hires_upscaler: latent, latent-bicubic, ...,
+        lanczos, nearest or an upscaler model file, denoise again for
+        hires_steps at hires_strength). steps, guidance: None takes the
         model's own (FLUX.1-dev 28 at 3.5, FLUX.1-schnell 4), else 20 at 7.5."""
 
     def generate_batch(

@@ -152,7 +152,10 @@ impl StableDiffusion {
     /// Medium, at diffusers' default scale and window). FLUX: `guidance` is
     /// the distilled guidance; `true_cfg_scale` with a negative prompt runs
     /// true CFG. `steps` and `guidance` default to the model's own
-    /// (FLUX.1-dev 28 at 3.5, FLUX.1-schnell 4), else 20 at 7.5.
+    /// (FLUX.1-dev 28 at 3.5, FLUX.1-schnell 4), else 20 at 7.5. Hires fix:
+    /// `hires_scale` (a factor), `hires_upscaler` (latent, latent-bicubic,
+    /// ..., lanczos, nearest, or an upscaler model file), `hires_steps`,
+    /// `hires_strength`.
     /// `callback(step, total)` runs after each step; returning `False`
     /// stops the run with `sd_rs.Cancelled`. Each image carries its PNG
     /// `parameters` text in `image.info`.
@@ -160,7 +163,8 @@ impl StableDiffusion {
         prompt, negative_prompt="", steps=None, guidance=None, seed=0, width=None, height=None,
         num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None,
         loras=None, control_images=None, clip_skip=0, max_sequence_length=None,
-        skip_layer_guidance=None, true_cfg_scale=None
+        skip_layer_guidance=None, true_cfg_scale=None, hires_scale=None, hires_upscaler="latent",
+        hires_steps=None, hires_strength=0.7
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -185,9 +189,30 @@ impl StableDiffusion {
         max_sequence_length: Option<usize>,
         skip_layer_guidance: Option<Vec<usize>>,
         true_cfg_scale: Option<f64>,
+        hires_scale: Option<f64>,
+        hires_upscaler: &str,
+        hires_steps: Option<usize>,
+        hires_strength: f64,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let mut p = Parameters::new(prompt);
         p.true_cfg_scale = true_cfg_scale;
+        if let Some(scale) = hires_scale {
+            use sd_pipeline::{HiresFix, HiresSize, HiresUpscaler};
+            let upscaler = match HiresUpscaler::parse(hires_upscaler) {
+                Some(upscaler) => upscaler,
+                None if std::path::Path::new(hires_upscaler).is_file() => {
+                    HiresUpscaler::Model(hires_upscaler.into())
+                }
+                None => {
+                    return Err(PyValueError::new_err(format!(
+                        "hires_upscaler: {hires_upscaler:?} is neither a mode (latent, lanczos, ...) nor a file"
+                    )))
+                }
+            };
+            let mut hires = HiresFix::new(HiresSize::Scale(scale), upscaler);
+            (hires.steps, hires.strength) = (hires_steps, hires_strength);
+            p.hires = Some(hires);
+        }
         p.max_sequence_length = max_sequence_length;
         p.skip_layer_guidance = skip_layer_guidance.map(sd_pipeline::SkipLayerGuidance::new);
         p.negative_prompt = negative_prompt.to_string();

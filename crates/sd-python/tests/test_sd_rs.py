@@ -290,3 +290,17 @@ def test_upscale_gives_the_clis_pixels(tmp_path):
         sd_rs.upscale(image, str(FIXTURES / "upscale" / "malicious.pth"))
     with pytest.raises(ValueError, match="overlap under half"):
         sd_rs.upscale(image, str(model), tile=16, overlap=8)
+
+
+def test_hires_fix_gives_the_clis_pixels(tmp_path):
+    tiny = FIXTURES / "tiny-sd1"
+    pipe = sd_rs.StableDiffusion(str(tiny), scheduler="euler")
+    [image] = pipe.generate("a red circle", steps=4, seed=3, width=32, height=32, guidance=7.5, hires_scale=2,
+                            hires_upscaler="latent-nearest-exact", hires_strength=0.6)
+    assert image.size == (64, 64)
+    expected = cli(tmp_path, "txt2img", "--model", str(tiny), "--prompt", "a red circle", "--steps", "4",
+                   "--seed", "3", "--width", "32", "--height", "32", "--guidance", "7.5", "--scheduler", "euler",
+                   "--hires-scale", "2", "--hires-upscaler", "latent-nearest-exact", "--hires-strength", "0.6")
+    assert image.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="hires_upscaler"):
+        pipe.generate("a red circle", steps=2, hires_scale=2, hires_upscaler="sideways")
