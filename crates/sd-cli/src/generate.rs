@@ -505,7 +505,7 @@ fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::ClipL => "--clip-l",
         Field::ClipG => "--clip-g",
         Field::Vae => "--vae",
-        Field::Hires => "--hires-scale/--hires-upscaler/--hires-steps/--hires-strength",
+        Field::Hires => "--hires-*",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")
@@ -517,14 +517,7 @@ fn hires(common: &Common) -> Result<Option<sd_pipeline::HiresFix>> {
     let Some(scale) = common.hires_scale else {
         return Ok(None);
     };
-    let name = &common.hires_upscaler;
-    let upscaler = match HiresUpscaler::parse(name) {
-        Some(upscaler) => upscaler,
-        None if Path::new(name).is_file() => HiresUpscaler::Model(name.into()),
-        None => anyhow::bail!(
-            "--hires-upscaler: {name:?} is neither a mode (latent, lanczos, ...) nor a file"
-        ),
-    };
+    let upscaler = HiresUpscaler::parse_or_file(&common.hires_upscaler).map_err(name_the_option)?;
     let mut hires = HiresFix::new(HiresSize::Scale(scale), upscaler);
     (hires.steps, hires.strength) = (common.hires_steps, common.hires_strength);
     Ok(Some(hires))

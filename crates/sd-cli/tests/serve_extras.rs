@@ -10,7 +10,6 @@ use common::server::{decode_png, Served};
 use common::{fixtures, scratch};
 use sd_testkit::parity::{read_tensors, take};
 use serde_json::json;
-use tch::Kind;
 
 #[test]
 fn extras_upscale_as_the_cli_does() {
@@ -59,15 +58,7 @@ fn extras_upscale_as_the_cli_does() {
     let (pixels, _) = decode_png(reply.body["image"].as_str().unwrap());
     let reference = read_tensors(fixtures().join("outputs/upscale.safetensors")).unwrap();
     let want = take(&reference, "esrgan-x4.f32").unwrap();
-    let want = (want * 255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .squeeze_dim(0)
-        .permute([1, 2, 0]);
-    assert_eq!(
-        pixels,
-        Vec::<u8>::try_from(want.contiguous().flatten(0, -1)).unwrap()
-    );
+    assert_eq!(pixels, common::rgb_bytes(&want));
 
     let resized = server.post(
         "/sdapi/v1/extra-single-image",
@@ -115,33 +106,22 @@ fn hires_fix_over_http_is_the_clis() {
     let (pixels, _) = decode_png(reply.body["images"][0].as_str().unwrap());
     let out = dir.join("cli.png");
     let model = upscalers.join("realesrgan-x2.safetensors");
-    let run = common::sd(&[
-        "txt2img",
-        "--model",
+    let (tiny, model, out_s) = (
         tiny.to_str().unwrap(),
-        "--prompt",
-        prompt,
-        "--width",
-        "32",
-        "--height",
-        "32",
-        "--steps",
-        "4",
-        "--scheduler",
-        "euler",
-        "--seed",
-        "3",
-        "--guidance",
-        "7.5",
-        "--hires-scale",
-        "2",
-        "--hires-upscaler",
         model.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let mut args = vec!["txt2img", "--model", tiny];
+    args.extend(common::HIRES_FIRST_PASS);
+    args.extend([
+        "--hires-upscaler",
+        model,
         "--hires-strength",
         "0.6",
         "--out",
-        out.to_str().unwrap(),
+        out_s,
     ]);
+    let run = common::sd(&args);
     assert!(
         run.status.success(),
         "{}",

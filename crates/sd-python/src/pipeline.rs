@@ -198,17 +198,9 @@ impl StableDiffusion {
         p.true_cfg_scale = true_cfg_scale;
         if let Some(scale) = hires_scale {
             use sd_pipeline::{HiresFix, HiresSize, HiresUpscaler};
-            let upscaler = match HiresUpscaler::parse(hires_upscaler) {
-                Some(upscaler) => upscaler,
-                None if std::path::Path::new(hires_upscaler).is_file() => {
-                    HiresUpscaler::Model(hires_upscaler.into())
-                }
-                None => {
-                    return Err(PyValueError::new_err(format!(
-                        "hires_upscaler: {hires_upscaler:?} is neither a mode (latent, lanczos, ...) nor a file"
-                    )))
-                }
-            };
+            let upscaler = HiresUpscaler::parse_or_file(hires_upscaler).map_err(|e| {
+                PyValueError::new_err(e.to_string().replace("hires: ", "hires_upscaler: "))
+            })?;
             let mut hires = HiresFix::new(HiresSize::Scale(scale), upscaler);
             (hires.steps, hires.strength) = (hires_steps, hires_strength);
             p.hires = Some(hires);

@@ -52,3 +52,31 @@ pub fn txt2img(prompt: &str, extra: &[&str], out: &Path) -> Output {
     args.extend_from_slice(extra);
     sd(&args)
 }
+
+/// A (1, 3, H, W) tensor of 0..1 values as 8-bit RGB bytes, `round(255 * x)`.
+pub fn rgb_bytes(image: &tch::Tensor) -> Vec<u8> {
+    let bytes = (image * 255.0).round().to_kind(tch::Kind::Uint8);
+    let hwc = bytes.squeeze_dim(0).permute([1, 2, 0]).contiguous();
+    Vec::<u8>::try_from(hwc.flatten(0, -1)).expect("bytes")
+}
+
+/// The first pass of the hires-fix references (reference/harness_hires.py):
+/// `sd txt2img` options before the `--hires-*` ones.
+pub const HIRES_FIRST_PASS: [&str; 16] = [
+    "--prompt",
+    "a red circle on a white background",
+    "--width",
+    "32",
+    "--height",
+    "32",
+    "--steps",
+    "4",
+    "--scheduler",
+    "euler",
+    "--seed",
+    "3",
+    "--guidance",
+    "7.5",
+    "--hires-scale",
+    "2",
+];

@@ -53,6 +53,22 @@ pub enum HiresUpscaler {
 }
 
 impl HiresUpscaler {
+    /// A mode's name ([`parse`](Self::parse)) or an upscaler model file, as
+    /// the CLI's `--hires-upscaler` and `sd_rs`'s `hires_upscaler` take it;
+    /// the error names both kinds.
+    pub fn parse_or_file(name: &str) -> Result<Self> {
+        match Self::parse(name) {
+            Some(upscaler) => Ok(upscaler),
+            None if std::path::Path::new(name).is_file() => Ok(HiresUpscaler::Model(name.into())),
+            None => Err(PipelineError::request(
+                Field::Hires,
+                format!(
+                    "{name:?} is neither a mode (latent, latent-bicubic, lanczos, ...) nor a file"
+                ),
+            )),
+        }
+    }
+
     /// A1111's name (`Latent`, `Latent (bicubic)`, `Lanczos`, ...) or the
     /// CLI's (`latent`, `latent-bicubic`, `lanczos`, ...); a model is named
     /// by its path elsewhere.
