@@ -27,6 +27,7 @@ in that one place), so every other step (alpha folded into the factors as
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
 from pathlib import Path
 
@@ -239,6 +240,9 @@ def write_flux_loras(fixtures: Path, outputs: Path) -> None:
             latents, _ = run_keeping_latents(pipe, PROMPT, generator=torch.Generator("cpu").manual_seed(0), **RUN)
             tensors["kohya.f32.txt2img"] = latents
     save_file(tensors, outputs / "flux_lora.safetensors")
+    # the whole run's model evaluations, for the error model (the weights are one each)
+    run = [{"key": "kohya.f32.txt2img", "steps": RUN["num_inference_steps"], "dtype": "f32"}]
+    (outputs / "flux_lora.json").write_text(json.dumps(run, indent=1) + "\n")
 
 
 def converted(pipeline_class, path: Path) -> dict:

@@ -9,6 +9,7 @@ final latents per mode). Random weights draw noise."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -62,3 +63,6 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
         big = (upscaler(x) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
     tensors["model"] = second(Image.fromarray(big))
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
+    # each key's model evaluations (two passes of 4 steps at most), for the error model
+    runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors]
+    (outputs / "hires.json").write_text(json.dumps(runs, indent=1) + "\n")
