@@ -1,11 +1,13 @@
 """Hires fix references composed from diffusers, as A1111 runs it: the tiny SD1 pipeline's
 txt2img at 32x32 (`output_type="latent"`, or the decoded image), enlarged to 64x64 the way
 each `hr_upscaler` does it (torch's `interpolate` on the latents for the "Latent" modes;
-spandrel's Real-ESRGAN x2 on the decoded image, written as 8-bit, for an upscaler model),
+spandrel's Real-ESRGAN x2 on the decoded image, written as 8-bit, for an upscaler model;
+Pillow's LANCZOS resize of the decoded image for "Lanczos"),
 then diffusers' `StableDiffusionImg2ImgPipeline` given those latents (a 4-channel `image`)
 or that image, at strength 0.6, with a generator seeded again with the run's seed. Euler,
 4 steps in each pass, guidance 7.5, seed 3 (outputs/hires.safetensors: the second pass's
-final latents per mode). Random weights draw noise."""
+final latents per mode; and `pil.lanczos.WxH`, Pillow's LANCZOS resizes of
+images/init-72x64.png, 8-bit). Random weights draw noise."""
 
 from __future__ import annotations
 
@@ -62,7 +64,14 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
     with torch.no_grad():
         big = (upscaler(x) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
     tensors["model"] = second(Image.fromarray(big))
+    # A1111's "Lanczos": Pillow's LANCZOS resize of the decoded image
+    tensors["lanczos"] = second(image.resize((64, 64), Image.LANCZOS))
+    # Pillow's LANCZOS on its own (up, down, one axis), the arithmetic sd-pipeline copies
+    photo = Image.open(fixtures / "images" / "init-72x64.png").convert("RGB")
+    for w, h in [(100, 90), (31, 17), (72, 40), (7, 64)]:
+        resized = np.asarray(photo.resize((w, h), Image.LANCZOS), dtype=np.uint8).copy()
+        tensors[f"pil.lanczos.{w}x{h}"] = torch.from_numpy(resized)
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
     # each key's model evaluations (two passes of 4 steps at most), for the error model
-    runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors]
+    runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors if not key.startswith("pil.")]
     (outputs / "hires.json").write_text(json.dumps(runs, indent=1) + "\n")

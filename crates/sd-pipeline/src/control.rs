@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{imageops::FilterType, RgbImage};
+use image::RgbImage;
 use sd_controlnet::{ldm, ControlNetConfig, ControlNetModel, ControlScale};
 use sd_core::shared::Frozen;
 use sd_core::weights::{KeyMap, MappedFile};
@@ -406,7 +406,8 @@ fn control_image_tensor(image: &RgbImage, width: u32, height: u32) -> Tensor {
     let image = if image.dimensions() == (width, height) {
         image
     } else {
-        resized = image::imageops::resize(image, width, height, FilterType::Lanczos3);
+        // (diffusers' image processor resizes with Pillow's LANCZOS)
+        resized = crate::resample::resize_lanczos(image, width, height);
         &resized
     };
     crate::images::image_to_unit_tensor(image)

@@ -48,6 +48,7 @@ mod placement;
 #[cfg(feature = "preprocess")]
 pub mod preprocess;
 mod preview;
+pub mod resample;
 pub mod sd3;
 pub mod single_file;
 mod single_file_sd3;

@@ -38,6 +38,7 @@ fn every_upscaler_kind_matches_its_composed_reference() {
             HiresUpscaler::Latent(LatentResize::BicubicAntialiased),
         ),
         ("model", HiresUpscaler::Model(model)),
+        ("lanczos", HiresUpscaler::Lanczos),
     ];
     for (name, upscaler) in cases {
         let generation = pipeline.generate(&request(upscaler)).unwrap();
@@ -65,4 +66,20 @@ fn every_upscaler_kind_matches_its_composed_reference() {
         HiresUpscaler::parse("Latent (bicubic)"),
         Some(HiresUpscaler::Latent(LatentResize::Bicubic))
     );
+}
+
+/// Pillow's LANCZOS resize, pixel for pixel: up, down, one axis.
+#[test]
+fn lanczos_resizes_as_pillow() {
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/hires.safetensors")).unwrap();
+    let photo = image::open(fixtures.join("images/init-72x64.png"))
+        .unwrap()
+        .to_rgb8();
+    for (w, h) in [(100, 90), (31, 17), (72, 40), (7, 64)] {
+        let ours = sd_pipeline::resample::resize_lanczos(&photo, w, h);
+        let want = take(&reference, &format!("pil.lanczos.{w}x{h}")).unwrap();
+        let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
+        assert_eq!(ours.as_raw(), &want, "{w}x{h}");
+    }
 }

@@ -12,6 +12,7 @@ use axum::Json;
 use base64::Engine;
 use image::imageops::FilterType;
 use sd_pipeline::front::extras::{Extras, ExtrasRequest};
+use sd_pipeline::resample::resize_lanczos;
 use serde_json::{json, Value};
 
 use crate::a1111::parse_body;
@@ -58,9 +59,9 @@ pub async fn single_image(
     Ok(Json(json!({"html_info": "", "image": image})))
 }
 
-/// The image at the size asked: `None` leaves it as it is; `Lanczos` and
-/// `Nearest` resize; a model enlarges by its scale, then the result is
-/// resized (Lanczos) to the size asked when that differs.
+/// The image at the size asked: `None` leaves it as it is; `Lanczos` (as
+/// Pillow's, A1111's) and `Nearest` resize; a model enlarges by its scale,
+/// then the result is resized (Lanczos) to the size asked when that differs.
 fn enlarge(
     extras: &Extras,
     entry: &UpscalerEntry,
@@ -70,7 +71,7 @@ fn enlarge(
     let resize = |image: &image::RgbImage, filter| image::imageops::resize(image, w, h, filter);
     let Some(path) = &entry.model_path else {
         return Ok(match entry.name.as_str() {
-            "Lanczos" => resize(&extras.image, FilterType::Lanczos3),
+            "Lanczos" => resize_lanczos(&extras.image, w, h),
             "Nearest" => resize(&extras.image, FilterType::Nearest),
             _ => extras.image.clone(),
         });
@@ -83,6 +84,6 @@ fn enlarge(
         .map_err(fail)?;
     Ok(match big.dimensions() == (w, h) {
         true => big,
-        false => resize(&big, FilterType::Lanczos3),
+        false => resize_lanczos(&big, w, h),
     })
 }

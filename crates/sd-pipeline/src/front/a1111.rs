@@ -270,16 +270,21 @@ impl GenerateRequest {
     }
 }
 
-/// `image` at `size` (Lanczos), or as it is when it has that size.
+/// `image` at `size` (Pillow's Lanczos, as A1111's "Just resize"), or as it
+/// is when it has that size. A gray mask is resized as Pillow resizes an `L`
+/// image: the same arithmetic on its one band.
 fn fit(image: image::DynamicImage, (width, height): (u32, u32)) -> image::DynamicImage {
     if image.width() == width && image.height() == height {
         return image;
     }
-    image.resize_exact(
-        width.max(1),
-        height.max(1),
-        image::imageops::FilterType::Lanczos3,
-    )
+    let (w, h) = (width.max(1), height.max(1));
+    let resized = crate::resample::resize_lanczos(&image.to_rgb8(), w, h);
+    match image.color().channel_count() {
+        1 | 2 => image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([resized.get_pixel(x, y).0[0]])
+        })),
+        _ => image::DynamicImage::ImageRgb8(resized),
+    }
 }
 
 /// A base64 image (a `data:image/...;base64,` prefix allowed).

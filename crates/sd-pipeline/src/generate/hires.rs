@@ -43,7 +43,8 @@ pub enum LatentResize {
 pub enum HiresUpscaler {
     /// The latents resized.
     Latent(LatentResize),
-    /// The decoded image resized with a Lanczos filter, then encoded.
+    /// The decoded image resized with Pillow's Lanczos (A1111 resizes with
+    /// Pillow: `crate::resample`), then encoded.
     Lanczos,
     /// The decoded image resized to the nearest pixels, then encoded.
     Nearest,
@@ -225,7 +226,7 @@ impl StableDiffusion {
         (w, h): (u32, u32),
         upscaler: &HiresUpscaler,
     ) -> Result<Vec<image::RgbImage>> {
-        let resize = |image: &image::RgbImage, filter| image::imageops::resize(image, w, h, filter);
+        let lanczos = |image: &image::RgbImage| crate::resample::resize_lanczos(image, w, h);
         let model = match upscaler {
             HiresUpscaler::Model(path) => {
                 let fail = |e: sd_upscale::UpscaleError| {
@@ -247,11 +248,13 @@ impl StableDiffusion {
                             .map_err(|e| PipelineError::request(Field::Hires, e.to_string()))?;
                         match big.dimensions() == (w, h) {
                             true => big,
-                            false => resize(&big, FilterType::Lanczos3),
+                            false => lanczos(&big),
                         }
                     }
-                    (None, HiresUpscaler::Nearest) => resize(image, FilterType::Nearest),
-                    (None, _) => resize(image, FilterType::Lanczos3),
+                    (None, HiresUpscaler::Nearest) => {
+                        image::imageops::resize(image, w, h, FilterType::Nearest)
+                    }
+                    (None, _) => lanczos(image),
                 })
             })
             .collect()
