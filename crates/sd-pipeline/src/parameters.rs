@@ -30,6 +30,10 @@ pub struct GenerationParameters {
     pub height: u32,
     /// The model (its folder, file or name).
     pub model: String,
+    /// Hires fix's keys as A1111 writes them (`Denoising strength: 0.7,
+    /// Hires upscale: 2, Hires steps: 20, Hires upscaler: Latent`); with
+    /// them, `Size` is the first pass's size, as in A1111.
+    pub hires: Option<String>,
 }
 
 impl GenerationParameters {
@@ -46,7 +50,7 @@ impl GenerationParameters {
             self.width,
             self.height,
             self.model
-        )
+        ) + &self.hires.as_ref().map(|h| format!(", {h}")).unwrap_or_default()
     }
 
     /// The text chunks, in the order they are written.
@@ -62,6 +66,39 @@ impl GenerationParameters {
             ("model", self.model.clone()),
             ("parameters", self.infotext()),
         ]
+    }
+}
+
+impl GenerationParameters {
+    /// With hires fix's keys, and `Size` taken back to the first pass's
+    /// (the image is the second's); `steps` is the first pass's.
+    pub fn with_hires(mut self, hires: Option<&crate::HiresFix>, steps: usize) -> Self {
+        let Some(hires) = hires else {
+            return self;
+        };
+        let upscaler = match &hires.upscaler {
+            crate::HiresUpscaler::Model(path) => path.file_stem().map_or_else(
+                || path.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            ),
+            other => crate::generate::hires_name(other).to_string(),
+        };
+        let size = match hires.size {
+            crate::HiresSize::Scale(s) => {
+                (self.width, self.height) = (
+                    (self.width as f64 / s) as u32,
+                    (self.height as f64 / s) as u32,
+                );
+                format!("Hires upscale: {s}")
+            }
+            crate::HiresSize::Size(w, h) => format!("Hires resize: {w}x{h}"),
+        };
+        let steps = hires.steps.unwrap_or(steps);
+        self.hires = Some(format!(
+            "Denoising strength: {}, {size}, Hires steps: {steps}, Hires upscaler: {upscaler}",
+            hires.strength
+        ));
+        self
     }
 }
 

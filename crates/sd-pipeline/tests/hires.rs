@@ -83,3 +83,24 @@ fn lanczos_resizes_as_pillow() {
         assert_eq!(ours.as_raw(), &want, "{w}x{h}");
     }
 }
+
+/// The PNG's A1111 infotext carries hires fix as A1111 writes it: `Size` is
+/// the first pass's, then the hires keys.
+#[test]
+fn the_infotext_says_hires_as_a1111() {
+    use sd_pipeline::front::{Limits, Parameters};
+    let mut p = Parameters::new("a cat");
+    (p.steps, p.width, p.height, p.seed) = (4, Some(32), Some(32), Some(1));
+    p.hires = Some(HiresFix::new(
+        HiresSize::Scale(2.0),
+        HiresUpscaler::Latent(LatentResize::Bicubic),
+    ));
+    let checked = p.check(&Limits::NONE, None).unwrap();
+    let text = checked
+        .generation_parameters(0, (64, 64), SamplerKind::Euler, "tiny")
+        .infotext();
+    let tail =
+        "Size: 32x32, Model: tiny, Denoising strength: 0.7, Hires upscale: 2, Hires steps: 4, \
+                Hires upscaler: Latent (bicubic)";
+    assert!(text.ends_with(tail), "{text}");
+}

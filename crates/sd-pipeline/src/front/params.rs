@@ -489,6 +489,8 @@ impl Checked {
             width: size.0,
             height: size.1,
             model: model.to_string(),
+            hires: None,
         }
+        .with_hires(self.params.hires.as_ref(), self.params.steps)
     }
 }

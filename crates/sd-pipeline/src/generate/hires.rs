@@ -53,6 +53,44 @@ pub enum HiresUpscaler {
     Model(PathBuf),
 }
 
+/// The modes that are no model, by A1111's names.
+fn modes() -> [(&'static str, HiresUpscaler); 8] {
+    use LatentResize::*;
+    [
+        ("Latent", HiresUpscaler::Latent(Bilinear)),
+        (
+            "Latent (antialiased)",
+            HiresUpscaler::Latent(BilinearAntialiased),
+        ),
+        ("Latent (bicubic)", HiresUpscaler::Latent(Bicubic)),
+        (
+            "Latent (bicubic antialiased)",
+            HiresUpscaler::Latent(BicubicAntialiased),
+        ),
+        ("Latent (nearest)", HiresUpscaler::Latent(Nearest)),
+        (
+            "Latent (nearest-exact)",
+            HiresUpscaler::Latent(NearestExact),
+        ),
+        ("Lanczos", HiresUpscaler::Lanczos),
+        ("Nearest", HiresUpscaler::Nearest),
+    ]
+}
+
+/// The CLI's spelling of a name: `Latent (bicubic)` is `latent-bicubic`.
+fn cli_name(name: &str) -> String {
+    name.to_ascii_lowercase()
+        .replace(" (", "-")
+        .replace(')', "")
+        .replace(' ', "-")
+}
+
+/// A1111's name of a mode that is no model (`Latent (bicubic)`, `Lanczos`).
+pub(crate) fn hires_name(upscaler: &HiresUpscaler) -> &'static str {
+    let found = modes().into_iter().find(|(_, mode)| mode == upscaler);
+    found.map_or("(model)", |(name, _)| name)
+}
+
 impl HiresUpscaler {
     /// A mode's name ([`parse`](Self::parse)) or an upscaler model file, as
     /// the CLI's `--hires-upscaler` and `sd_rs`'s `hires_upscaler` take it;
@@ -74,23 +112,9 @@ impl HiresUpscaler {
     /// CLI's (`latent`, `latent-bicubic`, `lanczos`, ...); a model is named
     /// by its path elsewhere.
     pub fn parse(name: &str) -> Option<Self> {
-        use LatentResize::*;
-        let cli = name
-            .to_ascii_lowercase()
-            .replace(" (", "-")
-            .replace([')'], "")
-            .replace(' ', "-");
-        Some(match cli.as_str() {
-            "latent" => HiresUpscaler::Latent(Bilinear),
-            "latent-antialiased" => HiresUpscaler::Latent(BilinearAntialiased),
-            "latent-bicubic" => HiresUpscaler::Latent(Bicubic),
-            "latent-bicubic-antialiased" => HiresUpscaler::Latent(BicubicAntialiased),
-            "latent-nearest" => HiresUpscaler::Latent(Nearest),
-            "latent-nearest-exact" => HiresUpscaler::Latent(NearestExact),
-            "lanczos" => HiresUpscaler::Lanczos,
-            "nearest" => HiresUpscaler::Nearest,
-            _ => return None,
-        })
+        let wanted = cli_name(name);
+        let found = modes().into_iter().find(|(n, _)| cli_name(n) == wanted);
+        found.map(|(_, mode)| mode)
     }
 }
 

@@ -19,6 +19,7 @@ mod latents;
 mod request;
 
 pub use denoise::{guide, StepCallback};
+pub(crate) use hires::hires_name;
 pub use hires::{HiresFix, HiresSize, HiresUpscaler, LatentResize};
 pub use request::{
     random_seed, Conditioning, Generation, PromptEmbeddings, Request, Seed, SkipLayerGuidance,
