@@ -43,6 +43,9 @@ SUITES=(
   "sd-pipeline previews"
   "sd-pipeline sd3"
   "sd-pipeline sd3_single_file"
+  "sd-pipeline flux_lora"
+  "sd-pipeline hires"
+  "sd-upscale parity"
   "sd-train trained_model"
 )
 LOGS=target/parity
