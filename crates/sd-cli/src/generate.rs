@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sd_pipeline::front::{parse_sampler, Field, Limits, ModelSource, Parameters, Source};
+use sd_pipeline::front::{parse_sampler, Limits, ModelSource, Parameters, Source};
 use sd_pipeline::{
-    ApplyReport, LoraSpec, PipelineError, PromptOptions, Request, StableDiffusion, TimestepSpacing,
+    ApplyReport, LoraSpec, PromptOptions, Request, StableDiffusion, TimestepSpacing,
 };
 
+use crate::options::name_the_option;
 use crate::output::{output_paths, write_outputs, ImageFormat, Metadata};
 
 #[derive(Args, Debug)]
@@ -31,21 +32,6 @@ pub struct Common {
     pub prompt: String,
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Hires fix: generate at the size asked, enlarge by this factor, and
-    /// denoise again at the large size (A1111's hr_scale).
-    #[arg(long, value_name = "FACTOR")]
-    pub hires_scale: Option<f64>,
-    /// Hires fix's enlargement: latent (bilinear), latent-antialiased,
-    /// latent-bicubic, latent-bicubic-antialiased, latent-nearest,
-    /// latent-nearest-exact, lanczos, nearest, or an upscaler model FILE.
-    #[arg(long, value_name = "MODE|FILE", default_value = "latent")]
-    pub hires_upscaler: String,
-    /// Hires fix's second-pass steps (default: --steps).
-    #[arg(long)]
-    pub hires_steps: Option<usize>,
-    /// How much of the second pass's schedule runs.
-    #[arg(long, default_value_t = 0.7)]
-    pub hires_strength: f64,
     /// Default: the model's own (FLUX.1-dev 28, FLUX.1-schnell 4), else 30.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -153,6 +139,8 @@ pub struct Common {
     pub control: crate::control::ControlOptions,
     #[command(flatten)]
     pub preview: crate::preview::PreviewOptions,
+    #[command(flatten)]
+    pub hires: crate::hires::HiresArgs,
 }
 
 #[derive(Args, Debug)]
@@ -279,7 +267,7 @@ fn parameters(
     p.control = control;
     p.max_sequence_length = common.max_sequence_length;
     p.true_cfg_scale = common.true_cfg_scale;
-    p.hires = hires(common)?;
+    p.hires = common.hires.to_hires().map_err(name_the_option)?;
     if !common.skip_layer_guidance.is_empty() {
         p.skip_layer_guidance = Some(
             sd_pipeline::SkipLayerGuidance::new(common.skip_layer_guidance.clone())
@@ -467,60 +455,6 @@ fn model_source(model: Option<&Path>) -> Result<ModelSource> {
          {{white|black|gray}} background\" and nothing else. Pass --model for SD1.5, SD2.1 or SDXL."
     );
     Ok(ModelSource::Folder(dir))
-}
-
-/// A refused request, reported under the command-line option that sets
-/// the field the library names.
-fn name_the_option(error: PipelineError) -> anyhow::Error {
-    let PipelineError::InvalidInput { field, message } = &error else {
-        return error.into();
-    };
-    let option = match field {
-        Field::Prompt => "--prompt",
-        Field::NegativePrompt => "--negative-prompt",
-        Field::Steps => "--steps",
-        Field::Guidance => "--guidance",
-        Field::GuidanceRescale => "--guidance-rescale",
-        Field::Eta => "--eta",
-        Field::Seed => "--seed",
-        Field::Width => "--width",
-        Field::Height => "--height",
-        Field::Size => "--width/--height",
-        Field::BatchSize => "--num-images",
-        Field::Strength => "--strength",
-        Field::InitImage => "--init-image",
-        Field::Mask => "--mask",
-        Field::ControlImages => "--control-image",
-        Field::ControlScales | Field::ControlNet => "--controlnet",
-        Field::ControlWindow => "--control-start/--control-end",
-        Field::Sampler | Field::SamplerSchedule => "--scheduler",
-        Field::ClipSkip => "--clip-skip",
-        Field::Lora => "--lora",
-        Field::Embedding => "--embedding",
-        Field::Model => "--model",
-        Field::Dtype => "--dtype",
-        Field::MaxSequenceLength => "--max-sequence-length",
-        Field::SkipLayerGuidance => "--skip-layer-guidance",
-        Field::T5 => "--t5",
-        Field::ClipL => "--clip-l",
-        Field::ClipG => "--clip-g",
-        Field::Vae => "--vae",
-        Field::Hires => "--hires-*",
-        _ => return error.into(),
-    };
-    anyhow::anyhow!("{option}: {message}")
-}
-
-/// `--hires-*` as the request layer's hires fix.
-fn hires(common: &Common) -> Result<Option<sd_pipeline::HiresFix>> {
-    use sd_pipeline::{HiresFix, HiresSize, HiresUpscaler};
-    let Some(scale) = common.hires_scale else {
-        return Ok(None);
-    };
-    let upscaler = HiresUpscaler::parse_or_file(&common.hires_upscaler).map_err(name_the_option)?;
-    let mut hires = HiresFix::new(HiresSize::Scale(scale), upscaler);
-    (hires.steps, hires.strength) = (common.hires_steps, common.hires_strength);
-    Ok(Some(hires))
 }
 
 fn read_rgb(path: &Path) -> Result<image::RgbImage> {

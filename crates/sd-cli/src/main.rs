@@ -5,6 +5,8 @@ mod control;
 mod convert;
 mod encoders;
 mod generate;
+mod hires;
+mod options;
 mod output;
 mod preprocess;
 mod preview;
