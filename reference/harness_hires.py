@@ -6,7 +6,7 @@ Pillow's LANCZOS resize of the decoded image for "Lanczos"),
 then diffusers' `StableDiffusionImg2ImgPipeline` given those latents (a 4-channel `image`)
 or that image, at strength 0.6, with a generator seeded again with the run's seed. Euler,
 4 steps in each pass, guidance 7.5, seed 3 (outputs/hires.safetensors: the second pass's
-final latents per mode; and `pil.lanczos.WxH`, Pillow's LANCZOS resizes of
+final latents per mode; and `pil.lanczos.WxH.image`, Pillow's LANCZOS resizes of
 images/init-72x64.png, 8-bit). Random weights draw noise."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
     photo = Image.open(fixtures / "images" / "init-72x64.png").convert("RGB")
     for w, h in [(100, 90), (31, 17), (72, 40), (7, 64)]:
         resized = np.asarray(photo.resize((w, h), Image.LANCZOS), dtype=np.uint8).copy()
-        tensors[f"pil.lanczos.{w}x{h}"] = torch.from_numpy(resized)
+        tensors[f"pil.lanczos.{w}x{h}.image"] = torch.from_numpy(resized)
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
     # each key's model evaluations (two passes of 4 steps at most), for the error model
     runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors if not key.startswith("pil.")]

@@ -78,7 +78,7 @@ fn lanczos_resizes_as_pillow() {
         .to_rgb8();
     for (w, h) in [(100, 90), (31, 17), (72, 40), (7, 64)] {
         let ours = sd_pipeline::resample::resize_lanczos(&photo, w, h);
-        let want = take(&reference, &format!("pil.lanczos.{w}x{h}")).unwrap();
+        let want = take(&reference, &format!("pil.lanczos.{w}x{h}.image")).unwrap();
         let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
         assert_eq!(ours.as_raw(), &want, "{w}x{h}");
     }
