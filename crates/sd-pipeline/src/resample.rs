@@ -103,3 +103,18 @@ pub fn resize_lanczos(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         image::Rgb(sums.map(clip8))
     })
 }
+
+/// `image` enlarged by an upscaler model as A1111 runs one (192-pixel tiles
+/// sharing 8), then resized with Pillow's Lanczos to `width` x `height` when
+/// the model's scale does not land on it: hires fix and the Extras tab.
+pub fn upscale_to(
+    model: &sd_upscale::Upscaler,
+    image: &RgbImage,
+    (width, height): (u32, u32),
+) -> Result<RgbImage, sd_upscale::UpscaleError> {
+    let big = model.upscale_rgb(image, Some(sd_upscale::Tiling::new(192, 8)?))?;
+    Ok(match big.dimensions() == (width, height) {
+        true => big,
+        false => resize_lanczos(&big, width, height),
+    })
+}

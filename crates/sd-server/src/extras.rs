@@ -22,9 +22,6 @@ use crate::state::Shared;
 
 type App = State<Arc<Shared>>;
 
-/// Tiles of the models' work, as A1111's default (192 pixels, 8 shared).
-const TILE: (i64, i64) = (192, 8);
-
 pub async fn list(State(shared): App) -> Json<Vec<UpscalerEntry>> {
     Json(upscalers(shared.config.upscalers_dir.as_deref()))
 }
@@ -78,12 +75,5 @@ fn enlarge(
     };
     let fail = |e: sd_upscale::UpscaleError| ApiError::field("upscaler_1", e.to_string());
     let model = sd_upscale::Upscaler::open(path, device, kind).map_err(fail)?;
-    let tiling = sd_upscale::Tiling::new(TILE.0, TILE.1).map_err(fail)?;
-    let big = model
-        .upscale_rgb(&extras.image, Some(tiling))
-        .map_err(fail)?;
-    Ok(match big.dimensions() == (w, h) {
-        true => big,
-        false => resize_lanczos(&big, w, h),
-    })
+    sd_pipeline::resample::upscale_to(&model, &extras.image, (w, h)).map_err(fail)
 }

@@ -265,16 +265,8 @@ impl StableDiffusion {
             .iter()
             .map(|image| {
                 Ok(match (&model, upscaler) {
-                    (Some(model), _) => {
-                        let tiling = sd_upscale::Tiling::new(192, 8).ok();
-                        let big = model
-                            .upscale_rgb(image, tiling)
-                            .map_err(|e| PipelineError::request(Field::Hires, e.to_string()))?;
-                        match big.dimensions() == (w, h) {
-                            true => big,
-                            false => lanczos(&big),
-                        }
-                    }
+                    (Some(model), _) => crate::resample::upscale_to(model, image, (w, h))
+                        .map_err(|e| PipelineError::request(Field::Hires, e.to_string()))?,
                     (None, HiresUpscaler::Nearest) => {
                         image::imageops::resize(image, w, h, FilterType::Nearest)
                     }
