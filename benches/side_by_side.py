@@ -8,6 +8,7 @@ diffusers and through sd-rs, per component, in one run.
 Each library runs in a process of its own; the table ends with both
 processes' peak resident memory (ru_maxrss).
     .venv/bin/python benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --batch 1 4
+    ... --compile          # a third column: diffusers with `pipe.unet = torch.compile(pipe.unet)`
 
 Needs `bash scripts/setup.sh --reference` and a release build of
 `pipeline_timing` (`cargo build --release -p sd-benches --bin pipeline_timing`).
@@ -71,7 +72,7 @@ SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerD
 
 
 def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, batch: int, runs: int,
-                     sampler: str, channels_last: bool) -> dict:
+                     sampler: str, channels_last: bool, compile_unet: bool = False) -> dict:
     import diffusers
     from diffusers import StableDiffusionPipeline
 
@@ -82,6 +83,8 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
     if channels_last:  # diffusers' documented memory-format optimisation
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:  # the one line diffusers documents; the first run pays the compile
+        pipe.unet = torch.compile(pipe.unet)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - t0
     if device.startswith("cuda"):
@@ -110,7 +113,7 @@ def diffusers_timing(device: str, dtype: torch.dtype, size: int, steps: int, bat
         denoise = marks[-1] - t1
         results.append({"text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / len(marks),
                         "vae_decode_s": total - denoise, "end_to_end_s": total + text})
-    out = {"library": "diffusers", "load_s": load, "runs": results}
+    out = {"library": "diffusers" + (" + torch.compile" if compile_unet else ""), "load_s": load, "runs": results}
     if device.startswith("cuda"):
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -134,7 +137,7 @@ def child(cmd: list[str]) -> dict:
 
 def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
                 channels_last: bool) -> dict:
-    binary = ROOT / "target" / "release" / "pipeline_timing"
+    binary = Path(os.environ.get("SD_PIPELINE_TIMING", ROOT / "target" / "release" / "pipeline_timing"))
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
     return child([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
@@ -143,11 +146,11 @@ def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs
 
 
 def diffusers_child(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
-                    channels_last: bool) -> dict:
+                    channels_last: bool, compile_unet: bool = False) -> dict:
     """diffusers_timing in a process of its own (see `child`)."""
     return child([sys.executable, __file__, "--worker", "--device", device, "--dtype", dtype, "--size", str(size),
                   "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
-                 + (["--channels-last"] if channels_last else []))
+                 + (["--channels-last"] if channels_last else []) + (["--compile"] if compile_unet else []))
 
 
 def best(result: dict, key: str) -> float:
@@ -164,13 +167,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--sampler", default="pndm", choices=sorted(SCHEDULERS))
     parser.add_argument("--channels-last", action="store_true", help="both libraries: UNet and VAE channels-last")
+    parser.add_argument("--compile", action="store_true", help="also time diffusers with its UNet torch.compile'd")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # diffusers' own process
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
     if args.worker:
         print(json.dumps(diffusers_timing(args.device, dtypes[args.dtype[0]], args.size, args.steps, args.batch[0],
-                                          args.runs, args.sampler, args.channels_last)))
+                                          args.runs, args.sampler, args.channels_last, args.compile)))
         return
     make_model()
     keys = ["text_encode_s", "unet_step_s", "vae_decode_s", "end_to_end_s"]
@@ -182,11 +186,15 @@ def main() -> None:
                                args.channels_last)
             theirs = diffusers_child(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
                                      args.channels_last)
+            compiled = diffusers_child(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
+                                       args.channels_last, True) if args.compile else None
             print(f"\n{dtype}, batch {batch} (best of {args.runs} runs, seconds)")
-            print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}")
+            print(f"{'component':<16}{'diffusers':>12}{'sd-rs':>12}{'speed-up':>10}"
+                  + (f"{'compiled':>12}{'vs compiled':>13}" if compiled else ""))
             for key in keys:
                 d, r = best(theirs, key), best(ours, key)
-                print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x")
+                extra = f"{best(compiled, key):>12.4f}{best(compiled, key) / r:>12.2f}x" if compiled else ""
+                print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x{extra}")
             print(f"peak RSS (whole process): diffusers {theirs['peak_rss_gib']:.2f} GiB, "
                   f"sd-rs {ours['peak_rss_gib']:.2f} GiB")
             if "peak_memory_gib" in theirs:

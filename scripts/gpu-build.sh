@@ -18,3 +18,16 @@ cp target/release/sd target/release/pipeline_timing target/gpu/
 cp "$tests" target/gpu/sd_core_tests
 strip target/gpu/*
 du -sh target/gpu
+# The device tool carries at most 64 MiB with the checkout, which the fixtures alone pass:
+# the binaries go compressed, with the few fixtures gpu-check.sh uses, in .gpu/ (ignored
+# through .git/info/exclude, as are /reference/fixtures/ and .whl while the checkout's
+# fixtures are taken out of the index for the call: docs/development.md, "GPU checks").
+rm -rf .gpu && mkdir -p .gpu/fixtures/sd3 .gpu/fixtures/flux .gpu/fixtures/gguf .gpu/fixtures/upscale
+tar -C target -cJf .gpu/bin.tar.xz gpu
+F=reference/fixtures G=.gpu/fixtures
+cp -r $F/images $F/tiny-sd1 $G/
+cp -r $F/sd3/pipeline $G/sd3/
+cp -r $F/flux/pipeline-schnell $G/flux/
+cp $F/gguf/tiny-sd1.gguf $G/gguf/
+cp $F/upscale/esrgan-x4.pth $F/upscale/compact-x4.safetensors $G/upscale/
+du -sh .gpu

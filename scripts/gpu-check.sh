@@ -1,41 +1,80 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7, in one call on a lent machine (it has Python's
-# torch for the libraries, no Rust, no diffusers). Build first, here:
+# The GPU checks, in one call on a lent machine (it has Python's torch, no
+# Rust, no diffusers, no spandrel). Build first, here:
 #   bash scripts/gpu-build.sh
-# then run `bash scripts/gpu-check.sh` there, carrying target/gpu. Writes
-# images and timings.jsonl under $OUT. About 4-6 minutes on an H100.
+#   pip download diffusers, spandrel, importlib_metadata wheels into .whl (docs/development.md)
+# then run `bash scripts/gpu-check.sh` there, carrying .gpu and .whl (SECTIONS picks parts).
+# Writes images, timings.jsonl and log under $OUT. Each section has its own
+# time limit so that one stuck part still leaves the rest.
 set -u
 cd "$(dirname "$0")/.."
 TORCH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 export LD_LIBRARY_PATH="$TORCH/lib:$TORCH/../nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
 OUT="${OUT:-/tmp/gpu-check}"
-mkdir -p "$OUT"
+# Only eight files come back from $OUT: the log, timings.jsonl and a few images;
+# the rest of the images and logs stay in $W.
+W=/tmp/gpu-work
+mkdir -p "$OUT" "$W"
 B=target/gpu
+# The whole tree is over the device tool's 64 MiB, so the binaries and the fixtures used here
+# travel in .gpu/ (scripts/gpu-build.sh packs them); without it, the checkout's own.
+[ -f .gpu/bin.tar.xz ] && mkdir -p target && tar -C target -xJf .gpu/bin.tar.xz
+F=reference/fixtures
+[ -d .gpu/fixtures ] && F=.gpu/fixtures
+I=$F/images
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u
 
+core() {
 echo "== sd doctor"
 $B/sd doctor --device cuda
 echo "== sd-core CUDA unit tests (graph capture/replay, peak-memory counters)"
 $B/sd_core_tests cuda --test-threads 1
 
-echo "== shapes model: eager and CUDA-graph runs must give the same image"
+echo "== shapes model: eager and CUDA-graph runs give the same image (within a level)"
 P="a large blue triangle on a white background"
-$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --out "$OUT/eager.png"
-$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --cuda-graphs --out "$OUT/graphs.png"
-cmp "$OUT/eager.png" "$OUT/graphs.png" && echo "identical PNGs"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --out "$W/eager.png"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --cuda-graphs --out "$W/graphs.png"
+# Not byte for byte: kernels chosen under capture round differently (1 level at most on an H200).
+python3 scripts/lib/png_diff.py graphs "$W/eager.png" "$W/graphs.png"
 # A stochastic sampler: its noise is uploaded each step without a host wait.
-$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --out "$OUT/eager-a.png"
-$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --cuda-graphs --out "$OUT/graphs-a.png"
-cmp "$OUT/eager-a.png" "$OUT/graphs-a.png" && echo "identical PNGs (euler-a)"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --out "$W/eager-a.png"
+$B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --scheduler euler-a --cuda-graphs --out "$W/graphs-a.png"
+python3 scripts/lib/png_diff.py graphs-euler-a "$W/eager-a.png" "$W/graphs-a.png"
 echo "== img2img and inpaint on the GPU (image latents and CPU-drawn noise meet on the device)"
-I=reference/fixtures/images
-$B/sd img2img --prompt "$P" --steps 8 --seed 0 --device cuda --dtype f16 --init-image $I/init.png --strength 0.6 --out "$OUT/img2img.png"
-$B/sd inpaint --model reference/fixtures/tiny-sd1-inpaint --prompt x --steps 4 --seed 0 --device cuda --dtype f16 \
-  --init-image $I/init.png --mask $I/mask.png --out "$OUT/inpaint.png"
+$B/sd img2img --prompt "$P" --steps 8 --seed 0 --device cuda --dtype f16 --init-image $I/init.png --strength 0.6 --out "$W/img2img.png"
+$B/sd inpaint --model $F/tiny-sd1 --prompt x --steps 4 --seed 0 --device cuda --dtype f16 \
+  --init-image $I/init.png --mask $I/mask.png --out "$W/inpaint.png"
+}
 
+tiny() {
+echo "== tiny models of every family: the same run on the GPU and on the CPU (f32)"
+same_on_cuda() {  # name, then sd's arguments with {out} where the image goes
+  local name=$1 dev ok=1; shift
+  for dev in cpu cuda; do
+    timeout 60 $B/sd "${@//\{out\}/$W/$name-$dev.png}" --device $dev >"$W/$name-$dev.log" 2>&1 || ok=0
+  done
+  if [ $ok = 1 ]; then python3 scripts/lib/png_diff.py "$name" "$W/$name-cpu.png" "$W/$name-cuda.png"
+  else echo "FAILED: $name"; tail -n 3 "$W/$name-"*.log; fi
+}
+T=(--prompt "$P" --steps 4 --seed 0 --out {out})
+S=(--width 64 --height 64)
+same_on_cuda sd1 txt2img --model $F/tiny-sd1 "${T[@]}" "${S[@]}"
+same_on_cuda sd3 txt2img --model $F/sd3/pipeline "${T[@]}" --width 32 --height 32
+same_on_cuda flux-schnell txt2img --model $F/flux/pipeline-schnell "${T[@]}" "${S[@]}"
+same_on_cuda gguf-sd1 txt2img --model $F/gguf/tiny-sd1.gguf --config-dir $F/tiny-sd1 "${T[@]}" "${S[@]}"
+same_on_cuda gguf-sd1-f16 txt2img --model $F/gguf/tiny-sd1.gguf --config-dir $F/tiny-sd1 "${T[@]}" "${S[@]}" --dtype f16
+same_on_cuda esrgan-pth upscale $I/init.png {out} --model $F/upscale/esrgan-x4.pth
+same_on_cuda compact upscale $I/init.png {out} --model $F/upscale/compact-x4.safetensors
+}
+
+timings() {
 echo "== SD1.5 architecture, random weights, 512x512, 50 Euler steps, CFG, f16"
-M=/tmp/sd15-random-rs
+M=/tmp/sd-cache/sd15-random
 time_it() {
   $B/pipeline_timing --random-sd15 "$M" --device cuda --dtype f16 --size 512 --steps 50 \
     --sampler "${SAMPLER:-euler}" "$@" >>"$OUT/timings.jsonl" || echo "FAILED: $*"
@@ -60,3 +99,23 @@ for line in open(sys.argv[1]):
           f"{best['end_to_end_s']:>9.3f}{best['vae_decode_s']:>7.3f}{d.get('peak_memory_gib', float('nan')):>9.2f}"
           f"  {best['unet_execution']}")
 PY
+}
+
+side() {
+echo "== side by side with diffusers (carried wheel): eager and torch.compile, f16, 512x512, 50 steps"
+SD_RS_CACHE=/tmp/sd-cache SD_PIPELINE_TIMING=$B/pipeline_timing timeout 240 \
+  python3 benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --runs 2 --sampler euler --compile \
+  || echo "FAILED: side_by_side"
+}
+
+upscale() {
+echo "== upscalers against spandrel (carried wheel), 512x512 -> 2048x2048, whole, f16 and f32"
+for dtype in f16 f32; do
+  SD_RS_CACHE=/tmp/sd-cache timeout 150 python3 benches/upscale.py --device cuda --dtype $dtype --size 512 --runs 2 \
+    --sd $B/sd || echo "FAILED: upscale $dtype"
+done
+}
+
+# Sections by name (`SECTIONS="core upscale" bash scripts/gpu-check.sh`), else all of them.
+for section in ${SECTIONS:-core tiny timings side upscale}; do "$section"; done
+date -u

@@ -1,6 +1,7 @@
 // Peak GPU memory of libtorch's caching allocator (what
 // torch.cuda.max_memory_allocated / max_memory_reserved report), for the
 // benchmarks' memory columns.
+#include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
@@ -11,6 +12,10 @@
 
 namespace {
 constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+
+// The allocator knows no device until CUDA's first use ("Invalid device
+// argument" before): a low-memory pipeline has put nothing there at load.
+void init_cuda() { at::globalContext().lazyInitDevice(c10::DeviceType::CUDA); }
 }
 
 extern "C" {
@@ -18,6 +23,7 @@ extern "C" {
 // Writes peak allocated and peak reserved bytes since the last reset.
 int sd_cuda_memory_peak(int device, int64_t* allocated, int64_t* reserved, char** error) {
   try {
+    init_cuda();
     auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     *allocated = stats.allocated_bytes[kAggregate].peak;
     *reserved = stats.reserved_bytes[kAggregate].peak;
@@ -30,6 +36,7 @@ int sd_cuda_memory_peak(int device, int64_t* allocated, int64_t* reserved, char*
 
 int sd_cuda_memory_reset_peak(int device, char** error) {
   try {
+    init_cuda();
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
     return 0;
   } catch (const std::exception& e) {
@@ -42,6 +49,7 @@ int sd_cuda_memory_reset_peak(int device, char** error) {
 // free plus what the caching allocator holds reserved but unused.
 int sd_cuda_memory_free(int device, int64_t* free_bytes, char** error) {
   try {
+    init_cuda();
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     size_t free = 0;
     size_t total = 0;

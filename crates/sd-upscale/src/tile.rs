@@ -78,32 +78,32 @@ pub fn run_tiled(
 ) -> Result<Tensor> {
     let (b, _, h, w) = image.size4()?;
     let (ys, xs) = (tiling.starts(h), tiling.starts(w));
-    let device = image.device();
-    let mut total: Option<Tensor> = None;
-    let weights = Tensor::zeros([1, 1, h * scale, w * scale], (Kind::Float, device));
+    // The sums live where the model's outputs do: the image may stay on
+    // the host while each tile goes to the device.
+    let mut sums: Option<(Tensor, Tensor)> = None;
     for (iy, &y) in ys.iter().enumerate() {
         for (ix, &x) in xs.iter().enumerate() {
             let (th, tw) = (tiling.size.min(h), tiling.size.min(w));
             let tile = image.narrow(2, y, th).narrow(3, x, tw);
             let out = model(&tile).to_kind(Kind::Float);
+            let device = out.device();
             let overlap = tiling.overlap * scale;
             let wy = ramp(th * scale, overlap, iy > 0, iy + 1 < ys.len());
             let wx = ramp(tw * scale, overlap, ix > 0, ix + 1 < xs.len());
             let weight = (wy.unsqueeze(1) * wx.unsqueeze(0)).to_device(device);
-            let total = total.get_or_insert_with(|| {
-                Tensor::zeros(
-                    [b, out.size()[1], h * scale, w * scale],
-                    (Kind::Float, device),
-                )
+            let (total, weights) = sums.get_or_insert_with(|| {
+                let options = (Kind::Float, device);
+                let total = Tensor::zeros([b, out.size()[1], h * scale, w * scale], options);
+                (total, Tensor::zeros([1, 1, h * scale, w * scale], options))
             });
             let region = |t: &Tensor| {
                 t.narrow(2, y * scale, th * scale)
                     .narrow(3, x * scale, tw * scale)
             };
             let _ = region(total).f_add_(&(&out * &weight))?;
-            let _ = region(&weights).f_add_(&weight)?;
+            let _ = region(weights).f_add_(&weight)?;
         }
     }
-    let total = total.ok_or_else(|| UpscaleError::Input("an empty image".into()))?;
+    let (total, weights) = sums.ok_or_else(|| UpscaleError::Input("an empty image".into()))?;
     Ok(total / weights)
 }
