@@ -7,7 +7,9 @@ then diffusers' `StableDiffusionImg2ImgPipeline` given those latents (a 4-channe
 or that image, at strength 0.6, with a generator seeded again with the run's seed. Euler,
 4 steps in each pass, guidance 7.5, seed 3 (outputs/hires.safetensors: the second pass's
 final latents per mode; and `pil.lanczos.WxH.image`, Pillow's LANCZOS resizes of
-images/init-72x64.png, 8-bit). Random weights draw noise."""
+images/init-72x64.png, 8-bit). The same for the tiny SDXL pipeline with the "Latent" and
+"Lanczos" modes (`sdxl-latent`, `sdxl-lanczos`: SDXL's img2img pipeline, whose size
+conditioning is the enlarged image's). Random weights draw noise."""
 
 from __future__ import annotations
 
@@ -71,7 +73,33 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
     for w, h in [(100, 90), (31, 17), (72, 40), (7, 64)]:
         resized = np.asarray(photo.resize((w, h), Image.LANCZOS), dtype=np.uint8).copy()
         tensors[f"pil.lanczos.{w}x{h}.image"] = torch.from_numpy(resized)
+    tensors.update(sdxl_hires(fixtures))
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
     # each key's model evaluations (two passes of 4 steps at most), for the error model
     runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors if not key.startswith("pil.")]
     (outputs / "hires.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def sdxl_hires(fixtures: Path) -> dict[str, torch.Tensor]:
+    """The tiny SDXL pipeline's hires fix, "Latent" and "Lanczos" (see the module's text)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(fixtures / "tiny-sdxl")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+
+    def first(output_type):
+        return pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
+                    output_type=output_type, **RUN).images
+
+    def second(image):
+        return img2img(PROMPT, image=image, strength=STRENGTH, generator=torch.Generator().manual_seed(SEED),
+                       output_type="latent", **RUN).images
+
+    size = (64 // pipe.vae_scale_factor,) * 2
+    latents = torch.nn.functional.interpolate(first("latent"), size=size, **LATENT_MODES["latent"])
+    [image] = first("pil")
+    return {"sdxl-latent": second(latents), "sdxl-lanczos": second(image.resize((64, 64), Image.LANCZOS))}

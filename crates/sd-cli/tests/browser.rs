@@ -239,5 +239,62 @@ async fn drive(browser: &fantoccini::Client, url: &str) -> Result<(), fantoccini
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(error.text().await?, "", "the error clears on the next try");
+
+    // 5. hires fix: the section lists the latent modes and the resizers;
+    // doubling the shapes model's 32x32 gives a 64x64 image
+    check_hires(browser, wait).await
+}
+
+async fn check_hires(
+    browser: &fantoccini::Client,
+    wait: Duration,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser
+        .find(Locator::Css("#hires summary"))
+        .await?
+        .click()
+        .await?;
+    let options = browser
+        .execute(
+            "return [...document.querySelectorAll('#hr_upscaler option')].map(o => o.value)",
+            vec![],
+        )
+        .await?;
+    let options: Vec<String> = serde_json::from_value(options).unwrap_or_default();
+    assert!(
+        options.starts_with(&["Latent".to_string()])
+            && options.contains(&"Latent (nearest-exact)".to_string())
+            && options.contains(&"Lanczos".to_string())
+            && !options.contains(&"None".to_string()),
+        "{options:?}"
+    );
+    browser
+        .find(Locator::Id("enable_hr"))
+        .await?
+        .click()
+        .await?;
+    let hr_steps = browser.find(Locator::Id("hr_second_pass_steps")).await?;
+    hr_steps.clear().await?;
+    hr_steps.send_keys("2").await?;
+    browser.find(Locator::Id("generate")).await?.click().await?;
+    let start = Instant::now();
+    while browser.find_all(Locator::Css("#gallery img")).await?.len() < 3 {
+        assert!(start.elapsed() < wait, "the hires run did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let size = loop {
+        let size = browser
+            .execute(
+                "const img = document.getElementById('result-image');
+                 return img.complete ? img.naturalWidth + 'x' + img.naturalHeight : '';",
+                vec![],
+            )
+            .await?;
+        if size != serde_json::json!("") || start.elapsed() > wait {
+            break size;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(size, serde_json::json!("64x64"), "hires doubles the size");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Hires fix against its composed diffusers references (reference/harness_hires.py):
 //! the tiny SD1 pipeline at 32x32, enlarged to 64x64 by each kind of
-//! `hr_upscaler`, then image-to-image at strength 0.6, Euler, 4 steps a pass.
+//! `hr_upscaler`, then image-to-image at strength 0.6, Euler, 4 steps a pass;
+//! the tiny SDXL pipeline the same way with "Latent" and "Lanczos".
 
 use sd_pipeline::{
     HiresFix, HiresSize, HiresUpscaler, LatentResize, Request, SamplerKind, StableDiffusion,
@@ -66,6 +67,29 @@ fn every_upscaler_kind_matches_its_composed_reference() {
         HiresUpscaler::parse("Latent (bicubic)"),
         Some(HiresUpscaler::Latent(LatentResize::Bicubic))
     );
+}
+
+/// SDXL's second pass is conditioned on the enlarged size, as diffusers'
+/// SDXL image-to-image pipeline does it.
+#[test]
+fn sdxl_hires_matches_its_composed_reference() {
+    tch::set_num_threads(1);
+    let fixtures = reference_dir().join("fixtures");
+    let reference = read_tensors(fixtures.join("outputs/hires.safetensors")).unwrap();
+    let pipeline = StableDiffusion::builder()
+        .model_dir(fixtures.join("tiny-sdxl"))
+        .build()
+        .unwrap();
+    let cases = [
+        ("sdxl-latent", HiresUpscaler::Latent(LatentResize::Bilinear)),
+        ("sdxl-lanczos", HiresUpscaler::Lanczos),
+    ];
+    for (name, upscaler) in cases {
+        let generation = pipeline.generate(&request(upscaler)).unwrap();
+        assert_eq!(generation.images[0].dimensions(), (64, 64));
+        let want = take(&reference, name).unwrap();
+        assert_matches(name, &generation.latents, &want, 8);
+    }
 }
 
 /// Pillow's LANCZOS resize, pixel for pixel: up, down, one axis.

@@ -38,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/upscalers", get(crate::extras::list))
+        .route("/sdapi/v1/latent-upscale-modes", get(latent_upscale_modes))
         .route(
             "/sdapi/v1/extra-single-image",
             post(crate::extras::single_image),
@@ -252,6 +253,16 @@ async fn samplers() -> Json<Value> {
         .map(|(name, kind)| json!({"name": name, "aliases": [kind.name()], "options": {}}))
         .collect();
     Json(Value::Array(list))
+}
+
+/// Hires fix's latent modes, as A1111 lists them (`hr_upscaler` takes these
+/// and the names in `/sdapi/v1/upscalers`).
+async fn latent_upscale_modes() -> Json<Value> {
+    let names = sd_pipeline::HiresUpscaler::latent_mode_names();
+    Json(json!(names
+        .iter()
+        .map(|name| json!({"name": name}))
+        .collect::<Vec<_>>()))
 }
 
 async fn sd_models(State(shared): App) -> Json<Vec<crate::models::ModelEntry>> {

@@ -116,6 +116,15 @@ impl HiresUpscaler {
         let found = modes().into_iter().find(|(n, _)| cli_name(n) == wanted);
         found.map(|(_, mode)| mode)
     }
+
+    /// A1111's names of the latent modes (`/sdapi/v1/latent-upscale-modes`).
+    pub fn latent_mode_names() -> Vec<&'static str> {
+        let latent = modes().into_iter();
+        latent
+            .filter(|(_, mode)| matches!(mode, HiresUpscaler::Latent(_)))
+            .map(|(name, _)| name)
+            .collect()
+    }
 }
 
 /// The size of the second pass.
