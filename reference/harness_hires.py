@@ -9,7 +9,8 @@ or that image, at strength 0.6, with a generator seeded again with the run's see
 final latents per mode; and `pil.lanczos.WxH.image`, Pillow's LANCZOS resizes of
 images/init-72x64.png, 8-bit). The same for the tiny SDXL pipeline with the "Latent" and
 "Lanczos" modes (`sdxl-latent`, `sdxl-lanczos`: SDXL's img2img pipeline, whose size
-conditioning is the enlarged image's). Random weights draw noise."""
+conditioning is the enlarged image's), and the tiny SD2 (v-prediction) with "Latent"
+(`sd2-latent`). Random weights draw noise."""
 
 from __future__ import annotations
 
@@ -29,17 +30,24 @@ LATENT_MODES = {
 }
 
 
-def write_hires(fixtures: Path, outputs: Path) -> None:
-    import numpy as np
+def sd_pipelines(folder: Path):
+    """A tiny SD1/SD2 folder's txt2img pipeline (Euler) and its img2img twin."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-    from PIL import Image
-    from spandrel import ModelLoader
 
-    pipe = StableDiffusionPipeline.from_pretrained(fixtures / "tiny-sd1", safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
+    return pipe, img2img
+
+
+def write_hires(fixtures: Path, outputs: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from spandrel import ModelLoader
+
+    pipe, img2img = sd_pipelines(fixtures / "tiny-sd1")
 
     def first(output_type):
         return pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
@@ -74,6 +82,14 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
         resized = np.asarray(photo.resize((w, h), Image.LANCZOS), dtype=np.uint8).copy()
         tensors[f"pil.lanczos.{w}x{h}.image"] = torch.from_numpy(resized)
     tensors.update(sdxl_hires(fixtures))
+    # SD2 (v-prediction): "Latent" only; its second pass is SD1's code with SD2's model
+    pipe, img2img = sd_pipelines(fixtures / "tiny-sd2")
+    latents = pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
+                   output_type="latent", **RUN).images
+    latents = torch.nn.functional.interpolate(latents, size=(64 // pipe.vae_scale_factor,) * 2,
+                                              **LATENT_MODES["latent"])
+    tensors["sd2-latent"] = img2img(PROMPT, image=latents, strength=STRENGTH, output_type="latent",
+                                    generator=torch.Generator().manual_seed(SEED), **RUN).images
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
     # each key's model evaluations (two passes of 4 steps at most), for the error model
     runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors if not key.startswith("pil.")]

@@ -1,7 +1,8 @@
 //! Hires fix against its composed diffusers references (reference/harness_hires.py):
 //! the tiny SD1 pipeline at 32x32, enlarged to 64x64 by each kind of
 //! `hr_upscaler`, then image-to-image at strength 0.6, Euler, 4 steps a pass;
-//! the tiny SDXL pipeline the same way with "Latent" and "Lanczos".
+//! the tiny SDXL pipeline the same way with "Latent" and "Lanczos", and the
+//! tiny SD2 (v-prediction) with "Latent".
 
 use sd_pipeline::{
     HiresFix, HiresSize, HiresUpscaler, LatentResize, Request, SamplerKind, StableDiffusion,
@@ -70,21 +71,31 @@ fn every_upscaler_kind_matches_its_composed_reference() {
 }
 
 /// SDXL's second pass is conditioned on the enlarged size, as diffusers'
-/// SDXL image-to-image pipeline does it.
+/// SDXL image-to-image pipeline does it; SD2 predicts v in both passes.
 #[test]
-fn sdxl_hires_matches_its_composed_reference() {
+fn sdxl_and_sd2_hires_match_their_composed_references() {
     tch::set_num_threads(1);
     let fixtures = reference_dir().join("fixtures");
     let reference = read_tensors(fixtures.join("outputs/hires.safetensors")).unwrap();
-    let pipeline = StableDiffusion::builder()
-        .model_dir(fixtures.join("tiny-sdxl"))
-        .build()
-        .unwrap();
+    let model = |folder: &str| {
+        let builder = StableDiffusion::builder().model_dir(fixtures.join(folder));
+        builder.build().unwrap()
+    };
+    let (sdxl, sd2) = (model("tiny-sdxl"), model("tiny-sd2"));
     let cases = [
-        ("sdxl-latent", HiresUpscaler::Latent(LatentResize::Bilinear)),
-        ("sdxl-lanczos", HiresUpscaler::Lanczos),
+        (
+            &sdxl,
+            "sdxl-latent",
+            HiresUpscaler::Latent(LatentResize::Bilinear),
+        ),
+        (&sdxl, "sdxl-lanczos", HiresUpscaler::Lanczos),
+        (
+            &sd2,
+            "sd2-latent",
+            HiresUpscaler::Latent(LatentResize::Bilinear),
+        ),
     ];
-    for (name, upscaler) in cases {
+    for (pipeline, name, upscaler) in cases {
         let generation = pipeline.generate(&request(upscaler)).unwrap();
         assert_eq!(generation.images[0].dimensions(), (64, 64));
         let want = take(&reference, name).unwrap();
