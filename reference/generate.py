@@ -65,6 +65,7 @@ import harness_flow  # noqa: E402
 import harness_flux  # noqa: E402
 import harness_flux_lora  # noqa: E402
 import harness_hires  # noqa: E402
+import harness_ip_adapter  # noqa: E402
 import harness_upscale  # noqa: E402
 import harness_gguf  # noqa: E402
 import harness_lora  # noqa: E402
@@ -135,7 +136,7 @@ def derive_tokenizer_files(out: Path, cache: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["tokenizer", "models", "single-file", "outputs", "lora", "controlnet", "taesd", "sizes", "sd3", "sd3-lora", "schedulers",
-             "gguf", "flux", "flux-lora", "upscale", "hires", "manifests"]
+             "gguf", "flux", "flux-lora", "upscale", "hires", "ip-adapter", "manifests"]
     parser.add_argument("--only", choices=parts, action="append")
     args = parser.parse_args()
     only = set(args.only or parts)
@@ -187,6 +188,8 @@ def main() -> None:
             harness_upscale.write_upscalers(FIXTURES, outputs)
         if "upscale" in only or "hires" in only:
             harness_hires.write_hires(FIXTURES, outputs)
+        if "ip-adapter" in only:
+            harness_ip_adapter.write_ip_adapter(FIXTURES, outputs)
         if "schedulers" in only:
             harness_schedulers.write_traces(outputs)
             harness_flow.write_flow_traces(outputs)
