@@ -14,7 +14,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::ClipTextConfig;
 use crate::error::{ClipError, Result};
-use crate::layer::EncoderLayer;
+use crate::layer::{EncoderLayer, LayerShape};
 
 /// Everything a forward pass gives.
 #[derive(Debug)]
@@ -219,7 +219,7 @@ impl DiffusersModel for ClipTextModel {
                 h,
             ),
             layers: (0..config.num_hidden_layers)
-                .map(|i| EncoderLayer::new(&(&encoder / i), config))
+                .map(|i| EncoderLayer::new(&(&encoder / i), &LayerShape::text(config)))
                 .collect(),
             final_layer_norm: LayerNorm::new(
                 &(&text / "final_layer_norm"),
