@@ -4,6 +4,7 @@
 use sd_core::layers::{Downsample2D, ResnetBlock2D, ResnetConfig};
 use tch::{nn::Path, Tensor};
 
+use crate::cross::{CrossContext, Numbering};
 use crate::error::Result;
 use crate::transformer::{Transformer2D, TransformerSettings};
 
@@ -47,8 +48,20 @@ impl DownBlock {
         })
     }
 
+    /// Numbers the block's cross-attention layers (`name`: `down_blocks.N`).
+    pub(crate) fn number(&mut self, name: &str, numbering: &mut Numbering) {
+        for (j, attention) in self.attentions.iter_mut().enumerate() {
+            attention.number(&format!("{name}.attentions.{j}"), numbering);
+        }
+    }
+
     /// The block's output and the states the up path will concatenate back.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> (Tensor, Vec<Tensor>) {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &CrossContext<'_>,
+    ) -> (Tensor, Vec<Tensor>) {
         let mut x = x.shallow_clone();
         let mut skips = Vec::new();
         for (i, resnet) in self.resnets.iter().enumerate() {

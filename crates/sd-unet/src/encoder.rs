@@ -10,6 +10,7 @@ use tch::{nn::Path, Kind, Tensor};
 use crate::config::{DownBlockType, UNetConfig};
 use crate::down::DownBlock;
 use crate::embeddings::{timestep_features, TimestepEmbedding};
+use crate::cross::{CrossContext, ImageTokens, Numbering};
 use crate::error::{Result, UNetError};
 use crate::mid::MidBlock;
 use crate::transformer::TransformerSettings;
@@ -151,6 +152,33 @@ impl UNetEncoder {
         added: Option<&AddedConditions>,
         hint: Option<&Tensor>,
     ) -> Result<Encoded> {
+        self.forward_with_images(sample, timestep, context, added, hint, None)
+    }
+
+    /// Numbers the down blocks' cross-attention layers (the first in
+    /// diffusers' order).
+    pub(crate) fn number_down(&mut self, numbering: &mut Numbering) {
+        for (i, block) in self.down_blocks.iter_mut().enumerate() {
+            block.number(&format!("down_blocks.{i}"), numbering);
+        }
+    }
+
+    /// Numbers the mid block's (the last).
+    pub(crate) fn number_mid(&mut self, numbering: &mut Numbering) {
+        self.mid_block.number(numbering);
+    }
+
+    /// [`forward`](Self::forward) with image prompts' tokens for the
+    /// cross-attention layers.
+    pub fn forward_with_images(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditions>,
+        hint: Option<&Tensor>,
+        images: Option<&ImageTokens>,
+    ) -> Result<Encoded> {
         let batch = sample.size()[0];
         let (kind, device) = (sample.kind(), sample.device());
         // 1. time embedding (+ SDXL's text/size embedding)
@@ -187,6 +215,10 @@ impl UNetEncoder {
             x += hint;
         }
         let mut skips = vec![x.shallow_clone()];
+        let context = CrossContext {
+            text: &context,
+            images,
+        };
         for block in &self.down_blocks {
             let (out, states) = block.forward(&x, &emb, &context);
             x = out;

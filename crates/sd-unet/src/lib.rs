@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod cross;
 mod down;
 pub mod embeddings;
 pub mod encoder;
@@ -16,7 +17,9 @@ mod unet;
 mod up;
 
 pub use config::UNetConfig;
+pub use cross::{CrossAttentionLayer, ImageTokens};
+pub use sd_core::layers::ExtraTokens;
 pub use encoder::{AddedConditions, Encoded, UNetEncoder};
 pub use error::{Result, UNetError};
 pub use sd_core::DiffusersModel;
-pub use unet::{ControlResiduals, UNet2DConditionModel};
+pub use unet::{Conditions, ControlResiduals, UNet2DConditionModel};

@@ -3,6 +3,7 @@
 use sd_core::layers::{ResnetBlock2D, ResnetConfig};
 use tch::{nn::Path, Tensor};
 
+use crate::cross::{CrossContext, Numbering};
 use crate::error::Result;
 use crate::transformer::{Transformer2D, TransformerSettings};
 
@@ -26,7 +27,12 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Tensor {
+    /// Numbers the block's cross-attention layers (diffusers lists them last).
+    pub(crate) fn number(&mut self, numbering: &mut Numbering) {
+        self.attention.number("mid_block.attentions.0", numbering);
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, temb: &Tensor, context: &CrossContext<'_>) -> Tensor {
         let x = self.first.forward(x, Some(temb));
         let x = self.attention.forward(&x, context);
         self.second.forward(&x, Some(temb))

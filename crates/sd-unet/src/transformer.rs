@@ -6,6 +6,7 @@ use sd_core::layers::{Attention, AttentionConfig};
 use sd_core::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 use tch::{nn::Path, Tensor};
 
+use crate::cross::{CrossContext, Numbering};
 use crate::error::Result;
 
 /// What shapes one transformer stack.
@@ -46,6 +47,10 @@ struct BasicTransformerBlock {
     ff_proj: Linear,
     ff_out: Linear,
     only_cross_attention: bool,
+    /// (width, context width) of attn2, and its index among the UNet's
+    /// cross-attention layers (set by [`Transformer2D::number`]).
+    widths: (i64, i64),
+    index: usize,
 }
 
 impl BasicTransformerBlock {
@@ -69,15 +74,19 @@ impl BasicTransformerBlock {
             ff_proj: Linear::new(&(vs / "ff" / "net" / 0 / "proj"), dim, inner * 2, true),
             ff_out: Linear::new(&(vs / "ff" / "net" / 2), inner, dim, true),
             only_cross_attention: s.only_cross_attention,
+            widths: (dim, s.cross_attention_dim),
+            index: 0,
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, context: &CrossContext<'_>) -> Tensor {
         // 1. self-attention (or a first cross-attention)
-        let self_context = self.only_cross_attention.then_some(context);
+        let self_context = self.only_cross_attention.then_some(context.text);
         let x = self.attn1.forward(&self.norm1.forward(x), self_context) + x;
-        // 2. cross-attention on the text embeddings
-        let x = self.attn2.forward(&self.norm2.forward(&x), Some(context)) + x;
+        // 2. cross-attention on the text embeddings (and image prompts' tokens)
+        let extra = context.extra(self.index);
+        let normed = self.norm2.forward(&x);
+        let x = self.attn2.forward_with(&normed, Some(context.text), extra) + x;
         // 3. GEGLU feed-forward
         let projected = self.ff_proj.forward(&self.norm3.forward(&x));
         let halves = projected.chunk(2, -1);
@@ -121,7 +130,17 @@ impl Transformer2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    /// Numbers this transformer's cross-attention layers, `name` being its
+    /// diffusers path (`down_blocks.0.attentions.1`).
+    pub(crate) fn number(&mut self, name: &str, numbering: &mut Numbering) {
+        for (k, block) in self.blocks.iter_mut().enumerate() {
+            let (width, context) = block.widths;
+            let layer = format!("{name}.transformer_blocks.{k}.attn2");
+            block.index = numbering.next(layer, width, context);
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, context: &CrossContext<'_>) -> Tensor {
         let (b, c, h, w) = x.size4().expect("a feature map");
         let to_tokens = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
         let to_map = |t: Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);

@@ -8,6 +8,7 @@ use sd_core::DiffusersModel;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::{UNetConfig, UpBlockType};
+use crate::cross::{CrossAttentionLayer, CrossContext, ImageTokens, Numbering};
 use crate::encoder::{resnet_config, AddedConditions, UNetEncoder};
 use crate::error::{Result, UNetError};
 use crate::transformer::TransformerSettings;
@@ -46,6 +47,7 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    cross_layers: Vec<CrossAttentionLayer>,
     vs: VarStore,
 }
 
@@ -97,11 +99,42 @@ impl UNet2DConditionModel {
         added: Option<&AddedConditions>,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
+        let conditions = Conditions {
+            added,
+            control,
+            images: None,
+        };
+        self.forward_with(sample, timestep, context, &conditions)
+    }
+
+    /// The cross-attention layers in diffusers' order of its attention
+    /// processors (down blocks, up blocks, mid block): the order
+    /// IP-Adapter files number their `ip_adapter.N` weights in, and
+    /// [`ImageTokens`] is indexed by.
+    pub fn cross_attention_layers(&self) -> &[CrossAttentionLayer] {
+        &self.cross_layers
+    }
+
+    /// [`forward`](Self::forward) with every conditioning besides the text.
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        conditions: &Conditions<'_>,
+    ) -> Result<Tensor> {
+        let Conditions {
+            added,
+            control,
+            images,
+        } = *conditions;
         self.encoder.check_sample(sample, "unet input")?;
+        if let Some(images) = images {
+            self.check_images(images)?;
+        }
         // 1-3. time embedding, down path, mid block
-        let encoded = self
-            .encoder
-            .forward(sample, timestep, context, added, None)?;
+        let encoded =
+            (self.encoder).forward_with_images(sample, timestep, context, added, None, images)?;
         let (mut x, mut skips, emb) = (encoded.mid, encoded.skips, encoded.emb);
         if let Some(control) = control {
             if control.down.len() != skips.len() {
@@ -123,6 +156,10 @@ impl UNet2DConditionModel {
         }
         // 4. up path, consuming the skips newest first
         let context = context.to_device(x.device()).to_kind(x.kind());
+        let context = CrossContext {
+            text: &context,
+            images,
+        };
         for block in &self.up_blocks {
             let taken = skips.split_off(skips.len() - block.resnet_count());
             let size = skips.last().map(|s| (s.size()[2], s.size()[3]));
@@ -132,6 +169,47 @@ impl UNet2DConditionModel {
         Ok(self
             .conv_out
             .forward(&self.conv_norm_out.forward(&x).silu()))
+    }
+}
+
+impl UNet2DConditionModel {
+    fn check_images(&self, images: &ImageTokens) -> Result<()> {
+        if images.layers.len() != self.cross_layers.len() {
+            let message = format!(
+                "image tokens for {} cross-attention layers, the model has {}",
+                images.layers.len(),
+                self.cross_layers.len()
+            );
+            return Err(UNetError::invalid("unet input", message));
+        }
+        Ok(())
+    }
+}
+
+/// What a UNet evaluation takes besides the sample, timestep and text.
+#[derive(Debug, Default, Clone, Copy)]
+#[non_exhaustive]
+pub struct Conditions<'a> {
+    /// SDXL's added conditions.
+    pub added: Option<&'a AddedConditions>,
+    /// A ControlNet's residuals.
+    pub control: Option<&'a ControlResiduals>,
+    /// IP-Adapters' image tokens.
+    pub images: Option<&'a ImageTokens>,
+}
+
+impl<'a> Conditions<'a> {
+    /// These conditions.
+    pub fn new(
+        added: Option<&'a AddedConditions>,
+        control: Option<&'a ControlResiduals>,
+        images: Option<&'a ImageTokens>,
+    ) -> Self {
+        Conditions {
+            added,
+            control,
+            images,
+        }
     }
 }
 
@@ -174,8 +252,17 @@ impl DiffusersModel for UNet2DConditionModel {
                 i + 1 < n,
             )?);
         }
+        // diffusers' order of attention processors: down, up, then mid
+        let mut encoder = encoder;
+        let mut numbering = Numbering::default();
+        encoder.number_down(&mut numbering);
+        for (i, block) in up_blocks.iter_mut().enumerate() {
+            block.number(&format!("up_blocks.{i}"), &mut numbering);
+        }
+        encoder.number_mid(&mut numbering);
         let groups = config.norm_num_groups;
         Ok(UNet2DConditionModel {
+            cross_layers: numbering.layers,
             encoder,
             up_blocks,
             conv_norm_out: GroupNorm::new(

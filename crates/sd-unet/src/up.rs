@@ -5,6 +5,7 @@
 use sd_core::layers::{ResnetBlock2D, ResnetConfig, Upsample2D};
 use tch::{nn::Path, Tensor};
 
+use crate::cross::{CrossContext, Numbering};
 use crate::error::Result;
 use crate::transformer::{Transformer2D, TransformerSettings};
 
@@ -55,18 +56,25 @@ impl UpBlock {
         })
     }
 
+    /// Numbers the block's cross-attention layers (`name`: `up_blocks.N`).
+    pub(crate) fn number(&mut self, name: &str, numbering: &mut Numbering) {
+        for (j, attention) in self.attentions.iter_mut().enumerate() {
+            attention.number(&format!("{name}.attentions.{j}"), numbering);
+        }
+    }
+
     pub fn resnet_count(&self) -> usize {
         self.resnets.len()
     }
 
     /// `skips` are this block's skip states in down-path order; they are
     /// consumed newest first. `size` forces the upsampled size.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         skips: &[Tensor],
         temb: &Tensor,
-        context: &Tensor,
+        context: &CrossContext<'_>,
         size: Option<(i64, i64)>,
     ) -> Tensor {
         let mut x = x.shallow_clone();

@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use sd_core::weights::MappedFile;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 pub use arch::{Architecture, CompactConfig, EsrganConfig};
@@ -54,17 +53,7 @@ impl Upscaler {
     /// (read without running it: `sd_core::pickle`), detecting the architecture.
     pub fn open(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self> {
         let path = path.as_ref();
-        let tensors = match is_zip(path) {
-            true => sd_core::pickle::read_checkpoint(path)?,
-            false => {
-                let file = MappedFile::open(path)?;
-                let mut tensors = BTreeMap::new();
-                for name in file.tensors()?.names() {
-                    tensors.insert(name.to_string(), file.read(name)?);
-                }
-                tensors
-            }
-        };
+        let tensors = sd_core::pickle::read_state_dict(path)?;
         Self::from_tensors(path, tensors, device, kind)
     }
 
@@ -103,11 +92,7 @@ impl Upscaler {
     /// from their names and shapes alone: cheap enough for listing a folder.
     pub fn describe(path: impl AsRef<Path>) -> Result<Architecture> {
         let path = path.as_ref();
-        let shapes = match is_zip(path) {
-            true => sd_core::pickle::read_shapes(path)?,
-            false => MappedFile::open(path)?.shapes()?,
-        };
-        let shapes = unwrap_ema(shapes);
+        let shapes = unwrap_ema(sd_core::pickle::read_state_shapes(path)?);
         let fail = |message: String| UpscaleError::Model {
             path: PathBuf::from(path),
             message,
@@ -196,13 +181,6 @@ impl Upscaler {
 }
 
 /// Whether `path` starts as a zip archive does (`torch.save`'s checkpoints).
-fn is_zip(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-    read.is_ok() && magic == *b"PK\x03\x04"
-}
-
 /// The architecture of weights of these names and shapes, and the file's
 /// name of each of the model's variables.
 fn identify(

@@ -49,6 +49,20 @@ impl AttentionConfig {
     }
 }
 
+/// Tokens attended to beside the context with the same queries, the result
+/// scaled and added before the output projection: IP-Adapter's decoupled
+/// cross-attention (diffusers' `IPAdapterAttnProcessor2_0`, one entry per
+/// adapter, in the adapters' order).
+#[derive(Debug)]
+pub struct ExtraTokens {
+    /// The tokens through the adapter's `to_k_ip`: (batch, tokens, heads x dim).
+    pub key: Tensor,
+    /// The tokens through `to_v_ip`, shaped as `key`.
+    pub value: Tensor,
+    /// The adapter's scale; at 0 the adapter is skipped, as diffusers does.
+    pub scale: f64,
+}
+
 /// diffusers' `Attention` (self or cross), with `to_q`, `to_k`, `to_v`, `to_out.0`
 /// (or the VAE's `group_norm`) under their diffusers names.
 #[derive(Debug)]
@@ -94,6 +108,16 @@ impl Attention {
     /// `hidden` is (batch, tokens, query_dim) or a (batch, channels, h, w)
     /// feature map; `context` is (batch, context_tokens, cross_attention_dim).
     pub fn forward(&self, hidden: &Tensor, context: Option<&Tensor>) -> Tensor {
+        self.forward_with(hidden, context, &[])
+    }
+
+    /// [`forward`](Self::forward) also attending to `extra` tokens.
+    pub fn forward_with(
+        &self,
+        hidden: &Tensor,
+        context: Option<&Tensor>,
+        extra: &[ExtraTokens],
+    ) -> Tensor {
         let residual = hidden;
         let spatial = hidden.dim() == 4;
         // 1. a feature map becomes a sequence of pixels
@@ -111,8 +135,15 @@ impl Attention {
         let q = split_heads(&self.to_q.forward(&x), self.heads);
         let k = split_heads(&self.to_k.forward(&context), self.heads);
         let v = split_heads(&self.to_v.forward(&context), self.heads);
-        // 3. softmax(q k^T / sqrt(d)) v, by the fused kernel where the device has one
-        let out = self.to_out.forward(&attend(&q, &k, &v));
+        // 3. softmax(q k^T / sqrt(d)) v, by the fused kernel where the device
+        //    has one; extra tokens' results added, scaled, one by one
+        let mut attended = attend(&q, &k, &v);
+        for tokens in extra.iter().filter(|t| t.scale != 0.0) {
+            let (k, v) = (&tokens.key, &tokens.value);
+            let extra = attend(&q, &split_heads(k, self.heads), &split_heads(v, self.heads));
+            attended = attended + extra * tokens.scale;
+        }
+        let out = self.to_out.forward(&attended);
         // 4. back to a feature map, residual, rescale
         let out = if spatial {
             out.transpose(1, 2).reshape(residual.size())

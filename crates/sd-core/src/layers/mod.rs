@@ -8,7 +8,7 @@ mod resnet;
 mod sampling;
 mod timestep;
 
-pub use attention::{attend, split_heads, Attention, AttentionConfig};
+pub use attention::{attend, split_heads, Attention, AttentionConfig, ExtraTokens};
 pub use resnet::{ResnetBlock2D, ResnetConfig};
 pub use sampling::{Downsample2D, Upsample2D};
 pub use timestep::{timestep_features, TimestepEmbedding};

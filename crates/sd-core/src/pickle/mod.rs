@@ -43,6 +43,36 @@ type Opened = (
     Vec<(String, TensorRef)>,
 );
 
+/// Every tensor of a weights file by name: `.safetensors` (or GGUF), or a
+/// zip-format PyTorch checkpoint (`.pth`, `.bin`: told apart by its first
+/// bytes, not its name), whose nested dicts give dotted names.
+pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if !is_zip(path) {
+        let file = crate::weights::MappedFile::open(path)?;
+        let names: Vec<String> = file.tensors()?.names().into_iter().map(str::to_string).collect();
+        return names
+            .into_iter()
+            .map(|name| Ok((name.clone(), file.read(&name)?)))
+            .collect();
+    }
+    read_checkpoint(path)
+}
+
+/// The names and shapes of [`read_state_dict`]'s tensors, reading no data.
+pub fn read_state_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    match is_zip(path) {
+        true => read_shapes(path),
+        false => crate::weights::MappedFile::open(path)?.shapes(),
+    }
+}
+
+/// Whether `path` starts as a zip archive does (PyTorch's checkpoints).
+pub fn is_zip(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    read.is_ok() && magic == *b"PK\x03\x04"
+}
+
 /// Every tensor of the zip-format checkpoint at `path`, by dotted path.
 pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let (mut archive, prefix, refs) = open_checkpoint(path)?;
