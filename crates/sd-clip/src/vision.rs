@@ -121,6 +121,12 @@ pub struct ClipVisionModel {
     vs: VarStore,
 }
 
+// SAFETY: forward reads the weights and allocates new tensors. Tensors reached
+// through `var_store()` share storage with the weights; writing them in place
+// while other threads run the model is a race libtorch's own handles allow,
+// outside what this marker promises.
+unsafe impl sd_core::shared::ReadOnlyShared for ClipVisionModel {}
+
 impl std::fmt::Debug for ClipVisionModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClipVisionModel")

@@ -42,6 +42,7 @@ pub struct StableDiffusionBuilder {
     loras: Vec<LoraSpec>,
     embeddings: Vec<(PathBuf, Option<String>)>,
     controlnets: Vec<PathBuf>,
+    ip_adapters: Vec<(PathBuf, PathBuf)>,
     tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
     t5: Option<bool>,
     encoder_files: EncoderFiles,
@@ -71,6 +72,7 @@ impl Default for StableDiffusionBuilder {
             loras: Vec::new(),
             embeddings: Vec::new(),
             controlnets: Vec::new(),
+            ip_adapters: Vec::new(),
             tiny_vae: None,
         }
     }
@@ -224,6 +226,18 @@ impl StableDiffusionBuilder {
 
     /// Load a ControlNet once the model is loaded (repeatable; requests
     /// give one control image per ControlNet, in this order). See
+    /// An IP-Adapter file and its image encoder folder, loaded at build
+    /// (repeatable; requests give one [`crate::ImagePrompt`] per adapter,
+    /// in this order): [`StableDiffusion::load_ip_adapter`].
+    pub fn ip_adapter(
+        mut self,
+        path: impl Into<PathBuf>,
+        image_encoder: impl Into<PathBuf>,
+    ) -> Self {
+        self.ip_adapters.push((path.into(), image_encoder.into()));
+        self
+    }
+
     /// [`StableDiffusion::load_controlnet`].
     pub fn controlnet(mut self, path: impl Into<PathBuf>) -> Self {
         self.controlnets.push(path.into());
@@ -302,10 +316,14 @@ impl StableDiffusionBuilder {
             placement: self.placement(),
             adapters: Adapters::default(),
             controlnets: ControlNets::default(),
+            ip_adapters: Default::default(),
             tiny_vae: TinyVae::default(),
         };
         if let Some((dir, usage)) = &self.tiny_vae {
             pipeline.load_tiny_vae(dir, *usage)?;
+        }
+        for (path, encoder) in &self.ip_adapters {
+            pipeline.load_ip_adapter(path, encoder)?;
         }
         for path in &self.controlnets {
             pipeline.load_controlnet(path)?;

@@ -62,6 +62,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Scheduler(#[from] sd_scheduler::SchedulerError),
 
+    /// An error from sd-ip-adapter (an adapter that does not fit).
+    #[error(transparent)]
+    IpAdapter(#[from] sd_ip_adapter::IpAdapterError),
+
     /// An error from sd-core (files, weights, devices).
     #[error(transparent)]
     Core(#[from] sd_core::CoreError),

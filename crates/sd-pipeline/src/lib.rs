@@ -39,6 +39,7 @@ pub mod front;
 mod generate;
 mod graph;
 pub mod hub;
+mod image_prompt;
 pub mod images;
 pub mod model;
 mod noise;
@@ -66,6 +67,7 @@ pub use generate::{
     PromptEmbeddings, Request, Seed, SkipLayerGuidance, StepCallback, StepInfo, Task,
 };
 pub use graph::UNetExecution;
+pub use image_prompt::ImagePrompt;
 pub use model::{ModelFamily, ModelIndex};
 pub use parameters::GenerationParameters;
 pub use pipeline::{ModelDefaults, StableDiffusion};

@@ -39,6 +39,7 @@ pub struct StableDiffusion {
     pub(crate) placement: Placement,
     pub(crate) adapters: Adapters,
     pub(crate) controlnets: ControlNets,
+    pub(crate) ip_adapters: crate::image_prompt::IpAdapters,
     pub(crate) tiny_vae: TinyVae,
 }
 

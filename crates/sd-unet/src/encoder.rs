@@ -8,9 +8,9 @@ use sd_core::nn::Conv2d;
 use tch::{nn::Path, Kind, Tensor};
 
 use crate::config::{DownBlockType, UNetConfig};
+use crate::cross::{CrossContext, ImageTokens, Numbering};
 use crate::down::DownBlock;
 use crate::embeddings::{timestep_features, TimestepEmbedding};
-use crate::cross::{CrossContext, ImageTokens, Numbering};
 use crate::error::{Result, UNetError};
 use crate::mid::MidBlock;
 use crate::transformer::TransformerSettings;

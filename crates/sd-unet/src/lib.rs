@@ -18,8 +18,8 @@ mod up;
 
 pub use config::UNetConfig;
 pub use cross::{CrossAttentionLayer, ImageTokens};
-pub use sd_core::layers::ExtraTokens;
 pub use encoder::{AddedConditions, Encoded, UNetEncoder};
 pub use error::{Result, UNetError};
+pub use sd_core::layers::ExtraTokens;
 pub use sd_core::DiffusersModel;
 pub use unet::{Conditions, ControlResiduals, UNet2DConditionModel};

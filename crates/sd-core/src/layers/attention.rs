@@ -141,7 +141,11 @@ impl Attention {
         for tokens in extra.iter().filter(|t| t.scale != 0.0) {
             let (k, v) = (&tokens.key, &tokens.value);
             let extra = attend(&q, &split_heads(k, self.heads), &split_heads(v, self.heads));
-            attended = attended + extra * tokens.scale;
+            // out of place, as diffusers adds them
+            #[allow(clippy::assign_op_pattern)]
+            {
+                attended = attended + extra * tokens.scale;
+            }
         }
         let out = self.to_out.forward(&attended);
         // 4. back to a feature map, residual, rescale

@@ -49,7 +49,12 @@ type Opened = (
 pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !is_zip(path) {
         let file = crate::weights::MappedFile::open(path)?;
-        let names: Vec<String> = file.tensors()?.names().into_iter().map(str::to_string).collect();
+        let names: Vec<String> = file
+            .tensors()?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         return names
             .into_iter()
             .map(|name| Ok((name.clone(), file.read(&name)?)))

@@ -90,6 +90,8 @@ pub enum Field {
     ResizeMode,
     /// Hires fix (its size, upscaler, steps or strength).
     Hires,
+    /// IP-Adapter image prompts (their count, images or scales).
+    IpAdapter,
 }
 
 impl Field {
@@ -138,6 +140,7 @@ impl Field {
             Field::UpscalingResize => "upscaling_resize",
             Field::ResizeMode => "resize_mode",
             Field::Hires => "hires",
+            Field::IpAdapter => "ip_adapter",
         }
     }
 }

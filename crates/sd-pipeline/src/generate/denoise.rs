@@ -135,6 +135,9 @@ impl StableDiffusion {
             )?),
             None => None,
         };
+        let images = (shape.n as i64, shape.cfg);
+        let image_tokens =
+            self.image_tokens(&request.image_prompts, images, self.devices().unet)?;
         // 4. denoising loop
         let loop_inputs = LoopInputs {
             denoiser: &denoiser,
@@ -146,6 +149,7 @@ impl StableDiffusion {
             cfg: shape.cfg,
             true_cfg: request.true_cfg_scale,
             control: control.as_ref(),
+            image_tokens: image_tokens.as_ref(),
             skip_layers: request.skip_layer_guidance.as_ref(),
         };
         let (latents, unet_execution) =
@@ -272,18 +276,24 @@ impl StableDiffusion {
         runner: &mut Option<UNetRunner>,
     ) -> Result<Tensor> {
         let (context, added, t) = (inputs.context, inputs.extra.added(), &at.t_on_device);
-        match inputs.control {
-            Some(control) => {
-                let single = || Ok(scheduler.scale_model_input(latents, at.index)?);
-                let residuals =
-                    control.residuals(at.step, scaled, single, t, context, added, inputs.cfg)?;
-                Ok(unet.forward_controlled(input, t, context, added, residuals.as_ref())?)
-            }
-            None => {
+        match (inputs.control, inputs.image_tokens) {
+            (None, None) => {
                 let runner = runner.get_or_insert_with(|| {
                     UNetRunner::new(self.cuda_graphs, unet, input, t, context, added)
                 });
                 runner.run(unet, input, t, context, added)
+            }
+            // per-step inputs of their own: eager
+            (control, images) => {
+                let residuals = match control {
+                    Some(control) => {
+                        let single = || Ok(scheduler.scale_model_input(latents, at.index)?);
+                        control.residuals(at.step, scaled, single, t, context, added, inputs.cfg)?
+                    }
+                    None => None,
+                };
+                let conditions = sd_unet::Conditions::new(added, residuals.as_ref(), images);
+                Ok(unet.forward_with(input, t, context, &conditions)?)
             }
         }
     }
@@ -319,6 +329,7 @@ struct LoopInputs<'a> {
     /// FLUX's true CFG scale (its `guidance` is the distilled one).
     true_cfg: f64,
     control: Option<&'a RunControl<'a>>,
+    image_tokens: Option<&'a sd_unet::ImageTokens>,
     skip_layers: Option<&'a crate::SkipLayerGuidance>,
 }
 

@@ -58,6 +58,9 @@ pub struct Request {
     pub sdxl_target_size: Option<(u32, u32)>,
     /// Control images and settings for the loaded ControlNets.
     pub control: Option<crate::control::Control>,
+    /// One image prompt per loaded IP-Adapter, in their order (none: the
+    /// adapters are off).
+    pub image_prompts: Vec<crate::image_prompt::ImagePrompt>,
     /// SD3 and FLUX: T5's token count (diffusers' `max_sequence_length`, at
     /// most 512; also the length of SD3's zeros without T5). `None`: the
     /// model's default, [`StableDiffusion::default_max_sequence_length`](crate::StableDiffusion::default_max_sequence_length).
@@ -230,6 +233,7 @@ impl Request {
             sdxl_crop_top_left: (0, 0),
             sdxl_target_size: None,
             control: None,
+            image_prompts: Vec::new(),
             max_sequence_length: None,
             skip_layer_guidance: None,
             hires: None,

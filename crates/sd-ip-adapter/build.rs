@@ -1,0 +1,3 @@
+fn main() {
+    sd_build::link_libtorch()
+}
