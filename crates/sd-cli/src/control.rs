@@ -52,7 +52,7 @@ impl ControlOptions {
         let mut paths = Vec::new();
         let mut scales = Vec::new();
         for option in &self.controlnets {
-            let (path, scale) = path_and_scale(option)?;
+            let (path, scale) = path_and_scale("--controlnet", option)?;
             paths.push(path);
             scales.push(scale);
         }
@@ -85,17 +85,15 @@ impl ControlOptions {
     }
 }
 
-/// `PATH[:SCALE]`: an existing file or folder, and its scale (1.0 if none).
-fn path_and_scale(option: &str) -> Result<(PathBuf, f64)> {
+/// `PATH[:SCALE]` given to `flag`: an existing file or folder, and its
+/// scale (1.0 if none).
+pub fn path_and_scale(flag: &str, option: &str) -> Result<(PathBuf, f64)> {
     let (path, scale) = match option.rsplit_once(':') {
         Some((path, scale)) if !Path::new(option).exists() => (PathBuf::from(path), Some(scale)),
         _ => (PathBuf::from(option), None),
     };
     if !path.exists() {
-        bail!(
-            "--controlnet {option}: no such file or folder {}",
-            path.display()
-        );
+        bail!("{flag} {option}: no such file or folder {}", path.display());
     }
     let scale = match scale {
         None => 1.0,
@@ -103,7 +101,7 @@ fn path_and_scale(option: &str) -> Result<(PathBuf, f64)> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite())
-            .with_context(|| format!("--controlnet {option}: scale '{s}' is not a number"))?,
+            .with_context(|| format!("{flag} {option}: scale '{s}' is not a number"))?,
     };
     Ok((path, scale))
 }

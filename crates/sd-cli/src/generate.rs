@@ -138,6 +138,8 @@ pub struct Common {
     #[command(flatten)]
     pub control: crate::control::ControlOptions,
     #[command(flatten)]
+    pub ip_adapter: crate::ip_adapter::IpAdapterOptions,
+    #[command(flatten)]
     pub preview: crate::preview::PreviewOptions,
     #[command(flatten)]
     pub hires: crate::hires::HiresArgs,
@@ -172,7 +174,10 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     let format = ImageFormat::from_path(&common.out)?;
     // (parsed once: it reads the control images)
     let control = common.control.parse()?;
-    let checked = parameters(common, &mode, control.control)?
+    let ip = common.ip_adapter.parse()?;
+    let mut parameters = parameters(common, &mode, control.control)?;
+    parameters.image_prompts = ip.prompts;
+    let checked = parameters
         .check(&Limits::NONE, common.lora_dir.as_deref())
         .map_err(name_the_option)?;
     if common.seed.is_none() {
@@ -200,6 +205,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     };
     for path in &control_paths {
         pipeline.load_controlnet(path)?;
+    }
+    for (path, encoder) in &ip.adapters {
+        pipeline.load_ip_adapter(path, encoder)?;
     }
     for (path, token) in &embeddings {
         let tokens = pipeline.load_embedding(path, token.as_deref())?;

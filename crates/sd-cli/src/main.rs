@@ -6,6 +6,7 @@ mod convert;
 mod encoders;
 mod generate;
 mod hires;
+mod ip_adapter;
 mod options;
 mod output;
 mod preprocess;

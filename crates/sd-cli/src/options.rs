@@ -41,6 +41,7 @@ pub fn name_the_option(error: PipelineError) -> anyhow::Error {
         Field::ClipG => "--clip-g",
         Field::Vae => "--vae",
         Field::Hires => "--hires-*",
+        Field::IpAdapter => "--ip-adapter/--ip-image",
         _ => return error.into(),
     };
     anyhow::anyhow!("{option}: {message}")

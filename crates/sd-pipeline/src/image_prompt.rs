@@ -44,6 +44,22 @@ impl ImagePrompt {
         self.scale = scale;
         self
     }
+
+    /// What needs no model: an image, a finite scale. (The request layer
+    /// checks it before any work; a run checks it again.)
+    pub fn check(&self) -> Result<()> {
+        if self.images.is_empty() {
+            return Err(PipelineError::request(
+                Field::IpAdapter,
+                "an image prompt without an image",
+            ));
+        }
+        if !self.scale.is_finite() {
+            let message = format!("scale {} is not a number", self.scale);
+            return Err(PipelineError::request(Field::IpAdapter, message));
+        }
+        Ok(())
+    }
 }
 
 struct Loaded {
@@ -167,12 +183,7 @@ impl StableDiffusion {
         loaded: &Loaded,
         (batch, cfg): (i64, bool),
     ) -> Result<Tensor> {
-        if prompt.images.is_empty() || !prompt.scale.is_finite() {
-            return Err(PipelineError::request(
-                Field::IpAdapter,
-                "each image prompt needs an image and a finite scale",
-            ));
-        }
+        prompt.check()?;
         let encoder = &loaded.encoder_model(&self.ip_adapters);
         let pixels = preprocess_all(&prompt.images, encoder.config().image_size)?;
         let out = encoder.forward(&pixels)?;

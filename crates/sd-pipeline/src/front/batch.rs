@@ -29,7 +29,9 @@ impl BatchKey {
     /// The key of `request` with `loras` merged; `None` for what runs
     /// alone (image-to-image, inpainting, ControlNets).
     pub fn of(request: &Request, loras: &[LoraSpec]) -> Option<BatchKey> {
-        let alone = request.control.is_some() || request.hires.is_some();
+        let alone = request.control.is_some()
+            || request.hires.is_some()
+            || !request.image_prompts.is_empty();
         if !matches!(request.task, Task::TextToImage) || alone {
             return None;
         }

@@ -132,6 +132,8 @@ pub struct Parameters {
     pub true_cfg_scale: Option<f64>,
     /// Hires fix: a second pass at a larger size (`None`: off).
     pub hires: Option<crate::HiresFix>,
+    /// One image prompt per loaded IP-Adapter, in their order.
+    pub image_prompts: Vec<crate::ImagePrompt>,
 }
 
 impl Parameters {
@@ -159,6 +161,7 @@ impl Parameters {
             skip_layer_guidance: None,
             true_cfg_scale: None,
             hires: None,
+            image_prompts: Vec::new(),
         }
     }
 
@@ -257,6 +260,9 @@ impl Parameters {
         }
         if let Some(control) = &self.control {
             control.check()?;
+        }
+        for prompt in &self.image_prompts {
+            prompt.check()?;
         }
         if let Source::Image { strength, .. } = &self.source {
             if !(*strength > 0.0 && *strength <= 1.0) {
@@ -431,6 +437,7 @@ impl Checked {
         request.max_sequence_length = p.max_sequence_length;
         request.skip_layer_guidance = p.skip_layer_guidance.clone();
         request.hires = p.hires.clone();
+        request.image_prompts = p.image_prompts.clone();
         if let Some(scale) = p.true_cfg_scale {
             request.true_cfg_scale = scale;
         }

@@ -1,0 +1,119 @@
+//! `--ip-adapter`, `--ip-image`, `--image-encoder` end to end: two adapters
+//! (plain and Plus) with their scales give diffusers' latents
+//! (reference/harness_ip_adapter.py, `sd1.two`), and bad options fail with
+//! one line naming them, writing nothing.
+
+mod common;
+
+use common::fixtures;
+use sd_testkit::parity::{assert_matches, read_tensors, take};
+
+const PROMPT: &str = "a red circle on a white background";
+
+fn path(rel: &str) -> String {
+    fixtures().join(rel).display().to_string()
+}
+
+#[test]
+fn two_adapters_match_diffusers() {
+    let dir = common::scratch("ip-adapter", "match");
+    let out = dir.join("ip.png");
+    let plain = format!("{}:0.6", path("ip-adapter/sd1-plain.safetensors"));
+    let plus = format!("{}:0.9", path("ip-adapter/sd1-plus.safetensors"));
+    let (init, control) = (path("images/init.png"), path("images/control-a-72x64.png"));
+    let encoder = path("ip-adapter/image_encoder");
+    let args = [
+        "--ip-adapter",
+        &plain,
+        "--ip-image",
+        &init,
+        "--ip-adapter",
+        &plus,
+        "--ip-image",
+        &control,
+        "--image-encoder",
+        &encoder,
+    ];
+    let run = common::txt2img(PROMPT, &args, &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let saved = read_tensors(out.with_extension("safetensors")).unwrap();
+    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
+    let expected = take(&reference, "sd1.two").unwrap();
+    assert_matches(
+        "cli sd1.two",
+        &take(&saved, "latents").unwrap(),
+        &expected,
+        4,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_ip_adapter_options_name_the_option_and_write_nothing() {
+    let dir = common::scratch("ip-adapter", "bad");
+    let out = dir.join("bad.png");
+    let (plain, xl) = (
+        path("ip-adapter/sd1-plain.safetensors"),
+        path("ip-adapter/sdxl-plain.safetensors"),
+    );
+    let (init, encoder) = (path("images/init.png"), path("ip-adapter/image_encoder"));
+    let missing = format!("{plain}-missing");
+    let bad_scale = format!("{plain}:lots");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--ip-adapter", &plain, "--image-encoder", &encoder],
+            "--ip-image",
+        ),
+        (
+            vec!["--ip-adapter", &plain, "--ip-image", &init],
+            "--image-encoder",
+        ),
+        (
+            vec![
+                "--ip-adapter",
+                &missing,
+                "--ip-image",
+                &init,
+                "--image-encoder",
+                &encoder,
+            ],
+            "no such file",
+        ),
+        (
+            vec![
+                "--ip-adapter",
+                &bad_scale,
+                "--ip-image",
+                &init,
+                "--image-encoder",
+                &encoder,
+            ],
+            "not a number",
+        ),
+        (
+            vec![
+                "--ip-adapter",
+                &xl,
+                "--ip-image",
+                &init,
+                "--image-encoder",
+                &encoder,
+            ],
+            "made for a UNet with 11 cross-attention layers, this model has 6",
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = common::txt2img(PROMPT, &args, &out);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(!out.exists(), "{args:?} wrote an image");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
