@@ -79,6 +79,14 @@ pub struct ServeArgs {
     pub config_dir: Option<PathBuf>,
     #[command(flatten)]
     pub encoders: crate::encoders::EncoderArgs,
+    /// An IP-Adapter file loaded with the model (repeatable); requests give
+    /// each an image prompt in their `ip_adapter` field (docs/server.md).
+    #[arg(long = "ip-adapter", value_name = "FILE")]
+    pub ip_adapters: Vec<PathBuf>,
+    /// The image encoder folder of the IP-Adapters: once for all, or once
+    /// per --ip-adapter in their order.
+    #[arg(long = "image-encoder", value_name = "DIR")]
+    pub image_encoders: Vec<PathBuf>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -112,6 +120,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         dtype: sd_core::device::parse_dtype(&args.dtype)?,
         config_dir: args.config_dir.clone(),
         encoders: args.encoders.choice()?,
+        ip_adapters: ip_adapters(args)?,
         ..ServerConfig::new(model.clone(), &data)
     };
     let server = Server::start(config).context("sd serve")?;
@@ -139,4 +148,23 @@ fn request_limits(args: &ServeArgs) -> sd_pipeline::front::Limits {
     limits.max_steps = args.max_steps;
     limits.max_images = args.max_images;
     limits
+}
+
+/// Each `--ip-adapter` with its `--image-encoder` (one for all, or one each).
+fn ip_adapters(args: &ServeArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let (n, encoders) = (args.ip_adapters.len(), args.image_encoders.len());
+    if (n > 0 && encoders != 1 && encoders != n) || (n == 0 && encoders > 0) {
+        anyhow::bail!(
+            "--image-encoder given {encoders} times for {n} --ip-adapter: give it once, or once per adapter"
+        );
+    }
+    let pairs = args.ip_adapters.iter().enumerate();
+    Ok(pairs
+        .map(|(i, path)| {
+            (
+                path.clone(),
+                args.image_encoders[i.min(encoders - 1)].clone(),
+            )
+        })
+        .collect())
 }

@@ -117,3 +117,46 @@ fn bad_ip_adapter_options_name_the_option_and_write_nothing() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `sd serve --ip-adapter` with the body's `ip_adapter` field gives
+/// diffusers' image; a prompt count that does not match is a 422 naming it.
+#[test]
+fn image_prompts_over_http_match_diffusers() {
+    use base64::Engine;
+    let dir = common::scratch("ip-adapter", "serve");
+    let (tiny, plain) = (path("tiny-sd1"), path("ip-adapter/sd1-plain.safetensors"));
+    let encoder = path("ip-adapter/image_encoder");
+    let args = [
+        "--model",
+        &tiny,
+        "--ip-adapter",
+        &plain,
+        "--image-encoder",
+        &encoder,
+    ];
+    let server = common::server::Served::start(&dir.join("data"), &args);
+    let init = std::fs::read(fixtures().join("images/init.png")).unwrap();
+    let init = base64::engine::general_purpose::STANDARD.encode(init);
+    let body = |prompts: serde_json::Value| {
+        serde_json::json!({"prompt": PROMPT, "steps": 4, "seed": 0, "width": 64, "height": 64,
+                           "cfg_scale": 7.5, "ip_adapter": prompts})
+    };
+    let one = serde_json::json!([{"images": [init], "scale": 0.6}]);
+    let reply = server.post("/sdapi/v1/txt2img", &body(one));
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let (pixels, _) = common::server::decode_png(reply.body["images"][0].as_str().unwrap());
+    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
+    let want = take(&reference, "sd1.plain.scale0.6.image").unwrap();
+    let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
+    let worst = sd_testkit::parity::max_pixel_difference(&pixels, &want);
+    let bound = sd_testkit::parity::pixel_tolerance(tch::Kind::Float);
+    assert!(worst.is_some_and(|d| d <= bound), "{worst:?} levels");
+    let two = serde_json::json!([{"images": [init]}, {"images": [init]}]);
+    let reply = server.post("/sdapi/v1/txt2img", &body(two));
+    assert_eq!(reply.status, 422, "{:?}", reply.body);
+    let text = reply.body.to_string();
+    assert!(
+        text.contains("2 image prompts for 1 loaded IP-Adapters"),
+        "{text}"
+    );
+}

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub config_dir: Option<PathBuf>,
     /// T5 wanted or not, and text encoders from files of their own (SD3).
     pub encoders: EncoderChoice,
+    /// IP-Adapters loaded with every model, each with its image encoder
+    /// folder; requests give one image prompt per adapter (`ip_adapter`).
+    pub ip_adapters: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What a request may ask for (past these it gets a 4xx naming the
@@ -91,6 +94,7 @@ impl ServerConfig {
             dtype: tch::Kind::Float,
             config_dir: None,
             encoders: EncoderChoice::default(),
+            ip_adapters: Vec::new(),
         }
     }
 
@@ -105,6 +109,8 @@ impl ServerConfig {
             (Some(dir), ModelSource::SingleFile(_)) => builder.config_dir(dir),
             _ => builder,
         };
+        let adapters = self.ip_adapters.iter();
+        let builder = adapters.fold(builder, |b, (path, encoder)| b.ip_adapter(path, encoder));
         self.encoders.apply(builder)
     }
 }

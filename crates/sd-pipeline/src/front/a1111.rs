@@ -77,6 +77,24 @@ pub struct GenerateRequest {
     pub hr_negative_prompt: String,
     /// Hires fix: the second pass's sampler (none: the run's).
     pub hr_sampler_name: Option<String>,
+    /// This project's: one image prompt per IP-Adapter the server loaded
+    /// (`sd serve --ip-adapter`), in their order; none: the adapters are off.
+    pub ip_adapter: Vec<IpAdapterPrompt>,
+}
+
+/// An image prompt for one of the server's IP-Adapters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[non_exhaustive]
+pub struct IpAdapterPrompt {
+    /// Its reference image(s), base64 (data URLs allowed).
+    pub images: Vec<String>,
+    /// The adapter's scale (default 1.0; 0 turns it off).
+    #[serde(default = "one")]
+    pub scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for GenerateRequest {
@@ -111,6 +129,7 @@ impl Default for GenerateRequest {
             hr_prompt: String::new(),
             hr_negative_prompt: String::new(),
             hr_sampler_name: None,
+            ip_adapter: Vec::new(),
         }
     }
 }
@@ -173,6 +192,7 @@ impl GenerateRequest {
         p.prompt_options.clip_skip = self.clip_skip()?;
         p.max_sequence_length = self.max_sequence_length;
         p.true_cfg_scale = self.true_cfg_scale;
+        p.image_prompts = self.image_prompts()?;
         if !self.skip_layer_guidance.is_empty() {
             p.skip_layer_guidance = Some(crate::SkipLayerGuidance::new(
                 self.skip_layer_guidance.clone(),
@@ -246,6 +266,17 @@ impl GenerateRequest {
 
     /// The init image (and mask) at the requested size; without one, at
     /// the image's own size in whole units of 8.
+    fn image_prompts(&self) -> Result<Vec<crate::ImagePrompt>> {
+        let prompt = |p: &IpAdapterPrompt| {
+            let images = p.images.iter().map(|i| decode_image(Field::IpAdapter, i));
+            let images = images
+                .map(|i| Ok(i?.to_rgb8()))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(crate::ImagePrompt::new(images).with_scale(p.scale))
+        };
+        self.ip_adapter.iter().map(prompt).collect()
+    }
+
     fn image_source(&self) -> Result<Source> {
         let [init] = self.init_images.as_slice() else {
             return Err(PipelineError::request(
