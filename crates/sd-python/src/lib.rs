@@ -21,6 +21,7 @@
 //! not load, libtorch).
 
 mod a1111;
+mod extras;
 mod pil;
 mod pipeline;
 
@@ -53,6 +54,7 @@ fn python_name(field: Field) -> &'static str {
         Field::Embedding => "embeddings",
         Field::ControlNet | Field::ControlScales => "controlnets",
         Field::ControlImages | Field::ControlWindow => "control_images",
+        Field::IpAdapter => "ip_adapter_images",
         other => other.name(),
     }
 }

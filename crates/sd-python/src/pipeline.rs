@@ -6,11 +6,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use sd_pipeline::front::{Checked, EncoderChoice, Limits, ModelSource, Parameters, Source};
-use sd_pipeline::{
-    Control, Generation, LoraSpec, Request, Result, StableDiffusion as Pipeline, TinyVaeUse,
-};
+use sd_pipeline::front::{Checked, EncoderChoice, Limits, ModelSource, Parameters};
+use sd_pipeline::{Control, Generation, LoraSpec, Request, Result, StableDiffusion as Pipeline};
 
+use crate::extras::{image_prompts, load_extras, source, Extras};
 use crate::{parse_sampler_name, pil, to_py};
 
 /// A loaded Stable Diffusion model (SD1.x, SD2.x, SDXL; a diffusers
@@ -25,6 +24,8 @@ pub struct StableDiffusion {
     lora_dir: Option<PathBuf>,
     /// One per loaded ControlNet.
     control_scales: Vec<f64>,
+    /// One per loaded IP-Adapter.
+    ip_scales: Vec<f64>,
 }
 
 /// A merged LoRA's file, modules merged, and keys skipped with why.
@@ -37,21 +38,13 @@ enum T5Arg {
     File(String),
 }
 
-/// Options of the constructor that load more than the model.
-struct Extras {
-    loras: Vec<LoraSpec>,
-    embeddings: Vec<PathBuf>,
-    controlnets: Vec<(PathBuf, f64)>,
-    tiny_vae: Option<PathBuf>,
-}
-
 #[pymethods]
 impl StableDiffusion {
     #[new]
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
         embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None,
-        clip_l=None, clip_g=None, config_dir=None, vae=None
+        clip_l=None, clip_g=None, config_dir=None, vae=None, ip_adapters=vec![], image_encoder=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -71,6 +64,8 @@ impl StableDiffusion {
         clip_g: Option<PathBuf>,
         config_dir: Option<PathBuf>,
         vae: Option<PathBuf>,
+        ip_adapters: Vec<(PathBuf, f64)>,
+        image_encoder: Option<PathBuf>,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -107,6 +102,8 @@ impl StableDiffusion {
             embeddings,
             controlnets,
             tiny_vae,
+            ip_adapters,
+            image_encoder,
         };
         let pipeline = py
             .detach(|| load_extras(builder.build()?, &extras))
@@ -117,6 +114,7 @@ impl StableDiffusion {
             loras: extras.loras,
             lora_dir,
             control_scales: extras.controlnets.iter().map(|(_, s)| *s).collect(),
+            ip_scales: extras.ip_adapters.iter().map(|(_, s)| *s).collect(),
         })
     }
 
@@ -155,7 +153,8 @@ impl StableDiffusion {
     /// (FLUX.1-dev 28 at 3.5, FLUX.1-schnell 4), else 20 at 7.5. Hires fix:
     /// `hires_scale` (a factor), `hires_upscaler` (latent, latent-bicubic,
     /// ..., lanczos, nearest, or an upscaler model file), `hires_steps`,
-    /// `hires_strength`.
+    /// `hires_strength`. `ip_adapter_images`: one entry per loaded
+    /// IP-Adapter, an image or a list of images.
     /// `callback(step, total)` runs after each step; returning `False`
     /// stops the run with `sd_rs.Cancelled`. Each image carries its PNG
     /// `parameters` text in `image.info`.
@@ -164,7 +163,7 @@ impl StableDiffusion {
         num_images=1, init_image=None, strength=0.8, mask=None, callback=None, scheduler=None,
         loras=None, control_images=None, clip_skip=0, max_sequence_length=None,
         skip_layer_guidance=None, true_cfg_scale=None, hires_scale=None, hires_upscaler="latent",
-        hires_steps=None, hires_strength=0.7
+        hires_steps=None, hires_strength=0.7, ip_adapter_images=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -193,6 +192,7 @@ impl StableDiffusion {
         hires_upscaler: &str,
         hires_steps: Option<usize>,
         hires_strength: f64,
+        ip_adapter_images: Option<Vec<Bound<'py, PyAny>>>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let mut p = Parameters::new(prompt);
         p.true_cfg_scale = true_cfg_scale;
@@ -231,6 +231,9 @@ impl StableDiffusion {
                 .map(|image| pil::to_rgb(image, "control_images"))
                 .collect::<PyResult<_>>()?;
             p.control = Some(Control::new(images).with_scales(self.control_scales.clone()));
+        }
+        if let Some(images) = ip_adapter_images {
+            p.image_prompts = image_prompts(&images, &self.ip_scales)?;
         }
         let checked = p
             .check(&Limits::NONE, self.lora_dir.as_deref())
@@ -328,38 +331,6 @@ impl StableDiffusion {
             pipeline.sampler().name()
         )
     }
-}
-
-/// Loads what the constructor names besides the model.
-fn load_extras(mut pipeline: Pipeline, extras: &Extras) -> Result<Pipeline> {
-    if let Some(dir) = &extras.tiny_vae {
-        pipeline.load_tiny_vae(dir, TinyVaeUse::PreviewsAndDecode)?;
-    }
-    for (path, _) in &extras.controlnets {
-        pipeline.load_controlnet(path)?;
-    }
-    for path in &extras.embeddings {
-        pipeline.load_embedding(path, None)?;
-    }
-    pipeline.set_loras(&extras.loras)?;
-    Ok(pipeline)
-}
-
-/// The Python arguments' init image, mask and strength.
-fn source(
-    init_image: Option<&Bound<'_, PyAny>>,
-    mask: Option<&Bound<'_, PyAny>>,
-    strength: f64,
-) -> PyResult<Source> {
-    Ok(match (init_image, mask) {
-        (None, None) => Source::Noise,
-        (None, Some(_)) => return Err(PyValueError::new_err("mask: give init_image too")),
-        (Some(image), mask) => Source::Image {
-            image: pil::to_rgb(image, "init_image")?,
-            mask: mask.map(|m| pil::to_gray(m, "mask")).transpose()?,
-            strength,
-        },
-    })
 }
 
 impl StableDiffusion {

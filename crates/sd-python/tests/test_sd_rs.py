@@ -304,3 +304,23 @@ def test_hires_fix_gives_the_clis_pixels(tmp_path):
     assert image.tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="hires_upscaler"):
         pipe.generate("a red circle", steps=2, hires_scale=2, hires_upscaler="sideways")
+
+
+def test_ip_adapters_give_the_clis_pixels(tmp_path):
+    tiny, ip = FIXTURES / "tiny-sd1", FIXTURES / "ip-adapter"
+    encoder = ip / "image_encoder"
+    pipe = sd_rs.StableDiffusion(str(tiny), ip_adapters=[(str(ip / "sd1-plain.safetensors"), 0.7)],
+                                 image_encoder=str(encoder))
+    images = [Image.open(FIXTURES / "images" / name) for name in ("init.png", "init-72x64.png")]
+    [image] = pipe.generate(PROMPT, steps=4, seed=0, width=64, height=64, guidance=7.5,
+                            ip_adapter_images=[images])
+    both = ",".join(str(FIXTURES / "images" / name) for name in ("init.png", "init-72x64.png"))
+    expected = cli(tmp_path, "txt2img", "--model", str(tiny), "--prompt", PROMPT, "--steps", "4", "--seed", "0",
+                   "--width", "64", "--height", "64", "--guidance", "7.5",
+                   "--ip-adapter", f"{ip / 'sd1-plain.safetensors'}:0.7", "--ip-image", both,
+                   "--image-encoder", str(encoder))
+    assert image.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="ip_adapter_images: 2 entries for 1 loaded"):
+        pipe.generate(PROMPT, steps=2, ip_adapter_images=[images[0], images[1]])
+    with pytest.raises(ValueError, match="give image_encoder too"):
+        sd_rs.StableDiffusion(str(tiny), ip_adapters=[(str(ip / "sd1-plain.safetensors"), 1.0)])
