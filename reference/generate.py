@@ -199,6 +199,7 @@ def main() -> None:
             harness_controlnet.write_controlnet_manifests(HERE / "manifests")
             harness_sd3.write_sd3_single_file_manifests(HERE / "manifests")
             harness_flux.write_flux_manifests(HERE / "manifests")
+            harness_ip_adapter.write_ip_adapter_manifests(HERE / "manifests")
     print("reference fixtures written under", FIXTURES.relative_to(HERE.parent))
 
 

@@ -64,7 +64,12 @@ def plus_projection(cross_dim: int, seed: int):
     projection = IPAdapterPlusImageProjection(embed_dims=ENCODER["hidden_size"], output_dims=cross_dim,
                                               hidden_dims=16, depth=4, dim_head=64, heads=1, num_queries=4)
     randomize_norms(projection, seed)
-    state, original = projection.state_dict(), {}
+    return projection, to_original(projection.state_dict())
+
+
+def to_original(state: dict) -> dict:
+    """A resampler's state in the original repository's names."""
+    original = {}
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] != "layers":
@@ -78,7 +83,7 @@ def plus_projection(cross_dim: int, seed: int):
             original[f"layers.{i}.0.to_kv.weight"] = torch.cat([value, state[f"layers.{i}.attn.to_v.weight"]])
         elif module != "attn.to_v":
             original[f"layers.{i}.{renames[module]}.{leaf}"] = value
-    return projection, original
+    return original
 
 
 def ip_layers(unet, seed: int) -> tuple[dict, dict]:
@@ -204,3 +209,62 @@ def write_ip_adapter(fixtures: Path, outputs: Path) -> None:
                          strength=extra.get("strength"), dtype="f32"))
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "ip_adapter.safetensors")
     write_json(outputs / "ip_adapter.json", runs)
+
+
+# The image encoders of h94/IP-Adapter (models/image_encoder: OpenCLIP ViT-H/14;
+# sdxl_models/image_encoder: ViT-bigG/14), as their config.json files give them.
+VIT = dict(image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
+ENCODERS = {
+    "image_encoder_vit-h": dict(VIT, hidden_size=1280, intermediate_size=5120, projection_dim=1024,
+                                num_hidden_layers=32, num_attention_heads=16),
+    "image_encoder_vit-bigg": dict(VIT, hidden_size=1664, intermediate_size=8192, projection_dim=1280,
+                                   num_hidden_layers=48, num_attention_heads=16),
+}
+# The released adapters: (family, Plus?, encoder, Plus resampler width). Plain files
+# project the encoder's embedding to 4 tokens; Plus files resample 16 queries.
+ADAPTERS = {
+    "ip-adapter_sd15": ("sd15", False, "image_encoder_vit-h", None),
+    "ip-adapter-plus_sd15": ("sd15", True, "image_encoder_vit-h", 768),
+    "ip-adapter_sdxl": ("sdxl", False, "image_encoder_vit-bigg", None),
+    "ip-adapter_sdxl_vit-h": ("sdxl", False, "image_encoder_vit-h", None),
+    "ip-adapter-plus_sdxl_vit-h": ("sdxl", True, "image_encoder_vit-h", 1280),
+}
+
+
+def write_ip_adapter_manifests(out: Path) -> None:
+    """Names and shapes of the released encoders and adapter files, built on the meta
+    device from the real configs (the UNets' from manifests/<family>/unet.json)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = out / "ip-adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        for name, config in ENCODERS.items():
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+            tensors = {k: list(v.shape) for k, v in model.state_dict().items()}
+            write_json(folder / f"{name}.json", {"config": dict(config, architectures=[
+                "CLIPVisionModelWithProjection"]), "tensors": tensors, "optional": {}})
+        for name, (family, plus, encoder, width) in ADAPTERS.items():
+            unet_config = json.loads((out / family / "unet.json").read_text())["config"]
+            unet = UNet2DConditionModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
+            cross, vision = unet.config.cross_attention_dim, ENCODERS[encoder]
+            if plus:
+                projection = to_original(IPAdapterPlusImageProjection(
+                    embed_dims=vision["hidden_size"], output_dims=cross, hidden_dims=width, depth=4,
+                    dim_head=64, heads=width // 64, num_queries=16).state_dict())
+            else:
+                module = ImageProjection(image_embed_dim=vision["projection_dim"], cross_attention_dim=cross,
+                                         num_image_text_embeds=4)
+                projection = {k.replace("image_embeds", "proj"): v for k, v in module.state_dict().items()}
+            tensors = {f"image_proj.{k}": list(v.shape) for k, v in projection.items()}
+            key_id = 1
+            for processor in unet.attn_processors:
+                if processor.endswith("attn2.processor"):
+                    hidden = unet.get_submodule(processor.removesuffix(".processor")).to_q.out_features
+                    for part in ("to_k_ip", "to_v_ip"):
+                        tensors[f"ip_adapter.{key_id}.{part}.weight"] = [hidden, cross]
+                    key_id += 2
+            write_json(folder / f"{name}.json", {"family": family, "encoder": encoder,
+                                                 "tensors": dict(sorted(tensors.items())), "optional": {}})

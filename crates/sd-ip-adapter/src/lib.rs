@@ -84,12 +84,27 @@ impl IpAdapter {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
+        let shapes = tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+        let adapter = Self::uninitialised(path, &shapes, device, kind)?;
+        load::fill(&adapter.vs, tensors);
+        Ok(adapter)
+    }
+
+    /// The adapter a file of these tensor shapes (by name) makes, its
+    /// weights not set: a released file's layout checked from its names and
+    /// shapes alone (nothing is allocated for real).
+    pub fn uninitialised(
+        path: &Path,
+        shapes: &BTreeMap<String, Vec<i64>>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         let fail = |message: String| IpAdapterError::Adapter {
             path: path.to_path_buf(),
             message,
         };
-        let shape = load::shape(&tensors).map_err(fail)?;
-        let ids = load::layer_ids(&tensors).map_err(fail)?;
+        let shape = load::shape(shapes).map_err(fail)?;
+        let ids = load::layer_ids(shapes).map_err(fail)?;
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
@@ -103,7 +118,7 @@ impl IpAdapter {
                 Linear::new(&(&layer / "to_v_ip"), cross, *width, false),
             ));
         }
-        load::fill(&vs, tensors).map_err(fail)?;
+        load::check(&vs, shapes).map_err(fail)?;
         Ok(IpAdapter {
             path: path.to_path_buf(),
             shape,

@@ -10,17 +10,15 @@ use tch::{nn::VarStore, Tensor};
 
 use crate::projection::Shape;
 
-type Tensors = BTreeMap<String, Tensor>;
+/// A file's tensor shapes by name.
+pub(crate) type Shapes = BTreeMap<String, Vec<i64>>;
 
-fn dims(tensors: &Tensors, key: &str) -> Result<Vec<i64>, String> {
-    tensors
-        .get(key)
-        .map(Tensor::size)
-        .ok_or_else(|| format!("no {key}"))
+fn dims(tensors: &Shapes, key: &str) -> Result<Vec<i64>, String> {
+    tensors.get(key).cloned().ok_or_else(|| format!("no {key}"))
 }
 
 /// The projection's shapes; an adapter of another design is refused by name.
-pub(crate) fn shape(tensors: &Tensors) -> Result<Shape, String> {
+pub(crate) fn shape(tensors: &Shapes) -> Result<Shape, String> {
     let has = |key: &str| tensors.contains_key(key);
     let kinds = [
         ("image_proj.proj.3.weight", "IP-Adapter Full Face"),
@@ -53,7 +51,7 @@ pub(crate) fn shape(tensors: &Tensors) -> Result<Shape, String> {
     Err("no image_proj.proj.weight or image_proj.latents: not an IP-Adapter".into())
 }
 
-fn plus_shape(tensors: &Tensors) -> Result<Shape, String> {
+fn plus_shape(tensors: &Shapes) -> Result<Shape, String> {
     let latents = dims(tensors, "image_proj.latents")?;
     let [1, queries, hidden] = latents[..] else {
         return Err(format!(
@@ -77,9 +75,9 @@ fn plus_shape(tensors: &Tensors) -> Result<Shape, String> {
 
 /// The cross-attention layers' numbers in the file (1, 3, 5, ...), in
 /// order, each with its width (`to_k_ip`'s rows).
-pub(crate) fn layer_ids(tensors: &Tensors) -> Result<Vec<(i64, i64)>, String> {
+pub(crate) fn layer_ids(tensors: &Shapes) -> Result<Vec<(i64, i64)>, String> {
     let mut ids = Vec::new();
-    for (key, tensor) in tensors {
+    for (key, size) in tensors {
         let Some(id) = key.strip_prefix("ip_adapter.") else {
             continue;
         };
@@ -89,7 +87,7 @@ pub(crate) fn layer_ids(tensors: &Tensors) -> Result<Vec<(i64, i64)>, String> {
         let id: i64 = id
             .parse()
             .map_err(|_| format!("{key}: not a layer number"))?;
-        ids.push((id, tensor.size()[0]));
+        ids.push((id, size[0]));
     }
     if ids.is_empty() {
         return Err("no ip_adapter.N.to_k_ip.weight: not an IP-Adapter".into());
@@ -131,35 +129,55 @@ fn diffusers_names(key: &str) -> Vec<String> {
     with(&format!("layers.{i}.{renamed}"))
 }
 
-/// Copies the file's tensors into `vs`; every missing, unexpected or
-/// misshapen one is listed.
-pub(crate) fn fill(vs: &VarStore, tensors: Tensors) -> Result<(), String> {
+/// The file's shapes under diffusers' names (a fused `to_kv` as two).
+fn renamed(shapes: &Shapes) -> Shapes {
+    let mut out = Shapes::new();
+    for (key, size) in shapes {
+        let names = diffusers_names(key);
+        let mut part = size.clone();
+        if let Some(rows) = part.first_mut() {
+            *rows /= names.len() as i64;
+        }
+        out.extend(names.into_iter().map(|n| (n, part.clone())));
+    }
+    out
+}
+
+/// Whether the file's tensors (by shape) make exactly `vs`'s variables:
+/// every missing, unexpected or misshapen one listed.
+pub(crate) fn check(vs: &VarStore, shapes: &Shapes) -> Result<(), String> {
+    let mut available = renamed(shapes);
+    let mut report = LoadReport::default();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, var) in variables {
+        match available.remove(&name) {
+            None => report.missing.push(name),
+            Some(size) if size != var.size() => report.mismatched.push((name, var.size(), size)),
+            Some(_) => {}
+        }
+    }
+    report.unexpected = available.into_keys().collect();
+    match report == LoadReport::default() {
+        true => Ok(()),
+        false => Err(format!(
+            "its tensors do not make the adapter they name:\n{report}"
+        )),
+    }
+}
+
+/// Copies the file's tensors into `vs` (after [`check`]).
+pub(crate) fn fill(vs: &VarStore, tensors: BTreeMap<String, Tensor>) {
     let mut available: BTreeMap<String, Tensor> = BTreeMap::new();
     for (key, tensor) in tensors {
         let names = diffusers_names(&key);
         let parts = tensor.chunk(names.len() as i64, 0);
         available.extend(names.into_iter().zip(parts));
     }
-    let mut report = LoadReport::default();
     let _guard = tch::no_grad_guard();
     for (name, mut var) in vs.variables() {
-        let Some(source) = available.remove(&name) else {
-            report.missing.push(name);
-            continue;
-        };
-        if source.size() != var.size() {
-            report.mismatched.push((name, var.size(), source.size()));
-            continue;
+        if let Some(source) = available.get(&name) {
+            var.copy_(source);
         }
-        var.copy_(&source);
-    }
-    report.unexpected = available.into_keys().collect();
-    report.missing.sort();
-    report.mismatched.sort_by(|a, b| a.0.cmp(&b.0));
-    match report == LoadReport::default() {
-        true => Ok(()),
-        false => Err(format!(
-            "its tensors do not make the adapter they name:\n{report}"
-        )),
     }
 }
