@@ -3,7 +3,10 @@
 //!
 //! pipeline_timing (--model DIR | --random-sd15 DIR) [--device cpu] [--dtype f32] [--size 256]
 //!     [--steps 4] [--batch 1] [--runs 2] [--sampler NAME] [--cuda-graphs] [--low-memory]
-//!     [--vae-tiling] [--channels-last]
+//!     [--vae-tiling] [--channels-last] [--ip-adapter FILE --image-encoder DIR --ip-image PNG]
+//!
+//! With an IP-Adapter, `image_prompt_s` is the image encoding and projection
+//! alone (`encode_image_prompts`), and every run carries the image prompt.
 //!
 //! `unet_step_s` is the loop time over the number of loop iterations (UNet
 //! calls: PNDM makes steps + 1), as side_by_side.py counts for diffusers.
@@ -73,6 +76,14 @@ fn main() -> Result<()> {
         .vae_tiling(flag("--vae-tiling"))
         .channels_last(flag("--channels-last"))
         .build()?;
+    let mut pipeline = pipeline;
+    let ip_adapter = arg(&args, "--ip-adapter", "");
+    let mut prompts = Vec::new();
+    if !ip_adapter.is_empty() {
+        pipeline.load_ip_adapter(&ip_adapter, arg(&args, "--image-encoder", ""))?;
+        let image = image::open(arg(&args, "--ip-image", "")).context("--ip-image")?;
+        prompts.push(sd_pipeline::ImagePrompt::new(vec![image.to_rgb8()]));
+    }
     let load = started.elapsed().as_secs_f64();
     let cuda = match device {
         tch::Device::Cuda(i) => Some(i),
@@ -96,8 +107,15 @@ fn main() -> Result<()> {
         sync(device);
         let text = t0.elapsed().as_secs_f64();
         request.embeddings = Some(embeddings);
+        let t_image = Instant::now();
+        let cfg = (batch as i64, true);
+        drop(pipeline.encode_image_prompts(&prompts, cfg, device)?);
+        sync(device);
+        let image_prompt = t_image.elapsed().as_secs_f64();
+        request.image_prompts = prompts.clone();
         // 2. the loop (UNet + scheduler), then decode and RGB conversion
         let mut last = Instant::now();
+        let mut first: Option<Instant> = None;
         let mut calls = 0usize;
         let t1 = Instant::now();
         let scheduler = pipeline.scheduler_for(&request)?;
@@ -108,6 +126,7 @@ fn main() -> Result<()> {
                 sync(device);
             }
             last = Instant::now();
+            first.get_or_insert(last);
             calls += 1;
             ControlFlow::Continue(())
         })?;
@@ -115,7 +134,8 @@ fn main() -> Result<()> {
         let total = t1.elapsed().as_secs_f64();
         let denoise = (last - t1).as_secs_f64();
         results.push(serde_json::json!({
-            "text_encode_s": text, "denoise_s": denoise, "unet_step_s": denoise / calls.max(1) as f64, "unet_calls": calls,
+            "text_encode_s": text, "image_prompt_s": image_prompt, "denoise_s": denoise,
+            "step_after_first_s": first.map_or(0.0, |f| (last - f).as_secs_f64() / (calls.max(2) - 1) as f64), "unet_step_s": denoise / calls.max(1) as f64, "unet_calls": calls,
             "unet_execution": format!("{:?}", generation.unet_execution),
             "vae_decode_s": total - denoise, "end_to_end_s": total + text,
         }));

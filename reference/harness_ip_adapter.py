@@ -12,7 +12,8 @@ diffusers must give the modules they were made from (asserted).
 outputs/ip_adapter.safetensors: CLIPImageProcessor's pixels for two images (`pixels.*`),
 the encoder's `image_embeds` and penultimate hidden states (`embeds.*`, `penultimate.*`), and
 final latents of whole runs (64x64, 4 steps, seed 0): plain, Plus, a scale, two adapters,
-two images for one adapter, img2img, with a ControlNet, SDXL plain and Plus. Each run must
+two images for one adapter, img2img, with a ControlNet, SDXL plain and Plus, per-block
+scale dicts on SD1 and SDXL. Each run must
 move away from the same run at scale 0 (asserted). Random weights: the images are noise.
 """
 
@@ -169,6 +170,10 @@ def write_ip_adapter(fixtures: Path, outputs: Path) -> None:
         ("sd1.plain.controlnet", "sd1", ["sd1-plain"], [["init"]], [0.8], {"controlnet": "sd1-a"}),
         ("sdxl.plain", "sdxl", ["sdxl-plain"], [["init"]], [0.8], {}),
         ("sdxl.plus", "sdxl", ["sdxl-plus"], [["init-72x64"]], [0.8], {}),
+        # diffusers' per-block dicts (unnamed blocks at 0; InstantStyle's style-only on SDXL)
+        ("sd1.plain.blocks", "sd1", ["sd1-plain"], [["init"]],
+         [{"down": {"block_0": [0.0, 1.0]}, "mid": 0.5, "up": {"block_1": [1.0, 0.0, 0.7]}}], {}),
+        ("sdxl.plain.style", "sdxl", ["sdxl-plain"], [["init"]], [{"up": {"block_0": [0.0, 1.0]}}], {}),
     ]
     control = Image.open(fixtures / "controlnet" / "control-a.png")
     for key, family, used, image_names, scales, extra in cases:

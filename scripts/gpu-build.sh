@@ -30,4 +30,6 @@ cp -r $F/sd3/pipeline $G/sd3/
 cp -r $F/flux/pipeline-schnell $G/flux/
 cp $F/gguf/tiny-sd1.gguf $G/gguf/
 cp $F/upscale/esrgan-x4.pth $F/upscale/compact-x4.safetensors $G/upscale/
+mkdir -p $G/ip-adapter && cp -r $F/ip-adapter/image_encoder $F/ip-adapter/sd1-plain.safetensors \
+  $F/ip-adapter/sd1-plus.safetensors $G/ip-adapter/
 du -sh .gpu

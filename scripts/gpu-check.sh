@@ -29,6 +29,18 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u
 
+P="a large blue triangle on a white background"
+same_on_cuda() {  # name, then sd's arguments with {out} where the image goes
+  local name=$1 dev ok=1; shift
+  for dev in cpu cuda; do
+    timeout 60 $B/sd "${@//\{out\}/$W/$name-$dev.png}" --device $dev >"$W/$name-$dev.log" 2>&1 || ok=0
+  done
+  if [ $ok = 1 ]; then python3 scripts/lib/png_diff.py "$name" "$W/$name-cpu.png" "$W/$name-cuda.png"
+  else echo "FAILED: $name"; tail -n 3 "$W/$name-"*.log; fi
+}
+T=(--prompt "$P" --steps 4 --seed 0 --out {out})
+S=(--width 64 --height 64)
+
 core() {
 echo "== sd doctor"
 $B/sd doctor --device cuda
@@ -36,7 +48,6 @@ echo "== sd-core CUDA unit tests (graph capture/replay, peak-memory counters)"
 $B/sd_core_tests cuda --test-threads 1
 
 echo "== shapes model: eager and CUDA-graph runs give the same image (within a level)"
-P="a large blue triangle on a white background"
 $B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --out "$W/eager.png"
 $B/sd txt2img --prompt "$P" --steps 20 --seed 0 --device cuda --cuda-graphs --out "$W/graphs.png"
 # Not byte for byte: kernels chosen under capture round differently (1 level at most on an H200).
@@ -53,16 +64,6 @@ $B/sd inpaint --model $F/tiny-sd1 --prompt x --steps 4 --seed 0 --device cuda --
 
 tiny() {
 echo "== tiny models of every family: the same run on the GPU and on the CPU (f32)"
-same_on_cuda() {  # name, then sd's arguments with {out} where the image goes
-  local name=$1 dev ok=1; shift
-  for dev in cpu cuda; do
-    timeout 60 $B/sd "${@//\{out\}/$W/$name-$dev.png}" --device $dev >"$W/$name-$dev.log" 2>&1 || ok=0
-  done
-  if [ $ok = 1 ]; then python3 scripts/lib/png_diff.py "$name" "$W/$name-cpu.png" "$W/$name-cuda.png"
-  else echo "FAILED: $name"; tail -n 3 "$W/$name-"*.log; fi
-}
-T=(--prompt "$P" --steps 4 --seed 0 --out {out})
-S=(--width 64 --height 64)
 same_on_cuda sd1 txt2img --model $F/tiny-sd1 "${T[@]}" "${S[@]}"
 same_on_cuda sd3 txt2img --model $F/sd3/pipeline "${T[@]}" --width 32 --height 32
 same_on_cuda flux-schnell txt2img --model $F/flux/pipeline-schnell "${T[@]}" "${S[@]}"
@@ -70,6 +71,14 @@ same_on_cuda gguf-sd1 txt2img --model $F/gguf/tiny-sd1.gguf --config-dir $F/tiny
 same_on_cuda gguf-sd1-f16 txt2img --model $F/gguf/tiny-sd1.gguf --config-dir $F/tiny-sd1 "${T[@]}" "${S[@]}" --dtype f16
 same_on_cuda esrgan-pth upscale $I/init.png {out} --model $F/upscale/esrgan-x4.pth
 same_on_cuda compact upscale $I/init.png {out} --model $F/upscale/compact-x4.safetensors
+}
+
+ip() {
+echo "== IP-Adapter (plain and Plus together) on the GPU against the CPU, tiny SD1"
+local A=$F/ip-adapter
+same_on_cuda ip-adapter txt2img --model $F/tiny-sd1 "${T[@]}" "${S[@]}" \
+  --ip-adapter $A/sd1-plain.safetensors:0.6 --ip-image $I/init.png \
+  --ip-adapter $A/sd1-plus.safetensors:0.9 --ip-image $I/control-a-72x64.png --image-encoder $A/image_encoder
 }
 
 timings() {
@@ -116,6 +125,6 @@ for dtype in f16 f32; do
 done
 }
 
-# Sections by name (`SECTIONS="core upscale" bash scripts/gpu-check.sh`), else all of them.
-for section in ${SECTIONS:-core tiny timings side upscale}; do "$section"; done
+# Sections by name (`SECTIONS="core ip" bash scripts/gpu-check.sh`), else all of them.
+for section in ${SECTIONS:-core tiny ip timings side upscale}; do "$section"; done
 date -u

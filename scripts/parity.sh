@@ -30,6 +30,7 @@ SUITES=(
   "sd-clip tokenizer_parity"
   "sd-clip encoder_parity"
   "sd-clip conditioning"
+  "sd-clip vision"
   "sd-t5 parity"
   "sd-unet parity"
   "sd-mmdit parity"
@@ -45,6 +46,7 @@ SUITES=(
   "sd-pipeline sd3_single_file"
   "sd-pipeline flux_lora"
   "sd-pipeline hires"
+  "sd-pipeline ip_adapter"
   "sd-upscale parity"
   "sd-train trained_model"
 )

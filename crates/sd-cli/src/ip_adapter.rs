@@ -22,6 +22,12 @@ pub struct IpAdapterOptions {
     /// Once for every adapter, or once per adapter in their order.
     #[arg(long = "image-encoder", value_name = "DIR")]
     pub encoders: Vec<PathBuf>,
+    /// Per-block scales of each --ip-adapter in order, as diffusers'
+    /// set_ip_adapter_scale dict: '{"up": {"block_0": [0.0, 1.0, 0.0]}}'
+    /// (InstantStyle's style-only on SDXL); unnamed blocks at 0. Replaces
+    /// the adapter's :SCALE.
+    #[arg(long = "ip-blocks", value_name = "JSON")]
+    pub blocks: Vec<String>,
 }
 
 /// What the options ask for: (adapter, encoder) pairs to load, and the
@@ -45,6 +51,9 @@ impl IpAdapterOptions {
         if n == 0 && encoders > 0 {
             bail!("--image-encoder applies to IP-Adapters: give --ip-adapter");
         }
+        if !self.blocks.is_empty() && self.blocks.len() != n {
+            bail!("--ip-blocks given {} times for {n} IP-Adapters: give it once per adapter, in order", self.blocks.len());
+        }
         let mut parsed = Parsed {
             adapters: Vec::new(),
             prompts: Vec::new(),
@@ -64,10 +73,21 @@ impl IpAdapterOptions {
                 })
                 .collect::<Result<Vec<_>>>()?;
             parsed.adapters.push((path, encoder));
-            parsed
-                .prompts
-                .push(ImagePrompt::new(images).with_scale(scale));
+            let prompt = ImagePrompt::new(images).with_scale(scale);
+            let prompt = match self.blocks.get(i) {
+                Some(json) => prompt.with_block_scales(block_scales(json)?),
+                None => prompt,
+            };
+            parsed.prompts.push(prompt);
         }
         Ok(parsed)
     }
+}
+
+/// `--ip-blocks`' JSON as per-block scales.
+fn block_scales(json: &str) -> Result<sd_pipeline::BlockScales> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("--ip-blocks {json}: not JSON"))?;
+    sd_pipeline::BlockScales::from_json(&value)
+        .map_err(|e| anyhow::anyhow!("--ip-blocks {json}: {e}"))
 }

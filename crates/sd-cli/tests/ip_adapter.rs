@@ -52,6 +52,46 @@ fn two_adapters_match_diffusers() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--ip-blocks` takes diffusers' per-block dict.
+#[test]
+fn per_block_scales_match_diffusers() {
+    let dir = common::scratch("ip-adapter", "blocks");
+    let out = dir.join("blocks.png");
+    let (plain, init) = (
+        path("ip-adapter/sd1-plain.safetensors"),
+        path("images/init.png"),
+    );
+    let encoder = path("ip-adapter/image_encoder");
+    let blocks =
+        r#"{"down": {"block_0": [0.0, 1.0]}, "mid": 0.5, "up": {"block_1": [1.0, 0.0, 0.7]}}"#;
+    let args = [
+        "--ip-adapter",
+        &plain,
+        "--ip-image",
+        &init,
+        "--image-encoder",
+        &encoder,
+        "--ip-blocks",
+        blocks,
+    ];
+    let run = common::txt2img(PROMPT, &args, &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let saved = read_tensors(out.with_extension("safetensors")).unwrap();
+    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
+    let expected = take(&reference, "sd1.plain.blocks").unwrap();
+    assert_matches(
+        "cli sd1.plain.blocks",
+        &take(&saved, "latents").unwrap(),
+        &expected,
+        4,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bad_ip_adapter_options_name_the_option_and_write_nothing() {
     let dir = common::scratch("ip-adapter", "bad");

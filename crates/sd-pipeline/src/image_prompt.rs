@@ -19,6 +19,7 @@ use tch::{Device, Tensor};
 
 use crate::error::{PipelineError, Result};
 use crate::front::Field;
+pub use crate::ip_scale::{BlockScales, IpScale};
 use crate::pipeline::StableDiffusion;
 
 /// What a request gives one loaded IP-Adapter: its reference image(s)
@@ -29,19 +30,28 @@ pub struct ImagePrompt {
     /// One or more images.
     pub images: Vec<RgbImage>,
     /// How strongly the adapter's attention is added (diffusers'
-    /// `set_ip_adapter_scale`; 0 turns it off).
-    pub scale: f64,
+    /// `set_ip_adapter_scale`: a number, or per block).
+    pub scale: IpScale,
 }
 
 impl ImagePrompt {
     /// `images` at scale 1.0.
     pub fn new(images: Vec<RgbImage>) -> Self {
-        ImagePrompt { images, scale: 1.0 }
+        ImagePrompt {
+            images,
+            scale: IpScale::Uniform(1.0),
+        }
     }
 
     /// The same at another scale.
     pub fn with_scale(mut self, scale: f64) -> Self {
-        self.scale = scale;
+        self.scale = IpScale::Uniform(scale);
+        self
+    }
+
+    /// The same with per-block scales (diffusers' dict).
+    pub fn with_block_scales(mut self, blocks: BlockScales) -> Self {
+        self.scale = IpScale::Blocks(blocks);
         self
     }
 
@@ -54,9 +64,11 @@ impl ImagePrompt {
                 "an image prompt without an image",
             ));
         }
-        if !self.scale.is_finite() {
-            let message = format!("scale {} is not a number", self.scale);
-            return Err(PipelineError::request(Field::IpAdapter, message));
+        if let IpScale::Uniform(scale) = self.scale {
+            if !scale.is_finite() {
+                let message = format!("scale {scale} is not a number");
+                return Err(PipelineError::request(Field::IpAdapter, message));
+            }
         }
         Ok(())
     }
@@ -138,10 +150,11 @@ impl StableDiffusion {
         adapters.map(|a| a.adapter.path()).collect()
     }
 
-    /// The request's image prompts as each cross-attention layer's tokens,
-    /// for a UNet batch of `batch` images, doubled under CFG (negative
-    /// half first), on `device`; none without image prompts.
-    pub(crate) fn image_tokens(
+    /// Image prompts as each cross-attention layer's keys and values, for a
+    /// UNet batch of `batch` images, doubled under CFG (negative half
+    /// first), on `device`; none without prompts. A run does this once
+    /// before its first step; public to time it on its own.
+    pub fn encode_image_prompts(
         &self,
         prompts: &[ImagePrompt],
         (batch, cfg): (i64, bool),
@@ -164,7 +177,9 @@ impl StableDiffusion {
         let mut layers: Vec<Vec<sd_unet::ExtraTokens>> = Vec::new();
         for (prompt, loaded) in prompts.iter().zip(loaded) {
             let tokens = self.adapter_tokens(prompt, loaded, (batch, cfg))?;
-            let scale = |_: usize| prompt.scale;
+            let layers_of_unet = self.unet().map(|u| u.cross_attention_layers());
+            let scales = prompt.scale.per_layer(layers_of_unet.unwrap_or_default())?;
+            let scale = |i: usize| scales.get(i).copied().unwrap_or(0.0);
             let per_layer = loaded.adapter.layer_tokens(&tokens, &scale);
             layers.resize_with(per_layer.len(), Vec::new);
             for (layer, mut extra) in layers.iter_mut().zip(per_layer) {

@@ -41,6 +41,7 @@ mod graph;
 pub mod hub;
 mod image_prompt;
 pub mod images;
+mod ip_scale;
 pub mod model;
 mod noise;
 pub mod parameters;
@@ -67,7 +68,7 @@ pub use generate::{
     PromptEmbeddings, Request, Seed, SkipLayerGuidance, StepCallback, StepInfo, Task,
 };
 pub use graph::UNetExecution;
-pub use image_prompt::ImagePrompt;
+pub use image_prompt::{BlockScales, ImagePrompt, IpScale};
 pub use model::{ModelFamily, ModelIndex};
 pub use parameters::GenerationParameters;
 pub use pipeline::{ModelDefaults, StableDiffusion};

@@ -1,6 +1,7 @@
 //! IP-Adapters against diffusers' `load_ip_adapter` (reference/harness_ip_adapter.py):
 //! tiny random plain and Plus adapters on the tiny SD1 and SDXL models, one
-//! or two adapters, one or two images, a scale, img2img and a ControlNet;
+//! or two adapters, one or two images, a scale, per-block scale dicts,
+//! img2img and a ControlNet;
 //! final latents within the error model (exact with `SD_PARITY=exact`).
 //! Adapters for another model, or an encoder of the wrong width, are refused
 //! at load in one line; the `.bin` file gives the `.safetensors` weights.
@@ -8,7 +9,7 @@
 use std::path::PathBuf;
 
 use image::RgbImage;
-use sd_pipeline::{Control, ImagePrompt, Request, StableDiffusion};
+use sd_pipeline::{BlockScales, Control, ImagePrompt, Request, StableDiffusion};
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use serde_json::Value;
 
@@ -34,8 +35,11 @@ fn request(run: &Value) -> Request {
     for (names, scale) in images.iter().zip(scales) {
         let names = names.as_array().unwrap();
         let images = names.iter().map(|n| png(n.as_str().unwrap())).collect();
-        r.image_prompts
-            .push(ImagePrompt::new(images).with_scale(scale.as_f64().unwrap()));
+        let prompt = ImagePrompt::new(images);
+        r.image_prompts.push(match scale.as_f64() {
+            Some(scale) => prompt.with_scale(scale),
+            None => prompt.with_block_scales(BlockScales::from_json(scale).unwrap()),
+        });
     }
     match run["strength"].as_f64() {
         Some(strength) => r.image_to_image(png("init"), strength),
@@ -134,4 +138,31 @@ fn a_wrong_adapter_or_encoder_is_refused_in_one_line() {
             .contains("ip_adapter: 2 image prompts for 1 loaded IP-Adapters"),
         "{e}"
     );
+    // per-block scales naming a block without attentions, or miscounting
+    for (blocks, message) in [
+        (
+            r#"{"down": {"block_1": 1.0}}"#,
+            "scale down.block_1: that block has no attentions",
+        ),
+        (
+            r#"{"up": {"block_1": [1.0, 0.0]}}"#,
+            "scale up.block_1: 2 values for 3 attentions",
+        ),
+        (
+            r#"{"sideways": 1.0}"#,
+            "scale: 'sideways' is not down, mid or up",
+        ),
+    ] {
+        let value = serde_json::from_str(blocks).unwrap();
+        let prompt = BlockScales::from_json(&value)
+            .map(|b| ImagePrompt::new(vec![png("init")]).with_block_scales(b));
+        let outcome = prompt.and_then(|p| {
+            request.image_prompts = vec![p];
+            pipeline.generate(&request).map(|_| ())
+        });
+        let Err(e) = outcome else {
+            panic!("{blocks} ran")
+        };
+        assert!(e.to_string().contains(message), "{blocks}: {e}");
+    }
 }

@@ -88,13 +88,14 @@ pub struct GenerateRequest {
 pub struct IpAdapterPrompt {
     /// Its reference image(s), base64 (data URLs allowed).
     pub images: Vec<String>,
-    /// The adapter's scale (default 1.0; 0 turns it off).
+    /// The adapter's scale: a number (default 1.0; 0 turns it off) or
+    /// diffusers' per-block dict (`{"up": {"block_0": [0.0, 1.0, 0.0]}}`).
     #[serde(default = "one")]
-    pub scale: f64,
+    pub scale: serde_json::Value,
 }
 
-fn one() -> f64 {
-    1.0
+fn one() -> serde_json::Value {
+    1.0.into()
 }
 
 impl Default for GenerateRequest {
@@ -272,7 +273,11 @@ impl GenerateRequest {
             let images = images
                 .map(|i| Ok(i?.to_rgb8()))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(crate::ImagePrompt::new(images).with_scale(p.scale))
+            let prompt = crate::ImagePrompt::new(images);
+            Ok(match p.scale.as_f64() {
+                Some(scale) => prompt.with_scale(scale),
+                None => prompt.with_block_scales(crate::BlockScales::from_json(&p.scale)?),
+            })
         };
         self.ip_adapter.iter().map(prompt).collect()
     }

@@ -137,7 +137,7 @@ impl StableDiffusion {
         };
         let images = (shape.n as i64, shape.cfg);
         let image_tokens =
-            self.image_tokens(&request.image_prompts, images, self.devices().unet)?;
+            self.encode_image_prompts(&request.image_prompts, images, self.devices().unet)?;
         // 4. denoising loop
         let loop_inputs = LoopInputs {
             denoiser: &denoiser,
