@@ -42,13 +42,9 @@ def sd_pipelines(folder: Path):
     return pipe, img2img
 
 
-def write_hires(fixtures: Path, outputs: Path) -> None:
-    import numpy as np
-    from PIL import Image
-    from spandrel import ModelLoader
-
-    pipe, img2img = sd_pipelines(fixtures / "tiny-sd1")
-
+def passes(pipe, img2img):
+    """The first pass (32x32, its latents or its image) and the second (the enlarged
+    latents or image at STRENGTH), each with the run's seed."""
     def first(output_type):
         return pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
                     output_type=output_type, **RUN).images
@@ -56,6 +52,17 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
     def second(image):
         return img2img(PROMPT, image=image, strength=STRENGTH, generator=torch.Generator().manual_seed(SEED),
                        output_type="latent", **RUN).images
+
+    return first, second
+
+
+def write_hires(fixtures: Path, outputs: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from spandrel import ModelLoader
+
+    pipe, img2img = sd_pipelines(fixtures / "tiny-sd1")
+    first, second = passes(pipe, img2img)
 
     tensors = {}
     latents = first("latent")
@@ -84,12 +91,10 @@ def write_hires(fixtures: Path, outputs: Path) -> None:
     tensors.update(sdxl_hires(fixtures))
     # SD2 (v-prediction): "Latent" only; its second pass is SD1's code with SD2's model
     pipe, img2img = sd_pipelines(fixtures / "tiny-sd2")
-    latents = pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
-                   output_type="latent", **RUN).images
-    latents = torch.nn.functional.interpolate(latents, size=(64 // pipe.vae_scale_factor,) * 2,
+    first, second = passes(pipe, img2img)
+    latents = torch.nn.functional.interpolate(first("latent"), size=(64 // pipe.vae_scale_factor,) * 2,
                                               **LATENT_MODES["latent"])
-    tensors["sd2-latent"] = img2img(PROMPT, image=latents, strength=STRENGTH, output_type="latent",
-                                    generator=torch.Generator().manual_seed(SEED), **RUN).images
+    tensors["sd2-latent"] = second(latents)
     save_file({k: v.contiguous() for k, v in tensors.items()}, outputs / "hires.safetensors")
     # each key's model evaluations (two passes of 4 steps at most), for the error model
     runs = [{"key": key, "steps": 8, "dtype": "f32"} for key in tensors if not key.startswith("pil.")]
@@ -106,15 +111,7 @@ def sdxl_hires(fixtures: Path) -> dict[str, torch.Tensor]:
     pipe.set_progress_bar_config(disable=True)
     img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
-
-    def first(output_type):
-        return pipe(PROMPT, height=32, width=32, generator=torch.Generator().manual_seed(SEED),
-                    output_type=output_type, **RUN).images
-
-    def second(image):
-        return img2img(PROMPT, image=image, strength=STRENGTH, generator=torch.Generator().manual_seed(SEED),
-                       output_type="latent", **RUN).images
-
+    first, second = passes(pipe, img2img)
     size = (64 // pipe.vae_scale_factor,) * 2
     latents = torch.nn.functional.interpolate(first("latent"), size=size, **LATENT_MODES["latent"])
     [image] = first("pil")

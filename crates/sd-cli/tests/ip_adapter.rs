@@ -14,10 +14,26 @@ fn path(rel: &str) -> String {
     fixtures().join(rel).display().to_string()
 }
 
+/// `sd txt2img` on the tiny SD1 with `args`: its saved latents against the
+/// reference's `key`.
+fn assert_cli_matches(name: &str, args: &[&str], key: &str) {
+    let dir = common::scratch("ip-adapter", name);
+    let out = dir.join("ip.png");
+    let run = common::txt2img(PROMPT, args, &out);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let saved = read_tensors(out.with_extension("safetensors")).unwrap();
+    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
+    let (latents, expected) = (
+        take(&saved, "latents").unwrap(),
+        take(&reference, key).unwrap(),
+    );
+    assert_matches(&format!("cli {key}"), &latents, &expected, 4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn two_adapters_match_diffusers() {
-    let dir = common::scratch("ip-adapter", "match");
-    let out = dir.join("ip.png");
     let plain = format!("{}:0.6", path("ip-adapter/sd1-plain.safetensors"));
     let plus = format!("{}:0.9", path("ip-adapter/sd1-plus.safetensors"));
     let (init, control) = (path("images/init.png"), path("images/control-a-72x64.png"));
@@ -34,29 +50,12 @@ fn two_adapters_match_diffusers() {
         "--image-encoder",
         &encoder,
     ];
-    let run = common::txt2img(PROMPT, &args, &out);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let saved = read_tensors(out.with_extension("safetensors")).unwrap();
-    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
-    let expected = take(&reference, "sd1.two").unwrap();
-    assert_matches(
-        "cli sd1.two",
-        &take(&saved, "latents").unwrap(),
-        &expected,
-        4,
-    );
-    std::fs::remove_dir_all(&dir).ok();
+    assert_cli_matches("match", &args, "sd1.two");
 }
 
 /// `--ip-blocks` takes diffusers' per-block dict.
 #[test]
 fn per_block_scales_match_diffusers() {
-    let dir = common::scratch("ip-adapter", "blocks");
-    let out = dir.join("blocks.png");
     let (plain, init) = (
         path("ip-adapter/sd1-plain.safetensors"),
         path("images/init.png"),
@@ -74,22 +73,7 @@ fn per_block_scales_match_diffusers() {
         "--ip-blocks",
         blocks,
     ];
-    let run = common::txt2img(PROMPT, &args, &out);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let saved = read_tensors(out.with_extension("safetensors")).unwrap();
-    let reference = read_tensors(fixtures().join("outputs/ip_adapter.safetensors")).unwrap();
-    let expected = take(&reference, "sd1.plain.blocks").unwrap();
-    assert_matches(
-        "cli sd1.plain.blocks",
-        &take(&saved, "latents").unwrap(),
-        &expected,
-        4,
-    );
-    std::fs::remove_dir_all(&dir).ok();
+    assert_cli_matches("blocks", &args, "sd1.plain.blocks");
 }
 
 #[test]

@@ -10,18 +10,17 @@ use sd_core::DiffusersModel;
 use sd_testkit::parity::{assert_matches, read_tensors, reference_dir, take};
 use tch::{Device, Kind};
 
+fn encoder() -> ClipVisionModel {
+    let folder = reference_dir().join("fixtures/ip-adapter/image_encoder");
+    ClipVisionModel::from_folder(folder, Device::Cpu, Kind::Float, None).unwrap()
+}
+
 #[test]
 fn pixels_and_embeddings_match_transformers() {
     tch::set_num_threads(1);
     let fixtures = reference_dir().join("fixtures");
     let reference = read_tensors(fixtures.join("outputs/ip_adapter.safetensors")).unwrap();
-    let encoder = ClipVisionModel::from_folder(
-        fixtures.join("ip-adapter/image_encoder"),
-        Device::Cpu,
-        Kind::Float,
-        None,
-    )
-    .unwrap();
+    let encoder = encoder();
     let _guard = tch::no_grad_guard();
     for name in ["init", "init-72x64", "control-a-72x64"] {
         let image = image::open(fixtures.join(format!("images/{name}.png")))
@@ -50,15 +49,7 @@ fn pixels_and_embeddings_match_transformers() {
 
 #[test]
 fn a_wrong_input_size_is_refused_in_one_line() {
-    let fixtures = reference_dir().join("fixtures");
-    let encoder = ClipVisionModel::from_folder(
-        fixtures.join("ip-adapter/image_encoder"),
-        Device::Cpu,
-        Kind::Float,
-        None,
-    )
-    .unwrap();
-    let error = encoder
+    let error = encoder()
         .forward(&tch::Tensor::zeros(
             [1, 3, 64, 64],
             (Kind::Float, Device::Cpu),
