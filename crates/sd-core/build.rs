@@ -1,7 +1,8 @@
 //! Links libtorch for this package's tests, and compiles csrc/generator.cpp
 //! (a per-run CPU generator object, which tch does not expose) and
 //! csrc/transfer.cpp (host-to-GPU copies without a host wait) and csrc/mapped.cpp
-//! (tensors over a weight file's mapping that keep it alive) against it.
+//! (tensors over a weight file's mapping that keep it alive) and csrc/aoti.cpp
+//! (AOTInductor packages through libtorch's loader) against it.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/generator.cpp");
     println!("cargo:rerun-if-changed=csrc/transfer.cpp");
     println!("cargo:rerun-if-changed=csrc/mapped.cpp");
+    println!("cargo:rerun-if-changed=csrc/aoti.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -28,6 +30,7 @@ fn main() {
         .file("csrc/generator.cpp")
         .file("csrc/transfer.cpp")
         .file("csrc/mapped.cpp")
+        .file("csrc/aoti.cpp")
         .compile("sd_core_generator");
     cuda_graphs(&include);
 }

@@ -7,7 +7,8 @@
 //!
 //! 1. an rpath to libtorch's `lib/` folder, so they run with no
 //!    `LD_LIBRARY_PATH` exported by hand;
-//! 2. `libtorch_cuda.so` linked past the linker's `--as-needed`. Nothing in
+//! 2. `libtorch.so` (AOTInductor packages need it loaded) and
+//!    `libtorch_cuda.so` linked past the linker's `--as-needed`. Nothing in
 //!    the Rust code references a symbol of it, so the linker would drop it and
 //!    CUDA would then be silently unavailable at run time.
 //!
@@ -47,9 +48,14 @@ pub fn link_libtorch() {
     if let Ok(dir) = cudart.canonicalize() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     }
+    // libtorch.so too, though nothing names its symbols: AOTInductor packages
+    // (sd_core::ffi::aoti) are shared objects that need it, and a dlopen'd
+    // object's needs are not searched on the executable's rpath (RUNPATH),
+    // only matched against what the process has loaded.
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    println!("cargo:rustc-link-arg=-ltorch");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    println!("cargo:rustc-link-arg=-Wl,--as-needed");
 }

@@ -1,4 +1,4 @@
-//! The Rust sides of the five small C++ shims in `csrc/` (what `tch` does not
+//! The Rust sides of the six small C++ shims in `csrc/` (what `tch` does not
 //! expose), compiled by build.rs against the wheel's libtorch headers:
 //!
 //! - [`generator`]: per-run CPU generators (`torch.Generator("cpu")` streams).
@@ -6,11 +6,13 @@
 //! - [`mapped`]: CPU tensors over a weight file's mapping, which they keep alive.
 //! - [`cuda_graph`]: CUDA graph capture and replay.
 //! - [`cuda_memory`]: the CUDA caching allocator's peak statistics.
+//! - [`aoti`]: models compiled ahead of time by torch's compiler (`.pt2` packages).
 //!
 //! The two CUDA shims are built only where the wheel has CUDA and its headers
 //! (`cfg(sd_cuda_graphs)`); elsewhere their functions report that.
 //! With the `doc-only` feature nothing is compiled or linked.
 
+pub mod aoti;
 pub mod cuda_graph;
 pub mod cuda_memory;
 pub mod generator;

@@ -1,0 +1,139 @@
+//! The Rust side of csrc/aoti.cpp: [`CompiledPackage`], a model compiled ahead
+//! of time by torch's compiler (AOTInductor's `.pt2` package, made by
+//! `torch._inductor.aoti_compile_and_package`), loaded and run by libtorch's
+//! own `AOTIModelPackageLoader`: Inductor's fused kernels without Python.
+//!
+//! A package holds machine code for the CPU (instruction set included) or
+//! the GPU it was compiled on, and a graph of fixed shapes; which package
+//! fits which run is the caller's to decide from [`metadata`].
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_void, CString};
+use std::path::Path;
+
+use tch::{Device, Tensor};
+
+use crate::error::{CoreError, Result};
+use crate::ffi::shim_error;
+
+extern "C" {
+    fn sd_aoti_load(path: *const c_char, device_index: i32, error: *mut *mut c_char)
+        -> *mut c_void;
+    fn sd_aoti_free(loader: *mut c_void);
+    fn sd_aoti_metadata(path: *const c_char, error: *mut *mut c_char) -> *mut c_char;
+    fn sd_aoti_run(
+        loader: *mut c_void,
+        inputs: *const *mut torch_sys::C_tensor,
+        count: usize,
+        outputs: *mut *mut torch_sys::C_tensor,
+        capacity: usize,
+        error: *mut *mut c_char,
+    ) -> i64;
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.to_string_lossy().as_bytes()).map_err(|_| {
+        CoreError::invalid(
+            "compiled package",
+            format!("{}: a NUL in the path", path.display()),
+        )
+    })
+}
+
+/// The metadata a package carries (`key=value` pairs its compiler and the
+/// caller of `aoti_compile_and_package` wrote), read without loading code.
+pub fn metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let c = c_path(path)?;
+    let mut error = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path; the shim returns a strdup'd text or null
+    // with an error message.
+    let text = unsafe { sd_aoti_metadata(c.as_ptr(), &mut error) };
+    if text.is_null() {
+        return Err(shim_error(
+            &format!("compiled package {}", path.display()),
+            error,
+        ));
+    }
+    // SAFETY: a NUL-terminated copy made by strdup, freed here.
+    let lines = unsafe { std::ffi::CStr::from_ptr(text) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: allocated with malloc by strdup, freed only here.
+    unsafe { libc::free(text.cast()) };
+    Ok(lines
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// A loaded package.
+#[derive(Debug)]
+pub struct CompiledPackage {
+    loader: *mut c_void,
+}
+
+impl CompiledPackage {
+    /// Loads the package at `path` for `device` (its compiled code is
+    /// extracted and opened here: a package for another machine fails now,
+    /// or, compiled for another CPU's instructions, may fail when run).
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let c = c_path(path)?;
+        let index = match device {
+            Device::Cuda(i) => i as i32,
+            _ => -1,
+        };
+        let mut error = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path; the shim returns a new loader or null
+        // with an error message.
+        let loader = unsafe { sd_aoti_load(c.as_ptr(), index, &mut error) };
+        if loader.is_null() {
+            return Err(shim_error(
+                &format!("compiled package {}", path.display()),
+                error,
+            ));
+        }
+        Ok(CompiledPackage { loader })
+    }
+
+    /// Runs the package's graph on `inputs` (in its call order), giving its
+    /// outputs.
+    pub fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        const CAPACITY: usize = 16;
+        let pointers: Vec<*mut torch_sys::C_tensor> =
+            inputs.iter().map(|t| t.as_ptr() as *mut _).collect();
+        let mut outputs = [std::ptr::null_mut(); CAPACITY];
+        let mut error = std::ptr::null_mut();
+        // SAFETY: `loader` is live (freed only in Drop); the inputs are live
+        // tch tensors for the call; the shim writes at most CAPACITY new
+        // tensors and returns their count, or -1 with an error message.
+        let count = unsafe {
+            sd_aoti_run(
+                self.loader,
+                pointers.as_ptr(),
+                pointers.len(),
+                outputs.as_mut_ptr(),
+                CAPACITY,
+                &mut error,
+            )
+        };
+        if count < 0 {
+            return Err(shim_error("compiled package run", error));
+        }
+        // SAFETY: each of the first `count` pointers is a new at::Tensor the
+        // shim handed over; from_ptr takes ownership.
+        Ok(outputs[..count as usize]
+            .iter()
+            .map(|&p| unsafe { Tensor::from_ptr(p) })
+            .collect())
+    }
+}
+
+impl Drop for CompiledPackage {
+    fn drop(&mut self) {
+        // SAFETY: made by sd_aoti_load, freed once.
+        unsafe { sd_aoti_free(self.loader) };
+    }
+}
