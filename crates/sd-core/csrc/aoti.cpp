@@ -1,7 +1,9 @@
 // Packages compiled ahead of time by torch's compiler (AOTInductor's `.pt2`,
 // `torch._inductor.aoti_compile_and_package`), loaded and run through
 // libtorch's own loader: the fused kernels of `torch.compile`, without Python.
+#include <ATen/Version.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/version.h>
 
 #include <cstring>
 #include <exception>
@@ -19,6 +21,11 @@ char* lines(const std::unordered_map<std::string, std::string>& map) {
 }  // namespace
 
 extern "C" {
+
+// The linked libtorch's version and the CPU kernels' instruction set as ATen
+// picks them ("AVX512", "AVX2", "DEFAULT"): what a package is compiled for.
+char* sd_aoti_torch_version() { return strdup(TORCH_VERSION); }
+char* sd_aoti_cpu_capability() { return strdup(at::get_cpu_capability().c_str()); }
 
 void* sd_aoti_load(const char* path, int device_index, char** error) {
   try {

@@ -74,7 +74,8 @@ fn a_compiled_package_runs_as_torch_eager() {
         Some("test-block"),
         "{meta:?}"
     );
-    let compiled = CompiledPackage::load(&dir.join("block.pt2"), Device::Cpu).unwrap();
+    // SAFETY: compiled just now by this machine's torch
+    let compiled = unsafe { CompiledPackage::load(&dir.join("block.pt2"), Device::Cpu) }.unwrap();
     let reference = read_tensors(dir.join("block.safetensors")).unwrap();
     let t = |k: &str| take(&reference, k).unwrap();
     let outputs = compiled.run(&[&t("x"), &t("t")]).unwrap();
@@ -94,9 +95,9 @@ fn a_compiled_package_runs_as_torch_eager() {
 #[test]
 fn a_missing_package_is_refused_naming_it() {
     let missing = Path::new("/nonexistent/unet.pt2");
-    let error = CompiledPackage::load(missing, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    // SAFETY: there is no file to run
+    let loaded = unsafe { CompiledPackage::load(missing, Device::Cpu) };
+    let error = loaded.unwrap_err().to_string();
     assert!(error.contains("/nonexistent/unet.pt2"), "{error}");
     let error = metadata(missing).unwrap_err().to_string();
     assert!(error.contains("/nonexistent/unet.pt2"), "{error}");

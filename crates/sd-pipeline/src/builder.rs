@@ -317,6 +317,7 @@ impl StableDiffusionBuilder {
             adapters: Adapters::default(),
             controlnets: ControlNets::default(),
             ip_adapters: Default::default(),
+            compiled: None,
             tiny_vae: TinyVae::default(),
         };
         if let Some((dir, usage)) = &self.tiny_vae {

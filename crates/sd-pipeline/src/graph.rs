@@ -17,6 +17,10 @@ pub enum UNetExecution {
     CudaGraph,
     /// CUDA graphs were asked for, but capture failed for this reason.
     EagerAfterFailedCapture(String),
+    /// Through a compiled package (`StableDiffusion::compile_unet`).
+    Compiled,
+    /// A compiled package is loaded, but this run does not fit it (why).
+    EagerNotCompiled(String),
 }
 
 /// Either a captured UNet call or plain eager calls.

@@ -27,6 +27,7 @@ mod adapters;
 #[cfg(feature = "ndarray")]
 pub mod arrays;
 mod builder;
+pub mod compiled;
 mod components;
 mod control;
 pub mod convert;

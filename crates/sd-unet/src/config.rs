@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Result, UNetError};
 
 /// Down block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DownBlockType {
     /// Resnets with transformers, then a downsampler.
     CrossAttnDownBlock2D,
@@ -19,7 +19,7 @@ pub enum DownBlockType {
 }
 
 /// Up block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum UpBlockType {
     /// Resnets with transformers, then an upsampler.
     CrossAttnUpBlock2D,
@@ -28,14 +28,14 @@ pub enum UpBlockType {
 }
 
 /// Mid block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum MidBlockType {
     /// Resnet, transformer, resnet.
     UNetMidBlock2DCrossAttn,
 }
 
 /// SDXL's extra conditioning on pooled text and size/crop ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdditionEmbedType {
     /// SDXL: pooled text and size/crop ids.
@@ -43,7 +43,7 @@ pub enum AdditionEmbedType {
 }
 
 /// A per-block option given as one value for all blocks or one per block.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
     /// One value for every block.
@@ -71,7 +71,7 @@ fn default_true() -> bool {
 }
 
 /// diffusers' `UNet2DConditionModel` config (unet/config.json), field for field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct UNetConfig {
     /// Latent size the model was trained at.
     #[serde(default)]

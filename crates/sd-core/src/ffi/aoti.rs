@@ -20,6 +20,8 @@ extern "C" {
     fn sd_aoti_load(path: *const c_char, device_index: i32, error: *mut *mut c_char)
         -> *mut c_void;
     fn sd_aoti_free(loader: *mut c_void);
+    fn sd_aoti_torch_version() -> *mut c_char;
+    fn sd_aoti_cpu_capability() -> *mut c_char;
     fn sd_aoti_metadata(path: *const c_char, error: *mut *mut c_char) -> *mut c_char;
     fn sd_aoti_run(
         loader: *mut c_void,
@@ -38,6 +40,35 @@ fn c_path(path: &Path) -> Result<CString> {
             format!("{}: a NUL in the path", path.display()),
         )
     })
+}
+
+/// A strdup'd text from the shim, taken over and freed.
+fn take_text(text: *mut c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: a NUL-terminated copy made by strdup in the shim.
+    let owned = unsafe { std::ffi::CStr::from_ptr(text) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: allocated with malloc by strdup, freed only here.
+    unsafe { libc::free(text.cast()) };
+    owned
+}
+
+/// The linked libtorch's version (`2.11.0`): a package runs only with the
+/// libtorch it was compiled for.
+pub fn torch_version() -> String {
+    // SAFETY: no arguments; a strdup'd text back.
+    take_text(unsafe { sd_aoti_torch_version() })
+}
+
+/// The instruction set ATen's CPU kernels use here (`AVX512`, `AVX2`,
+/// `DEFAULT`; `ATEN_CPU_CAPABILITY` lowers it): a CPU package holds code
+/// for the set it was compiled with.
+pub fn cpu_capability() -> String {
+    // SAFETY: no arguments; a strdup'd text back.
+    take_text(unsafe { sd_aoti_cpu_capability() })
 }
 
 /// The metadata a package carries (`key=value` pairs its compiler and the
@@ -76,10 +107,16 @@ pub struct CompiledPackage {
 }
 
 impl CompiledPackage {
-    /// Loads the package at `path` for `device` (its compiled code is
-    /// extracted and opened here: a package for another machine fails now,
-    /// or, compiled for another CPU's instructions, may fail when run).
-    pub fn load(path: &Path, device: Device) -> Result<Self> {
+    /// Loads the package at `path` for `device`: its compiled code is
+    /// extracted and opened here.
+    ///
+    /// # Safety
+    ///
+    /// A package is native code that runs in this process: only load one
+    /// compiled by a trusted torch for this machine (its instruction set:
+    /// [`cpu_capability`]) and this libtorch ([`torch_version`]), as the
+    /// metadata records. A package for another CPU can crash the process.
+    pub unsafe fn load(path: &Path, device: Device) -> Result<Self> {
         let c = c_path(path)?;
         let index = match device {
             Device::Cuda(i) => i as i32,
@@ -130,6 +167,15 @@ impl CompiledPackage {
             .collect())
     }
 }
+
+// SAFETY: the loader is libtorch's `AOTIModelPackageLoader`; its `run` takes a
+// model instance from its container under a lock (waiting while another thread
+// holds the only one), so calls from several threads are serialised, and it
+// owns nothing tied to the thread that made it. The unsafe part, trusting the
+// package's code, was promised at `load`.
+unsafe impl Send for CompiledPackage {}
+// SAFETY: as above: `&self` methods only call the loader's locked `run`.
+unsafe impl Sync for CompiledPackage {}
 
 impl Drop for CompiledPackage {
     fn drop(&mut self) {

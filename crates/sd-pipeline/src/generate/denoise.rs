@@ -189,7 +189,7 @@ impl StableDiffusion {
         let timesteps = scheduler.timesteps().to_vec();
         // On the device once, so no step copies a timestep from the host.
         let timesteps_on_device = Tensor::from_slice(&timesteps).to_device(device);
-        let mut runner: Option<UNetRunner> = None;
+        let mut runner = Runner::default();
         let total = timesteps.len() - start;
         for (step, i) in (start..timesteps.len()).enumerate() {
             let doubled = match cfg {
@@ -258,9 +258,12 @@ impl StableDiffusion {
                 return Err(PipelineError::Cancelled { step });
             }
         }
-        let execution = runner
-            .as_ref()
-            .map_or(UNetExecution::Eager, UNetRunner::execution);
+        let execution = match (runner.compiled, &runner.eager) {
+            (Some(execution), _) => execution,
+            (None, eager) => eager
+                .as_ref()
+                .map_or(UNetExecution::Eager, UNetRunner::execution),
+        };
         Ok((latents, execution))
     }
 
@@ -273,12 +276,21 @@ impl StableDiffusion {
         at: &At,
         (input, scaled, latents): (&Tensor, &Tensor, &Tensor),
         scheduler: &dyn Scheduler,
-        runner: &mut Option<UNetRunner>,
+        runner: &mut Runner,
     ) -> Result<Tensor> {
         let (context, added, t) = (inputs.context, inputs.extra.added(), &at.t_on_device);
         match (inputs.control, inputs.image_tokens) {
             (None, None) => {
-                let runner = runner.get_or_insert_with(|| {
+                if let Some(compiled) = &self.compiled {
+                    match compiled.fits(input, context) {
+                        Ok(()) => {
+                            runner.compiled = Some(UNetExecution::Compiled);
+                            return compiled.run(input, t, context);
+                        }
+                        Err(why) => runner.compiled = Some(UNetExecution::EagerNotCompiled(why)),
+                    }
+                }
+                let runner = runner.eager.get_or_insert_with(|| {
                     UNetRunner::new(self.cuda_graphs, unet, input, t, context, added)
                 });
                 runner.run(unet, input, t, context, added)
@@ -314,6 +326,14 @@ impl StableDiffusion {
         let decoded = vae.decode(&vae.unscale_latents(&z))?;
         tensor_to_images(&decoded)
     }
+}
+
+/// How the UNet runs: eager or a CUDA graph (`eager`), or a compiled
+/// package (`compiled` says whether it was used, or why not).
+#[derive(Default)]
+struct Runner {
+    eager: Option<UNetRunner>,
+    compiled: Option<UNetExecution>,
 }
 
 /// What the loop reads.
