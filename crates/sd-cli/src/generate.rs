@@ -135,6 +135,11 @@ pub struct Common {
     /// Print what each LoRA merged and every key it skipped.
     #[arg(long)]
     pub verbose: bool,
+    /// Run the UNet through the package `sd compile` made for this model,
+    /// size, image count, LoRAs, dtype and device (eager, saying so, when
+    /// there is none).
+    #[arg(long)]
+    pub compiled: bool,
     #[command(flatten)]
     pub control: crate::control::ControlOptions,
     #[command(flatten)]
@@ -217,6 +222,9 @@ pub fn run(common: &Common, mode: Mode) -> Result<()> {
     }
     for report in pipeline.set_loras(checked.loras())? {
         print_lora_report(&report, common.verbose);
+    }
+    if common.compiled {
+        use_compiled(&mut pipeline, common)?;
     }
 
     // 3. generate, then write every file or none
@@ -383,7 +391,7 @@ fn generate(
 
 /// --lora FILE[:SCALE] (the prompt's <lora:NAME:SCALE> tags are the
 /// request layer's, found in --lora-dir).
-fn lora_options(options: &[String]) -> Result<Vec<LoraSpec>> {
+pub(crate) fn lora_options(options: &[String]) -> Result<Vec<LoraSpec>> {
     let mut specs = Vec::new();
     for option in options {
         let (path, scale) = file_option("--lora", option)?;
@@ -469,4 +477,20 @@ fn read_rgb(path: &Path) -> Result<image::RgbImage> {
     Ok(image::open(path)
         .with_context(|| format!("cannot read image {}", path.display()))?
         .to_rgb8())
+}
+
+/// `--compiled`: the package `sd compile` made for this run, if any.
+fn use_compiled(pipeline: &mut StableDiffusion, common: &Common) -> Result<()> {
+    use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+    let (w, h) = pipeline.default_size();
+    let (width, height) = (common.width.unwrap_or(w), common.height.unwrap_or(h));
+    let mut spec = CompileSpec::new(width, height, default_python(), default_cache_dir());
+    spec.images = common.num_images;
+    if pipeline.use_compiled_unet(&spec)?.is_none() {
+        eprintln!(
+            "note: no compiled UNet for this model at {width}x{height} (sd compile --model ... \
+             --width {width} --height {height}): running eager"
+        );
+    }
+    Ok(())
 }

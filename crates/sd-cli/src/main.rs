@@ -1,6 +1,7 @@
 //! `sd`: the command line tool: txt2img, img2img, inpaint, preprocess, train,
 //! serve, eval-shapes, tokenize, doctor.
 
+mod compile;
 mod control;
 mod convert;
 mod encoders;
@@ -100,6 +101,11 @@ enum Command {
         #[command(flatten)]
         args: convert::ConvertArgs,
     },
+    /// Compile a model's UNet for one size with torch's compiler (AOTInductor), for --compiled.
+    Compile {
+        #[command(flatten)]
+        args: compile::CompileArgs,
+    },
     /// Enlarge an image with an upscaler model (ESRGAN, Real-ESRGAN; .safetensors or .pth).
     Upscale {
         #[command(flatten)]
@@ -149,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { args } => train::run(&args),
         Command::Convert { args } => convert::run(&args),
         Command::Upscale { args } => upscale::run(&args),
+        Command::Compile { args } => compile::run(&args),
         Command::Serve { args } => serve::run(&args),
         Command::Preprocess { command } => preprocess::run(&command),
         Command::EvalShapes {

@@ -30,7 +30,8 @@ fn request(size: u32) -> Request {
 fn a_compiled_unet_runs_as_the_eager_one() {
     tch::set_num_threads(1);
     let python = reference_dir().join("../.venv/bin/python");
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compiled-unets");
+    // (the CLI suite's cache too: the same weights and size compile once)
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache/sd-rs/compiled");
     let spec = CompileSpec::new(64, 64, python, cache);
     let mut compiled = pipeline();
     let mut stages = Vec::new();

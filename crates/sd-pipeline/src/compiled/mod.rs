@@ -38,6 +38,32 @@ pub struct CompileSpec {
     pub cache_dir: PathBuf,
 }
 
+/// Where packages are kept by default: `$XDG_CACHE_HOME/sd-rs/compiled`
+/// (`~/.cache/sd-rs/compiled`).
+pub fn default_cache_dir() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")));
+    base.unwrap_or_else(std::env::temp_dir)
+        .join("sd-rs/compiled")
+}
+
+/// The Python that compiles: `SD_PYTHON`, else the project's virtualenv
+/// (`.venv/bin/python` here), else `python3`.
+pub fn default_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SD_PYTHON").filter(|v| !v.is_empty()) {
+        return python.into();
+    }
+    let venv = PathBuf::from(".venv/bin/python");
+    match venv.exists() {
+        true => venv,
+        false => "python3".into(),
+    }
+}
+
 impl CompileSpec {
     /// `width`x`height`, one image, with `python`, packages in `cache_dir`.
     pub fn new(width: u32, height: u32, python: PathBuf, cache_dir: PathBuf) -> Self {
@@ -134,6 +160,38 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(&str),
     ) -> Result<PathBuf> {
         let unet = self.unet_for_compile()?;
+        let (package, key, [batch, h, w]) = self.package_for(unet, spec);
+        if !package.exists() {
+            progress(&format!("exporting the UNet ({batch}x{h}x{w} latents)"));
+            self.write_compile_job(unet, spec, &package, [batch, h, w], &key)?;
+            progress(&format!(
+                "compiling with {} (minutes)",
+                spec.python.display()
+            ));
+            self.run_compile_job(spec, &package)?;
+        }
+        self.load_compiled_unet(&package)?;
+        Ok(package)
+    }
+
+    /// Loads the package `compile_unet` made for `spec` and this UNet, if
+    /// there is one (its path), else `None`: the runs stay eager.
+    pub fn use_compiled_unet(&mut self, spec: &CompileSpec) -> Result<Option<PathBuf>> {
+        let (package, _, _) = self.package_for(self.unet_for_compile()?, spec);
+        if !package.exists() {
+            return Ok(None);
+        }
+        self.load_compiled_unet(&package)?;
+        Ok(Some(package))
+    }
+
+    /// The package's path for `spec` and this UNet, its key, and the UNet
+    /// call's (batch, latent height, latent width).
+    fn package_for(
+        &self,
+        unet: &UNet2DConditionModel,
+        spec: &CompileSpec,
+    ) -> (PathBuf, String, [i64; 3]) {
         let factor = self.vae_scale_factor() as u32;
         let (h, w) = (
             i64::from(spec.height / factor),
@@ -149,18 +207,11 @@ impl StableDiffusion {
             aoti::torch_version(),
             aoti::cpu_capability().to_lowercase()
         );
-        let package = spec.cache_dir.join(format!("unet-{key}.pt2"));
-        if !package.exists() {
-            progress(&format!("exporting the UNet ({batch}x{h}x{w} latents)"));
-            self.write_compile_job(unet, spec, &package, [batch, h, w], &key)?;
-            progress(&format!(
-                "compiling with {} (minutes)",
-                spec.python.display()
-            ));
-            self.run_compile_job(spec, &package)?;
-        }
-        self.load_compiled_unet(&package)?;
-        Ok(package)
+        (
+            spec.cache_dir.join(format!("unet-{key}.pt2")),
+            key,
+            [batch, h, w],
+        )
     }
 
     fn unet_for_compile(&self) -> Result<&UNet2DConditionModel> {

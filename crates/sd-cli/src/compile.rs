@@ -1,0 +1,105 @@
+//! `sd compile`: a model's UNet compiled ahead of time by torch's compiler
+//! for one size (docs/compile.md); `sd txt2img --compiled` then uses it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+use sd_pipeline::front::ModelSource;
+use sd_pipeline::StableDiffusion;
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// A diffusers folder, single file or hub id (SD1.x, SD2.x).
+    #[arg(long, required_unless_present_any = ["list", "clear"])]
+    pub model: Option<String>,
+    /// The output size it is compiled for (pixels).
+    #[arg(long, default_value_t = 512)]
+    pub width: u32,
+    /// As --width.
+    #[arg(long, default_value_t = 512)]
+    pub height: u32,
+    /// Images per run (the UNet runs twice this under guidance).
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// A LoRA merged before compiling (FILE[:SCALE], repeatable): the package
+    /// holds the merged weights.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// A Python with torch (this program's version) and diffusers; default
+    /// SD_PYTHON, else ./.venv/bin/python, else python3.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Where packages are kept (default ~/.cache/sd-rs/compiled).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// List the packages kept, with their sizes.
+    #[arg(long)]
+    pub list: bool,
+    /// Delete every package kept.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+pub fn run(args: &CompileArgs) -> Result<()> {
+    let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    if args.list || args.clear {
+        return list_or_clear(&cache, args.clear);
+    }
+    let Some(model) = &args.model else {
+        bail!("--model: which model to compile");
+    };
+    let python = args.python.clone().unwrap_or_else(default_python);
+    let mut pipeline = StableDiffusion::builder()
+        .source(&ModelSource::detect(model)?)
+        .device(sd_core::device::parse_device(&args.device)?)
+        .dtype(sd_core::device::parse_dtype(&args.dtype)?)
+        .build()?;
+    let loras = crate::generate::lora_options(&args.loras)?;
+    pipeline.set_loras(&loras)?;
+    let mut spec = CompileSpec::new(args.width, args.height, python, cache);
+    spec.images = args.num_images;
+    let started = std::time::Instant::now();
+    let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
+    let size = std::fs::metadata(&package).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "ready in {:.0} s ({:.1} MiB)",
+        started.elapsed().as_secs_f64(),
+        size as f64 / (1 << 20) as f64
+    );
+    println!("{}", package.display());
+    Ok(())
+}
+
+fn list_or_clear(cache: &std::path::Path, clear: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return Ok(());
+    };
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "pt2") {
+            continue;
+        }
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        total += size;
+        match clear {
+            true => std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?,
+            false => println!(
+                "{}\t{:.1} MiB",
+                path.display(),
+                size as f64 / (1 << 20) as f64
+            ),
+        }
+    }
+    let verb = if clear { "freed" } else { "in all" };
+    eprintln!("{:.1} MiB {verb}", total as f64 / (1 << 20) as f64);
+    Ok(())
+}
