@@ -5,6 +5,9 @@
 //!     [--steps 4] [--batch 1] [--runs 2] [--sampler NAME] [--cuda-graphs] [--low-memory]
 //!     [--vae-tiling] [--channels-last] [--ip-adapter FILE --image-encoder DIR --ip-image PNG]
 //!
+//! `--compiled`: the UNet compiled first (`compile_unet`, the default Python
+//! and cache; `compile_s` and `package_mib` in the output), the runs through it.
+//!
 //! With an IP-Adapter, `image_prompt_s` is the image encoding and projection
 //! alone (`encode_image_prompts`), and every run carries the image prompt.
 //!
@@ -77,6 +80,16 @@ fn main() -> Result<()> {
         .channels_last(flag("--channels-last"))
         .build()?;
     let mut pipeline = pipeline;
+    let mut compile = serde_json::json!(null);
+    if flag("--compiled") {
+        use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+        let mut spec = CompileSpec::new(size, size, default_python(), default_cache_dir());
+        spec.images = batch;
+        let t = Instant::now();
+        let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
+        let mib = std::fs::metadata(&package).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
+        compile = serde_json::json!({"compile_s": t.elapsed().as_secs_f64(), "package_mib": mib});
+    }
     let ip_adapter = arg(&args, "--ip-adapter", "");
     let mut prompts = Vec::new();
     if !ip_adapter.is_empty() {
@@ -145,7 +158,7 @@ fn main() -> Result<()> {
         .filter_map(|r| r["unet_step_s"].as_f64())
         .fold(f64::INFINITY, f64::min);
     let mut out = serde_json::json!({
-        "library": "sd-rs", "load_s": load, "runs": results,
+        "library": "sd-rs", "load_s": load, "runs": results, "compile": compile,
         "steps_per_s": 1.0 / best_step,
         "settings": args[1..].join(" "),
     });

@@ -136,13 +136,13 @@ def child(cmd: list[str]) -> dict:
 
 
 def rust_timing(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
-                channels_last: bool) -> dict:
+                channels_last: bool, compiled: bool = False) -> dict:
     binary = Path(os.environ.get("SD_PIPELINE_TIMING", ROOT / "target" / "release" / "pipeline_timing"))
     if not binary.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "sd-benches", "--bin", "pipeline_timing"], check=True, cwd=ROOT)
     return child([str(binary), "--model", str(MODEL), "--device", device, "--dtype", dtype, "--size", str(size),
                   "--steps", str(steps), "--batch", str(batch), "--runs", str(runs), "--sampler", sampler]
-                 + (["--channels-last"] if channels_last else []))
+                 + (["--channels-last"] if channels_last else []) + (["--compiled"] if compiled else []))
 
 
 def diffusers_child(device: str, dtype: str, size: int, steps: int, batch: int, runs: int, sampler: str,
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="pndm", choices=sorted(SCHEDULERS))
     parser.add_argument("--channels-last", action="store_true", help="both libraries: UNet and VAE channels-last")
     parser.add_argument("--compile", action="store_true", help="also time diffusers with its UNet torch.compile'd")
+    parser.add_argument("--ours-compiled", action="store_true", help="sd-rs through its AOTInductor package")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # diffusers' own process
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -183,7 +184,7 @@ def main() -> None:
     for dtype in args.dtype:
         for batch in args.batch:
             ours = rust_timing(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
-                               args.channels_last)
+                               args.channels_last, args.ours_compiled)
             theirs = diffusers_child(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
                                      args.channels_last)
             compiled = diffusers_child(args.device, dtype, args.size, args.steps, batch, args.runs, args.sampler,
@@ -195,6 +196,9 @@ def main() -> None:
                 d, r = best(theirs, key), best(ours, key)
                 extra = f"{best(compiled, key):>12.4f}{best(compiled, key) / r:>12.2f}x" if compiled else ""
                 print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x{extra}")
+            if ours.get("compile"):
+                print(f"sd-rs compile: {ours['compile']['compile_s']:.0f} s, package "
+                      f"{ours['compile']['package_mib']:.0f} MiB")
             print(f"peak RSS (whole process): diffusers {theirs['peak_rss_gib']:.2f} GiB, "
                   f"sd-rs {ours['peak_rss_gib']:.2f} GiB")
             if "peak_memory_gib" in theirs:

@@ -111,6 +111,12 @@ impl CompiledUNet {
     }
 }
 
+/// Where the compiler writes: renamed to the package only when it succeeded
+/// (a half-written package must never be found and loaded).
+fn partial(package: &Path) -> PathBuf {
+    package.with_extension("partial.pt2")
+}
+
 fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Half => "f16",
@@ -249,7 +255,7 @@ impl StableDiffusion {
         let job = serde_json::json!({
             "unet_config": config, "weights": weights, "dtype": dtype_name(self.denoiser.dtype()),
             "device": device_name(self.devices().unet), "batch": batch, "height": h, "width": w,
-            "tokens": 77, "text_embeds": 0, "time_ids": 0, "package": package,
+            "tokens": 77, "text_embeds": 0, "time_ids": 0, "package": partial(package),
             "metadata": {"sd.key": key, "sd.shape": format!("{batch}x{h}x{w}x77")},
         });
         let path = package.with_extension("job.json");
@@ -270,13 +276,21 @@ impl StableDiffusion {
         for leftover in [package.with_extension("weights.safetensors"), script, job] {
             let _ = std::fs::remove_file(leftover);
         }
+        let written = partial(package);
+        if out.status.success() && written.exists() {
+            std::fs::rename(&written, package).map_err(|e| sd_core::CoreError::io(package, e))?;
+        }
+        let _ = std::fs::remove_file(&written);
         if !out.status.success() || !package.exists() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no message");
+            // (the last line that is no C++ stack frame: Python's message)
+            let message = |l: &&str| {
+                let l = l.trim_start();
+                !l.is_empty()
+                    && !l.starts_with("frame #")
+                    && !l.starts_with("Exception raised from")
+            };
+            let last = stderr.lines().rev().find(message).unwrap_or("no message");
             return Err(PipelineError::model(
                 &spec.python,
                 format!("the compile failed: {last}"),

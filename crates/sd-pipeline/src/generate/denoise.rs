@@ -297,6 +297,11 @@ impl StableDiffusion {
             }
             // per-step inputs of their own: eager
             (control, images) => {
+                if self.compiled.is_some() {
+                    let why = "ControlNet residuals and image prompts are inputs the compiled \
+                               package does not take";
+                    runner.compiled = Some(UNetExecution::EagerNotCompiled(why.into()));
+                }
                 let residuals = match control {
                     Some(control) => {
                         let single = || Ok(scheduler.scale_model_input(latents, at.index)?);
