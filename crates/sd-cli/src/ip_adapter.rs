@@ -41,16 +41,11 @@ impl IpAdapterOptions {
     /// Checks the options' syntax (files exist, one image list per adapter,
     /// an encoder for each) and reads the images.
     pub fn parse(&self) -> Result<Parsed> {
-        let (n, images, encoders) = (self.adapters.len(), self.images.len(), self.encoders.len());
+        let (n, images) = (self.adapters.len(), self.images.len());
         if n != images {
             bail!("--ip-adapter given {n} times, --ip-image {images} times: give one image (list) per adapter, in the same order");
         }
-        if n > 0 && encoders != 1 && encoders != n {
-            bail!("--image-encoder given {encoders} times for {n} IP-Adapters: give it once, or once per adapter");
-        }
-        if n == 0 && encoders > 0 {
-            bail!("--image-encoder applies to IP-Adapters: give --ip-adapter");
-        }
+        let encoders = encoder_of_each(n, &self.encoders)?;
         if !self.blocks.is_empty() && self.blocks.len() != n {
             bail!("--ip-blocks given {} times for {n} IP-Adapters: give it once per adapter, in order", self.blocks.len());
         }
@@ -60,10 +55,6 @@ impl IpAdapterOptions {
         };
         for (i, (option, list)) in self.adapters.iter().zip(&self.images).enumerate() {
             let (path, scale) = crate::control::path_and_scale("--ip-adapter", option)?;
-            let encoder = self.encoders[i.min(encoders - 1)].clone();
-            if !encoder.is_dir() {
-                bail!("--image-encoder {}: no such folder", encoder.display());
-            }
             let images = list
                 .split(',')
                 .map(|p| {
@@ -72,7 +63,7 @@ impl IpAdapterOptions {
                         .to_rgb8())
                 })
                 .collect::<Result<Vec<_>>>()?;
-            parsed.adapters.push((path, encoder));
+            parsed.adapters.push((path, encoders[i].clone()));
             let prompt = ImagePrompt::new(images).with_scale(scale);
             let prompt = match self.blocks.get(i) {
                 Some(json) => prompt.with_block_scales(block_scales(json)?),
@@ -90,4 +81,21 @@ fn block_scales(json: &str) -> Result<sd_pipeline::BlockScales> {
         serde_json::from_str(json).with_context(|| format!("--ip-blocks {json}: not JSON"))?;
     sd_pipeline::BlockScales::from_json(&value)
         .map_err(|e| anyhow::anyhow!("--ip-blocks {json}: {e}"))
+}
+
+/// The `--image-encoder` of each of `n` IP-Adapters (`sd txt2img` and `sd
+/// serve`): given once for all, or once per adapter in their order; each an
+/// existing folder.
+pub fn encoder_of_each(n: usize, encoders: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let given = encoders.len();
+    if n > 0 && given != 1 && given != n {
+        bail!("--image-encoder given {given} times for {n} IP-Adapters: give it once, or once per adapter");
+    }
+    if n == 0 && given > 0 {
+        bail!("--image-encoder applies to IP-Adapters: give --ip-adapter");
+    }
+    if let Some(missing) = encoders.iter().find(|e| !e.is_dir()) {
+        bail!("--image-encoder {}: no such folder", missing.display());
+    }
+    Ok((0..n).map(|i| encoders[i.min(given - 1)].clone()).collect())
 }

@@ -152,19 +152,7 @@ fn request_limits(args: &ServeArgs) -> sd_pipeline::front::Limits {
 
 /// Each `--ip-adapter` with its `--image-encoder` (one for all, or one each).
 fn ip_adapters(args: &ServeArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
-    let (n, encoders) = (args.ip_adapters.len(), args.image_encoders.len());
-    if (n > 0 && encoders != 1 && encoders != n) || (n == 0 && encoders > 0) {
-        anyhow::bail!(
-            "--image-encoder given {encoders} times for {n} --ip-adapter: give it once, or once per adapter"
-        );
-    }
-    let pairs = args.ip_adapters.iter().enumerate();
-    Ok(pairs
-        .map(|(i, path)| {
-            (
-                path.clone(),
-                args.image_encoders[i.min(encoders - 1)].clone(),
-            )
-        })
-        .collect())
+    let encoders =
+        crate::ip_adapter::encoder_of_each(args.ip_adapters.len(), &args.image_encoders)?;
+    Ok(args.ip_adapters.iter().cloned().zip(encoders).collect())
 }

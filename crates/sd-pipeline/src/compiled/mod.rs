@@ -85,7 +85,7 @@ pub(crate) struct CompiledUNet {
 }
 
 impl CompiledUNet {
-    /// The prediction for this call, or why the package does not fit it.
+    /// The prediction for a call that [`fits`](Self::fits).
     pub(crate) fn run(&self, sample: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
         let t = t.to_kind(Kind::Float).reshape([] as [i64; 0]);
         let mut out = self.package.run(&[sample, &t, context])?;
@@ -126,7 +126,8 @@ fn dtype_name(kind: Kind) -> &'static str {
 }
 
 /// The UNet's weights in one short text: each variable's name, shape and
-/// two sums (merging a LoRA moves them), hashed. One pass over the weights.
+/// two sums (merging a LoRA moves them), hashed. One pass over the weights
+/// (the sums accumulate in f64 without an f64 copy of the weights).
 fn fingerprint(unet: &UNet2DConditionModel) -> String {
     use std::hash::{Hash, Hasher};
     let variables: BTreeMap<String, Tensor> = unet.var_store().variables().into_iter().collect();
@@ -135,7 +136,6 @@ fn fingerprint(unet: &UNet2DConditionModel) -> String {
     for (name, t) in &variables {
         name.hash(&mut hasher);
         t.size().hash(&mut hasher);
-        let t = t.to_kind(Kind::Double);
         f64::try_from(t.sum(Kind::Double))
             .unwrap_or(f64::NAN)
             .to_bits()
@@ -155,6 +155,14 @@ fn device_name(device: Device) -> String {
     }
 }
 
+/// A package key's two ends for this pipeline's UNet: the weights'
+/// fingerprint, and dtype, device, torch version and CPU capability. A
+/// package's key is `{weights}-{batch}x{h}x{w}{machine}`.
+struct KeyParts {
+    weights: String,
+    machine: String,
+}
+
 impl StableDiffusion {
     /// Compiles this pipeline's UNet as it is now (LoRAs merged included)
     /// for runs of `spec`'s size and images with CFG, and loads it; a
@@ -166,7 +174,8 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(&str),
     ) -> Result<PathBuf> {
         let unet = self.unet_for_compile()?;
-        let (package, key, [batch, h, w]) = self.package_for(unet, spec);
+        let parts = self.key_parts(unet);
+        let (package, key, [batch, h, w]) = self.package_for(&parts, spec);
         if !package.exists() {
             progress(&format!("exporting the UNet ({batch}x{h}x{w} latents)"));
             self.write_compile_job(unet, spec, &package, [batch, h, w], &key)?;
@@ -176,48 +185,50 @@ impl StableDiffusion {
             ));
             self.run_compile_job(spec, &package)?;
         }
-        self.load_compiled_unet(&package)?;
+        self.load_package(&package, &parts)?;
         Ok(package)
     }
 
     /// Loads the package `compile_unet` made for `spec` and this UNet, if
     /// there is one (its path), else `None`: the runs stay eager.
     pub fn use_compiled_unet(&mut self, spec: &CompileSpec) -> Result<Option<PathBuf>> {
-        let (package, _, _) = self.package_for(self.unet_for_compile()?, spec);
+        let parts = self.key_parts(self.unet_for_compile()?);
+        let (package, _, _) = self.package_for(&parts, spec);
         if !package.exists() {
             return Ok(None);
         }
-        self.load_compiled_unet(&package)?;
+        self.load_package(&package, &parts)?;
         Ok(Some(package))
     }
 
     /// The package's path for `spec` and this UNet, its key, and the UNet
     /// call's (batch, latent height, latent width).
-    fn package_for(
-        &self,
-        unet: &UNet2DConditionModel,
-        spec: &CompileSpec,
-    ) -> (PathBuf, String, [i64; 3]) {
+    fn package_for(&self, parts: &KeyParts, spec: &CompileSpec) -> (PathBuf, String, [i64; 3]) {
         let factor = self.vae_scale_factor() as u32;
         let (h, w) = (
             i64::from(spec.height / factor),
             i64::from(spec.width / factor),
         );
         let batch = 2 * spec.images as i64;
-        let (kind, device) = (self.denoiser.dtype(), self.devices().unet);
-        let key = format!(
-            "{}-{batch}x{h}x{w}-{}-{}-{}-{}",
-            fingerprint(unet),
-            dtype_name(kind),
-            device_name(device).replace(':', ""),
-            aoti::torch_version(),
-            aoti::cpu_capability().to_lowercase()
-        );
+        let key = format!("{}-{batch}x{h}x{w}{}", parts.weights, parts.machine);
         (
             spec.cache_dir.join(format!("unet-{key}.pt2")),
             key,
             [batch, h, w],
         )
+    }
+
+    fn key_parts(&self, unet: &UNet2DConditionModel) -> KeyParts {
+        KeyParts {
+            weights: fingerprint(unet),
+            machine: format!(
+                "-{}-{}-{}-{}",
+                dtype_name(self.denoiser.dtype()),
+                device_name(self.devices().unet).replace(':', ""),
+                aoti::torch_version(),
+                aoti::cpu_capability().to_lowercase()
+            ),
+        }
     }
 
     fn unet_for_compile(&self) -> Result<&UNet2DConditionModel> {
@@ -302,19 +313,17 @@ impl StableDiffusion {
     /// Uses a package `compile_unet` made, for the runs it fits; one made
     /// for other weights, dtype, device, torch or CPU is refused in one line.
     pub fn load_compiled_unet(&mut self, package: &Path) -> Result<()> {
-        let unet = self.unet_for_compile()?;
+        let parts = self.key_parts(self.unet_for_compile()?);
+        self.load_package(package, &parts)
+    }
+
+    fn load_package(&mut self, package: &Path, parts: &KeyParts) -> Result<()> {
         let meta = aoti::metadata(package)?;
         let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
-        let wanted_prefix = format!("{}-", fingerprint(unet));
-        let tail = format!(
-            "-{}-{}-{}-{}",
-            dtype_name(self.denoiser.dtype()),
-            device_name(self.devices().unet).replace(':', ""),
-            aoti::torch_version(),
-            aoti::cpu_capability().to_lowercase()
-        );
+        let wanted_prefix = format!("{}-", parts.weights);
+        let tail = &parts.machine;
         let key = get("sd.key");
-        if !key.starts_with(&wanted_prefix) || !key.ends_with(&tail) {
+        if !key.starts_with(&wanted_prefix) || !key.ends_with(tail.as_str()) {
             return Err(PipelineError::model(
                 package,
                 format!("compiled for another model or machine ({key}); this run needs {wanted_prefix}...{tail}"),
