@@ -229,7 +229,7 @@ fn bad_requests_get_4xx_naming_the_field() {
         ),
         (
             "/sdapi/v1/txt2img",
-            format!("{{\"prompt\": \"{}\"}}", "x".repeat(2 << 20)),
+            format!("{{\"prompt\": \"{}\"}}", "x".repeat(6 << 20)),
             413,
             "body",
         ),

@@ -38,6 +38,7 @@ mod extras;
 mod job;
 mod metrics;
 mod models;
+mod oversized;
 mod queue;
 mod routes;
 mod state;

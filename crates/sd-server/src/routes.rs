@@ -54,6 +54,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
+            crate::oversized::refuse_after_draining,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
             crate::auth::require_key,
         ));
     let mut router = Router::new()
