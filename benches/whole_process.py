@@ -10,6 +10,7 @@ at each; the script measures from its own spawn; "load" is diffusers'
     .venv/bin/python benches/whole_process.py --model sd35 --dtype bf16 --steps 4 --low-memory
     .venv/bin/python benches/whole_process.py --model sdxl --dtype bf16 --steps 2 --size 512 --only sd --gguf q8_0
     .venv/bin/python benches/whole_process.py --model flux --dtype bf16 --steps 2 --low-memory   # issue 29's run
+    .venv/bin/python benches/whole_process.py --model sd15 --dtype bf16 --steps 20 --size 512 --compiled --torch-compile
 
 --runs N alternates the two sides N times and reports medians. Needs
 `bash scripts/setup.sh --reference` and `cargo build --release -p sd-cli`.
@@ -236,6 +237,9 @@ cls = (diffusers.StableDiffusion3Pipeline if sd3 else diffusers.StableDiffusionX
 pipe = cls.from_pretrained(model, torch_dtype=dtype)
 if not sd3:
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+if sys.argv[7:] == ["compile"]:  # the documented line, with freezing as issue 32 measured it
+    torch._inductor.config.freezing = True
+    pipe.unet = torch.compile(pipe.unet)
 pipe.set_progress_bar_config(disable=True)
 print(f"timing: model loaded at 0 s (unix {time.time():.3f})", file=sys.stderr)
 def on_step(p, i, t, kw):
@@ -312,7 +316,18 @@ def commands(args: argparse.Namespace, model: Path, out: Path) -> dict:
         sd[sd.index("--guidance") + 1] = "0"
         diffusers[2] = DIFFUSERS_FLUX
         diffusers.append(str(args.limit_gib))
-    return {"sd": sd, "diffusers": diffusers}
+    return {"sd": sd, "diffusers": diffusers, "sd --compiled": [*sd, "--compiled"],
+            "diffusers + torch.compile": [*diffusers, "compile"]}
+
+
+def compile_once(args: argparse.Namespace, model: Path) -> None:
+    """`sd compile` for the run's size and dtype (untimed: the package is kept), and what it cost."""
+    started = time.time()
+    out = subprocess.run([args.sd, "compile", "--model", str(model), "--width", str(args.size), "--height",
+                          str(args.size), "--dtype", args.dtype], capture_output=True, text=True, check=True, cwd=ROOT)
+    package = Path(out.stdout.strip().splitlines()[-1])
+    print(f"sd compile: {time.time() - started:.0f} s (0 when kept from before), package "
+          f"{package.stat().st_size / 2**20:.0f} MiB: {package.name}")
 
 
 def main() -> None:
@@ -329,6 +344,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["sd", "diffusers"])
     parser.add_argument("--low-memory", action="store_true", help="sd with --low-memory")
     parser.add_argument("--sd", default=str(ROOT / "target/release/sd"), help="the sd binary to time")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also sd txt2img --compiled (after an untimed `sd compile`)")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also diffusers with its UNet torch.compile'd (freezing on; the first step compiles)")
     parser.add_argument("--no-timings", action="store_true", help="an sd binary older than --timings")
     args = parser.parse_args()
     if args.model == "sd15":
@@ -348,6 +367,11 @@ def main() -> None:
         model = SD35
     out = Path(os.environ.get("TMPDIR", "/tmp"))
     sides = [s for s in ("diffusers", "sd") if args.only in (None, s)]
+    if args.torch_compile:
+        sides.insert(1, "diffusers + torch.compile")
+    if args.compiled:
+        compile_once(args, model)
+        sides.append("sd --compiled")
     results: dict = {side: [] for side in sides}
     for _ in range(args.runs):
         for side in sides:
@@ -362,9 +386,11 @@ def main() -> None:
     median = {side: {k: statistics.median(r[k] for r in runs) for k in keys} for side, runs in results.items()}
     for side, row in median.items():
         print(f"| {side} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
-    if len(median) == 2:
-        sd, ref = median["sd"], median["diffusers"]
-        print("\nratios sd/diffusers: " + ", ".join(f"{k} {sd[k] / ref[k]:.2f}x" for k in keys))
+    if "diffusers" in median:
+        ref = median["diffusers"]
+        for side in [s for s in median if s != "diffusers"]:
+            print(f"\nratios {side} / diffusers: "
+                  + ", ".join(f"{k} {median[side][k] / ref[k]:.2f}x" for k in keys))
 
 
 if __name__ == "__main__":

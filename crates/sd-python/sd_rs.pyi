@@ -51,6 +51,9 @@ class StableDiffusion:
         clip_g: Optional[str] = None,
         config_dir: Optional[str] = None,
         vae: Optional[str] = None,
+        ip_adapters: list[Tuple[str, float]] = [],
+        image_encoder: Optional[str] = None,
+        compiled: bool = False,
     ) -> None:
         """model: a diffusers folder, a single .safetensors file or a hub
         repo id (org/name); device: cpu, cuda or cuda:N; dtype: f32, f16 or
@@ -65,7 +68,10 @@ class StableDiffusion:
         (required) or a T5 file (ComfyUI's t5xxl_fp16.safetensors); clip_l,
         clip_g: those encoders from files of their own; config_dir: configs
         and tokenizers for a single file (T5's tokenizer); vae: the VAE from
-        a file of its own (BFL's ae.safetensors, A1111's VAE files). Raises
+        a file of its own (BFL's ae.safetensors, A1111's VAE files);
+        ip_adapters: [(file, scale)] with image_encoder, their CLIP image
+        encoder folder; compiled: the UNet runs through the packages `sd
+        compile` made for the model, at the sizes they were made for. Raises
         ValueError for a bad option, RuntimeError for a model that does not
         load."""
 

@@ -11,7 +11,7 @@ use sd_pipeline::StableDiffusion;
 
 #[derive(Args, Debug)]
 pub struct CompileArgs {
-    /// A diffusers folder, single file or hub id (SD1.x, SD2.x).
+    /// A diffusers folder, single file or hub id (SD1.x, SD2.x, SDXL).
     #[arg(long, required_unless_present_any = ["list", "clear"])]
     pub model: Option<String>,
     /// The output size it is compiled for (pixels).
@@ -23,10 +23,6 @@ pub struct CompileArgs {
     /// Images per run (the UNet runs twice this under guidance).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
-    /// A LoRA merged before compiling (FILE[:SCALE], repeatable): the package
-    /// holds the merged weights.
-    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
-    pub loras: Vec<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -62,8 +58,6 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         .device(sd_core::device::parse_device(&args.device)?)
         .dtype(sd_core::device::parse_dtype(&args.dtype)?)
         .build()?;
-    let loras = crate::generate::lora_options(&args.loras)?;
-    pipeline.set_loras(&loras)?;
     let mut spec = CompileSpec::new(args.width, args.height, python, cache);
     spec.images = args.num_images;
     let started = std::time::Instant::now();

@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// per --ip-adapter in their order.
     #[arg(long = "image-encoder", value_name = "DIR")]
     pub image_encoders: Vec<PathBuf>,
+    /// Run the UNet through the packages `sd compile` made for the model
+    /// (every size kept; other sizes run eager).
+    #[arg(long)]
+    pub compiled: bool,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -121,6 +125,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         config_dir: args.config_dir.clone(),
         encoders: args.encoders.choice()?,
         ip_adapters: ip_adapters(args)?,
+        compiled: args.compiled.then(sd_pipeline::compiled::default_cache_dir),
         ..ServerConfig::new(model.clone(), &data)
     };
     let server = Server::start(config).context("sd serve")?;

@@ -1,23 +1,30 @@
 //! `sd compile` then `sd txt2img --compiled` (issue 32): the tiny SD1's UNet
 //! compiled by the virtualenv's torch, the compiled run within the error
 //! model of the eager one (fusion rounds otherwise), `--list` showing the
-//! package; another size runs eager and says so.
+//! package; another size runs eager and says so; `sd serve --compiled`
+//! gives the CLI's compiled pixels.
 
 mod common;
 
 use std::process::{Command, Output};
 
 use common::fixtures;
+use common::server::{decode_png, Served};
 use sd_testkit::parity::{assert_matches_reordered, read_tensors, reference_dir, take};
+use serde_json::json;
 
-/// `sd ARGS` with the packages kept under the build folder (shared with the
-/// pipeline's suite, so the compile happens once) and the project's Python.
+/// Where packages are kept: under the build folder, shared with the
+/// pipeline's suite, so the compile happens once.
+fn cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache")
+}
+
+/// `sd ARGS` with that cache and the project's Python.
 fn sd(args: &[&str]) -> Output {
-    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache");
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
         .env("OMP_NUM_THREADS", "1")
-        .env("XDG_CACHE_HOME", cache)
+        .env("XDG_CACHE_HOME", cache())
         .env("SD_PYTHON", reference_dir().join("../.venv/bin/python"))
         .output()
         .expect("sd runs")
@@ -83,5 +90,34 @@ fn compile_then_run_compiled() {
         stderr.contains("no compiled UNet for this model at 32x32"),
         "{stderr}"
     );
+    // `sd serve --compiled`: the CLI's compiled pixels exactly (PLMS: the
+    // model's own scheduler, the CLI's default; here the eager image is 1
+    // level away, so an eager server fails this)
+    let cache = cache();
+    let server = Served::start_env(
+        &dir.join("data"),
+        &["--model", tiny, "--compiled"],
+        &[("XDG_CACHE_HOME", cache.as_path())],
+    );
+    let body = json!({"prompt": "a red circle", "steps": 4, "seed": 0, "width": 64,
+                      "height": 64, "cfg_scale": 7.5, "sampler_name": "PLMS"});
+    let reply = server.post("/sdapi/v1/txt2img", &body);
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let (served, _) = decode_png(reply.body["images"][0].as_str().unwrap());
+    let cli = image::open(dir.join("compiled.png"))
+        .unwrap()
+        .to_rgb8()
+        .into_raw();
+    let eager = image::open(dir.join("eager.png"))
+        .unwrap()
+        .to_rgb8()
+        .into_raw();
+    let worst = sd_testkit::parity::max_pixel_difference(&served, &cli).expect("same size");
+    let from_eager = sd_testkit::parity::max_pixel_difference(&served, &eager).expect("same size");
+    assert!(
+        worst == 0,
+        "sd serve --compiled is {worst} levels from sd txt2img --compiled ({from_eager} from eager)"
+    );
+    drop(server);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,7 +10,11 @@
 #include <string>
 
 namespace {
-char* copy_message(const std::exception& e) { return strdup(e.what()); }
+// (libtorch's own errors without the C++ stack they carry)
+char* copy_message(const std::exception& e) {
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return strdup(c10_error->what_without_backtrace());
+  return strdup(e.what());
+}
 
 // "key=value" lines (keys and values carry no newlines in what we write).
 char* lines(const std::unordered_map<std::string, std::string>& map) {

@@ -2,8 +2,10 @@
 //! compiler in the project's virtualenv (`compile_unet`), run from Rust for
 //! the size it was made for, within the error model of the eager run (fusion
 //! rounds otherwise: the bound for a reordered computation, in every mode);
-//! another size runs eager and says why; a package for other weights (a
-//! LoRA merged) is refused in one line.
+//! another size runs eager and says why; a LoRA merged after loading it
+//! runs eager (the package holds the weights of before), and a pipeline with
+//! other weights refuses it in one line; the builder's `compiled_in` loads
+//! what is kept. SDXL's added conditions are inputs of its package.
 
 use std::path::PathBuf;
 
@@ -16,8 +18,20 @@ fn fixtures() -> PathBuf {
 }
 
 fn pipeline() -> StableDiffusion {
-    let builder = StableDiffusion::builder().model_dir(fixtures().join("tiny-sd1"));
+    model("tiny-sd1")
+}
+
+fn model(name: &str) -> StableDiffusion {
+    let builder = StableDiffusion::builder().model_dir(fixtures().join(name));
     builder.build().unwrap()
+}
+
+/// A spec for `size`, packages in the suites' shared cache (the CLI suite
+/// compiles the same tiny SD1 at 64x64: once for both).
+fn spec(size: u32) -> CompileSpec {
+    let python = reference_dir().join("../.venv/bin/python");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache/sd-rs/compiled");
+    CompileSpec::new(size, size, python, cache)
 }
 
 fn request(size: u32) -> Request {
@@ -29,10 +43,7 @@ fn request(size: u32) -> Request {
 #[test]
 fn a_compiled_unet_runs_as_the_eager_one() {
     tch::set_num_threads(1);
-    let python = reference_dir().join("../.venv/bin/python");
-    // (the CLI suite's cache too: the same weights and size compile once)
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache/sd-rs/compiled");
-    let spec = CompileSpec::new(64, 64, python, cache);
+    let spec = spec(64);
     let mut compiled = pipeline();
     let mut stages = Vec::new();
     let package = compiled
@@ -57,13 +68,46 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     assert!(other
         .latents
         .equal(&eager.generate(&request(32)).unwrap().latents));
-    // other weights: refused
-    let mut merged = pipeline();
+    // the builder's option finds it among those kept
+    let built = StableDiffusion::builder()
+        .model_dir(fixtures().join("tiny-sd1"))
+        .compiled_in(Some(spec.cache_dir.clone()))
+        .build()
+        .unwrap();
+    let again = built.generate(&request(64)).unwrap();
+    assert_eq!(again.unet_execution, UNetExecution::Compiled);
+    assert!(again.latents.equal(&fast.latents));
+    // the package holds the weights as they were: a LoRA merged since runs
+    // eager, saying why, the eager numbers exactly
     let lora = LoraSpec::new(fixtures().join("lora/sd1-kohya.safetensors"), 0.8);
-    merged.set_loras(&[lora]).unwrap();
+    compiled.set_loras(std::slice::from_ref(&lora)).unwrap();
+    let mut merged = pipeline();
+    merged.set_loras(std::slice::from_ref(&lora)).unwrap();
+    let after = compiled.generate(&request(64)).unwrap();
+    let UNetExecution::EagerNotCompiled(why) = &after.unet_execution else {
+        panic!("{:?}", after.unet_execution)
+    };
+    assert!(why.contains("before the LoRAs changed"), "{why}");
+    let slow = merged.generate(&request(64)).unwrap();
+    assert!(after.latents.equal(&slow.latents));
+    // and a pipeline with other weights refuses it
     let error = merged.load_compiled_unet(&package).unwrap_err().to_string();
     assert!(
         error.contains("compiled for another model or machine"),
         "{error}"
     );
+}
+
+/// SDXL's UNet takes the pooled text and the size ids as two more inputs.
+#[test]
+fn an_sdxl_unet_compiles_with_its_added_conditions() {
+    tch::set_num_threads(1);
+    let mut compiled = model("tiny-sdxl");
+    compiled.compile_unet(&spec(64), &mut |_| {}).unwrap();
+    let (fast, slow) = (
+        compiled.generate(&request(64)).unwrap(),
+        model("tiny-sdxl").generate(&request(64)).unwrap(),
+    );
+    assert_eq!(fast.unet_execution, UNetExecution::Compiled);
+    assert_matches_reordered("compiled SDXL 64x64", &fast.latents, &slow.latents, 4);
 }

@@ -44,7 +44,8 @@ impl StableDiffusion {
     #[pyo3(signature = (
         model, device="cpu", dtype="f32", scheduler=None, low_memory=false, loras=vec![],
         embeddings=vec![], controlnets=vec![], tiny_vae=None, lora_dir=None, t5=None,
-        clip_l=None, clip_g=None, config_dir=None, vae=None, ip_adapters=vec![], image_encoder=None
+        clip_l=None, clip_g=None, config_dir=None, vae=None, ip_adapters=vec![], image_encoder=None,
+        compiled=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -66,6 +67,7 @@ impl StableDiffusion {
         vae: Option<PathBuf>,
         ip_adapters: Vec<(PathBuf, f64)>,
         image_encoder: Option<PathBuf>,
+        compiled: bool,
     ) -> PyResult<Self> {
         let value_error = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
         let device = sd_core::device::parse_device(device).map_err(|e| value_error(&e))?;
@@ -77,7 +79,8 @@ impl StableDiffusion {
             .source(&source)
             .device(device)
             .dtype(kind)
-            .low_memory(low_memory);
+            .low_memory(low_memory)
+            .compiled(compiled);
         let t5 = match t5 {
             None => None,
             Some(T5Arg::Flag(false)) => Some("none".to_string()),

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// IP-Adapters loaded with every model, each with its image encoder
     /// folder; requests give one image prompt per adapter (`ip_adapter`).
     pub ip_adapters: Vec<(PathBuf, PathBuf)>,
+    /// Where `sd compile`'s packages are kept, when the UNet runs through
+    /// them (`--compiled`): a request whose size one was made for runs it.
+    pub compiled: Option<PathBuf>,
 }
 
 /// What a request may ask for (past these it gets a 4xx naming the
@@ -95,6 +98,7 @@ impl ServerConfig {
             config_dir: None,
             encoders: EncoderChoice::default(),
             ip_adapters: Vec::new(),
+            compiled: None,
         }
     }
 
@@ -111,7 +115,8 @@ impl ServerConfig {
         };
         let adapters = self.ip_adapters.iter();
         let builder = adapters.fold(builder, |b, (path, encoder)| b.ip_adapter(path, encoder));
-        self.encoders.apply(builder)
+        self.encoders
+            .apply(builder.compiled_in(self.compiled.clone()))
     }
 }
 

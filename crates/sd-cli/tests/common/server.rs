@@ -27,10 +27,16 @@ impl Served {
     /// `sd serve --port 0 --data DATA EXTRA...`, single-threaded like the
     /// references; waits for its "listening on" line.
     pub fn start(data: &Path, extra: &[&str]) -> Served {
+        Served::start_env(data, extra, &[])
+    }
+
+    /// As `start`, with these environment variables too.
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
             .args(["serve", "--port", "0", "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env("OMP_NUM_THREADS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

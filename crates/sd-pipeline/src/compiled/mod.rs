@@ -4,23 +4,27 @@
 //! torch and diffusers; the package is then run from Rust for the runs whose
 //! shapes it was made for (`sd_core::ffi::aoti`).
 //!
-//! A package is native code for one machine: its metadata records the
-//! weights' fingerprint, the shapes, dtype, device, torch version and CPU
+//! A package is native code for one machine: its key records the weights'
+//! fingerprint, the call's shapes, dtype, device, torch version and CPU
 //! instruction set, and a package that differs in any of them is refused.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sd_core::ffi::aoti::{self, CompiledPackage};
-use sd_core::DiffusersModel;
+use sd_core::ffi::aoti;
+use sd_core::shared::Frozen;
 use sd_unet::UNet2DConditionModel;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
+use crate::builder::StableDiffusionBuilder;
 use crate::error::{PipelineError, Result};
 use crate::pipeline::StableDiffusion;
 
-/// The compiling script, run by the given Python.
-const SCRIPT: &str = include_str!("compile_unet.py");
+mod job;
+mod package;
+
+pub(crate) use package::fitting;
+pub(crate) use package::CompiledUNet;
+use package::{check_weights, fingerprint};
 
 /// What to compile for.
 #[derive(Debug, Clone)]
@@ -77,75 +81,12 @@ impl CompileSpec {
     }
 }
 
-/// A loaded package and the UNet call it was compiled for.
-pub(crate) struct CompiledUNet {
-    package: CompiledPackage,
-    /// (UNet batch, latent height, latent width, context tokens)
-    shape: [i64; 4],
-}
-
-impl CompiledUNet {
-    /// The prediction for a call that [`fits`](Self::fits).
-    pub(crate) fn run(&self, sample: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let t = t.to_kind(Kind::Float).reshape([] as [i64; 0]);
-        let mut out = self.package.run(&[sample, &t, context])?;
-        Ok(out.remove(0))
-    }
-
-    /// Whether a call of these shapes is the one compiled.
-    pub(crate) fn fits(
-        &self,
-        sample: &Tensor,
-        context: &Tensor,
-    ) -> std::result::Result<(), String> {
-        let [b, h, w, tokens] = self.shape;
-        let (s, c) = (sample.size(), context.size());
-        if s[0] != b || s[2] != h || s[3] != w || c[1] != tokens {
-            return Err(format!(
-                "compiled for a UNet batch of {b} at {h}x{w} latents with {tokens} tokens; \
-                 this step is {}x{}x{} with {}",
-                s[0], s[2], s[3], c[1]
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Where the compiler writes: renamed to the package only when it succeeded
-/// (a half-written package must never be found and loaded).
-fn partial(package: &Path) -> PathBuf {
-    package.with_extension("partial.pt2")
-}
-
 fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Half => "f16",
         Kind::BFloat16 => "bf16",
         _ => "f32",
     }
-}
-
-/// The UNet's weights in one short text: each variable's name, shape and
-/// two sums (merging a LoRA moves them), hashed. One pass over the weights
-/// (the sums accumulate in f64 without an f64 copy of the weights).
-fn fingerprint(unet: &UNet2DConditionModel) -> String {
-    use std::hash::{Hash, Hasher};
-    let variables: BTreeMap<String, Tensor> = unet.var_store().variables().into_iter().collect();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let _guard = tch::no_grad_guard();
-    for (name, t) in &variables {
-        name.hash(&mut hasher);
-        t.size().hash(&mut hasher);
-        f64::try_from(t.sum(Kind::Double))
-            .unwrap_or(f64::NAN)
-            .to_bits()
-            .hash(&mut hasher);
-        f64::try_from(t.abs().sum(Kind::Double))
-            .unwrap_or(f64::NAN)
-            .to_bits()
-            .hash(&mut hasher);
-    }
-    format!("{:016x}", hasher.finish())
 }
 
 fn device_name(device: Device) -> String {
@@ -238,76 +179,9 @@ impl StableDiffusion {
                 "compiling is for UNet models (SD1.x, SD2.x, SDXL)",
             )
         })?;
-        if unet.config().addition_embed_type.is_some() {
-            return Err(PipelineError::model(
-                &self.dir,
-                "compiling SDXL's UNet is not supported yet",
-            ));
-        }
+        check_weights(unet, self.denoiser.dtype())
+            .map_err(|why| PipelineError::model(&self.dir, why))?;
         Ok(unet)
-    }
-
-    /// The job's files beside the package: the weights and the spec.
-    fn write_compile_job(
-        &self,
-        unet: &UNet2DConditionModel,
-        spec: &CompileSpec,
-        package: &Path,
-        [batch, h, w]: [i64; 3],
-        key: &str,
-    ) -> Result<()> {
-        std::fs::create_dir_all(&spec.cache_dir)
-            .map_err(|e| sd_core::CoreError::io(&spec.cache_dir, e))?;
-        let weights = package.with_extension("weights.safetensors");
-        let variables: Vec<(String, Tensor)> = unet.var_store().variables().into_iter().collect();
-        Tensor::write_safetensors(&variables, &weights)?;
-        let config = serde_json::to_value(unet.config())
-            .map_err(|e| PipelineError::model(&self.dir, e.to_string()))?;
-        let job = serde_json::json!({
-            "unet_config": config, "weights": weights, "dtype": dtype_name(self.denoiser.dtype()),
-            "device": device_name(self.devices().unet), "batch": batch, "height": h, "width": w,
-            "tokens": 77, "text_embeds": 0, "time_ids": 0, "package": partial(package),
-            "metadata": {"sd.key": key, "sd.shape": format!("{batch}x{h}x{w}x77")},
-        });
-        let path = package.with_extension("job.json");
-        std::fs::write(&path, job.to_string()).map_err(|e| sd_core::CoreError::io(&path, e))?;
-        Ok(())
-    }
-
-    fn run_compile_job(&self, spec: &CompileSpec, package: &Path) -> Result<()> {
-        let script = package.with_extension("compile.py");
-        std::fs::write(&script, SCRIPT).map_err(|e| sd_core::CoreError::io(&script, e))?;
-        let job = package.with_extension("job.json");
-        let out = std::process::Command::new(&spec.python)
-            .arg(&script)
-            .arg(&job)
-            .output();
-        let out =
-            out.map_err(|e| PipelineError::model(&spec.python, format!("cannot run it: {e}")))?;
-        for leftover in [package.with_extension("weights.safetensors"), script, job] {
-            let _ = std::fs::remove_file(leftover);
-        }
-        let written = partial(package);
-        if out.status.success() && written.exists() {
-            std::fs::rename(&written, package).map_err(|e| sd_core::CoreError::io(package, e))?;
-        }
-        let _ = std::fs::remove_file(&written);
-        if !out.status.success() || !package.exists() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            // (the last line that is no C++ stack frame: Python's message)
-            let message = |l: &&str| {
-                let l = l.trim_start();
-                !l.is_empty()
-                    && !l.starts_with("frame #")
-                    && !l.starts_with("Exception raised from")
-            };
-            let last = stderr.lines().rev().find(message).unwrap_or("no message");
-            return Err(PipelineError::model(
-                &spec.python,
-                format!("the compile failed: {last}"),
-            ));
-        }
-        Ok(())
     }
 
     /// Uses a package `compile_unet` made, for the runs it fits; one made
@@ -339,17 +213,66 @@ impl StableDiffusion {
                 "its metadata has no sd.shape",
             ));
         };
+        if self.compiled.iter().any(|c| c.path == package) {
+            return Ok(());
+        }
         // SAFETY: the metadata says this machine's torch and CPU made it for
         // these weights (what compile_unet writes and reads back).
-        let loaded = unsafe { CompiledPackage::load(package, self.devices().unet) }?;
-        self.compiled = Some(sd_core::shared::Frozen::new(CompiledUNet {
-            package: loaded,
-            shape: [b, h, w, tokens],
-        }));
+        let compiled = unsafe {
+            CompiledUNet::load(
+                package,
+                self.devices().unet,
+                self.loras(),
+                ([b, h, w, tokens], self.denoiser.dtype()),
+            )
+        }?;
+        self.compiled.push(Frozen::new(compiled));
         Ok(())
+    }
+
+    /// Loads every package kept in `dir` for this UNet's weights on this
+    /// machine (one per size and image count `sd compile` was given): each
+    /// run uses the one made for its shapes, others run eager. Their paths,
+    /// none when there are none.
+    pub fn use_compiled_unets(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(Vec::new());
+        };
+        let parts = self.key_parts(self.unet_for_compile()?);
+        let (head, tail) = (
+            format!("unet-{}-", parts.weights),
+            format!("{}.pt2", parts.machine),
+        );
+        let mut packages: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.starts_with(&head) && name.ends_with(&tail) && !name.contains(".partial.")
+            })
+            .collect();
+        packages.sort();
+        for package in &packages {
+            self.load_package(package, &parts)?;
+        }
+        Ok(packages)
     }
 }
 
-// SAFETY: CompiledPackage is Sync (its runs are serialised by libtorch's
-// loader); the shape is plain data.
-unsafe impl sd_core::shared::ReadOnlyShared for CompiledUNet {}
+impl StableDiffusionBuilder {
+    /// Runs the UNet through the packages `sd compile` made for this
+    /// model's architecture on this machine (kept in [`default_cache_dir`])
+    /// wherever a run's shapes fit one; other runs stay eager, and each
+    /// [`Generation`](crate::Generation) says which way it ran. A model
+    /// without a UNet, or with weights not in the pipeline's dtype (GGUF,
+    /// 8-bit), is refused.
+    pub fn compiled(self, on: bool) -> Self {
+        self.compiled_in(on.then(default_cache_dir))
+    }
+
+    /// As [`compiled`](Self::compiled), with packages kept in `dir`
+    /// (`None`: off).
+    pub fn compiled_in(mut self, dir: Option<PathBuf>) -> Self {
+        self.compiled = dir;
+        self
+    }
+}

@@ -281,11 +281,11 @@ impl StableDiffusion {
         let (context, added, t) = (inputs.context, inputs.extra.added(), &at.t_on_device);
         match (inputs.control, inputs.image_tokens) {
             (None, None) => {
-                if let Some(compiled) = &self.compiled {
-                    match compiled.fits(input, context) {
-                        Ok(()) => {
+                if !self.compiled.is_empty() {
+                    match crate::compiled::fitting(&self.compiled, self.loras(), input, context) {
+                        Ok(compiled) => {
                             runner.compiled = Some(UNetExecution::Compiled);
-                            return compiled.run(input, t, context);
+                            return compiled.run(input, t, context, added);
                         }
                         Err(why) => runner.compiled = Some(UNetExecution::EagerNotCompiled(why)),
                     }
@@ -297,7 +297,7 @@ impl StableDiffusion {
             }
             // per-step inputs of their own: eager
             (control, images) => {
-                if self.compiled.is_some() {
+                if !self.compiled.is_empty() {
                     let why = "ControlNet residuals and image prompts are inputs the compiled \
                                package does not take";
                     runner.compiled = Some(UNetExecution::EagerNotCompiled(why.into()));

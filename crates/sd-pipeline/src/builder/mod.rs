@@ -1,5 +1,7 @@
 //! The builder: every loading option, checked together, then `build`.
 
+mod t5;
+
 use std::path::{Path, PathBuf};
 
 use sd_core::shared::Frozen;
@@ -18,7 +20,6 @@ use crate::model::ModelFamily;
 use crate::pipeline::StableDiffusion;
 use crate::placement::Placement;
 use crate::preview::TinyVae;
-use crate::t5::T5Loading;
 
 /// Options for [`StableDiffusion`]; see [`StableDiffusion::builder`].
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct StableDiffusionBuilder {
     tiny_vae: Option<(PathBuf, crate::preview::TinyVaeUse)>,
     t5: Option<bool>,
     encoder_files: EncoderFiles,
+    /// Where compiled packages are looked for (`compiled`'s setters).
+    pub(crate) compiled: Option<PathBuf>,
 }
 
 impl Default for StableDiffusionBuilder {
@@ -74,6 +77,7 @@ impl Default for StableDiffusionBuilder {
             controlnets: Vec::new(),
             ip_adapters: Vec::new(),
             tiny_vae: None,
+            compiled: None,
         }
     }
 }
@@ -317,7 +321,7 @@ impl StableDiffusionBuilder {
             adapters: Adapters::default(),
             controlnets: ControlNets::default(),
             ip_adapters: Default::default(),
-            compiled: None,
+            compiled: Vec::new(),
             tiny_vae: TinyVae::default(),
         };
         if let Some((dir, usage)) = &self.tiny_vae {
@@ -334,6 +338,9 @@ impl StableDiffusionBuilder {
         }
         if !self.loras.is_empty() {
             pipeline.set_loras(&self.loras)?;
+        }
+        if let Some(dir) = &self.compiled {
+            pipeline.use_compiled_unets(dir)?;
         }
         Ok(pipeline)
     }
@@ -372,47 +379,6 @@ impl StableDiffusionBuilder {
         match conflict {
             Some(message) => Err(PipelineError::request(Field::Model, message)),
             None => Ok(()),
-        }
-    }
-
-    /// T5 left out, held, or (low-memory pipelines) read a block at a time.
-    fn t5_loading(&self) -> T5Loading {
-        match (self.t5_wanted(), self.low_memory) {
-            (Some(false), _) => T5Loading::Skip,
-            (_, true) => T5Loading::Streamed,
-            (_, false) => T5Loading::Resident,
-        }
-    }
-
-    /// T5 asked for (`.t5(true)`) but not there, or asked of a model that
-    /// takes none.
-    fn check_t5(&self, components: &Components) -> Result<()> {
-        let family = components.index.family;
-        if family == ModelFamily::StableDiffusion && self.encoder_files.clip_g.is_some() {
-            return Err(PipelineError::request(
-                Field::Model,
-                "a CLIP-G file was given, but this SD1/SD2 model has one text encoder",
-            ));
-        }
-        let sd3 = family.is_flow_matching();
-        components.check_text_widths()?;
-        let message = match (self.t5_wanted(), sd3, components.t5.is_some()) {
-            (Some(true), true, false) => format!(
-                "T5 was asked for, but {} has none (no text_encoder_3/; a single file without \
-                 text_encoders.t5xxl.* and no config_dir with one)",
-                components.source.display()
-            ),
-            (Some(_), false, _) => "T5 is SD3's third text encoder; this model has none".into(),
-            _ => return Ok(()),
-        };
-        Err(PipelineError::request(Field::T5, message))
-    }
-
-    /// `.t5(..)` as set, a T5 file counting as `true`.
-    fn t5_wanted(&self) -> Option<bool> {
-        match self.encoder_files.t5 {
-            Some(_) => Some(true),
-            None => self.t5,
         }
     }
 

@@ -1,0 +1,108 @@
+"""One UNet step, side by side in one process (issue 32): diffusers eager,
+diffusers + `torch.compile` (Inductor, freezing on), and AOTInductor packages
+of the same exported call, built two ways: frozen (the weights folded into the
+package as constants, what `sd compile` makes by default) and unfrozen with the
+weights given at load (`load_constants(user_managed=True)`: the package holds
+code only and runs on tensors the caller already holds, no second copy).
+
+    .venv/bin/python benches/compiled_step.py --model /tmp/sd-cache/sd15-random --dtype bf16 --size 256
+
+Medians of --runs calls after one warm-up call each (the compile is timed apart).
+CFG batch 2, random weights (noise: this times the work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+class Call(torch.nn.Module):
+    """The UNet as the pipeline calls it (SDXL's added conditions too)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, context, text_embeds=None, time_ids=None):
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, context, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def median_time(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a diffusers folder with unet/")
+    parser.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "f16"])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["torch.compile", "frozen", "unfrozen"])
+    args = parser.parse_args()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    unet = UNet2DConditionModel.from_pretrained(args.model + "/unet", torch_dtype=dtype).eval()
+    config = unet.config
+    torch.manual_seed(0)
+    latent = args.size // 8
+    inputs = [torch.randn(2, config.in_channels, latent, latent, dtype=dtype), torch.tensor(500.0),
+              torch.randn(2, 77, config.cross_attention_dim, dtype=dtype)]
+    if config.addition_embed_type:
+        inputs += [torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim,
+                               dtype=dtype), torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2,
+                                                          dtype=dtype)]
+    call = Call(unet).eval()
+    rows = []
+    with torch.no_grad():
+        reference = call(*inputs)
+        rows.append(("diffusers eager", median_time(lambda: call(*inputs), args.runs), 0.0, 0.0))
+        if "torch.compile" not in args.skip:
+            torch._inductor.config.freezing = True
+            compiled = torch.compile(call)
+            t0 = time.perf_counter()
+            compiled(*inputs)
+            rows.append(("diffusers + torch.compile (freezing)", median_time(lambda: compiled(*inputs), args.runs),
+                         time.perf_counter() - t0, 0.0))
+            torch._inductor.config.freezing = False
+            torch._dynamo.reset()
+        program = torch.export.export(call, tuple(inputs))
+        folder = tempfile.mkdtemp()
+        for name, configs in [("frozen", {"freezing": True}),
+                              ("unfrozen", {"aot_inductor.package_constants_in_so": False})]:
+            if name in args.skip:
+                continue
+            path = os.path.join(folder, name + ".pt2")
+            t0 = time.perf_counter()
+            torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=configs)
+            built = time.perf_counter() - t0
+            package = torch._inductor.aoti_load_package(path)
+            if name == "unfrozen":
+                weights = call.state_dict()
+                package.load_constants({k: weights[k] for k in package.get_constant_fqns()},
+                                       check_full_update=True, user_managed=True)
+            error = (package(*inputs) - reference).abs().max().item()
+            rows.append((f"AOTInductor package, {name} (max-abs vs eager {error:.2g})",
+                         median_time(lambda: package(*inputs), args.runs), built, os.path.getsize(path) / 2**20))
+    eager = rows[0][1]
+    print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, UNet batch 2, median of {args.runs}, "
+          f"{torch.get_num_threads()} threads")
+    print("| UNet step | s | vs diffusers eager | compile s | package MiB |\n| --- | --: | --: | --: | --: |")
+    for name, seconds, built, mib in rows:
+        print(f"| {name} | {seconds:.3f} | {seconds / eager:.2f}x | {built:.0f} | {mib:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
