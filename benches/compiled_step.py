@@ -19,20 +19,15 @@ import statistics
 import tempfile
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DConditionModel
 
-
-class Call(torch.nn.Module):
-    """The UNet as the pipeline calls it (SDXL's added conditions too)."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep, context, text_embeds=None, time_ids=None):
-        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        return self.unet(sample, timestep, context, added_cond_kwargs=added, return_dict=False)[0]
+# (the call the pipeline makes, as sd compile exports it)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "crates/sd-pipeline/src/compiled"))
+from compile_unet import Call  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:

@@ -49,6 +49,16 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     let package = compiled
         .compile_unet(&spec, &mut |s| stages.push(s.to_string()))
         .unwrap();
+    // only the package is kept (no weights, job or Inductor cache left
+    // over; the SDXL test may be compiling beside it: its files are its own)
+    let stem = package.file_stem().unwrap().to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(&spec.cache_dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(&stem) || name == format!("{stem}.pt2"),
+            "{name}"
+        );
+    }
     let eager = pipeline();
     let (fast, slow) = (
         compiled.generate(&request(64)).unwrap(),

@@ -21,24 +21,6 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
-spec = json.loads(open(sys.argv[1]).read())
-dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[spec["dtype"]]
-device = torch.device(spec["device"])
-config = {k: v for k, v in spec["unet_config"].items() if not k.startswith("_")}
-# (built on the meta device: no random draw, no f32 copy of an SDXL UNet before the cast)
-with torch.device("meta"):
-    unet = UNet2DConditionModel.from_config(config).to(dtype).eval()
-ours = {name: list(shape) for name, shape in spec["shapes"].items()}
-theirs = {name: list(t.shape) for name, t in unet.state_dict().items()}
-if ours != theirs:
-    missing = sorted(set(theirs) - set(ours))[:3]
-    unexpected = sorted(set(ours) - set(theirs))[:3]
-    misshapen = sorted(n for n in set(ours) & set(theirs) if ours[n] != theirs[n])[:3]
-    sys.exit(f"the weights do not fit diffusers' UNet for this config: missing {missing}, "
-             f"unexpected {unexpected}, misshapen {misshapen}")
-unet.load_state_dict(load_file(spec["weights"]), strict=True, assign=True)
-unet.to(device)
-
 
 class Call(torch.nn.Module):
     """The UNet as the pipeline calls it: latents, timestep, context (and SDXL's added
@@ -53,19 +35,42 @@ class Call(torch.nn.Module):
         return self.unet(sample, timestep, context, added_cond_kwargs=added, return_dict=False)[0]
 
 
-b, h, w = spec["batch"], spec["height"], spec["width"]
-inputs = [torch.randn(b, config["in_channels"], h, w, dtype=dtype, device=device),
-          torch.tensor(500.0, device=device),
-          torch.randn(b, spec["tokens"], config["cross_attention_dim"], dtype=dtype, device=device)]
-if spec["text_embeds"]:
-    inputs += [torch.randn(b, spec["text_embeds"], dtype=dtype, device=device),
-               torch.randn(b, spec["time_ids"], dtype=dtype, device=device)]
-started = time.time()
-with torch.no_grad():
-    program = torch.export.export(Call(unet).eval(), tuple(inputs))
-    metadata = dict(spec["metadata"], **{"sd.torch": torch.__version__,
-                                         "sd.cpu_capability": torch.backends.cpu.get_cpu_capability()})
-    torch._inductor.aoti_compile_and_package(
-        program, package_path=spec["package"],
-        inductor_configs={"aot_inductor.metadata": metadata, "freezing": True})
-print(json.dumps({"seconds": time.time() - started, "package": spec["package"]}))
+def main() -> None:
+    spec = json.loads(open(sys.argv[1]).read())
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[spec["dtype"]]
+    device = torch.device(spec["device"])
+    config = {k: v for k, v in spec["unet_config"].items() if not k.startswith("_")}
+    # (built on the meta device: no random draw, no f32 copy of an SDXL UNet before the cast)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config).to(dtype).eval()
+    ours = {name: list(shape) for name, shape in spec["shapes"].items()}
+    theirs = {name: list(t.shape) for name, t in unet.state_dict().items()}
+    if ours != theirs:
+        missing = sorted(set(theirs) - set(ours))[:3]
+        unexpected = sorted(set(ours) - set(theirs))[:3]
+        misshapen = sorted(n for n in set(ours) & set(theirs) if ours[n] != theirs[n])[:3]
+        sys.exit(f"the weights do not fit diffusers' UNet for this config: missing {missing}, "
+                 f"unexpected {unexpected}, misshapen {misshapen}")
+    unet.load_state_dict(load_file(spec["weights"]), strict=True, assign=True)
+    unet.to(device)
+
+    b, h, w = spec["batch"], spec["height"], spec["width"]
+    inputs = [torch.randn(b, config["in_channels"], h, w, dtype=dtype, device=device),
+              torch.tensor(500.0, device=device),
+              torch.randn(b, spec["tokens"], config["cross_attention_dim"], dtype=dtype, device=device)]
+    if spec["text_embeds"]:
+        inputs += [torch.randn(b, spec["text_embeds"], dtype=dtype, device=device),
+                   torch.randn(b, spec["time_ids"], dtype=dtype, device=device)]
+    started = time.time()
+    with torch.no_grad():
+        program = torch.export.export(Call(unet).eval(), tuple(inputs))
+        metadata = dict(spec["metadata"], **{"sd.torch": torch.__version__,
+                                             "sd.cpu_capability": torch.backends.cpu.get_cpu_capability()})
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=spec["package"],
+            inductor_configs={"aot_inductor.metadata": metadata, "freezing": True})
+    print(json.dumps({"seconds": time.time() - started, "package": spec["package"]}))
+
+
+if __name__ == "__main__":  # (benches/compiled_step.py imports Call)
+    main()

@@ -63,15 +63,21 @@ impl StableDiffusion {
         let script = package.with_extension("compile.py");
         std::fs::write(&script, SCRIPT).map_err(|e| sd_core::CoreError::io(&script, e))?;
         let job = package.with_extension("job.json");
+        // Inductor's own cache (kernels, the shared object with the weights
+        // in it) would stay in /tmp/torchinductor_$USER: gigabytes a compile.
+        // The package is what is kept; the cache goes with the job.
+        let inductor = package.with_extension("inductor");
         let out = std::process::Command::new(&spec.python)
             .arg(&script)
             .arg(&job)
+            .env("TORCHINDUCTOR_CACHE_DIR", &inductor)
             .output();
         let out =
             out.map_err(|e| PipelineError::model(&spec.python, format!("cannot run it: {e}")))?;
         for leftover in [package.with_extension("weights.safetensors"), script, job] {
             let _ = std::fs::remove_file(leftover);
         }
+        let _ = std::fs::remove_dir_all(&inductor);
         let written = partial(package);
         if out.status.success() && written.exists() {
             std::fs::rename(&written, package).map_err(|e| sd_core::CoreError::io(package, e))?;
