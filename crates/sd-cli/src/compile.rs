@@ -23,6 +23,10 @@ pub struct CompileArgs {
     /// Images per run (the UNet runs twice this under guidance).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
+    /// A LoRA merged before compiling (FILE[:SCALE], repeatable): the package
+    /// holds the merged weights, for `txt2img --compiled` with the same LoRAs.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -58,6 +62,8 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         .device(sd_core::device::parse_device(&args.device)?)
         .dtype(sd_core::device::parse_dtype(&args.dtype)?)
         .build()?;
+    let loras = crate::generate::lora_options(&args.loras)?;
+    pipeline.set_loras(&loras)?;
     let mut spec = CompileSpec::new(args.width, args.height, python, cache);
     spec.images = args.num_images;
     let started = std::time::Instant::now();

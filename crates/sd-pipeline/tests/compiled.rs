@@ -3,8 +3,9 @@
 //! the size it was made for, within the error model of the eager run (fusion
 //! rounds otherwise: the bound for a reordered computation, in every mode);
 //! another size runs eager and says why; a LoRA merged after loading it
-//! runs eager (the package holds the weights of before), and a pipeline with
-//! other weights refuses it in one line; the builder's `compiled_in` loads
+//! runs eager (the package holds the weights of before) until one is
+//! compiled for the merged weights, and a pipeline with other weights
+//! refuses it in one line; the builder's `compiled_in` loads
 //! what is kept. SDXL's added conditions are inputs of its package.
 
 use std::path::PathBuf;
@@ -100,6 +101,17 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     assert!(why.contains("before the LoRAs changed"), "{why}");
     let slow = merged.generate(&request(64)).unwrap();
     assert!(after.latents.equal(&slow.latents));
+    // compiled again with the LoRA merged: that package serves, beside the
+    // stale one
+    compiled.compile_unet(&spec, &mut |_| {}).unwrap();
+    let lora_run = compiled.generate(&request(64)).unwrap();
+    assert_eq!(lora_run.unet_execution, UNetExecution::Compiled);
+    assert_matches_reordered(
+        "compiled with the LoRA",
+        &lora_run.latents,
+        &slow.latents,
+        4,
+    );
     // and a pipeline with other weights refuses it
     let error = merged.load_compiled_unet(&package).unwrap_err().to_string();
     assert!(

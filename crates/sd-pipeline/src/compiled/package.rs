@@ -96,20 +96,24 @@ pub(crate) fn fitting<'a>(
     sample: &Tensor,
     context: &Tensor,
 ) -> std::result::Result<&'a CompiledUNet, String> {
-    let mut why = None;
+    // (a package of these shapes made before the LoRAs changed is the better
+    // reason than another's shapes; one made after may follow it)
+    let (mut stale, mut why) = (None, None);
     for package in packages {
         match package.fits(sample, context) {
-            Ok(()) if package.loras != loras => {
-                return Err(
-                    "the package holds the UNet's weights as they were before the LoRAs changed"
-                        .into(),
+            Ok(()) if package.loras == loras => return Ok(package),
+            Ok(()) => {
+                stale = Some(
+                    "the package holds the UNet's weights as they were before the LoRAs changed",
                 )
             }
-            Ok(()) => return Ok(package),
             Err(e) => why = why.or(Some(e)),
         }
     }
-    Err(why.unwrap_or_else(|| "no compiled package is loaded".into()))
+    Err(stale
+        .map(String::from)
+        .or(why)
+        .unwrap_or_else(|| "no compiled package is loaded".into()))
 }
 
 /// SDXL's added-condition widths (pooled text, time ids), or zeros for a
