@@ -88,6 +88,12 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     let again = built.generate(&request(64)).unwrap();
     assert_eq!(again.unet_execution, UNetExecution::Compiled);
     assert!(again.latents.equal(&fast.latents));
+    // a model without a UNet has no packages: it loads (and runs eager)
+    let sd3 = StableDiffusion::builder()
+        .model_dir(fixtures().join("sd3/pipeline"))
+        .compiled_in(Some(spec.cache_dir.clone()))
+        .build();
+    assert!(sd3.is_ok(), "{:?}", sd3.err());
     // the package holds the weights as they were: a LoRA merged since runs
     // eager, saying why, the eager numbers exactly
     let lora = LoraSpec::new(fixtures().join("lora/sd1-kohya.safetensors"), 0.8);

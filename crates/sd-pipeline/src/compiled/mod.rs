@@ -233,12 +233,16 @@ impl StableDiffusion {
     /// Loads every package kept in `dir` for this UNet's weights on this
     /// machine (one per size and image count `sd compile` was given): each
     /// run uses the one made for its shapes, others run eager. Their paths,
-    /// none when there are none.
+    /// none when there are none (a model without a UNet, or with weights
+    /// kept narrow, has none: a server with mixed models runs those eager).
     pub fn use_compiled_unets(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok(Vec::new());
         };
-        let parts = self.key_parts(self.unet_for_compile()?);
+        let Ok(unet) = self.unet_for_compile() else {
+            return Ok(Vec::new());
+        };
+        let parts = self.key_parts(unet);
         let (head, tail) = (
             format!("unet-{}-", parts.weights),
             format!("{}.pt2", parts.machine),
@@ -260,11 +264,11 @@ impl StableDiffusion {
 
 impl StableDiffusionBuilder {
     /// Runs the UNet through the packages `sd compile` made for this
-    /// model's architecture on this machine (kept in [`default_cache_dir`])
+    /// model's weights on this machine (kept in [`default_cache_dir`])
     /// wherever a run's shapes fit one; other runs stay eager, and each
     /// [`Generation`](crate::Generation) says which way it ran. A model
-    /// without a UNet, or with weights not in the pipeline's dtype (GGUF,
-    /// 8-bit), is refused.
+    /// without a UNet (SD3, FLUX.1), or with weights not in the pipeline's
+    /// dtype (GGUF, 8-bit), has no packages: it runs eager.
     pub fn compiled(self, on: bool) -> Self {
         self.compiled_in(on.then(default_cache_dir))
     }
