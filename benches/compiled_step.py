@@ -6,6 +6,7 @@ weights given at load (`load_constants(user_managed=True)`: the package holds
 code only and runs on tensors the caller already holds, no second copy).
 
     .venv/bin/python benches/compiled_step.py --model /tmp/sd-cache/sd15-random --dtype bf16 --size 256
+    ... --part vae-decoder --size 512    # the VAE decoder instead (one image)
 
 Medians of --runs calls after one warm-up call each (the compile is timed apart).
 CFG batch 2, random weights (noise: this times the work).
@@ -47,19 +48,58 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["torch.compile", "frozen", "unfrozen"])
+    parser.add_argument("--part", default="unet", choices=["unet", "vae-decoder"],
+                        help="vae-decoder: one image's decode instead (is a decoder package worth building?)")
     args = parser.parse_args()
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
-    unet = UNet2DConditionModel.from_pretrained(args.model + "/unet", torch_dtype=dtype).eval()
+    if args.part == "vae-decoder":
+        call, inputs = vae_decoder(args.model, dtype, args.size)
+    else:
+        call, inputs = unet_call(args.model, dtype, args.size)
+    rows = time_all(call, inputs, args)
+    eager = rows[0][1]
+    what = "UNet step, batch 2" if args.part == "unet" else "VAE decode, one image"
+    print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, {what}, median of {args.runs}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"| {what} | s | vs diffusers eager | compile s | package MiB |\n| --- | --: | --: | --: | --: |")
+    for name, seconds, built, mib in rows:
+        print(f"| {name} | {seconds:.3f} | {seconds / eager:.2f}x | {built:.0f} | {mib:.0f} |")
+
+
+class Decode(torch.nn.Module):
+    """The VAE's decoder as a pipeline's last step calls it: unscaled latents in, pixels out."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+def vae_decoder(model: str, dtype: torch.dtype, size: int):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(model + "/vae", torch_dtype=dtype).eval()
+    torch.manual_seed(0)
+    return Decode(vae).eval(), [torch.randn(1, vae.config.latent_channels, size // 8, size // 8, dtype=dtype)]
+
+
+def unet_call(model: str, dtype: torch.dtype, size: int):
+    unet = UNet2DConditionModel.from_pretrained(model + "/unet", torch_dtype=dtype).eval()
     config = unet.config
     torch.manual_seed(0)
-    latent = args.size // 8
+    latent = size // 8
     inputs = [torch.randn(2, config.in_channels, latent, latent, dtype=dtype), torch.tensor(500.0),
               torch.randn(2, 77, config.cross_attention_dim, dtype=dtype)]
     if config.addition_embed_type:
         inputs += [torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim,
-                               dtype=dtype), torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2,
-                                                          dtype=dtype)]
-    call = Call(unet).eval()
+                               dtype=dtype), torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=dtype)]
+    return Call(unet).eval(), inputs
+
+
+def time_all(call, inputs, args) -> list:
+    """diffusers eager, torch.compile, and the two packages, each timed on the same inputs."""
     rows = []
     with torch.no_grad():
         reference = call(*inputs)
@@ -91,12 +131,7 @@ def main() -> None:
             error = (package(*inputs) - reference).abs().max().item()
             rows.append((f"AOTInductor package, {name} (max-abs vs eager {error:.2g})",
                          median_time(lambda: package(*inputs), args.runs), built, os.path.getsize(path) / 2**20))
-    eager = rows[0][1]
-    print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, UNet batch 2, median of {args.runs}, "
-          f"{torch.get_num_threads()} threads")
-    print("| UNet step | s | vs diffusers eager | compile s | package MiB |\n| --- | --: | --: | --: | --: |")
-    for name, seconds, built, mib in rows:
-        print(f"| {name} | {seconds:.3f} | {seconds / eager:.2f}x | {built:.0f} | {mib:.0f} |")
+    return rows
 
 
 if __name__ == "__main__":
