@@ -20,6 +20,9 @@ pub(crate) struct Extras {
     /// (file, scale); all with `image_encoder`.
     pub ip_adapters: Vec<(PathBuf, f64)>,
     pub image_encoder: Option<PathBuf>,
+    /// The UNet through `sd compile`'s packages, looked up once the LoRAs
+    /// are merged (a package holds the weights it was compiled with).
+    pub compiled: bool,
 }
 
 /// Loads what the constructor names besides the model.
@@ -47,6 +50,9 @@ pub(crate) fn load_extras(mut pipeline: Pipeline, extras: &Extras) -> Result<Pip
         pipeline.load_embedding(path, None)?;
     }
     pipeline.set_loras(&extras.loras)?;
+    if extras.compiled {
+        pipeline.use_compiled_unets(&sd_pipeline::compiled::default_cache_dir())?;
+    }
     Ok(pipeline)
 }
 

@@ -79,8 +79,7 @@ impl StableDiffusion {
             .source(&source)
             .device(device)
             .dtype(kind)
-            .low_memory(low_memory)
-            .compiled(compiled);
+            .low_memory(low_memory);
         let t5 = match t5 {
             None => None,
             Some(T5Arg::Flag(false)) => Some("none".to_string()),
@@ -107,6 +106,7 @@ impl StableDiffusion {
             tiny_vae,
             ip_adapters,
             image_encoder,
+            compiled,
         };
         let pipeline = py
             .detach(|| load_extras(builder.build()?, &extras))

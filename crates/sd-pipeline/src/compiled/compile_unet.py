@@ -2,10 +2,9 @@
 
     python compile_unet.py SPEC.json
 
-SPEC: unet_config (the UNet's config.json), shapes (each weight's name and shape as the
-pipeline holds them: they must be diffusers' exactly), weights (a safetensors file of the
-weights the pipeline holds, LoRAs merged included), dtype (f32/f16/bf16),
-device (cpu/cuda:N), batch (the UNet batch, CFG doubled), height/width (latents), tokens
+SPEC: unet_config (the UNet's config.json), weights (a safetensors file of the weights the
+pipeline holds, LoRAs merged included: their names and shapes must be diffusers' exactly),
+dtype (f32/f16/bf16), device (cpu/cuda:N), batch (the UNet batch, CFG doubled), height/width (latents), tokens
 (context length), text_embeds/time_ids widths (SDXL; 0 otherwise), package (out path),
 metadata (written into the package). diffusers' own UNet2DConditionModel is exported with
 torch.export and compiled by Inductor with freezing (the weights folded in as constants, as
@@ -43,7 +42,8 @@ def main() -> None:
     # (built on the meta device: no random draw, no f32 copy of an SDXL UNet before the cast)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config).to(dtype).eval()
-    ours = {name: list(shape) for name, shape in spec["shapes"].items()}
+    weights = load_file(spec["weights"])
+    ours = {name: list(t.shape) for name, t in weights.items()}
     theirs = {name: list(t.shape) for name, t in unet.state_dict().items()}
     if ours != theirs:
         missing = sorted(set(theirs) - set(ours))[:3]
@@ -51,7 +51,7 @@ def main() -> None:
         misshapen = sorted(n for n in set(ours) & set(theirs) if ours[n] != theirs[n])[:3]
         sys.exit(f"the weights do not fit diffusers' UNet for this config: missing {missing}, "
                  f"unexpected {unexpected}, misshapen {misshapen}")
-    unet.load_state_dict(load_file(spec["weights"]), strict=True, assign=True)
+    unet.load_state_dict(weights, strict=True, assign=True)
     unet.to(device)
 
     b, h, w = spec["batch"], spec["height"], spec["width"]

@@ -1,5 +1,5 @@
-//! The compile job: the UNet's weights, config and weight shapes written
-//! beside the package-to-be, diffusers' module exported and compiled by the given
+//! The compile job: the UNet's weights and config written beside the
+//! package-to-be, diffusers' module exported and compiled by the given
 //! Python (compile_unet.py), the package renamed into place only when the
 //! compile succeeded.
 
@@ -39,8 +39,6 @@ impl StableDiffusion {
             .map_err(|e| sd_core::CoreError::io(&spec.cache_dir, e))?;
         let variables: BTreeMap<String, Tensor> =
             unet.var_store().variables().into_iter().collect();
-        let shapes: BTreeMap<&String, Vec<i64>> =
-            variables.iter().map(|(name, t)| (name, t.size())).collect();
         let weights = package.with_extension("weights.safetensors");
         let named: Vec<(&String, &Tensor)> = variables.iter().collect();
         Tensor::write_safetensors(&named, &weights)?;
@@ -48,7 +46,7 @@ impl StableDiffusion {
             .map_err(|e| PipelineError::model(&self.dir, e.to_string()))?;
         let (text_embeds, time_ids) = added_widths(unet);
         let job = serde_json::json!({
-            "unet_config": config, "shapes": shapes, "weights": weights,
+            "unet_config": config, "weights": weights,
             "dtype": dtype_name(self.denoiser.dtype()), "device": device_name(self.devices().unet),
             "batch": batch, "height": h, "width": w, "tokens": 77, "text_embeds": text_embeds,
             "time_ids": time_ids, "package": partial(package),

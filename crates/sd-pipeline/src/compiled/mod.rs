@@ -162,14 +162,20 @@ impl StableDiffusion {
     fn key_parts(&self, unet: &UNet2DConditionModel) -> KeyParts {
         KeyParts {
             weights: fingerprint(unet),
-            machine: format!(
-                "-{}-{}-{}-{}",
-                dtype_name(self.denoiser.dtype()),
-                device_name(self.devices().unet).replace(':', ""),
-                aoti::torch_version(),
-                aoti::cpu_capability().to_lowercase()
-            ),
+            machine: self.machine_tail(),
         }
+    }
+
+    /// The key's end: dtype, device, torch version and CPU capability
+    /// (cheap, unlike the weights' fingerprint).
+    fn machine_tail(&self) -> String {
+        format!(
+            "-{}-{}-{}-{}",
+            dtype_name(self.denoiser.dtype()),
+            device_name(self.devices().unet).replace(':', ""),
+            aoti::torch_version(),
+            aoti::cpu_capability().to_lowercase()
+        )
     }
 
     fn unet_for_compile(&self) -> Result<&UNet2DConditionModel> {
@@ -242,17 +248,30 @@ impl StableDiffusion {
         let Ok(unet) = self.unet_for_compile() else {
             return Ok(Vec::new());
         };
-        let parts = self.key_parts(unet);
-        let (head, tail) = (
-            format!("unet-{}-", parts.weights),
-            format!("{}.pt2", parts.machine),
-        );
-        let mut packages: Vec<PathBuf> = entries
+        // (the fingerprint is a pass over every weight: only when some
+        // package was made for this machine, not at every model load)
+        let tail = format!("{}.pt2", self.machine_tail());
+        let name = |p: &PathBuf| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let candidates: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy();
-                name.starts_with(&head) && name.ends_with(&tail) && !name.contains(".partial.")
+                let name = name(p);
+                name.starts_with("unet-") && name.ends_with(&tail) && !name.contains(".partial.")
             })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parts = self.key_parts(unet);
+        let head = format!("unet-{}-", parts.weights);
+        let mut packages: Vec<PathBuf> = candidates
+            .into_iter()
+            .filter(|p| name(p).starts_with(&head))
             .collect();
         packages.sort();
         for package in &packages {
