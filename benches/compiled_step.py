@@ -7,6 +7,7 @@ code only and runs on tensors the caller already holds, no second copy).
 
     .venv/bin/python benches/compiled_step.py --model /tmp/sd-cache/sd15-random --dtype bf16 --size 256
     ... --part vae-decoder --size 512    # the VAE decoder instead (one image)
+    ... --device cuda --dtype f16          # on a GPU (timed with a device sync)
 
 Medians of --runs calls after one warm-up call each (the compile is timed apart).
 CFG batch 2, random weights (noise: this times the work).
@@ -32,11 +33,14 @@ from compile_unet import Call  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     times = []
     for _ in range(runs):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "f16"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["torch.compile", "frozen", "unfrozen"])
     parser.add_argument("--part", default="unet", choices=["unet", "vae-decoder"],
                         help="vae-decoder: one image's decode instead (is a decoder package worth building?)")
@@ -56,11 +61,12 @@ def main() -> None:
         call, inputs = vae_decoder(args.model, dtype, args.size)
     else:
         call, inputs = unet_call(args.model, dtype, args.size)
+    call, inputs = call.to(args.device), [x.to(args.device) for x in inputs]
     rows = time_all(call, inputs, args)
     eager = rows[0][1]
     what = "UNet step, batch 2" if args.part == "unet" else "VAE decode, one image"
-    print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, {what}, median of {args.runs}, "
-          f"{torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"{args.model}, {args.dtype}, {args.size}x{args.size}, {what}, median of {args.runs}, {where}")
     print(f"| {what} | s | vs diffusers eager | compile s | package MiB |\n| --- | --: | --: | --: | --: |")
     for name, seconds, built, mib in rows:
         print(f"| {name} | {seconds:.3f} | {seconds / eager:.2f}x | {built:.0f} | {mib:.0f} |")
@@ -101,15 +107,20 @@ def unet_call(model: str, dtype: torch.dtype, size: int):
 def time_all(call, inputs, args) -> list:
     """diffusers eager, torch.compile, and the two packages, each timed on the same inputs."""
     rows = []
+
+    def add(row):  # (printed as it comes: a later part that crashes leaves the earlier figures)
+        rows.append(row)
+        print(f"{row[0]}: {row[1]:.4f} s (built in {row[2]:.0f} s)", flush=True)
+
     with torch.no_grad():
         reference = call(*inputs)
-        rows.append(("diffusers eager", median_time(lambda: call(*inputs), args.runs), 0.0, 0.0))
+        add(("diffusers eager", median_time(lambda: call(*inputs), args.runs), 0.0, 0.0))
         if "torch.compile" not in args.skip:
             torch._inductor.config.freezing = True
             compiled = torch.compile(call)
             t0 = time.perf_counter()
             compiled(*inputs)
-            rows.append(("diffusers + torch.compile (freezing)", median_time(lambda: compiled(*inputs), args.runs),
+            add(("diffusers + torch.compile (freezing)", median_time(lambda: compiled(*inputs), args.runs),
                          time.perf_counter() - t0, 0.0))
             torch._inductor.config.freezing = False
             torch._dynamo.reset()
@@ -129,7 +140,7 @@ def time_all(call, inputs, args) -> list:
                 package.load_constants({k: weights[k] for k in package.get_constant_fqns()},
                                        check_full_update=True, user_managed=True)
             error = (package(*inputs) - reference).abs().max().item()
-            rows.append((f"AOTInductor package, {name} (max-abs vs eager {error:.2g})",
+            add((f"AOTInductor package, {name} (max-abs vs eager {error:.2g})",
                          median_time(lambda: package(*inputs), args.runs), built, os.path.getsize(path) / 2**20))
     return rows
 

@@ -198,7 +198,7 @@ def main() -> None:
                 print(f"{key[:-2]:<16}{d:>12.4f}{r:>12.4f}{d / r:>9.2f}x{extra}")
             if ours.get("compile"):
                 print(f"sd-rs compile: {ours['compile']['compile_s']:.0f} s, package "
-                      f"{ours['compile']['package_mib']:.0f} MiB")
+                      f"{ours['compile']['package_mib']:.0f} MiB; UNet ran: {ours['runs'][-1]['unet_execution']}")
             print(f"peak RSS (whole process): diffusers {theirs['peak_rss_gib']:.2f} GiB, "
                   f"sd-rs {ours['peak_rss_gib']:.2f} GiB")
             if "peak_memory_gib" in theirs:

@@ -117,6 +117,44 @@ SD_RS_CACHE=/tmp/sd-cache SD_PIPELINE_TIMING=$B/pipeline_timing timeout 240 \
   || echo "FAILED: side_by_side"
 }
 
+compiled() {
+echo "== compiled UNet on CUDA (issue 32): sd compile, then txt2img --compiled against eager (tiny SD1, f32)"
+export XDG_CACHE_HOME=$W/xdg
+local C=(--model $F/tiny-sd1 --width 64 --height 64 --device cuda) ok=1
+timeout 150 $B/sd compile "${C[@]}" >"$W/compile-tiny.log" 2>&1 || ok=0
+tail -n 4 "$W/compile-tiny.log"
+if [ $ok = 1 ]; then
+  $B/sd compile --list
+  $B/sd txt2img "${C[@]}" --prompt "$P" --steps 4 --seed 0 --out "$W/tiny-eager.png"
+  $B/sd txt2img "${C[@]}" --prompt "$P" --steps 4 --seed 0 --compiled --out "$W/tiny-compiled.png" 2>&1 | tail -n 3
+  python3 scripts/lib/png_diff.py compiled-tiny "$W/tiny-eager.png" "$W/tiny-compiled.png"
+  echo "== SD1.5 architecture, f16, 512x512, 50 Euler steps: sd's package vs diffusers eager and torch.compile"
+  M=/tmp/sd-cache/sd15-random
+  [ -f $M/model_index.json ] || $B/pipeline_timing --random-sd15 $M --device cuda --dtype f16 --size 64 --steps 1 --runs 1 >/dev/null
+  SD_RS_CACHE=/tmp/sd-cache SD_PIPELINE_TIMING=$B/pipeline_timing timeout "${COMPILED_SIDE_S:-300}" \
+    python3 benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --runs 2 --sampler euler \
+    --compile --ours-compiled || echo "FAILED: side_by_side --ours-compiled"
+else
+  echo "FAILED: sd compile on CUDA (the full-size run is skipped)"
+fi
+}
+
+parts() {
+echo "== one full-size UNet step and one VAE decode as packages, against eager (f16, 512x512)"
+M=/tmp/sd-cache/sd15-random
+[ -f $M/model_index.json ] || $B/pipeline_timing --random-sd15 $M --device cuda --dtype f16 --size 64 --steps 1 --runs 1 >/dev/null
+# (one process each, torch.compile left out: the first GPU run's decoder measurement, torch.compile
+# and the package in one process, died of a segfault before printing anything)
+# (about 7 minutes: the UNet's export and compile alone passed 140 s on the H200)
+local part limit
+for part in "unet 240" "vae-decoder 150"; do
+  read -r part limit <<<"$part"
+  { timeout $limit python3 benches/compiled_step.py --model $M --device cuda --dtype f16 --size 512 --runs 10 \
+      --part $part --skip torch.compile unfrozen || echo "FAILED: compiled_step $part"; } 2>&1 |
+    grep --line-buffered -v -i warn
+done
+}
+
 upscale() {
 echo "== upscalers against spandrel (carried wheel), 512x512 -> 2048x2048, whole, f16 and f32"
 for dtype in f16 f32; do
@@ -126,5 +164,5 @@ done
 }
 
 # Sections by name (`SECTIONS="core ip" bash scripts/gpu-check.sh`), else all of them.
-for section in ${SECTIONS:-core tiny ip timings side upscale}; do "$section"; done
+for section in ${SECTIONS:-core tiny ip timings side compiled parts upscale}; do "$section"; done
 date -u
