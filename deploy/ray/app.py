@@ -92,14 +92,15 @@ class Generator:
                  lora_dir: Optional[str] = None, t5: Union[None, bool, str] = None,
                  clip_l: Optional[str] = None, clip_g: Optional[str] = None,
                  config_dir: Optional[str] = None, ip_adapters: Optional[list] = None,
-                 image_encoder: Optional[str] = None):
+                 image_encoder: Optional[str] = None, compiled: bool = False):
         # t5/clip_l/clip_g/config_dir: SD3's encoders, as sd_rs.StableDiffusion takes them;
-        # ip_adapters: files, each given an image prompt by the body's ip_adapter field
+        # ip_adapters: files, each given an image prompt by the body's ip_adapter field;
+        # compiled: the UNet packages `sd compile` left in this node's cache (docs/compile.md)
         self.pipe = sd_rs.StableDiffusion(model, device=device, dtype=dtype, lora_dir=lora_dir,
                                           t5=t5, clip_l=clip_l, clip_g=clip_g,
                                           config_dir=config_dir,
                                           ip_adapters=[(f, 1.0) for f in ip_adapters or []],
-                                          image_encoder=image_encoder)
+                                          image_encoder=image_encoder, compiled=compiled)
         self.lora_dir = lora_dir
         self.replica = serve.get_replica_context().replica_tag
         self.node = ray.get_runtime_context().get_node_id()
@@ -195,7 +196,9 @@ def app_builder(args: dict):
     <lora:NAME:SCALE> tags are found), num_gpus (1 per replica when device is
     cuda), num_cpus (1 otherwise), max_replicas (set: autoscale from 1 to it);
     SD3: t5 (none, required or a file), clip_l, clip_g, config_dir; IP-Adapter:
-    ip_adapters (comma-separated files) with image_encoder (their encoder folder)."""
+    ip_adapters (comma-separated files) with image_encoder (their encoder folder);
+    compiled (true: run the UNet packages `sd compile` made on each node, eager
+    where none fits)."""
     model = args["model"]
     device = args.get("device", "cpu")
     lora_dir = args.get("lora_dir")
@@ -214,6 +217,10 @@ def app_builder(args: dict):
     encoders = {key: args.get(key) for key in ("clip_l", "clip_g", "config_dir", "image_encoder")}
     if args.get("ip_adapters"):
         encoders["ip_adapters"] = args["ip_adapters"].split(",")
+    compiled = str(args.get("compiled", "false")).lower()
+    if compiled not in ("true", "false", "1", "0"):
+        raise ValueError(f"compiled: {args['compiled']!r} is not true or false")
+    encoders["compiled"] = compiled in ("true", "1")
     generator = Generator.options(**options).bind(model, device, args.get("dtype", "f32"), lora_dir,
                                                   t5=t5, **encoders)
     return Api.bind(generator, lora_dir)

@@ -36,6 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_compiled_option_checked():
+    """A `compiled` arg that is no boolean is refused in one line naming it."""
+    sys.path.insert(0, str(HERE))
+    import app as ray_app
+
+    with pytest.raises(ValueError, match="^compiled: 'maybe' is not true or false$"):
+        ray_app.app_builder({"model": SHAPES, "compiled": "maybe"})
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """`ray start` twice (head + a second node), then Serve with the app; all
@@ -66,7 +75,10 @@ def cluster(tmp_path_factory):
             time.sleep(0.5)
         # One HTTP proxy: both nodes share this machine's address and port.
         serve.start(http_options={"host": "127.0.0.1", "port": http_port, "location": "HeadOnly"})
-        serve.run(ray_app.app_builder({"model": SHAPES, "replicas": 2}), blocking=False)
+        # (compiled: no package is kept for the shapes model, so the replicas run eager and
+        # must still give the CLI's images)
+        serve.run(ray_app.app_builder({"model": SHAPES, "replicas": 2, "compiled": "true"}),
+                  blocking=False)
         url = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + 180
         while True:
