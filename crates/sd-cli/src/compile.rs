@@ -20,6 +20,11 @@ pub struct CompileArgs {
     /// As --width.
     #[arg(long, default_value_t = 512)]
     pub height: u32,
+    /// Several sizes in one command, WxH, repeatable (one package each),
+    /// instead of --width/--height.
+    #[arg(long = "size", value_name = "WxH", value_parser = parse_size,
+          conflicts_with_all = ["width", "height"])]
+    pub sizes: Vec<(u32, u32)>,
     /// Images per run (the UNet runs twice this under guidance).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -64,18 +69,32 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         .build()?;
     let loras = crate::generate::lora_options(&args.loras)?;
     pipeline.set_loras(&loras)?;
-    let mut spec = CompileSpec::new(args.width, args.height, python, cache);
-    spec.images = args.num_images;
-    let started = std::time::Instant::now();
-    let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
-    let size = std::fs::metadata(&package).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "ready in {:.0} s ({:.1} MiB)",
-        started.elapsed().as_secs_f64(),
-        size as f64 / (1 << 20) as f64
-    );
-    println!("{}", package.display());
+    let sizes = match args.sizes.is_empty() {
+        true => vec![(args.width, args.height)],
+        false => args.sizes.clone(),
+    };
+    for (width, height) in sizes {
+        let mut spec = CompileSpec::new(width, height, python.clone(), cache.clone());
+        spec.images = args.num_images;
+        let started = std::time::Instant::now();
+        let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
+        let size = std::fs::metadata(&package).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "{width}x{height} ready in {:.0} s ({:.1} MiB)",
+            started.elapsed().as_secs_f64(),
+            size as f64 / (1 << 20) as f64
+        );
+        println!("{}", package.display());
+    }
     Ok(())
+}
+
+/// `--size WxH`.
+fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
+    parsed.ok_or_else(|| format!("{text:?} is not WxH (e.g. 512x768)"))
 }
 
 fn list_or_clear(cache: &std::path::Path, clear: bool) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `sd compile` then `sd txt2img --compiled` (issue 32): the tiny SD1's UNet
 //! compiled by the virtualenv's torch, the compiled run within the error
 //! model of the eager one (fusion rounds otherwise), `--list` showing the
-//! package; another size runs eager and says so; `sd serve --compiled`
+//! package; two sizes from one `sd compile`; another size runs eager and says so; `sd serve --compiled`
 //! gives the CLI's compiled pixels.
 
 mod common;
@@ -41,10 +41,15 @@ fn compile_then_run_compiled() {
     let dir = common::scratch("compile", "run");
     let tiny = fixtures().join("tiny-sd1");
     let tiny = tiny.to_str().unwrap();
+    // two sizes in one command (64x64 is the pipeline suite's: compiled once for both)
     let compile = [
-        "compile", "--model", tiny, "--width", "64", "--height", "64",
+        "compile", "--model", tiny, "--size", "64x64", "--size", "48x48",
     ];
-    ok(&sd(&compile));
+    let compiled = ok(&sd(&compile));
+    assert!(compiled.contains("48x48 ready in"), "{compiled}");
+    let bad = sd(&["compile", "--model", tiny, "--size", "64"]);
+    let bad = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.contains("\"64\" is not WxH"), "{bad}");
     let listed = sd(&["compile", "--list"]);
     ok(&listed);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(".pt2"));
@@ -85,6 +90,13 @@ fn compile_then_run_compiled() {
     assert!(!stderr.contains("running eager"), "{stderr}");
     let (eager, _) = latents("eager", &[], "64");
     assert_matches_reordered("cli compiled", &compiled, &eager, 4);
+    let (compiled, stderr) = latents("compiled-48", &["--compiled"], "48");
+    assert!(
+        !stderr.contains("no compiled UNet") && !stderr.contains("running eager"),
+        "{stderr}"
+    );
+    let (eager, _) = latents("eager-48", &[], "48");
+    assert_matches_reordered("cli compiled 48x48", &compiled, &eager, 4);
     let (_, stderr) = latents("other", &["--compiled"], "32");
     assert!(
         stderr.contains("no compiled UNet for this model at 32x32"),
