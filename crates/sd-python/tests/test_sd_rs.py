@@ -324,3 +324,23 @@ def test_ip_adapters_give_the_clis_pixels(tmp_path):
         pipe.generate(PROMPT, steps=2, ip_adapter_images=[images[0], images[1]])
     with pytest.raises(ValueError, match="give image_encoder too"):
         sd_rs.StableDiffusion(str(tiny), ip_adapters=[(str(ip / "sd1-plain.safetensors"), 1.0)])
+
+
+def test_compiled_unet_gives_the_clis_compiled_pixels(tmp_path, monkeypatch):
+    """compiled=True runs the package `sd compile` made (the tiny SD1 at 64x64, kept in the
+    cargo suites' cache under target/tmp: compiled once for all): the CLI's --compiled pixels
+    exactly. (Here the eager image is a level away from the compiled one, so an ignored
+    option fails; the two rounding alike on another CPU would hide that.)"""
+    root = Path(__file__).resolve().parents[3]
+    cache = root / "target" / "tmp" / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("SD_PYTHON", str(root / ".venv" / "bin" / "python"))
+    tiny = str(FIXTURES / "tiny-sd1")
+    subprocess.run([SD, "compile", "--model", tiny, "--size", "64x64"], check=True,
+                   capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = ["txt2img", "--model", tiny, "--prompt", "a red circle", "--steps", "4", "--seed", "0",
+            "--width", "64", "--height", "64"]
+    expected = cli(tmp_path, *args, "--compiled")
+    [image] = sd_rs.StableDiffusion(tiny, compiled=True).generate(
+        "a red circle", steps=4, seed=0, width=64, height=64)
+    assert image.tobytes() == expected.tobytes()
