@@ -214,13 +214,13 @@ def app_builder(args: dict):
     else:
         options["num_replicas"] = int(args.get("replicas", 1))
     t5 = {"none": False, "required": True}.get(args.get("t5"), args.get("t5"))
-    encoders = {key: args.get(key) for key in ("clip_l", "clip_g", "config_dir", "image_encoder")}
+    extras = {key: args.get(key) for key in ("clip_l", "clip_g", "config_dir", "image_encoder")}
     if args.get("ip_adapters"):
-        encoders["ip_adapters"] = args["ip_adapters"].split(",")
+        extras["ip_adapters"] = args["ip_adapters"].split(",")
     compiled = str(args.get("compiled", "false")).lower()
     if compiled not in ("true", "false", "1", "0"):
         raise ValueError(f"compiled: {args['compiled']!r} is not true or false")
-    encoders["compiled"] = compiled in ("true", "1")
+    extras["compiled"] = compiled in ("true", "1")
     generator = Generator.options(**options).bind(model, device, args.get("dtype", "f32"), lora_dir,
-                                                  t5=t5, **encoders)
+                                                  t5=t5, **extras)
     return Api.bind(generator, lora_dir)
