@@ -38,6 +38,12 @@ same_on_cuda() {  # name, then sd's arguments with {out} where the image goes
   if [ $ok = 1 ]; then python3 scripts/lib/png_diff.py "$name" "$W/$name-cpu.png" "$W/$name-cuda.png"
   else echo "FAILED: $name"; tail -n 3 "$W/$name-"*.log; fi
 }
+# The full-size SD1.5 architecture with random weights (f16, written once; noise images).
+M=/tmp/sd-cache/sd15-random
+sd15_random() {
+  [ -f $M/model_index.json ] || $B/pipeline_timing --random-sd15 $M --device cuda --dtype f16 --size 64 \
+    --steps 1 --runs 1 >/dev/null
+}
 T=(--prompt "$P" --steps 4 --seed 0 --out {out})
 S=(--width 64 --height 64)
 
@@ -83,7 +89,6 @@ same_on_cuda ip-adapter txt2img --model $F/tiny-sd1 "${T[@]}" "${S[@]}" \
 
 timings() {
 echo "== SD1.5 architecture, random weights, 512x512, 50 Euler steps, CFG, f16"
-M=/tmp/sd-cache/sd15-random
 time_it() {
   $B/pipeline_timing --random-sd15 "$M" --device cuda --dtype f16 --size 512 --steps 50 \
     --sampler "${SAMPLER:-euler}" "$@" >>"$OUT/timings.jsonl" || echo "FAILED: $*"
@@ -129,8 +134,7 @@ if [ $ok = 1 ]; then
   $B/sd txt2img "${C[@]}" --prompt "$P" --steps 4 --seed 0 --compiled --out "$W/tiny-compiled.png" 2>&1 | tail -n 3
   python3 scripts/lib/png_diff.py compiled-tiny "$W/tiny-eager.png" "$W/tiny-compiled.png"
   echo "== SD1.5 architecture, f16, 512x512, 50 Euler steps: sd's package vs diffusers eager and torch.compile"
-  M=/tmp/sd-cache/sd15-random
-  [ -f $M/model_index.json ] || $B/pipeline_timing --random-sd15 $M --device cuda --dtype f16 --size 64 --steps 1 --runs 1 >/dev/null
+  sd15_random
   SD_RS_CACHE=/tmp/sd-cache SD_PIPELINE_TIMING=$B/pipeline_timing timeout "${COMPILED_SIDE_S:-300}" \
     python3 benches/side_by_side.py --device cuda --size 512 --steps 50 --dtype f16 --runs 2 --sampler euler \
     --compile --ours-compiled || echo "FAILED: side_by_side --ours-compiled"
@@ -141,8 +145,7 @@ fi
 
 parts() {
 echo "== one full-size UNet step and one VAE decode as packages, against eager (f16, 512x512)"
-M=/tmp/sd-cache/sd15-random
-[ -f $M/model_index.json ] || $B/pipeline_timing --random-sd15 $M --device cuda --dtype f16 --size 64 --steps 1 --runs 1 >/dev/null
+sd15_random
 # (one process each, torch.compile left out: the first GPU run's decoder measurement, torch.compile
 # and the package in one process, died of a segfault before printing anything)
 # (about 7 minutes: the UNet's export and compile alone passed 140 s on the H200)
