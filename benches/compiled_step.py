@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 
 # (the call the pipeline makes, as sd compile exports it)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "crates/sd-pipeline/src/compiled"))
-from compile_unet import Call  # noqa: E402
+from compile import Call, Decode  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:
@@ -70,17 +70,6 @@ def main() -> None:
     print(f"| {what} | s | vs diffusers eager | compile s | package MiB |\n| --- | --: | --: | --: | --: |")
     for name, seconds, built, mib in rows:
         print(f"| {name} | {seconds:.3f} | {seconds / eager:.2f}x | {built:.0f} | {mib:.0f} |")
-
-
-class Decode(torch.nn.Module):
-    """The VAE's decoder as a pipeline's last step calls it: unscaled latents in, pixels out."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents):
-        return self.vae.decode(latents, return_dict=False)[0]
 
 
 def vae_decoder(model: str, dtype: torch.dtype, size: int):

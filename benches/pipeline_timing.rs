@@ -5,8 +5,10 @@
 //!     [--steps 4] [--batch 1] [--runs 2] [--sampler NAME] [--cuda-graphs] [--low-memory]
 //!     [--vae-tiling] [--channels-last] [--ip-adapter FILE --image-encoder DIR --ip-image PNG]
 //!
-//! `--compiled`: the UNet compiled first (`compile_unet`, the default Python
-//! and cache; `compile_s` and `package_mib` in the output), the runs through it.
+//! `--compiled [--parts unet,vae-decoder]`: the parts (default: the UNet,
+//! and on a GPU the decoder too) compiled first (`compile`, the default
+//! Python and cache; `compile_s` and `package_mib` in the output), the runs
+//! through them.
 //!
 //! With an IP-Adapter, `image_prompt_s` is the image encoding and projection
 //! alone (`encode_image_prompts`), and every run carries the image prompt.
@@ -82,12 +84,24 @@ fn main() -> Result<()> {
     let mut pipeline = pipeline;
     let mut compile = serde_json::json!(null);
     if flag("--compiled") {
-        use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+        use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec, Part};
         let mut spec = CompileSpec::new(size, size, default_python(), default_cache_dir());
         spec.images = batch;
+        spec.parts = match arg(&args, "--parts", "").as_str() {
+            "" => Part::defaults(device),
+            parts => parts
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?,
+        };
         let t = Instant::now();
-        let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
-        let mib = std::fs::metadata(&package).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
+        let packages = pipeline.compile(&spec, &mut |stage| eprintln!("{stage}"))?;
+        let bytes: u64 = packages
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        let mib = bytes as f64 / (1 << 20) as f64;
         compile = serde_json::json!({"compile_s": t.elapsed().as_secs_f64(), "package_mib": mib});
     }
     let ip_adapter = arg(&args, "--ip-adapter", "");
@@ -150,6 +164,7 @@ fn main() -> Result<()> {
             "text_encode_s": text, "image_prompt_s": image_prompt, "denoise_s": denoise,
             "step_after_first_s": first.map_or(0.0, |f| (last - f).as_secs_f64() / (calls.max(2) - 1) as f64), "unet_step_s": denoise / calls.max(1) as f64, "unet_calls": calls,
             "unet_execution": format!("{:?}", generation.unet_execution),
+            "decode_execution": format!("{:?}", generation.decode_execution),
             "vae_decode_s": total - denoise, "end_to_end_s": total + text,
         }));
     }

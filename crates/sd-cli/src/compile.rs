@@ -1,11 +1,12 @@
-//! `sd compile`: a model's UNet compiled ahead of time by torch's compiler
-//! for one size (docs/compile.md); `sd txt2img --compiled` then uses it.
+//! `sd compile`: a model's UNet (and VAE decoder) compiled ahead of time by
+//! torch's compiler for given sizes (docs/compile.md); `sd txt2img
+//! --compiled` then uses them.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec, Part};
 use sd_pipeline::front::ModelSource;
 use sd_pipeline::StableDiffusion;
 
@@ -32,6 +33,11 @@ pub struct CompileArgs {
     /// holds the merged weights, for `txt2img --compiled` with the same LoRAs.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     pub loras: Vec<String>,
+    /// What to compile: unet, vae-decoder (repeatable; default the UNet,
+    /// and on a GPU the decoder too: on the CPU a decoder package is no
+    /// faster than eager).
+    #[arg(long = "part", value_name = "PART")]
+    pub parts: Vec<Part>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -62,9 +68,14 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         bail!("--model: which model to compile");
     };
     let python = args.python.clone().unwrap_or_else(default_python);
+    let device = sd_core::device::parse_device(&args.device)?;
+    let parts = match args.parts.is_empty() {
+        true => Part::defaults(device),
+        false => args.parts.clone(),
+    };
     let mut pipeline = StableDiffusion::builder()
         .source(&ModelSource::detect(model)?)
-        .device(sd_core::device::parse_device(&args.device)?)
+        .device(device)
         .dtype(sd_core::device::parse_dtype(&args.dtype)?)
         .build()?;
     let loras = crate::generate::lora_options(&args.loras)?;
@@ -75,16 +86,21 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     };
     for (width, height) in sizes {
         let mut spec = CompileSpec::new(width, height, python.clone(), cache.clone());
-        spec.images = args.num_images;
+        (spec.images, spec.parts) = (args.num_images, parts.clone());
         let started = std::time::Instant::now();
-        let package = pipeline.compile_unet(&spec, &mut |stage| eprintln!("{stage}"))?;
-        let size = std::fs::metadata(&package).map(|m| m.len()).unwrap_or(0);
+        let packages = pipeline.compile(&spec, &mut |stage| eprintln!("{stage}"))?;
+        let size: u64 = packages
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
         eprintln!(
             "{width}x{height} ready in {:.0} s ({:.1} MiB)",
             started.elapsed().as_secs_f64(),
             size as f64 / (1 << 20) as f64
         );
-        println!("{}", package.display());
+        for package in packages {
+            println!("{}", package.display());
+        }
     }
     Ok(())
 }

@@ -479,14 +479,19 @@ fn read_rgb(path: &Path) -> Result<image::RgbImage> {
         .to_rgb8())
 }
 
-/// `--compiled`: the package `sd compile` made for this run, if any.
+/// `--compiled`: the packages `sd compile` made for this run, if any.
 fn use_compiled(pipeline: &mut StableDiffusion, common: &Common) -> Result<()> {
-    use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec};
+    use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec, Part};
     let (w, h) = pipeline.default_size();
     let (width, height) = (common.width.unwrap_or(w), common.height.unwrap_or(h));
     let mut spec = CompileSpec::new(width, height, default_python(), default_cache_dir());
-    spec.images = common.num_images;
-    if pipeline.use_compiled_unet(&spec)?.is_none() {
+    (spec.images, spec.parts) = (common.num_images, Part::ALL.to_vec());
+    let found = pipeline.use_compiled(&spec)?;
+    let unet = |p: &&std::path::PathBuf| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("unet-"))
+    };
+    if !found.iter().any(|p| unet(&p)) {
         eprintln!(
             "note: no compiled UNet for this model at {width}x{height} (sd compile --model ... \
              --width {width} --height {height}): running eager"

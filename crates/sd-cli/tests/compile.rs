@@ -50,6 +50,14 @@ fn compile_then_run_compiled() {
     let bad = sd(&["compile", "--model", tiny, "--size", "64"]);
     let bad = String::from_utf8_lossy(&bad.stderr);
     assert!(bad.contains("\"64\" is not WxH"), "{bad}");
+    let bad = sd(&["compile", "--model", tiny, "--part", "text-encoder"]);
+    let bad = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad.contains(
+            "--part <PART>': \"text-encoder\" is not a part to compile (unet, vae-decoder)"
+        ),
+        "{bad}"
+    );
     let listed = sd(&["compile", "--list"]);
     ok(&listed);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(".pt2"));

@@ -17,7 +17,7 @@ pub enum UNetExecution {
     CudaGraph,
     /// CUDA graphs were asked for, but capture failed for this reason.
     EagerAfterFailedCapture(String),
-    /// Through a compiled package (`StableDiffusion::compile_unet`).
+    /// Through a compiled package (`StableDiffusion::compile`).
     Compiled,
     /// A compiled package is loaded, but this run does not fit it (why).
     EagerNotCompiled(String),

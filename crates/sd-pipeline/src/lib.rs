@@ -59,6 +59,7 @@ mod t5;
 
 pub use adapters::LoraSpec;
 pub use builder::StableDiffusionBuilder;
+pub use compiled::DecodeExecution;
 pub use components::{Components, Devices, TextTower};
 pub use control::{Control, LoadedControlNet};
 pub use denoiser::Denoiser;

@@ -40,7 +40,7 @@ pub struct StableDiffusion {
     pub(crate) adapters: Adapters,
     pub(crate) controlnets: ControlNets,
     pub(crate) ip_adapters: crate::image_prompt::IpAdapters,
-    pub(crate) compiled: Vec<Frozen<crate::compiled::CompiledUNet>>,
+    pub(crate) compiled: crate::compiled::Compiled,
     pub(crate) tiny_vae: TinyVae,
 }
 

@@ -1,7 +1,8 @@
-//! Compiled UNets (issue 32): the tiny SD1's UNet compiled by torch's
-//! compiler in the project's virtualenv (`compile_unet`), run from Rust for
-//! the size it was made for, within the error model of the eager run (fusion
-//! rounds otherwise: the bound for a reordered computation, in every mode);
+//! Compiled models (issue 32): the tiny SD1's UNet and VAE decoder compiled
+//! by torch's compiler in the project's virtualenv (`compile`), run from
+//! Rust for the size they were made for, within the error model of the eager
+//! run (fusion rounds otherwise: the bound for a reordered computation, in
+//! every mode; the decoder's images within a level);
 //! another size runs eager and says why; a LoRA merged after loading it
 //! runs eager (the package holds the weights of before) until one is
 //! compiled for the merged weights, and a pipeline with other weights
@@ -10,8 +11,8 @@
 
 use std::path::PathBuf;
 
-use sd_pipeline::compiled::CompileSpec;
-use sd_pipeline::{LoraSpec, Request, StableDiffusion, UNetExecution};
+use sd_pipeline::compiled::{CompileSpec, Part};
+use sd_pipeline::{DecodeExecution, LoraSpec, Request, StableDiffusion, UNetExecution};
 use sd_testkit::parity::{assert_matches_reordered, reference_dir};
 
 fn fixtures() -> PathBuf {
@@ -44,21 +45,23 @@ fn request(size: u32) -> Request {
 #[test]
 fn a_compiled_unet_runs_as_the_eager_one() {
     tch::set_num_threads(1);
-    let spec = spec(64);
+    let mut spec = spec(64);
+    spec.parts = Part::ALL.to_vec();
     let mut compiled = pipeline();
-    let mut stages = Vec::new();
-    let package = compiled
-        .compile_unet(&spec, &mut |s| stages.push(s.to_string()))
-        .unwrap();
-    // only the package is kept (no weights, job or Inductor cache left
+    let packages = compiled.compile(&spec, &mut |_| {}).unwrap();
+    let [package, decoder] = &packages[..] else {
+        panic!("{packages:?}")
+    };
+    // only the packages are kept (no weights, job or Inductor cache left
     // over; the SDXL test may be compiling beside it: its files are its own)
-    let stem = package.file_stem().unwrap().to_string_lossy().into_owned();
-    for entry in std::fs::read_dir(&spec.cache_dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(
-            !name.starts_with(&stem) || name == format!("{stem}.pt2"),
-            "{name}"
-        );
+    for stem in [package, decoder].map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()) {
+        for entry in std::fs::read_dir(&spec.cache_dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(&stem) || name == format!("{stem}.pt2"),
+                "{name}"
+            );
+        }
     }
     let eager = pipeline();
     let (fast, slow) = (
@@ -66,7 +69,22 @@ fn a_compiled_unet_runs_as_the_eager_one() {
         eager.generate(&request(64)).unwrap(),
     );
     assert_eq!(fast.unet_execution, UNetExecution::Compiled);
+    assert_eq!(fast.decode_execution, DecodeExecution::Compiled);
+    assert_eq!(slow.decode_execution, DecodeExecution::Eager);
     assert_matches_reordered("compiled 64x64", &fast.latents, &slow.latents, 4);
+    // the decoder, on the same latents: within a level of the eager images
+    let (ours, eager_images) = (
+        compiled.decode_latents(&slow.latents).unwrap(),
+        eager.decode_latents(&slow.latents).unwrap(),
+    );
+    let levels = ours[0]
+        .iter()
+        .zip(eager_images[0].iter())
+        .map(|(a, b)| a.abs_diff(*b));
+    assert!(
+        levels.max().unwrap() <= 1,
+        "the compiled decoder is more than a level away"
+    );
     // another size: eager, saying why, the eager numbers exactly
     let other = compiled.generate(&request(32)).unwrap();
     let UNetExecution::EagerNotCompiled(why) = &other.unet_execution else {
@@ -74,6 +92,13 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     };
     assert!(
         why.contains("compiled for a UNet batch of 2 at 32x32 latents"),
+        "{why}"
+    );
+    let DecodeExecution::EagerNotCompiled(why) = &other.decode_execution else {
+        panic!("{:?}", other.decode_execution)
+    };
+    assert!(
+        why.contains("compiled for 1x4x32x32 latents; this decode is 1x4x16x16"),
         "{why}"
     );
     assert!(other
@@ -87,7 +112,9 @@ fn a_compiled_unet_runs_as_the_eager_one() {
         .unwrap();
     let again = built.generate(&request(64)).unwrap();
     assert_eq!(again.unet_execution, UNetExecution::Compiled);
+    assert_eq!(again.decode_execution, DecodeExecution::Compiled);
     assert!(again.latents.equal(&fast.latents));
+    assert_eq!(again.images, fast.images);
     // a model without a UNet has no packages: it loads (and runs eager)
     let sd3 = StableDiffusion::builder()
         .model_dir(fixtures().join("sd3/pipeline"))
@@ -109,7 +136,8 @@ fn a_compiled_unet_runs_as_the_eager_one() {
     assert!(after.latents.equal(&slow.latents));
     // compiled again with the LoRA merged: that package serves, beside the
     // stale one
-    compiled.compile_unet(&spec, &mut |_| {}).unwrap();
+    spec.parts = vec![Part::UNet];
+    compiled.compile(&spec, &mut |_| {}).unwrap();
     let lora_run = compiled.generate(&request(64)).unwrap();
     assert_eq!(lora_run.unet_execution, UNetExecution::Compiled);
     assert_matches_reordered(
@@ -119,9 +147,19 @@ fn a_compiled_unet_runs_as_the_eager_one() {
         4,
     );
     // and a pipeline with other weights refuses it
-    let error = merged.load_compiled_unet(&package).unwrap_err().to_string();
+    let error = merged.load_compiled(package).unwrap_err().to_string();
     assert!(
         error.contains("compiled for another model or machine"),
+        "{error}"
+    );
+    // another model's VAE refuses the decoder (the tiny SD3's; the tiny
+    // SDXL's is the same VAE as the SD1's, and would take it)
+    let error = model("sd3/pipeline")
+        .load_compiled(decoder)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("compiled for another model or machine (vae-decoder"),
         "{error}"
     );
 }
@@ -131,7 +169,7 @@ fn a_compiled_unet_runs_as_the_eager_one() {
 fn an_sdxl_unet_compiles_with_its_added_conditions() {
     tch::set_num_threads(1);
     let mut compiled = model("tiny-sdxl");
-    compiled.compile_unet(&spec(64), &mut |_| {}).unwrap();
+    compiled.compile(&spec(64), &mut |_| {}).unwrap();
     let (fast, slow) = (
         compiled.generate(&request(64)).unwrap(),
         model("tiny-sdxl").generate(&request(64)).unwrap(),

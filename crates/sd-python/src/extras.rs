@@ -51,7 +51,7 @@ pub(crate) fn load_extras(mut pipeline: Pipeline, extras: &Extras) -> Result<Pip
     }
     pipeline.set_loras(&extras.loras)?;
     if extras.compiled {
-        pipeline.use_compiled_unets(&sd_pipeline::compiled::default_cache_dir())?;
+        pipeline.use_compiled_in(&sd_pipeline::compiled::default_cache_dir())?;
     }
     Ok(pipeline)
 }

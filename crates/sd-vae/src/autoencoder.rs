@@ -17,6 +17,14 @@ use crate::encoder::Encoder;
 use crate::error::{Result, VaeError};
 use crate::tiling::{tiled, TileOptions};
 
+/// What runs the decoder (`post_quant_conv`, then the decoder) on one slice
+/// or tile in place of the eager modules: a compiled package, say.
+pub trait DecoderCall {
+    /// The images for `z` (in the VAE's dtype and on its device), or `None`
+    /// where it does not take this call: the eager modules run it.
+    fn decode(&self, z: &Tensor) -> Option<Tensor>;
+}
+
 /// diffusers' `AutoencoderKL`, under its diffusers key names, with optional
 /// tiling and slicing.
 pub struct AutoencoderKL {
@@ -132,6 +140,14 @@ impl AutoencoderKL {
     /// [`AutoencoderKL::unscale_latents`]), to images in about [-1, 1].
     /// A half-precision decode that overflows is redone in f32.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_via(z, None)
+    }
+
+    /// As [`decode`](Self::decode), with `call` in place of the decoder's
+    /// modules on each slice or tile it takes (a compiled decoder: the
+    /// slicing, tiling and the f32 retry stay this type's, and the retry
+    /// runs eager).
+    pub fn decode_via(&self, z: &Tensor, call: Option<&dyn DecoderCall>) -> Result<Tensor> {
         let (_, c, _, _) = z.size4().map_err(|_| {
             VaeError::invalid(
                 "vae input",
@@ -151,11 +167,11 @@ impl AutoencoderKL {
             ));
         }
         let z = z.to_device(self.vs.device());
-        let image = self.per_slice(&z.to_kind(self.dtype()), |x| self.decode_one(x));
+        let image = self.per_slice(&z.to_kind(self.dtype()), |x| self.decode_one(x, call));
         if self.dtype() != Kind::Float && !bool::try_from(image.isfinite().all())? {
             // The latents as given (not rounded to half), through f32 weights.
             let twin = self.f32_twin()?;
-            return Ok(twin.per_slice(&z.to_kind(Kind::Float), |x| twin.decode_one(x)));
+            return Ok(twin.per_slice(&z.to_kind(Kind::Float), |x| twin.decode_one(x, None)));
         }
         Ok(image)
     }
@@ -222,10 +238,14 @@ impl AutoencoderKL {
         }
     }
 
-    fn decode_one(&self, z: &Tensor) -> Tensor {
-        let decode = |x: &Tensor| match &self.post_quant_conv {
+    fn decode_one(&self, z: &Tensor, call: Option<&dyn DecoderCall>) -> Tensor {
+        let eager = |x: &Tensor| match &self.post_quant_conv {
             Some(conv) => self.decoder.forward(&conv.forward(x)),
             None => self.decoder.forward(x),
+        };
+        let decode = |x: &Tensor| match call.and_then(|c| c.decode(x)) {
+            Some(image) => image,
+            None => eager(x),
         };
         match self.tiling {
             Some(t) => {

@@ -2,26 +2,26 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VaeError};
 
 /// The encoder's down block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DownEncoderBlockType {
     /// Resnets and a downsampler.
     DownEncoderBlock2D,
 }
 
 /// The decoder's up block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum UpDecoderBlockType {
     /// Resnets and an upsampler.
     UpDecoderBlock2D,
 }
 
 /// Activation functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActFn {
     /// SiLU (swish).
@@ -29,7 +29,7 @@ pub enum ActFn {
 }
 
 /// `sample_size` is a number or a (height, width) pair in some configs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SampleSize {
     /// One side for both.
@@ -61,7 +61,7 @@ fn silu() -> ActFn {
 }
 
 /// diffusers' `AutoencoderKL` config (vae/config.json), field for field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VaeConfig {
     /// Image channels (3).
     #[serde(default = "three")]

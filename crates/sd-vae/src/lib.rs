@@ -16,7 +16,7 @@ pub mod tiling;
 pub mod tiny;
 pub mod tiny_config;
 
-pub use autoencoder::AutoencoderKL;
+pub use autoencoder::{AutoencoderKL, DecoderCall};
 pub use config::VaeConfig;
 pub use distribution::LatentDistribution;
 pub use error::{Result, VaeError};

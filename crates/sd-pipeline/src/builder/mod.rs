@@ -321,7 +321,7 @@ impl StableDiffusionBuilder {
             adapters: Adapters::default(),
             controlnets: ControlNets::default(),
             ip_adapters: Default::default(),
-            compiled: Vec::new(),
+            compiled: Default::default(),
             tiny_vae: TinyVae::default(),
         };
         if let Some((dir, usage)) = &self.tiny_vae {
@@ -340,7 +340,7 @@ impl StableDiffusionBuilder {
             pipeline.set_loras(&self.loras)?;
         }
         if let Some(dir) = &self.compiled {
-            pipeline.use_compiled_unets(dir)?;
+            pipeline.use_compiled_in(dir)?;
         }
         Ok(pipeline)
     }

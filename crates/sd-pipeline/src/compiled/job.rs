@@ -1,22 +1,29 @@
-//! The compile job: the UNet's weights and config written beside the
-//! package-to-be, diffusers' module exported and compiled by the given
-//! Python (compile_unet.py), the package renamed into place only when the
-//! compile succeeded.
+//! The compile job: each part's weights and config written beside its
+//! package-to-be, diffusers' modules exported and compiled by the given
+//! Python (compile.py, one process for every part), each package renamed
+//! into place only when its compile succeeded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sd_core::DiffusersModel;
-use sd_unet::UNet2DConditionModel;
 use tch::Tensor;
 
-use super::package::added_widths;
-use super::{device_name, dtype_name, CompileSpec};
+use super::key::{device_name, dtype_name};
+use super::load::Subject;
+use super::unet::added_widths;
+use super::{CompileSpec, Part};
 use crate::error::{PipelineError, Result};
 use crate::pipeline::StableDiffusion;
 
 /// The compiling script, run by the given Python.
-const SCRIPT: &str = include_str!("compile_unet.py");
+const SCRIPT: &str = include_str!("compile.py");
+
+/// One part's compile: where its package goes, and what the script reads.
+pub(super) struct Job {
+    package: PathBuf,
+    spec: serde_json::Value,
+}
 
 /// Where the compiler writes: renamed to the package only when it succeeded
 /// (a half-written package must never be found and loaded).
@@ -24,47 +31,65 @@ fn partial(package: &Path) -> PathBuf {
     package.with_extension("partial.pt2")
 }
 
+fn weights_file(package: &Path) -> PathBuf {
+    package.with_extension("weights.safetensors")
+}
+
 impl StableDiffusion {
-    /// The job's files beside the package: the weights as the pipeline
-    /// holds them now, and the spec.
-    pub(super) fn write_compile_job(
+    /// `subject`'s job: its weights as the pipeline holds them now written
+    /// beside the package, and what the script needs to rebuild the call.
+    pub(super) fn write_job(
         &self,
-        unet: &UNet2DConditionModel,
+        subject: &Subject<'_>,
         spec: &CompileSpec,
         package: &Path,
-        [batch, h, w]: [i64; 3],
+        [n, h, w]: [i64; 3],
         key: &str,
-    ) -> Result<()> {
+    ) -> Result<Job> {
         std::fs::create_dir_all(&spec.cache_dir)
             .map_err(|e| sd_core::CoreError::io(&spec.cache_dir, e))?;
-        let variables: BTreeMap<String, Tensor> =
-            unet.var_store().variables().into_iter().collect();
-        let weights = package.with_extension("weights.safetensors");
+        let variables: BTreeMap<String, Tensor> = subject.weights.variables().into_iter().collect();
         let named: Vec<(&String, &Tensor)> = variables.iter().collect();
-        Tensor::write_safetensors(&named, &weights)?;
-        let config = serde_json::to_value(unet.config())
-            .map_err(|e| PipelineError::model(&self.dir, e.to_string()))?;
-        let (text_embeds, time_ids) = added_widths(unet);
-        let job = serde_json::json!({
-            "unet_config": config, "weights": weights,
-            "dtype": dtype_name(self.denoiser.dtype()), "device": device_name(self.devices().unet),
-            "batch": batch, "height": h, "width": w, "tokens": 77, "text_embeds": text_embeds,
-            "time_ids": time_ids, "package": partial(package),
-            "metadata": {"sd.key": key, "sd.shape": format!("{batch}x{h}x{w}x77")},
+        Tensor::write_safetensors(&named, weights_file(package))?;
+        let shape = match subject.part {
+            Part::UNet => format!("{n}x{h}x{w}x77"),
+            Part::VaeDecoder => format!("{n}x{}x{h}x{w}", self.vae.config().latent_channels),
+        };
+        let mut job = serde_json::json!({
+            "part": subject.part.name(), "config": subject.config, "weights": weights_file(package),
+            "dtype": dtype_name(subject.dtype), "device": device_name(subject.device),
+            "batch": n, "height": h, "width": w, "package": partial(package),
+            "metadata": {"sd.key": key, "sd.shape": shape, "sd.part": subject.part.name()},
         });
-        let path = package.with_extension("job.json");
-        std::fs::write(&path, job.to_string()).map_err(|e| sd_core::CoreError::io(&path, e))?;
-        Ok(())
+        if let (Part::UNet, Some(unet)) = (subject.part, self.unet()) {
+            let (text_embeds, time_ids) = added_widths(unet);
+            job["tokens"] = 77.into();
+            job["text_embeds"] = text_embeds.into();
+            job["time_ids"] = time_ids.into();
+        }
+        Ok(Job {
+            package: package.to_path_buf(),
+            spec: job,
+        })
     }
 
-    pub(super) fn run_compile_job(&self, spec: &CompileSpec, package: &Path) -> Result<()> {
-        let script = package.with_extension("compile.py");
+    /// Runs every job in one Python process (torch and diffusers are
+    /// imported once); each package that compiled is kept, and the first
+    /// failure is the error.
+    pub(super) fn run_compile_job(&self, spec: &CompileSpec, jobs: &[Job]) -> Result<()> {
+        let Some(first) = jobs.first() else {
+            return Ok(());
+        };
+        let script = first.package.with_extension("compile.py");
         std::fs::write(&script, SCRIPT).map_err(|e| sd_core::CoreError::io(&script, e))?;
-        let job = package.with_extension("job.json");
+        let job = first.package.with_extension("job.json");
+        let specs: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.spec).collect();
+        let text = serde_json::json!({ "parts": specs }).to_string();
+        std::fs::write(&job, text).map_err(|e| sd_core::CoreError::io(&job, e))?;
         // Inductor's own cache (kernels, the shared object with the weights
         // in it) would stay in /tmp/torchinductor_$USER: gigabytes a compile.
         // The package is what is kept; the cache goes with the job.
-        let inductor = package.with_extension("inductor");
+        let inductor = first.package.with_extension("inductor");
         let out = std::process::Command::new(&spec.python)
             .arg(&script)
             .arg(&job)
@@ -72,16 +97,28 @@ impl StableDiffusion {
             .output();
         let out =
             out.map_err(|e| PipelineError::model(&spec.python, format!("cannot run it: {e}")))?;
-        for leftover in [package.with_extension("weights.safetensors"), script, job] {
+        for leftover in [script, job] {
             let _ = std::fs::remove_file(leftover);
         }
         let _ = std::fs::remove_dir_all(&inductor);
-        let written = partial(package);
-        if out.status.success() && written.exists() {
-            std::fs::rename(&written, package).map_err(|e| sd_core::CoreError::io(package, e))?;
+        // (the script prints a line naming each package once it is whole)
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut all_there = true;
+        for Job { package, .. } in jobs {
+            let _ = std::fs::remove_file(weights_file(package));
+            let written = partial(package);
+            let done = stdout.lines().any(|line| {
+                let line: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                line["package"].as_str().map(Path::new) == Some(&*written)
+            });
+            if done {
+                std::fs::rename(&written, package)
+                    .map_err(|e| sd_core::CoreError::io(package, e))?;
+            }
+            let _ = std::fs::remove_file(&written);
+            all_there &= package.exists();
         }
-        let _ = std::fs::remove_file(&written);
-        if !out.status.success() || !package.exists() {
+        if !out.status.success() || !all_there {
             let stderr = String::from_utf8_lossy(&out.stderr);
             // (the last line that is no C++ stack frame: Python's message)
             let message = |l: &&str| {

@@ -1,6 +1,5 @@
-//! A loaded package and the UNet call it runs: the shapes it was made for,
-//! the LoRAs whose merged weights it holds, and the weights' fingerprint
-//! that decides which packages a UNet may load.
+//! A loaded UNet package and the call it runs: the shapes it was made for
+//! and the LoRAs whose merged weights it holds.
 
 use std::path::{Path, PathBuf};
 
@@ -128,47 +127,6 @@ pub(super) fn added_widths(unet: &UNet2DConditionModel) -> (i64, i64) {
         (Some(_), Some(projected), Some(per_id)) => (projected - 6 * per_id, 6),
         _ => (0, 0),
     }
-}
-
-/// The UNet's weights in one short text: each variable's name, shape and
-/// two sums (merging a LoRA moves them), hashed. One pass over the weights
-/// (the sums accumulate in f64 without an f64 copy of the weights).
-pub(super) fn fingerprint(unet: &UNet2DConditionModel) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let _guard = tch::no_grad_guard();
-    let mut variables = unet.var_store().variables().into_iter().collect::<Vec<_>>();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in variables {
-        name.hash(&mut hasher);
-        t.size().hash(&mut hasher);
-        for sum in [t.sum(Kind::Double), t.abs().sum(Kind::Double)] {
-            f64::try_from(sum)
-                .unwrap_or(f64::NAN)
-                .to_bits()
-                .hash(&mut hasher);
-        }
-    }
-    format!("{:016x}", hasher.finish())
-}
-
-/// Whether the UNet's weights can be compiled as they are: each in the
-/// pipeline's dtype (the package is compiled for one; GGUF and 8-bit
-/// weights are kept narrow).
-pub(super) fn check_weights(
-    unet: &UNet2DConditionModel,
-    dtype: Kind,
-) -> std::result::Result<(), String> {
-    for (name, t) in unet.var_store().variables() {
-        if t.kind() != dtype {
-            return Err(format!(
-                "{name} is {:?}; a compiled UNet needs every weight in {dtype:?} \
-                 (GGUF and 8-bit weights are not compiled)",
-                t.kind()
-            ));
-        }
-    }
-    Ok(())
 }
 
 // SAFETY: CompiledPackage is Sync (its runs are serialised by libtorch's

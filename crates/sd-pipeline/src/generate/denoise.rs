@@ -9,6 +9,7 @@ use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 use tch::Tensor;
 
+use crate::compiled::{DecodeExecution, DecoderPackages};
 use crate::control::RunControl;
 use crate::denoiser::{flux_velocity, velocity, Extra, RunDenoiser};
 use crate::error::{PipelineError, Result};
@@ -162,10 +163,12 @@ impl StableDiffusion {
         drop(controlnets);
         self.denoiser_done();
         sd_core::alloc::release_freed_memory();
+        let (images, decode_execution) = self.decode_with(&vae, &latents)?;
         Ok(Generation {
-            images: self.decode_with(&vae, &latents)?,
+            images,
             latents,
             unet_execution,
+            decode_execution,
         })
     }
 
@@ -281,8 +284,13 @@ impl StableDiffusion {
         let (context, added, t) = (inputs.context, inputs.extra.added(), &at.t_on_device);
         match (inputs.control, inputs.image_tokens) {
             (None, None) => {
-                if !self.compiled.is_empty() {
-                    match crate::compiled::fitting(&self.compiled, self.loras(), input, context) {
+                if !self.compiled.unets.is_empty() {
+                    match crate::compiled::fitting(
+                        &self.compiled.unets,
+                        self.loras(),
+                        input,
+                        context,
+                    ) {
                         Ok(compiled) => {
                             runner.compiled = Some(UNetExecution::Compiled);
                             return compiled.run(input, t, context, added);
@@ -297,7 +305,7 @@ impl StableDiffusion {
             }
             // per-step inputs of their own: eager
             (control, images) => {
-                if !self.compiled.is_empty() {
+                if !self.compiled.unets.is_empty() {
                     let why = "ControlNet residuals and image prompts are inputs the compiled \
                                package does not take";
                     runner.compiled = Some(UNetExecution::EagerNotCompiled(why.into()));
@@ -318,18 +326,25 @@ impl StableDiffusion {
     /// Decodes final latents (as in [`Generation::latents`]) to 8-bit images,
     /// as the last step of a generation does.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        self.decode_with(&*self.vae_for_run()?, latents)
+        Ok(self.decode_with(&*self.vae_for_run()?, latents)?.0)
     }
 
-    fn decode_with(&self, vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
+    /// The images, and whether a compiled decoder made them.
+    fn decode_with(
+        &self,
+        vae: &AutoencoderKL,
+        latents: &Tensor,
+    ) -> Result<(Vec<RgbImage>, DecodeExecution)> {
         if let Some(tiny) = self.tiny_for_decode() {
-            return crate::preview::decode_tiny(tiny, latents);
+            let images = crate::preview::decode_tiny(tiny, latents)?;
+            return Ok((images, DecodeExecution::Eager));
         }
         // (in the VAE's dtype before unscaling, as diffusers: an upcast SDXL
         // VAE gets f32 latents to divide)
         let z = latents.to_device(self.devices().vae).to_kind(vae.dtype());
-        let decoded = vae.decode(&vae.unscale_latents(&z))?;
-        tensor_to_images(&decoded)
+        let packages = DecoderPackages::new(&self.compiled.decoders);
+        let decoded = vae.decode_via(&vae.unscale_latents(&z), packages.call())?;
+        Ok((tensor_to_images(&decoded)?, packages.execution()))
     }
 }
 

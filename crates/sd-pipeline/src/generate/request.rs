@@ -354,4 +354,7 @@ pub struct Generation {
     /// Whether the UNet steps ran eagerly or as a replayed CUDA graph (and,
     /// if a capture was asked for but failed, why).
     pub unet_execution: UNetExecution,
+    /// Whether the VAE decode ran through a compiled package (and, if one
+    /// is loaded but did not fit, why not).
+    pub decode_execution: crate::compiled::DecodeExecution,
 }
