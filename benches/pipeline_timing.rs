@@ -5,8 +5,8 @@
 //!     [--steps 4] [--batch 1] [--runs 2] [--sampler NAME] [--cuda-graphs] [--low-memory]
 //!     [--vae-tiling] [--channels-last] [--ip-adapter FILE --image-encoder DIR --ip-image PNG]
 //!
-//! `--compiled [--parts unet,vae-decoder]`: the parts (default: the UNet,
-//! and on a GPU the decoder too) compiled first (`compile`, the default
+//! `--compiled [--parts unet,vae-decoder]`: the parts (default both)
+//! compiled first (`compile`, the default
 //! Python and cache; `compile_s` and `package_mib` in the output), the runs
 //! through them.
 //!
@@ -88,7 +88,7 @@ fn main() -> Result<()> {
         let mut spec = CompileSpec::new(size, size, default_python(), default_cache_dir());
         spec.images = batch;
         spec.parts = match arg(&args, "--parts", "").as_str() {
-            "" => Part::defaults(device),
+            "" => Part::ALL.to_vec(),
             parts => parts
                 .split(',')
                 .map(str::parse)

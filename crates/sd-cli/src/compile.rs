@@ -33,9 +33,7 @@ pub struct CompileArgs {
     /// holds the merged weights, for `txt2img --compiled` with the same LoRAs.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     pub loras: Vec<String>,
-    /// What to compile: unet, vae-decoder (repeatable; default the UNet,
-    /// and on a GPU the decoder too: on the CPU a decoder package is no
-    /// faster than eager).
+    /// What to compile: unet, vae-decoder (repeatable; default both).
     #[arg(long = "part", value_name = "PART")]
     pub parts: Vec<Part>,
     /// cpu, cuda or cuda:N.
@@ -70,7 +68,7 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     let python = args.python.clone().unwrap_or_else(default_python);
     let device = sd_core::device::parse_device(&args.device)?;
     let parts = match args.parts.is_empty() {
-        true => Part::defaults(device),
+        true => Part::ALL.to_vec(),
         false => args.parts.clone(),
     };
     let mut pipeline = StableDiffusion::builder()

@@ -41,9 +41,10 @@ fn compile_then_run_compiled() {
     let dir = common::scratch("compile", "run");
     let tiny = fixtures().join("tiny-sd1");
     let tiny = tiny.to_str().unwrap();
-    // two sizes in one command (64x64 is the pipeline suite's: compiled once for both)
+    // two sizes in one command (64x64 is the pipeline suite's: compiled once
+    // for both), the UNet's alone (the decoder's is the pipeline suite's)
     let compile = [
-        "compile", "--model", tiny, "--size", "64x64", "--size", "48x48",
+        "compile", "--model", tiny, "--size", "64x64", "--size", "48x48", "--part", "unet",
     ];
     let compiled = ok(&sd(&compile));
     assert!(compiled.contains("48x48 ready in"), "{compiled}");

@@ -25,14 +25,28 @@ pub(super) struct Job {
     spec: serde_json::Value,
 }
 
-/// Where the compiler writes: renamed to the package only when it succeeded
-/// (a half-written package must never be found and loaded).
-fn partial(package: &Path) -> PathBuf {
-    package.with_extension("partial.pt2")
+impl Job {
+    /// Where the compiler writes: renamed to the package only when it
+    /// succeeded (a half-written package must never be found and loaded).
+    fn partial(&self) -> PathBuf {
+        scratch(&self.package, "partial.pt2")
+    }
 }
 
-fn weights_file(package: &Path) -> PathBuf {
-    package.with_extension("weights.safetensors")
+/// A file of this job's beside `package`, named for this process and
+/// call: two compiles of the same package at once (two `sd compile`s, two
+/// tests) must not write each other's files. The last to finish renames an
+/// identical package into place.
+fn scratch(package: &Path, what: &str) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static TAG: String = format!(
+            "{}-{}",
+            std::process::id(),
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    TAG.with(|tag| package.with_extension(format!("{tag}.{what}")))
 }
 
 impl StableDiffusion {
@@ -50,15 +64,15 @@ impl StableDiffusion {
             .map_err(|e| sd_core::CoreError::io(&spec.cache_dir, e))?;
         let variables: BTreeMap<String, Tensor> = subject.weights.variables().into_iter().collect();
         let named: Vec<(&String, &Tensor)> = variables.iter().collect();
-        Tensor::write_safetensors(&named, weights_file(package))?;
+        Tensor::write_safetensors(&named, scratch(package, "weights.safetensors"))?;
         let shape = match subject.part {
             Part::UNet => format!("{n}x{h}x{w}x77"),
             Part::VaeDecoder => format!("{n}x{}x{h}x{w}", self.vae.config().latent_channels),
         };
         let mut job = serde_json::json!({
-            "part": subject.part.name(), "config": subject.config, "weights": weights_file(package),
+            "part": subject.part.name(), "config": subject.config, "weights": scratch(package, "weights.safetensors"),
             "dtype": dtype_name(subject.dtype), "device": device_name(subject.device),
-            "batch": n, "height": h, "width": w, "package": partial(package),
+            "batch": n, "height": h, "width": w, "package": scratch(package, "partial.pt2"),
             "metadata": {"sd.key": key, "sd.shape": shape, "sd.part": subject.part.name()},
         });
         if let (Part::UNet, Some(unet)) = (subject.part, self.unet()) {
@@ -80,16 +94,16 @@ impl StableDiffusion {
         let Some(first) = jobs.first() else {
             return Ok(());
         };
-        let script = first.package.with_extension("compile.py");
+        let script = scratch(&first.package, "compile.py");
         std::fs::write(&script, SCRIPT).map_err(|e| sd_core::CoreError::io(&script, e))?;
-        let job = first.package.with_extension("job.json");
+        let job = scratch(&first.package, "job.json");
         let specs: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.spec).collect();
         let text = serde_json::json!({ "parts": specs }).to_string();
         std::fs::write(&job, text).map_err(|e| sd_core::CoreError::io(&job, e))?;
         // Inductor's own cache (kernels, the shared object with the weights
         // in it) would stay in /tmp/torchinductor_$USER: gigabytes a compile.
         // The package is what is kept; the cache goes with the job.
-        let inductor = first.package.with_extension("inductor");
+        let inductor = scratch(&first.package, "inductor");
         let out = std::process::Command::new(&spec.python)
             .arg(&script)
             .arg(&job)
@@ -104,9 +118,10 @@ impl StableDiffusion {
         // (the script prints a line naming each package once it is whole)
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut all_there = true;
-        for Job { package, .. } in jobs {
-            let _ = std::fs::remove_file(weights_file(package));
-            let written = partial(package);
+        for job in jobs {
+            let package = &job.package;
+            let _ = std::fs::remove_file(scratch(package, "weights.safetensors"));
+            let written = job.partial();
             let done = stdout.lines().any(|line| {
                 let line: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
                 line["package"].as_str().map(Path::new) == Some(&*written)

@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 
 use sd_core::shared::Frozen;
-use tch::Device;
 
 use crate::builder::StableDiffusionBuilder;
 
@@ -47,16 +46,6 @@ impl Part {
         match self {
             Part::UNet => "unet",
             Part::VaeDecoder => "vae-decoder",
-        }
-    }
-
-    /// What is compiled unless asked otherwise: the UNet, and on a GPU the
-    /// decoder too (on the CPU a decoder package measured no faster than
-    /// eager: docs/compile.md).
-    pub fn defaults(device: Device) -> Vec<Part> {
-        match device {
-            Device::Cpu => vec![Part::UNet],
-            _ => Part::ALL.to_vec(),
         }
     }
 }
@@ -97,14 +86,14 @@ pub struct CompileSpec {
 }
 
 impl CompileSpec {
-    /// `width`x`height`, one image, the UNet, with `python`, packages in
+    /// `width`x`height`, one image, every part, with `python`, packages in
     /// `cache_dir`.
     pub fn new(width: u32, height: u32, python: PathBuf, cache_dir: PathBuf) -> Self {
         CompileSpec {
             width,
             height,
             images: 1,
-            parts: vec![Part::UNet],
+            parts: Part::ALL.to_vec(),
             python,
             cache_dir,
         }
