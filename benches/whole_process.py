@@ -325,9 +325,9 @@ def compile_once(args: argparse.Namespace, model: Path) -> None:
     started = time.time()
     out = subprocess.run([args.sd, "compile", "--model", str(model), "--width", str(args.size), "--height",
                           str(args.size), "--dtype", args.dtype], capture_output=True, text=True, check=True, cwd=ROOT)
-    package = Path(out.stdout.strip().splitlines()[-1])
-    print(f"sd compile: {time.time() - started:.0f} s (0 when kept from before), package "
-          f"{package.stat().st_size / 2**20:.0f} MiB: {package.name}")
+    packages = [Path(line) for line in out.stdout.strip().splitlines()]  # (the UNet's, the decoder's)
+    sizes = ", ".join(f"{p.stat().st_size / 2**20:.0f} MiB: {p.name}" for p in packages)
+    print(f"sd compile: {time.time() - started:.0f} s (0 when kept from before), packages {sizes}")
 
 
 def main() -> None:

@@ -70,8 +70,9 @@ class StableDiffusion:
         and tokenizers for a single file (T5's tokenizer); vae: the VAE from
         a file of its own (BFL's ae.safetensors, A1111's VAE files);
         ip_adapters: [(file, scale)] with image_encoder, their CLIP image
-        encoder folder; compiled: the UNet runs through the packages `sd
-        compile` made for the model, at the sizes they were made for. Raises
+        encoder folder; compiled: the UNet and VAE decoder run through the
+        packages `sd compile` made for the model, at the sizes they were
+        made for. Raises
         ValueError for a bad option, RuntimeError for a model that does not
         load."""
 

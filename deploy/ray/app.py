@@ -95,7 +95,7 @@ class Generator:
                  image_encoder: Optional[str] = None, compiled: bool = False):
         # t5/clip_l/clip_g/config_dir: SD3's encoders, as sd_rs.StableDiffusion takes them;
         # ip_adapters: files, each given an image prompt by the body's ip_adapter field;
-        # compiled: the UNet packages `sd compile` left in this node's cache (docs/compile.md)
+        # compiled: the packages `sd compile` left in this node's cache (docs/compile.md)
         self.pipe = sd_rs.StableDiffusion(model, device=device, dtype=dtype, lora_dir=lora_dir,
                                           t5=t5, clip_l=clip_l, clip_g=clip_g,
                                           config_dir=config_dir,
@@ -197,7 +197,7 @@ def app_builder(args: dict):
     cuda), num_cpus (1 otherwise), max_replicas (set: autoscale from 1 to it);
     SD3: t5 (none, required or a file), clip_l, clip_g, config_dir; IP-Adapter:
     ip_adapters (comma-separated files) with image_encoder (their encoder folder);
-    compiled (true: run the UNet packages `sd compile` made on each node, eager
+    compiled (true: run the packages `sd compile` made on each node, eager
     where none fits)."""
     model = args["model"]
     device = args.get("device", "cpu")

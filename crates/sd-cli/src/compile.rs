@@ -4,8 +4,11 @@
 
 use std::path::PathBuf;
 
+use std::io::IsTerminal;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use sd_pipeline::compiled::{default_cache_dir, default_python, CompileSpec, Part};
 use sd_pipeline::front::ModelSource;
 use sd_pipeline::StableDiffusion;
@@ -86,7 +89,10 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         let mut spec = CompileSpec::new(width, height, python.clone(), cache.clone());
         (spec.images, spec.parts) = (args.num_images, parts.clone());
         let started = std::time::Instant::now();
-        let packages = pipeline.compile(&spec, &mut |stage| eprintln!("{stage}"))?;
+        let ticker = Ticker::start();
+        let packages = pipeline.compile(&spec, &mut |stage| ticker.stage(stage));
+        drop(ticker);
+        let packages = packages?;
         let size: u64 = packages
             .iter()
             .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -101,6 +107,41 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The compile's progress line: each stage with the time it has taken so
+/// far, redrawn every second on a terminal (a compile takes minutes with
+/// nothing else to show); elsewhere each stage on a line of its own.
+struct Ticker(Option<ProgressBar>);
+
+impl Ticker {
+    fn start() -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Ticker(None);
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed_precise}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_secs(1));
+        Ticker(Some(bar))
+    }
+
+    fn stage(&self, stage: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(stage.to_string()),
+            None => eprintln!("{stage}"),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `--size WxH`.

@@ -135,9 +135,9 @@ pub struct Common {
     /// Print what each LoRA merged and every key it skipped.
     #[arg(long)]
     pub verbose: bool,
-    /// Run the UNet through the package `sd compile` made for this model,
-    /// size, image count, LoRAs, dtype and device (eager, saying so, when
-    /// there is none).
+    /// Run the UNet (and VAE decoder) through the packages `sd compile` made
+    /// for this model, size, image count, LoRAs, dtype and device (eager,
+    /// saying so, when there is none).
     #[arg(long)]
     pub compiled: bool,
     #[command(flatten)]
@@ -485,13 +485,9 @@ fn use_compiled(pipeline: &mut StableDiffusion, common: &Common) -> Result<()> {
     let (w, h) = pipeline.default_size();
     let (width, height) = (common.width.unwrap_or(w), common.height.unwrap_or(h));
     let mut spec = CompileSpec::new(width, height, default_python(), default_cache_dir());
-    (spec.images, spec.parts) = (common.num_images, Part::ALL.to_vec());
+    spec.images = common.num_images;
     let found = pipeline.use_compiled(&spec)?;
-    let unet = |p: &&std::path::PathBuf| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("unet-"))
-    };
-    if !found.iter().any(|p| unet(&p)) {
+    if !found.iter().any(|(part, _)| *part == Part::UNet) {
         eprintln!(
             "note: no compiled UNet for this model at {width}x{height} (sd compile --model ... \
              --width {width} --height {height}): running eager"

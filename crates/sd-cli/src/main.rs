@@ -101,7 +101,7 @@ enum Command {
         #[command(flatten)]
         args: convert::ConvertArgs,
     },
-    /// Compile a model's UNet for one size with torch's compiler (AOTInductor), for --compiled.
+    /// Compile a model's UNet and VAE decoder with torch's compiler (AOTInductor), for --compiled.
     Compile {
         #[command(flatten)]
         args: compile::CompileArgs,

@@ -87,8 +87,8 @@ pub struct ServeArgs {
     /// per --ip-adapter in their order.
     #[arg(long = "image-encoder", value_name = "DIR")]
     pub image_encoders: Vec<PathBuf>,
-    /// Run the UNet through the packages `sd compile` made for the model
-    /// (every size kept; other sizes run eager).
+    /// Run the UNet and VAE decoder through the packages `sd compile` made
+    /// for the model (every size kept; other sizes run eager).
     #[arg(long)]
     pub compiled: bool,
 }

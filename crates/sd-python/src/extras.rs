@@ -20,7 +20,7 @@ pub(crate) struct Extras {
     /// (file, scale); all with `image_encoder`.
     pub ip_adapters: Vec<(PathBuf, f64)>,
     pub image_encoder: Option<PathBuf>,
-    /// The UNet through `sd compile`'s packages, looked up once the LoRAs
+    /// The UNet and decoder through `sd compile`'s packages, looked up once the LoRAs
     /// are merged (a package holds the weights it was compiled with).
     pub compiled: bool,
 }

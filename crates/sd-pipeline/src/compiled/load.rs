@@ -79,9 +79,9 @@ impl StableDiffusion {
     }
 
     /// Loads the packages `compile` made for `spec`'s parts and these
-    /// weights, where there are some (their paths; none: the runs stay
-    /// eager).
-    pub fn use_compiled(&mut self, spec: &CompileSpec) -> Result<Vec<PathBuf>> {
+    /// weights, where there are some (each part found, and its package;
+    /// none: the runs stay eager).
+    pub fn use_compiled(&mut self, spec: &CompileSpec) -> Result<Vec<(Part, PathBuf)>> {
         let mut found = Vec::new();
         for &part in &spec.parts {
             let subject = self.subject(part)?;
@@ -90,7 +90,7 @@ impl StableDiffusion {
             let package = spec.cache_dir.join(format!("{part}-{key}.pt2"));
             if package.exists() {
                 self.load_package(part, &package, &parts)?;
-                found.push(package);
+                found.push((part, package));
             }
         }
         Ok(found)
