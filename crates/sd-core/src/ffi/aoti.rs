@@ -1,7 +1,9 @@
 //! The Rust side of csrc/aoti.cpp: [`CompiledPackage`], a model compiled ahead
 //! of time by torch's compiler (AOTInductor's `.pt2` package, made by
 //! `torch._inductor.aoti_compile_and_package`), loaded and run by libtorch's
-//! own `AOTIModelPackageLoader`: Inductor's fused kernels without Python.
+//! own `AOTIModelPackageLoader` (on the CPU, by the runner it would make, on
+//! the code taken out of the package here): Inductor's fused kernels
+//! without Python.
 //!
 //! A package holds machine code for the CPU (instruction set included) or
 //! the GPU it was compiled on, and a graph of fixed shapes; which package
@@ -19,6 +21,7 @@ use crate::ffi::shim_error;
 extern "C" {
     fn sd_aoti_load(path: *const c_char, device_index: i32, error: *mut *mut c_char)
         -> *mut c_void;
+    fn sd_aoti_load_cpu_so(so_path: *const c_char, error: *mut *mut c_char) -> *mut c_void;
     fn sd_aoti_free(loader: *mut c_void);
     fn sd_aoti_torch_version() -> *mut c_char;
     fn sd_aoti_cpu_capability() -> *mut c_char;
@@ -117,6 +120,22 @@ impl CompiledPackage {
     /// [`cpu_capability`]) and this libtorch ([`torch_version`]), as the
     /// metadata records. A package for another CPU can crash the process.
     pub unsafe fn load(path: &Path, device: Device) -> Result<Self> {
+        if device == Device::Cpu {
+            if let Some(so) = CpuCode::extract(path)? {
+                let c = c_path(&so.path)?;
+                let mut error = std::ptr::null_mut();
+                // SAFETY: a NUL-terminated path to the package's own code
+                // (the caller's promise covers it); the shim returns a new
+                // handle or null with an error message. The file may go
+                // once it is open (`so` is dropped after).
+                let loader = unsafe { sd_aoti_load_cpu_so(c.as_ptr(), &mut error) };
+                if loader.is_null() {
+                    let what = format!("compiled package {}", path.display());
+                    return Err(shim_error(&what, error));
+                }
+                return Ok(CompiledPackage { loader });
+            }
+        }
         let c = c_path(path)?;
         let index = match device {
             Device::Cuda(i) => i as i32,
@@ -168,7 +187,62 @@ impl CompiledPackage {
     }
 }
 
-// SAFETY: the loader is libtorch's `AOTIModelPackageLoader`; its `run` takes a
+/// A CPU package's compiled code (its one `*.wrapper.so`, the weights
+/// inside), copied out of the package into a folder of its own, removed
+/// when dropped. libtorch's loader extracts every file of a package in small
+/// writes each time it loads one; copying out the one that runs, in large
+/// writes, took the full-size f32 UNet's load from 11–15 s to 9–10 s
+/// (docs/compile.md).
+struct CpuCode {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl CpuCode {
+    /// The code of the package at `package`, or `None` when it has no
+    /// single `.wrapper.so` (a layout this does not know: libtorch's loader
+    /// opens it).
+    fn extract(package: &Path) -> Result<Option<CpuCode>> {
+        let io = |e: std::io::Error| CoreError::io(package, e);
+        let bad = |e: zip::result::ZipError| {
+            CoreError::invalid("compiled package", format!("{}: {e}", package.display()))
+        };
+        let mut archive =
+            zip::ZipArchive::new(std::fs::File::open(package).map_err(io)?).map_err(bad)?;
+        let names: Vec<String> = archive
+            .file_names()
+            .filter(|n| n.ends_with(".wrapper.so"))
+            .map(String::from)
+            .collect();
+        let [name] = &names[..] else {
+            return Ok(None);
+        };
+        static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sd-aoti-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+        let code = CpuCode {
+            path: dir.join("model.wrapper.so"),
+            dir,
+        };
+        let mut entry = archive.by_name(name).map_err(bad)?;
+        let file = std::fs::File::create(&code.path).map_err(|e| CoreError::io(&code.path, e))?;
+        let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
+        std::io::copy(&mut entry, &mut out).map_err(io)?;
+        out.into_inner()
+            .map_err(|e| CoreError::io(&code.path, e.into_error()))?;
+        Ok(Some(code))
+    }
+}
+
+impl Drop for CpuCode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// SAFETY: the handle is libtorch's `AOTIModelPackageLoader` or the
+// `AOTIModelContainerRunnerCpu` it would make; `run` takes a
 // model instance from its container under a lock (waiting while another thread
 // holds the only one), so calls from several threads are serialised, and it
 // owns nothing tied to the thread that made it. The unsafe part, trusting the
