@@ -2,9 +2,8 @@
 //! torch's compiler for given sizes (docs/compile.md); `sd txt2img
 //! --compiled` then uses them.
 
-use std::path::PathBuf;
-
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -69,14 +68,13 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         bail!("--model: which model to compile");
     };
     let python = args.python.clone().unwrap_or_else(default_python);
-    let device = sd_core::device::parse_device(&args.device)?;
     let parts = match args.parts.is_empty() {
         true => Part::ALL.to_vec(),
         false => args.parts.clone(),
     };
     let mut pipeline = StableDiffusion::builder()
         .source(&ModelSource::detect(model)?)
-        .device(device)
+        .device(sd_core::device::parse_device(&args.device)?)
         .dtype(sd_core::device::parse_dtype(&args.dtype)?)
         .build()?;
     let loras = crate::generate::lora_options(&args.loras)?;

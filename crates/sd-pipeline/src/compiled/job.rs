@@ -34,7 +34,7 @@ impl Job {
 }
 
 /// A file of this job's beside `package`, named for this process and
-/// call: two compiles of the same package at once (two `sd compile`s, two
+/// thread: two compiles of the same package at once (two `sd compile`s, two
 /// tests) must not write each other's files. The last to finish renames an
 /// identical package into place.
 fn scratch(package: &Path, what: &str) -> PathBuf {
@@ -69,8 +69,15 @@ impl StableDiffusion {
             Part::UNet => format!("{n}x{h}x{w}x77"),
             Part::VaeDecoder => format!("{n}x{}x{h}x{w}", self.vae.config().latent_channels),
         };
+        let config = match subject.part {
+            Part::UNet => self.unet().map(|unet| serde_json::to_value(unet.config())),
+            Part::VaeDecoder => Some(serde_json::to_value(self.vae.config())),
+        };
+        let config = config
+            .transpose()
+            .map_err(|e| PipelineError::model(&self.dir, e.to_string()))?;
         let mut job = serde_json::json!({
-            "part": subject.part.name(), "config": subject.config, "weights": scratch(package, "weights.safetensors"),
+            "part": subject.part.name(), "config": config, "weights": scratch(package, "weights.safetensors"),
             "dtype": dtype_name(subject.dtype), "device": device_name(subject.device),
             "batch": n, "height": h, "width": w, "package": scratch(package, "partial.pt2"),
             "metadata": {"sd.key": key, "sd.shape": shape, "sd.part": subject.part.name()},

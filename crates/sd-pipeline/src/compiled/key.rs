@@ -7,17 +7,23 @@ use sd_core::ffi::aoti;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 
-/// A package key's two ends for one part's weights: their fingerprint, and
-/// the machine tail.
+/// What a package for one part's weights is keyed by: their fingerprint,
+/// and the dtype and device they run in (with torch and the CPU, the
+/// machine tail).
 pub(super) struct KeyParts {
     pub weights: String,
-    pub machine: String,
+    pub dtype: Kind,
+    pub device: Device,
 }
 
 impl KeyParts {
     /// The key for a call of `shape` (its batch, height and width).
     pub fn key(&self, [n, h, w]: [i64; 3]) -> String {
-        format!("{}-{n}x{h}x{w}{}", self.weights, self.machine)
+        format!("{}-{n}x{h}x{w}{}", self.weights, self.machine())
+    }
+
+    pub fn machine(&self) -> String {
+        machine_tail(self.dtype, self.device)
     }
 }
 

@@ -15,12 +15,11 @@ use super::{CompileSpec, CompiledDecoder, CompiledUNet, Part};
 use crate::error::{PipelineError, Result};
 use crate::pipeline::StableDiffusion;
 
-/// One part as the pipeline holds it: its weights, its config (diffusers'
-/// names) and where and in what dtype it runs.
+/// One part as the pipeline holds it: its weights, and where and in what
+/// dtype it runs.
 pub(super) struct Subject<'a> {
     pub part: Part,
     pub weights: &'a VarStore,
-    pub config: serde_json::Value,
     pub dtype: Kind,
     pub device: Device,
 }
@@ -29,14 +28,41 @@ impl Subject<'_> {
     pub fn key_parts(&self) -> KeyParts {
         KeyParts {
             weights: fingerprint(self.weights),
-            machine: machine_tail(self.dtype, self.device),
+            dtype: self.dtype,
+            device: self.device,
         }
+    }
+
+    /// The packages among `files` kept for this part on this machine (any
+    /// weights, any shape), leftovers of a compile excluded: finding none
+    /// spares the fingerprint, a pass over every weight.
+    fn kept_among(&self, files: &[PathBuf]) -> Vec<PathBuf> {
+        let head = format!("{}-", self.part);
+        let tail = format!("{}.pt2", machine_tail(self.dtype, self.device));
+        let kept = |name: &str| {
+            name.starts_with(&head) && name.ends_with(&tail) && !name.contains(".partial.")
+        };
+        let mut packages: Vec<PathBuf> = files
+            .iter()
+            .filter(|p| kept(&file_name(p)))
+            .cloned()
+            .collect();
+        packages.sort();
+        packages
     }
 }
 
 fn file_name(path: &Path) -> String {
     let name = path.file_name().unwrap_or_default();
     name.to_string_lossy().into_owned()
+}
+
+/// The files in `dir`, none when it cannot be read (nothing kept yet).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries.filter_map(|e| e.ok().map(|e| e.path())).collect()
 }
 
 impl StableDiffusion {
@@ -82,9 +108,13 @@ impl StableDiffusion {
     /// weights, where there are some (each part found, and its package;
     /// none: the runs stay eager).
     pub fn use_compiled(&mut self, spec: &CompileSpec) -> Result<Vec<(Part, PathBuf)>> {
+        let files = files_in(&spec.cache_dir);
         let mut found = Vec::new();
         for &part in &spec.parts {
             let subject = self.subject(part)?;
+            if subject.kept_among(&files).is_empty() {
+                continue;
+            }
             let parts = subject.key_parts();
             let key = parts.key(self.call_shape(part, spec));
             let package = spec.cache_dir.join(format!("{part}-{key}.pt2"));
@@ -117,35 +147,22 @@ impl StableDiffusion {
     /// weights kept narrow, has no UNet packages: a server with mixed
     /// models runs those eager).
     pub fn use_compiled_in(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(Vec::new());
-        };
-        let files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let files = files_in(dir);
         let mut loaded = Vec::new();
         for part in Part::ALL {
             let Ok(subject) = self.subject(part) else {
                 continue;
             };
-            // (the fingerprint is a pass over every weight: only when some
-            // package was made for this machine, not at every model load)
-            let tail = format!("{}.pt2", machine_tail(subject.dtype, subject.device));
-            let head = format!("{part}-");
-            let kept = |p: &&PathBuf| {
-                let name = file_name(p);
-                name.starts_with(&head) && name.ends_with(&tail) && !name.contains(".partial.")
-            };
-            if !files.iter().any(|p| kept(&p)) {
+            let kept = subject.kept_among(&files);
+            if kept.is_empty() {
                 continue;
             }
             let parts = subject.key_parts();
             let head = format!("{part}-{}-", parts.weights);
-            let mut packages: Vec<PathBuf> = files
-                .iter()
-                .filter(kept)
+            let packages: Vec<PathBuf> = kept
+                .into_iter()
                 .filter(|p| file_name(p).starts_with(&head))
-                .cloned()
                 .collect();
-            packages.sort();
             for package in &packages {
                 self.load_package(part, package, &parts)?;
             }
@@ -156,7 +173,7 @@ impl StableDiffusion {
 
     /// `part` as the pipeline holds it, if it can be compiled as it is.
     pub(super) fn subject(&self, part: Part) -> Result<Subject<'_>> {
-        let (weights, config, dtype, device) = match part {
+        let (weights, dtype, device) = match part {
             Part::UNet => {
                 let unet = self.unet().ok_or_else(|| {
                     PipelineError::model(
@@ -164,36 +181,17 @@ impl StableDiffusion {
                         "compiling is for UNet models (SD1.x, SD2.x, SDXL)",
                     )
                 })?;
-                let dtype = self.denoiser.dtype();
-                (
-                    unet.var_store(),
-                    self.config_json(unet.config())?,
-                    dtype,
-                    self.devices().unet,
-                )
+                (unet.var_store(), self.denoiser.dtype(), self.devices().unet)
             }
-            Part::VaeDecoder => {
-                let vae = &*self.vae;
-                (
-                    vae.var_store(),
-                    self.config_json(vae.config())?,
-                    vae.dtype(),
-                    self.devices().vae,
-                )
-            }
+            Part::VaeDecoder => (self.vae.var_store(), self.vae.dtype(), self.devices().vae),
         };
         check_weights(weights, dtype).map_err(|why| PipelineError::model(&self.dir, why))?;
         Ok(Subject {
             part,
             weights,
-            config,
             dtype,
             device,
         })
-    }
-
-    fn config_json(&self, config: &impl serde::Serialize) -> Result<serde_json::Value> {
-        serde_json::to_value(config).map_err(|e| PipelineError::model(&self.dir, e.to_string()))
     }
 
     /// The call `part` makes in a run of `spec`: (batch, latent height,
@@ -217,7 +215,7 @@ impl StableDiffusion {
         let meta = aoti::metadata(package)?;
         let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
         let wanted_prefix = format!("{}-", parts.weights);
-        let tail = &parts.machine;
+        let tail = parts.machine();
         let key = get("sd.key");
         let made_for = meta.get("sd.part").map_or("unet", String::as_str);
         if made_for != part.name()
@@ -242,10 +240,7 @@ impl StableDiffusion {
         if self.compiled.holds(package) {
             return Ok(());
         }
-        let (device, dtype) = {
-            let subject = self.subject(part)?;
-            (subject.device, subject.dtype)
-        };
+        let (device, dtype) = (parts.device, parts.dtype);
         // SAFETY: the metadata says this machine's torch and CPU made it for
         // these weights (what `compile` writes and reads back).
         match part {
